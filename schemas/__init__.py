@@ -1,0 +1,56 @@
+"""The one definition of every message: Avro schemas (``*.avsc``) and the default topics.
+
+Each record type lives in one ``.avsc`` file beside this module. `load_schema`
+parses it with fastavro (parsed once, cached); `TOPICS` names the default topic
+of each record type, which is also the Confluent registry subject
+``<topic>-value``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).parent
+
+#: Record name -> .avsc file stem.
+SCHEMA_FILES = {
+    "Telemetry": "telemetry",
+    "WorkflowSignal": "workflow_signal",
+    "MorphCommand": "morph_command",
+    "ShadowCommand": "shadow_command",
+    "CommandAck": "command_ack",
+    "Alert": "alert",
+    "NextStepPrediction": "next_step_prediction",
+}
+SCHEMA_NAMES = tuple(SCHEMA_FILES)
+
+#: Default topic of each record type (topic names are configuration; these are defaults).
+TOPICS = {
+    "Telemetry": "edge.telemetry",
+    "WorkflowSignal": "workflow.signals",
+    "MorphCommand": "edge.commands",
+    "ShadowCommand": "workflow.shadow",
+    "CommandAck": "edge.acks",
+    "Alert": "liquid.alerts",
+    "NextStepPrediction": "workflow.predictions",
+}
+DEADLETTER_TOPIC = "liquid.deadletter"
+
+
+def schema_json(name: str) -> dict:
+    """The schema as written in its .avsc file (for registries and docs)."""
+    try:
+        stem = SCHEMA_FILES[name]
+    except KeyError:
+        raise ValueError(f"unknown schema {name!r}; known: {', '.join(SCHEMA_NAMES)}") from None
+    return json.loads((SCHEMA_DIR / f"{stem}.avsc").read_text())
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict:
+    """The fastavro-parsed schema (fastavro wants a parsed schema for speed)."""
+    import fastavro
+
+    return fastavro.parse_schema(schema_json(name))
