@@ -25,7 +25,8 @@ COMMAND_MODULES = (
     "deploy.zoo_cmd",
     "deploy.worker",
     "deploy.demo",
-    "deploy.evaluate",
+    "deploy.evaluate_nextstep",
+    "deploy.evaluate_anomaly",
     "deploy.fingerprint_cmd",
 )
 
