@@ -1,0 +1,288 @@
+"""The morph decision policy: from a node's telemetry, when to change what it serves.
+
+Rules, checked on every sample (event time, so a replay decides the same way):
+
+* **critical** — at least ``sustain_fraction`` of the last ``window`` samples at
+  or above ``critical_c`` (90 °C): go straight to the lightest variant, cool-down
+  or not;
+* **threshold** — at least ``sustain_fraction`` of the window at or above
+  ``hot_c`` (85 °C) and ``cooldown_s`` since the last change: one rung down;
+* **recovery** — the whole window at or below ``recover_c`` and
+  ``recover_cooldown_s`` since the last change: one rung up. The gap between
+  ``hot_c`` and ``recover_c`` is the hysteresis band that stops a node from
+  oscillating around a threshold;
+* **resource score** — 0.4·temperature + 0.3·memory + 0.3·power headroom, each
+  in [0,1], averaged over the window; tiers at 0.8/0.6/0.4/0.2 choose precision
+  and batch size (with a margin before moving to a better tier).
+
+A command is pending until the node acknowledges it or its telemetry shows the
+new configuration; meanwhile nothing else is issued except a critical jump.
+Every decision carries its evidence and a reason in words.
+
+>>> policy = MorphPolicy(PolicyConfig(window=3, sustain_fraction=0.6, cooldown_s=0))
+>>> state = NodeState.new("n1")
+>>> sample = dict(node_id="n1", ts_ms=0, gpu_temp_c=70.0, mem_used_frac=0.4, power_w=200.0,
+...               power_cap_w=300.0, variant="transformer", precision="fp32", batch_size=16)
+>>> [policy.decide(state, {**sample, "ts_ms": i * 1000}) for i in range(3)]
+[None, None, None]
+>>> cmds = [policy.decide(state, {**sample, "ts_ms": (3 + i) * 1000, "gpu_temp_c": 86.0}) for i in range(3)]
+>>> cmds[0], cmds[1]["to_variant"], cmds[1]["trigger"]
+(None, 'lstm', 'THRESHOLD')
+>>> cmds[1]["reason"]
+'2/3 samples >= 85.0 °C (max 86.0 °C): step down transformer -> lstm'
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Optional
+
+from morph.ladder import PRECISIONS, MorphLadder
+
+STATE_VERSION = 1
+
+#: (minimum resource score, precision, batch size), best tier first.
+DEFAULT_TIERS = ((0.8, "fp32", 16), (0.6, "fp32", 8), (0.4, "fp16", 8), (0.2, "int8", 4), (0.0, "int8", 1))
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    ladder: MorphLadder = MorphLadder()
+    hot_c: float = 85.0
+    critical_c: float = 90.0
+    recover_c: float = 78.0
+    window: int = 6
+    sustain_fraction: float = 0.7
+    cooldown_s: float = 5.0
+    recover_cooldown_s: float = 10.0
+    pending_timeout_s: float = 10.0
+    # Resource score: weights and the reference points that map each reading to a headroom in [0,1].
+    weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    temp_ok_c: float = 75.0            # headroom 1 at or below, 0 at critical_c
+    mem_ok: float = 0.75               # headroom 1 at or below, 0 at mem_full
+    mem_full: float = 0.95
+    power_ok_frac: float = 0.85        # headroom 1 at or below this share of the cap, 0 at the cap
+    tiers: tuple = DEFAULT_TIERS
+    tier_margin: float = 0.1           # extra score needed to move to a better tier
+    #: sha256 of each (variant, precision) ONNX file, from the zoo manifest; sent in commands.
+    model_sha256: tuple = ()
+
+    def __post_init__(self):
+        if not (self.recover_c < self.hot_c <= self.critical_c):
+            raise ValueError("need recover_c < hot_c <= critical_c")
+        if self.window < 1 or not (0.0 < self.sustain_fraction <= 1.0):
+            raise ValueError("need window >= 1 and 0 < sustain_fraction <= 1")
+        for _, precision, batch in self.tiers:
+            if precision not in PRECISIONS or batch < 1:
+                raise ValueError(f"bad tier precision/batch {precision}/{batch}")
+
+    def scaled(self, factor: float) -> "PolicyConfig":
+        """The same policy on a clock ``factor`` times faster (for accelerated scenarios)."""
+        from dataclasses import replace
+
+        return replace(self, cooldown_s=self.cooldown_s / factor, recover_cooldown_s=self.recover_cooldown_s / factor,
+                       pending_timeout_s=self.pending_timeout_s / factor)
+
+
+@dataclass
+class Pending:
+    command_id: str
+    to_variant: str
+    to_precision: str
+    batch_size: int
+    issued_at_ms: int
+
+
+@dataclass
+class NodeState:
+    """Everything the policy remembers about one node; Bytewax snapshots it."""
+
+    node_id: str
+    version: int = STATE_VERSION
+    temps: deque = field(default_factory=deque)
+    scores: deque = field(default_factory=deque)
+    variant: Optional[str] = None
+    precision: Optional[str] = None
+    batch_size: Optional[int] = None
+    pending: Optional[Pending] = None
+    last_change_ms: Optional[int] = None
+    last_ts_ms: Optional[int] = None
+    decisions: int = 0
+    acked: deque = field(default_factory=lambda: deque(maxlen=256))
+    stale_samples: int = 0
+
+    @classmethod
+    def new(cls, node_id: str) -> "NodeState":
+        return cls(node_id=node_id)
+
+
+class MorphPolicy:
+    """Decides per telemetry sample; see the module docstring for the rules."""
+
+    def __init__(self, config: PolicyConfig = PolicyConfig()):
+        self.config = config
+        self._sha = dict(config.model_sha256)
+
+    # -- resource score -------------------------------------------------
+    def resource_score(self, sample: dict) -> float:
+        c = self.config
+        t = _clip((c.critical_c - sample["gpu_temp_c"]) / (c.critical_c - c.temp_ok_c))
+        m = _clip((c.mem_full - sample["mem_used_frac"]) / (c.mem_full - c.mem_ok))
+        cap = sample["power_cap_w"] or 1.0
+        p = _clip((1.0 - sample["power_w"] / cap) / (1.0 - c.power_ok_frac))
+        w = c.weights
+        return w[0] * t + w[1] * m + w[2] * p
+
+    def tier_for(self, score: float, current: tuple[str, int] | None) -> tuple[str, int]:
+        tiers = self.config.tiers
+        idx = next(i for i, (floor, _, _) in enumerate(tiers) if score >= floor or i == len(tiers) - 1)
+        if current is not None:
+            cur = next((i for i, (_, p, b) in enumerate(tiers) if (p, b) == current), None)
+            # Moving to a better tier needs the margin on top of its floor: no flapping at a boundary.
+            if cur is not None and idx < cur and score < tiers[idx][0] + self.config.tier_margin:
+                idx = cur if score < tiers[cur - 1][0] + self.config.tier_margin else cur - 1
+        _, precision, batch = tiers[idx]
+        return precision, batch
+
+    def _better(self, tier: tuple[str, int], current: tuple[str, int]) -> bool:
+        order = [(p, b) for _, p, b in self.config.tiers]
+        return current in order and order.index(tier) < order.index(current)
+
+    # -- acknowledgements ------------------------------------------------
+    def on_ack(self, state: NodeState, ack: dict) -> None:
+        """Learn from a worker's CommandAck what the node really runs."""
+        if ack.get("kind", "MORPH") != "MORPH":
+            return
+        state.acked.append(ack["command_id"])
+        pending = state.pending
+        if pending is not None and pending.command_id == ack["command_id"]:
+            state.pending = None
+        if ack["status"] == "APPLIED":
+            state.variant = ack.get("to_variant") or state.variant
+            state.precision = ack.get("to_precision") or state.precision
+        elif ack.get("from_variant"):
+            state.variant = ack["from_variant"]
+            state.precision = ack.get("from_precision") or state.precision
+
+    # -- decisions -------------------------------------------------------
+    def decide(self, state: NodeState, sample: dict) -> Optional[dict]:
+        """Update ``state`` with one telemetry sample; a MorphCommand record or None."""
+        c = self.config
+        ts = sample["ts_ms"]
+        if state.last_ts_ms is not None and ts < state.last_ts_ms:
+            state.stale_samples += 1  # out of order: it must not move the window backwards in time
+            return None
+        state.last_ts_ms = ts
+        temps, scores = state.temps, state.scores
+        temps.append(sample["gpu_temp_c"])
+        scores.append(self.resource_score(sample))
+        if len(temps) > c.window:
+            temps.popleft()
+            scores.popleft()
+        self._sync_belief(state, sample, ts)
+        if len(temps) < c.window:
+            return None
+
+        n = len(temps)
+        critical = sum(1 for t in temps if t >= c.critical_c) / n
+        variant = state.variant
+        if state.pending is not None:
+            if critical >= c.sustain_fraction and state.pending.to_variant != c.ladder.lightest:
+                return self._command(state, sample, "CRITICAL", c.ladder.lightest, critical,
+                                     f"{_count(critical, n)} samples >= {c.critical_c} °C while a change was pending")
+            return None
+        since = None if state.last_change_ms is None else (ts - state.last_change_ms) / 1000.0
+        rung, lightest = c.ladder.rung(variant), len(c.ladder.variants) - 1
+
+        if critical >= c.sustain_fraction and rung < lightest:
+            return self._command(state, sample, "CRITICAL", c.ladder.lightest, critical,
+                                 f"{_count(critical, n)} samples >= {c.critical_c} °C (max {max(temps):.1f} °C)")
+        hot = sum(1 for t in temps if t >= c.hot_c) / n
+        if hot >= c.sustain_fraction and rung < lightest and (since is None or since >= c.cooldown_s):
+            return self._command(state, sample, "THRESHOLD", c.ladder.step_down(variant), hot,
+                                 f"{_count(hot, n)} samples >= {c.hot_c} °C (max {max(temps):.1f} °C)")
+        if rung > 0 and hot == 0.0 and max(temps) <= c.recover_c and (since is None or since >= c.recover_cooldown_s):
+            return self._command(state, sample, "RECOVERY", c.ladder.step_up(variant), 1.0,
+                                 f"all {n} samples <= {c.recover_c} °C (max {max(temps):.1f} °C)"
+                                 + ("" if since is None else f", {since:.0f} s since the last change"))
+        current = (state.precision, state.batch_size)
+        tier = self.tier_for(sum(scores) / n, current)
+        # A worse tier after the ordinary cool-down; a better one only after the recovery cool-down.
+        wait = c.recover_cooldown_s if self._better(tier, current) else c.cooldown_s
+        if tier != current and (since is None or since >= wait):
+            return self._command(state, sample, "RESOURCE_SCORE", variant, hot,
+                                 f"mean resource score {sum(scores) / n:.2f} over {n} samples")
+        return None
+
+    def _sync_belief(self, state: NodeState, sample: dict, ts: int) -> None:
+        reported = (sample["variant"], sample["precision"], sample["batch_size"])
+        pending = state.pending
+        if pending is not None:
+            if (pending.to_variant, pending.to_precision) == reported[:2]:
+                state.pending = None
+            elif ts - pending.issued_at_ms > self.config.pending_timeout_s * 1000:
+                state.pending = None  # never confirmed: believe the node again
+            else:
+                return
+        state.variant, state.precision, state.batch_size = reported
+
+    def _command(self, state: NodeState, sample: dict, trigger: str, to_variant: str,
+                 violation: float, why: str) -> Optional[dict]:
+        c = self.config
+        n = len(state.temps)
+        mean_score = sum(state.scores) / n
+        precision, batch = self.tier_for(mean_score, (state.precision, state.batch_size))
+        if to_variant == state.variant and (precision, batch) == (state.precision, state.batch_size):
+            return None
+        ts = sample["ts_ms"]
+        state.decisions += 1
+        command_id = f"{state.node_id}-{state.decisions}-{ts}"
+        moves = []
+        if to_variant != state.variant:
+            verb = "step up" if c.ladder.rung(to_variant) < c.ladder.rung(state.variant) else (
+                "jump to" if trigger == "CRITICAL" else "step down")
+            moves.append(f"{verb} {state.variant} -> {to_variant}")
+        if (precision, batch) != (state.precision, state.batch_size):
+            moves.append(f"{state.precision}/b{state.batch_size} -> {precision}/b{batch}")
+        record = {
+            "command_id": command_id,
+            "node_id": state.node_id,
+            "decided_on_ts_ms": ts,
+            "issued_ts_ms": ts,
+            "trigger": trigger,
+            "from_variant": state.variant,
+            "to_variant": to_variant,
+            "from_precision": state.precision,
+            "to_precision": precision,
+            "batch_size": batch,
+            "cache": False,
+            "fallback": False,
+            "model_sha256": self._sha.get((to_variant, precision)),
+            "reason": f"{why}: {'; '.join(moves)}",
+            "evidence": {
+                "resource_score": round(mean_score, 4),
+                "temperature_c": sample["gpu_temp_c"],
+                "window_mean_c": round(sum(state.temps) / n, 3),
+                "window_max_c": max(state.temps),
+                "violation_fraction": round(violation, 4),
+                "window_size": n,
+                "forecast_c": None, "forecast_lower_c": None, "forecast_upper_c": None,
+                "forecast_horizon_s": None, "anomaly_score": None, "contributing_features": [],
+            },
+        }
+        state.pending = Pending(command_id, to_variant, precision, batch, ts)
+        state.variant, state.precision, state.batch_size = to_variant, precision, batch
+        state.last_change_ms = ts
+        if command_id in state.acked:
+            state.pending = None
+            return None  # acknowledged before (a replay or a resume): never issue it twice
+        return record
+
+
+def _clip(x: float) -> float:
+    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+def _count(fraction: float, n: int) -> str:
+    return f"{round(fraction * n)}/{n}"

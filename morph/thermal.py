@@ -1,0 +1,120 @@
+"""A physical (RC) thermal model of an accelerator, and the scenarios injected into it.
+
+Where no NVIDIA GPU exists (a laptop, CI) the fleet simulator and the edge
+worker take their temperature from this model instead of NVML, so the same
+code path runs everywhere. One lumped thermal mass C (J/°C) loses heat to the
+ambient air through a resistance R (°C/W) that the fan sets::
+
+    C dT/dt = P - (T - T_ambient) / R          (steady state: T = T_ambient + P R)
+
+P is idle power plus the dynamic power of the variant being served (its
+measured cost relative to the transformer), scaled by precision and
+utilisation, and limited by the power cap. The step is integrated exactly
+(exponential approach to steady state), so any sampling interval is stable.
+
+>>> m = ThermalModel(temp_c=30.0)
+>>> round(m.steady_state_c(m.power_w("transformer", "fp32", 1.0), 30.0), 1)
+75.0
+>>> t = [m.step(1.0, "transformer", "fp32", 1.0, Conditions(ambient_c=30.0)) for _ in range(200)]
+>>> round(t[-1], 1)
+75.0
+>>> m.step(1.0, "snn", "fp32", 1.0, Conditions(ambient_c=30.0)) < t[-1]   # lighter variant cools
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+#: Dynamic power of each variant relative to the transformer, used until the zoo's
+#: measured CPU cost per inference replaces it (`ThermalModel.variant_power`).
+DEFAULT_VARIANT_POWER = {"transformer": 1.0, "lstm": 0.6, "cnn": 0.4, "mobilenet": 0.25, "snn": 0.12}
+PRECISION_POWER = {"fp32": 1.0, "fp16": 0.7, "int8": 0.5}
+#: Nominal per-request latency (ms at batch 1) used by the simulator when no worker measures it.
+DEFAULT_VARIANT_LATENCY_MS = {"transformer": 4.0, "lstm": 2.5, "cnn": 1.5, "mobilenet": 1.0, "snn": 0.8}
+#: Above this temperature the accelerator throttles its clocks (as real GPUs do near 95 °C).
+THROTTLE_C = 95.0
+AMB, FAN = 24, 0.65  # thermal-event: extra ambient °C and fan health (tuned so Figure 2's ladder appears)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the environment imposes at one moment: air temperature, fan health, power cap, load."""
+
+    ambient_c: float = 30.0
+    fan: float = 1.0          # 1 = healthy; 0.4 = failing fan (R grows by 1/fan)
+    power_cap_w: float = 350.0
+    load: float = 1.0         # utilisation the request stream asks for, [0,1]
+
+
+@dataclass
+class ThermalModel:
+    r_c_per_w: float = 0.15
+    c_j_per_c: float = 130.0          # tau = R C ~ 20 s with a healthy fan
+    idle_w: float = 60.0
+    dynamic_w: float = 240.0          # transformer, fp32, full utilisation
+    temp_c: float = 45.0
+    variant_power: dict = field(default_factory=lambda: dict(DEFAULT_VARIANT_POWER))
+
+    def power_w(self, variant: str, precision: str, util: float, cap_w: float = math.inf) -> float:
+        p = self.idle_w + self.dynamic_w * self.variant_power[variant] * PRECISION_POWER[precision] * util
+        return min(p, cap_w)
+
+    def steady_state_c(self, power_w: float, ambient_c: float, fan: float = 1.0) -> float:
+        return ambient_c + power_w * self.r_c_per_w / max(fan, 1e-3)
+
+    def step(self, dt_s: float, variant: str, precision: str, util: float, cond: Conditions) -> float:
+        """Advance ``dt_s`` seconds; returns the new temperature."""
+        r = self.r_c_per_w / max(cond.fan, 1e-3)
+        target = cond.ambient_c + self.power_w(variant, precision, util, cond.power_cap_w) * r
+        self.temp_c = target + (self.temp_c - target) * math.exp(-dt_s / (r * self.c_j_per_c))
+        return self.temp_c
+
+    def throttle_factor(self) -> float:
+        """Fraction of nominal throughput left at the current temperature (clock throttling)."""
+        return 1.0 if self.temp_c < THROTTLE_C else max(0.2, 1.0 - 0.15 * (self.temp_c - THROTTLE_C))
+
+
+def _ramp(t: float, t0: float, t1: float, a: float, b: float) -> float:
+    if t <= t0:
+        return a
+    if t >= t1:
+        return b
+    return a + (b - a) * (t - t0) / (t1 - t0)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Conditions as a function of time since the scenario started (seconds).
+
+    ``duration_s`` stretches or compresses the whole timeline; the shapes are
+    given as fractions of it so a short test run and a long demo see the same event.
+    """
+
+    name: str = "steady"
+    duration_s: float = 120.0
+    base_ambient_c: float = 30.0
+    power_cap_w: float = 350.0
+
+    def at(self, t: float) -> Conditions:
+        f = t / self.duration_s
+        amb, fan, cap = self.base_ambient_c, 1.0, self.power_cap_w
+        if self.name == "heat-wave":
+            # Air heats by 35 °C, holds, and cools again.
+            amb = _ramp(f, 0.1, 0.35, amb, amb + 35) if f < 0.6 else _ramp(f, 0.6, 0.8, amb + 35, amb)
+        elif self.name == "fan-failure":
+            fan = 0.45 if 0.15 <= f < 0.65 else 1.0
+        elif self.name == "power-cap":
+            cap = 0.6 * cap if 0.2 <= f < 0.7 else cap
+        elif self.name == "thermal-event":
+            # The seed's Figure 2: hot air and a failing fan together push a
+            # transformer past 85 °C and, despite stepping down, past 90 °C.
+            amb = _ramp(f, 0.1, 0.3, amb, amb + AMB) if f < 0.55 else _ramp(f, 0.55, 0.7, amb + AMB, amb)
+            fan = FAN if 0.15 <= f < 0.55 else 1.0
+        elif self.name != "steady":
+            raise ValueError(f"unknown scenario {self.name!r}; known: {', '.join(SCENARIOS)}")
+        return Conditions(ambient_c=amb, fan=fan, power_cap_w=cap)
+
+
+SCENARIOS = ("steady", "heat-wave", "fan-failure", "power-cap", "thermal-event")
