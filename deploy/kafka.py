@@ -10,63 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas import DEADLETTER_TOPIC, TOPICS
+from operators.kafka_io import KafkaSettings
+from schemas import TopicNames  # noqa: F401  (re-exported for commands)
 
 DEFAULT_BOOTSTRAP = f"127.0.0.1:{9092}"
-
-#: Low-latency consumer settings measured on this machine: librdkafka's default
-#: fetch.wait.max.ms (500) adds ~100 ms per hop; 5 ms brings a hop to 2-3 ms.
-LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "5", "fetch.min.bytes": "1"}
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    """A bootstrap address plus librdkafka settings, shared by producers, consumers and flows."""
-
-    bootstrap: str
-    config: dict = field(default_factory=dict)
-
-    def client(self, **extra) -> dict:
-        conf = {"bootstrap.servers": self.bootstrap}
-        conf.update(self.config)
-        conf.update({k: v for k, v in extra.items()})
-        return conf
-
-    def producer(self, **extra) -> dict:
-        return self.client(**{"linger.ms": "2", **extra})
-
-    def consumer(self, group_id: str, **extra) -> dict:
-        return self.client(**{"group.id": group_id, "enable.auto.commit": "false",
-                              **LOW_LATENCY_CONSUMER, **extra})
-
-    def flow_config(self) -> dict:
-        """Settings for Bytewax's KafkaSource/KafkaSink (which add bootstrap themselves)."""
-        return {**LOW_LATENCY_CONSUMER, **self.config}
-
-    @property
-    def brokers(self) -> list[str]:
-        return self.bootstrap.split(",")
-
-
-@dataclass(frozen=True)
-class TopicNames:
-    """Topic name of each record type; names are configuration, these are the defaults."""
-
-    telemetry: str = TOPICS["Telemetry"]
-    signals: str = TOPICS["WorkflowSignal"]
-    commands: str = TOPICS["MorphCommand"]
-    shadow: str = TOPICS["ShadowCommand"]
-    acks: str = TOPICS["CommandAck"]
-    alerts: str = TOPICS["Alert"]
-    predictions: str = TOPICS["NextStepPrediction"]
-    deadletter: str = DEADLETTER_TOPIC
-
-    def all(self) -> list[str]:
-        return list(dict.fromkeys(vars(self).values()))
-
 
 def parse_properties(path: Path) -> dict:
     """A librdkafka properties file: ``key=value`` lines, ``#`` comments."""

@@ -2,9 +2,9 @@
 
 Rules, checked on every sample (event time, so a replay decides the same way):
 
-* **critical** — at least ``sustain_fraction`` of the last ``window`` samples at
-  or above ``critical_c`` (90 °C): go straight to the lightest variant, cool-down
-  or not;
+* **critical** — the last ``critical_samples`` samples all at or above
+  ``critical_c`` (90 °C): go straight to the lightest variant, cool-down or not.
+  A safety rule, so its debounce is shorter than the window's;
 * **threshold** — at least ``sustain_fraction`` of the window at or above
   ``hot_c`` (85 °C) and ``cooldown_s`` since the last change: one rung down;
 * **recovery** — the whole window at or below ``recover_c`` and
@@ -53,6 +53,7 @@ class PolicyConfig:
     critical_c: float = 90.0
     recover_c: float = 78.0
     window: int = 6
+    critical_samples: int = 3
     sustain_fraction: float = 0.7
     cooldown_s: float = 5.0
     recover_cooldown_s: float = 10.0
@@ -185,19 +186,20 @@ class MorphPolicy:
             return None
 
         n = len(temps)
-        critical = sum(1 for t in temps if t >= c.critical_c) / n
+        k = min(c.critical_samples, n)
+        critical = all(temps[-i] >= c.critical_c for i in range(1, k + 1))
         variant = state.variant
         if state.pending is not None:
-            if critical >= c.sustain_fraction and state.pending.to_variant != c.ladder.lightest:
-                return self._command(state, sample, "CRITICAL", c.ladder.lightest, critical,
-                                     f"{_count(critical, n)} samples >= {c.critical_c} °C while a change was pending")
+            if critical and state.pending.to_variant != c.ladder.lightest:
+                return self._command(state, sample, "CRITICAL", c.ladder.lightest, 1.0,
+                                     f"last {k} samples >= {c.critical_c} °C while a change was pending")
             return None
         since = None if state.last_change_ms is None else (ts - state.last_change_ms) / 1000.0
         rung, lightest = c.ladder.rung(variant), len(c.ladder.variants) - 1
 
-        if critical >= c.sustain_fraction and rung < lightest:
-            return self._command(state, sample, "CRITICAL", c.ladder.lightest, critical,
-                                 f"{_count(critical, n)} samples >= {c.critical_c} °C (max {max(temps):.1f} °C)")
+        if critical and rung < lightest:
+            return self._command(state, sample, "CRITICAL", c.ladder.lightest, 1.0,
+                                 f"last {k} samples >= {c.critical_c} °C (max {max(temps):.1f} °C)")
         hot = sum(1 for t in temps if t >= c.hot_c) / n
         if hot >= c.sustain_fraction and rung < lightest and (since is None or since >= c.cooldown_s):
             return self._command(state, sample, "THRESHOLD", c.ladder.step_down(variant), hot,
@@ -241,7 +243,7 @@ class MorphPolicy:
         moves = []
         if to_variant != state.variant:
             verb = "step up" if c.ladder.rung(to_variant) < c.ladder.rung(state.variant) else (
-                "jump to" if trigger == "CRITICAL" else "step down")
+                "jump" if trigger == "CRITICAL" else "step down")
             moves.append(f"{verb} {state.variant} -> {to_variant}")
         if (precision, batch) != (state.precision, state.batch_size):
             moves.append(f"{state.precision}/b{state.batch_size} -> {precision}/b{batch}")

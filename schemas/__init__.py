@@ -9,6 +9,7 @@ of each record type, which is also the Confluent registry subject
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -54,3 +55,28 @@ def load_schema(name: str) -> dict:
     import fastavro
 
     return fastavro.parse_schema(schema_json(name))
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Topic name of each record type; names are configuration, these are the defaults."""
+
+    telemetry: str = TOPICS["Telemetry"]
+    signals: str = TOPICS["WorkflowSignal"]
+    commands: str = TOPICS["MorphCommand"]
+    shadow: str = TOPICS["ShadowCommand"]
+    acks: str = TOPICS["CommandAck"]
+    alerts: str = TOPICS["Alert"]
+    predictions: str = TOPICS["NextStepPrediction"]
+    deadletter: str = DEADLETTER_TOPIC
+
+    def all(self) -> list[str]:
+        return list(dict.fromkeys(vars(self).values()))
+
+    def for_schema(self, schema_name: str) -> str:
+        """The topic a record type is published to."""
+        return {
+            "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
+            "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
+            "NextStepPrediction": self.predictions,
+        }[schema_name]

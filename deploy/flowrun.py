@@ -1,0 +1,162 @@
+"""``liquid flow run NAME``: run a dataflow on Bytewax workers.
+
+* ``-w N``: N worker threads in this process;
+* ``-p N``: N processes on this machine (spawned here, each ``-w`` workers);
+* ``-i ID -a HOST:PORT;HOST:PORT...``: this process is member ID of a cluster
+  spanning several hosts (run the same command on each host with its own ID).
+
+With ``--recovery-dir`` Bytewax snapshots state and source offsets to SQLite
+every ``--snapshot-interval`` seconds; run the same command again to resume
+where the last snapshot left off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from deploy.kafka import add_kafka_args, require_topics, settings_from_args
+from flows.spec import ENV_VAR, FlowSpec
+
+#: Flow name -> module with ``build(spec)`` and ``from_env()``.
+FLOWS = {"control": "flows.control", "workflow": "flows.workflow"}
+#: Topics each flow reads (checked before starting, for a clear error).
+FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals", "acks")}
+
+
+def flow_module(name: str):
+    from deploy.cli import UsageError
+
+    if name not in FLOWS:
+        raise UsageError(f"unknown flow {name!r}; known: {', '.join(FLOWS)}")
+    try:
+        return importlib.import_module(FLOWS[name])
+    except ModuleNotFoundError as err:
+        raise UsageError(f"flow {name!r} is not available in this build ({err.name} missing)") from None
+
+
+def prepare_recovery(recovery_dir: Path, partitions: int) -> None:
+    """Create the SQLite recovery partitions on first use; reuse them after."""
+    from bytewax.recovery import init_db_dir
+
+    recovery_dir.mkdir(parents=True, exist_ok=True)
+    if not any(recovery_dir.glob("part-*.sqlite3")):
+        init_db_dir(recovery_dir, partitions)
+
+
+def run_flow(spec: FlowSpec, workers: int = 1, processes: int = 1, process_id: int | None = None,
+             addresses: list[str] | None = None, recovery_dir: Path | None = None,
+             snapshot_interval_s: float = 10.0, backup_interval_s: float = 0.0) -> int:
+    """Run ``spec`` to completion (or until interrupted); returns an exit status."""
+    if recovery_dir is not None:
+        prepare_recovery(recovery_dir, max(1, workers * max(processes, len(addresses or []))))
+    if processes > 1 and process_id is None:
+        return _spawn_local_cluster(spec, workers, processes, recovery_dir, snapshot_interval_s, backup_interval_s)
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    flow = flow_module(spec.name).build(spec)
+    recovery = RecoveryConfig(str(recovery_dir), timedelta(seconds=backup_interval_s)) if recovery_dir else None
+    cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
+             epoch_interval=timedelta(seconds=snapshot_interval_s), recovery_config=recovery)
+    return 0
+
+
+def _spawn_local_cluster(spec: FlowSpec, workers: int, processes: int, recovery_dir: Path | None,
+                         snapshot_interval_s: float, backup_interval_s: float) -> int:
+    from deploy.broker import free_port
+
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    env = {**os.environ, ENV_VAR: spec.to_json()}
+    children = []
+    for pid in range(processes):
+        cmd = [sys.executable, "-m", "bytewax.run", f"{FLOWS[spec.name]}:from_env()",
+               "-w", str(workers), "-i", str(pid), "-a", addresses, "-s", str(int(snapshot_interval_s))]
+        if recovery_dir is not None:
+            cmd += ["-r", str(recovery_dir), "-b", str(int(backup_interval_s))]
+        children.append(subprocess.Popen(cmd, env=env))
+
+    def forward(signum, _frame):
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return next((c for c in codes if c != 0), 0)
+
+
+def spec_from_args(name: str, args) -> FlowSpec:
+    from deploy.cli import UsageError
+
+    settings = settings_from_args(args)
+    policy = {}
+    for key, value in args.policy or []:
+        try:
+            policy[key] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            raise UsageError(f"--policy {key}={value}: expected a number") from None
+    return FlowSpec(name=name, bootstrap=settings.bootstrap, kafka_config=settings.config,
+                    tail=not getattr(args, "until_end", False), start=getattr(args, "start", "beginning"), batch_size=args.batch_size,
+                    registry_url=args.registry_url, zoo_dir=str(args.zoo) if args.zoo else None,
+                    models=args.models, policy=policy)
+
+
+def _run(args) -> int:
+    from deploy.cli import UsageError
+
+    spec = spec_from_args(args.flow, args)
+    flow_module(spec.name)
+    require_topics(spec.kafka, [getattr(spec.topic_names, t) for t in FLOW_INPUTS[spec.name]])
+    if (args.process_id is None) != (args.addresses is None):
+        raise UsageError("-i/--process-id and -a/--addresses go together")
+    if args.process_id is not None and args.processes > 1:
+        raise UsageError("use either -p (processes on this machine) or -i/-a (one process of a cluster), not both")
+    addresses = args.addresses.split(";") if args.addresses else None
+    if addresses is not None and not 0 <= args.process_id < len(addresses):
+        raise UsageError(f"-i {args.process_id} is not an index into the {len(addresses)} addresses given with -a")
+    print(f"flow {spec.name}: {args.workers} worker(s) x {args.processes if addresses is None else len(addresses)} "
+          f"process(es), Kafka {spec.kafka.bootstrap}" + (f", recovery {args.recovery_dir}" if args.recovery_dir else ""),
+          file=sys.stderr, flush=True)
+    return run_flow(spec, workers=args.workers, processes=args.processes, process_id=args.process_id,
+                    addresses=addresses, recovery_dir=args.recovery_dir,
+                    snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval)
+
+
+def add_flow_args(p) -> None:
+    """Options shared by ``flow run`` and ``replay --flow``."""
+    from deploy.kafka import parse_setting
+
+    p.add_argument("--batch-size", type=int, default=1000, help="max messages per source poll (default %(default)s)")
+    p.add_argument("--registry-url", help="schema registry URL: write Confluent framing (default: single-object)")
+    p.add_argument("--zoo", type=Path, help="model zoo directory: commands carry each model's sha256 from its manifest")
+    p.add_argument("--models", action="store_true", help="control flow: online anomaly and forecast models on")
+    p.add_argument("--policy", metavar="KEY=VALUE", action="append", type=parse_setting,
+                   help="override a morph policy setting, e.g. --policy hot_c=80 (repeatable)")
+
+
+def register(tree) -> None:
+    p = tree.command("flow run", "run a dataflow (control | workflow) on Bytewax workers", _run, description=__doc__)
+    p.add_argument("flow", help=f"which flow: {', '.join(FLOWS)}")
+    p.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process (default %(default)s)")
+    p.add_argument("-p", "--processes", type=int, default=1, help="processes on this machine (default %(default)s)")
+    p.add_argument("-i", "--process-id", type=int, help="this process's index in a multi-host cluster")
+    p.add_argument("-a", "--addresses", help="HOST:PORT of every process of the cluster, separated by ';'")
+    p.add_argument("--recovery-dir", type=Path, help="snapshot state here (SQLite) and resume from it on restart")
+    p.add_argument("--snapshot-interval", type=float, default=10.0, help="seconds between snapshots (default %(default)s)")
+    p.add_argument("--backup-interval", type=float, default=0.0,
+                   help="seconds to keep old snapshots before deleting them (default %(default)s)")
+    p.add_argument("--start", choices=("beginning", "end"), default="beginning",
+                   help="where to start reading partitions with no recovery snapshot (default %(default)s)")
+    p.add_argument("--until-end", action="store_true", help="stop at the end of every input partition instead of tailing")
+    add_flow_args(p)
+    add_kafka_args(p)
