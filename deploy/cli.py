@@ -119,4 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, so that UsageError raised by commands
+    # (deploy.cli.UsageError) is the class main() catches, not __main__'s copy.
+    from deploy.cli import main as _main
+
+    sys.exit(_main())

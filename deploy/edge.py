@@ -42,9 +42,10 @@ class CommandListener(threading.Thread):
         partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
         # Explicit high watermarks rather than OFFSET_END, which resolves lazily: a
         # command sent right after wait_ready() must not be skipped.
-        starts = {p: OFFSET_BEGINNING if self.from_beginning
-                  else consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)[1]
-                  for p in partitions}
+        from deploy.replay import partition_ends
+
+        ends = partition_ends(consumer, self.topic, len(partitions))
+        starts = {p: OFFSET_BEGINNING if self.from_beginning else ends[p][1] for p in partitions}
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
         self._ready.set()
         try:

@@ -34,6 +34,33 @@ def parse_time_ms(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def partition_ends(consumer, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
+    """``{partition: (low, end)}`` where end is one past the last record.
+
+    Tansu (the embedded broker) reports the high watermark as the base offset of
+    the last record *batch* plus one, not one past its last record. So fetch from
+    ``high - 1`` and take the last offset of that batch; on a real Kafka cluster
+    this returns the high watermark unchanged.
+    """
+    from confluent_kafka import TopicPartition
+
+    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(partitions)}
+    probe = {p: high - 1 for p, (low, high) in marks.items() if high > low}
+    ends = {p: high for p, (_, high) in marks.items()}
+    if probe:
+        consumer.assign([TopicPartition(topic, p, o) for p, o in probe.items()])
+        deadline = time.monotonic() + 5.0
+        waiting = set(probe)
+        while waiting and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, timeout=0.2):
+                if msg.error() is None:
+                    p = msg.partition()
+                    ends[p] = max(ends[p], msg.offset() + 1)
+                    waiting.discard(p)
+        consumer.unassign()
+    return {p: (marks[p][0], ends[p]) for p in range(partitions)}
+
+
 def resolve_offsets(settings, topic: str, from_offsets: list[str] | None, from_time_ms: int | None,
                     partitions: int) -> dict[int, tuple[int, int]]:
     """``{partition: (start offset, end offset)}``, checked against the partitions' watermarks."""
@@ -43,7 +70,7 @@ def resolve_offsets(settings, topic: str, from_offsets: list[str] | None, from_t
 
     consumer = Consumer(settings.consumer(f"liquid-replay-{time.time_ns()}"))
     try:
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(partitions)}
+        marks = partition_ends(consumer, topic, partitions)
         starts: dict[int, int] = {}
         if from_time_ms is not None:
             found = consumer.offsets_for_times([TopicPartition(topic, p, from_time_ms) for p in range(partitions)],

@@ -1,0 +1,49 @@
+"""Shared fixtures: a real Tansu broker per test (it starts in milliseconds), and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def broker():
+    from deploy.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def kafka(broker):
+    """Kafka settings for a fresh broker with every project topic created."""
+    from deploy.topics import ensure_topics
+    from operators.kafka_io import KafkaSettings
+    from schemas import TopicNames
+
+    settings = KafkaSettings(broker.bootstrap)
+    ensure_topics(settings, TopicNames().all(), partitions=2)
+    return settings
+
+
+def liquid_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "deploy.cli", *map(str, args)]
+
+
+def run_liquid(*args, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(liquid_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"liquid {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def start_liquid(*args, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(liquid_cmd(*args), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -1,0 +1,57 @@
+"""The RC thermal model and its scenarios."""
+
+import pytest
+
+from morph.thermal import SCENARIOS, Conditions, Scenario, ThermalModel
+
+
+def test_steady_state_matches_rc_formula():
+    m = ThermalModel(temp_c=20.0)
+    for _ in range(400):
+        m.step(0.5, "cnn", "fp32", 1.0, Conditions(ambient_c=30.0))
+    p = m.power_w("cnn", "fp32", 1.0)
+    assert m.temp_c == pytest.approx(30.0 + p * m.r_c_per_w, abs=0.01)
+
+
+def test_exact_integration_is_step_size_independent():
+    a, b = ThermalModel(temp_c=40.0), ThermalModel(temp_c=40.0)
+    cond = Conditions(ambient_c=35.0, fan=0.7)
+    for _ in range(10):
+        a.step(1.0, "transformer", "fp32", 1.0, cond)
+    for _ in range(100):
+        b.step(0.1, "transformer", "fp32", 1.0, cond)
+    assert a.temp_c == pytest.approx(b.temp_c, abs=1e-9)
+
+
+def test_lighter_variants_and_precisions_draw_less_and_run_cooler():
+    m = ThermalModel()
+    powers = [m.power_w(v, "fp32", 1.0) for v in ("transformer", "lstm", "cnn", "mobilenet", "snn")]
+    assert powers == sorted(powers, reverse=True)
+    assert m.power_w("cnn", "int8", 1.0) < m.power_w("cnn", "fp16", 1.0) < m.power_w("cnn", "fp32", 1.0)
+
+
+def test_failing_fan_and_power_cap():
+    m = ThermalModel()
+    assert m.steady_state_c(200, 30, fan=0.5) > m.steady_state_c(200, 30, fan=1.0)
+    assert m.power_w("transformer", "fp32", 1.0, cap_w=150) == 150
+
+
+def test_throttling_above_95():
+    m = ThermalModel(temp_c=100.0)
+    assert m.throttle_factor() < 1.0
+    m.temp_c = 80.0
+    assert m.throttle_factor() == 1.0
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_scenarios_return_to_normal(name):
+    s = Scenario(name, duration_s=100)
+    assert s.at(0) == s.at(99.9) == Conditions(ambient_c=30.0, power_cap_w=350.0)
+    mid = [s.at(t) for t in range(20, 60)]
+    if name != "steady":
+        assert any(c != s.at(0) for c in mid)
+
+
+def test_unknown_scenario():
+    with pytest.raises(ValueError, match="unknown scenario"):
+        Scenario("volcano").at(1)
