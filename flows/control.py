@@ -3,7 +3,7 @@
 ::
 
     edge.telemetry ─┐                                   ┌─▶ edge.commands
-                    ├─▶ decode ─▶ key by node ─▶ morph ─┤
+                    ├─▶ decode, key by node ───▶ morph ─┤
     edge.acks ──────┘      │                            └─▶ liquid.alerts
                            └─▶ liquid.deadletter  (anything that does not decode)
 
@@ -33,14 +33,14 @@ def build(spec: FlowSpec) -> Dataflow:
     raw = op.input("kafka_in", flow, OffsetKafkaSource(
         kafka.brokers, [topics.telemetry, topics.acks], tail=spec.tail, starting_offset=start,
         start_offsets=per_partition, add_config=kafka.flow_config(), batch_size=spec.batch_size))
-    decoded = op.map("decode", raw, decoder(codec, {topics.telemetry: "Telemetry", topics.acks: "CommandAck"}))
+    decode = decoder(codec, {topics.telemetry: "Telemetry", topics.acks: "CommandAck"}, key_field="node_id")
+    decoded = op.flat_map_batch("decode_by_node", raw, lambda batch: [decode(m) for m in batch])
     routed = op.branch("decodable", decoded, is_event)
     op.output("deadletter_out", op.map("dead_letter", routed.falses, dead_letter_message(topics.deadletter)),
               KafkaSink(kafka.brokers, None, add_config=kafka.config))
 
-    by_node = op.key_on("by_node", routed.trues, lambda event: event.record["node_id"])
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic)
-    outputs = op.stateful_flat_map("morph", by_node, step)
+    outputs = op.stateful_flat_map("morph", routed.trues, step)
     topic_by_schema = {name: spec.output_topics.get(name) or topics.for_schema(name)
                        for name in ("MorphCommand", "Alert")}
     op.output("kafka_out", op.map("encode", outputs, encoder(codec, topic_by_schema)),

@@ -221,7 +221,7 @@ class MorphPolicy:
         reported = (sample["variant"], sample["precision"], sample["batch_size"])
         pending = state.pending
         if pending is not None:
-            if (pending.to_variant, pending.to_precision) == reported[:2]:
+            if (pending.to_variant, pending.to_precision, pending.batch_size) == reported:
                 state.pending = None
             elif ts - pending.issued_at_ms > self.config.pending_timeout_s * 1000:
                 state.pending = None  # never confirmed: believe the node again

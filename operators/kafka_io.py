@@ -87,15 +87,20 @@ class Event:
     offset: int
 
 
-def decoder(codec: Codec, expect_by_topic: dict[str, str]):
-    """A map function: KafkaSourceMessage -> Event or DeadLetter."""
+def decoder(codec: Codec, expect_by_topic: dict[str, str], key_field: str):
+    """A map function: KafkaSourceMessage -> ``(key, Event)`` or ``("", DeadLetter)``.
+
+    It keys events by ``record[key_field]`` itself: one operator less per event
+    than a separate ``key_on``, which matters at tens of thousands of events/s.
+    """
 
     def decode(msg: KafkaSourceMessage):
         try:
             decoded: Decoded = codec.decode(msg.value, expect=expect_by_topic.get(msg.topic))
         except DecodeError as err:
-            return _dead(msg, str(err))
-        return Event(decoded.schema_name, decoded.record, msg.topic, msg.partition, msg.offset)
+            return "", _dead(msg, str(err))
+        record = decoded.record
+        return record[key_field], Event(decoded.schema_name, record, msg.topic, msg.partition, msg.offset)
 
     return decode
 
@@ -112,12 +117,13 @@ def _dead(msg: KafkaSourceMessage, reason: str) -> DeadLetter:
     return DeadLetter(msg.topic, msg.partition, msg.offset, msg.key, msg.value, reason)
 
 
-def is_event(item) -> bool:
-    return isinstance(item, Event)
+def is_event(keyed) -> bool:
+    return isinstance(keyed[1], Event)
 
 
 def dead_letter_message(deadletter_topic: str):
-    def to_message(dl: DeadLetter) -> KafkaSinkMessage:
+    def to_message(keyed) -> KafkaSinkMessage:
+        dl: DeadLetter = keyed[1]
         headers = [("liquid.error", dl.reason.encode()), ("liquid.source.topic", dl.topic.encode()),
                    ("liquid.source.partition", str(dl.partition).encode()),
                    ("liquid.source.offset", str(dl.offset).encode())]

@@ -1,0 +1,137 @@
+"""Telemetry events/s through the control flow (Kafka in -> commands out).
+
+Pre-produces N telemetry records of a simulated fleet in a heat wave (so the
+policy really decides and emits commands), then runs ``liquid flow run control
+--until-end`` on 1 worker, 2 workers (threads) and 2 processes, each on its own
+fresh copy of the input. A flow's rate is N / (its run time minus the same
+flow's start-up and shut-down on an empty topic, measured in the same run).
+The ceiling is the broker's own rate: a plain consumer reading the same N
+records, measured in the same run.
+
+    python bench/control_throughput.py [--events 200000] [--nodes 200]
+
+The last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from deploy.broker import EmbeddedBroker  # noqa: E402
+from deploy.replay import read_topic  # noqa: E402
+from deploy.topics import ensure_topics  # noqa: E402
+from morph.fleet import SimulatedNode  # noqa: E402
+from morph.thermal import Scenario  # noqa: E402
+from operators.kafka_io import KafkaSettings  # noqa: E402
+from schemas import TopicNames  # noqa: E402
+from schemas.codec import Codec  # noqa: E402
+
+PARTITIONS = 4
+
+
+def encoded_fleet(events: int, nodes: int) -> list[tuple[bytes, bytes]]:
+    codec = Codec()
+    fleet = [SimulatedNode(f"edge-{i}", Scenario("heat-wave", duration_s=events / nodes), seed=i) for i in range(nodes)]
+    out = []
+    t0 = 1_700_000_000_000
+    for k in range(events // nodes):
+        for node in fleet:
+            out.append((node.node_id.encode(), codec.encode("Telemetry", node.sample(t0 + k * 1000, 1.0))))
+    return out
+
+
+def produce(settings: KafkaSettings, topic: str, messages) -> float:
+    producer = Producer(settings.producer(**{"linger.ms": "5", "batch.num.messages": "10000"}))
+    start = time.perf_counter()
+    for key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    producer.flush(60)
+    return len(messages) / (time.perf_counter() - start)
+
+
+def consume_rate(settings: KafkaSettings, topic: str, expected: int) -> float:
+    consumer = Consumer(settings.consumer("bench", **{"fetch.wait.max.ms": "5"}))
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    n, start = 0, time.perf_counter()
+    while n < expected and time.perf_counter() - start < 120:
+        n += sum(1 for m in consumer.consume(10000, timeout=0.5) if m.error() is None)
+    rate = n / (time.perf_counter() - start)
+    consumer.close()
+    return rate
+
+
+def run_flow(bootstrap: str, topics: dict, *scale: str) -> float:
+    spec_topics = json.dumps(topics)
+    cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", "control", "--until-end", "--bootstrap", bootstrap,
+           "--batch-size", "1000", *scale]
+    env = {"LIQUID_BENCH_TOPICS": spec_topics, "PATH": "/usr/bin:/bin"}
+    import os
+
+    env = {**os.environ, **env}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--nodes", type=int, default=200)
+    args = ap.parse_args()
+    messages = encoded_fleet(args.events, args.nodes)
+    n = len(messages)
+    results = {"events": n, "nodes": args.nodes}
+    configs = {"1_worker": ["-w", "1"], "2_workers": ["-w", "2"], "2_processes": ["-p", "2"]}
+    for name, scale in [("empty", ["-w", "1"])] + list(configs.items()):
+        # A fresh broker per run: each flow reads the whole input from offset 0 and writes its own commands.
+        with EmbeddedBroker() as broker:
+            settings = KafkaSettings(broker.bootstrap)
+            topics = TopicNames()
+            ensure_topics(settings, topics.all(), partitions=PARTITIONS)
+            if name != "empty":
+                produce_rate = produce(settings, topics.telemetry, messages)
+                if name == "1_worker":
+                    results["broker_produce_events_per_s"] = round(produce_rate)
+                    results["broker_ceiling_events_per_s"] = round(consume_rate(settings, topics.telemetry, n))
+            elapsed = run_flow(broker.bootstrap, {}, *scale)
+            if name == "empty":
+                results["flow_startup_s"] = round(elapsed, 3)
+                print(f"flow start-up + shut-down on an empty topic: {elapsed:.2f} s", flush=True)
+                continue
+            commands = [r for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
+            net = max(elapsed - results["flow_startup_s"], 1e-3)
+            rate = n / net
+            results[f"events_per_s_{name}"] = round(rate)
+            results[f"commands_{name}"] = len(commands)
+            print(f"{name:>12}: {n} events in {elapsed:.2f} s ({net:.2f} s net) = {rate:,.0f} events/s; "
+                  f"{len(commands)} commands", flush=True)
+    ceiling = results["broker_ceiling_events_per_s"]
+    print(f"broker ceiling (plain consumer): {ceiling:,} events/s; produce {results['broker_produce_events_per_s']:,}/s")
+    for name in configs:
+        print(f"ratio {name} / broker ceiling: {results[f'events_per_s_{name}'] / ceiling:.3f}")
+    results["ratio_1_worker_to_ceiling"] = round(results["events_per_s_1_worker"] / ceiling, 4)
+    results["target_events_per_s_1_worker"] = 50_000
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
