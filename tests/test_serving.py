@@ -134,7 +134,7 @@ def test_queued_swaps_apply_in_order_and_the_last_one_stays(server):
     while len(acks) < len(plan) and time.monotonic() < deadline:  # callbacks run just after the futures resolve
         time.sleep(0.01)
     assert acks == results
-    assert server.history()[-len(plan):] == results
+    assert server.swap_history()[-len(plan):] == results
 
 
 def test_swap_to_the_model_already_serving_is_a_no_op(server):
@@ -151,10 +151,13 @@ def test_load_counts_throughput_per_second(server):
     history = load.history()
     assert [h.second for h in history] == [0, 1]
     assert all(h.variant == "transformer" and h.dropped == 0 for h in history)
-    assert all(150 <= h.served <= 204 for h in history), history  # 200/s, give or take a scheduling hiccup
-    assert 150 <= stats.throughput_rps <= 204 and 0 < stats.mean_latency_ms < 1000
+    # 200/s in batches of 4 on a fixed schedule; a scheduling stall on a busy
+    # machine moves requests from one second to the next, hence the margins.
+    assert all(100 <= h.served <= 300 for h in history), history
+    assert 300 <= sum(h.served for h in history) <= 420
+    assert 100 <= stats.throughput_rps <= 300 and 0 < stats.mean_latency_ms < 1000
     assert stats.submitted == stats.served
-    assert 440 <= stats.served <= 480  # 2.3 s at 200/s, in batches of 4 on a fixed schedule
+    assert 440 <= stats.served <= 480
 
 
 class _FlakyServer:

@@ -147,14 +147,19 @@ class _Spike(torch.autograd.Function):
 
 
 class DigitSNN(nn.Module):
-    """Leaky integrate-and-fire hidden layer, leaky-integrator readout, unrolled over time.
+    """Leaky integrate-and-fire hidden layer and a leaky-integrator readout, unrolled over time.
 
     The image is direct-encoded: its 64 pixels drive the hidden neurons with a
     constant current at every step (a static image has no time axis worth
-    spiking over). Hidden neurons fire when their membrane crosses the
-    threshold and reset by subtraction; the readout integrates the spikes and
-    the logits are its membrane averaged over the steps. The loop is plain
-    Python over a fixed number of steps, so tracing unrolls it into ONNX.
+    spiking over). A hidden neuron fires when its membrane crosses the
+    threshold and resets by subtraction. The readout neurons integrate the
+    spike trains with the same leak; their membrane averaged over the steps
+    gives the logits. The readout is linear, so the spikes are integrated
+    first and the readout weights applied once (the same function as applying
+    them at every step, up to the bias scale, and one Gemm for ONNX instead of
+    one per step sharing a weight, which dynamic quantisation mishandles).
+    The loop is plain Python over a fixed number of steps, so tracing unrolls
+    it into the ONNX graph.
     """
 
     def __init__(self, hidden: int = 96, steps: int = 6, beta: float = 0.8, threshold: float = 1.0):
@@ -170,15 +175,14 @@ class DigitSNN(nn.Module):
 
     def forward(self, x):
         current = self.fc_in(x.flatten(1))
-        mem, mem_out, total = None, None, None
+        mem = trace = total = None
         for _ in range(self.steps):
             mem = current if mem is None else self.beta * mem + current
             spk = self.spike(mem - self.threshold)
             mem = mem - spk.detach() * self.threshold
-            drive = self.fc_out(spk)
-            mem_out = drive if mem_out is None else self.beta * mem_out + drive
-            total = mem_out if total is None else total + mem_out
-        return total / self.steps
+            trace = spk if trace is None else self.beta * trace + spk
+            total = trace if total is None else total + trace
+        return self.fc_out(total / self.steps)
 
 
 ARCHITECTURES = {

@@ -1,0 +1,112 @@
+"""Opening zoo models in ONNX Runtime, the one way the build, the tests and the edge worker do.
+
+Sessions run on the CPU provider with one intra-op thread: edge workers are
+small, share their cores with the rest of the node, and one thread gives
+steady, comparable latencies. Every caller opens sessions through
+`open_session`, so what the manifest measured is what the worker serves.
+
+>>> import numpy as np, onnx
+>>> from onnx import helper, TensorProto
+>>> graph = helper.make_graph(
+...     [helper.make_node("ReduceSum", ["input", "axes"], ["logits"], keepdims=0)], "toy",
+...     [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 8, 8])],
+...     [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 8])],
+...     [helper.make_tensor("axes", TensorProto.INT64, [1], [2])])
+>>> toy = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+>>> session = open_session(toy.SerializeToString())
+>>> x = np.zeros((2, 8, 8), np.float32); x[0, 3] = 1.0; x[1, 5] = 1.0
+>>> predict(session, x).tolist()
+[3, 5]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+INPUT = "input"
+PROVIDERS = ["CPUExecutionProvider"]
+
+
+def session_options(threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # errors only: ORT warns about every fp16 cast it leaves
+    return opts
+
+
+def open_session(model: str | Path | bytes, threads: int = 1):
+    """An ONNX Runtime session for a model file or its bytes."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(threads), providers=PROVIDERS)
+
+
+def logits(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return np.concatenate([session.run(None, {INPUT: x[i:i + batch_size]})[0]
+                           for i in range(0, len(x), batch_size)])
+
+
+def predict(session, x: np.ndarray) -> np.ndarray:
+    """Predicted class per row of ``x`` [N, 8, 8]."""
+    return logits(session, x).argmax(axis=1)
+
+
+def accuracy(session, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(session, x) == y).mean())
+
+
+def median_latency_ms(session, x: np.ndarray, runs: int, warmup: int = 3) -> float:
+    """Median wall time of one ``run`` on batch ``x``."""
+    feed = {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def cpu_ms_per_inference(session, x: np.ndarray, runs: int) -> float:
+    """Process CPU time (all threads) spent per ``run`` on batch ``x``: the
+    energy proxy that counts what the work really cost, not just how long it took."""
+    feed = {INPUT: np.ascontiguousarray(x, dtype=np.float32)}
+    session.run(None, feed)
+    start = time.process_time()
+    for _ in range(runs):
+        session.run(None, feed)
+    return (time.process_time() - start) / runs * 1e3
+
+
+_PROBE = """
+import sys, numpy as np
+from morph.zoo.runtime import open_session, INPUT
+session = open_session(sys.argv[1])
+for n in (1, 32):
+    out = session.run(None, {INPUT: np.zeros((n, 8, 8), np.float32)})[0]
+    assert out.shape == (n, 10), out.shape
+"""
+
+
+def probe(path: Path) -> tuple[int, str]:
+    """Open and run ``path`` in a child process; returns (exit code, stderr).
+
+    A child, because an ONNX Runtime optimiser can crash the whole process on a
+    graph it mishandles (it does on some float16 graphs), and the build must
+    survive that to try another conversion."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True, text=True, env=env)
+    return done.returncode, done.stderr
