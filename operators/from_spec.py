@@ -41,7 +41,7 @@ def policy_config_for(spec) -> PolicyConfig:
         from morph.zoo import load_manifest
 
         manifest = load_manifest(spec.zoo_dir)
-        overrides["model_sha256"] = tuple(((e.variant, e.precision), e.sha256) for e in manifest.entries())
+        overrides["model_sha256"] = tuple((key, e.sha256) for key, e in manifest.entries.items())
     return PolicyConfig(**overrides)
 
 

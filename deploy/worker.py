@@ -1,0 +1,205 @@
+"""``liquid worker``: edge inference nodes that apply morph commands while serving.
+
+Each node serves a steady request stream (`morph.serving.RequestLoad`) on an
+ONNX Runtime session (`morph.serving.InferenceServer`). Commands for the
+worker's nodes arrive on the commands topic; each is checked (known variant and
+precision, the manifest's sha256, the command's sha256) and applied by loading
+and warming the new session off the serving thread, then swapping it in
+atomically. Requests keep flowing on the old session until then; a rejected or
+failed swap leaves it serving. Every command is acknowledged (CommandAck), and
+every node publishes Telemetry once per ``--interval``: resource readings from
+NVML or the thermal model, serving figures as measured.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from deploy.kafka import add_kafka_args, require_topics, settings_from_args
+from morph.thermal import SCENARIOS, Scenario
+
+
+@dataclass
+class EdgeNode:
+    node_id: str
+    server: object            # morph.serving.InferenceServer
+    load: object              # morph.serving.RequestLoad
+    sensor: object            # morph.sensors.Sensor
+    batch_size: int = 16
+    seq: int = 0
+    applied: list = field(default_factory=list)   # (command, ack) of every handled command
+
+
+class EdgeWorker:
+    """Several nodes in one process, one command listener for all of them."""
+
+    def __init__(self, settings, topics, node_ids: list[str], scenario: Scenario, zoo_dir=None,
+                 sensor: str = "auto", rate: float = 100.0, interval_s: float = 1.0, time_scale: float = 1.0,
+                 deadline_ms: float = 250.0, scenarios: dict | None = None, seed: int = 0, log=None,
+                 power_profile: str = "default"):
+        from confluent_kafka import Producer
+
+        from deploy.edge import CommandListener
+        from morph.sensors import open_sensor
+        from morph.serving import InferenceServer, RequestLoad
+        from morph.zoo import load_manifest
+        from schemas.codec import Codec
+
+        self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
+        self.manifest = load_manifest(zoo_dir)
+        self.codec = Codec()
+        self.interval_s, self.time_scale = interval_s, time_scale
+        # The thermal model's power per variant: a GPU-like profile by default. The zoo's
+        # measured figures can drive it instead, but on this CPU they do not follow the
+        # ladder (batch-1 overhead makes the snn cost more CPU than the cnn): see README.
+        cost = None if power_profile == "default" else self.manifest.relative_cost(
+            {"flops": "flops", "cpu": "cpu_ms"}[power_profile])
+        self.nodes: dict[str, EdgeNode] = {}
+        for i, node_id in enumerate(node_ids):
+            server = InferenceServer(self.manifest, "transformer", "fp32")
+            node_scenario = (scenarios or {}).get(node_id, scenario)
+            self.nodes[node_id] = EdgeNode(
+                node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i),
+                open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i))
+        self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
+        self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
+                                        self.codec)
+        self.last_telemetry: dict[str, dict] = {}
+        self._halt = threading.Event()
+        self._telemetry = threading.Thread(target=self._publish_telemetry, name="telemetry", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> "EdgeWorker":
+        for node in self.nodes.values():
+            node.load.start()
+        self.listener.start()
+        self.listener.wait_ready()
+        self._telemetry.start()
+        return self
+
+    def stop(self) -> dict:
+        """Stop taking commands, drain the request streams, flush; returns per-node stats."""
+        self._halt.set()
+        self.listener.stop()
+        self._telemetry.join(timeout=5)
+        stats = {}
+        for node_id, node in self.nodes.items():
+            stats[node_id] = node.load.stop()
+            node.server.close()
+        self.producer.flush(10)
+        return stats
+
+    # -- commands -------------------------------------------------------------
+    def _on_command(self, command: dict):
+        node = self.nodes[command["node_id"]]
+        received_ms = int(time.time() * 1000)
+
+        def acknowledge(result):
+            from morph.serving import APPLIED
+
+            if result.applied:
+                node.batch_size = command["batch_size"]
+            ack = {
+                "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
+                "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
+                "reason": result.reason if result.status != APPLIED else "ok",
+                "ts_ms": int(time.time() * 1000),
+                "from_variant": result.from_variant, "to_variant": result.to_variant,
+                "from_precision": result.from_precision, "to_precision": result.to_precision,
+                "swap_ms": round(result.swap_ms, 3), "decided_on_ts_ms": command["decided_on_ts_ms"],
+                "details": {"received_ts_ms": str(received_ms), "trigger": command["trigger"]},
+            }
+            node.applied.append((command, ack))
+            self.producer.produce(self.topics.acks, key=node.node_id.encode(),
+                                  value=self.codec.encode("CommandAck", ack))
+            self.producer.poll(0)
+            self.log(f"{node.node_id}: {ack['status']} {command['from_variant']}->{command['to_variant']} "
+                     f"{command['to_precision']} in {result.swap_ms:.1f} ms ({command['trigger']}: {command['reason']})")
+
+        # Swaps run on the server's swap thread; the ack is sent when the new session serves.
+        node.server.swap_async(command["to_variant"], command["to_precision"], command.get("model_sha256"),
+                               callback=acknowledge)
+        return None  # acknowledged asynchronously, above
+
+    # -- telemetry ------------------------------------------------------------
+    def telemetry(self, node: EdgeNode, now_ms: int) -> dict:
+        current = node.server.current
+        readings = node.sensor.read(self.interval_s * self.time_scale, current.variant, current.precision,
+                                    node.batch_size)
+        stats = node.load.stats()
+        node.seq += 1
+        return {"node_id": node.node_id, "ts_ms": now_ms, "seq": node.seq, **readings,
+                "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
+                "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
+                "source": node.sensor.source,
+                "scenario": getattr(getattr(node.sensor, "node", None), "scenario", Scenario()).name}
+
+    def _publish_telemetry(self) -> None:
+        next_at = time.monotonic()
+        while not self._halt.is_set():
+            now_ms = int(time.time() * 1000)
+            for node in self.nodes.values():
+                record = self.telemetry(node, now_ms)
+                self.producer.produce(self.topics.telemetry, key=node.node_id.encode(),
+                                      value=self.codec.encode("Telemetry", record))
+                self.last_telemetry[node.node_id] = record
+            self.producer.poll(0)
+            next_at += self.interval_s
+            self._halt.wait(max(0.0, next_at - time.monotonic()))
+
+
+
+def _run(args) -> int:
+    import signal
+
+    from deploy.cli import UsageError
+    from morph.zoo import ZooMissingError
+    from schemas import TopicNames
+
+    if not args.node:
+        raise UsageError("name at least one node: --node ID (repeatable)")
+    settings = settings_from_args(args)
+    topics = TopicNames()
+    require_topics(settings, [topics.commands, topics.acks, topics.telemetry])
+    try:
+        worker = EdgeWorker(settings, topics, args.node, Scenario(args.scenario, duration_s=args.duration),
+                            zoo_dir=args.zoo, sensor=args.sensor, rate=args.rate, interval_s=args.interval,
+                            power_profile=args.power_profile, log=lambda m: print(m, flush=True))
+    except ZooMissingError as err:
+        raise UsageError(str(err)) from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker.start()
+    sources = {n.node_id: n.sensor.source for n in worker.nodes.values()}
+    print(f"worker serving {', '.join(args.node)} at {args.rate:g} req/s each; sensors {sources}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    deadline = time.monotonic() + args.run_for if args.run_for else None
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        stop.wait(1.0)
+    stats = worker.stop()
+    for node_id, s in stats.items():
+        print(f"{node_id}: served {s.served}, dropped {s.dropped}, accuracy {s.accuracy:.3f}")
+    return 0
+
+
+def register(tree) -> None:
+    p = tree.command("worker", "run edge inference nodes that apply morph commands while serving", _run,
+                     description=__doc__)
+    p.add_argument("--node", action="append", help="node id served by this worker (repeatable)")
+    p.add_argument("--zoo", help="model zoo directory (default: the built-in cache, see `liquid zoo build`)")
+    p.add_argument("--sensor", choices=("auto", "nvml", "thermal"), default="auto",
+                   help="resource readings: NVML on an NVIDIA GPU, the thermal model, or auto (default)")
+    p.add_argument("--scenario", choices=SCENARIOS, default="steady",
+                   help="thermal-model scenario to inject (default %(default)s)")
+    p.add_argument("--duration", type=float, default=150.0, help="scenario length in seconds (default %(default)s)")
+    p.add_argument("--rate", type=float, default=100.0, help="requests/s each node serves (default %(default)s)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between telemetry samples (default %(default)s)")
+    p.add_argument("--power-profile", choices=("default", "flops", "cpu"), default="default",
+                   help="thermal model power per variant: a GPU-like profile (default), or the zoo's FLOPs or "
+                        "measured CPU time per inference")
+    p.add_argument("--run-for", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    add_kafka_args(p)
