@@ -1,0 +1,114 @@
+"""From per-sample anomaly scores to alert episodes: one Alert per episode, not per sample.
+
+An episode opens on the first anomalous sample (``is_anomaly``), stays open
+while samples keep scoring at or above the lower ``close_threshold``
+(hysteresis: a noisy episode whose score dips just under the threshold is not
+split), and closes once no such sample has been seen for ``min_gap_s`` of
+event time. The Alert record (``schemas/alert.avsc``) is emitted when the
+episode closes, so it carries its true end, peak and sample count; its
+``alert_id`` is derived from node and start, so a replay emits the same id.
+
+Closing needs a later sample (or `EpisodeDetector.flush` at the end of a
+stream): a node that goes silent mid-episode closes it with its next sample.
+
+>>> from prediction.anomaly import AnomalyResult
+>>> episodes = EpisodeDetector("n1", min_gap_s=5)
+>>> def sample(ts_s, score, threshold=0.9999):
+...     return episodes.update(ts_s * 1000, AnomalyResult(score, score >= threshold, {"temp": 9.0}))
+>>> [sample(0, 0.3), sample(1, 0.99995), sample(2, 0.9995), sample(3, 0.99999), sample(4, 0.2)]
+[[], [], [], [], []]
+>>> [alert] = sample(9, 0.1)          # 5 s without an anomalous sample: the episode closes
+>>> alert["alert_id"], alert["start_ts_ms"], alert["peak_ts_ms"], alert["end_ts_ms"], alert["samples"]
+('n1:anomaly:1000', 1000, 3000, 3000, 3)
+>>> alert["contributing_features"], alert["message"]
+(['temp'], 'anomaly on n1: 3 samples over 2 s, peak score 0.99999 (temp +9.0σ)')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+STATE_VERSION = 1
+
+
+@dataclass
+class AnomalyEpisode:
+    """An open episode: where it started, its peak so far, when it was last anomalous."""
+
+    node_id: str
+    start_ts_ms: int
+    peak_ts_ms: int
+    peak_score: float
+    last_ts_ms: int
+    samples: int = 1
+    peak_contributions: dict = field(default_factory=dict)   # feature -> σ at the peak, top first
+
+    def add(self, ts_ms: int, score: float, contributions: dict, top: list[str]) -> None:
+        self.samples += 1
+        self.last_ts_ms = ts_ms
+        if score > self.peak_score:
+            self.peak_score, self.peak_ts_ms = score, ts_ms
+            self.peak_contributions = {name: contributions[name] for name in top if name in contributions}
+
+    def to_alert(self) -> dict:
+        """The Alert record of this episode, closed at its last anomalous sample."""
+        evidence = ", ".join(f"{name} {sigma:+.1f}σ" for name, sigma in self.peak_contributions.items())
+        duration_s = (self.last_ts_ms - self.start_ts_ms) / 1000.0
+        return {
+            "alert_id": f"{self.node_id}:anomaly:{self.start_ts_ms}",
+            "node_id": self.node_id,
+            "kind": "anomaly",
+            "start_ts_ms": self.start_ts_ms,
+            "peak_ts_ms": self.peak_ts_ms,
+            "end_ts_ms": self.last_ts_ms,
+            "peak_score": float(self.peak_score),
+            "samples": self.samples,
+            "contributing_features": list(self.peak_contributions),
+            "message": (f"anomaly on {self.node_id}: {self.samples} sample{'s' if self.samples != 1 else ''} "
+                        f"over {duration_s:.0f} s, peak score {self.peak_score:.5f}"
+                        + (f" ({evidence})" if evidence else "")),
+        }
+
+
+@dataclass
+class EpisodeDetector:
+    """Per-node episode state: feed every scored sample, collect Alert records as episodes close.
+
+    ``close_threshold`` is the hysteresis level: an open episode continues on
+    samples at or above it even when they are not anomalous on their own.
+    """
+
+    node_id: str
+    close_threshold: float = 0.999
+    min_gap_s: float = 30.0
+    top_features: int = 3
+    open: Optional[AnomalyEpisode] = None
+    episodes: int = 0
+    version: int = STATE_VERSION
+
+    def update(self, ts_ms: int, result) -> list[dict]:
+        """Take one scored sample (an `AnomalyResult`); the Alert records it closes (0 or 1)."""
+        alerts = []
+        ep = self.open
+        if ep is not None and ts_ms - ep.last_ts_ms > self.min_gap_s * 1000.0:
+            alerts.append(ep.to_alert())
+            self.open = ep = None
+        if ep is not None:
+            if result.is_anomaly or result.score >= self.close_threshold:
+                ep.add(ts_ms, result.score, result.contributions, result.top_features(self.top_features))
+        elif result.is_anomaly:
+            top = result.top_features(self.top_features)
+            self.open = AnomalyEpisode(self.node_id, ts_ms, ts_ms, result.score, ts_ms,
+                                       peak_contributions={n: result.contributions[n] for n in top
+                                                           if n in result.contributions})
+            self.episodes += 1
+        return alerts
+
+    def flush(self) -> list[dict]:
+        """Close the open episode now (end of a stream or a replay)."""
+        if self.open is None:
+            return []
+        alert = self.open.to_alert()
+        self.open = None
+        return [alert]

@@ -1,0 +1,250 @@
+"""A node's online models over its Telemetry records: anomaly score, forecasts, alert episodes.
+
+`TelemetryModels` is the per-node bundle the control flow keeps in its state
+(plain objects, pickled by Bytewax recovery). One call per sample::
+
+    assessment, alerts = models.update(record)
+
+scores the record with the state before it, then learns it (test-then-train),
+and returns an `Assessment` (anomaly result + forecasts of temperature, power
+and latency at ``horizon_s``) and the Alert records of episodes that closed.
+Other horizons: ``models.forecast("gpu_temp_c", 20.0)``,
+``models.prob_above("gpu_temp_c", 85.0, 30.0)``.
+
+`TelemetryAnomalyDetector` maps a record onto the features the generic
+`prediction.anomaly.AnomalyDetector` scores:
+
+=====================  ==================================================
+``gpu_temp_c``         temperature, °C
+``temp_rate_c_per_s``  its rate of change from the previous sample (per
+                       second of event time; missing across gaps > 10 s)
+``power_headroom``     ``1 - power_w / power_cap_w``
+``mem_used_frac``      memory in use
+``latency_ms``         request latency, on a log scale (it is multiplicative)
+``throughput_rps``     throughput (linear: it is proportional to load)
+=====================  ==================================================
+
+A change of variant, precision or batch size is a step the system made on
+purpose: it re-bases the features it moves at once (temperature rate, power,
+memory, latency, throughput; they re-warm over 10 samples) and the power and
+latency forecasters, instead of calling it an anomaly. The temperature level
+is not re-based: it follows physics, and a temperature far from its recent
+normal is worth a look whatever caused it. So a thermal excursion (the
+Figure 2 scenario) is itself scored anomalous on ``gpu_temp_c``; read
+`AnomalyResult.contributions` before treating an anomaly as a fault, or leave
+temperature out (``TelemetryModels.for_node(..., features=...)``) when a
+threshold policy already handles it.
+
+>>> import random
+>>> rng = random.Random(0)
+>>> models = TelemetryModels.for_node("n1")
+>>> def record(i, **over):
+...     r = dict(node_id="n1", ts_ms=1_000 * i, seq=i, gpu_temp_c=60 + rng.gauss(0, 0.3), gpu_util=0.7,
+...              mem_used_frac=0.4 + rng.gauss(0, 0.002), power_w=200 + rng.gauss(0, 2), power_cap_w=300.0,
+...              latency_ms=5 * (1 + rng.gauss(0, 0.02)), throughput_rps=120 + rng.gauss(0, 2),
+...              variant="transformer", precision="fp32", batch_size=8, source="simulator", scenario=None)
+...     return {**r, **over}
+>>> for i in range(200):
+...     assessment, alerts = models.update(record(i))
+>>> assessment.anomaly.is_anomaly, round(assessment.forecasts["gpu_temp_c"].value)
+(False, 60)
+>>> assessment, alerts = models.update(record(200, latency_ms=25.0))   # latency jumps five-fold
+>>> assessment.anomaly.is_anomaly, assessment.anomaly.top_features()
+(True, ['latency_ms'])
+>>> for i in range(201, 260):
+...     assessment, alerts = models.update(record(i))
+...     if alerts: break
+>>> alerts[0]["alert_id"], alerts[0]["samples"], alerts[0]["contributing_features"]
+('n1:anomaly:200000', 1, ['latency_ms'])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+from prediction.anomaly import AnomalyDetector, AnomalyResult
+from prediction.episodes import EpisodeDetector
+from prediction.forecast import Forecast, TemperatureForecaster, TrendForecaster
+
+STATE_VERSION = 1
+
+TELEMETRY_FEATURES = ("gpu_temp_c", "temp_rate_c_per_s", "power_headroom", "mem_used_frac",
+                      "latency_ms", "throughput_rps")
+#: Features a deliberate change of variant, precision or batch size moves at once (the temperature
+#: itself follows over tens of seconds, but its rate of change jumps with the power).
+CONFIG_SENSITIVE = ("temp_rate_c_per_s", "power_headroom", "mem_used_frac", "latency_ms", "throughput_rps")
+#: Scale floors in each feature's units (temperature sensors and the simulator round their readings).
+DEFAULT_MIN_SCALE = {"gpu_temp_c": 0.1, "temp_rate_c_per_s": 0.05, "power_headroom": 0.002,
+                     "mem_used_frac": 0.001, "latency_ms": 0.01, "throughput_rps": 0.1}
+FORECAST_METRICS = ("gpu_temp_c", "power_w", "latency_ms")
+MAX_RATE_GAP_S = 10.0
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+class TelemetryAnomalyDetector:
+    """`AnomalyDetector` over the features of Telemetry records (see the module table)."""
+
+    def __init__(self, detector: Optional[AnomalyDetector] = None, features: tuple = TELEMETRY_FEATURES,
+                 rebase_on_change: tuple = CONFIG_SENSITIVE):
+        self.detector = detector or AnomalyDetector(min_scale=DEFAULT_MIN_SCALE)
+        self.features = tuple(features)
+        self.rebase_on_change = tuple(rebase_on_change)
+        self.version = STATE_VERSION
+        self._last_ts_ms: Optional[int] = None
+        self._last_temp = math.nan
+        self._config = None
+        self.config_changed = False  # set by `update`: the last record changed variant/precision/batch
+
+    @property
+    def threshold(self) -> float:
+        return self.detector.threshold
+
+    def featurize(self, sample: Mapping) -> dict:
+        """The feature dict of one record, given the last learned one (no state change)."""
+        temp = _number(sample.get("gpu_temp_c"))
+        rate = math.nan
+        if self._last_ts_ms is not None:
+            dt = (sample["ts_ms"] - self._last_ts_ms) / 1000.0
+            if 0.0 < dt <= MAX_RATE_GAP_S:
+                rate = (temp - self._last_temp) / dt
+        power, cap = _number(sample.get("power_w")), _number(sample.get("power_cap_w"))
+        latency, throughput = _number(sample.get("latency_ms")), _number(sample.get("throughput_rps"))
+        x = {
+            "gpu_temp_c": temp,
+            "temp_rate_c_per_s": rate,
+            "power_headroom": 1.0 - power / cap if cap > 0.0 else math.nan,
+            "mem_used_frac": _number(sample.get("mem_used_frac")),
+            "latency_ms": math.log(latency) if latency > 0.0 else math.nan,
+            "throughput_rps": throughput,
+        }
+        if len(self.features) != len(x):
+            x = {name: x[name] for name in self.features}
+        return x
+
+    def update(self, sample: Mapping) -> AnomalyResult:
+        """Score the record, then learn it; a record at or before the last learned time is only scored."""
+        ts_ms = sample["ts_ms"]
+        fresh = self._last_ts_ms is None or ts_ms > self._last_ts_ms
+        x = self.featurize(sample)
+        self.config_changed = False
+        if fresh:
+            config = (sample.get("variant"), sample.get("precision"), sample.get("batch_size"))
+            if config != self._config:
+                if self._config is not None:
+                    self.detector.rebase(self.rebase_on_change)
+                    self.config_changed = True
+                self._config = config
+        result = self.detector.update(x, ts_ms / 1000.0)
+        if fresh:
+            self._last_ts_ms = ts_ms
+            self._last_temp = x.get("gpu_temp_c", _number(sample.get("gpu_temp_c")))
+        return result
+
+    def score_one(self, sample: Mapping) -> AnomalyResult:
+        return self.detector.score_one(self.featurize(sample), sample["ts_ms"] / 1000.0)
+
+    def learn_one(self, sample: Mapping) -> None:
+        self.update(sample)
+
+
+@dataclass
+class Assessment:
+    """What the models say about one sample: its anomaly result and forecasts at ``horizon_s``."""
+
+    node_id: str
+    ts_ms: int
+    anomaly: AnomalyResult
+    forecasts: dict          # metric -> Forecast(value, lower, upper)
+    horizon_s: float
+
+    def evidence(self, metric: str = "gpu_temp_c") -> dict:
+        """The MorphCommand evidence fields the models fill (forecast of ``metric``, anomaly)."""
+        f = self.forecasts.get(metric)
+        ok = f is not None and f.value == f.value
+        return {
+            "forecast_c": f.value if ok else None,
+            "forecast_lower_c": f.lower if ok else None,
+            "forecast_upper_c": f.upper if ok else None,
+            "forecast_horizon_s": self.horizon_s if ok else None,
+            "anomaly_score": None if self.anomaly.warming_up else self.anomaly.score,
+            "contributing_features": self.anomaly.top_features() if self.anomaly.is_anomaly else [],
+        }
+
+
+def default_forecasters() -> dict:
+    """Temperature follows its RC time constant; power and latency step, so their trends die fast."""
+    return {
+        "gpu_temp_c": TemperatureForecaster(),
+        "power_w": TrendForecaster(level_time_s=2.0, trend_time_s=10.0, damping_time_s=5.0),
+        "latency_ms": TrendForecaster(level_time_s=3.0, trend_time_s=10.0, damping_time_s=5.0),
+    }
+
+
+@dataclass
+class TelemetryModels:
+    """Per-node anomaly detector, forecasters and alert episodes; one `update` per record."""
+
+    node_id: str
+    detector: TelemetryAnomalyDetector = field(default_factory=TelemetryAnomalyDetector)
+    forecasters: dict = field(default_factory=default_forecasters)
+    episodes: Optional[EpisodeDetector] = None
+    horizon_s: float = 30.0
+    version: int = STATE_VERSION
+    _last_ts_ms: Optional[int] = None
+
+    def __post_init__(self):
+        if self.episodes is None:
+            self.episodes = EpisodeDetector(self.node_id)
+
+    @classmethod
+    def for_node(cls, node_id: str, threshold: float = 0.9999, horizon_s: float = 30.0,
+                 features: tuple = TELEMETRY_FEATURES) -> "TelemetryModels":
+        """Fresh models for a node (the control flow's ``models_factory``); ``features`` picks the
+        anomaly features (a subset of `TELEMETRY_FEATURES`)."""
+        unknown = set(features) - set(TELEMETRY_FEATURES)
+        if unknown or not features:
+            raise ValueError(f"features must be a non-empty subset of {TELEMETRY_FEATURES}; unknown: {sorted(unknown)}")
+        detector = TelemetryAnomalyDetector(AnomalyDetector(threshold=threshold, min_scale=DEFAULT_MIN_SCALE),
+                                            features=features)
+        close = max(0.0, 1.0 - 10.0 * (1.0 - threshold))  # hysteresis: ten times the open tail
+        return cls(node_id, detector, episodes=EpisodeDetector(node_id, close_threshold=close),
+                   horizon_s=horizon_s)
+
+    def update(self, sample: Mapping) -> tuple[Assessment, list[dict]]:
+        """Score-then-learn one Telemetry record: its `Assessment` and the Alert records that closed."""
+        ts_ms = sample["ts_ms"]
+        fresh = self._last_ts_ms is None or ts_ms > self._last_ts_ms
+        anomaly = self.detector.update(sample)
+        forecasters = self.forecasters
+        if fresh:
+            if self.detector.config_changed:  # a deliberate step: power and latency restart their level
+                for metric in ("power_w", "latency_ms"):
+                    if metric in forecasters:
+                        forecasters[metric].rebase()
+            t = ts_ms / 1000.0
+            for metric, forecaster in forecasters.items():
+                forecaster.learn_one(sample.get(metric), t)
+            self._last_ts_ms = ts_ms
+        h = self.horizon_s
+        forecasts = {}
+        for metric, forecaster in forecasters.items():
+            forecasts[metric] = forecaster.forecast(h)
+        alerts = self.episodes.update(ts_ms, anomaly) if fresh else []
+        return Assessment(self.node_id, ts_ms, anomaly, forecasts, h), alerts
+
+    def forecast(self, metric: str, horizon_s: float) -> Forecast:
+        """``metric`` (gpu_temp_c, power_w, latency_ms) ``horizon_s`` seconds after the last sample."""
+        return self.forecasters[metric].forecast(horizon_s)
+
+    def prob_above(self, metric: str, level: float, horizon_s: float) -> float:
+        """Probability that ``metric`` is above ``level`` ``horizon_s`` seconds after the last sample."""
+        return self.forecasters[metric].prob_above(level, horizon_s)
+
+    def flush(self) -> list[dict]:
+        """Alert records of the episode still open (end of a stream)."""
+        return self.episodes.flush()
