@@ -32,8 +32,11 @@ learns from it.
                     frequent next activity after the last one, learned in the
                     same run from the same events.
 
-With one timestamp per event (no --lifecycle-col), each activity is taken to
-run from its own timestamp to the case's next event (zero for the last one).
+An event is an activity's start. With one timestamp per event (no
+--lifecycle-col), each activity is taken to run from its own timestamp to the
+case's next event (zero for the last one); with --lifecycle-col, "start" rows
+start activities, "complete" rows finish them (a complete with no start is an
+instant), other transitions are ignored.
 """
 
 

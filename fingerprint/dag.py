@@ -1,0 +1,458 @@
+"""Reconstruct a workflow's task DAG from the timed executions of its runs.
+
+The relations are the interval versions of the classic process-mining ones:
+
+* two tasks are **concurrent** when, in runs that contain both, their
+  executions overlap in time, or they run in both orders about equally often
+  (a fork whose branches happen to execute one after the other). The score is
+  ``(overlapping runs + 2 min(a-first runs, b-first runs)) / those runs``;
+  runs where the two interleave (a loop) are left out as uninformative;
+* two tasks are **exclusive** when they almost never occur in the same run
+  (the branches of a choice);
+* ``a`` **directly precedes** ``b`` in a run when an execution of ``a`` finished
+  before one of ``b`` started and no execution of a third task, ordered with
+  both, lies wholly in between. Tasks concurrent with ``a`` or ``b`` do not
+  count as "in between", so the branches of a fork each get their edge from
+  the fork and to the join even when a worker ran them one after the other.
+
+An edge ``a -> b`` exists when ``a`` directly precedes ``b`` and the two are not
+concurrent. Its probability is the share of ``a``'s executions that handed over
+to ``b``: about 1 for every branch of a fork, ``p`` and ``1 - p`` for the branches
+of a choice. A node's split (join) is ``and`` when all its successors
+(predecessors) are pairwise concurrent, ``xor`` when pairwise exclusive,
+``or`` otherwise. Repeated executions of one task that overlap each other (a
+parallel batch, e.g. 40 ``blastall`` jobs) count as one activity instance; the
+node remembers the batch width. Loops show up as back edges, so "DAG" is the
+usual name rather than a promise.
+
+>>> from fingerprint.runs import Run
+>>> def run(rid, *spans):
+...     r = Run(rid, first_ms=0)
+...     for task, s, f in spans:
+...         r.start(task, s, "n", None, None)
+...     for task, s, f in sorted(spans, key=lambda x: x[2]):
+...         r.finish(task, f, "SUCCESS", None)
+...     r.close(max(f for _, _, f in spans), True)
+...     return r
+>>> fork = [run(f"r{i}", ("a", 0, 10), ("b", 10, 30), ("c", 10, 20), ("d", 30, 40)) for i in range(5)]
+>>> dag = TaskDag.reconstruct(fork)
+>>> sorted((e.source, e.target, e.kind) for e in dag.edges)
+[('a', 'b', 'parallel'), ('a', 'c', 'parallel'), ('b', 'd', 'parallel'), ('c', 'd', 'parallel')]
+>>> dag.nodes["a"].split, dag.nodes["d"].join
+('and', 'and')
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+from fingerprint.runs import Run
+from fingerprint.stats import RunningStats, describe
+
+#: Pairs scoring at least this are concurrent (see `TaskDag.reconstruct`).
+CONCURRENCY_THRESHOLD = 0.5
+#: Pairs co-occurring in less than this share of the rarer task's runs are exclusive.
+EXCLUSIVE_THRESHOLD = 0.1
+
+
+@dataclass
+class TaskNode:
+    """A task: how often it runs, how long, on what, and how it splits and joins."""
+
+    name: str
+    runs: int = 0                 # runs containing the task
+    support: float = 0.0          # runs / runs in window
+    executions: int = 0
+    duration_ms: dict = field(default_factory=dict)  # count, mean, std, min, p50, p90, p99, max
+    offset_ms: float = 0.0        # mean start offset from the run's first signal (orders the rendering)
+    max_batch: int = 1            # widest batch of overlapping executions of this task in one run
+    resources: dict = field(default_factory=dict)    # key -> {mean, min, max}
+    outcomes: dict = field(default_factory=dict)     # outcome -> count
+    in_bytes_mean: float | None = None
+    out_bytes_mean: float | None = None
+    start_share: float = 0.0      # share of runs that start with this task
+    end_share: float = 0.0        # share of ended runs whose last finish is this task
+    split: str = "none"           # none | and | xor | or
+    join: str = "none"
+
+
+@dataclass
+class TaskEdge:
+    """A dependency ``source -> target`` with its kind, probability, hand-over delay and data size."""
+
+    source: str
+    target: str
+    kind: str                     # sequence | parallel | choice
+    count: int
+    probability: float            # share of source executions that handed over to target
+    join_share: float             # share of target executions that source fed
+    delay_ms: float | None        # mean gap from source finish to target start
+    transfer_bytes: float | None  # mean data_size_bytes written by the source on this edge
+
+
+@dataclass
+class TaskDag:
+    """The reconstructed DAG of one workflow over the runs of a window."""
+
+    workflow_id: str
+    runs: int
+    nodes: dict[str, TaskNode]
+    edges: list[TaskEdge]
+    concurrent: list[tuple[str, str, float]]  # pairs judged concurrent, with their score
+    exclusive: list[tuple[str, str]]
+
+    def edge(self, source: str, target: str) -> TaskEdge | None:
+        for e in self.edges:
+            if e.source == source and e.target == target:
+                return e
+        return None
+
+    def successors(self, task: str) -> list[TaskEdge]:
+        return [e for e in self.edges if e.source == task]
+
+    # -- reconstruction --------------------------------------------------------------------
+
+    @classmethod
+    def reconstruct(cls, runs: Iterable[Run], workflow_id: str = "",
+                    min_probability: float = 0.01) -> TaskDag:
+        """Build the DAG from ``runs``; edges rarer than ``min_probability`` are noise and dropped."""
+        runs = list(runs)
+        instances = [_activity_instances(r) for r in runs]
+        stats = _NodeStats()
+        for run, inst in zip(runs, instances):
+            stats.add_run(run, inst)
+        pairs = _pair_relations(instances)
+        concurrent: dict[frozenset, float] = {}
+        exclusive: set[frozenset] = set()
+        for key, (cooc, overlap, ab, ba) in pairs.items():
+            # runs where the pair interleaves (a loop) say nothing about concurrency: left out
+            informative = overlap + ab + ba
+            score = (overlap + 2 * min(ab, ba)) / informative if informative else 0.0
+            if score >= CONCURRENCY_THRESHOLD:
+                concurrent[key] = score
+        names = sorted(stats.runs_with)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                key = frozenset((a, b))
+                cooc = pairs.get(key, (0,))[0]
+                rarer = min(stats.runs_with[a], stats.runs_with[b])
+                if rarer and cooc / rarer < EXCLUSIVE_THRESHOLD:
+                    exclusive.add(key)
+
+        edge_count: dict[tuple[str, str], int] = {}
+        edge_delay: dict[tuple[str, str], RunningStats] = {}
+        edge_bytes: dict[tuple[str, str], RunningStats] = {}
+        for inst in instances:
+            for (x, y) in _direct_pairs(inst, concurrent):
+                key = (x.task, y.task)
+                edge_count[key] = edge_count.get(key, 0) + 1
+                edge_delay.setdefault(key, RunningStats()).add(y.start - x.finish)
+                if x.out_bytes is not None:
+                    edge_bytes.setdefault(key, RunningStats()).add(x.out_bytes)
+
+        nodes = stats.nodes(len(runs))
+        edges = []
+        for (a, b), n in edge_count.items():
+            p = n / stats.instances[a]
+            if p < min_probability:
+                continue
+            tb = edge_bytes.get((a, b))
+            edges.append(TaskEdge(a, b, "sequence", n, p, n / stats.instances[b],
+                                  edge_delay[(a, b)].mean, tb.mean if tb else None))
+        _classify(nodes, edges, concurrent, exclusive)
+        order = {name: (node.offset_ms, name) for name, node in nodes.items()}
+        edges.sort(key=lambda e: (order[e.source], order[e.target]))
+        return cls(workflow_id, len(runs), dict(sorted(nodes.items(), key=lambda kv: order[kv[0]])), edges,
+                   sorted((*sorted(k), round(v, 3)) for k, v in concurrent.items()),
+                   sorted(tuple(sorted(k)) for k in exclusive))
+
+    # -- explanation and export ------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return {"workflow_id": self.workflow_id, "runs": self.runs,
+                "nodes": [asdict(n) for n in self.nodes.values()],
+                "edges": [asdict(e) for e in self.edges],
+                "concurrent": [list(c) for c in self.concurrent],
+                "exclusive": [list(x) for x in self.exclusive]}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_dot(self) -> str:
+        """Graphviz DOT: solid sequence, bold parallel, dashed choice edges, labelled ``p`` and delay."""
+        lines = [f'digraph "{_esc(self.workflow_id)}" {{', "  rankdir=LR;",
+                 '  node [shape=box, fontname="Helvetica"];']
+        for node in self.nodes.values():
+            d = node.duration_ms
+            label = f"{node.name}\\n{_ms(d.get('mean'))} ±{_ms(d.get('std'))}\\nsupport {node.support:.0%}"
+            if node.max_batch > 1:
+                label += f"\\nbatch ×{node.max_batch}"
+            lines.append(f'  "{_esc(node.name)}" [label="{_esc_label(label)}"];')
+        style = {"sequence": "solid", "parallel": "bold", "choice": "dashed"}
+        for e in self.edges:
+            label = f"{e.kind} p={e.probability:.2f}"
+            if e.delay_ms is not None:
+                label += f"\\n+{_ms(e.delay_ms)}"
+            if e.transfer_bytes is not None:
+                label += f"\\n{_bytes(e.transfer_bytes)}"
+            lines.append(f'  "{_esc(e.source)}" -> "{_esc(e.target)}" '
+                         f'[label="{_esc_label(label)}", style={style[e.kind]}];')
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def render(self) -> str:
+        """Plain-text explanation: tasks with timings, then edges with kinds and probabilities."""
+        out = [f"workflow {self.workflow_id}: {self.runs} runs, {len(self.nodes)} tasks, {len(self.edges)} edges"]
+        out.append("tasks (in mean start order):")
+        width = max((len(n) for n in self.nodes), default=4)
+        for node in self.nodes.values():
+            d = node.duration_ms
+            line = (f"  {node.name:<{width}}  in {node.support:>4.0%} of runs  n={node.executions:<5} "
+                    f"duration {_ms(d.get('mean'))} ±{_ms(d.get('std'))} "
+                    f"(p50 {_ms(d.get('p50'))}, p90 {_ms(d.get('p90'))})")
+            if node.max_batch > 1:
+                line += f"  batch ×{node.max_batch}"
+            if node.split != "none":
+                line += f"  split={node.split}"
+            if node.join != "none":
+                line += f"  join={node.join}"
+            if node.resources:
+                line += "  " + " ".join(f"{k}={v['mean']:g}" for k, v in node.resources.items())
+            out.append(line)
+        out.append("edges:")
+        for e in self.edges:
+            line = (f"  {e.source} -> {e.target}  {e.kind:<8} p={e.probability:.2f}  n={e.count}")
+            if e.delay_ms is not None:
+                line += f"  hand-over {_ms(e.delay_ms)}"
+            if e.transfer_bytes is not None:
+                line += f"  moves {_bytes(e.transfer_bytes)}"
+            out.append(line)
+        starts = [f"{n.name} {n.start_share:.0%}" for n in self.nodes.values() if n.start_share > 0]
+        ends = [f"{n.name} {n.end_share:.0%}" for n in self.nodes.values() if n.end_share > 0]
+        out.append("starts with: " + (", ".join(starts) or "-"))
+        out.append("ends with: " + (", ".join(ends) or "-"))
+        if self.concurrent:
+            out.append("concurrent: " + ", ".join(f"{a} || {b}" for a, b, _ in self.concurrent))
+        return "\n".join(out) + "\n"
+
+
+# -- the reconstruction steps ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Instance:
+    """Overlapping executions of one task in one run, merged: the unit relations are computed on."""
+
+    task: str
+    start: int
+    finish: int
+    width: int
+    out_bytes: int | None
+
+
+def _activity_instances(run: Run) -> list[_Instance]:
+    by_task: dict[str, list] = {}
+    for e in run.executions:
+        # an execution still running when the run was evicted counts as an instant
+        finish = e.finish_ms if e.finish_ms is not None else e.start_ms
+        by_task.setdefault(e.task, []).append((e.start_ms, finish, e.out_bytes))
+    out = []
+    for task, spans in by_task.items():
+        spans.sort()
+        cur = None
+        for s, f, ob in spans:
+            if cur is not None and s < cur.finish:  # overlaps the batch so far: same instance
+                cur.finish = max(cur.finish, f)
+                cur.width += 1
+                if ob is not None:
+                    cur.out_bytes = (cur.out_bytes or 0) + ob
+            else:
+                cur = _Instance(task, s, f, 1, ob)
+                out.append(cur)
+    out.sort(key=lambda i: (i.start, i.finish, i.task))
+    return out
+
+
+def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[int, int, int, int]]:
+    """Per unordered task pair: runs with both, runs where they overlap, runs a-only-before-b, b-before-a.
+
+    ``ab``/``ba`` are counted only in runs without overlap, with ``a`` the
+    alphabetically first task of the pair.
+    """
+    rel: dict[frozenset, list[int]] = {}
+    for inst in instances:
+        spans: dict[str, list[_Instance]] = {}
+        for i in inst:
+            spans.setdefault(i.task, []).append(i)
+        names = sorted(spans)
+        for x, a in enumerate(names):
+            for b in names[x + 1:]:
+                overlap = a_first = b_first = False
+                for i in spans[a]:
+                    for j in spans[b]:
+                        if i.start < j.finish and j.start < i.finish:
+                            overlap = True
+                        elif i.finish < j.start or (i.finish == j.start and (i.start, i.task) <= (j.start, j.task)):
+                            a_first = True
+                        else:
+                            b_first = True
+                r = rel.setdefault(frozenset((a, b)), [0, 0, 0, 0])
+                r[0] += 1
+                if overlap:
+                    r[1] += 1
+                elif a_first and not b_first:
+                    r[2] += 1
+                elif b_first and not a_first:
+                    r[3] += 1
+    return {k: tuple(v) for k, v in rel.items()}
+
+
+def _direct_pairs(inst: list[_Instance], concurrent: dict[frozenset, float]):
+    """(x, y) instance pairs where x directly precedes y in this run (see the module docstring).
+
+    ``inst`` is sorted by start; an instant that touches another (finish ==
+    start) precedes it, and instants at the same time follow list order.
+    """
+
+    def conc(a: str, b: str) -> bool:
+        return a != b and frozenset((a, b)) in concurrent
+
+    def precedes(i: int, j: int) -> bool:
+        fi, sj = inst[i].finish, inst[j].start
+        return fi < sj or (fi == sj and i < j)
+
+    for iy, y in enumerate(inst):
+        before = [ix for ix in range(len(inst))
+                  if ix != iy and precedes(ix, iy) and not conc(inst[ix].task, y.task)]
+        for ix in before:
+            x = inst[ix]
+            # x is direct unless some z, ordered with both, lies wholly between x and y
+            if not any(iz != ix and precedes(ix, iz) and not conc(inst[iz].task, x.task) for iz in before):
+                yield x, y
+
+
+class _NodeStats:
+    """Per-task aggregates over the window's runs."""
+
+    def __init__(self):
+        self.runs_with: dict[str, int] = {}
+        self.instances: dict[str, int] = {}
+        self.durations: dict[str, list[float]] = {}
+        self.offsets: dict[str, RunningStats] = {}
+        self.max_batch: dict[str, int] = {}
+        self.resources: dict[str, dict[str, list[float]]] = {}
+        self.outcomes: dict[str, dict[str, int]] = {}
+        self.in_bytes: dict[str, RunningStats] = {}
+        self.out_bytes: dict[str, RunningStats] = {}
+        self.first: dict[str, int] = {}
+        self.last: dict[str, int] = {}
+        self.ended_runs = 0
+
+    def add_run(self, run: Run, inst: list[_Instance]) -> None:
+        for name in {e.task for e in run.executions}:
+            self.runs_with[name] = self.runs_with.get(name, 0) + 1
+        for i in inst:
+            self.instances[i.task] = self.instances.get(i.task, 0) + 1
+            self.max_batch[i.task] = max(self.max_batch.get(i.task, 1), i.width)
+        for e in run.executions:
+            self.offsets.setdefault(e.task, RunningStats()).add(e.start_ms - run.first_ms)
+            if e.finish_ms is not None:
+                self.durations.setdefault(e.task, []).append(e.finish_ms - e.start_ms)
+                if e.outcome:
+                    oc = self.outcomes.setdefault(e.task, {})
+                    oc[e.outcome] = oc.get(e.outcome, 0) + 1
+                if e.out_bytes is not None:
+                    self.out_bytes.setdefault(e.task, RunningStats()).add(e.out_bytes)
+            if e.in_bytes is not None:
+                self.in_bytes.setdefault(e.task, RunningStats()).add(e.in_bytes)
+            if e.resources:
+                res = self.resources.setdefault(e.task, {})
+                for k, v in e.resources.items():
+                    res.setdefault(k, []).append(v)
+        if run.started:
+            self.first[run.started[0]] = self.first.get(run.started[0], 0) + 1
+        if run.ended:
+            self.ended_runs += 1
+            finished = [e for e in run.executions if e.finish_ms is not None]
+            if finished:
+                last = max(finished, key=lambda e: (e.finish_ms, e.start_ms)).task
+                self.last[last] = self.last.get(last, 0) + 1
+
+    def nodes(self, n_runs: int) -> dict[str, TaskNode]:
+        out = {}
+        for name, k in self.runs_with.items():
+            res = {key: {"mean": sum(v) / len(v), "min": min(v), "max": max(v)}
+                   for key, v in self.resources.get(name, {}).items()}
+            ib, ob = self.in_bytes.get(name), self.out_bytes.get(name)
+            out[name] = TaskNode(
+                name=name, runs=k, support=k / n_runs if n_runs else 0.0,
+                executions=self.offsets[name].count,
+                duration_ms=describe(self.durations.get(name, [])),
+                offset_ms=self.offsets[name].mean or 0.0,
+                max_batch=self.max_batch.get(name, 1), resources=res,
+                outcomes=dict(self.outcomes.get(name, {})),
+                in_bytes_mean=ib.mean if ib else None, out_bytes_mean=ob.mean if ob else None,
+                start_share=self.first.get(name, 0) / n_runs if n_runs else 0.0,
+                end_share=self.last.get(name, 0) / self.ended_runs if self.ended_runs else 0.0)
+        return out
+
+
+def _gateway(names: list[str], concurrent, exclusive) -> str:
+    if len(names) < 2:
+        return "none"
+    pairs = [frozenset((a, b)) for i, a in enumerate(names) for b in names[i + 1:]]
+    if all(p in concurrent for p in pairs):
+        return "and"
+    if all(p in exclusive for p in pairs):
+        return "xor"
+    return "or"
+
+
+def _classify(nodes: dict[str, TaskNode], edges: list[TaskEdge], concurrent, exclusive) -> None:
+    succ: dict[str, list[str]] = {}
+    pred: dict[str, list[str]] = {}
+    for e in edges:
+        succ.setdefault(e.source, []).append(e.target)
+        pred.setdefault(e.target, []).append(e.source)
+    for name, node in nodes.items():
+        node.split = _gateway(succ.get(name, []), concurrent, exclusive)
+        node.join = _gateway(pred.get(name, []), concurrent, exclusive)
+    for e in edges:
+        siblings = [t for t in succ[e.source] if t != e.target]
+        co_preds = [s for s in pred[e.target] if s != e.source]
+        if any(frozenset((e.target, t)) in concurrent for t in siblings) or \
+                any(frozenset((e.source, s)) in concurrent for s in co_preds):
+            e.kind = "parallel"
+        elif siblings:
+            e.kind = "choice"
+        else:
+            e.kind = "sequence"
+
+
+def _ms(x: float | None) -> str:
+    if x is None:
+        return "?"
+    if abs(x) >= 60_000:
+        return f"{x / 60_000:.1f}min"
+    if abs(x) >= 1000:
+        return f"{x / 1000:.2f}s"
+    return f"{x:.0f}ms"
+
+
+def _bytes(x: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(x) < 1024 or unit == "GB":
+            return f"{x:.0f}{unit}" if unit == "B" else f"{x:.1f}{unit}"
+        x /= 1024
+    return f"{x:.1f}GB"
+
+
+def _esc(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _esc_label(s: str) -> str:
+    # the label already carries DOT line breaks (\n); only quotes need escaping
+    return s.replace('"', '\\"')
