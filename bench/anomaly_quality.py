@@ -25,7 +25,7 @@ from prediction.synthetic import anomaly_suite, normal_telemetry, thermal_ramp  
 from prediction.telemetry_models import TelemetryModels  # noqa: E402
 
 
-def detection(seeds: int) -> None:
+def detection(seeds: int) -> dict:
     by_kind: dict[str, list] = {}
     for seed in range(seeds):
         for stream in anomaly_suite(seed):
@@ -34,7 +34,7 @@ def detection(seeds: int) -> None:
             by_kind.setdefault(stream.kind, []).append(grade(times, flags, alarms, windows))
     print(f"detection, {seeds} seeds x 1 h per kind (threshold 0.9999)")
     print(f"{'kind':<12}{'recall':>8}{'precision':>11}{'F1':>7}{'delay median/max s':>21}{'false/h':>9}")
-    all_reports = []
+    all_reports, table = [], {}
     for kind, reports in by_kind.items():
         all_reports += reports
         windows = sum(len(r.windows) for r in reports)
@@ -49,6 +49,10 @@ def detection(seeds: int) -> None:
         fmt = (lambda x: "  n/a" if x is None else f"{x:.3f}")
         delay = f"{statistics.median(delays):.1f}/{max(delays):.1f}" if delays else "-"
         print(f"{kind:<12}{fmt(recall):>8}{fmt(precision):>11}{fmt(f1):>7}{delay:>21}{(alarms - true) / hours:>9.2f}")
+        table[kind] = {"recall": recall, "precision": precision, "f1": f1,
+                       "delay_median_s": statistics.median(delays) if delays else None,
+                       "false_alarms_per_h": round((alarms - true) / hours, 3)}
+    return table
 
 
 def forecasting(seeds: int, horizons=(10.0, 20.0, 30.0)) -> None:
@@ -81,7 +85,7 @@ def forecasting(seeds: int, horizons=(10.0, 20.0, 30.0)) -> None:
               f"{statistics.mean(fc_m):>13.3f} / {statistics.mean(last_m):<8.3f}{sum(cover) / len(cover):>12.3f}")
 
 
-def cost(n: int = 20000) -> None:
+def cost(n: int = 20000) -> float:
     records = normal_telemetry(n=n, seed=99)
     runs = []
     for _ in range(3):
@@ -92,6 +96,7 @@ def cost(n: int = 20000) -> None:
         runs.append((time.perf_counter() - t0) / n * 1e6)
     print(f"\nTelemetryModels.update: {min(runs):.1f} µs/sample best of 3 (runs: "
           f"{', '.join(f'{r:.1f}' for r in runs)}), {n} samples")
+    return min(runs)
 
 
 def main() -> None:

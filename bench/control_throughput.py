@@ -75,20 +75,41 @@ def consume_rate(settings: KafkaSettings, topic: str, expected: int) -> float:
     return rate
 
 
-def run_flow(bootstrap: str, topics: dict, *scale: str) -> float:
-    spec_topics = json.dumps(topics)
+def run_flow(bootstrap: str, *args: str) -> float:
+    """Wall time of ``liquid flow run control --until-end`` with ``args``."""
     cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", "control", "--until-end", "--bootstrap", bootstrap,
-           "--batch-size", "1000", *scale]
-    env = {"LIQUID_BENCH_TOPICS": spec_topics, "PATH": "/usr/bin:/bin"}
-    import os
-
-    env = {**os.environ, **env}
+           "--batch-size", "1000", *args]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     return elapsed
+
+
+def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: bool = False) -> dict:
+    """Run the control flow over ``messages`` on a fresh broker: events/s net of start-up, commands.
+
+    With ``startup_s=None`` the start-up cost is measured first, on an empty topic.
+    """
+    out = {}
+    if startup_s is None:
+        with EmbeddedBroker() as broker:
+            ensure_topics(KafkaSettings(broker.bootstrap), TopicNames().all(), partitions=PARTITIONS)
+            startup_s = run_flow(broker.bootstrap, *args)
+    out["startup_s"] = startup_s
+    with EmbeddedBroker() as broker:
+        settings, topics = KafkaSettings(broker.bootstrap), TopicNames()
+        ensure_topics(settings, topics.all(), partitions=PARTITIONS)
+        out["produce_per_s"] = produce(settings, topics.telemetry, messages)
+        if ceiling:
+            out["consume_per_s"] = consume_rate(settings, topics.telemetry, len(messages))
+        elapsed = run_flow(broker.bootstrap, *args)
+        out["elapsed_s"] = elapsed
+        out["events_per_s"] = len(messages) / max(elapsed - startup_s, 1e-3)
+        out["commands"] = sum(1 for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand")
+        out["alerts"] = sum(1 for r in read_topic(settings, topics.alerts) if r.get("_schema") == "Alert")
+    return out
 
 
 def main() -> int:
@@ -100,29 +121,17 @@ def main() -> int:
     n = len(messages)
     results = {"events": n, "nodes": args.nodes}
     configs = {"1_worker": ["-w", "1"], "2_workers": ["-w", "2"], "2_processes": ["-p", "2"]}
-    for name, scale in [("empty", ["-w", "1"])] + list(configs.items()):
-        # A fresh broker per run: each flow reads the whole input from offset 0 and writes its own commands.
-        with EmbeddedBroker() as broker:
-            settings = KafkaSettings(broker.bootstrap)
-            topics = TopicNames()
-            ensure_topics(settings, topics.all(), partitions=PARTITIONS)
-            if name != "empty":
-                produce_rate = produce(settings, topics.telemetry, messages)
-                if name == "1_worker":
-                    results["broker_produce_events_per_s"] = round(produce_rate)
-                    results["broker_ceiling_events_per_s"] = round(consume_rate(settings, topics.telemetry, n))
-            elapsed = run_flow(broker.bootstrap, {}, *scale)
-            if name == "empty":
-                results["flow_startup_s"] = round(elapsed, 3)
-                print(f"flow start-up + shut-down on an empty topic: {elapsed:.2f} s", flush=True)
-                continue
-            commands = [r for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
-            net = max(elapsed - results["flow_startup_s"], 1e-3)
-            rate = n / net
-            results[f"events_per_s_{name}"] = round(rate)
-            results[f"commands_{name}"] = len(commands)
-            print(f"{name:>12}: {n} events in {elapsed:.2f} s ({net:.2f} s net) = {rate:,.0f} events/s; "
-                  f"{len(commands)} commands", flush=True)
+    for name, scale in configs.items():
+        r = flow_rate(messages, *scale, ceiling=name == "1_worker")
+        if name == "1_worker":
+            results["flow_startup_s"] = round(r["startup_s"], 3)
+            results["broker_produce_events_per_s"] = round(r["produce_per_s"])
+            results["broker_ceiling_events_per_s"] = round(r["consume_per_s"])
+        results[f"events_per_s_{name}"] = round(r["events_per_s"])
+        results[f"commands_{name}"] = r["commands"]
+        print(f"{name:>12}: {n} events in {r['elapsed_s']:.2f} s ({r['startup_s']:.2f} s of it start-up and "
+              f"shut-down, measured on an empty topic with the same options) = {r['events_per_s']:,.0f} events/s; {r['commands']} commands",
+              flush=True)
     ceiling = results["broker_ceiling_events_per_s"]
     print(f"broker ceiling (plain consumer): {ceiling:,} events/s; produce {results['broker_produce_events_per_s']:,}/s")
     for name in configs:

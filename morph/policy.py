@@ -11,6 +11,15 @@ Rules, checked on every sample (event time, so a replay decides the same way):
   ``recover_cooldown_s`` since the last change: one rung up. The gap between
   ``hot_c`` and ``recover_c`` is the hysteresis band that stops a node from
   oscillating around a threshold;
+* **forecast** (with the online models on) — the temperature forecast puts the
+  node at or above ``hot_c`` within ``forecast_horizon_s`` with probability at
+  least ``forecast_confidence``, on ``forecast_samples`` samples in a row: one
+  rung down *before* the threshold is reached;
+* **anomaly** (models on) — an anomaly score at or above
+  ``anomaly_fallback_score`` on ``anomaly_samples`` samples in a row, driven by a
+  feature the thermal rules do not already watch: fall back to the lightest
+  variant in int8. No recovery while the anomaly lasts, nor for
+  ``fallback_hold_s`` after falling back;
 * **resource score** — 0.4·temperature + 0.3·memory + 0.3·power headroom, each
   in [0,1], averaged over the window; tiers at 0.8/0.6/0.4/0.2 choose precision
   and batch size (with a margin before moving to a better tier).
@@ -34,13 +43,14 @@ Every decision carries its evidence and a reason in words.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
 from morph.ladder import PRECISIONS, MorphLadder
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: forecast_hits, anomaly_hits, fallback
 
 #: (minimum resource score, precision, batch size), best tier first.
 DEFAULT_TIERS = ((0.8, "fp32", 16), (0.6, "fp32", 8), (0.4, "fp16", 8), (0.2, "int8", 4), (0.0, "int8", 1))
@@ -66,6 +76,17 @@ class PolicyConfig:
     power_ok_frac: float = 0.85        # headroom 1 at or below this share of the cap, 0 at the cap
     tiers: tuple = DEFAULT_TIERS
     tier_margin: float = 0.1           # extra score needed to move to a better tier
+    # Predictive rules (used when the control flow runs the online models).
+    forecast_horizon_s: float = 15.0
+    forecast_confidence: float = 0.8
+    forecast_samples: int = 2
+    anomaly_fallback_score: float = 0.99999
+    anomaly_samples: int = 3
+    #: A fallback holds at least this long: the swap itself re-bases the detector's view of
+    #: config-dependent features (latency, power), so "no anomaly" right after it proves little.
+    fallback_hold_s: float = 60.0
+    #: Features the thermal rules already act on; an anomaly in them alone is no reason to fall back.
+    anomaly_ignore: tuple = ("gpu_temp_c", "temp_rate_c_per_s")
     #: sha256 of each (variant, precision) ONNX file, from the zoo manifest; sent in commands.
     model_sha256: tuple = ()
 
@@ -83,7 +104,7 @@ class PolicyConfig:
         from dataclasses import replace
 
         return replace(self, cooldown_s=self.cooldown_s / factor, recover_cooldown_s=self.recover_cooldown_s / factor,
-                       pending_timeout_s=self.pending_timeout_s / factor)
+                       pending_timeout_s=self.pending_timeout_s / factor, fallback_hold_s=self.fallback_hold_s / factor)
 
 
 @dataclass
@@ -112,6 +133,10 @@ class NodeState:
     decisions: int = 0
     acked: deque = field(default_factory=lambda: deque(maxlen=256))
     stale_samples: int = 0
+    forecast_hits: int = 0      # consecutive samples whose forecast crosses hot_c confidently
+    anomaly_hits: int = 0       # consecutive samples anomalous beyond the fallback score
+    fallback: bool = False
+    fallback_since_ms: Optional[int] = None
 
     @classmethod
     def new(cls, node_id: str) -> "NodeState":
@@ -167,8 +192,13 @@ class MorphPolicy:
             state.precision = ack.get("from_precision") or state.precision
 
     # -- decisions -------------------------------------------------------
-    def decide(self, state: NodeState, sample: dict) -> Optional[dict]:
-        """Update ``state`` with one telemetry sample; a MorphCommand record or None."""
+    def decide(self, state: NodeState, sample: dict, assessment=None) -> Optional[dict]:
+        """Update ``state`` with one telemetry sample; a MorphCommand record or None.
+
+        ``assessment`` is what the node's online models say of the sample
+        (`prediction.telemetry_models.Assessment`); without it the policy reacts
+        to thresholds only.
+        """
         c = self.config
         ts = sample["ts_ms"]
         if state.last_ts_ms is not None and ts < state.last_ts_ms:
@@ -182,6 +212,7 @@ class MorphPolicy:
             temps.popleft()
             scores.popleft()
         self._sync_belief(state, sample, ts)
+        p_hot = self._track_models(state, assessment)
         if len(temps) < c.window:
             return None
 
@@ -192,30 +223,62 @@ class MorphPolicy:
         if state.pending is not None:
             if critical and state.pending.to_variant != c.ladder.lightest:
                 return self._command(state, sample, "CRITICAL", c.ladder.lightest, 1.0,
-                                     f"last {k} samples >= {c.critical_c} °C while a change was pending")
+                                     f"last {k} samples >= {c.critical_c} °C while a change was pending",
+                                     assessment)
             return None
         since = None if state.last_change_ms is None else (ts - state.last_change_ms) / 1000.0
         rung, lightest = c.ladder.rung(variant), len(c.ladder.variants) - 1
 
         if critical and rung < lightest:
             return self._command(state, sample, "CRITICAL", c.ladder.lightest, 1.0,
-                                 f"last {k} samples >= {c.critical_c} °C (max {max(temps):.1f} °C)")
+                                 f"last {k} samples >= {c.critical_c} °C (max {max(temps):.1f} °C)", assessment)
+        cooled_down = since is None or since >= c.cooldown_s
         hot = sum(1 for t in temps if t >= c.hot_c) / n
-        if hot >= c.sustain_fraction and rung < lightest and (since is None or since >= c.cooldown_s):
+        if hot >= c.sustain_fraction and rung < lightest and cooled_down:
             return self._command(state, sample, "THRESHOLD", c.ladder.step_down(variant), hot,
-                                 f"{_count(hot, n)} samples >= {c.hot_c} °C (max {max(temps):.1f} °C)")
-        if rung > 0 and hot == 0.0 and max(temps) <= c.recover_c and (since is None or since >= c.recover_cooldown_s):
+                                 f"{_count(hot, n)} samples >= {c.hot_c} °C (max {max(temps):.1f} °C)", assessment)
+        if state.anomaly_hits >= c.anomaly_samples and not state.fallback and cooled_down:
+            state.fallback, state.fallback_since_ms = True, ts
+            return self._command(state, sample, "ANOMALY", c.ladder.lightest, 1.0,
+                                 f"anomaly score {assessment.anomaly.score:.5f} on {state.anomaly_hits} samples "
+                                 f"in a row ({', '.join(assessment.anomaly.top_features())})", assessment,
+                                 precision="int8")
+        if state.forecast_hits >= c.forecast_samples and rung < lightest and cooled_down \
+                and sample["gpu_temp_c"] < c.hot_c:
+            f = assessment.forecasts["gpu_temp_c"]
+            return self._command(state, sample, "FORECAST", c.ladder.step_down(variant), 0.0,
+                                 f"forecast {f.value:.1f} °C in {assessment.horizon_s:.0f} s "
+                                 f"(90% interval {f.lower:.1f}..{f.upper:.1f}), P(>= {c.hot_c} °C) = {p_hot:.2f} "
+                                 f"on {state.forecast_hits} samples", assessment)
+        held = state.fallback and (ts - state.fallback_since_ms) / 1000.0 < c.fallback_hold_s
+        if rung > 0 and hot == 0.0 and max(temps) <= c.recover_c and state.anomaly_hits == 0 and not held \
+                and (since is None or since >= c.recover_cooldown_s):
+            state.fallback = False
             return self._command(state, sample, "RECOVERY", c.ladder.step_up(variant), 1.0,
                                  f"all {n} samples <= {c.recover_c} °C (max {max(temps):.1f} °C)"
-                                 + ("" if since is None else f", {since:.0f} s since the last change"))
+                                 + ("" if since is None else f", {since:.0f} s since the last change"), assessment)
         current = (state.precision, state.batch_size)
         tier = self.tier_for(sum(scores) / n, current)
         # A worse tier after the ordinary cool-down; a better one only after the recovery cool-down.
         wait = c.recover_cooldown_s if self._better(tier, current) else c.cooldown_s
         if tier != current and (since is None or since >= wait):
             return self._command(state, sample, "RESOURCE_SCORE", variant, hot,
-                                 f"mean resource score {sum(scores) / n:.2f} over {n} samples")
+                                 f"mean resource score {sum(scores) / n:.2f} over {n} samples", assessment)
         return None
+
+    def _track_models(self, state: NodeState, assessment) -> float:
+        """Count consecutive forecast and anomaly hits; returns P(temperature >= hot_c at the horizon)."""
+        if assessment is None:
+            return 0.0
+        c = self.config
+        f = assessment.forecasts.get("gpu_temp_c")
+        p_hot = _prob_above(f, c.hot_c)
+        state.forecast_hits = state.forecast_hits + 1 if p_hot >= c.forecast_confidence else 0
+        a = assessment.anomaly
+        driven = a.is_anomaly and not a.warming_up and a.score >= c.anomaly_fallback_score and \
+            bool(set(a.top_features()) - set(c.anomaly_ignore))
+        state.anomaly_hits = state.anomaly_hits + 1 if driven else 0
+        return p_hot
 
     def _sync_belief(self, state: NodeState, sample: dict, ts: int) -> None:
         reported = (sample["variant"], sample["precision"], sample["batch_size"])
@@ -230,11 +293,12 @@ class MorphPolicy:
         state.variant, state.precision, state.batch_size = reported
 
     def _command(self, state: NodeState, sample: dict, trigger: str, to_variant: str,
-                 violation: float, why: str) -> Optional[dict]:
+                 violation: float, why: str, assessment=None, precision: str | None = None) -> Optional[dict]:
         c = self.config
         n = len(state.temps)
         mean_score = sum(state.scores) / n
-        precision, batch = self.tier_for(mean_score, (state.precision, state.batch_size))
+        tier_precision, batch = self.tier_for(mean_score, (state.precision, state.batch_size))
+        precision = precision or tier_precision
         if to_variant == state.variant and (precision, batch) == (state.precision, state.batch_size):
             return None
         ts = sample["ts_ms"]
@@ -259,7 +323,7 @@ class MorphPolicy:
             "to_precision": precision,
             "batch_size": batch,
             "cache": False,
-            "fallback": False,
+            "fallback": trigger == "ANOMALY",
             "model_sha256": self._sha.get((to_variant, precision)),
             "reason": f"{why}: {'; '.join(moves)}",
             "evidence": {
@@ -273,6 +337,8 @@ class MorphPolicy:
                 "forecast_horizon_s": None, "anomaly_score": None, "contributing_features": [],
             },
         }
+        if assessment is not None:
+            record["evidence"].update(assessment.evidence())
         state.pending = Pending(command_id, to_variant, precision, batch, ts)
         state.variant, state.precision, state.batch_size = to_variant, precision, batch
         state.last_change_ms = ts
@@ -280,6 +346,14 @@ class MorphPolicy:
             state.pending = None
             return None  # acknowledged before (a replay or a resume): never issue it twice
         return record
+
+
+def _prob_above(forecast, level: float) -> float:
+    """P(value >= level) from a forecast's 90 % interval, taken as normal."""
+    if forecast is None or forecast.value != forecast.value:  # missing or NaN: no opinion
+        return 0.0
+    sigma = max((forecast.upper - forecast.lower) / (2 * 1.6449), 1e-9)
+    return 0.5 * math.erfc((level - forecast.value) / (sigma * math.sqrt(2)))
 
 
 def _clip(x: float) -> float:

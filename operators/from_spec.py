@@ -53,6 +53,8 @@ def models_factory_for(spec):
     """Per-node online models for the control flow, or None when they are off."""
     if not spec.models:
         return None
+    from functools import partial
+
     from prediction.telemetry_models import TelemetryModels
 
-    return TelemetryModels.for_node
+    return partial(TelemetryModels.for_node, horizon_s=policy_config_for(spec).forecast_horizon_s)
