@@ -75,9 +75,9 @@ def consume_rate(settings: KafkaSettings, topic: str, expected: int) -> float:
     return rate
 
 
-def run_flow(bootstrap: str, *args: str) -> float:
-    """Wall time of ``liquid flow run control --until-end`` with ``args``."""
-    cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", "control", "--until-end", "--bootstrap", bootstrap,
+def run_flow(bootstrap: str, *args: str, flow: str = "control") -> float:
+    """Wall time of ``liquid flow run FLOW --until-end`` with ``args``."""
+    cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", flow, "--until-end", "--bootstrap", bootstrap,
            "--batch-size", "1000", *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -87,8 +87,9 @@ def run_flow(bootstrap: str, *args: str) -> float:
     return elapsed
 
 
-def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: bool = False) -> dict:
-    """Run the control flow over ``messages`` on a fresh broker: events/s net of start-up, commands.
+def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: bool = False,
+              flow: str = "control", topic: str | None = None) -> dict:
+    """Run a flow over ``messages`` on a fresh broker: events/s net of start-up, what it emitted.
 
     With ``startup_s=None`` the start-up cost is measured first, on an empty topic.
     """
@@ -96,19 +97,22 @@ def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: boo
     if startup_s is None:
         with EmbeddedBroker() as broker:
             ensure_topics(KafkaSettings(broker.bootstrap), TopicNames().all(), partitions=PARTITIONS)
-            startup_s = run_flow(broker.bootstrap, *args)
+            startup_s = run_flow(broker.bootstrap, *args, flow=flow)
     out["startup_s"] = startup_s
     with EmbeddedBroker() as broker:
         settings, topics = KafkaSettings(broker.bootstrap), TopicNames()
         ensure_topics(settings, topics.all(), partitions=PARTITIONS)
-        out["produce_per_s"] = produce(settings, topics.telemetry, messages)
+        topic = topic or topics.telemetry
+        out["produce_per_s"] = produce(settings, topic, messages)
         if ceiling:
-            out["consume_per_s"] = consume_rate(settings, topics.telemetry, len(messages))
-        elapsed = run_flow(broker.bootstrap, *args)
+            out["consume_per_s"] = consume_rate(settings, topic, len(messages))
+        elapsed = run_flow(broker.bootstrap, *args, flow=flow)
         out["elapsed_s"] = elapsed
         out["events_per_s"] = len(messages) / max(elapsed - startup_s, 1e-3)
         out["commands"] = sum(1 for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand")
         out["alerts"] = sum(1 for r in read_topic(settings, topics.alerts) if r.get("_schema") == "Alert")
+        out["predictions"] = sum(1 for r in read_topic(settings, topics.predictions)
+                                 if r.get("_schema") == "NextStepPrediction")
     return out
 
 

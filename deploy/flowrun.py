@@ -26,7 +26,7 @@ from flows.spec import ENV_VAR, FlowSpec
 #: Flow name -> module with ``build(spec)`` and ``from_env()``.
 FLOWS = {"control": "flows.control", "workflow": "flows.workflow"}
 #: Topics each flow reads (checked before starting, for a clear error).
-FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals", "acks")}
+FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals",)}
 
 
 def flow_module(name: str):
@@ -108,7 +108,10 @@ def spec_from_args(name: str, args) -> FlowSpec:
     return FlowSpec(name=name, bootstrap=settings.bootstrap, kafka_config=settings.config,
                     tail=not getattr(args, "until_end", False), start=getattr(args, "start", "beginning"), batch_size=args.batch_size,
                     registry_url=args.registry_url, zoo_dir=str(args.zoo) if args.zoo else None,
-                    models=args.models, policy=policy)
+                    models=args.models, policy=policy,
+                    options={k: v for k, v in (("store", getattr(args, "store", None)),
+                                               ("idle_timeout_ms", int(args.idle_timeout * 1000)
+                                                if getattr(args, "idle_timeout", None) else None)) if v})
 
 
 def _run(args) -> int:
@@ -140,6 +143,10 @@ def add_flow_args(p) -> None:
     p.add_argument("--registry-url", help="schema registry URL: write Confluent framing (default: single-object)")
     p.add_argument("--zoo", type=Path, help="model zoo directory: commands carry each model's sha256 from its manifest")
     p.add_argument("--models", action="store_true", help="control flow: online anomaly and forecast models on")
+    p.add_argument("--store", metavar="PATH|DSN",
+                   help="workflow flow: persist every signal to this history store (SQLite file, or postgresql://...)")
+    p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="workflow flow: close runs with no signal for this long (event time; default: never)")
     p.add_argument("--policy", metavar="KEY=VALUE", action="append", type=parse_setting,
                    help="override a morph policy setting, e.g. --policy hot_c=80 (repeatable)")
 

@@ -119,3 +119,95 @@ def register(tree) -> None:
     p.add_argument("--topic", default="edge.telemetry", help="telemetry topic (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_kafka_args(p)
+    _register_signals(tree)
+
+
+def produce_signals(settings, topic: str, signals, speed: float = 0.0, progress=None) -> dict:
+    """Produce WorkflowSignal records keyed by workflow, paced by their timestamps / ``speed`` (0: no pacing)."""
+    from confluent_kafka import Producer
+
+    from schemas.codec import Codec
+
+    codec, producer = Codec(), Producer(settings.producer())
+    sent, first_ts, wall0, last_report = 0, None, time.monotonic(), time.monotonic()
+    for signal in signals:
+        if speed > 0:
+            first_ts = signal["ts_ms"] if first_ts is None else first_ts
+            delay = wall0 + (signal["ts_ms"] - first_ts) / 1000.0 / speed - time.monotonic()
+            if delay > 0:
+                producer.poll(0)
+                time.sleep(delay)
+        value = codec.encode("WorkflowSignal", signal)
+        while True:
+            try:
+                producer.produce(topic, key=signal["workflow_id"].encode(), value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        sent += 1
+        if sent % 10_000 == 0:
+            producer.poll(0)
+            now = time.monotonic()
+            if progress is not None and now - last_report >= 2.0:
+                last_report = now
+                progress(f"{sent} signals ({sent / (now - wall0):,.0f}/s)")
+    producer.flush(60)
+    return {"signals": sent, "seconds": time.monotonic() - wall0}
+
+
+def _signals(args) -> int:
+    from deploy.cli import UsageError
+    from deploy.evaluate_nextstep import log_signals
+    from schemas import TopicNames
+
+    if bool(args.log) == bool(args.from_wfcommons):
+        raise UsageError("give one source: --log FILE.csv (with --case-col, --activity-col, --time-col) "
+                         "or --from-wfcommons FILE.json")
+    if args.speed < 0:
+        raise UsageError("--speed must be >= 0")
+    settings = settings_from_args(args)
+    topic = args.topic or TopicNames().signals
+    require_topics(settings, [topic])
+    if args.log:
+        signals = log_signals(args, workflow_id=args.workflow)
+    else:
+        from pathlib import Path
+
+        from fingerprint.traces import TraceError, read_wfcommons
+
+        path = Path(args.from_wfcommons)
+        if not path.is_file():
+            raise UsageError(f"no such WfCommons instance: {path}")
+        try:
+            signals = list(read_wfcommons(path, workflow_id=args.workflow, runs=args.runs,
+                                          speed=args.time_scale, jitter=args.jitter, seed=args.seed))
+        except (TraceError, ValueError, KeyError) as err:
+            raise UsageError(f"{path}: not a WfCommons instance ({err})") from None
+        signals.sort(key=lambda s: s["ts_ms"])
+    say = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else None
+    result = produce_signals(settings, topic, signals, speed=args.speed, progress=say)
+    print(f"produced {result['signals']} workflow signals to {topic} in {result['seconds']:.1f}s")
+    return 0
+
+
+def _register_signals(tree) -> None:
+    from deploy.evaluate_nextstep import add_log_arguments
+
+    p = tree.command("produce signals", "replay real executions as workflow signals (CSV event log or WfCommons)",
+                     _signals,
+                     description="Replay an event log (CSV with case, activity and timestamp columns) or a WfCommons "
+                                 "instance as WorkflowSignal records, in timestamp order, keyed by workflow id.")
+    add_log_arguments(p, required=False)
+    p.add_argument("--from-wfcommons", metavar="FILE.json", help="a WfCommons workflow instance (schema 1.4+ or 1.3)")
+    p.add_argument("--runs", type=int, default=1, help="WfCommons: how many runs of the instance (default %(default)s)")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="WfCommons: divide recorded runtimes by this (default %(default)s)")
+    p.add_argument("--jitter", type=float, default=0.0, help="WfCommons: lognormal sigma on runtimes (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="WfCommons: jitter seed")
+    p.add_argument("--workflow", help="workflow id (default: from the file name)")
+    p.add_argument("--speed", type=float, default=0.0,
+                   help="pace by the signals' timestamps: 1 = original speed, 60 = a minute per second, "
+                        "0 = as fast as possible (default)")
+    p.add_argument("--topic", help="signals topic (default workflow.signals)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_kafka_args(p)

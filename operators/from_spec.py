@@ -58,3 +58,20 @@ def models_factory_for(spec):
     from prediction.telemetry_models import TelemetryModels
 
     return partial(TelemetryModels.for_node, horizon_s=policy_config_for(spec).forecast_horizon_s)
+
+
+
+def predictor_factory_for(spec):
+    """``workflow_id -> NextStepPredictor`` as the flow and ``liquid evaluate next-step`` build it.
+
+    ``options.idle_timeout_ms`` closes runs idle that long (event time); off by
+    default, as in the offline evaluation, so both give the same figures. State
+    stays bounded either way: a fingerprint keeps at most 10,000 open runs.
+    """
+    from fingerprint.temporal import Fingerprint
+    from prediction.nextstep import NextStepPredictor
+
+    idle = spec.options.get("idle_timeout_ms")
+    if not idle:
+        return NextStepPredictor
+    return lambda wf: NextStepPredictor(wf, fingerprint=Fingerprint(wf, idle_timeout_ms=int(idle)))
