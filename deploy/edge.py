@@ -50,7 +50,12 @@ class CommandListener(threading.Thread):
         self._ready.set()
         try:
             while not self._halt.is_set():
-                for msg in consumer.consume(100, timeout=0.05):
+                # poll() returns on the first message; consume(n, timeout) would wait out the
+                # timeout whenever fewer than n arrive, adding that much to every command.
+                first = consumer.poll(0.05)
+                if first is None:
+                    continue
+                for msg in [first] + consumer.consume(100, timeout=0):
                     if msg.error() is None:
                         self._handle(msg.value())
                 self.producer.poll(0)

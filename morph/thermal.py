@@ -96,6 +96,7 @@ class Scenario:
     duration_s: float = 120.0
     base_ambient_c: float = 30.0
     power_cap_w: float = 350.0
+    cycles: int = 6  # "cycles": how many hot spells in ``duration_s``
 
     def at(self, t: float) -> Conditions:
         f = t / self.duration_s
@@ -114,9 +115,13 @@ class Scenario:
             amb = _ramp(f, 0.08, 0.25, amb, amb + EVENT_AMBIENT_RISE_C) if f < 0.6 else \
                 _ramp(f, 0.6, 0.7, amb + EVENT_AMBIENT_RISE_C, amb)
             fan = EVENT_FAN if 0.4 <= f < 0.58 else 1.0
+        elif self.name == "cycles":
+            # Repeated hot spells (for benchmarks that need many threshold crossings in one run).
+            phase = (f * self.cycles) % 1.0
+            amb = amb + 15 if 0.05 <= phase < 0.45 else amb
         elif self.name != "steady":
             raise ValueError(f"unknown scenario {self.name!r}; known: {', '.join(SCENARIOS)}")
         return Conditions(ambient_c=amb, fan=fan, power_cap_w=cap)
 
 
-SCENARIOS = ("steady", "heat-wave", "fan-failure", "power-cap", "thermal-event")
+SCENARIOS = ("steady", "heat-wave", "fan-failure", "power-cap", "thermal-event", "cycles")
