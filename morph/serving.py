@@ -357,26 +357,33 @@ class RequestLoad:
             return list(self._log)
 
     # -- the serving loop ---------------------------------------------------------
+    def set_batch_size(self, batch_size: int) -> None:
+        """Serve ``batch_size`` requests per call from the next batch on; the request rate stays.
+
+        (A morph command's batch size: fewer, larger calls, or more, smaller ones.)"""
+        if int(batch_size) <= 0:
+            raise ValueError("batch_size must be positive")
+        self.batch_size = int(batch_size)
+
     def _run(self) -> None:
-        interval = self.batch_size / self.rate
-        batch_no, cursor = 0, 0
+        arrived, cursor = self._t0, 0
         while not self._stop.is_set():
-            arrived = self._t0 + batch_no * interval
+            n = self.batch_size  # read once per batch: set_batch_size() may change it
             wait = arrived - time.monotonic()
             if wait > 0 and self._stop.wait(wait):
                 break
-            idx = self._order[(cursor + np.arange(self.batch_size)) % len(self._order)]
-            cursor += self.batch_size
+            idx = self._order[(cursor + np.arange(n)) % len(self._order)]
+            cursor += n
             with self._lock:
                 first_id = self._submitted
-                self._submitted += self.batch_size
-                self._in_flight = self.batch_size
+                self._submitted += n
+                self._in_flight = n
             try:
                 pred = self.server.infer(self.inputs.x[idx])
             except Exception:
                 pred = None
             self._record(first_id, idx, arrived, time.monotonic(), pred)
-            batch_no += 1
+            arrived += n / self.rate  # the next batch arrives once n more requests' worth of time has passed
 
     def _record(self, first_id: int, idx: np.ndarray, arrived: float, done: float, pred: Predictions | None):
         latency = done - arrived

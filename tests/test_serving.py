@@ -187,3 +187,26 @@ def test_errors_and_late_requests_are_dropped_and_counted():
     assert stats.errors > 0 and stats.late > 0 and stats.served == 0
     assert stats.submitted == stats.dropped == stats.errors + stats.late
     assert stats.errors == 2 * ((server.calls + 1) // 2) and stats.late == 2 * (server.calls // 2)
+
+
+def test_batch_size_changes_on_the_fly_and_the_rate_stays(zoo):
+    """A morph command's batch size: larger calls, same request rate, nothing dropped."""
+    from collections import Counter
+
+    server = InferenceServer(zoo)
+    load = RequestLoad(server, rate=400, batch_size=2, deadline_ms=1000, keep_log=True).start()
+    time.sleep(1.0)
+    load.set_batch_size(16)
+    switched = time.monotonic()
+    time.sleep(1.5)
+    stats = load.stop()
+    server.close()
+    records = load.records()
+    sizes_before = Counter(r.arrived for r in records if r.arrived < switched - 0.1)
+    sizes_after = Counter(r.arrived for r in records if r.arrived > switched + 0.1)
+    assert set(sizes_before.values()) == {2}
+    assert set(sizes_after.values()) == {16}
+    assert stats.dropped == 0
+    assert abs(stats.submitted / stats.elapsed_s - 400) < 40  # the offered rate did not change
+    with pytest.raises(ValueError):
+        load.set_batch_size(0)
