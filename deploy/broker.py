@@ -104,7 +104,9 @@ class EmbeddedBroker:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        # SIGINT: Tansu exits at once; on SIGTERM it waits ~5 s to drain connections,
+        # and with memory storage there is nothing to drain.
+        proc.send_signal(signal.SIGINT)
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
