@@ -35,6 +35,13 @@ class UsageError(Exception):
     """Bad input the user can fix; printed as one line with exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points to --help (argparse prints the usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 class CommandTree:
     """Nested argparse sub-commands declared by path: ``tree.command("produce telemetry", ...)``."""
 
@@ -88,7 +95,7 @@ def _group_usage(group: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="liquid",
         description="Liquid Workflow: self-adapting AI workflows for edge fleets, on Bytewax and Kafka.",
     )

@@ -71,7 +71,10 @@ def check_reachable(settings: KafkaSettings, timeout_s: float = 5.0):
     from deploy.cli import UsageError
 
     try:
-        admin = AdminClient(settings.client(**{"socket.connection.setup.timeout.ms": str(int(timeout_s * 1000))}))
+        # log_level 0: librdkafka would print a line per failed connect attempt; the
+        # outcome is reported below as one line that says what to do.
+        admin = AdminClient(settings.client(**{"socket.connection.setup.timeout.ms": str(int(timeout_s * 1000)),
+                                               "log_level": "0"}))
     except KafkaException as err:
         raise UsageError(f"bad Kafka setting: {err.args[0].str()}") from None
     try:

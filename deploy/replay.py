@@ -159,12 +159,12 @@ def _run(args) -> int:
         raise UsageError("give --from-offset or --from-time, not both")
     if not args.dump and not args.flow:
         raise UsageError("say what to do with the records: --dump or --flow NAME")
-    settings = settings_from_args(args)
-    partitions = require_topics(settings, [args.topic])[args.topic]
     from_time = parse_time_ms(args.from_time) if args.from_time else None
     for spec in args.from_offset or []:
         if not all(part.strip().lstrip("-").isdigit() for part in spec.split(":", 1)):
             raise UsageError(f"--from-offset {spec!r}: expected OFFSET or PARTITION:OFFSET")
+    settings = settings_from_args(args)
+    partitions = require_topics(settings, [args.topic])[args.topic]
     ranges = resolve_offsets(settings, args.topic, args.from_offset, from_time, partitions)
     summary = ", ".join(f"[{p}] {s}..{e}" for p, (s, e) in sorted(ranges.items()))
     print(f"replaying {args.topic}: {summary}", file=sys.stderr, flush=True)

@@ -184,12 +184,15 @@ def test_replay_from_a_time_reproduces_the_commands(kafka, tmp_path):
     (["flow", "run", "control", "--kafka-config", "/nonexistent.properties"], "cannot read Kafka config file"),
     (["produce", "telemetry", "-X", "no-equals-sign"], "expected key=value"),
     (["flow", "run", "nosuchflow"], "unknown flow 'nosuchflow'"),
+    (["replay", "--topic", "t", "--dump", "--from-time", "yesterday"], "expected epoch ms or an ISO 8601 time"),
+    (["produce", "telemetry", "--scenario", "volcano"], "invalid choice: 'volcano'"),
+    (["topics", "list", "-X", "no.such.property=1"], "bad Kafka setting"),
 ])
 def test_bad_input_is_one_line_error(args, message):
     proc = run_liquid(*args, check=False, timeout=60)
     assert proc.returncode == 2
-    last = proc.stderr.strip().splitlines()[-1]
-    assert message in last, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
 def test_unknown_topic_and_out_of_range_offset(kafka):
