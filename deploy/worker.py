@@ -31,6 +31,8 @@ class EdgeNode:
     batch_size: int = 16
     seq: int = 0
     applied: list = field(default_factory=list)   # (command, ack) of every handled command
+    executor: object = None   # morph.shadow.ShadowExecutor, when the node runs workflows
+    runs: list = field(default_factory=list)      # morph.workflows.RunResult of every finished run
 
 
 class EdgeWorker:
@@ -39,7 +41,8 @@ class EdgeWorker:
     def __init__(self, settings, topics, node_ids: list[str], scenario: Scenario, zoo_dir=None,
                  sensor: str = "auto", rate: float = 100.0, interval_s: float = 1.0, time_scale: float = 1.0,
                  deadline_ms: float = 250.0, scenarios: dict | None = None, seed: int = 0, log=None,
-                 power_profile: str = "default"):
+                 power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
+                 workflow_gap_s: float = 0.0, workflow_seed: int = 0):
         from confluent_kafka import Producer
 
         from deploy.edge import CommandListener
@@ -67,6 +70,22 @@ class EdgeWorker:
         self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
                                         self.codec)
+        # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
+        self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
+        self.workflow_seed = workflow_seed
+        self.shadow_listener = None
+        self._runners: list[threading.Thread] = []
+        if workflow is not None:
+            from morph.shadow import ShadowExecutor
+
+            if workflow != "inspection":
+                raise ValueError(f"unknown workflow {workflow!r}; shipped: inspection")
+            for node in self.nodes.values():
+                node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
+            self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
+                                                   self._on_shadow_command, self.codec, schema_name="ShadowCommand")
+            self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
+                                              name=f"runs-{node.node_id}") for node in self.nodes.values()]
         self.last_telemetry: dict[str, dict] = {}
         self._halt = threading.Event()
         self._telemetry = threading.Thread(target=self._publish_telemetry, name="telemetry", daemon=True)
@@ -77,17 +96,36 @@ class EdgeWorker:
             node.load.start()
         self.listener.start()
         self.listener.wait_ready()
+        if self.shadow_listener is not None:
+            self.shadow_listener.start()
+            self.shadow_listener.wait_ready()
         self._telemetry.start()
+        for runner in self._runners:
+            runner.start()
         return self
+
+    def wait_runs(self, timeout_s: float | None = None) -> bool:
+        """Wait until every node has finished its ``workflow_runs`` (True) or the timeout passes."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for runner in self._runners:
+            runner.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(r.is_alive() for r in self._runners)
 
     def stop(self) -> dict:
         """Stop taking commands, drain the request streams, flush; returns per-node stats."""
         self._halt.set()
         self.listener.stop()
+        for runner in self._runners:
+            runner.join(timeout=30)
+        if self.shadow_listener is not None:
+            self.shadow_listener.stop()
         self._telemetry.join(timeout=5)
         stats = {}
         for node_id, node in self.nodes.items():
             stats[node_id] = node.load.stop()
+            if node.executor is not None:
+                node.executor.wait_idle()
+                node.executor.close()
             node.server.close()
         self.producer.flush(10)
         return stats
@@ -124,6 +162,34 @@ class EdgeWorker:
         node.server.swap_async(command["to_variant"], command["to_precision"], command.get("model_sha256"),
                                callback=acknowledge)
         return None  # acknowledged asynchronously, above
+
+    # -- workflow runs and their shadows ----------------------------------------
+    def _on_shadow_command(self, command: dict):
+        return self.nodes[command["node_id"]].executor.handle(command)
+
+    def _publish_ack(self, ack: dict) -> None:
+        """Acks of shadows that end without a command of their own (commit at the live step, timeout, run end)."""
+        self.producer.produce(self.topics.acks, key=ack["node_id"].encode(), value=self.codec.encode("CommandAck", ack))
+        self.producer.poll(0)
+
+    def _publish_signal(self, signal: dict) -> None:
+        self.producer.produce(self.topics.signals, key=signal["workflow_id"].encode(),
+                              value=self.codec.encode("WorkflowSignal", signal))
+        self.producer.poll(0)
+
+    def _run_workflows(self, node: EdgeNode) -> None:
+        from morph.workflows import ServedClassifier, WorkflowRun, inspection_lots, inspection_workflow
+
+        spec = inspection_workflow(ServedClassifier(node.server))
+        lots = inspection_lots(64, seed=self.workflow_seed)
+        i = 0
+        while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):
+            run = WorkflowRun(spec, f"{node.node_id}-run-{i}", node.node_id, executor=node.executor,
+                              on_signal=self._publish_signal)
+            node.runs.append(run.execute(lots[i % len(lots)]))
+            i += 1
+            if self.workflow_gap_s:
+                self._halt.wait(self.workflow_gap_s)
 
     # -- telemetry ------------------------------------------------------------
     def telemetry(self, node: EdgeNode, now_ms: int) -> dict:
@@ -164,11 +230,13 @@ def _run(args) -> int:
         raise UsageError("name at least one node: --node ID (repeatable)")
     settings = settings_from_args(args)
     topics = TopicNames()
-    require_topics(settings, [topics.commands, topics.acks, topics.telemetry])
+    require_topics(settings, [topics.commands, topics.acks, topics.telemetry]
+                   + ([topics.signals, topics.shadow] if args.workflow else []))
     try:
         worker = EdgeWorker(settings, topics, args.node, Scenario(args.scenario, duration_s=args.duration),
                             zoo_dir=args.zoo, sensor=args.sensor, rate=args.rate, interval_s=args.interval,
-                            power_profile=args.power_profile, log=lambda m: print(m, flush=True))
+                            power_profile=args.power_profile, log=lambda m: print(m, flush=True),
+                            workflow=args.workflow, workflow_runs=args.workflow_runs)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     stop = threading.Event()
@@ -183,7 +251,9 @@ def _run(args) -> int:
         stop.wait(1.0)
     stats = worker.stop()
     for node_id, s in stats.items():
-        print(f"{node_id}: served {s.served}, dropped {s.dropped}, accuracy {s.accuracy:.3f}")
+        node = worker.nodes[node_id]
+        runs = f"; {len(node.runs)} workflow runs, shadow {node.executor.stats}" if node.executor else ""
+        print(f"{node_id}: served {s.served}, dropped {s.dropped}, accuracy {s.accuracy:.3f}{runs}")
     return 0
 
 
@@ -202,5 +272,9 @@ def register(tree) -> None:
     p.add_argument("--power-profile", choices=("default", "flops", "cpu"), default="default",
                    help="thermal model power per variant: a GPU-like profile (default), or the zoo's FLOPs or "
                         "measured CPU time per inference")
+    p.add_argument("--workflow", choices=("inspection",),
+                   help="also execute workflow runs (the inspection pipeline) back to back on every node, emitting "
+                        "their signals and applying shadow pre-execution commands")
+    p.add_argument("--workflow-runs", type=int, help="stop after this many runs per node (default: until stopped)")
     p.add_argument("--run-for", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     add_kafka_args(p)

@@ -216,8 +216,15 @@ class Speculator:
 
     def learn_one(self, signal: dict) -> list[dict]:
         """Fold in a WorkflowSignal; returns the ShadowCommand records to send to the run's node."""
+        return self.step(signal)[1]
+
+    def step(self, signal: dict) -> tuple[list[dict], list[dict]]:
+        """Fold in a WorkflowSignal: ``(NextStepPrediction records, ShadowCommand records)``.
+
+        The flow publishes both; `learn_one` is this without the predictions.
+        """
         if signal.get("workflow_id") != self.workflow_id or not self._fresh(signal):
-            return []
+            return [], []
         predictions = self._learn(signal)
         run_id, task, ts = signal["run_id"], signal["task"], signal["ts_ms"]
         info = self._runs.get(run_id)
@@ -239,7 +246,7 @@ class Speculator:
         self._signals += 1
         if self._signals % 256 == 0:
             out += self._forget_idle(ts)
-        return out
+        return predictions, out
 
     def on_ack(self, ack: dict) -> None:
         """Learn from a CommandAck of a shadow of this workflow (others are ignored)."""
