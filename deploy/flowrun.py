@@ -110,6 +110,7 @@ def spec_from_args(name: str, args) -> FlowSpec:
                     registry_url=args.registry_url, zoo_dir=str(args.zoo) if args.zoo else None,
                     models=args.models, policy=policy,
                     options={k: v for k, v in (("store", getattr(args, "store", None)),
+                                               ("speculation", getattr(args, "speculation", False)),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
                                                 if getattr(args, "idle_timeout", None) else None)) if v})
 
@@ -145,6 +146,8 @@ def add_flow_args(p) -> None:
     p.add_argument("--models", action="store_true", help="control flow: online anomaly and forecast models on")
     p.add_argument("--store", metavar="PATH|DSN",
                    help="workflow flow: persist every signal to this history store (SQLite file, or postgresql://...)")
+    p.add_argument("--speculation", action="store_true",
+                   help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="workflow flow: close runs with no signal for this long (event time; default: never)")
     p.add_argument("--policy", metavar="KEY=VALUE", action="append", type=parse_setting,

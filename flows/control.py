@@ -19,7 +19,8 @@ from bytewax.dataflow import Dataflow
 
 from flows.spec import FlowSpec
 from operators.control import MorphStep
-from operators.kafka_io import OffsetKafkaSource, dead_letter_message, decoder, encoder, is_event
+from operators.kafka_io import (OffsetKafkaSource, dead_letter_message, encoder, is_event, raw_decoder,
+                                tune_gc_for_flow)
 from operators.from_spec import codec_for, models_factory_for, policy_for, source_offsets
 
 
@@ -28,13 +29,14 @@ def build(spec: FlowSpec) -> Dataflow:
     kafka = spec.kafka
     codec = codec_for(spec)
     flow = Dataflow("control")
+    tune_gc_for_flow()
 
     start, per_partition = source_offsets(spec)
-    raw = op.input("kafka_in", flow, OffsetKafkaSource(
+    decode = raw_decoder(codec, {topics.telemetry: "Telemetry", topics.acks: "CommandAck"}, key_field="node_id")
+    # the source decodes as it reads: (key, Event) or ("", DeadLetter) items
+    decoded = op.input("kafka_in", flow, OffsetKafkaSource(
         kafka.brokers, [topics.telemetry, topics.acks], tail=spec.tail, starting_offset=start,
-        start_offsets=per_partition, add_config=kafka.flow_config(), batch_size=spec.batch_size))
-    decode = decoder(codec, {topics.telemetry: "Telemetry", topics.acks: "CommandAck"}, key_field="node_id")
-    decoded = op.flat_map_batch("decode_by_node", raw, lambda batch: [decode(m) for m in batch])
+        start_offsets=per_partition, add_config=kafka.flow_config(), batch_size=spec.batch_size, decode=decode))
     routed = op.branch("decodable", decoded, is_event)
     op.output("deadletter_out", op.map("dead_letter", routed.falses, dead_letter_message(topics.deadletter)),
               KafkaSink(kafka.brokers, None, add_config=kafka.config))

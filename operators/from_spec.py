@@ -75,3 +75,12 @@ def predictor_factory_for(spec):
     if not idle:
         return NextStepPredictor
     return lambda wf: NextStepPredictor(wf, fingerprint=Fingerprint(wf, idle_timeout_ms=int(idle)))
+
+
+def speculation_factory_for(spec):
+    """``(workflow_id, predictor) -> Speculator`` when the workflow flow speculates, else None."""
+    if not spec.options.get("speculation"):
+        return None
+    from prediction.speculation import Speculator
+
+    return lambda workflow_id, predictor: Speculator(workflow_id, predictor=predictor)
