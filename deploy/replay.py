@@ -48,15 +48,21 @@ def partition_ends(consumer, topic: str, partitions: int) -> dict[int, tuple[int
     probe = {p: high - 1 for p, (low, high) in marks.items() if high > low}
     ends = {p: high for p, (_, high) in marks.items()}
     if probe:
+        # Drain the last batches: one consume call can return only part of a batch (it holds up
+        # to batch.num.messages records), so stopping at each partition's first message
+        # under-reports the end and readers silently miss the tail.
         consumer.assign([TopicPartition(topic, p, o) for p, o in probe.items()])
         deadline = time.monotonic() + 5.0
-        waiting = set(probe)
-        while waiting and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.2):
+        seen: set[int] = set()
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(1000, timeout=0.2)
+            for msg in msgs:
                 if msg.error() is None:
                     p = msg.partition()
                     ends[p] = max(ends[p], msg.offset() + 1)
-                    waiting.discard(p)
+                    seen.add(p)
+            if not msgs and seen >= set(probe):
+                break
         consumer.unassign()
     return {p: (marks[p][0], ends[p]) for p in range(partitions)}
 

@@ -133,3 +133,22 @@ def test_nvml_sensor_reads_a_gpu_and_auto_falls_back_without_one(monkeypatch):
     assert isinstance(open_sensor("auto", "edge-1", Scenario()), ThermalSensor)
     with pytest.raises(RuntimeError, match="NVML unavailable"):
         open_sensor("nvml", "edge-1", Scenario())
+
+
+@pytest.mark.broker
+def test_read_back_finds_the_true_end_of_large_batches(kafka):
+    """Tansu reports a partition's end as its last batch's base offset + 1: large batches must still be read whole."""
+    from confluent_kafka import Producer
+
+    producer = Producer(kafka.producer(**{"linger.ms": "50", "batch.num.messages": "10000"}))
+    for i in range(20_000):
+        producer.produce("liquid.alerts", key=str(i % 3).encode(), value=b"x" * 20)
+    producer.flush()
+    from deploy.replay import partition_ends
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(kafka.consumer("t"))
+    ends = partition_ends(consumer, "liquid.alerts", 2)
+    consumer.close()
+    assert sum(end - low for low, end in ends.values()) == 20_000
+    assert len(read_topic(kafka, "liquid.alerts")) == 20_000
