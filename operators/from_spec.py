@@ -84,3 +84,40 @@ def speculation_factory_for(spec):
     from prediction.speculation import Speculator
 
     return lambda workflow_id, predictor: Speculator(workflow_id, predictor=predictor)
+
+
+def decoded_input(flow, spec, codec, schema_by_topic: dict, key_field: str, step_id: str = "kafka"):
+    """``(key, Event)`` items from the topics of ``schema_by_topic``, decoded as they are read.
+
+    Anything undecodable goes to the dead-letter topic with its reason (and is
+    counted); the flow carries on. Every flow reads Kafka this way.
+    """
+    import bytewax.operators as op
+    from bytewax.connectors.kafka import KafkaSink
+
+    from operators.kafka_io import OffsetKafkaSource, dead_letter_message, is_event, raw_decoder
+
+    kafka = spec.kafka
+    start, per_partition = source_offsets(spec)
+    decoded = op.input(f"{step_id}_in", flow, OffsetKafkaSource(
+        kafka.brokers, list(schema_by_topic), tail=spec.tail, starting_offset=start, start_offsets=per_partition,
+        add_config=kafka.flow_config(), batch_size=spec.batch_size,
+        decode=raw_decoder(codec, schema_by_topic, key_field)))
+    routed = op.branch(f"{step_id}_decodable", decoded, is_event)
+    op.output(f"{step_id}_deadletter_out",
+              op.map(f"{step_id}_dead_letter", routed.falses, dead_letter_message(spec.topic_names.deadletter)),
+              KafkaSink(kafka.brokers, None, add_config=kafka.config))
+    return routed.trues
+
+
+def encoded_output(stream, spec, codec, schema_names: tuple) -> None:
+    """Publish ``(key, (schema name, record))`` items, each on its record type's topic."""
+    import bytewax.operators as op
+    from bytewax.connectors.kafka import KafkaSink
+
+    from operators.kafka_io import encoder
+
+    topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
+                       for name in schema_names}
+    op.output("kafka_out", op.map("encode", stream, encoder(codec, topic_by_schema)),
+              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.config))
