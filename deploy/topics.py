@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from deploy.kafka import KafkaSettings, TopicNames, add_kafka_args, check_reachable, settings_from_args
 

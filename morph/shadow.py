@@ -71,7 +71,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from morph.workflows import (Cancelled, Handover, Step, StepContext, WorkflowRun, check_outputs, freeze,
                              input_digest)

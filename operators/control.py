@@ -9,7 +9,7 @@ snapshots everything the decision depends on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from morph.policy import MorphPolicy, NodeState

@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource, KafkaSourceMessage
+from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource
 from bytewax.connectors.kafka import _KafkaSourcePartition  # per-partition offsets need the partition class
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
@@ -122,16 +122,6 @@ def raw_decoder(codec: Codec, expect_by_topic: dict[str, str], key_field: str):
             return "", _dead(topic, partition, offset, key, value, str(err))
         record = decoded.record
         return record[key_field], Event(decoded.schema_name, record, topic, partition, offset)
-
-    return decode
-
-
-def decoder(codec: Codec, expect_by_topic: dict[str, str], key_field: str):
-    """A map function: KafkaSourceMessage -> ``(key, Event)`` or ``("", DeadLetter)`` (see `raw_decoder`)."""
-    decode_raw = raw_decoder(codec, expect_by_topic, key_field)
-
-    def decode(msg: KafkaSourceMessage):
-        return decode_raw(msg.key, msg.value, msg.topic, msg.partition, msg.offset)
 
     return decode
 

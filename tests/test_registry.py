@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deploy.cli import main
-from schemas import SCHEMA_NAMES, TopicNames, schema_json
+from schemas import SCHEMA_NAMES, TopicNames
 from schemas.codec import Codec
 from schemas.registry import RegistrySchemaIds, register_all
 from tests.registry_server import Registry, serve
