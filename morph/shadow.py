@@ -71,6 +71,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np  # noqa: F401  (the module docstring's example uses it)
 
 from morph.workflows import (Cancelled, Handover, Step, StepContext, WorkflowRun, check_outputs, freeze,
                              input_digest)
