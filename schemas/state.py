@@ -1,0 +1,78 @@
+"""Versioned snapshot state: the one place where a restored state's version is checked.
+
+Bytewax recovery pickles each key's state at the end of an epoch. A state class
+that derives from `Versioned` writes its ``STATE_VERSION`` into every snapshot
+(the ``version`` attribute) and checks it when the snapshot is loaded: a snapshot
+of an older version is migrated step by step with the class's ``MIGRATIONS``, and
+one that cannot be migrated (too old, or written by a newer release) is refused
+with a one-line `StateVersionError` that says what to do.
+
+Examples
+--------
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class Counter(Versioned):
+...     STATE_VERSION = 2
+...     # version 1 had no `total`: start it at the count
+...     MIGRATIONS = {1: lambda s: {**s, "total": s["count"]}}
+...     count: int = 0
+...     total: int = 0
+...     version: int = STATE_VERSION
+
+What unpickling a snapshot of version 1 does, and one of a newer release:
+
+>>> restored = Counter.__new__(Counter)
+>>> restored.__setstate__({"count": 3, "version": 1})
+>>> restored
+Counter(count=3, total=3, version=2)
+>>> Counter.__new__(Counter).__setstate__({"count": 3, "total": 3, "version": 9})
+Traceback (most recent call last):
+...
+schemas.state.StateVersionError: Counter snapshot has state version 9, this release reads 1 to 2: run the release that wrote it, or start from a fresh recovery directory
+"""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar
+
+
+class StateVersionError(RuntimeError):
+    """A snapshot's state version cannot be read by this release."""
+
+
+class Versioned:
+    """Mixin for snapshotted state: writes ``version`` and checks it on restore.
+
+    Subclasses set ``STATE_VERSION`` (an int, bumped when the shape changes) and,
+    for each older version they can still read, ``MIGRATIONS[old] = fn`` that turns
+    the attribute dict of version ``old`` into that of version ``old + 1``.
+    Instances must keep the current version in their ``version`` attribute.
+    """
+
+    STATE_VERSION: ClassVar[int] = 1
+    MIGRATIONS: ClassVar[dict[int, Callable[[dict], dict]]] = {}
+
+    def __setstate__(self, state) -> None:
+        slots = None
+        if isinstance(state, tuple):  # (dict or None, slots dict), as pickle writes for __slots__ classes
+            state, slots = state
+            state = {**(state or {}), **(slots or {})}
+        state = migrate_state(type(self), dict(state))
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+
+def migrate_state(cls: type, state: dict) -> dict:
+    """``state`` (an attribute dict) brought to ``cls.STATE_VERSION``, or `StateVersionError`."""
+    current = cls.STATE_VERSION
+    version = state.get("version", 1)
+    oldest = min([current, *cls.MIGRATIONS])
+    if not isinstance(version, int) or version > current or version < oldest:
+        raise StateVersionError(
+            f"{cls.__name__} snapshot has state version {version}, this release reads {oldest} to {current}: "
+            "run the release that wrote it, or start from a fresh recovery directory")
+    while version < current:
+        state = cls.MIGRATIONS[version](state)
+        version += 1
+    state["version"] = current
+    return state
