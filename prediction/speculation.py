@@ -165,7 +165,38 @@ class SpeculationMetrics:
 
 @dataclass
 class Speculator(Versioned):
-    """Per-workflow speculation state: predictor, open shadows per run, learned costs, metrics."""
+    """Per-workflow speculation: turns next-step predictions into shadow commands and learns from their acks.
+
+    Parameters
+    ----------
+    workflow_id
+        The workflow this state belongs to; signals and acks of other workflows are ignored.
+    policy
+        The cost model, the per-node bound on open shadows, known critical steps
+        and the learning rate of measured costs.
+    predictor
+        The next-step model (`prediction.nextstep.NextStepPredictor` by default):
+        anything with ``learn_one(signal)`` and ``predict_then_learn_one(signal)``.
+
+    Examples
+    --------
+    >>> from fingerprint.traces import run_signals
+    >>> speculator = Speculator("w", policy=SpeculationPolicy(critical=frozenset({"c"})))
+    >>> for i in range(30):
+    ...     for s in run_signals("w", f"r{i}", [("a", 0, 10), ("b", 10, 20)], t0_ms=i * 100, node_id="n1"):
+    ...         speculator.learn_one(s)
+    >>> live = run_signals("w", "live", [("a", 0, 10), ("b", 10, 20)], t0_ms=10_000, node_id="n1")
+    >>> predictions, commands = speculator.predict_then_learn_one(live[0])
+    >>> [(c["action"], c["step"], c["node_id"]) for c in commands]
+    [('PRE_EXECUTE', 'b', 'n1')]
+
+    References
+    ----------
+    Speculative execution of workflow steps as in the temporal-fingerprint seed
+    (``002_223f545181f843fb.txt``): pre-execute predicted steps in isolation, commit
+    on a match, roll back otherwise; the cost model is the expected-value test
+    ``p · saving > (1 − p) · waste``.
+    """
 
     workflow_id: str
     policy: SpeculationPolicy = field(default_factory=SpeculationPolicy)
