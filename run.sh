@@ -6,10 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${LIQUID_VENV:-.venv}"
-PY="${PYTHON:-python3}"
 
+# bytewax 0.21.1 ships wheels for CPython 3.11 and 3.12 only (pyproject's requires-python).
+supported() { "$1" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)' 2>/dev/null; }
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed")'
+  PY=""
+  for candidate in ${PYTHON:-} python3 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 && supported "$candidate"; then PY="$candidate"; break; fi
+  done
+  if [ -z "$PY" ]; then
+    echo "run.sh: Python 3.11 or 3.12 is needed (bytewax 0.21.1 has no wheel for others); install python3.12 or set PYTHON=/path/to/python3.12" >&2
+    exit 2
+  fi
   "$PY" -m venv "$VENV"
 fi
 # Reinstall only when pyproject.toml changed since the last install.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Callable
 
@@ -31,6 +32,31 @@ COMMAND_MODULES = (
     "deploy.evaluate_anomaly",
     "deploy.fingerprint_cmd",
 )
+
+
+_ROLE = re.compile(r":[a-z]+:`([^`]*)`")
+_LITERAL = re.compile(r"``([^`]*)``")
+_REFERENCE = re.compile(r"`([^`]*)`")
+
+
+def plain_text(text: str) -> str:
+    """Help text without reStructuredText markup: ``x``, `x` and :role:`x` become x, a closing ``::`` a colon.
+
+    >>> plain_text("run ``liquid broker`` (see `morph.fleet.SimulatedNode` and :func:`f`)::")
+    'run liquid broker (see morph.fleet.SimulatedNode and f):'
+    """
+    text = _REFERENCE.sub(r"\1", _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text)))
+    return re.sub(r"::$", ":", text, flags=re.M)
+
+
+class PlainHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their line breaks; descriptions and option help lose their docstring markup."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(plain_text(text))
+
+    def _expand_help(self, action) -> str:
+        return plain_text(super()._expand_help(action))
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -57,7 +83,7 @@ class CommandTree:
     def _group(self, path: tuple[str, ...]) -> argparse.ArgumentParser:
         if path not in self._groups:
             sub = self._subparsers(path[:-1])
-            group = sub.add_parser(path[-1], help=GROUP_HELP.get(" ".join(path), ""))
+            group = sub.add_parser(path[-1], help=GROUP_HELP.get(" ".join(path), ""), formatter_class=PlainHelpFormatter)
             group.set_defaults(handler=_group_usage(group))
             self._groups[path] = group
         return self._groups[path]
@@ -67,8 +93,8 @@ class CommandTree:
         """Declare a command; returns its parser for the caller to add arguments to."""
         words = tuple(path.split())
         sub = self._subparsers(words[:-1])
-        parser = sub.add_parser(words[-1], help=help, description=description or help,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        parser = sub.add_parser(words[-1], help=plain_text(help), description=description or help,
+                                formatter_class=PlainHelpFormatter)
         parser.set_defaults(handler=handler)
         return parser
 
@@ -94,7 +120,7 @@ def _group_usage(group: argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="liquid",
+        prog="liquid", formatter_class=PlainHelpFormatter,
         description="Liquid Workflow: self-adapting AI workflows for edge fleets, on Bytewax and Kafka.",
     )
     parser.set_defaults(handler=lambda _a: (parser.print_help(sys.stderr), 2)[1])
