@@ -13,6 +13,7 @@ where the last snapshot left off.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import subprocess
@@ -74,11 +75,11 @@ def _spawn_local_cluster(spec: FlowSpec, workers: int, processes: int, recovery_
     env = {**os.environ, ENV_VAR: spec.to_json()}
     children = []
     for pid in range(processes):
-        cmd = [sys.executable, "-m", "bytewax.run", f"{FLOWS[spec.name]}:from_env()",
-               "-w", str(workers), "-i", str(pid), "-a", addresses, "-s", str(int(snapshot_interval_s))]
-        if recovery_dir is not None:
-            cmd += ["-r", str(recovery_dir), "-b", str(int(backup_interval_s))]
-        children.append(subprocess.Popen(cmd, env=env))
+        # Not `python -m bytewax.run`: its -s/-b take whole seconds and would truncate 0.2 s to 0.
+        member = {"workers": workers, "process_id": pid, "addresses": addresses.split(";"),
+                  "recovery_dir": str(recovery_dir) if recovery_dir else None,
+                  "snapshot_interval_s": snapshot_interval_s, "backup_interval_s": backup_interval_s}
+        children.append(subprocess.Popen([sys.executable, "-m", "deploy.flowrun", json.dumps(member)], env=env))
 
     def forward(signum, _frame):
         for child in children:
@@ -165,3 +166,11 @@ def register(tree) -> None:
     p.add_argument("--until-end", action="store_true", help="stop at the end of every input partition instead of tailing")
     add_flow_args(p)
     add_kafka_args(p)
+
+
+if __name__ == "__main__":
+    # One process of a local cluster spawned by `_spawn_local_cluster`: the spec comes in the
+    # environment, this member's place in the cluster as JSON in argv[1].
+    member = json.loads(sys.argv[1])
+    recovery = member.pop("recovery_dir")
+    sys.exit(run_flow(FlowSpec.from_env(), recovery_dir=Path(recovery) if recovery else None, **member))

@@ -151,3 +151,29 @@ def test_read_back_finds_the_true_end_of_large_batches(kafka):
     consumer.close()
     assert sum(end - low for low, end in ends.values()) == 20_000
     assert len(read_topic(kafka, "liquid.alerts")) == 20_000
+
+
+def test_spawned_processes_get_the_snapshot_interval_as_given(monkeypatch, tmp_path):
+    """`-p N` hands each process its cluster place and intervals unrounded (Bytewax's own CLI takes whole seconds)."""
+    import deploy.flowrun as flowrun
+    from flows.spec import FlowSpec
+
+    started = []
+
+    class Child:
+        def __init__(self, argv, env):
+            started.append((argv, env))
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(flowrun.subprocess, "Popen", Child)
+    code = flowrun.run_flow(FlowSpec("control", "127.0.0.1:1"), workers=1, processes=2, recovery_dir=tmp_path / "r",
+                            snapshot_interval_s=0.2, backup_interval_s=1.5)
+    members = [json.loads(argv[-1]) for argv, _ in started]
+    assert code == 0 and [m["process_id"] for m in members] == [0, 1]
+    assert {(m["snapshot_interval_s"], m["backup_interval_s"]) for m in members} == {(0.2, 1.5)}
+    assert all(argv[1:3] == ["-m", "deploy.flowrun"] and len(m["addresses"]) == 2 for (argv, _), m in zip(started, members))
