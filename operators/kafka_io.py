@@ -139,8 +139,12 @@ class OffsetKafkaSource(KafkaSource):
     `_DecodingKafkaPartition`).
     """
 
-    def __init__(self, *args, start_offsets: dict | None = None, decode=None, **kwargs):
+    def __init__(self, *args, start_offsets: dict | None = None, decode=None, consumer_config: dict | None = None,
+                 **kwargs):
         super().__init__(*args, **kwargs)
+        # add_config also configures the admin client that lists partitions (a producer-type instance):
+        # consumer-only settings go to the partitions' consumers alone, or librdkafka warns.
+        self._consumer_config = self._add_config if consumer_config is None else consumer_config
         self._start_offsets = dict(start_offsets or {})
         self._decode = decode
         if decode is not None and not self._raise_on_errors:
@@ -148,11 +152,7 @@ class OffsetKafkaSource(KafkaSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state):
         idx, topic = for_part.split("-", 1)
-        offset = self._start_offsets.get((topic, int(idx)))
-        if offset is None:
-            if self._decode is None:
-                return super().build_part(step_id, for_part, resume_state)
-            offset = self._starting_offset
+        offset = self._start_offsets.get((topic, int(idx)), self._starting_offset)
         config = {
             "group.id": "BYTEWAX_IGNORED",
             "enable.auto.commit": "false",
@@ -160,7 +160,7 @@ class OffsetKafkaSource(KafkaSource):
             "enable.partition.eof": str(not self._tail),
             "statistics.interval.ms": 1000,
         }
-        config.update(self._add_config)
+        config.update(self._consumer_config)
         if self._decode is None:
             return _KafkaSourcePartition(step_id, config, topic, int(idx), offset, resume_state,
                                          self._batch_size, self._raise_on_errors)
@@ -215,12 +215,12 @@ def kafka_input(flow, spec, codec, schema_by_topic: dict, key_field: str, step_i
     start, per_partition = source_offsets(spec)
     decoded = op.input(f"{step_id}_in", flow, OffsetKafkaSource(
         kafka.brokers, list(schema_by_topic), tail=spec.tail, starting_offset=start, start_offsets=per_partition,
-        add_config=kafka.flow_config(), batch_size=spec.batch_size,
+        add_config=kafka.producer_config(), consumer_config=kafka.consumer_config(), batch_size=spec.batch_size,
         decode=raw_decoder(codec, schema_by_topic, key_field)))
     routed = op.branch(f"{step_id}_decodable", decoded, is_event)
     op.output(f"{step_id}_deadletter_out",
               op.map(f"{step_id}_dead_letter", routed.falses, dead_letter_message(spec.topic_names.deadletter)),
-              KafkaSink(kafka.brokers, None, add_config=kafka.config))
+              KafkaSink(kafka.brokers, None, add_config=kafka.producer_config()))
     return routed.trues
 
 
@@ -229,4 +229,4 @@ def kafka_output(stream, spec, codec, schema_names: tuple) -> None:
     topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
                        for name in schema_names}
     op.output("kafka_out", op.map("encode", stream, encoder(codec, topic_by_schema)),
-              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.config))
+              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.producer_config()))

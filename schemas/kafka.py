@@ -7,10 +7,12 @@ cluster with SASL/TLS works the same way as the embedded broker.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 #: Low-latency consumer settings measured on this machine: librdkafka's default
 #: fetch.wait.max.ms (500) adds ~100 ms per hop; 5 ms brings a hop to 2-3 ms.
@@ -19,31 +21,75 @@ LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "5", "fetch.min.bytes": "1"}
 
 @dataclass(frozen=True)
 class KafkaSettings:
-    """A bootstrap address plus librdkafka settings, shared by producers, consumers and flows."""
+    """A bootstrap address plus librdkafka settings, shared by producers, consumers and flows.
+
+    Each kind of client gets only the settings it takes: a consumer-only setting
+    (``fetch.wait.max.ms``) is left out of producers and admin clients, a
+    producer-only one (``linger.ms``) out of consumers, so librdkafka has nothing
+    to warn about (CONFWARN). Which kind a setting belongs to is librdkafka's own
+    answer (`client_kind`), so every setting of every version is classified.
+    """
 
     bootstrap: str
     config: dict = field(default_factory=dict)
 
+    def _for(self, kind: str) -> dict:
+        return {k: v for k, v in self.config.items() if client_kind(k, v) in (None, kind)}
+
     def client(self, **extra) -> dict:
-        conf = {"bootstrap.servers": self.bootstrap}
-        conf.update(self.config)
-        conf.update({k: v for k, v in extra.items()})
-        return conf
+        """Settings for a client of either kind (admin clients, probes): those both kinds take."""
+        return {"bootstrap.servers": self.bootstrap, **self._for("both"), **extra}
 
     def producer(self, **extra) -> dict:
-        return self.client(**{"linger.ms": "2", **extra})
+        return {"bootstrap.servers": self.bootstrap, "linger.ms": "2", **self._for("producer"), **extra}
 
     def consumer(self, group_id: str, **extra) -> dict:
-        return self.client(**{"group.id": group_id, "enable.auto.commit": "false",
-                              **LOW_LATENCY_CONSUMER, **extra})
+        return {"bootstrap.servers": self.bootstrap, "group.id": group_id, "enable.auto.commit": "false",
+                **LOW_LATENCY_CONSUMER, **self._for("consumer"), **extra}
 
-    def flow_config(self) -> dict:
-        """Settings for Bytewax's KafkaSource/KafkaSink (which add bootstrap themselves)."""
-        return {**LOW_LATENCY_CONSUMER, **self.config}
+    def producer_config(self) -> dict:
+        """A producer's settings without the bootstrap address (Bytewax's KafkaSink adds it)."""
+        return self._for("producer")
+
+    def consumer_config(self) -> dict:
+        """A consumer's settings without the bootstrap address (a flow's source partitions)."""
+        return {**LOW_LATENCY_CONSUMER, **self._for("consumer")}
 
     @property
     def brokers(self) -> list[str]:
         return self.bootstrap.split(",")
+
+
+@lru_cache(maxsize=None)
+def client_kind(key: str, value: str) -> str | None:
+    """``"consumer"`` or ``"producer"`` when librdkafka ignores ``key`` in the other kind of client; None when both take it.
+
+    librdkafka knows which of its properties are consumer- or producer-only and
+    says so when a client of the other kind is configured with one: a producer
+    and a consumer are configured with the setting alone (no connection is made)
+    and their warnings read.
+
+    >>> client_kind("fetch.wait.max.ms", "5"), client_kind("linger.ms", "2"), client_kind("security.protocol", "plaintext")
+    ('consumer', 'producer', None)
+    """
+    warnings: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            warnings.append(record.getMessage())
+
+    log = logging.getLogger(f"liquid.kafka.probe.{key}")
+    log.propagate, log.handlers = False, [Capture()]
+    try:
+        Producer({key: value, "logger": log}).poll(0)
+        Consumer({key: value, "group.id": "liquid-probe", "logger": log}).close()
+    except KafkaException:
+        return None  # an invalid value: let the real client report it
+    if any("is a consumer property" in w for w in warnings):
+        return "consumer"
+    if any("is a producer property" in w for w in warnings):
+        return "producer"
+    return None
 
 
 def partition_ends(consumer, topic: str, partitions: int) -> dict[int, tuple[int, int]]:

@@ -177,3 +177,11 @@ def test_spawned_processes_get_the_snapshot_interval_as_given(monkeypatch, tmp_p
     assert code == 0 and [m["process_id"] for m in members] == [0, 1]
     assert {(m["snapshot_interval_s"], m["backup_interval_s"]) for m in members} == {(0.2, 1.5)}
     assert all(argv[1:3] == ["-m", "deploy.flowrun"] and len(m["addresses"]) == 2 for (argv, _), m in zip(started, members))
+
+
+@pytest.mark.broker
+def test_a_flow_gives_each_client_only_its_own_settings(kafka):
+    """Consumer-only and producer-only -X settings reach only their kind of client: no librdkafka CONFWARN."""
+    proc = run_liquid("flow", "run", "control", "--until-end", "--bootstrap", kafka.bootstrap,
+                      "-X", "linger.ms=3", "-X", "fetch.wait.max.ms=7", "-X", "client.id=liquid-test", timeout=180)
+    assert "CONFWARN" not in proc.stderr, proc.stderr[-2000:]
