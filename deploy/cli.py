@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "deploy.evaluate_nextstep",
     "deploy.evaluate_anomaly",
     "deploy.fingerprint_cmd",
+    "deploy.deploy_cmd",
 )
 
 
@@ -107,6 +108,7 @@ GROUP_HELP = {
     "zoo": "build and inspect the model zoo",
     "evaluate": "offline evaluation through the same code the flows use",
     "fingerprint": "inspect workflow fingerprints",
+    "deploy": "run an AdaptiveWorkflow resource here, or render it for Kubernetes",
 }
 
 

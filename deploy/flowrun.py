@@ -51,12 +51,23 @@ def prepare_recovery(recovery_dir: Path, partitions: int) -> None:
 
 def run_flow(spec: FlowSpec, workers: int = 1, processes: int = 1, process_id: int | None = None,
              addresses: list[str] | None = None, recovery_dir: Path | None = None,
-             snapshot_interval_s: float = 10.0, backup_interval_s: float = 0.0) -> int:
-    """Run ``spec`` to completion (or until interrupted); returns an exit status."""
+             snapshot_interval_s: float = 10.0, backup_interval_s: float = 0.0, metrics_port: int | None = None) -> int:
+    """Run ``spec`` to completion (or until interrupted); returns an exit status.
+
+    With ``metrics_port`` the process serves Prometheus metrics over HTTP (``/metrics``):
+    Bytewax's per-partition consumer lag, dead letters by topic and reason, and
+    whatever else the flow's steps register; a local cluster's process K uses
+    ``metrics_port + K``.
+    """
     if recovery_dir is not None:
         prepare_recovery(recovery_dir, max(1, workers * max(processes, len(addresses or []))))
     if processes > 1 and process_id is None:
-        return _spawn_local_cluster(spec, workers, processes, recovery_dir, snapshot_interval_s, backup_interval_s)
+        return _spawn_local_cluster(spec, workers, processes, recovery_dir, snapshot_interval_s, backup_interval_s,
+                                    metrics_port)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
@@ -68,7 +79,7 @@ def run_flow(spec: FlowSpec, workers: int = 1, processes: int = 1, process_id: i
 
 
 def _spawn_local_cluster(spec: FlowSpec, workers: int, processes: int, recovery_dir: Path | None,
-                         snapshot_interval_s: float, backup_interval_s: float) -> int:
+                         snapshot_interval_s: float, backup_interval_s: float, metrics_port: int | None) -> int:
     from deploy.broker import free_port
 
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
@@ -78,7 +89,8 @@ def _spawn_local_cluster(spec: FlowSpec, workers: int, processes: int, recovery_
         # Not `python -m bytewax.run`: its -s/-b take whole seconds and would truncate 0.2 s to 0.
         member = {"workers": workers, "process_id": pid, "addresses": addresses.split(";"),
                   "recovery_dir": str(recovery_dir) if recovery_dir else None,
-                  "snapshot_interval_s": snapshot_interval_s, "backup_interval_s": backup_interval_s}
+                  "snapshot_interval_s": snapshot_interval_s, "backup_interval_s": backup_interval_s,
+                  "metrics_port": None if metrics_port is None else metrics_port + pid}
         children.append(subprocess.Popen([sys.executable, "-m", "deploy.flowrun", json.dumps(member)], env=env))
 
     def forward(signum, _frame):
@@ -114,7 +126,12 @@ def spec_from_args(name: str, args) -> FlowSpec:
 
 
 def _run(args) -> int:
-    spec = spec_from_args(args.flow, args)
+    if args.from_spec:
+        from deploy.workflow_spec import load_workflow_spec
+
+        spec = load_workflow_spec(args.from_spec).flow_spec(args.flow)
+    else:
+        spec = spec_from_args(args.flow, args)
     flow_module(spec.name)
     require_topics(spec.kafka, [getattr(spec.topic_names, t) for t in FLOW_INPUTS[spec.name]])
     if (args.process_id is None) != (args.addresses is None):
@@ -129,7 +146,8 @@ def _run(args) -> int:
           file=sys.stderr, flush=True)
     return run_flow(spec, workers=args.workers, processes=args.processes, process_id=args.process_id,
                     addresses=addresses, recovery_dir=args.recovery_dir,
-                    snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval)
+                    snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval,
+                    metrics_port=args.metrics_port)
 
 
 def add_flow_args(p) -> None:
@@ -164,6 +182,11 @@ def register(tree) -> None:
     p.add_argument("--start", choices=("beginning", "end"), default="beginning",
                    help="where to start reading partitions with no recovery snapshot (default %(default)s)")
     p.add_argument("--until-end", action="store_true", help="stop at the end of every input partition instead of tailing")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on this port (process K of -p N uses PORT+K)")
+    p.add_argument("--from-spec", type=Path, metavar="SPEC.yaml",
+                   help="take the flow's Kafka, topics, policy and constraints from an AdaptiveWorkflow resource "
+                        "(its Kafka and flow options on this command line are then ignored)")
     add_flow_args(p)
     add_kafka_args(p)
 

@@ -185,3 +185,30 @@ def test_a_flow_gives_each_client_only_its_own_settings(kafka):
     proc = run_liquid("flow", "run", "control", "--until-end", "--bootstrap", kafka.bootstrap,
                       "-X", "linger.ms=3", "-X", "fetch.wait.max.ms=7", "-X", "client.id=liquid-test", timeout=180)
     assert "CONFWARN" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.broker
+def test_two_hosts_of_a_cluster_make_the_same_commands_as_one_worker(kafka, tmp_path):
+    """-i/-a: two processes on loopback as two hosts of one Bytewax cluster, against one worker's replay."""
+    from deploy.broker import free_port
+    from deploy.produce import produce_telemetry
+    from edge.thermal import Scenario
+    from tests.conftest import start_liquid
+
+    produce_telemetry(kafka, TOPICS, [f"edge-{i}" for i in range(6)], Scenario("thermal-event", 150), speed=0,
+                      follow_commands=False, start_ms=1_700_000_000_000, seed=11)
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    hosts = [start_liquid("flow", "run", "control", "-i", str(i), "-a", addresses, "--until-end",
+                          "--bootstrap", kafka.bootstrap, log=tmp_path / f"host{i}.log") for i in range(2)]
+    try:
+        codes = [h.wait(timeout=180) for h in hosts]
+    finally:
+        for h in hosts:
+            if h.poll() is None:
+                h.kill()
+    assert codes == [0, 0], [(tmp_path / f"host{i}.log").read_text()[-1500:] for i in range(2)]
+    cluster = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands) if "command_id" in c}
+    run_liquid("replay", "--topic", TOPICS.telemetry, "--flow", "control", "--bootstrap", kafka.bootstrap)
+    one = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands + ".replay")
+           if "command_id" in c}
+    assert len(one) > 20 and cluster == one

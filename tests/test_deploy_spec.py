@@ -1,0 +1,124 @@
+"""AdaptiveWorkflow resources: validation with precise errors, Kubernetes manifests, and `liquid deploy` on this machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from deploy.deploy_cmd import apply, delete, scrape_lag, status
+from deploy.errors import UsageError
+from deploy.kubernetes import render_kubernetes
+from deploy.workflow_spec import load_workflow_spec, parse_workflow_spec
+from tests.conftest import ROOT, run_liquid
+
+EXAMPLE = ROOT / "deploy" / "examples" / "inspection.yaml"
+KUBERNETES_VERSION = "1.30"
+
+
+def example(**changes) -> dict:
+    resource = yaml.safe_load(EXAMPLE.read_text())
+    for dotted, value in changes.items():
+        node = resource
+        *path, last = dotted.split("__")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return resource
+
+
+@pytest.mark.parametrize("changes,error", [
+    ({"kind": "Workflow"}, "kind: 'AdaptiveWorkflow' was expected"),
+    ({"spec__constraints__max_latency_ms": -5}, "spec.constraints.max_latency_ms: -5 is less than or equal to the minimum of 0"),
+    ({"spec__constraints__max_power_w": 100}, "spec.constraints: Additional properties are not allowed ('max_power_w' was unexpected)"),
+    ({"spec__adaptation__policy": "magic"}, "spec.adaptation.policy: 'magic' is not one of ['rules', 'rli']"),
+    ({"metadata__name": "Inspection_1"}, "metadata.name: 'Inspection_1' does not match"),
+    ({"spec__flows__control__replicas": 0}, "spec.flows.control.replicas: 0 is less than the minimum of 1"),
+])
+def test_a_bad_resource_is_one_error_that_names_where(changes, error):
+    with pytest.raises(UsageError) as err:
+        parse_workflow_spec(yaml.safe_dump(example(**changes)), source="bad.yaml")
+    assert str(err.value).startswith("bad.yaml: ") and error in str(err.value) and "\n" not in str(err.value)
+
+
+def test_not_yaml_at_all_says_where():
+    with pytest.raises(UsageError, match=r"bad.yaml: not valid YAML at line 2"):
+        parse_workflow_spec("apiVersion: x\n  kind: [\n", source="bad.yaml")
+
+
+def test_the_cli_reports_a_bad_resource_in_one_line_with_status_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(example(spec__constraints__min_accuracy=2)))
+    proc = run_liquid("deploy", "validate", path, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "spec.constraints.min_accuracy" in proc.stderr
+
+
+def test_constraints_reach_the_policy_and_the_flows():
+    wf = load_workflow_spec(EXAMPLE)
+    control, workflow = wf.flow_spec("control"), wf.flow_spec("workflow")
+    assert (control.policy["hot_c"], control.policy["critical_c"], control.policy["recover_c"]) == (85.0, 90.0, 78.0)
+    assert control.options["constraints"] == {"max_latency_ms": 100, "min_accuracy": 0.9, "max_gpu_temp_celsius": 85,
+                                              "max_power_watts": 250}
+    assert control.models and workflow.options["speculation"] and not workflow.models
+
+
+def test_rendered_manifests_are_valid_kubernetes_objects():
+    manifests = render_kubernetes(load_workflow_spec(EXAMPLE), image="registry.example/liquid:0.1")
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    kinds = [(m["kind"], m["metadata"]["name"]) for m in manifests]
+    assert ("StatefulSet", "inspection-control") in kinds and ("DaemonSet", "inspection-edge-worker") in kinds
+    broken = json.loads(json.dumps(manifests[2]))
+    broken["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check can fail
+        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
+
+
+def test_each_pod_derives_its_process_id_and_the_cluster_from_the_service():
+    wf = parse_workflow_spec(yaml.safe_dump(example(spec__flows__control__replicas=3)))
+    sts = next(m for m in render_kubernetes(wf) if m["kind"] == "StatefulSet" and m["metadata"]["name"] == "inspection-control")
+    command = sts["spec"]["template"]["spec"]["containers"][0]["command"]
+    shown = subprocess.run([*command[:2], command[2].replace("exec liquid", "echo")], capture_output=True,
+                           text=True, env={"HOSTNAME": "inspection-control-2", "PATH": "/usr/bin:/bin"}).stdout
+    assert "-i 2 " in shown
+    assert ("-a inspection-control-0.inspection-control:2101;inspection-control-1.inspection-control:2101;"
+            "inspection-control-2.inspection-control:2101") in shown
+    assert sts["spec"]["serviceName"] == "inspection-control" and sts["spec"]["replicas"] == 3
+
+
+@pytest.mark.broker
+def test_apply_is_idempotent_restarts_only_what_changed_and_status_scrapes_lag(broker, tmp_path):
+    from deploy.broker import free_port
+    from deploy.produce import produce_telemetry
+    from edge.thermal import Scenario
+    from schemas import TopicNames
+    from schemas.kafka import KafkaSettings
+
+    port = free_port()
+    resource = example(spec__kafka__bootstrap=broker.bootstrap, spec__flows__control__metrics_port=port,
+                       spec__flows__workflow__metrics_port=free_port())
+    state_dir = tmp_path / "deployments"
+    said: list[str] = []
+    try:
+        wf = parse_workflow_spec(yaml.safe_dump(resource))
+        assert apply(wf, state_dir, say=said.append) == {"control": "started", "workflow": "started"}
+        assert apply(wf, state_dir, say=said.append) == {"control": "unchanged", "workflow": "unchanged"}
+        changed = parse_workflow_spec(yaml.safe_dump({**resource, "spec": {
+            **resource["spec"], "constraints": {**resource["spec"]["constraints"], "max_gpu_temp_celsius": 80}}}))
+        assert apply(changed, state_dir, say=said.append) == {"control": "restarted", "workflow": "unchanged"}
+        produce_telemetry(KafkaSettings(broker.bootstrap), TopicNames(), ["edge-1", "edge-2"], Scenario("steady", 30),
+                          speed=0, follow_commands=False, start_ms=1_700_000_000_000)
+        deadline = time.monotonic() + 60
+        while (lag := scrape_lag(port)) in (None, {}) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert lag and all(key.startswith("edge.") for key in lag), lag  # the control flow's own partitions
+        rows = status(state_dir, say=said.append)
+        assert {r["flow"]: r["running"] for r in rows} == {"control": True, "workflow": True}
+    finally:
+        delete("inspection", state_dir, say=said.append)
+    assert not any(r["running"] for r in status(state_dir, say=said.append))
