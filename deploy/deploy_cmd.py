@@ -90,7 +90,8 @@ def apply(wf: AdaptiveWorkflow, state_dir: Path, say=print) -> dict:
     for flow in wf.enabled_flows():
         running = state["flows"].get(flow)
         wanted_spec = wf.flow_spec(flow).to_json()
-        same = running and running["spec"] == wanted_spec and running.get("replicas") == wf.flow_settings(flow)["replicas"]
+        replicas = wf.flow_settings(flow)["replicas"]
+        same = running and running["spec"] == wanted_spec and running.get("replicas") == replicas
         if same and _alive(running["pid"]):
             outcome[flow] = "unchanged"
             continue
@@ -209,6 +210,7 @@ def register(tree) -> None:
     p.add_argument("--state-dir", **state)
     p = tree.command("deploy render", "write Kubernetes manifests for the resource", _render)
     p.add_argument("spec", type=Path, help="the resource (YAML)")
-    p.add_argument("--target", choices=("kubernetes",), default="kubernetes", help="what to render for (default %(default)s)")
+    p.add_argument("--target", choices=("kubernetes",), default="kubernetes",
+                   help="what to render for (default %(default)s)")
     p.add_argument("--image", help="container image with the project installed (default: the resource's spec.image)")
     p.add_argument("--out", type=Path, help="write here instead of standard output")
