@@ -3,7 +3,8 @@
 A message that does not decode becomes a `DeadLetter`; the flows route those to
 the dead-letter topic (original key and bytes, the reason and the origin in
 headers) and carry on. They are counted per source topic and reason kind in a
-Prometheus counter and in `DEAD_LETTERS`.
+Prometheus counter (`operators.metrics`) and in `DEAD_LETTERS`; so are the
+records read and published per topic.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bytewax.connectors.kafka import (
 )
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
+from operators import metrics
 from operators.events import Event
 from operators.from_spec import source_offsets
 from schemas.codec import Codec, Decoded, DecodeError
@@ -47,15 +49,6 @@ def tune_gc_for_flow(thresholds: tuple[int, int, int] = FLOW_GC_THRESHOLDS) -> N
 
 #: Dead letters seen by this process, by (source topic, reason kind).
 DEAD_LETTERS: Counter = Counter()
-
-try:
-    from prometheus_client import Counter as _PromCounter
-
-    _DEAD_LETTER_METRIC = _PromCounter("liquid_dead_letters", "Messages sent to the dead-letter topic",
-                                       ["topic", "reason"])
-except (ImportError, ValueError):  # ValueError: registered twice in one process (tests re-import)
-    _DEAD_LETTER_METRIC = None
-
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -91,8 +84,7 @@ def raw_decoder(codec: Codec, expect_by_topic: dict[str, str], key_field: str):
 def _dead(topic: str, partition: int, offset: int, key, value, reason: str) -> DeadLetter:
     kind = reason.split(":")[0]
     DEAD_LETTERS[(topic, kind)] += 1
-    if _DEAD_LETTER_METRIC is not None:
-        _DEAD_LETTER_METRIC.labels(topic, kind).inc()
+    metrics.DEAD_LETTERS.labels(topic, kind).inc()
     n = sum(DEAD_LETTERS.values())
     if n <= 10 or n % 1000 == 0:  # say so, without flooding the log on a burst of garbage
         print(f"liquid: dead letter #{n} from {topic}[{partition}]@{offset}: {reason}",
@@ -118,8 +110,11 @@ def dead_letter_message(deadletter_topic: str):
 def encoder(codec: Codec, topic_by_schema: dict[str, str]):
     """A map function: (key, (schema name, record)) -> KafkaSinkMessage on that record type's topic."""
 
+    published = {name: metrics.EVENTS_OUT.labels(topic) for name, topic in topic_by_schema.items()}
+
     def encode(item) -> KafkaSinkMessage:
         key, (schema_name, record) = item
+        published[schema_name].inc()
         return KafkaSinkMessage(key=key.encode(), value=codec.encode(schema_name, record),
                                 topic=topic_by_schema[schema_name])
 
@@ -180,6 +175,7 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
     def __init__(self, *args, decode, **kwargs):
         super().__init__(*args, **kwargs)
         self._decode = decode
+        self._read = metrics.EVENTS_IN.labels(self._topic)
 
     def next_batch(self) -> list:
         if self._eof:
@@ -199,6 +195,7 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
             batch.append(decode(msg.key(), msg.value(), msg.topic(), msg.partition(), last_offset))
         if last_offset is not None:
             self._offset = last_offset + 1  # resume from the next message, not this one
+        self._read.inc(len(batch))
         return batch
 
 
