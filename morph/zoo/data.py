@@ -1,73 +1,117 @@
-"""The one task every zoo model solves: scikit-learn's 8x8 handwritten digits.
+"""The one task every zoo model solves, and the zoo's data API: splits, input shape, classes.
 
-The data ships inside scikit-learn, so nothing is downloaded. Each image is
-presented the same way to every variant: a float32 tensor ``[8, 8]`` scaled to
-[0, 1], read as a sequence of 8 pixel rows of 8 features (the transformer and
-the LSTM consume it as a sequence, the convolutional nets as an image, the
-spiking net as a constant input current).
+The task is the seed's visual quality inspection (`morph.zoo.inspection`):
+monochrome ``32 x 32`` frames of steel parts, five classes (``none``,
+``scratch``, ``dent``, ``stain``, ``crack``). It is generated from a seed,
+never downloaded; `InspectionTask` holds the seed and the split sizes and is
+written into the zoo's manifest.
 
-The split is stratified and seeded, so the test split the zoo is scored on is
-the one the edge worker draws its live requests from.
+Every split has exactly balanced classes in a shuffled order and comes from
+its own random stream (seed, split), so the test split is the same whatever
+the training split's size: a reduced zoo built for the tests is scored on the
+same frames as the full one, and the edge worker's requests are drawn from
+them too. ``drift`` renders the same parts under lighting that far from the
+day shift towards the night shift (`morph.zoo.lighting`).
 
->>> test = load_split("test")
+Callers that serve models ask this module, not the task, what to feed them:
+`load_split` ("the test split") and `input_shape`.
+
+>>> small = InspectionTask(train=10, val=5, test=5)
+>>> test = load_split("test", small)
 >>> test.x.shape, test.x.dtype, test.y.dtype
-((360, 8, 8), dtype('float32'), dtype('int64'))
->>> float(test.x.min()), float(test.x.max())
-(0.0, 1.0)
->>> sorted({len(load_split(s)) for s in SPLITS})
-[359, 360, 1078]
+((5, 32, 32), dtype('float32'), dtype('int64'))
+>>> sorted(test.y.tolist())
+[0, 1, 2, 3, 4]
+>>> input_shape(small), N_CLASSES
+((32, 32), 5)
+>>> bool((load_split("test", small).x == test.x).all())
+True
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from morph.zoo.inspection import CLASSES, render_frame
+from morph.zoo.lighting import shift_lighting
+
+__all__ = ["CLASSES", "InspectionSplit", "InspectionTask", "N_CLASSES", "SPLITS", "TASK", "input_shape",
+           "load_split"]
+
 SPLITS = ("train", "val", "test")
-#: Seed of the split; changing it changes every accuracy in the manifest.
-SPLIT_SEED = 1797
-N_CLASSES = 10
+N_CLASSES = len(CLASSES)
 
 
 @dataclass(frozen=True)
-class DigitsSplit:
-    """Inputs ``x`` float32 [N, 8, 8] in [0, 1] and labels ``y`` int64 [N]."""
+class InspectionTask:
+    """The generator's parameters: seed, frame size and split sizes."""
+
+    seed: int = 2026
+    size: int = 32
+    train: int = 4000
+    val: int = 1000
+    test: int = 2000
+
+    def count(self, split: str) -> int:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "classes": list(CLASSES), "generator": "morph.zoo.inspection"}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InspectionTask:
+        return cls(**{k: data[k] for k in ("seed", "size", "train", "val", "test") if k in data})
+
+
+#: The task of the full zoo (``liquid zoo build``), the demo and the benchmarks.
+TASK = InspectionTask()
+
+
+@dataclass(frozen=True)
+class InspectionSplit:
+    """Frames ``x`` float32 [N, size, size] in [0, 1] and defect labels ``y`` int64 [N]."""
 
     name: str
     x: np.ndarray
     y: np.ndarray
+    drift: float = 0.0
 
     def __len__(self) -> int:
         return len(self.y)
 
 
-@lru_cache(maxsize=1)
-def _splits() -> dict[str, DigitsSplit]:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    images, labels = load_digits(return_X_y=True)
-    x = (images / 16.0).astype(np.float32).reshape(-1, 8, 8)
-    y = labels.astype(np.int64)
-    # 60 / 20 / 20, stratified so every class is represented in val and test alike.
-    x_train, x_rest, y_train, y_rest = train_test_split(
-        x, y, test_size=0.4, stratify=y, random_state=SPLIT_SEED)
-    x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=SPLIT_SEED)
-    parts = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
-    out = {}
-    for name, (xs, ys) in parts.items():
-        xs, ys = np.ascontiguousarray(xs), np.ascontiguousarray(ys)
-        xs.flags.writeable = ys.flags.writeable = False  # shared between callers
-        out[name] = DigitsSplit(name, xs, ys)
-    return out
+def balanced_labels(n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` labels, each class ``n // N_CLASSES`` times (the first ``n % N_CLASSES`` once more), shuffled."""
+    return rng.permutation(np.arange(n) % N_CLASSES).astype(np.int64)
 
 
-def load_split(name: str) -> DigitsSplit:
-    """The ``train``, ``val`` or ``test`` split; the same arrays on every call."""
-    try:
-        return _splits()[name]
-    except KeyError:
-        raise ValueError(f"unknown split {name!r}; choose one of {', '.join(SPLITS)}") from None
+@lru_cache(maxsize=32)
+def _generate(task: InspectionTask, split: str, drift: float) -> InspectionSplit:
+    n = task.count(split)
+    rng = np.random.default_rng([task.seed, SPLITS.index(split)])
+    labels = balanced_labels(n, rng)
+    frames = np.empty((n, task.size, task.size), np.float32)
+    for i, label in enumerate(labels):
+        frames[i] = render_frame(rng, int(label), shift_lighting(rng, drift), task.size)
+    frames.flags.writeable = labels.flags.writeable = False  # shared between callers
+    return InspectionSplit(split, frames, labels, drift)
+
+
+def load_split(name: str, task: InspectionTask = TASK, drift: float = 0.0) -> InspectionSplit:
+    """The ``train``, ``val`` or ``test`` split of ``task``; the same arrays on every call.
+
+    ``drift`` in [0, 1] renders the same parts and defects under lighting that
+    far from the day shift (0, what the zoo is trained on) to the night shift (1);
+    it is rounded to 0.05 so a drifting stream reuses a few cached renderings."""
+    task.count(name)
+    return _generate(task, name, round(min(max(float(drift), 0.0), 1.0) * 20) / 20)
+
+
+def input_shape(task: InspectionTask = TASK) -> tuple[int, int]:
+    """Shape of one model input (a frame), without the batch axis."""
+    return task.size, task.size

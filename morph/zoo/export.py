@@ -2,7 +2,7 @@
 
 * fp32: ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``;
   the dynamo exporter needs onnxscript), opset 17, dynamic batch, input
-  ``input`` [N, 8, 8] and output ``logits`` [N, 10].
+  ``input`` [N, H, W] (`morph.zoo.data.input_shape`) and output ``logits`` [N, classes].
 * fp16: weights and activations converted by onnxruntime's float16 converter
   with float32 inputs and outputs kept (callers need not know the precision).
   Some operators have no float16 kernel on ONNX Runtime's CPU provider, or
@@ -10,19 +10,26 @@
   process and kept in float32 (the converter puts casts around them). The list
   of kept operators goes into the manifest.
 * int8: dynamic quantisation (weights int8 ahead of time, activations
-  quantised at run time), which needs no calibration data.
+  quantised at run time), which needs no calibration data; or static
+  quantisation (`to_int8_static`: activations' ranges calibrated on training
+  frames ahead of time, QOperator format, so int8 kernels run back to back
+  without re-quantising). The build uses static quantisation where the dynamic
+  model is slower than fp32 and says which it chose in the manifest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
+from morph.zoo.data import input_shape
 from morph.zoo.models import no_fastpath
 from morph.zoo.runtime import probe
 
@@ -32,7 +39,7 @@ INPUT, OUTPUT = "input", "logits"
 
 def to_onnx(model: torch.nn.Module, path: Path) -> Path:
     model.eval()
-    example = torch.zeros(2, 8, 8)
+    example = torch.zeros(2, *input_shape())
     with torch.no_grad(), no_fastpath(), warnings.catch_warnings():
         # Known, checked noise: the tracer flags the shape checks inside
         # MultiheadAttention and LSTM, and warns an LSTM traced at batch 2 may not
@@ -96,17 +103,50 @@ def _op_types(path: Path) -> list[str]:
     return [op for op, _ in counts.most_common()]
 
 
-def to_int8(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+@contextlib.contextmanager
+def _quiet_quantiser():
     # The quantiser logs a warning on every call to run its pre-processing, whose
     # symbolic shape inference fails on these graphs (Reshape with a computed shape).
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def to_int8(src: Path, dst: Path) -> Path:
+    """Dynamic quantisation: int8 weights, activations quantised at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with _quiet_quantiser():
         # The SNN's Gemm outputs lose their type in shape inference; they are float.
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        logging.disable(previous)
+    return dst
+
+
+class _Frames:
+    """Calibration batches for the static quantiser (its CalibrationDataReader protocol)."""
+
+    def __init__(self, frames: np.ndarray, batch_size: int = 32):
+        self._batches = iter([np.ascontiguousarray(frames[i:i + batch_size], dtype=np.float32)
+                              for i in range(0, len(frames), batch_size)])
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT: batch}
+
+
+def to_int8_static(src: Path, dst: Path, calibration: np.ndarray) -> Path:
+    """Static quantisation: int8 weights and activations, the activations' ranges
+    calibrated (min/max) on ``calibration`` frames [N, H, W]; QOperator format
+    (QLinearConv, QLinearMatMul...), unsigned activations and signed weights."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with _quiet_quantiser():
+        quantize_static(str(src), str(dst), _Frames(calibration), quant_format=QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst

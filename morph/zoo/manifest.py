@@ -12,6 +12,8 @@ edge worker trusts a model file only when its sha256 matches the manifest.
 (0.98, '/zoo/snn-int8.onnx')
 >>> m.is_complete(), len(m.missing())
 (False, 14)
+>>> m.input_shape, m.task.size
+((32, 32), 32)
 >>> try:
 ...     m.entry("snn", "fp16")
 ... except KeyError as err:
@@ -31,7 +33,7 @@ from morph.ladder import PRECISIONS, VARIANTS
 
 #: Bumped when the models, their training or the manifest layout change, so an
 #: old cache is rebuilt instead of trusted.
-FORMAT = 2
+FORMAT = 3
 MANIFEST = "manifest.json"
 ENV_DIR = "LIQUID_ZOO_DIR"
 
@@ -47,10 +49,12 @@ class ModelNotInZoo(KeyError):
         return str(self.args[0])
 
 
-def default_zoo_dir() -> Path:
-    """``$LIQUID_ZOO_DIR``, else ``<repo>/.cache/zoo`` (git-ignored)."""
+def default_zoo_dir(profile: str = "full") -> Path:
+    """The full zoo: ``$LIQUID_ZOO_DIR``, else ``<repo>/.cache/zoo`` (git-ignored);
+    another build profile: ``<that>-<profile>`` beside it."""
     env = os.environ.get(ENV_DIR)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "zoo"
+    root = Path(env) if env else Path(__file__).resolve().parents[2] / ".cache" / "zoo"
+    return root if profile == "full" else root.with_name(f"{root.name}-{profile}")
 
 
 def sha256_file(path: Path) -> str:
@@ -106,6 +110,20 @@ class ZooManifest:
         """Entries in ladder order: variants heaviest first, then fp32, fp16, int8."""
         order = {k: i for i, k in enumerate((v, p) for v in VARIANTS for p in PRECISIONS)}
         return iter(sorted(self.entries.values(), key=lambda e: order.get(e.key, len(order))))
+
+    # -- the task -----------------------------------------------------------
+    @property
+    def task(self):
+        """The `morph.zoo.data.InspectionTask` the models were trained and scored on."""
+        from morph.zoo.data import InspectionTask
+
+        return InspectionTask.from_dict(self.info.get("task", {}))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one model input, without the batch axis (what a caller feeds, per request)."""
+        shape = self.info.get("task", {}).get("input", {}).get("shape")
+        return tuple(shape[1:]) if shape else (self.task.size, self.task.size)
 
     # -- integrity --------------------------------------------------------
     def missing(self) -> list[tuple[str, str]]:

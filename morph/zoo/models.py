@@ -1,15 +1,22 @@
 """Torch definitions of the five zoo variants, heaviest first, and how to count their cost.
 
-Every model maps a float32 batch ``[N, 8, 8]`` to logits ``[N, 10]``. Sizes are
-chosen so the analytical cost falls down the morph ladder: transformer > lstm >
-cnn > mobilenet > snn.
+Every model maps a float32 batch of frames ``[N, H, W]`` to logits
+``[N, 5]`` and exposes ``features(x)``, the pooled representation its head
+reads, which distillation matches to the teacher's. Sizes are chosen so that
+cost falls down the morph ladder with clear gaps at every rung, in
+parameters, FLOPs and ONNX Runtime time alike: transformer > lstm > cnn >
+mobilenet > snn. (At batch 1 ONNX Runtime's cost is mostly per operator, so
+the lower rungs also have fewer operators, not only fewer FLOPs.)
 
 >>> import torch
->>> x = torch.rand(3, 8, 8)
+>>> x = torch.rand(3, 32, 32)
 >>> [tuple(make_model(v).eval()(x).shape) for v in VARIANTS]
-[(3, 10), (3, 10), (3, 10), (3, 10), (3, 10)]
+[(3, 5), (3, 5), (3, 5), (3, 5), (3, 5)]
 >>> costs = [count_flops(make_model(v)) for v in VARIANTS]
 >>> costs == sorted(costs, reverse=True)
+True
+>>> sizes = [count_params(make_model(v)) for v in VARIANTS]
+>>> sizes == sorted(sizes, reverse=True)
 True
 """
 
@@ -21,8 +28,7 @@ import torch
 from torch import nn
 
 from morph.ladder import VARIANTS
-
-N_CLASSES = 10
+from morph.zoo.data import N_CLASSES, input_shape
 
 
 @contextlib.contextmanager
@@ -36,45 +42,6 @@ def no_fastpath():
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(was)
-
-
-class DigitTransformer(nn.Module):
-    """Pre-norm TransformerEncoder over the 8 pixel rows, mean-pooled: the teacher."""
-
-    def __init__(self, d_model: int = 48, heads: int = 4, layers: int = 2, ff: int = 96, dropout: float = 0.1):
-        super().__init__()
-        self.embed = nn.Linear(8, d_model)
-        self.pos = nn.Parameter(torch.randn(1, 8, d_model) * 0.02)
-        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        # TransformerEncoder deep-copies `layer`, so every clone starts with the
-        # same weights; give each its own (and ONNX export would otherwise store
-        # identical initialisers once if a layer never moved).
-        for clone in self.encoder.layers:
-            for module in clone.modules():
-                if isinstance(module, nn.MultiheadAttention):
-                    module._reset_parameters()
-                elif hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, N_CLASSES)
-
-    def forward(self, x):
-        h = self.encoder(self.embed(x) + self.pos)
-        return self.head(self.norm(h.mean(dim=1)))
-
-
-class DigitLSTM(nn.Module):
-    """One LSTM layer reading the rows top to bottom; classifies from the last state."""
-
-    def __init__(self, hidden: int = 64):
-        super().__init__()
-        self.lstm = nn.LSTM(8, hidden, batch_first=True)
-        self.head = nn.Linear(hidden, N_CLASSES)
-
-    def forward(self, x):
-        out, _ = self.lstm(x)
-        return self.head(out[:, -1])
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1, groups: int = 1, kernel: int = 3) -> list[nn.Module]:
@@ -92,20 +59,96 @@ class Residual(nn.Module):
         return torch.relu(x + self.body(x))
 
 
-class DigitResNet(nn.Module):
-    """A small residual CNN on the 8x8 image: stem, residual block, strided conv to 4x4, pool."""
+def conv_front(c1: int, c2: int, blocks: int) -> nn.Sequential:
+    """Two strided convs (to a quarter of the frame's side) and ``blocks`` residual blocks:
+    the local feature extractor the transformer, the lstm and the cnn each start with
+    (in decreasing width), so that what sits on top decides how far each gets."""
+    return nn.Sequential(*_conv_bn(1, c1, stride=2), nn.ReLU(), *_conv_bn(c1, c2, stride=2), nn.ReLU(),
+                         *(Residual(c2) for _ in range(blocks)))
 
-    def __init__(self, width: int = 8):
-        super().__init__()
-        self.features = nn.Sequential(
-            *_conv_bn(1, width), nn.ReLU(),
-            Residual(width),
-            *_conv_bn(width, 2 * width, stride=2), nn.ReLU(),
-        )
-        self.head = nn.Linear(2 * width, N_CLASSES)
+
+class Classifier(nn.Module):
+    """``forward`` = ``head(features(x))``; subclasses define ``features`` and ``feature_dim``."""
+
+    feature_dim: int
 
     def forward(self, x):
-        return self.head(self.features(x.unsqueeze(1)).mean(dim=(2, 3)))
+        return self.head(self.features(x))
+
+
+class InspectionTransformer(Classifier):
+    """The teacher: a convolutional tokenizer (`conv_front`, 8x8 tokens) and a
+    pre-norm transformer encoder over the tokens, and sequence pooling (a
+    softmax-weighted sum of the tokens, so a defect a few tokens wide is not
+    averaged away): a compact convolutional transformer.
+
+    References: Hassani et al., "Escaping the Big Data Paradigm with Compact
+    Transformers", 2021; Vaswani et al., "Attention Is All You Need", 2017.
+    """
+
+    def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 2, ff: int = 256, dropout: float = 0.0):
+        super().__init__()
+        h, w = input_shape()
+        self.tokenizer = nn.Sequential(conv_front(12, 24, 3), nn.Conv2d(24, d_model, 1))
+        self.pos = nn.Parameter(torch.randn(1, (h // 4) * (w // 4), d_model) * 0.02)
+        layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        # TransformerEncoder deep-copies `layer`, so every clone starts with the
+        # same weights; give each its own.
+        for clone in self.encoder.layers:
+            for module in clone.modules():
+                if isinstance(module, nn.MultiheadAttention):
+                    module._reset_parameters()
+                elif hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        self.norm = nn.LayerNorm(d_model)
+        self.attend = nn.Linear(d_model, 1)    # sequence pooling: a learnt weight per token
+        self.head = nn.Linear(d_model, N_CLASSES)
+        self.feature_dim = d_model
+
+    def features(self, x):
+        tokens = self.tokenizer(x.unsqueeze(1)).flatten(2).transpose(1, 2)
+        h = self.norm(self.encoder(tokens + self.pos))
+        weights = torch.softmax(self.attend(h), dim=1)
+        return (weights * h).sum(dim=1)
+
+
+class InspectionLSTM(Classifier):
+    """The cnn's `conv_front`, then an LSTM reading the feature map's 8 rows top to bottom;
+    its outputs are max-pooled over the rows (a defect may lie on any of them).
+
+    Reference: Hochreiter and Schmidhuber, "Long Short-Term Memory", 1997.
+    """
+
+    def __init__(self, width: int = 24, hidden: int = 80):
+        super().__init__()
+        h, w = input_shape()
+        self.front = conv_front(width // 2, width, 3)
+        self.lstm = nn.LSTM(width * (w // 4), hidden, batch_first=True)
+        self.head = nn.Linear(hidden, N_CLASSES)
+        self.feature_dim = hidden
+
+    def features(self, x):
+        f = self.front(x.unsqueeze(1))                     # [N, C, H/4, W/4]
+        rows = f.permute(0, 2, 1, 3).flatten(2)            # [N, H/4, C * W/4]
+        out, _ = self.lstm(rows)
+        return out.amax(dim=1)
+
+
+class InspectionResNet(Classifier):
+    """A small residual CNN: two strided convs to 8x8, residual blocks, global max pooling.
+
+    Reference: He et al., "Deep Residual Learning for Image Recognition", 2016.
+    """
+
+    def __init__(self, width: int = 24, blocks: int = 3):
+        super().__init__()
+        self.body = conv_front(width // 2, width, blocks)
+        self.head = nn.Linear(width, N_CLASSES)
+        self.feature_dim = width
+
+    def features(self, x):
+        return self.body(x.unsqueeze(1)).amax(dim=(2, 3))
 
 
 def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -113,21 +156,26 @@ def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [*_conv_bn(cin, cin, stride, groups=cin), nn.ReLU6(), *_conv_bn(cin, cout, kernel=1), nn.ReLU6()]
 
 
-class DigitMobileNet(nn.Module):
-    """MobileNet-style: a plain stem then depthwise-separable blocks."""
+class InspectionMobileNet(Classifier):
+    """MobileNet-style: a strided stem then depthwise-separable blocks (two at 16x16, three at 8x8), global max pooling.
 
-    def __init__(self, width: int = 8):
+    Reference: Howard et al., "MobileNets: Efficient Convolutional Neural Networks
+    for Mobile Vision Applications", 2017.
+    """
+
+    def __init__(self, width: int = 12):
         super().__init__()
-        self.features = nn.Sequential(
-            *_conv_bn(1, width), nn.ReLU6(),
-            *_separable(width, 2 * width, 1),
-            *_separable(2 * width, 4 * width, 2),
-            *_separable(4 * width, 4 * width, 1),
-        )
+        self.body = nn.Sequential(*_conv_bn(1, width, stride=2), nn.ReLU6(),
+                                  *_separable(width, 2 * width, 1),
+                                  *_separable(2 * width, 2 * width, 1),
+                                  *_separable(2 * width, 4 * width, 2),
+                                  *_separable(4 * width, 4 * width, 1),
+                                  *_separable(4 * width, 4 * width, 1))
         self.head = nn.Linear(4 * width, N_CLASSES)
+        self.feature_dim = 4 * width
 
-    def forward(self, x):
-        return self.head(self.features(x.unsqueeze(1)).mean(dim=(2, 3)))
+    def features(self, x):
+        return self.body(x.unsqueeze(1)).amax(dim=(2, 3))
 
 
 class _Spike(torch.autograd.Function):
@@ -146,59 +194,69 @@ class _Spike(torch.autograd.Function):
         return grad / (_Spike.slope * u.abs() + 1.0) ** 2
 
 
-class DigitSNN(nn.Module):
-    """Leaky integrate-and-fire hidden layer and a leaky-integrator readout, unrolled over time.
+class InspectionSNN(Classifier):
+    """A convolutional layer of leaky integrate-and-fire neurons read out by leaky integrators.
 
-    The image is direct-encoded: its 64 pixels drive the hidden neurons with a
-    constant current at every step (a static image has no time axis worth
-    spiking over). A hidden neuron fires when its membrane crosses the
-    threshold and resets by subtraction. The readout neurons integrate the
-    spike trains with the same leak; their membrane averaged over the steps
-    gives the logits. The readout is linear, so the spikes are integrated
-    first and the readout weights applied once (the same function as applying
-    them at every step, up to the bias scale, and one Gemm for ONNX instead of
-    one per step sharing a weight, which dynamic quantisation mishandles).
-    The loop is plain Python over a fixed number of steps, so tracing unrolls
-    it into the ONNX graph.
+    The frame is direct-encoded: a strided convolution turns it into a constant
+    input current (a static frame has no time axis worth spiking over). A LIF
+    neuron fires when its membrane crosses 1 and resets by subtraction, over a
+    few unrolled time steps. The readout layer is convolutional too, of
+    non-spiking leaky integrators: their membrane after the last step is the
+    convolution of the leak-weighted sum of the spike trains (the synapses are
+    linear, so it is computed once on that sum instead of once per step).
+    Its largest and mean value over the frame, per channel, feed the linear
+    classifier. The loop is plain Python over a fixed number of steps, so
+    tracing unrolls it into the ONNX graph; training uses a fast-sigmoid
+    surrogate gradient.
+
+    References: Neftci, Mostafa and Zenke, "Surrogate Gradient Learning in Spiking
+    Neural Networks", 2019; Zenke and Vogels, "The Remarkable Robustness of
+    Surrogate Gradient Learning for Instilling Complex Function in Spiking
+    Neural Networks", 2021.
     """
 
-    def __init__(self, hidden: int = 96, steps: int = 6, beta: float = 0.8, threshold: float = 1.0):
+    def __init__(self, c1: int = 12, c2: int = 24, steps: int = 3, beta: float = 0.8):
         super().__init__()
-        self.fc_in = nn.Linear(64, hidden)
-        self.fc_out = nn.Linear(hidden, N_CLASSES)
-        self.steps, self.beta, self.threshold = steps, beta, threshold
+        self.encode = nn.Sequential(*_conv_bn(1, c1, stride=2))
+        self.synapse = nn.Sequential(*_conv_bn(c1, c2, stride=2))
+        self.feature_dim = 2 * c2
+        self.head = nn.Linear(self.feature_dim, N_CLASSES)
+        self.steps, self.beta = steps, beta
 
-    def spike(self, u):
+    def spike(self, mem):
         # The custom autograd Function only matters for the gradient; export
         # traces the plain comparison, which ONNX has (Greater + Cast).
-        return _Spike.apply(u) if self.training else (u > 0).to(u.dtype)
+        return _Spike.apply(mem - 1.0) if self.training else (mem > 1.0).to(mem.dtype)
 
-    def forward(self, x):
-        current = self.fc_in(x.flatten(1))
-        mem = trace = total = None
-        for _ in range(self.steps):
-            mem = current if mem is None else self.beta * mem + current
-            spk = self.spike(mem - self.threshold)
-            mem = mem - spk.detach() * self.threshold
+    def features(self, x):
+        current = self.encode(x.unsqueeze(1))
+        mem, trace = current, None
+        for step in range(self.steps):
+            if step:
+                mem = self.beta * mem + current
+            spk = self.spike(mem)
             trace = spk if trace is None else self.beta * trace + spk
-            total = trace if total is None else total + trace
-        return self.fc_out(total / self.steps)
+            if step + 1 < self.steps:  # the last reset would never be read
+                mem = mem - spk
+        membrane = self.synapse(trace)      # the readout integrators after the last step
+        return torch.cat([membrane.amax(dim=(2, 3)), membrane.mean(dim=(2, 3))], dim=1)
 
 
 ARCHITECTURES = {
-    "transformer": DigitTransformer,
-    "lstm": DigitLSTM,
-    "cnn": DigitResNet,
-    "mobilenet": DigitMobileNet,
-    "snn": DigitSNN,
+    "transformer": InspectionTransformer,
+    "lstm": InspectionLSTM,
+    "cnn": InspectionResNet,
+    "mobilenet": InspectionMobileNet,
+    "snn": InspectionSNN,
 }
 assert tuple(ARCHITECTURES) == VARIANTS
 
 
-def make_model(variant: str) -> nn.Module:
-    """A freshly initialised model of ``variant`` (seed torch first for reproducibility)."""
+def make_model(variant: str, **sizes) -> Classifier:
+    """A freshly initialised model of ``variant`` (seed torch first for reproducibility);
+    ``sizes`` override its constructor's defaults."""
     try:
-        return ARCHITECTURES[variant]()
+        return ARCHITECTURES[variant](**sizes)
     except KeyError:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}") from None
 
@@ -248,7 +306,7 @@ def count_flops(model: nn.Module) -> int:
     try:
         model.eval()
         with torch.no_grad(), no_fastpath():
-            model(torch.zeros(1, 8, 8))
+            model(torch.zeros(1, *input_shape()))
     finally:
         for h in hooks:
             h.remove()

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from dataclasses import dataclass
+
 import numpy as np
 
 INPUT = "input"
@@ -58,7 +60,7 @@ def logits(session, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
 
 
 def predict(session, x: np.ndarray) -> np.ndarray:
-    """Predicted class per row of ``x`` [N, 8, 8]."""
+    """Predicted class per frame of ``x`` [N, H, W]."""
     return logits(session, x).argmax(axis=1)
 
 
@@ -90,13 +92,53 @@ def cpu_ms_per_inference(session, x: np.ndarray, runs: int) -> float:
     return (time.process_time() - start) / runs * 1e3
 
 
+@dataclass(frozen=True)
+class Timing:
+    """Medians over interleaved rounds, in ms per call: wall at batch 1 and 32, CPU at batch 1."""
+
+    latency_ms_b1: float
+    latency_ms_b32: float
+    cpu_ms: float
+
+
+def measure_interleaved(sessions: dict, x1: np.ndarray, x32: np.ndarray, rounds: int = 40,
+                        calls_b1: int = 10, calls_b32: int = 2) -> dict:
+    """Time every session in ``sessions`` round-robin: each round runs ``calls_b1``
+    batch-1 and ``calls_b32`` batch-32 calls of each model in turn, and the medians
+    are taken over all rounds. Interleaving spreads a busy spell of a shared machine
+    over every model alike instead of landing on whichever was being timed, so the
+    comparison between models survives load that the absolute figures do not."""
+    feed1 = {INPUT: np.ascontiguousarray(x1, dtype=np.float32)}
+    feed32 = {INPUT: np.ascontiguousarray(x32, dtype=np.float32)}
+    wall1 = {k: [] for k in sessions}
+    cpu1 = {k: [] for k in sessions}
+    wall32 = {k: [] for k in sessions}
+    for session in sessions.values():  # warm-up: first runs allocate
+        for feed in (feed1, feed32, feed1):
+            session.run(None, feed)
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            for _ in range(calls_b1):
+                c, w = time.thread_time(), time.perf_counter()
+                session.run(None, feed1)
+                wall1[key].append(time.perf_counter() - w)
+                cpu1[key].append(time.thread_time() - c)
+            for _ in range(calls_b32):
+                w = time.perf_counter()
+                session.run(None, feed32)
+                wall32[key].append(time.perf_counter() - w)
+    return {k: Timing(float(np.median(wall1[k]) * 1e3), float(np.median(wall32[k]) * 1e3),
+                      float(np.median(cpu1[k]) * 1e3)) for k in sessions}
+
+
 _PROBE = """
 import sys, numpy as np
+from morph.zoo.data import N_CLASSES, input_shape
 from morph.zoo.runtime import open_session, INPUT
 session = open_session(sys.argv[1])
 for n in (1, 32):
-    out = session.run(None, {INPUT: np.zeros((n, 8, 8), np.float32)})[0]
-    assert out.shape == (n, 10), out.shape
+    out = session.run(None, {INPUT: np.zeros((n, *input_shape()), np.float32)})[0]
+    assert out.shape == (n, N_CLASSES), out.shape
 """
 
 

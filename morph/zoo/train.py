@@ -1,17 +1,27 @@
 """Training the teacher on hard labels and distilling the four students from it.
 
 The transformer learns from the labels alone. Every other variant learns from
-both the labels and the teacher's softened output (Hinton et al.'s knowledge
-distillation): ``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE``
-at temperature T = 2. The weights kept are those of the epoch with the best
+the labels, the teacher's softened output and the teacher's pooled features
+(the seed's §7.2):
+
+``alpha * T^2 * KL(student_T || teacher_T) + (1 - alpha) * CE + beta * MSE(P f_s, f_t)``
+
+at temperature T = 2, where ``f_s`` is the student's pooled representation,
+``f_t`` the teacher's (standardised per dimension) and ``P`` a linear
+projection learnt alongside the student and dropped afterwards (a FitNets
+"regressor"). The weights kept are those of the epoch with the best
 validation accuracy, so the test split stays untouched until the manifest
 scores it.
 
->>> from morph.zoo.data import load_split
+References: Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural
+Network", 2015; Romero et al., "FitNets: Hints for Thin Deep Nets", 2015.
+
+>>> from morph.zoo.data import InspectionTask, load_split
 >>> import torch
 >>> torch.manual_seed(0) and None
+>>> task = InspectionTask(train=40, val=20, test=5)
 >>> tiny = Recipe(epochs=2, lr=3e-3)
->>> result = fit(make_model("snn"), load_split("train"), load_split("val"), tiny)
+>>> result = fit(make_model("snn"), load_split("train", task), load_split("val", task), tiny)
 >>> result.epochs, 0.0 <= result.val_accuracy <= 1.0
 (2, True)
 """
@@ -19,14 +29,14 @@ scores it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from morph.zoo.data import DigitsSplit
+from morph.zoo.data import InspectionSplit
 from morph.zoo.models import make_model  # noqa: F401  (doctest, and the usual companion)
 
 TEMPERATURE = 2.0
@@ -38,21 +48,33 @@ class Recipe:
 
     epochs: int
     lr: float
-    batch_size: int = 32
+    batch_size: int = 64
     weight_decay: float = 1e-4
     temperature: float = TEMPERATURE
     alpha: float = 0.7          # weight of the soft-target term; 1 - alpha on the labels
+    beta: float = 1.0           # weight of the feature-matching term
+
+    def scaled(self, epoch_factor: float) -> Recipe:
+        """The same recipe with ``epoch_factor`` times the epochs (at least 1): for reduced zoos."""
+        return replace(self, epochs=max(1, round(self.epochs * epoch_factor)))
 
 
-#: Tuned on the validation split to clear the accuracy floor (0.95 x teacher) in
-#: well under a minute each on one core.
+#: Tuned on the validation split, within the build budget (``liquid zoo build`` <= 6 min on 2 cores).
 RECIPES = {
-    "transformer": Recipe(epochs=100, lr=2e-3),
-    "lstm": Recipe(epochs=60, lr=5e-3),
-    "cnn": Recipe(epochs=50, lr=1e-2),
-    "mobilenet": Recipe(epochs=50, lr=1e-2),
-    "snn": Recipe(epochs=50, lr=3e-3),
+    "transformer": Recipe(epochs=12, lr=2e-3),
+    "lstm": Recipe(epochs=15, lr=5e-3),
+    "cnn": Recipe(epochs=15, lr=1e-2),
+    "mobilenet": Recipe(epochs=15, lr=1e-2),
+    "snn": Recipe(epochs=15, lr=1e-2),
 }
+
+
+@dataclass(frozen=True)
+class TeacherTargets:
+    """What a student is distilled from: the teacher's logits and standardised features, one row per example."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
 
 
 @dataclass
@@ -63,41 +85,59 @@ class TrainResult:
     seconds: float
 
 
-def accuracy(model: nn.Module, split: DigitsSplit) -> float:
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(x))
+
+
+def accuracy(model: nn.Module, split: InspectionSplit, batch_size: int = 500) -> float:
     """Accuracy of the torch model (eval mode) on ``split``."""
     model.eval()
     with torch.no_grad():
-        pred = model(torch.from_numpy(np.array(split.x))).argmax(dim=1).numpy()
+        pred = torch.cat([model(_tensor(split.x[i:i + batch_size])).argmax(dim=1)
+                          for i in range(0, len(split), batch_size)]).numpy()
     return float((pred == split.y).mean())
 
 
-def soft_targets(teacher: nn.Module, split: DigitsSplit) -> torch.Tensor:
-    """The teacher's logits on ``split``, computed once (eval mode, so fixed)."""
+def teacher_targets(teacher: nn.Module, split: InspectionSplit, batch_size: int = 500) -> TeacherTargets:
+    """The teacher's logits and features on ``split``, computed once (eval mode, so fixed)."""
     teacher.eval()
     with torch.no_grad():
-        return teacher(torch.from_numpy(np.array(split.x)))
+        feats = torch.cat([teacher.features(_tensor(split.x[i:i + batch_size]))
+                           for i in range(0, len(split), batch_size)])
+        logits = teacher.head(feats)
+    feats = (feats - feats.mean(dim=0)) / (feats.std(dim=0) + 1e-6)
+    return TeacherTargets(logits, feats)
 
 
-def distillation_loss(student_logits, labels, teacher_logits, recipe: Recipe):
-    t = recipe.temperature
+def distillation_loss(student_logits, labels, recipe: Recipe, teacher_logits=None,
+                      projected=None, teacher_features=None):
     hard = F.cross_entropy(student_logits, labels)
     if teacher_logits is None:
         return hard
+    t = recipe.temperature
     # T^2 keeps the soft term's gradients on the same scale as the hard term's.
     soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
                     reduction="batchmean", log_target=True) * t * t
-    return recipe.alpha * soft + (1 - recipe.alpha) * hard
+    loss = recipe.alpha * soft + (1 - recipe.alpha) * hard
+    if projected is not None:
+        loss = loss + recipe.beta * F.mse_loss(projected, teacher_features)
+    return loss
 
 
-def fit(model: nn.Module, train: DigitsSplit, val: DigitsSplit, recipe: Recipe,
-        teacher_logits: torch.Tensor | None = None, seed: int = 0) -> TrainResult:
-    """Train ``model`` on ``train`` (distilling when ``teacher_logits`` are given,
-    one row per training example); returns it with the best validation weights loaded."""
+def fit(model: nn.Module, train: InspectionSplit, val: InspectionSplit, recipe: Recipe,
+        teacher: TeacherTargets | None = None, seed: int = 0, match_features: bool = True) -> TrainResult:
+    """Train ``model`` on ``train`` (distilling when ``teacher`` targets are given, one
+    row per training example; matching features too unless ``match_features`` is off);
+    returns it with the best validation weights loaded."""
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    x, y = torch.from_numpy(np.array(train.x)), torch.from_numpy(np.array(train.y))
+    x, y = _tensor(train.x), _tensor(train.y)
+    project = None
+    if teacher is not None and match_features:
+        project = nn.Linear(model.feature_dim, teacher.features.shape[1])
+    params = list(model.parameters()) + (list(project.parameters()) if project is not None else [])
     steps_per_epoch = -(-len(y) // recipe.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, epochs=recipe.epochs,
                                                 steps_per_epoch=steps_per_epoch)
     best_acc, best_state = -1.0, None
@@ -106,8 +146,13 @@ def fit(model: nn.Module, train: DigitsSplit, val: DigitsSplit, recipe: Recipe,
         order = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), recipe.batch_size):
             idx = order[i:i + recipe.batch_size]
-            teacher = None if teacher_logits is None else teacher_logits[idx]
-            loss = distillation_loss(model(x[idx]), y[idx], teacher, recipe)
+            feats = model.features(x[idx])
+            logits = model.head(feats)
+            if teacher is None:
+                loss = distillation_loss(logits, y[idx], recipe)
+            else:
+                loss = distillation_loss(logits, y[idx], recipe, teacher.logits[idx],
+                                         project(feats) if project is not None else None, teacher.features[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

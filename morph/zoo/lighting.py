@@ -1,0 +1,147 @@
+"""Factory lighting for the inspection task: the light a frame was shot in, its drift, and its undoing.
+
+A `Lighting` is what the camera's scene is lit by: an intensity, a colour
+temperature and the azimuth the light falls from (which shades dents and
+makes a gradient across the frame). The day shift's lights are bright,
+near-daylight white and from above; the night shift runs on dimmer, warmer
+lamps falling from one side. `shift_lighting` draws one frame's light at a
+point ``drift`` in [0, 1] between the two, so a request stream can walk
+from day to night.
+
+The camera is monochrome. Its reading of a surface is the illuminant's RGB
+times the surface's RGB reflectance, weighted by the sensor's spectral
+response, so the colour temperature changes the *contrast* between
+materials: a rust stain is darker than bare steel under daylight and much
+less so under a warm lamp.
+
+`normalise_illumination` is the preprocessing stage that undoes most of it:
+it removes the frame's linear brightness gradient and rescales its mean and
+spread to the day shift's.
+
+>>> day, night = DAY_SHIFT.mean(), NIGHT_SHIFT.mean()
+>>> day.intensity > night.intensity, day.colour_temp_k > night.colour_temp_k
+(True, True)
+>>> [round(float(c), 3) for c in illuminant_rgb(6500.0)]
+[1.0, 1.0, 1.0]
+>>> warm = illuminant_rgb(3000.0)
+>>> bool(warm[0] > warm[1] > warm[2])
+True
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> frame = rng.uniform(0.2, 0.6, size=(32, 32)).astype(np.float32)
+>>> dim = frame * 0.5 + np.linspace(0.0, 0.1, 32, dtype=np.float32)
+>>> a, b = normalise_illumination(frame), normalise_illumination(dim)
+>>> bool(np.abs(a - b).mean() < 0.02)
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+#: Relative response of the monochrome sensor to red, green and blue.
+SENSOR_RGB = np.array([0.35, 0.45, 0.20])
+
+
+@dataclass(frozen=True)
+class Lighting:
+    """The light one frame is shot in."""
+
+    intensity: float          # scales every reading (1.0: the day shift's nominal)
+    colour_temp_k: float      # correlated colour temperature of the lamps
+    azimuth_deg: float        # where the light falls from, in the image plane
+    gradient: float           # brightness change across the frame, fraction of the mean
+
+
+@dataclass(frozen=True)
+class ShiftLighting:
+    """The distribution a shift's lighting is drawn from: centres and half-widths."""
+
+    intensity: tuple[float, float]
+    colour_temp_k: tuple[float, float]
+    azimuth_deg: tuple[float, float]
+    gradient: tuple[float, float]
+
+    def mean(self) -> Lighting:
+        return Lighting(self.intensity[0], self.colour_temp_k[0], self.azimuth_deg[0], self.gradient[0])
+
+
+#: Overhead daylight-white panels: the conditions the zoo is trained on.
+DAY_SHIFT = ShiftLighting(intensity=(1.0, 0.12), colour_temp_k=(5600.0, 600.0), azimuth_deg=(90.0, 180.0),
+                          gradient=(0.08, 0.08))
+#: Fewer, warmer lamps along one wall: dimmer, tungsten-warm, a strong side gradient.
+NIGHT_SHIFT = ShiftLighting(intensity=(0.45, 0.05), colour_temp_k=(2900.0, 150.0), azimuth_deg=(20.0, 15.0),
+                            gradient=(0.45, 0.08))
+
+
+def _lerp(a: tuple[float, float], b: tuple[float, float], t: float) -> tuple[float, float]:
+    return a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t
+
+
+def shift_lighting(rng: np.random.Generator, drift: float = 0.0) -> Lighting:
+    """One frame's lighting, ``drift`` of the way from the day shift (0) to the night shift (1)."""
+    t = min(max(float(drift), 0.0), 1.0)
+    draw = {}
+    for name in ("intensity", "colour_temp_k", "azimuth_deg", "gradient"):
+        centre, half = _lerp(getattr(DAY_SHIFT, name), getattr(NIGHT_SHIFT, name), t)
+        draw[name] = centre + half * rng.uniform(-1.0, 1.0)
+    draw["gradient"] = max(draw["gradient"], 0.0)
+    return Lighting(**draw)
+
+
+@lru_cache(maxsize=256)
+def _illuminant(temp_k: float) -> tuple[float, float, float]:
+    # Tanner Helland's fit of the Planckian locus to sRGB, normalised so that
+    # 6500 K is neutral white: enough to make warm light redder and dimmer in blue.
+    t = temp_k / 100.0
+    red = 255.0 if t <= 66 else 329.698727446 * (t - 60) ** -0.1332047592
+    green = 99.4708025861 * math.log(t) - 161.1195681661 if t <= 66 else 288.1221695283 * (t - 60) ** -0.0755148492
+    blue = 255.0 if t >= 66 else (0.0 if t <= 19 else 138.5177312231 * math.log(t - 10) - 305.0447927307)
+    rgb = np.clip([red, green, blue], 1.0, 255.0)
+    return tuple(float(c) for c in rgb)
+
+
+def illuminant_rgb(temp_k: float) -> np.ndarray:
+    """RGB of a lamp of colour temperature ``temp_k``, relative to a 6500 K white."""
+    return np.array(_illuminant(round(float(temp_k), -1))) / np.array(_illuminant(6500.0))
+
+
+def sensor_reading(reflectance_rgb: np.ndarray, lighting: Lighting) -> np.ndarray:
+    """What the mono sensor reads off surfaces of RGB reflectance ``[..., 3]`` (before intensity and shading)."""
+    weights = SENSOR_RGB * illuminant_rgb(lighting.colour_temp_k)
+    return reflectance_rgb @ (weights / SENSOR_RGB.sum())
+
+
+def light_direction(lighting: Lighting) -> np.ndarray:
+    a = math.radians(lighting.azimuth_deg)
+    return np.array([math.cos(a), math.sin(a)])
+
+
+#: Mean and spread of a day-shift frame after the flat-field step (measured on the generator).
+REFERENCE_MEAN, REFERENCE_STD = 0.34, 0.16
+
+
+@lru_cache(maxsize=8)
+def _plane_basis(h: int, w: int) -> np.ndarray:
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    return np.stack([np.ones(h * w), xx.ravel(), yy.ravel()], axis=1)
+
+
+def normalise_illumination(frames: np.ndarray, mean: float = REFERENCE_MEAN, std: float = REFERENCE_STD) -> np.ndarray:
+    """Illumination normalisation of ``frames`` [..., H, W]: divide out each frame's
+    least-squares brightness plane (intensity and direction), then rescale its
+    mean and spread to the day shift's. Float32 in [0, 1]."""
+    x = np.asarray(frames, dtype=np.float64)
+    h, w = x.shape[-2:]
+    flat = x.reshape(-1, h * w)
+    basis = _plane_basis(h, w)
+    coef, *_ = np.linalg.lstsq(basis, flat.T, rcond=None)
+    plane = np.maximum((basis @ coef).T, 1e-3)
+    relative = flat / plane
+    centred = (relative - relative.mean(axis=1, keepdims=True)) / (relative.std(axis=1, keepdims=True) + 1e-6)
+    out = np.clip(centred * std + mean, 0.0, 1.0)
+    return out.reshape(x.shape).astype(np.float32)
