@@ -78,6 +78,7 @@ class ArmSet:
             raise ValueError("an arm set needs the fallback arm")
         self.arms = tuple(arms)
         self._profiles = profiles
+        self.costs: dict = {}  # (variant, precision) -> (cost, b1 ms, b32 ms, accuracy), as built
         self._index = {a: i for i, a in enumerate(self.arms)}
 
     def __len__(self) -> int:
@@ -94,6 +95,12 @@ class ArmSet:
 
     def profile(self, arm: Arm) -> ArmProfile:
         return self._profiles[arm]
+
+    def profile_of(self, variant: str, precision: str, batch: int) -> ArmProfile:
+        """The profile of any (variant, precision, batch) the zoo has, in or out of the arm set."""
+        base_cost, base_ms = self._base
+        cost, b1, b32, acc = self.costs[(variant, precision)]
+        return ArmProfile(cost / base_cost, _per_item(b1, b32, batch) / base_ms, acc)
 
     @property
     def fallback(self) -> Arm:
@@ -138,7 +145,9 @@ class ArmSet:
         lightest = next(k for k in ((v, p) for v in reversed(VARIANTS) for p in reversed(PRECISIONS))
                         if k in costs)
         add(Arm(lightest[0], lightest[1], 1, fallback=True), lightest)
-        return cls(arms, profiles)
+        built = cls(arms, profiles)
+        built.costs, built._base = dict(costs), (base_cost, base_ms)
+        return built
 
     @classmethod
     def from_manifest(cls, manifest, cost_metric: str = "flops", **kw) -> "ArmSet":
