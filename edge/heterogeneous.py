@@ -66,8 +66,8 @@ class NodeSpec:
 def fleet_specs(seed: int, nodes: int, duration_s: float) -> list[NodeSpec]:
     """Node traits and event timelines for ``nodes`` nodes over ``duration_s`` (all from ``seed``)."""
     rng = random.Random(seed)
-    rates = {"heat": 1 / 2400, "fan": 1 / 7200, "power-cap": 1 / 5400, "load-shift": 1 / 3600,
-             "congestion": 1 / 3600}
+    rates = {"heat": 1 / 3600, "fan": 1 / 10800, "power-cap": 1 / 7200, "load-shift": 1 / 5400,
+             "congestion": 1 / 5400}
     specs = []
     for i in range(nodes):
         events = []
@@ -82,7 +82,7 @@ def fleet_specs(seed: int, nodes: int, duration_s: float) -> list[NodeSpec]:
         specs.append(NodeSpec(
             node_id=f"node-{i:03d}", ambient_c=rng.uniform(20, 34), r_scale=rng.uniform(0.85, 1.2),
             power_cap_w=rng.choice((250.0, 300.0, 350.0)), degradation_per_h=rng.uniform(0.0, 0.15),
-            speed=rng.uniform(0.7, 1.3), base_load=rng.uniform(0.5, 1.2), load_period_s=rng.uniform(1800, 3600),
+            speed=rng.uniform(0.7, 1.3), base_load=rng.uniform(0.35, 0.95), load_period_s=rng.uniform(1800, 3600),
             duplicate_frac=rng.uniform(0.3, 0.7), noise_seed=rng.randrange(1 << 30), events=tuple(events)))
     return specs
 

@@ -107,6 +107,7 @@ class Decision:
     previous_arm: Optional[int] = None
     previous_terms: Optional[dict] = None
     previous_bucket: Optional[tuple] = None
+    phi: Optional[np.ndarray] = None    # every arm's features at this decision (for logging)
 
 
 class RliAgent:
@@ -135,10 +136,11 @@ class RliAgent:
         state.temps.append(sample["gpu_temp_c"])
         state.times.append(sample["ts_ms"] / 1000.0)
         state.thermal.observe(sample["gpu_temp_c"], _slope(state), sample["power_w"])
-        reported = self.arms.nearest(sample["variant"], sample["precision"], sample.get("batch_size"))
-        if state.current is None or self.arms[state.current].variant != sample["variant"] \
-                or self.arms[state.current].precision != sample["precision"]:
-            state.current = self.arms.index(reported)
+        current = None if state.current is None else self.arms[state.current]
+        if current is None or current.variant != sample["variant"] or current.precision != sample["precision"]:
+            # the node serves something else than believed (another controller, a refused swap)
+            state.current = self.arms.index(self.arms.nearest(sample["variant"], sample["precision"],
+                                                              sample.get("batch_size")))
 
     def context(self, state: AgentState, sample: dict) -> NodeContext:
         return NodeContext(
@@ -176,7 +178,7 @@ class RliAgent:
         state.decisions += 1
         command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
         state.current = arm
-        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command)
+        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command, phi=phi)
         if prev is not None:
             decision.previous_reward, decision.previous_arm, decision.previous_terms, decision.previous_bucket = prev
         return decision
@@ -235,11 +237,14 @@ class RliAgent:
 
 
 def _slope(state: AgentState) -> float:
-    """dT/dt over the recent samples (least squares), °C/s."""
-    if len(state.times) < 2:
+    """dT/dt over the recent samples (least squares), °C/s; plain Python: six points, every sample."""
+    n = len(state.times)
+    if n < 2:
         return 0.0
-    t = np.fromiter(state.times, float)
-    y = np.fromiter(state.temps, float)[-len(t):]
-    t = t - t.mean()
-    denom = float(t @ t)
-    return float(t @ (y - y.mean()) / denom) if denom > 0 else 0.0
+    times, temps = state.times, list(state.temps)[-n:]
+    tm, ym = sum(times) / n, sum(temps) / n
+    num = den = 0.0
+    for t, y in zip(times, temps):
+        num += (t - tm) * (y - ym)
+        den += (t - tm) ** 2
+    return num / den if den > 0 else 0.0

@@ -79,6 +79,7 @@ class ArmSet:
         self.arms = tuple(arms)
         self._profiles = profiles
         self.costs: dict = {}  # (variant, precision) -> (cost, b1 ms, b32 ms, accuracy), as built
+        self._derived: dict = {}
         self._index = {a: i for i, a in enumerate(self.arms)}
 
     def __len__(self) -> int:
@@ -98,9 +99,12 @@ class ArmSet:
 
     def profile_of(self, variant: str, precision: str, batch: int) -> ArmProfile:
         """The profile of any (variant, precision, batch) the zoo has, in or out of the arm set."""
-        base_cost, base_ms = self._base
-        cost, b1, b32, acc = self.costs[(variant, precision)]
-        return ArmProfile(cost / base_cost, _per_item(b1, b32, batch) / base_ms, acc)
+        key = (variant, precision, batch)
+        if key not in self._derived:
+            base_cost, base_ms = self._base
+            cost, b1, b32, acc = self.costs[(variant, precision)]
+            self._derived[key] = ArmProfile(cost / base_cost, _per_item(b1, b32, batch) / base_ms, acc)
+        return self._derived[key]
 
     @property
     def fallback(self) -> Arm:

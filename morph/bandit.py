@@ -159,7 +159,7 @@ class DiscountedLinUCB(Versioned):
         """Confidence width sqrt(φᵀ V⁻¹ φ) of each row."""
         _, inv = self._solve()
         phi = np.atleast_2d(phi)
-        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", phi, inv, phi), 0.0))
+        return np.sqrt(np.maximum(((phi @ inv) * phi).sum(axis=1), 0.0))
 
     def ucb(self, phi: np.ndarray) -> np.ndarray:
         return self.predict(phi) + self.alpha * self.width(phi)
