@@ -45,14 +45,14 @@ from morph.agent import RliAgent, RliConfig  # noqa: E402
 from morph.arms import ArmSet  # noqa: E402
 from morph.bandit import LinearStats  # noqa: E402
 from morph.context import EpochTelemetry  # noqa: E402
-from morph.ope import LoggedDecision, direct_method, doubly_robust, ips, snips  # noqa: E402
+from morph.ope import LoggedDecision, direct_method, doubly_robust, ips, log_record, snips  # noqa: E402
 from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb  # noqa: E402
 from morph.policy import MorphPolicy, NodeState, PolicyConfig  # noqa: E402
 from morph.reward import reward  # noqa: E402
 from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest  # noqa: E402
 
 POLICIES = ("static", "rules", "rli", "rli+peers", "rli+peers+dp", "oracle")
-SMOOTH = 30  # epochs in the moving average of the learning curves
+SMOOTH = 20  # epochs in the moving average of the learning curves
 
 
 def log(msg: str) -> None:
@@ -200,18 +200,20 @@ def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sh
 
 def _log_decision(ope, pending_log, n, d, node, arms, config) -> None:
     """Log decision ``d`` for off-policy evaluation, with the candidate's true value at this state."""
-    candidate, logs, truths = ope
+    candidate, logs, truths, records = ope
     prev = pending_log[n]
     if prev is not None and d.previous_reward is not None:
-        phi, safe, arm, p, true_value = prev
+        phi, safe, arm, p, true_value, decision = prev
         logs.append(LoggedDecision(phi, safe, arm, p, d.previous_reward))
         truths.append(true_value)
+        if records is not None:
+            records.append(log_record(decision, d.previous_reward))
     phi = d.phi.astype(np.float32)
     a = arms[candidate(LoggedDecision(phi, d.safe, d.arm_index, d.propensity, 0.0))]
     cmd = {"to_variant": a.variant, "to_precision": a.precision, "batch_size": a.batch, "cache": a.cache,
            "pipeline": a.pipeline}
     true_value = preview_reward(node, cmd, config, a != d.context.current)
-    pending_log[n] = (phi, d.safe, d.arm_index, d.propensity, true_value)
+    pending_log[n] = (phi, d.safe, d.arm_index, d.propensity, true_value, d)
 
 
 def moving_mean(curve: np.ndarray, window: int = SMOOTH) -> np.ndarray:
@@ -239,7 +241,7 @@ def frozen_greedy(run: Run):
     def policy(d: LoggedDecision) -> int:
         allowed = np.flatnonzero(d.safe)
         return int(allowed[int(np.argmax(d.phi[allowed] @ theta))])
-    return policy
+    return policy, stats
 
 
 def decision_rate(arms: ArmSet, config: RliConfig, specs, seconds: int = 600) -> dict:
@@ -288,6 +290,9 @@ def main() -> int:
     ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
     ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
+    ap.add_argument("--log-out", action="store_true",
+                    help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
+                         "for `liquid evaluate policy`")
     args = ap.parse_args()
 
     arms, arms_from = load_arms(args.zoo, args.cost_metric)
@@ -298,8 +303,8 @@ def main() -> int:
 
     log("training the off-policy candidate on another fleet (seed + 1000)")
     trained = simulate("rli", fleet_specs(args.seed + 1000, max(4, args.nodes // 2), seconds), arms, config, seconds)
-    candidate = frozen_greedy(trained)
-    ope_logs, ope_truth = [], []
+    candidate, candidate_stats = frozen_greedy(trained)
+    ope_logs, ope_truth, records = [], [], [] if args.log_out else None
     runs = {}
     for name in POLICIES:
         t0 = time.perf_counter()
@@ -309,12 +314,13 @@ def main() -> int:
         elif name == "rli+peers+dp":
             sharing = SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
         runs[name] = simulate(name, specs, arms, config, seconds, sharing, args.group_size,
-                              ope=(candidate, ope_logs, ope_truth) if name == "rli" else None)
+                              ope=(candidate, ope_logs, ope_truth, records) if name == "rli" else None)
         log(f"{name}: {time.perf_counter() - t0:.0f} s wall")
 
     oracle = runs["oracle"]
     regret = {n: float((oracle.rewards - r.rewards).sum()) for n, r in runs.items()}
     to90 = {n: decisions_to(0.9, r, oracle) for n, r in runs.items()}
+    to95 = {n: decisions_to(0.95, r, oracle) for n, r in runs.items()}
     true_value = float(np.mean(ope_truth))
     estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
                  "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
@@ -322,17 +328,22 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"learning-curves-seed{args.seed}.png"
+    if records is not None:
+        with (out / f"decisions-seed{args.seed}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        (out / f"candidate-seed{args.seed}.json").write_text(json.dumps(candidate_stats.to_dict()))
+        log(f"decision log and candidate statistics in {out}")
     plot_curves({n: r for n, r in runs.items()}, png)
 
     print(f"seed {args.seed}, {args.nodes} nodes, {args.hours} h each, {len(arms)} arms ({arms_from}); machine loaded")
     print(f"{'policy':14} {'regret':>9} {'reward':>7} {'maxT':>6} {'s>85':>6} {'s>90':>5} {'J/inf':>7} "
-          f"{'acc':>6} {'SLO':>5} {'to90%':>6}")
+          f"{'acc':>6} {'SLO':>5} {'to90%':>6} {'to95%':>6}")
     summaries = {n: r.summary() for n, r in runs.items()}
     for n, r in runs.items():
         s = summaries[n]
         print(f"{n:14} {regret[n]:9.1f} {s['mean_reward']:7.3f} {s['max_temp_c']:6.1f} {s['seconds_above_85']:6.0f} "
               f"{s['seconds_above_90']:5.0f} {s['energy_j_per_inference']:7.3f} {s['accuracy_served']:6.3f} "
-              f"{s['slo_violation_epochs']:5d} {str(to90[n]):>6}")
+              f"{s['slo_violation_epochs']:5d} {str(to90[n]):>6} {str(to95[n]):>6}")
     print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
           + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
     print(f"decide() samples/s: rli {rate['rli']:.0f}, rules {rate['rules']:.0f} (plain loop, not the flow)")
@@ -341,6 +352,9 @@ def main() -> int:
     n90, p90, d90 = to90["rli"], to90["rli+peers"], to90["rli+peers+dp"]
     speedup = n90 / p90 if n90 and p90 else None
     dp_speedup = n90 / d90 if n90 and d90 else None
+    n95, p95, d95 = to95["rli"], to95["rli+peers"], to95["rli+peers+dp"]
+    speedup95 = n95 / p95 if n95 and p95 else None
+    dp_speedup95 = n95 / d95 if n95 and d95 else None
     result = {
         "seed": args.seed, "nodes": args.nodes, "hours": args.hours, "arms": len(arms),
         "regret_rli": round(regret["rli"], 2), "regret_rules": round(regret["rules"], 2),
@@ -356,6 +370,10 @@ def main() -> int:
         "peer_speedup": round(speedup, 3) if speedup else None,
         "dp_gain_retained": round((dp_speedup - 1) / (speedup - 1), 3) if speedup and dp_speedup and speedup > 1
         else None,
+        "decisions_to_95pct_no_peers": n95, "decisions_to_95pct_peers": p95, "decisions_to_95pct_peers_dp": d95,
+        "peer_speedup_95": round(speedup95, 3) if speedup95 else None,
+        "dp_gain_retained_95": round((dp_speedup95 - 1) / (speedup95 - 1), 3)
+        if speedup95 and dp_speedup95 and speedup95 > 1 else None,
         "ope_true_value": round(true_value, 4),
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),

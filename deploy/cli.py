@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "deploy.demo",
     "deploy.evaluate_nextstep",
     "deploy.evaluate_anomaly",
+    "deploy.evaluate_policy",
     "deploy.fingerprint_cmd",
 )
 

@@ -108,6 +108,7 @@ class Decision:
     previous_terms: Optional[dict] = None
     previous_bucket: Optional[tuple] = None
     phi: Optional[np.ndarray] = None    # every arm's features at this decision (for logging)
+    thermal_r: Optional[float] = None   # the node's estimated thermal resistance, °C/W
 
 
 class RliAgent:
@@ -168,7 +169,8 @@ class RliAgent:
         bucket = ctx.bucket(c.constraints)
         prev = self._close_epoch(state)
         state.bandit.tick()
-        phi, predicted, power = self.featurizer.features(ctx, state.thermal)
+        thermal_r = state.thermal.r_c_per_w()
+        phi, predicted, power = self.featurizer.features(ctx, thermal_r)
         safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
                          ctx.power_w, c.constraints.min_accuracy, c.shield)
         arm, propensity = self._choose(state, phi, safe)
@@ -178,7 +180,8 @@ class RliAgent:
         state.decisions += 1
         command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
         state.current = arm
-        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command, phi=phi)
+        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command, phi=phi,
+                            thermal_r=thermal_r)
         if prev is not None:
             decision.previous_reward, decision.previous_arm, decision.previous_terms, decision.previous_bucket = prev
         return decision

@@ -32,7 +32,7 @@ import numpy as np
 
 from morph.arms import Arm, ArmSet
 from morph.reward import EpochMeasurement, WorkflowConstraints
-from morph.shield import ShieldConfig, ThermalEstimate, predicted_power
+from morph.shield import ShieldConfig, predicted_power
 
 CONTEXT_FEATURES = ("bias", "load", "temp_margin", "power_headroom", "congestion", "latency_ratio")
 ARM_FEATURES = ("bias", "cost", "item_ms", "accuracy", "cache", "skip")
@@ -151,8 +151,11 @@ class Featurizer:
             min(ctx.latency_ms / c.max_latency_ms, 2.0),
         ])
 
-    def features(self, ctx: NodeContext, thermal: ThermalEstimate | None = None):
-        """(Φ, predicted temperature of each arm, predicted power of each arm)."""
+    def features(self, ctx: NodeContext, r_c_per_w: float | None = None):
+        """(Φ, predicted temperature of each arm, predicted power of each arm).
+
+        ``r_c_per_w`` is the node's estimated thermal resistance
+        (`ThermalEstimate.r_c_per_w`); the shield's prior without one."""
         cur = self.arms.index(ctx.current)
         x = self.context_vector(ctx)
         capacity_at_unit = _capacity(ctx) * self.item_ms[cur]
@@ -161,8 +164,7 @@ class Featurizer:
         util = np.minimum(1.0, ctx.offered_rps / np.maximum(capacity, 1e-6))
         power = predicted_power(ctx.power_w, self.cost[cur] * max(ctx.util, 1e-3), self.cost * util,
                                 self.shield.idle_w, ctx.power_cap_w)
-        thermal = thermal or ThermalEstimate(self.shield)
-        r = thermal.r_c_per_w()
+        r = self.shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
         t_ss = ctx.temp_c + self.shield.tau_s * ctx.slope_c_per_s + r * (power - ctx.power_w)
         decay = np.exp(-self.shield.horizon_s / self.shield.tau_s)
         predicted = t_ss + (ctx.temp_c - t_ss) * decay

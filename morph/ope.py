@@ -35,10 +35,12 @@ Swaminathan, Joachims (2015). The self-normalized estimator for counterfactual l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
+
+from morph.context import Featurizer, NodeContext
 
 
 @dataclass
@@ -101,3 +103,20 @@ def direct_method(logs: list[LoggedDecision], policy: Policy, ridge: float = 1.0
     """The reward model's estimate alone (biased where the model is wrong)."""
     theta = fit_reward_model(logs, ridge)
     return float(np.mean([d.phi[policy(d)] @ theta for d in logs]))
+
+
+def log_record(decision, reward: float) -> dict:
+    """A decision and the reward measured after it, as one JSON-able log line."""
+    ctx = {k: v for k, v in asdict(decision.context).items() if k not in ("current", "recent_temps")}
+    arms = decision.context.current, decision.arm
+    return {"node_id": decision.node_id, "ts_ms": decision.ts_ms, "context": ctx, "current": arms[0].name,
+            "thermal_r": decision.thermal_r, "safe": [bool(x) for x in decision.safe], "arm": arms[1].name,
+            "propensity": decision.propensity, "reward": reward}
+
+
+def from_log_record(record: dict, featurizer: Featurizer, arm_index: dict[str, int]) -> LoggedDecision:
+    """The `LoggedDecision` of a log line, its features recomputed for the arm set of ``featurizer``."""
+    ctx = NodeContext(**record["context"], current=featurizer.arms[arm_index[record["current"]]])
+    phi, _, _ = featurizer.features(ctx, record["thermal_r"])
+    return LoggedDecision(phi, np.asarray(record["safe"], dtype=bool), arm_index[record["arm"]],
+                          float(record["propensity"]), float(record["reward"]))

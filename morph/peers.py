@@ -159,7 +159,7 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
     except KeyError:
         return 0.0  # an arm this workflow does not have (another zoo): nothing to learn
     ctx = bucket_context(bucket, like, c.max_latency_ms, c.max_gpu_temp_c)
-    phi, _, _ = agent.featurizer.features(ctx, state.thermal)
+    phi, _, _ = agent.featurizer.features(ctx, state.thermal.r_c_per_w())
     n = experience["count"]
     noise_var = 2.0 * experience["noise_scale"] ** 2
     weight = (config.peer_weight * similarity(bucket, like.bucket(c), config.similarity_scale)

@@ -55,7 +55,7 @@ def test_the_shield_never_lets_the_agent_pick_an_unsafe_arm():
         if arm.fallback:
             continue
         assert d.safe[d.arm_index]
-        phi, predicted, power = agent.featurizer.features(d.context, state.thermal)
+        phi, predicted, power = agent.featurizer.features(d.context, state.thermal.r_c_per_w())
         assert predicted[d.arm_index] < hot - margin, f"case {case}: {arm.name} predicted {predicted[d.arm_index]}"
         assert ARMS.profile(arm).accuracy >= agent.config.constraints.min_accuracy
         if d.context.temp_c >= hot:
