@@ -285,7 +285,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=16, help="simulated nodes (default 16)")
     ap.add_argument("--hours", type=float, default=2.0, help="simulated hours per policy (default 2)")
     ap.add_argument("--epsilon", type=float, default=1.0, help="DP ε per release for rli+peers+dp (default 1)")
-    ap.add_argument("--dp-batch", type=int, default=10, help="rewards averaged per DP release (default 10)")
+    ap.add_argument("--dp-batch", type=int, default=5, help="rewards averaged per DP release (default 5)")
     ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
     ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
     ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")

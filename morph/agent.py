@@ -36,6 +36,7 @@ import numpy as np
 from morph.arms import Arm, ArmSet
 from morph.bandit import DiscountedLinUCB
 from morph.context import EpochTelemetry, Featurizer, NodeContext
+from morph.policy import MorphPolicy
 from morph.reward import RewardWeights, WorkflowConstraints, reward, reward_terms
 from morph.shield import ShieldConfig, ThermalEstimate, safe_mask
 from schemas.state import Versioned
@@ -46,6 +47,7 @@ class RliConfig:
     """The agent's settings (per workflow)."""
 
     epoch_s: float = 10.0
+    early_gap_s: float = 2.0        # shortest gap before a shield-forced decision between epochs
     epsilon: float = 0.2            # initial exploration share
     epsilon_min: float = 0.03       # exploration never stops: the node keeps changing
     epsilon_decay: float = 50.0     # decisions over which ε halves
@@ -120,6 +122,7 @@ class RliAgent:
         self.featurizer = Featurizer(arms, config.constraints, config.shield)
         self.fallback = arms.index(arms.fallback)
         self._by_name = {a.name: i for i, a in enumerate(arms)}
+        self._scorer = MorphPolicy()  # the rules' resource score, reported as evidence like theirs
 
     def arm_by_name(self, name: str) -> int:
         """The index of the arm called ``name`` (KeyError for an arm this set does not have)."""
@@ -159,9 +162,25 @@ class RliAgent:
         c = self.config
         critical = len(state.temps) >= 3 and all(t >= c.constraints.critical_temp_c for t in list(state.temps)[-3:])
         due = state.last_decision_ms is None or ts - state.last_decision_ms >= c.epoch_s * 1000
-        if not due and not (critical and state.current != self.fallback):
+        if not due and not (critical and state.current != self.fallback) \
+                and not self._current_unsafe(state, sample, ts):
             return None
         return self._decide_now(state, sample, ts)
+
+    def _current_unsafe(self, state: AgentState, sample: dict, ts: int) -> bool:
+        """Between epochs the shield still watches every sample: when the arm being served would
+        now be masked (the node heats toward ``hot_c``), decide at once instead of at the epoch's end."""
+        c = self.config
+        if state.current == self.fallback or ts - state.last_decision_ms < c.early_gap_s * 1000:
+            return False
+        temp, slope = sample["gpu_temp_c"], _slope(state)
+        if temp < c.shield.hot_c - c.shield.margin_c and temp + c.shield.tau_s * slope < c.shield.hot_c - c.shield.margin_c:
+            return False  # the cheap check: neither hot nor heading there
+        ctx = self.context(state, sample)
+        _, predicted, power = self.featurizer.features(ctx, state.thermal.r_c_per_w())
+        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
+                         ctx.power_w, c.constraints.min_accuracy, c.shield)
+        return not safe[state.current]
 
     def _decide_now(self, state: AgentState, sample: dict, ts: int) -> Decision:
         c = self.config
@@ -232,10 +251,24 @@ class RliAgent:
             "from_precision": before.precision, "to_precision": arm.precision,
             "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline,
             "fallback": arm.fallback, "arm": arm.name, "propensity": round(propensity, 6),
+            "model_sha256": self.arms.sha256.get((arm.variant, arm.precision)),
             "reason": f"{'critical temperature' if critical else 'learned (UCB among shielded arms)'}: "
                       f"{before.name} -> {arm.name}, predicted {predicted_c:.1f} °C",
-            "evidence": {"temperature_c": sample["gpu_temp_c"], "predicted_temp_c": round(float(predicted_c), 2),
-                         "window_max_c": max(state.temps), "window_size": len(state.temps)},
+            "evidence": self._evidence(state, sample, predicted_c),
+        }
+
+    def _evidence(self, state: AgentState, sample: dict, predicted_c: float) -> dict:
+        """The MorphCommand evidence: the window as the rules report it, the shield's forecast for the arm."""
+        temps, hot = list(state.temps), self.config.constraints.max_gpu_temp_c
+        return {
+            "resource_score": round(self._scorer.resource_score(sample), 4),
+            "temperature_c": sample["gpu_temp_c"],
+            "window_mean_c": round(sum(temps) / len(temps), 3),
+            "window_max_c": max(temps),
+            "violation_fraction": round(sum(t >= hot for t in temps) / len(temps), 4),
+            "window_size": len(temps),
+            "forecast_c": round(float(predicted_c), 2), "forecast_lower_c": None, "forecast_upper_c": None,
+            "forecast_horizon_s": self.config.shield.horizon_s, "anomaly_score": None, "contributing_features": [],
         }
 
 

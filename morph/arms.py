@@ -80,6 +80,7 @@ class ArmSet:
         self._profiles = profiles
         self.costs: dict = {}  # (variant, precision) -> (cost, b1 ms, b32 ms, accuracy), as built
         self._derived: dict = {}
+        self.sha256: dict = {}  # (variant, precision) -> the model file's sha256, from the manifest
         self._index = {a: i for i, a in enumerate(self.arms)}
 
     def __len__(self) -> int:
@@ -167,7 +168,9 @@ class ArmSet:
             if cost_metric == "flops":
                 cost *= PRECISION_POWER.get(e.precision, 1.0)
             costs[e.key] = (cost, e.latency_ms_b1, e.latency_ms_b32, e.accuracy)
-        return cls.from_costs(costs, **kw)
+        built = cls.from_costs(costs, **kw)
+        built.sha256 = {e.key: e.sha256 for e in manifest}
+        return built
 
     @classmethod
     def nominal(cls, **kw) -> "ArmSet":

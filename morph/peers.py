@@ -44,7 +44,7 @@ class SharingConfig:
     ttl: int = 3
     epsilon: Optional[float] = None  # per release; None: no differential privacy
     budget: float = 100.0           # total ε a node may spend
-    clip: tuple = (-1.0, 1.0)
+    clip: tuple = (0.0, 1.0)         # rewards are mostly in [0, 1]: a tight range halves the noise
     peer_weight: float = 0.5        # weight of a peer's reward against one's own
     hop_decay: float = 0.7
     similarity_scale: float = 1.0   # bucket distance at which similarity falls to e^-1/2

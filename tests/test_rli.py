@@ -64,13 +64,27 @@ def test_the_shield_never_lets_the_agent_pick_an_unsafe_arm():
 
 
 def test_three_samples_at_90_force_the_fallback_between_epochs():
-    agent = RliAgent(ARMS, RliConfig(epoch_s=60))
+    agent = RliAgent(ARMS, RliConfig(epoch_s=60, early_gap_s=1e6))   # the critical rule alone
     state = agent.new_state("edge-1")
     assert agent.decide(state, sample(ts_ms=0, temp=80.0)) is not None       # first decision
     out = [agent.decide(state, sample(ts_ms=1000 * i, temp=91.0, power=300.0)) for i in range(1, 4)]
     assert out[0] is None and out[1] is None
     assert out[2].arm.fallback and out[2].command["trigger"] == "CRITICAL"
     assert out[2].propensity == 1.0
+
+
+def test_a_node_heating_past_85_gets_a_lighter_arm_before_the_epoch_ends():
+    agent = RliAgent(ARMS, RliConfig(epoch_s=60))
+    state = agent.new_state("edge-1")
+    first = agent.decide(state, sample(ts_ms=0, temp=70.0, power=300.0))
+    served = first.arm
+    temps = [72.0, 76.0, 80.0, 84.0, 86.0, 87.0]
+    out = [agent.decide(state, sample(ts_ms=1000 * (i + 1), temp=t, power=300.0, variant=served.variant,
+                                      precision=served.precision)) for i, t in enumerate(temps)]
+    early = next(d for d in out if d is not None)
+    assert early.ts_ms < 60_000
+    assert agent.featurizer.cost[early.arm_index] < agent.featurizer.cost[agent.arms.index(early.context.current)] \
+        or early.arm.fallback
 
 
 def test_commands_carry_the_propensity_and_reward_follows_the_decision():
@@ -125,7 +139,7 @@ def test_the_privacy_budget_stops_sharing_when_spent():
     released = [sharer.record((0, 1, 0, 0), "cnn/fp32/b8", 0.5, ts_ms=i) for i in range(20)]
     out = [r for r in released if r is not None]
     assert len(out) == 3 and sharer.budget.exhausted and sharer.budget.spent == pytest.approx(3.0)
-    assert all(r["noise_scale"] == pytest.approx(1.0) and r["count"] == 2 for r in out)
+    assert all(r["noise_scale"] == pytest.approx(0.5) and r["count"] == 2 for r in out)  # range 1 / 2 / ε
     no_dp = ExperienceSharer("edge-1", "g0", SharingConfig(batch=1), random.Random(1))
     assert all(no_dp.record((0, 0, 0, 0), "cnn/fp32/b8", 0.5, i)["noise_scale"] == 0.0 for i in range(5))
     assert PrivacyBudget(1.0).spend(1.5) is False
