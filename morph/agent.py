@@ -89,6 +89,7 @@ class AgentState(Versioned):
     pending: Optional[PendingDecision] = None
     last_decision_ms: Optional[int] = None
     decisions: int = 0
+    last_context: Optional[NodeContext] = None   # what peers' experience is translated into
     version: int = STATE_VERSION
 
 
@@ -196,6 +197,7 @@ class RliAgent:
         switched = arm != state.current
         state.pending = PendingDecision(arm, phi[arm].copy(), propensity, bucket, switched, ts)
         state.last_decision_ms = ts
+        state.last_context = ctx
         state.decisions += 1
         command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
         state.current = arm
