@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "deploy.demo",
     "deploy.evaluate_nextstep",
     "deploy.evaluate_anomaly",
+    "deploy.evaluate_policy",
     "deploy.fingerprint_cmd",
     "deploy.deploy_cmd",
 )

@@ -29,6 +29,7 @@ from flows.spec import ENV_VAR, FlowSpec
 FLOWS = {"control": "flows.control", "workflow": "flows.workflow"}
 #: Topics each flow reads (checked before starting, for a clear error).
 FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals",)}
+POLICY_KINDS = ("rules", "rli")
 
 
 def flow_module(name: str):
@@ -109,8 +110,11 @@ def _spawn_local_cluster(spec: FlowSpec, workers: int, processes: int, recovery_
 
 def spec_from_args(name: str, args) -> FlowSpec:
     settings = settings_from_args(args)
-    policy = {}
+    policy, kind = {}, "rules"
     for key, value in args.policy or []:
+        if not key:
+            kind = value
+            continue
         try:
             policy[key] = float(value) if "." in value or "e" in value.lower() else int(value)
         except ValueError:
@@ -120,6 +124,10 @@ def spec_from_args(name: str, args) -> FlowSpec:
                     registry_url=args.registry_url, zoo_dir=str(args.zoo) if args.zoo else None,
                     models=args.models, policy=policy,
                     options={k: v for k, v in (("store", getattr(args, "store", None)),
+                                               ("policy_kind", kind if kind != "rules" else None),
+                                               ("no_peers", kind == "rli" and getattr(args, "no_peers", False)),
+                                               ("no_dp", kind == "rli" and getattr(args, "no_dp", False)),
+                                               ("dp_epsilon", kind == "rli" and getattr(args, "dp_epsilon", 1.0)),
                                                ("speculation", getattr(args, "speculation", False)),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
                                                 if getattr(args, "idle_timeout", None) else None)) if v})
@@ -133,7 +141,9 @@ def _run(args) -> int:
     else:
         spec = spec_from_args(args.flow, args)
     flow_module(spec.name)
-    require_topics(spec.kafka, [getattr(spec.topic_names, t) for t in FLOW_INPUTS[spec.name]])
+    inputs = FLOW_INPUTS[spec.name] + (("experience",) if spec.options.get("policy_kind") == "rli"
+                                       and not spec.options.get("no_peers") else ())
+    require_topics(spec.kafka, [getattr(spec.topic_names, t) for t in inputs])
     if (args.process_id is None) != (args.addresses is None):
         raise UsageError("-i/--process-id and -a/--addresses go together")
     if args.process_id is not None and args.processes > 1:
@@ -164,8 +174,17 @@ def add_flow_args(p) -> None:
                    help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="workflow flow: close runs with no signal for this long (event time; default: never)")
-    p.add_argument("--policy", metavar="KEY=VALUE", action="append", type=parse_setting,
-                   help="override a morph policy setting, e.g. --policy hot_c=80 (repeatable)")
+    def policy_arg(text: str):
+        return ("", text) if text in POLICY_KINDS else parse_setting(text)
+
+    p.add_argument("--policy", metavar="rules|rli|KEY=VALUE", action="append", type=policy_arg,
+                   help="control flow: which policy decides (rules, the default, or rli: the learned agent), or "
+                        "override a rules setting, e.g. --policy hot_c=80 (repeatable)")
+    p.add_argument("--no-peers", action="store_true", help="--policy rli: do not share or absorb peers' experience")
+    p.add_argument("--no-dp", action="store_true",
+                   help="--policy rli: share experience without differential privacy (for comparison)")
+    p.add_argument("--dp-epsilon", type=float, default=1.0,
+                   help="--policy rli: ε of the Laplace mechanism per experience release (default %(default)s)")
 
 
 def register(tree) -> None:

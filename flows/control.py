@@ -35,8 +35,9 @@ from bytewax.outputs import Sink
 from flows.spec import FlowSpec
 from operators.control import MorphStep
 from operators.events import keyed_input
-from operators.from_spec import codec_for, models_factory_for, policy_for
+from operators.from_spec import agent_for, codec_for, models_factory_for, policy_for, sharer_factory_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
+from operators.peers import forward_to_members
 
 
 def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None) -> Dataflow:
@@ -53,12 +54,28 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         events = kafka_input(flow, spec, codec_for(spec), {topics.telemetry: "Telemetry", topics.acks: "CommandAck"},
                              key_field="node_id")
     else:
-        events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id"})
+        events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id",
+                                                  "Experience": "group"})
     # (node id, (schema name, record)): the commands and alerts the node's state decides
-    step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic)
+    agent, sharers = agent_for(spec), sharer_factory_for(spec)
+    if sharers is not None:
+        # peers' experience (keyed by group) reaches every member node's agent
+        if source is None:
+            shared = kafka_input(flow, spec, codec_for(spec), {topics.experience: "Experience"}, key_field="group",
+                                 step_id="peers_kafka")
+        else:
+            shared = op.filter("experience_only", events, lambda kv: kv[1].schema_name == "Experience")
+            events = op.filter("node_events", events, lambda kv: kv[1].schema_name != "Experience")
+        forwarded = op.stateful_flat_map("peer_groups", shared, forward_to_members)
+        events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
+    step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,
+                     agent=agent, sharer_factory=sharers)
     decisions = op.stateful_flat_map("morph", events, step)
+    if sharers is not None:  # experience is keyed by its group on the topic
+        decisions = op.map("key_experience", decisions,
+                           lambda kv: (kv[1][1]["group"], kv[1]) if kv[1][0] == "Experience" else kv)
     if sink is None:
-        kafka_output(decisions, spec, codec_for(spec), ("MorphCommand", "Alert"))
+        kafka_output(decisions, spec, codec_for(spec), ("MorphCommand", "Alert", "Experience"))
     else:
         op.output("out", decisions, sink)
     return flow

@@ -49,6 +49,55 @@ def policy_for(spec) -> MorphPolicy:
     return MorphPolicy(policy_config_for(spec))
 
 
+def policy_kind(spec) -> str:
+    """``rules`` (the default) or ``rli`` (the learned agent), from ``--policy rules|rli``."""
+    kind = spec.options.get("policy_kind", "rules")
+    if kind not in ("rules", "rli"):
+        raise ValueError(f"unknown policy {kind!r}: rules or rli")
+    return kind
+
+
+def agent_for(spec):
+    """The learned morph agent of ``--policy rli`` (its arms from the zoo manifest), or None."""
+    if policy_kind(spec) != "rli":
+        return None
+    from morph.agent import RliAgent, RliConfig
+    from morph.arms import ArmSet
+    from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest
+
+    try:
+        arms = ArmSet.from_manifest(load_manifest(spec.zoo_dir or default_zoo_dir()))
+    except ZooMissingError:
+        if spec.zoo_dir:
+            raise
+        arms = ArmSet.nominal()  # no zoo built here: the thermal model's nominal figures
+    return RliAgent(arms, RliConfig(seed=int(spec.options.get("rli_seed", 0))))
+
+
+def sharer_factory_for(spec):
+    """``node_id -> ExperienceSharer`` when the agent shares experience with its peer group, else None.
+
+    Nodes fall into ``options.peer_groups`` groups by a hash of their id
+    (default one group); ``options.dp_epsilon`` is the ε per release, and
+    ``options.no_dp`` (``--no-dp``) shares without differential privacy."""
+    if policy_kind(spec) != "rli" or spec.options.get("no_peers"):
+        return None
+    import random
+    import zlib
+
+    from morph.peers import SharingConfig, ExperienceSharer
+
+    groups = max(1, int(spec.options.get("peer_groups", 1)))
+    epsilon = None if spec.options.get("no_dp") else float(spec.options.get("dp_epsilon", 1.0))
+    config = SharingConfig(epsilon=epsilon, batch=5 if epsilon is not None else 1)
+
+    def sharer(node_id: str) -> ExperienceSharer:
+        group = f"g{zlib.crc32(node_id.encode()) % groups}"
+        # DP noise must not be predictable from the node id: seed from the OS
+        return ExperienceSharer(node_id, group, config, random.Random())
+    return sharer
+
+
 def models_factory_for(spec):
     """Per-node online models for the control flow, or None when they are off."""
     if not spec.models:

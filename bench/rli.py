@@ -1,0 +1,390 @@
+"""Learned adaptation (RLI) against the rules, on the same heterogeneous simulated fleet.
+
+Every policy runs the same scenarios (`edge.heterogeneous`: node traits, events
+and sensor noise from ``--seed``) for ``--hours`` of simulated time, one sample
+per node per second, and is scored with the same reward (`morph.reward`,
+balanced weights) over the same 10 s epochs:
+
+* static: the transformer (fp32, batch 8) always;
+* rules: `MorphPolicy` as deployed (thresholds, hysteresis, resource-score tiers);
+* rli: the contextual-bandit agent, each node alone;
+* rli+peers: nodes share experience in groups (TTL 3 hops), no privacy noise;
+* rli+peers+dp: the same under the Laplace mechanism at ``--epsilon`` per release;
+* oracle: knows the simulator's state and picks, every epoch, the arm whose next
+  epoch earns the most (myopic, like the bandit's objective); regret is measured
+  against it.
+
+Also measured: off-policy evaluation — the rli run's logged decisions estimate
+the value of a frozen greedy policy trained on a different fleet (``--seed``
++ 1000), compared with that policy's true value on the same states (the
+simulator previews its arm) — and the per-sample decision rate of the agent
+against the rules (a plain loop, not the Bytewax flow).
+
+    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR]
+
+Progress goes to stderr; the last line of stdout is one JSON object. The zoo
+manifest supplies each model's accuracy and cost (``--zoo``, default the
+project's zoo); without a built zoo the thermal model's nominal figures are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edge.heterogeneous import HeteroNode, fleet_specs  # noqa: E402
+from morph.agent import RliAgent, RliConfig  # noqa: E402
+from morph.arms import ArmSet  # noqa: E402
+from morph.bandit import LinearStats  # noqa: E402
+from morph.context import EpochTelemetry  # noqa: E402
+from morph.ope import LoggedDecision, direct_method, doubly_robust, ips, log_record, snips  # noqa: E402
+from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb  # noqa: E402
+from morph.policy import MorphPolicy, NodeState, PolicyConfig  # noqa: E402
+from morph.reward import reward  # noqa: E402
+from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest  # noqa: E402
+
+POLICIES = ("static", "rules", "rli", "rli+peers", "rli+peers+dp", "oracle")
+SMOOTH = 20  # epochs in the moving average of the learning curves
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_arms(zoo: str | None, cost_metric: str) -> tuple[ArmSet, str]:
+    try:
+        manifest = load_manifest(zoo or default_zoo_dir())
+        return ArmSet.from_manifest(manifest, cost_metric=cost_metric), f"zoo manifest {manifest.root}"
+    except ZooMissingError as err:
+        log(f"{err}; using the thermal model's nominal figures")
+        return ArmSet.nominal(), "nominal figures (no zoo)"
+
+
+class Run:
+    """One policy over the fleet: the per-epoch rewards and what the nodes went through."""
+
+    def __init__(self, name: str, specs, arms: ArmSet, config: RliConfig, seconds: int):
+        self.name, self.arms, self.config = name, arms, config
+        self.nodes = [HeteroNode(s, arms) for s in specs]
+        self.epochs = int((seconds - 1) // config.epoch_s)
+        self.seconds = self.epochs * int(config.epoch_s) + 1
+        self.rewards = np.zeros((len(specs), self.epochs))
+        self.slo_violations = 0
+        self.accuracy_sum = 0.0
+        self._meters = [EpochTelemetry() for _ in specs]
+        self._switched = np.zeros((len(specs), self.epochs + 1), dtype=bool)
+
+    def account(self, n: int, i: int, sample: dict) -> None:
+        """Score second ``i`` of node ``n`` into its epoch (epoch k holds seconds 10k+2 .. 10k+11)."""
+        if i < 2:
+            return
+        e = int(self.config.epoch_s)
+        meter = self._meters[n]
+        meter.add(sample, self.config.constraints)
+        if (i - 1) % e == 0:
+            k = (i - 2) // e
+            m = meter.measurement(sample["accuracy"])
+            self.rewards[n, k] = reward(m, self.config.constraints, self.config.weights, bool(self._switched[n, k]))
+            self.slo_violations += m.latency_ms > self.config.constraints.max_latency_ms or \
+                m.accuracy < self.config.constraints.min_accuracy
+            self.accuracy_sum += m.accuracy
+            meter.reset()
+
+    def switched(self, n: int, i: int) -> None:
+        self._switched[n, min((i - 1) // int(self.config.epoch_s), self.epochs)] = True
+
+    def summary(self) -> dict:
+        nodes = self.nodes
+        served = sum(nd.served_total for nd in nodes)
+        return {
+            "mean_reward": round(float(self.rewards.mean()), 4),
+            "max_temp_c": round(max(nd.max_temp_c for nd in nodes), 2),
+            "seconds_above_85": sum(nd.seconds_above[85.0] for nd in nodes),
+            "seconds_above_90": sum(nd.seconds_above[90.0] for nd in nodes),
+            "energy_j_per_inference": round(sum(nd.energy_j for nd in nodes) / max(served, 1.0), 4),
+            "accuracy_served": round(self.accuracy_sum / max(self.rewards.size, 1), 4),
+            "slo_violation_epochs": int(self.slo_violations),
+        }
+
+
+def oracle_pick(node: HeteroNode, arms: ArmSet, config: RliConfig, allowed: list[int]) -> tuple[int, float]:
+    """The arm whose next epoch earns the most, from the simulator's true state; (index, reward)."""
+    best, best_r = allowed[0], -1e9
+    current = (node.variant, node.precision, node.batch, node.cache, node.pipeline)
+    for a in allowed:
+        arm = arms[a]
+        cmd = {"to_variant": arm.variant, "to_precision": arm.precision, "batch_size": arm.batch,
+               "cache": arm.cache, "pipeline": arm.pipeline}
+        r = preview_reward(node, cmd, config, (arm.variant, arm.precision, arm.batch, arm.cache, arm.pipeline)
+                           != current)
+        if r > best_r:
+            best, best_r = a, r
+    return best, best_r
+
+
+def preview_reward(node: HeteroNode, cmd: dict, config: RliConfig, switched: bool) -> float:
+    meter = EpochTelemetry(last_ts_ms=int(node.elapsed_s * 1000))
+    for s in node.preview(cmd, int(config.epoch_s)):
+        meter.add(s, config.constraints)
+    return reward(meter.measurement(s["accuracy"]), config.constraints, config.weights, switched)
+
+
+def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sharing: SharingConfig | None = None,
+             group_size: int = 50, ope=None) -> Run:
+    """Run policy ``name`` over the fleet; ``ope`` (candidate, log list) logs decisions of an rli run."""
+    run = Run(name, specs, arms, config, seconds)
+    nodes, n_nodes = run.nodes, len(specs)
+    allowed = [i for i, a in enumerate(arms) if a.fallback or
+               arms.profile(a).accuracy >= config.constraints.min_accuracy]
+    policy, agent = MorphPolicy(PolicyConfig()), RliAgent(arms, config)
+    states = [NodeState.new(s.node_id) if name == "rules" else agent.new_state(s.node_id) for s in specs]
+    index = {s.node_id: n for n, s in enumerate(specs)}
+    sharers, network, contexts = None, None, [None] * n_nodes
+    if sharing is not None:
+        network = PeerNetwork([s.node_id for s in specs], group_size=group_size, ttl=sharing.ttl, seed=config.seed)
+        import random
+        sharers = [ExperienceSharer(s.node_id, network.group_of[s.node_id], sharing,
+                                    random.Random(f"dp-{config.seed}-{s.node_id}")) for s in specs]
+    pending_log = [None] * n_nodes
+    e = int(config.epoch_s)
+    for i in range(1, run.seconds + 1):
+        for n, node in enumerate(nodes):
+            sample = node.step(1.0)
+            run.account(n, i, sample)
+            if name == "static":
+                continue
+            if name == "oracle":
+                if (i - 1) % e == 0:
+                    a, _ = oracle_pick(node, arms, config, allowed)
+                    arm = arms[a]
+                    if (arm.variant, arm.precision, arm.batch, arm.cache, arm.pipeline) != \
+                            (node.variant, node.precision, node.batch, node.cache, node.pipeline):
+                        node.apply({"to_variant": arm.variant, "to_precision": arm.precision,
+                                    "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline})
+                        run.switched(n, i)
+                continue
+            if name == "rules":
+                cmd = policy.decide(states[n], sample)
+                if cmd is not None:
+                    node.apply(cmd)
+                    run.switched(n, i)
+                continue
+            d = agent.decide(states[n], sample)
+            if d is None:
+                continue
+            contexts[n] = d.context
+            if d.command is not None:
+                node.apply(d.command)
+                run.switched(n, i)
+            if ope is not None:
+                _log_decision(ope, pending_log, n, d, node, arms, config)
+            if sharers is not None and d.previous_reward is not None:
+                exp = sharers[n].record(d.previous_bucket, arms[d.previous_arm].name, d.previous_reward, d.ts_ms)
+                for receiver, hops in (network.deliver(exp) if exp else ()):
+                    r = index[receiver]
+                    if contexts[r] is not None:
+                        absorb(agent, states[r], exp, hops, contexts[r], sharing)
+        if i % 1800 == 0:
+            log(f"  {name}: {i / 3600:.1f} h simulated, mean reward so far {run.rewards[:, :(i - 2) // e].mean():.3f}")
+    run.states, run.agent = states, agent
+    return run
+
+
+def _log_decision(ope, pending_log, n, d, node, arms, config) -> None:
+    """Log decision ``d`` for off-policy evaluation, with the candidate's true value at this state."""
+    candidate, logs, truths, records = ope
+    prev = pending_log[n]
+    if prev is not None and d.previous_reward is not None:
+        phi, safe, arm, p, true_value, decision = prev
+        logs.append(LoggedDecision(phi, safe, arm, p, d.previous_reward))
+        truths.append(true_value)
+        if records is not None:
+            records.append(log_record(decision, d.previous_reward))
+    phi = d.phi.astype(np.float32)
+    a = arms[candidate(LoggedDecision(phi, d.safe, d.arm_index, d.propensity, 0.0))]
+    cmd = {"to_variant": a.variant, "to_precision": a.precision, "batch_size": a.batch, "cache": a.cache,
+           "pipeline": a.pipeline}
+    true_value = preview_reward(node, cmd, config, a != d.context.current)
+    pending_log[n] = (phi, d.safe, d.arm_index, d.propensity, true_value, d)
+
+
+def moving_mean(curve: np.ndarray, window: int = SMOOTH) -> np.ndarray:
+    c = np.cumsum(np.insert(curve, 0, 0.0))
+    k = np.arange(1, len(curve) + 1)
+    lo = np.maximum(k - window, 0)
+    return (c[k] - c[lo]) / (k - lo)
+
+
+def decisions_to(fraction: float, run: Run, oracle: Run) -> int | None:
+    """First decision (epoch) at which the fleet's smoothed mean reward reaches ``fraction`` of the oracle's."""
+    mine, best = moving_mean(run.rewards.mean(axis=0)), moving_mean(oracle.rewards.mean(axis=0))
+    hit = np.flatnonzero(mine[SMOOTH - 1:] >= fraction * best[SMOOTH - 1:])  # full windows only
+    return int(hit[0]) + SMOOTH if len(hit) else None
+
+
+def frozen_greedy(run: Run):
+    """A deterministic candidate policy: greedy on the merged statistics of a finished rli run."""
+    stats = LinearStats.zeros(run.agent.featurizer.dim)
+    for st in run.states:
+        stats = stats.merge(st.bandit.stats)
+    ridge = run.agent.config.ridge
+    theta = np.linalg.solve(stats.gram + ridge * np.eye(len(stats.moment)), stats.moment)
+
+    def policy(d: LoggedDecision) -> int:
+        allowed = np.flatnonzero(d.safe)
+        return int(allowed[int(np.argmax(d.phi[allowed] @ theta))])
+    return policy, stats
+
+
+def decision_rate(arms: ArmSet, config: RliConfig, specs, seconds: int = 600) -> dict:
+    """Telemetry samples/s through RliAgent.decide and MorphPolicy.decide (plain loops, same samples)."""
+    nodes = [HeteroNode(s, arms) for s in specs]
+    samples = [nd.step(1.0) for _ in range(seconds) for nd in nodes]
+    agent, policy = RliAgent(arms, config), MorphPolicy(PolicyConfig())
+    out = {}
+    for name in ("rules", "rli"):
+        states = {s.node_id: (NodeState.new(s.node_id) if name == "rules" else agent.new_state(s.node_id))
+                  for s in specs}
+        decide = policy.decide if name == "rules" else agent.decide
+        t0 = time.perf_counter()
+        for s in samples:
+            decide(states[s["node_id"]], s)
+        out[name] = len(samples) / (time.perf_counter() - t0)
+    return out
+
+
+def plot_curves(runs: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name, run in runs.items():
+        ax.plot(np.arange(1, run.epochs + 1), moving_mean(run.rewards.mean(axis=0)), label=name)
+    ax.set_xlabel("decisions per node (10 s epochs)")
+    ax.set_ylabel(f"fleet mean reward (moving mean over {SMOOTH} decisions)")
+    ax.set_title("Learning curves on the same simulated fleet (measured)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Prints per-policy figures; the last stdout line is one JSON object.")
+    ap.add_argument("--seed", type=int, default=0, help="node heterogeneity, sensor noise, event timing (default 0)")
+    ap.add_argument("--nodes", type=int, default=16, help="simulated nodes (default 16)")
+    ap.add_argument("--hours", type=float, default=2.0, help="simulated hours per policy (default 2)")
+    ap.add_argument("--epsilon", type=float, default=1.0, help="DP ε per release for rli+peers+dp (default 1)")
+    ap.add_argument("--dp-batch", type=int, default=5, help="rewards averaged per DP release (default 5)")
+    ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
+    ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
+    ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
+    ap.add_argument("--log-out", action="store_true",
+                    help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
+                         "for `liquid evaluate policy`")
+    args = ap.parse_args()
+
+    arms, arms_from = load_arms(args.zoo, args.cost_metric)
+    config = RliConfig(seed=args.seed)
+    seconds = int(args.hours * 3600)
+    specs = fleet_specs(args.seed, args.nodes, seconds)
+    log(f"{len(arms)} arms from {arms_from}; {args.nodes} nodes, {args.hours} h, seed {args.seed}")
+
+    log("training the off-policy candidate on another fleet (seed + 1000)")
+    trained = simulate("rli", fleet_specs(args.seed + 1000, max(4, args.nodes // 2), seconds), arms, config, seconds)
+    candidate, candidate_stats = frozen_greedy(trained)
+    ope_logs, ope_truth, records = [], [], [] if args.log_out else None
+    runs = {}
+    for name in POLICIES:
+        t0 = time.perf_counter()
+        sharing = None
+        if name == "rli+peers":
+            sharing = SharingConfig()
+        elif name == "rli+peers+dp":
+            sharing = SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
+        runs[name] = simulate(name, specs, arms, config, seconds, sharing, args.group_size,
+                              ope=(candidate, ope_logs, ope_truth, records) if name == "rli" else None)
+        log(f"{name}: {time.perf_counter() - t0:.0f} s wall")
+
+    oracle = runs["oracle"]
+    regret = {n: float((oracle.rewards - r.rewards).sum()) for n, r in runs.items()}
+    to90 = {n: decisions_to(0.9, r, oracle) for n, r in runs.items()}
+    to95 = {n: decisions_to(0.95, r, oracle) for n, r in runs.items()}
+    true_value = float(np.mean(ope_truth))
+    estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
+                 "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
+    rate = decision_rate(arms, config, specs[:8])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"learning-curves-seed{args.seed}.png"
+    if records is not None:
+        with (out / f"decisions-seed{args.seed}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
+        (out / f"candidate-seed{args.seed}.json").write_text(json.dumps(candidate_stats.to_dict()))
+        log(f"decision log and candidate statistics in {out}")
+    plot_curves({n: r for n, r in runs.items()}, png)
+
+    print(f"seed {args.seed}, {args.nodes} nodes, {args.hours} h each, {len(arms)} arms ({arms_from}); machine loaded")
+    print(f"{'policy':14} {'regret':>9} {'reward':>7} {'maxT':>6} {'s>85':>6} {'s>90':>5} {'J/inf':>7} "
+          f"{'acc':>6} {'SLO':>5} {'to90%':>6} {'to95%':>6}")
+    summaries = {n: r.summary() for n, r in runs.items()}
+    for n, r in runs.items():
+        s = summaries[n]
+        print(f"{n:14} {regret[n]:9.1f} {s['mean_reward']:7.3f} {s['max_temp_c']:6.1f} {s['seconds_above_85']:6.0f} "
+              f"{s['seconds_above_90']:5.0f} {s['energy_j_per_inference']:7.3f} {s['accuracy_served']:6.3f} "
+              f"{s['slo_violation_epochs']:5d} {str(to90[n]):>6} {str(to95[n]):>6}")
+    print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
+          + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
+    print(f"decide() samples/s: rli {rate['rli']:.0f}, rules {rate['rules']:.0f} (plain loop, not the flow)")
+    print(f"learning curves: {png}")
+
+    n90, p90, d90 = to90["rli"], to90["rli+peers"], to90["rli+peers+dp"]
+    speedup = n90 / p90 if n90 and p90 else None
+    dp_speedup = n90 / d90 if n90 and d90 else None
+    n95, p95, d95 = to95["rli"], to95["rli+peers"], to95["rli+peers+dp"]
+    speedup95 = n95 / p95 if n95 and p95 else None
+    dp_speedup95 = n95 / d95 if n95 and d95 else None
+    result = {
+        "seed": args.seed, "nodes": args.nodes, "hours": args.hours, "arms": len(arms),
+        "regret_rli": round(regret["rli"], 2), "regret_rules": round(regret["rules"], 2),
+        "regret_static": round(regret["static"], 2),
+        "regret_rli_peers": round(regret["rli+peers"], 2), "regret_rli_peers_dp": round(regret["rli+peers+dp"], 2),
+        "regret_ratio_rli_to_rules": round(regret["rli"] / regret["rules"], 4) if regret["rules"] else None,
+        "max_temp_c_rli": summaries["rli"]["max_temp_c"], "max_temp_c_rules": summaries["rules"]["max_temp_c"],
+        "seconds_above_90_rli": summaries["rli"]["seconds_above_90"],
+        "seconds_above_90_rules": summaries["rules"]["seconds_above_90"],
+        "seconds_above_85_rli": summaries["rli"]["seconds_above_85"],
+        "seconds_above_85_rules": summaries["rules"]["seconds_above_85"],
+        "decisions_to_90pct_no_peers": n90, "decisions_to_90pct_peers": p90, "decisions_to_90pct_peers_dp": d90,
+        "peer_speedup": round(speedup, 3) if speedup else None,
+        "dp_gain_retained": round((dp_speedup - 1) / (speedup - 1), 3) if speedup and dp_speedup and speedup > 1
+        else None,
+        "decisions_to_95pct_no_peers": n95, "decisions_to_95pct_peers": p95, "decisions_to_95pct_peers_dp": d95,
+        "peer_speedup_95": round(speedup95, 3) if speedup95 else None,
+        "dp_gain_retained_95": round((dp_speedup95 - 1) / (speedup95 - 1), 3)
+        if speedup95 and dp_speedup95 and speedup95 > 1 else None,
+        "ope_true_value": round(true_value, 4),
+        "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
+        "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
+        "ope_relative_error_ips": round(abs(estimates["ips"] - true_value) / abs(true_value), 4),
+        "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
+        "events_per_s_measured_in": "plain decide() loop, not the Bytewax control flow",
+        "summaries": summaries,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The learned morph agent (RLI): a shielded, discounted contextual bandit per node.
+
+Every ``epoch_s`` of event time the agent closes the previous decision — its
+reward is measured from the telemetry that followed it (`morph.reward`), a
+delayed reward joined here in the node's state — learns from it, and picks
+the next arm: among the arms the safety shield allows (`morph.shield`), the
+one with the highest upper confidence bound, or with probability ε a uniformly
+random allowed arm. The probability with which the arm was chosen (its
+propensity) goes into the decision, so logged decisions can evaluate other
+policies off-line (`morph.ope`). Between epochs only the critical rule acts:
+three samples at or above 90 °C force the fallback at once, as the rules do.
+
+>>> from morph.arms import ArmSet
+>>> agent = RliAgent(ArmSet.nominal(batches=(8,), cache=(False,), pipelines=("full",)), RliConfig(epoch_s=5))
+>>> state = agent.new_state("edge-1")
+>>> s = dict(node_id="edge-1", gpu_temp_c=70.0, power_w=250.0, power_cap_w=350.0, mem_used_frac=0.4,
+...          throughput_rps=300.0, gpu_util=0.8, latency_ms=12.0, variant="transformer", precision="fp32",
+...          batch_size=8)
+>>> decisions = [agent.decide(state, {**s, "ts_ms": 1000 * i}) for i in range(12)]
+>>> [i for i, d in enumerate(decisions) if d is not None]
+[0, 5, 10]
+>>> d = decisions[5]
+>>> 0 < d.propensity <= 1, d.previous_reward is not None, d.arm in agent.arms
+(True, True, True)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+import numpy as np
+
+from morph.arms import Arm, ArmSet
+from morph.bandit import DiscountedLinUCB
+from morph.context import EpochTelemetry, Featurizer, NodeContext
+from morph.policy import MorphPolicy
+from morph.reward import RewardWeights, WorkflowConstraints, reward, reward_terms
+from morph.shield import ShieldConfig, ThermalEstimate, safe_mask
+from schemas.state import Versioned
+
+
+@dataclass(frozen=True)
+class RliConfig:
+    """The agent's settings (per workflow)."""
+
+    epoch_s: float = 10.0
+    early_gap_s: float = 2.0        # shortest gap before a shield-forced decision between epochs
+    epsilon: float = 0.2            # initial exploration share
+    epsilon_min: float = 0.03       # exploration never stops: the node keeps changing
+    epsilon_decay: float = 50.0     # decisions over which ε halves
+    gamma: float = 0.995            # per-decision discount: memory ~ 200 decisions
+    alpha: float = 0.3
+    ridge: float = 1.0
+    weights: RewardWeights = RewardWeights()
+    constraints: WorkflowConstraints = WorkflowConstraints()
+    shield: ShieldConfig = ShieldConfig()
+    seed: int = 0
+
+
+@dataclass
+class PendingDecision:
+    """A decision whose reward is still being measured."""
+
+    arm: int
+    phi: np.ndarray
+    propensity: float
+    bucket: tuple
+    switched: bool
+    decided_ts_ms: int
+
+
+@dataclass
+class AgentState(Versioned):
+    """Everything the agent keeps per node; Bytewax snapshots it."""
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    node_id: str
+    bandit: DiscountedLinUCB
+    thermal: ThermalEstimate
+    rng: random.Random
+    epoch: EpochTelemetry = field(default_factory=EpochTelemetry)
+    temps: deque = field(default_factory=lambda: deque(maxlen=6))
+    times: deque = field(default_factory=lambda: deque(maxlen=6))
+    current: Optional[int] = None
+    pending: Optional[PendingDecision] = None
+    last_decision_ms: Optional[int] = None
+    decisions: int = 0
+    last_context: Optional[NodeContext] = None   # what peers' experience is translated into
+    version: int = STATE_VERSION
+
+
+@dataclass
+class Decision:
+    """What one decision produces: the arm, its propensity, and the previous decision's outcome."""
+
+    node_id: str
+    ts_ms: int
+    arm: Arm
+    arm_index: int
+    propensity: float
+    safe: np.ndarray
+    context: NodeContext
+    bucket: tuple
+    command: Optional[dict]
+    previous_reward: Optional[float] = None
+    previous_arm: Optional[int] = None
+    previous_terms: Optional[dict] = None
+    previous_bucket: Optional[tuple] = None
+    phi: Optional[np.ndarray] = None    # every arm's features at this decision (for logging)
+    thermal_r: Optional[float] = None   # the node's estimated thermal resistance, °C/W
+
+
+class RliAgent:
+    """Decides per telemetry sample; see the module docstring."""
+
+    def __init__(self, arms: ArmSet, config: RliConfig = RliConfig()):
+        self.arms = arms
+        self.config = config
+        self.featurizer = Featurizer(arms, config.constraints, config.shield)
+        self.fallback = arms.index(arms.fallback)
+        self._by_name = {a.name: i for i, a in enumerate(arms)}
+        self._scorer = MorphPolicy()  # the rules' resource score, reported as evidence like theirs
+
+    def arm_by_name(self, name: str) -> int:
+        """The index of the arm called ``name`` (KeyError for an arm this set does not have)."""
+        return self._by_name[name]
+
+    def new_state(self, node_id: str) -> AgentState:
+        c = self.config
+        return AgentState(node_id, DiscountedLinUCB(self.featurizer.dim, c.gamma, c.ridge, c.alpha),
+                          ThermalEstimate(c.shield), random.Random(f"{c.seed}-{node_id}"))
+
+    # -- observation -------------------------------------------------------
+    def observe(self, state: AgentState, sample: dict) -> None:
+        """Fold one telemetry sample into the node's state."""
+        state.epoch.add(sample, self.config.constraints)
+        state.temps.append(sample["gpu_temp_c"])
+        state.times.append(sample["ts_ms"] / 1000.0)
+        state.thermal.observe(sample["gpu_temp_c"], _slope(state), sample["power_w"])
+        current = None if state.current is None else self.arms[state.current]
+        if current is None or current.variant != sample["variant"] or current.precision != sample["precision"]:
+            # the node serves something else than believed (another controller, a refused swap)
+            state.current = self.arms.index(self.arms.nearest(sample["variant"], sample["precision"],
+                                                              sample.get("batch_size")))
+
+    def context(self, state: AgentState, sample: dict) -> NodeContext:
+        return NodeContext(
+            temp_c=sample["gpu_temp_c"], slope_c_per_s=_slope(state), power_w=sample["power_w"],
+            power_cap_w=sample["power_cap_w"], mem_used_frac=sample["mem_used_frac"],
+            offered_rps=sample.get("offered_rps", sample["throughput_rps"]), served_rps=sample["throughput_rps"],
+            util=sample.get("gpu_util", 1.0), latency_ms=sample["latency_ms"], net_ms=sample.get("net_ms", 0.0),
+            current=self.arms[state.current], recent_temps=tuple(state.temps))
+
+    # -- decisions ---------------------------------------------------------
+    def decide(self, state: AgentState, sample: dict) -> Optional[Decision]:
+        """Observe ``sample``; at an epoch boundary (or a critical temperature) learn and choose."""
+        self.observe(state, sample)
+        ts = sample["ts_ms"]
+        c = self.config
+        critical = len(state.temps) >= 3 and all(t >= c.constraints.critical_temp_c for t in list(state.temps)[-3:])
+        due = state.last_decision_ms is None or ts - state.last_decision_ms >= c.epoch_s * 1000
+        if not due and not (critical and state.current != self.fallback) \
+                and not self._current_unsafe(state, sample, ts):
+            return None
+        return self._decide_now(state, sample, ts)
+
+    def _current_unsafe(self, state: AgentState, sample: dict, ts: int) -> bool:
+        """Between epochs the shield still watches every sample: when the arm being served would
+        now be masked (the node heats toward ``hot_c``), decide at once instead of at the epoch's end."""
+        c = self.config
+        if state.current == self.fallback or ts - state.last_decision_ms < c.early_gap_s * 1000:
+            return False
+        temp, slope = sample["gpu_temp_c"], _slope(state)
+        if temp < c.shield.hot_c - c.shield.margin_c and temp + c.shield.tau_s * slope < c.shield.hot_c - c.shield.margin_c:
+            return False  # the cheap check: neither hot nor heading there
+        ctx = self.context(state, sample)
+        _, predicted, power = self.featurizer.features(ctx, state.thermal.r_c_per_w())
+        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
+                         ctx.power_w, c.constraints.min_accuracy, c.shield)
+        return not safe[state.current]
+
+    def _decide_now(self, state: AgentState, sample: dict, ts: int) -> Decision:
+        c = self.config
+        ctx = self.context(state, sample)
+        bucket = ctx.bucket(c.constraints)
+        prev = self._close_epoch(state)
+        state.bandit.tick()
+        thermal_r = state.thermal.r_c_per_w()
+        phi, predicted, power = self.featurizer.features(ctx, thermal_r)
+        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
+                         ctx.power_w, c.constraints.min_accuracy, c.shield)
+        arm, propensity = self._choose(state, phi, safe)
+        switched = arm != state.current
+        state.pending = PendingDecision(arm, phi[arm].copy(), propensity, bucket, switched, ts)
+        state.last_decision_ms = ts
+        state.last_context = ctx
+        state.decisions += 1
+        command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
+        state.current = arm
+        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command, phi=phi,
+                            thermal_r=thermal_r)
+        if prev is not None:
+            decision.previous_reward, decision.previous_arm, decision.previous_terms, decision.previous_bucket = prev
+        return decision
+
+    def _close_epoch(self, state: AgentState):
+        """Learn the pending decision's reward from the telemetry since; (reward, arm, terms, bucket)."""
+        pending, epoch = state.pending, state.epoch
+        out = None
+        if pending is not None and epoch.n > 0:
+            c = self.config
+            m = epoch.measurement(float(self.featurizer.accuracy[pending.arm]))
+            r = reward(m, c.constraints, c.weights, pending.switched)
+            state.bandit.learn_one(pending.phi, r)
+            out = (r, pending.arm, reward_terms(m, c.constraints, c.weights), pending.bucket)
+        state.pending = None
+        epoch.reset()
+        return out
+
+    def exploration(self, state: AgentState) -> float:
+        c = self.config
+        return max(c.epsilon_min, c.epsilon / (1.0 + state.decisions / c.epsilon_decay))
+
+    def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
+        allowed = np.flatnonzero(safe)
+        scores = state.bandit.ucb(phi[allowed])
+        greedy = int(allowed[int(np.argmax(scores))])
+        eps = self.exploration(state) if len(allowed) > 1 else 0.0
+        arm = int(allowed[state.rng.randrange(len(allowed))]) if state.rng.random() < eps else greedy
+        propensity = eps / len(allowed) + (1.0 - eps if arm == greedy else 0.0)
+        return arm, propensity
+
+    def greedy(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> int:
+        """The arm the agent would choose without exploring (a deterministic candidate policy)."""
+        allowed = np.flatnonzero(safe)
+        return int(allowed[int(np.argmax(state.bandit.predict(phi[allowed])))])
+
+    def _command(self, state: AgentState, sample: dict, arm_index: int, propensity: float,
+                 predicted_c: float) -> dict:
+        arm, before = self.arms[arm_index], self.arms[state.current]
+        critical = arm.fallback and list(state.temps)[-1] >= self.config.constraints.critical_temp_c
+        return {
+            "command_id": f"{state.node_id}-rli{state.decisions}-{sample['ts_ms']}",
+            "node_id": state.node_id,
+            "decided_on_ts_ms": sample["ts_ms"],
+            "issued_ts_ms": sample["ts_ms"],
+            "trigger": "CRITICAL" if critical else "LEARNED",
+            "from_variant": before.variant, "to_variant": arm.variant,
+            "from_precision": before.precision, "to_precision": arm.precision,
+            "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline,
+            "fallback": arm.fallback, "arm": arm.name, "propensity": round(propensity, 6),
+            "model_sha256": self.arms.sha256.get((arm.variant, arm.precision)),
+            "reason": f"{'critical temperature' if critical else 'learned (UCB among shielded arms)'}: "
+                      f"{before.name} -> {arm.name}, predicted {predicted_c:.1f} °C",
+            "evidence": self._evidence(state, sample, predicted_c),
+        }
+
+    def _evidence(self, state: AgentState, sample: dict, predicted_c: float) -> dict:
+        """The MorphCommand evidence: the window as the rules report it, the shield's forecast for the arm."""
+        temps, hot = list(state.temps), self.config.constraints.max_gpu_temp_c
+        return {
+            "resource_score": round(self._scorer.resource_score(sample), 4),
+            "temperature_c": sample["gpu_temp_c"],
+            "window_mean_c": round(sum(temps) / len(temps), 3),
+            "window_max_c": max(temps),
+            "violation_fraction": round(sum(t >= hot for t in temps) / len(temps), 4),
+            "window_size": len(temps),
+            "forecast_c": round(float(predicted_c), 2), "forecast_lower_c": None, "forecast_upper_c": None,
+            "forecast_horizon_s": self.config.shield.horizon_s, "anomaly_score": None, "contributing_features": [],
+        }
+
+
+def _slope(state: AgentState) -> float:
+    """dT/dt over the recent samples (least squares), °C/s; plain Python: six points, every sample."""
+    n = len(state.times)
+    if n < 2:
+        return 0.0
+    times, temps = state.times, list(state.temps)[-n:]
+    tm, ym = sum(times) / n, sum(temps) / n
+    num = den = 0.0
+    for t, y in zip(times, temps):
+        num += (t - tm) * (y - ym)
+        den += (t - tm) ** 2
+    return num / den if den > 0 else 0.0

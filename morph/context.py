@@ -1,0 +1,185 @@
+"""What the learned agent sees of a node: telemetry gathered between decisions, and its features.
+
+`EpochTelemetry` accumulates the samples since the last decision (the delayed
+reward of that decision is measured from them); `Featurizer` turns the node's
+present context and the arm set into one feature row per arm, φ(x, a), for
+the shared linear model of `morph.bandit`.
+
+φ(x, a) is the outer product of normalised context features (load against
+the node's estimated capacity, temperature margin, power headroom, network
+congestion, latency against the SLO) with arm features (relative cost, time
+per item, accuracy, cache, skipped stage), plus three model-based features
+the physics gives for free: the share of the offered load the arm could serve
+at the node's measured speed, its predicted temperature margin (from the
+shield's thermal estimate), and whether choosing it means a switch.
+
+>>> from morph.arms import ArmSet
+>>> arms = ArmSet.nominal(batches=(8,), cache=(False,), pipelines=("full",))
+>>> f = Featurizer(arms)
+>>> ctx = NodeContext(temp_c=70.0, slope_c_per_s=0.0, power_w=250.0, power_cap_w=350.0, mem_used_frac=0.4,
+...                   offered_rps=300.0, served_rps=300.0, util=0.8, latency_ms=12.0, net_ms=10.0,
+...                   current=arms.nearest("transformer", "fp32", 8))
+>>> phi, predicted_c, power = f.features(ctx)
+>>> phi.shape == (len(arms), f.dim), bool(predicted_c[0] > predicted_c[-1])
+(True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from morph.arms import Arm, ArmSet
+from morph.reward import EpochMeasurement, WorkflowConstraints
+from morph.shield import ShieldConfig, predicted_power
+
+CONTEXT_FEATURES = ("bias", "load", "temp_margin", "power_headroom", "congestion", "latency_ratio")
+ARM_FEATURES = ("bias", "cost", "item_ms", "accuracy", "cache", "skip")
+MODEL_FEATURES = ("served_share", "thermal_margin", "switch")
+
+
+@dataclass
+class NodeContext:
+    """A node's state at a decision, in the units telemetry reports."""
+
+    temp_c: float
+    slope_c_per_s: float
+    power_w: float
+    power_cap_w: float
+    mem_used_frac: float
+    offered_rps: float
+    served_rps: float
+    util: float
+    latency_ms: float
+    net_ms: float
+    current: Arm
+    recent_temps: tuple = ()
+
+    def bucket(self, constraints: WorkflowConstraints) -> tuple[int, int, int, int]:
+        """Coarse context shared with peers: temperature, load, power and congestion levels."""
+        t = 0 if self.temp_c < constraints.max_gpu_temp_c - 15 else 1 if self.temp_c < constraints.max_gpu_temp_c else 2
+        load = self.offered_rps / max(self.served_rps / max(self.util, 1e-3), 1.0)
+        lv = 0 if load < 0.7 else 1 if load < 1.0 else 2
+        p = 1 if self.power_w >= 0.95 * self.power_cap_w else 0
+        c = 1 if self.net_ms > 0.5 * constraints.max_latency_ms else 0
+        return t, lv, p, c
+
+
+@dataclass
+class EpochTelemetry:
+    """Samples between two decisions: the measurement a decision's reward is computed from."""
+
+    n: int = 0
+    seconds: float = 0.0
+    temp_sum: float = 0.0
+    max_temp_c: float = -1e9
+    above_hot_s: float = 0.0
+    above_critical_s: float = 0.0
+    power_sum: float = 0.0
+    served_sum: float = 0.0
+    offered_sum: float = 0.0
+    latency_sum: float = 0.0
+    accuracy_sum: float = 0.0
+    accuracy_n: int = 0
+    last_ts_ms: int | None = None
+
+    def add(self, sample: dict, constraints: WorkflowConstraints) -> None:
+        ts = sample["ts_ms"]
+        dt = 1.0 if self.last_ts_ms is None else max((ts - self.last_ts_ms) / 1000.0, 0.0)
+        self.last_ts_ms = ts
+        t = sample["gpu_temp_c"]
+        self.n += 1
+        self.seconds += dt
+        self.temp_sum += t
+        self.max_temp_c = max(self.max_temp_c, t)
+        self.above_hot_s += dt if t >= constraints.max_gpu_temp_c else 0.0
+        self.above_critical_s += dt if t >= constraints.critical_temp_c else 0.0
+        self.power_sum += sample["power_w"]
+        self.served_sum += sample["throughput_rps"]
+        self.offered_sum += sample.get("offered_rps", sample["throughput_rps"])
+        self.latency_sum += sample["latency_ms"]
+        if sample.get("accuracy") is not None:  # accuracy served, where the node measures it
+            self.accuracy_sum += sample["accuracy"]
+            self.accuracy_n += 1
+
+    def measurement(self, accuracy: float) -> EpochMeasurement:
+        """The epoch's figures; ``accuracy`` (the arm's, from the manifest) unless the samples carried it."""
+        n = max(self.n, 1)
+        if self.accuracy_n:
+            accuracy = self.accuracy_sum / self.accuracy_n
+        return EpochMeasurement(offered_rps=self.offered_sum / n, served_rps=self.served_sum / n,
+                                latency_ms=self.latency_sum / n, accuracy=accuracy, power_w=self.power_sum / n,
+                                max_temp_c=self.max_temp_c, seconds=max(self.seconds, 1e-9),
+                                seconds_above_max_temp=self.above_hot_s,
+                                seconds_above_critical=self.above_critical_s)
+
+    def reset(self) -> None:
+        last = self.last_ts_ms
+        self.__init__()
+        self.last_ts_ms = last
+
+
+class Featurizer:
+    """φ(x, a) for every arm at once (rows in the arm set's order)."""
+
+    def __init__(self, arms: ArmSet, constraints: WorkflowConstraints = WorkflowConstraints(),
+                 shield: ShieldConfig = ShieldConfig()):
+        self.arms = arms
+        self.constraints = constraints
+        self.shield = shield
+        prof = [arms.profile(a) for a in arms]
+        self.cost = np.array([p.cost for p in prof])
+        self.item_ms = np.array([p.item_ms_rel for p in prof])
+        self.accuracy = np.array([p.accuracy - (0.01 if a.pipeline != "full" else 0.0) for a, p in zip(arms, prof)])
+        acc = np.clip((self.accuracy - constraints.min_accuracy) / (1 - constraints.min_accuracy), 0, 1)
+        self.arm_features = np.column_stack([
+            np.ones(len(arms)), self.cost, self.item_ms / self.item_ms.max(), acc,
+            [1.0 if a.cache else 0.0 for a in arms], [1.0 if a.pipeline != "full" else 0.0 for a in arms]])
+        self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
+
+    def context_vector(self, ctx: NodeContext) -> np.ndarray:
+        c = self.constraints
+        cur = self.arms.index(ctx.current)
+        capacity = _capacity(ctx)
+        return np.array([
+            1.0,
+            min(ctx.offered_rps / max(capacity * self.item_ms[cur], 1e-6) / 2.0, 1.5),
+            np.clip((c.max_gpu_temp_c - ctx.temp_c) / 20.0, -1.0, 1.0),
+            np.clip(1.0 - ctx.power_w / max(min(ctx.power_cap_w, c.max_power_w), 1.0), -1.0, 1.0),
+            min(ctx.net_ms / c.max_latency_ms, 2.0),
+            min(ctx.latency_ms / c.max_latency_ms, 2.0),
+        ])
+
+    def features(self, ctx: NodeContext, r_c_per_w: float | None = None):
+        """(Φ, predicted temperature of each arm, predicted power of each arm).
+
+        ``r_c_per_w`` is the node's estimated thermal resistance
+        (`ThermalEstimate.r_c_per_w`); the shield's prior without one."""
+        cur = self.arms.index(ctx.current)
+        x = self.context_vector(ctx)
+        capacity_at_unit = _capacity(ctx) * self.item_ms[cur]
+        capacity = capacity_at_unit / self.item_ms
+        served = np.minimum(1.0, capacity / max(ctx.offered_rps, 1e-6))
+        util = np.minimum(1.0, ctx.offered_rps / np.maximum(capacity, 1e-6))
+        power = predicted_power(ctx.power_w, self.cost[cur] * max(ctx.util, 1e-3), self.cost * util,
+                                self.shield.idle_w, ctx.power_cap_w)
+        r = self.shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
+        t_ss = ctx.temp_c + self.shield.tau_s * ctx.slope_c_per_s + r * (power - ctx.power_w)
+        decay = np.exp(-self.shield.horizon_s / self.shield.tau_s)
+        predicted = t_ss + (ctx.temp_c - t_ss) * decay
+        margin = np.clip((self.constraints.max_gpu_temp_c - predicted) / 10.0, -2.0, 1.0)
+        switch = np.ones(len(self.arms))
+        switch[cur] = 0.0
+        phi = np.empty((len(self.arms), self.dim))
+        k = len(CONTEXT_FEATURES) * len(ARM_FEATURES)
+        phi[:, :k] = (self.arm_features[:, None, :] * x[None, :, None]).reshape(len(self.arms), k)
+        phi[:, k] = served
+        phi[:, k + 1] = margin
+        phi[:, k + 2] = switch
+        return phi, predicted, power
+
+
+def _capacity(ctx: NodeContext) -> float:
+    """Requests/s the node could serve with its current arm: served over utilisation."""
+    return max(ctx.served_rps, 1.0) / max(min(ctx.util, 1.0), 0.05)

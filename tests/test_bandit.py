@@ -1,0 +1,96 @@
+"""The discounted LinUCB bandit: finds the best arm, re-finds it after a change, merges like pooled data."""
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from morph.bandit import DiscountedLinUCB, LinearStats
+from schemas.state import StateVersionError
+
+ARMS = np.eye(5)
+
+
+def run(bandit, means, steps, rng, noise=0.1):
+    picks = []
+    for _ in range(steps):
+        bandit.tick()
+        a = int(np.argmax(bandit.ucb(ARMS)))
+        bandit.learn_one(ARMS[a], means[a] + rng.gauss(0, noise))
+        picks.append(a)
+    return picks
+
+
+def test_finds_the_best_arm_on_a_stationary_problem():
+    rng = random.Random(1)
+    bandit = DiscountedLinUCB(dim=5, gamma=1.0, alpha=1.0, ridge=1.0)
+    picks = run(bandit, [0.2, 0.5, 0.8, 0.4, 0.3], 400, rng)
+    assert picks[-100:].count(2) >= 95
+    # every arm was tried: the bonus made it explore
+    assert set(picks) == set(range(5))
+
+
+def test_refinds_the_best_arm_after_a_change_point_within_a_bounded_number_of_decisions():
+    rng = random.Random(2)
+    bandit = DiscountedLinUCB(dim=5, gamma=0.99, alpha=0.5, ridge=0.1)
+    run(bandit, [0.2, 0.5, 0.8, 0.4, 0.3], 300, rng)
+    after = run(bandit, [0.8, 0.5, 0.2, 0.4, 0.3], 300, rng)   # arm 0 is best now
+    first = next(i for i in range(len(after)) if after[i:i + 20].count(0) >= 18)
+    assert first <= 60, f"took {first} decisions to settle on the new best arm"
+    assert after[-100:].count(0) >= 85
+
+
+def test_a_stationary_bandit_without_discount_is_slower_to_follow_the_change():
+    """The discount is what makes it track: the same run with gamma = 1 stays longer on the old arm."""
+    def settle(gamma):
+        rng = random.Random(2)
+        b = DiscountedLinUCB(dim=5, gamma=gamma, alpha=0.5, ridge=0.1)
+        run(b, [0.2, 0.5, 0.8, 0.4, 0.3], 300, rng)
+        after = run(b, [0.8, 0.5, 0.2, 0.4, 0.3], 300, rng)
+        return after[:150].count(0)
+
+    assert settle(0.99) > settle(1.0) + 30
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.95])
+def test_merged_statistics_equal_the_pooled_statistics(gamma):
+    rng = np.random.default_rng(3)
+    a, b, pooled = (DiscountedLinUCB(dim=4, gamma=gamma) for _ in range(3))
+    for _ in range(50):
+        for learner in (a, b, pooled):
+            learner.tick()
+        xa, xb = rng.normal(size=4), rng.normal(size=4)
+        ra, rb = float(rng.normal()), float(rng.normal())
+        a.learn_one(xa, ra)
+        b.learn_one(xb, rb)
+        pooled.learn_one(xa, ra)
+        pooled.learn_one(xb, rb)
+    merged = a.stats.merge(b.stats)
+    np.testing.assert_allclose(merged.gram, pooled.stats.gram)
+    np.testing.assert_allclose(merged.moment, pooled.stats.moment)
+    assert merged.count == pytest.approx(pooled.stats.count)
+    a.absorb(b.stats)
+    probe = rng.normal(size=(3, 4))
+    np.testing.assert_allclose(a.ucb(probe), pooled.ucb(probe))
+
+
+def test_statistics_serialise_and_snapshot():
+    b = DiscountedLinUCB(dim=3)
+    b.learn_one(np.array([1.0, 0.5, 0.0]), 0.7)
+    b.predict(np.eye(3))                    # fills the solve cache, which must not be pickled
+    restored = pickle.loads(pickle.dumps(b))
+    assert restored._cache is None
+    np.testing.assert_allclose(restored.predict(np.eye(3)), b.predict(np.eye(3)))
+    again = LinearStats.from_dict(b.stats.to_dict())
+    np.testing.assert_allclose(again.gram, b.stats.gram)
+
+
+def test_a_snapshot_of_a_newer_state_version_is_refused():
+    data = {**LinearStats.zeros(2).to_dict(), "version": 9}
+    with pytest.raises(StateVersionError, match="state version 9"):
+        LinearStats.from_dict(data)
+    b = DiscountedLinUCB(dim=2)
+    state = {**b.__dict__, "version": 7}
+    with pytest.raises(StateVersionError):
+        DiscountedLinUCB.__new__(DiscountedLinUCB).__setstate__(state)

@@ -1,0 +1,221 @@
+"""The RLI agent: its shield, its state, peer sharing under differential privacy, off-policy estimates."""
+
+import math
+import pickle
+import random
+import statistics
+
+import numpy as np
+import pytest
+
+from edge.heterogeneous import HeteroNode, fleet_specs
+from morph.agent import AgentState, RliAgent, RliConfig
+from morph.arms import ArmSet
+from morph.ope import LoggedDecision, doubly_robust, ips
+from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb
+from morph.privacy import LaplaceMechanism, PrivacyBudget, laplace
+from schemas.codec import Codec
+from schemas.state import StateVersionError
+
+ARMS = ArmSet.nominal()
+
+
+def sample(node="edge-1", ts_ms=0, temp=70.0, power=250.0, variant="transformer", precision="fp32", **kw):
+    return {"node_id": node, "ts_ms": ts_ms, "gpu_temp_c": temp, "power_w": power, "power_cap_w": 350.0,
+            "mem_used_frac": 0.4, "throughput_rps": 300.0, "gpu_util": 0.8, "latency_ms": 12.0,
+            "variant": variant, "precision": precision, "batch_size": 8, **kw}
+
+
+def test_the_shield_never_lets_the_agent_pick_an_unsafe_arm():
+    """Property over random contexts: whatever the agent learnt, its arm is safe by the shield's rules."""
+    rng = random.Random(7)
+    agent = RliAgent(ARMS, RliConfig(epoch_s=1, epsilon=0.5))
+    hot, critical, margin = 85.0, 90.0, agent.config.shield.margin_c
+    lightest = ARMS.profile(ARMS.fallback).cost
+    for case in range(300):
+        state = agent.new_state(f"n{case}")
+        # a random past: some learning on random rewards, so the bandit is not neutral
+        for _ in range(rng.randrange(0, 6)):
+            state.bandit.learn_one(rng.choice(list(np.eye(agent.featurizer.dim))), rng.uniform(-1, 1))
+        base = rng.uniform(40, 97)
+        current = rng.choice(list(ARMS))
+        last = None
+        for i in range(4):
+            s = sample(node=f"n{case}", ts_ms=1000 * i, temp=base + rng.uniform(-1.5, 1.5),
+                       power=rng.uniform(80, 340), variant=current.variant, precision=current.precision,
+                       offered_rps=rng.uniform(50, 900), net_ms=rng.choice([10.0, 120.0]))
+            d = agent.decide(state, s)
+            last = d or last
+        d = last
+        arm = d.arm
+        temps = list(state.temps)
+        if all(t >= critical for t in temps[-3:]):
+            assert arm.fallback, f"case {case}: critical but chose {arm.name}"
+            continue
+        if arm.fallback:
+            continue
+        assert d.safe[d.arm_index]
+        phi, predicted, power = agent.featurizer.features(d.context, state.thermal.r_c_per_w())
+        assert predicted[d.arm_index] < hot - margin, f"case {case}: {arm.name} predicted {predicted[d.arm_index]}"
+        assert ARMS.profile(arm).accuracy >= agent.config.constraints.min_accuracy
+        if d.context.temp_c >= hot:
+            assert power[d.arm_index] < d.context.power_w
+        assert ARMS.profile(arm).cost >= lightest
+
+
+def test_three_samples_at_90_force_the_fallback_between_epochs():
+    agent = RliAgent(ARMS, RliConfig(epoch_s=60, early_gap_s=1e6))   # the critical rule alone
+    state = agent.new_state("edge-1")
+    assert agent.decide(state, sample(ts_ms=0, temp=80.0)) is not None       # first decision
+    out = [agent.decide(state, sample(ts_ms=1000 * i, temp=91.0, power=300.0)) for i in range(1, 4)]
+    assert out[0] is None and out[1] is None
+    assert out[2].arm.fallback and out[2].command["trigger"] == "CRITICAL"
+    assert out[2].propensity == 1.0
+
+
+def test_a_node_heating_past_85_gets_a_lighter_arm_before_the_epoch_ends():
+    agent = RliAgent(ARMS, RliConfig(epoch_s=60))
+    state = agent.new_state("edge-1")
+    first = agent.decide(state, sample(ts_ms=0, temp=70.0, power=300.0))
+    served = first.arm
+    temps = [72.0, 76.0, 80.0, 84.0, 86.0, 87.0]
+    out = [agent.decide(state, sample(ts_ms=1000 * (i + 1), temp=t, power=300.0, variant=served.variant,
+                                      precision=served.precision)) for i, t in enumerate(temps)]
+    early = next(d for d in out if d is not None)
+    assert early.ts_ms < 60_000
+    assert agent.featurizer.cost[early.arm_index] < agent.featurizer.cost[agent.arms.index(early.context.current)] \
+        or early.arm.fallback
+
+
+def test_commands_carry_the_propensity_and_reward_follows_the_decision():
+    agent = RliAgent(ARMS, RliConfig(epoch_s=5, seed=3))
+    state = agent.new_state("edge-1")
+    decisions = [agent.decide(state, sample(ts_ms=1000 * i)) for i in range(31)]
+    made = [d for d in decisions if d is not None]
+    assert len(made) == 7
+    assert all(0 < d.propensity <= 1 for d in made)
+    assert all(d.previous_reward is not None for d in made[1:])
+    for d in made:
+        if d.command is not None:
+            assert d.command["propensity"] == pytest.approx(d.propensity, abs=1e-6)
+            assert d.command["arm"] == d.arm.name
+
+
+def test_agent_state_survives_a_snapshot_and_decides_the_same_afterwards():
+    agent = RliAgent(ARMS, RliConfig(epoch_s=3, seed=5))
+    state = agent.new_state("edge-1")
+    for i in range(20):
+        agent.decide(state, sample(ts_ms=1000 * i, temp=70 + i * 0.3))
+    restored = pickle.loads(pickle.dumps(state))
+    later = [sample(ts_ms=1000 * i, temp=75 + (i % 5)) for i in range(20, 40)]
+    a = [agent.decide(state, s) for s in later]
+    b = [agent.decide(restored, s) for s in later]
+    assert [(d.arm_index, d.propensity) for d in a if d] == [(d.arm_index, d.propensity) for d in b if d]
+
+
+def test_agent_state_of_a_newer_release_is_refused():
+    state = RliAgent(ARMS).new_state("edge-1")
+    data = {**state.__dict__, "version": AgentState.STATE_VERSION + 1}
+    with pytest.raises(StateVersionError, match="AgentState snapshot"):
+        AgentState.__new__(AgentState).__setstate__(data)
+
+
+def test_laplace_noise_has_the_scale_its_epsilon_implies():
+    rng = random.Random(11)
+    for epsilon, count in ((1.0, 1), (0.5, 10), (2.0, 4)):
+        mech = LaplaceMechanism(epsilon, low=-1.0, high=1.0)
+        b = mech.scale(count)
+        assert b == pytest.approx(2.0 / count / epsilon)
+        draws = [mech.release_mean([0.3] * count, rng) - 0.3 for _ in range(20000)]
+        # Laplace(b): mean |x| = b, standard deviation sqrt(2) b
+        assert statistics.fmean(abs(x) for x in draws) == pytest.approx(b, rel=0.05)
+        assert statistics.pstdev(draws) == pytest.approx(math.sqrt(2) * b, rel=0.05)
+    assert LaplaceMechanism(1.0).clip(5.0) == 1.0
+
+
+def test_the_privacy_budget_stops_sharing_when_spent():
+    cfg = SharingConfig(epsilon=1.0, batch=2, budget=3.0)
+    sharer = ExperienceSharer("edge-1", "g0", cfg, random.Random(1))
+    released = [sharer.record((0, 1, 0, 0), "cnn/fp32/b8", 0.5, ts_ms=i) for i in range(20)]
+    out = [r for r in released if r is not None]
+    assert len(out) == 3 and sharer.budget.exhausted and sharer.budget.spent == pytest.approx(3.0)
+    assert all(r["noise_scale"] == pytest.approx(0.5) and r["count"] == 2 for r in out)  # range 1 / 2 / ε
+    no_dp = ExperienceSharer("edge-1", "g0", SharingConfig(batch=1), random.Random(1))
+    assert all(no_dp.record((0, 0, 0, 0), "cnn/fp32/b8", 0.5, i)["noise_scale"] == 0.0 for i in range(5))
+    assert PrivacyBudget(1.0).spend(1.5) is False
+
+
+def test_experience_records_round_trip_through_the_avro_codec():
+    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(epsilon=1.0, batch=1), random.Random(2))
+    record = sharer.record((2, 1, 1, 0), "snn/int8/b1/fallback", 0.25, ts_ms=1234)
+    codec = Codec()
+    decoded = codec.decode(codec.encode("Experience", record))
+    assert decoded.schema_name == "Experience" and decoded.record == record
+
+
+def test_experience_travels_ttl_hops_inside_its_group_only():
+    nodes = [f"n{i}" for i in range(60)]
+    net = PeerNetwork(nodes, group_size=30, degree=2, ttl=3, seed=4)
+    exp = {"experience_id": "x", "origin_node": "n0", "group": net.group_of["n0"], "ttl": 3, "hops": 0}
+    reached = net.deliver(exp)
+    assert all(net.group_of[n] == net.group_of["n0"] for n, _ in reached)
+    assert max(h for _, h in reached) <= 3 and len({n for n, _ in reached}) == len(reached)
+    assert len(reached) <= 2 + 4 + 8
+    one_hop = net.deliver({**exp, "ttl": 1})
+    assert sorted(n for n, _ in one_hop) == sorted(net.neighbours["n0"])
+
+
+def test_noisy_experience_weighs_less_than_clean_experience():
+    agent = RliAgent(ARMS)
+    state = agent.new_state("edge-2")
+    d = agent.decide(state, sample(node="edge-2"))
+    clean = {"temp_level": 0, "load_level": 1, "power_capped": 0, "congested": 0, "arm": "cnn/fp32/b8",
+             "reward": 0.8, "count": 1, "noise_scale": 0.0}
+    w_clean = absorb(agent, state, clean, 1, d.context, SharingConfig())
+    w_noisy = absorb(agent, state, {**clean, "noise_scale": 2.0}, 1, d.context, SharingConfig())
+    w_far = absorb(agent, state, {**clean, "temp_level": 2, "load_level": 2, "congested": 1}, 1, d.context,
+                   SharingConfig())
+    w_hops = absorb(agent, state, clean, 3, d.context, SharingConfig())
+    assert w_clean > w_hops > 0 and w_clean > w_far and w_noisy < 0.01 * w_clean
+    assert absorb(agent, state, {**clean, "arm": "bert/fp32/b8"}, 1, d.context, SharingConfig()) == 0.0
+
+
+def test_inverse_propensity_and_doubly_robust_estimates_are_unbiased_under_a_random_logger():
+    rng = np.random.default_rng(5)
+    means = np.array([0.2, 0.6, 0.4])
+    logs = []
+    for _ in range(6000):
+        x = rng.uniform(0, 1)
+        phi = np.zeros((3, 6))
+        for a in range(3):
+            phi[a, 2 * a], phi[a, 2 * a + 1] = 1.0, x
+        p = np.array([0.6, 0.2, 0.2])
+        a = int(rng.choice(3, p=p))
+        logs.append(LoggedDecision(phi, np.ones(3, bool), a, float(p[a]), means[a] + 0.3 * x + rng.normal(0, 0.1)))
+    candidate = lambda d: 1 if d.phi[0, 1] < 0.5 else 2      # noqa: E731
+    truth = 0.5 * 0.6 + 0.5 * 0.4 + 0.3 * 0.5
+    assert ips(logs, candidate) == pytest.approx(truth, abs=0.03)
+    assert doubly_robust(logs, candidate) == pytest.approx(truth, abs=0.01)
+
+
+def test_on_the_simulated_fleet_the_agent_stays_below_90_and_beats_the_static_transformer():
+    specs = fleet_specs(seed=5, nodes=2, duration_s=1800)
+    agent = RliAgent(ARMS, RliConfig(seed=5))
+    learned, static = [HeteroNode(s, ARMS) for s in specs], [HeteroNode(s, ARMS) for s in specs]
+    states = [agent.new_state(s.node_id) for s in specs]
+    rewards = []
+    for _ in range(1800):
+        for n, node in enumerate(learned):
+            d = agent.decide(states[n], node.step())
+            if d is not None:
+                if d.command:
+                    node.apply(d.command)
+                if d.previous_reward is not None:
+                    rewards.append(d.previous_reward)
+        for node in static:
+            node.step()
+    assert all(nd.seconds_above[90.0] == 0 for nd in learned)
+    assert sum(nd.seconds_above[85.0] for nd in learned) <= sum(nd.seconds_above[85.0] for nd in static)
+    served = sum(nd.served_total for nd in learned) / sum(nd.energy_j for nd in learned)
+    assert served > sum(nd.served_total for nd in static) / sum(nd.energy_j for nd in static)
+    assert statistics.fmean(rewards[-50:]) > statistics.fmean(rewards[:20]) - 0.05
