@@ -48,6 +48,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from bisect import bisect_right
+
+from fingerprint.handover import attribute_handovers
+from fingerprint.lineage import declares_lineage, proven_pairs
 from fingerprint.runs import Run
 from fingerprint.stats import RunningStats, describe
 
@@ -55,6 +59,8 @@ from fingerprint.stats import RunningStats, describe
 CONCURRENCY_THRESHOLD = 0.5
 #: Pairs co-occurring in less than this share of the rarer task's runs are exclusive.
 EXCLUSIVE_THRESHOLD = 0.1
+#: A timing edge must explain at least this many of its target's starts (expected hand-overs).
+MIN_HANDOVERS = 0.5
 
 
 @dataclass
@@ -90,6 +96,10 @@ class TaskEdge:
     join_share: float             # share of target executions that source fed
     delay_ms: float | None        # mean gap from source finish to target start
     transfer_bytes: float | None  # mean data_size_bytes written by the source on this edge
+    evidence: str = "handover"    # lineage: proven by artifacts; handover or join: inferred from timing
+    confidence: float = 1.0       # lineage 1; handover: share of the target's starts the source's finish
+                                  # explains; join: how clearly the source runs beside the target's trigger
+    artifacts: int = 0            # distinct artifacts the source wrote and the target read (lineage)
 
 
 @dataclass
@@ -121,9 +131,9 @@ class TaskDag:
         runs = list(runs)
         instances = [_activity_instances(r) for r in runs]
         stats = _NodeStats()
-        for run, inst in zip(runs, instances):
+        for run, (inst, _) in zip(runs, instances):
             stats.add_run(run, inst)
-        pairs = _pair_relations(instances)
+        pairs = _pair_relations([inst for inst, _ in instances])
         concurrent: dict[frozenset, float] = {}
         exclusive: set[frozenset] = set()
         for key, (cooc, overlap, ab, ba) in pairs.items():
@@ -141,11 +151,16 @@ class TaskDag:
                 if rarer and cooc / rarer < EXCLUSIVE_THRESHOLD:
                     exclusive.add(key)
 
+        ordered_both_ways = {k for k, (_, _, ab, ba) in pairs.items()
+                             if ab and ba and 2 * min(ab, ba) / (ab + ba) >= CONCURRENCY_THRESHOLD}
+        offsets = {name: stat.mean or 0.0 for name, stat in stats.offsets.items()}
+        sources = _edge_sources(runs, ordered_both_ways)
+        _add_join_edges(sources, pairs, concurrent, offsets)
         edge_count: dict[tuple[str, str], int] = {}
         edge_delay: dict[tuple[str, str], RunningStats] = {}
         edge_bytes: dict[tuple[str, str], RunningStats] = {}
-        for inst in instances:
-            for (x, y) in _direct_pairs(inst, concurrent):
+        for run, (inst, of_execution) in zip(runs, instances):
+            for (x, y) in _handed_over(run, inst, of_execution, sources):
                 key = (x.task, y.task)
                 edge_count[key] = edge_count.get(key, 0) + 1
                 edge_delay.setdefault(key, RunningStats()).add(y.start - x.finish)
@@ -159,8 +174,10 @@ class TaskDag:
             if p < min_probability:
                 continue
             tb = edge_bytes.get((a, b))
+            evidence, confidence, artifacts = sources.evidence[(a, b)]
             edges.append(TaskEdge(a, b, "sequence", n, p, n / stats.instances[b],
-                                  edge_delay[(a, b)].mean, tb.mean if tb else None))
+                                  edge_delay[(a, b)].mean, tb.mean if tb else None,
+                                  evidence, confidence, artifacts))
         _classify(nodes, edges, concurrent, exclusive)
         order = {name: (node.offset_ms, name) for name, node in nodes.items()}
         edges.sort(key=lambda e: (order[e.source], order[e.target]))
@@ -252,17 +269,17 @@ class _Instance:
     out_bytes: int | None
 
 
-def _activity_instances(run: Run) -> list[_Instance]:
+def _activity_instances(run: Run) -> tuple[list[_Instance], list[_Instance]]:
+    """The run's activity instances sorted by start, and the instance each execution belongs to."""
     by_task: dict[str, list] = {}
-    for e in run.executions:
-        # an execution still running when the run was evicted counts as an instant
-        finish = e.finish_ms if e.finish_ms is not None else e.start_ms
-        by_task.setdefault(e.task, []).append((e.start_ms, finish, e.out_bytes))
+    for n, e in enumerate(run.executions):
+        by_task.setdefault(e.task, []).append((e.start_ms, _finish(e), e.out_bytes, n))
     out = []
+    of_execution: list[_Instance] = [None] * len(run.executions)
     for task, spans in by_task.items():
         spans.sort()
         cur = None
-        for s, f, ob in spans:
+        for s, f, ob, n in spans:
             if cur is not None and s < cur.finish:  # overlaps the batch so far: same instance
                 cur.finish = max(cur.finish, f)
                 cur.width += 1
@@ -271,8 +288,104 @@ def _activity_instances(run: Run) -> list[_Instance]:
             else:
                 cur = _Instance(task, s, f, 1, ob)
                 out.append(cur)
+            of_execution[n] = cur
     out.sort(key=lambda i: (i.start, i.finish, i.task))
-    return out
+    return out, of_execution
+
+
+def _finish(e) -> int:
+    # an execution still running when the run was evicted counts as an instant
+    return e.finish_ms if e.finish_ms is not None else e.start_ms
+
+
+@dataclass
+class _EdgeSources:
+    """Per target task, its source tasks and how each edge is known: (evidence, confidence, artifacts)."""
+
+    of_target: dict[str, set[str]]
+    evidence: dict[tuple[str, str], tuple[str, float, int]]
+
+
+def _edge_sources(runs: list[Run], ordered_both_ways: set[frozenset]) -> _EdgeSources:
+    """Which task pairs are edges: proven by lineage where the target declares it, else by hand-over timing."""
+    with_lineage: set[str] = set()
+    artifacts: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        ex = run.executions
+        with_lineage.update(e.task for e in ex if declares_lineage(e))
+        for i, j, artifact in proven_pairs(ex):
+            artifacts.setdefault((ex[i].task, ex[j].task), set()).add(artifact)
+    evidence = {k: ("lineage", 1.0, len(v)) for k, v in artifacts.items() if k[1] in with_lineage}
+    timed = {e.task for run in runs for e in run.executions} - with_lineage
+    if timed:
+        spans = [[(e.task, e.start_ms, _finish(e)) for e in run.executions] for run in runs]
+        handovers = attribute_handovers(spans, ordered_both_ways, timed)
+        for (a, b), h in handovers.handovers.items():
+            if h >= MIN_HANDOVERS:
+                evidence[(a, b)] = ("handover", round(handovers.confidence(a, b), 4), 0)
+    of_target: dict[str, set[str]] = {}
+    for a, b in evidence:
+        of_target.setdefault(b, set()).add(a)
+    return _EdgeSources(of_target, evidence)
+
+
+def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, float],
+                    offsets: dict[str, float]) -> None:
+    """A join's other inputs: tasks whose finish hands over to nothing but that always precede a join.
+
+    At a join only the last input to finish triggers the start, so an input that
+    is always faster than a concurrent sibling never shows as a hand-over. A task
+    ``z`` with no outgoing edge that runs concurrently with a source ``x`` of a
+    timing edge ``x -> y`` and finished before ``y`` started in every run with
+    both, feeds the earliest such ``y``.
+    """
+    has_out = {a for a, _ in sources.evidence}
+    for z in sorted({n for key in concurrent for n in key} - has_out):
+        joins = []
+        for y, srcs in sources.of_target.items():
+            if y == z or z in srcs:
+                continue
+            rel = pairs.get(frozenset((z, y)))
+            if rel is None or (rel[2] if z < y else rel[3]) != rel[0]:
+                continue  # not before y in every run where both ran
+            score = max((concurrent.get(frozenset((z, x)), 0.0) for x in srcs
+                         if sources.evidence[(x, y)][0] != "lineage"), default=0.0)
+            if score >= CONCURRENCY_THRESHOLD:
+                joins.append((offsets.get(y, 0.0), y, score))
+        if joins:
+            _, y, score = min(joins)
+            sources.evidence[(z, y)] = ("join", round(score, 4), 0)
+            sources.of_target[y].add(z)
+
+
+def _handed_over(run: Run, inst: list[_Instance], of_execution: list[_Instance], sources: _EdgeSources):
+    """Distinct (source instance, target instance) pairs of this run along the known edges.
+
+    A target execution is fed by lineage where it declares it, else by the latest
+    execution of each source task that finished before it started.
+    """
+    ex = run.executions
+    finishes: dict[str, list[tuple[int, int]]] = {}
+    for n, e in enumerate(ex):
+        finishes.setdefault(e.task, []).append((_finish(e), n))
+    for f in finishes.values():
+        f.sort()
+    seen: set[tuple[int, int]] = set()
+    proven = {(i, j) for i, j, _ in proven_pairs(ex)} if any(e.inputs for e in ex) else set()
+    for j, e in enumerate(ex):
+        y = of_execution[j]
+        for source in sources.of_target.get(e.task, ()):
+            if sources.evidence[(source, e.task)][0] == "lineage":
+                feeders = [n for _, n in finishes.get(source, ()) if (n, j) in proven]
+            else:
+                done = finishes.get(source, ())
+                k = bisect_right(done, (e.start_ms, len(ex))) - 1
+                feeders = [done[k][1]] if k >= 0 else []
+            for i in feeders:
+                x = of_execution[i]
+                if x is not y and (id(x), id(y)) not in seen:
+                    seen.add((id(x), id(y)))
+                    yield x, y
 
 
 def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[int, int, int, int]]:
@@ -307,30 +420,6 @@ def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[i
                 elif b_first and not a_first:
                     r[3] += 1
     return {k: tuple(v) for k, v in rel.items()}
-
-
-def _direct_pairs(inst: list[_Instance], concurrent: dict[frozenset, float]):
-    """(x, y) instance pairs where x directly precedes y in this run (see the module docstring).
-
-    ``inst`` is sorted by start; an instant that touches another (finish ==
-    start) precedes it, and instants at the same time follow list order.
-    """
-
-    def conc(a: str, b: str) -> bool:
-        return a != b and frozenset((a, b)) in concurrent
-
-    def precedes(i: int, j: int) -> bool:
-        fi, sj = inst[i].finish, inst[j].start
-        return fi < sj or (fi == sj and i < j)
-
-    for iy, y in enumerate(inst):
-        before = [ix for ix in range(len(inst))
-                  if ix != iy and precedes(ix, iy) and not conc(inst[ix].task, y.task)]
-        for ix in before:
-            x = inst[ix]
-            # x is direct unless some z, ordered with both, lies wholly between x and y
-            if not any(iz != ix and precedes(ix, iz) and not conc(inst[iz].task, x.task) for iz in before):
-                yield x, y
 
 
 class _NodeStats:
