@@ -53,6 +53,7 @@ from bisect import bisect_right
 from fingerprint.handover import attribute_handovers
 from fingerprint.lineage import declares_lineage, proven_pairs
 from fingerprint.runs import Run
+from fingerprint.signals import START
 from fingerprint.stats import RunningStats, describe
 
 #: Pairs scoring at least this are concurrent (see `TaskDag.reconstruct`).
@@ -155,15 +156,16 @@ class TaskDag:
                              if ab and ba and 2 * min(ab, ba) / (ab + ba) >= CONCURRENCY_THRESHOLD}
         offsets = {name: stat.mean or 0.0 for name, stat in stats.offsets.items()}
         sources = _edge_sources(runs, ordered_both_ways)
-        _add_join_edges(sources, pairs, concurrent, offsets)
+        once = {name for name, k in stats.runs_with.items() if stats.offsets[name].count == k}
+        _add_join_edges(sources, pairs, concurrent, offsets, once, runs)
         edge_count: dict[tuple[str, str], int] = {}
         edge_delay: dict[tuple[str, str], RunningStats] = {}
         edge_bytes: dict[tuple[str, str], RunningStats] = {}
         for run, (inst, of_execution) in zip(runs, instances):
-            for (x, y) in _handed_over(run, inst, of_execution, sources):
+            for (x, y, gap) in _handed_over(run, inst, of_execution, sources):
                 key = (x.task, y.task)
                 edge_count[key] = edge_count.get(key, 0) + 1
-                edge_delay.setdefault(key, RunningStats()).add(y.start - x.finish)
+                edge_delay.setdefault(key, RunningStats()).add(gap)
                 if x.out_bytes is not None:
                     edge_bytes.setdefault(key, RunningStats()).add(x.out_bytes)
 
@@ -304,6 +306,12 @@ class _EdgeSources:
 
     of_target: dict[str, set[str]]
     evidence: dict[tuple[str, str], tuple[str, float, int]]
+    roots: set[str]  # tasks the run's beginning hands over to
+
+    def triggers(self, task: str) -> set[str]:
+        """Sources of ``task``'s hand-overs, with `START` for a task that starts runs."""
+        found = {a for a in self.of_target.get(task, ()) if self.evidence[(a, task)][0] == "handover"}
+        return found | {START} if task in self.roots else found
 
 
 def _edge_sources(runs: list[Run], ordered_both_ways: set[frozenset]) -> _EdgeSources:
@@ -317,40 +325,53 @@ def _edge_sources(runs: list[Run], ordered_both_ways: set[frozenset]) -> _EdgeSo
             artifacts.setdefault((ex[i].task, ex[j].task), set()).add(artifact)
     evidence = {k: ("lineage", 1.0, len(v)) for k, v in artifacts.items() if k[1] in with_lineage}
     timed = {e.task for run in runs for e in run.executions} - with_lineage
+    roots: set[str] = set()
     if timed:
-        spans = [[(e.task, e.start_ms, _finish(e)) for e in run.executions] for run in runs]
+        # the run's beginning hands over too: to the tasks that start it (a pseudo-task finishing then)
+        spans = [[(START, run.first_ms, run.first_ms), *((e.task, e.start_ms, _finish(e)) for e in run.executions)]
+                 for run in runs]
         handovers = attribute_handovers(spans, ordered_both_ways, timed)
         for (a, b), h in handovers.handovers.items():
             if h >= MIN_HANDOVERS:
-                evidence[(a, b)] = ("handover", round(handovers.confidence(a, b), 4), 0)
+                if a == START:
+                    roots.add(b)
+                else:
+                    evidence[(a, b)] = ("handover", round(handovers.confidence(a, b), 4), 0)
     of_target: dict[str, set[str]] = {}
     for a, b in evidence:
         of_target.setdefault(b, set()).add(a)
-    return _EdgeSources(of_target, evidence)
+    return _EdgeSources(of_target, evidence, roots)
 
 
 def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, float],
-                    offsets: dict[str, float]) -> None:
+                    offsets: dict[str, float], once: set[str], runs: list[Run]) -> None:
     """A join's other inputs: tasks whose finish hands over to nothing but that always precede a join.
 
     At a join only the last input to finish triggers the start, so an input that
     is always faster than a concurrent sibling never shows as a hand-over. A task
     ``z`` with no outgoing edge that runs concurrently with a source ``x`` of a
-    timing edge ``x -> y`` and finished before ``y`` started in every run with
-    both, feeds the earliest such ``y``.
+    timing edge ``x -> y``, shares a trigger with ``x`` (the two are branches of
+    one fork) and finished before ``y`` started in every run with
+    both, with no other task starting in between, feeds the earliest such ``y``
+    (a sink that merely finished early has other starts after it). Only tasks that run ``once`` per run
+    count: concurrency between many parallel instances of two tasks (one per
+    sample, say) says nothing about their siblinghood, and on real workflows the
+    rule then adds far more wrong edges than right ones.
     """
     has_out = {a for a, _ in sources.evidence}
-    for z in sorted({n for key in concurrent for n in key} - has_out):
+    for z in sorted(({n for key in concurrent for n in key} & once) - has_out):
         joins = []
         for y, srcs in sources.of_target.items():
-            if y == z or z in srcs:
+            if y == z or z in srcs or y not in once:
                 continue
             rel = pairs.get(frozenset((z, y)))
             if rel is None or (rel[2] if z < y else rel[3]) != rel[0]:
                 continue  # not before y in every run where both ran
+            forked = sources.triggers(z)  # z and x must be branches of one fork: a common trigger
             score = max((concurrent.get(frozenset((z, x)), 0.0) for x in srcs
-                         if sources.evidence[(x, y)][0] != "lineage"), default=0.0)
-            if score >= CONCURRENCY_THRESHOLD:
+                         if x in once and sources.evidence[(x, y)][0] != "lineage"
+                         and forked & sources.triggers(x)), default=0.0)
+            if score >= CONCURRENCY_THRESHOLD and _next_to_start(z, y, runs):
                 joins.append((offsets.get(y, 0.0), y, score))
         if joins:
             _, y, score = min(joins)
@@ -358,8 +379,20 @@ def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, fl
             sources.of_target[y].add(z)
 
 
+def _next_to_start(z: str, y: str, runs: list[Run]) -> bool:
+    """Whether in every run with both, ``y`` is the first task to start after ``z`` finished."""
+    for run in runs:
+        done = next((_finish(e) for e in run.executions if e.task == z), None)
+        start = next((e.start_ms for e in run.executions if e.task == y), None)
+        if done is None or start is None:
+            continue
+        if any(done <= e.start_ms < start and e.task not in (z, y) for e in run.executions):
+            return False
+    return True
+
+
 def _handed_over(run: Run, inst: list[_Instance], of_execution: list[_Instance], sources: _EdgeSources):
-    """Distinct (source instance, target instance) pairs of this run along the known edges.
+    """Distinct (source instance, target instance, hand-over gap) of this run along the known edges.
 
     A target execution is fed by lineage where it declares it, else by the latest
     execution of each source task that finished before it started.
@@ -385,7 +418,7 @@ def _handed_over(run: Run, inst: list[_Instance], of_execution: list[_Instance],
                 x = of_execution[i]
                 if x is not y and (id(x), id(y)) not in seen:
                     seen.add((id(x), id(y)))
-                    yield x, y
+                    yield x, y, e.start_ms - _finish(ex[i])
 
 
 def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[int, int, int, int]]:
