@@ -211,7 +211,7 @@ class TaskDag:
             lines.append(f'  "{_esc(node.name)}" [label="{_esc_label(label)}"];')
         style = {"sequence": "solid", "parallel": "bold", "choice": "dashed"}
         for e in self.edges:
-            label = f"{e.kind} p={e.probability:.2f}"
+            label = f"{e.kind} p={e.probability:.2f}\\n{_evidence(e)}"
             if e.delay_ms is not None:
                 label += f"\\n+{_ms(e.delay_ms)}"
             if e.transfer_bytes is not None:
@@ -247,6 +247,7 @@ class TaskDag:
                 line += f"  hand-over {_ms(e.delay_ms)}"
             if e.transfer_bytes is not None:
                 line += f"  moves {_bytes(e.transfer_bytes)}"
+            line += f"  [{_evidence(e)}]"
             out.append(line)
         starts = [f"{n.name} {n.start_share:.0%}" for n in self.nodes.values() if n.start_share > 0]
         ends = [f"{n.name} {n.end_share:.0%}" for n in self.nodes.values() if n.end_share > 0]
@@ -551,6 +552,12 @@ def _classify(nodes: dict[str, TaskNode], edges: list[TaskEdge], concurrent, exc
             e.kind = "choice"
         else:
             e.kind = "sequence"
+
+
+def _evidence(e: TaskEdge) -> str:
+    if e.evidence == "lineage":
+        return f"lineage: {e.artifacts} artifact{'s' if e.artifacts != 1 else ''}"
+    return f"{e.evidence} {e.confidence:.2f}"
 
 
 def _ms(x: float | None) -> str:
