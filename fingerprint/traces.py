@@ -310,11 +310,15 @@ def read_wfcommons(source: str | Path | dict, *, workflow_id: str | None = None,
             start = ready + (int(rng.uniform(0.0, dispatch_ms)) if dispatch_ms > 0 else 0)
             runtime = task["runtime"] * (math.exp(rng.gauss(0.0, jitter)) if jitter > 0 else 1.0)
             finish[tid] = start + max(int(round(runtime * 1000 / speed)), 0)
-            files = (list(task["inputs"]), list(task["outputs"])) if lineage else (None, None)
+            files = ((_copy(task["inputs"]), _copy(task["outputs"])) if lineage else (None, None))
             executions.append((task["category"], start, finish[tid], "SUCCESS", task["resources"],
                                task["in_bytes"], task["out_bytes"], *files))
         yield from run_signals(workflow_id, f"run-{r}", executions, t0_ms=t, node_id=node_id)
         t += max(finish.values(), default=0) + gap_ms
+
+
+def _copy(files: list[str] | None) -> list[str] | None:
+    return None if files is None else list(files)
 
 
 def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
@@ -331,14 +335,16 @@ def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
             ex = executed.get(t["id"], {})
             res = {k: float(ex[src]) for k, src in (("cores", "coreCount"), ("memory_bytes", "memoryInBytes"))
                    if isinstance(ex.get(src), (int, float))}
-            inputs, outputs = list(t.get("inputFiles", [])), list(t.get("outputFiles", []))
+            inputs, outputs = list(t.get("inputFiles") or []), list(t.get("outputFiles") or [])
             out[t["id"]] = {"category": _WFCOMMONS_ID.sub("", str(t.get("name", t["id"]))),
                             "parents": list(t.get("parents", [])),
                             "runtime": float(ex.get("runtimeInSeconds", 0.0)),
                             "resources": res or None,
                             "in_bytes": sum(sizes.get(f, 0) for f in inputs),
                             "out_bytes": sum(sizes.get(f, 0) for f in outputs),
-                            "inputs": inputs, "outputs": outputs}
+                            # a task without file lists declares no lineage (not "reads nothing")
+                            "inputs": inputs if "inputFiles" in t else None,
+                            "outputs": outputs if "outputFiles" in t else None}
     else:  # 1.3 and earlier: workflow.tasks (or .jobs) with runtime, parents by name, inline files
         items = wf.get("tasks", wf.get("jobs"))
         if not isinstance(items, list):
@@ -357,8 +363,10 @@ def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
                         "resources": res or None,
                         "in_bytes": sum(size(f) for f in files if f.get("link") == "input"),
                         "out_bytes": sum(size(f) for f in files if f.get("link") == "output"),
-                        "inputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "input"],
-                        "outputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "output"]}
+                        "inputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "input"]
+                        if "files" in t else None,
+                        "outputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "output"]
+                        if "files" in t else None}
         by_name = {t["name"]: (t.get("id") or t["name"]) for t in items}
         for task in out.values():  # 1.3 parents are names; map them to ids
             task["parents"] = [by_name.get(p, p) for p in task["parents"]]
