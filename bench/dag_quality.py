@@ -14,8 +14,10 @@ before it (the nearest-finish rule with no cross-run evidence).
 
 Prints per instance and overall figures, the F1 of two halves of the instances
 (alternate files) to show the settings are not fitted to some of them, and
-signals/s of learning plus reconstruction; the last line of stdout is one JSON
-object. The instances are WfInstances (https://github.com/wfcommons/WfInstances,
+signals/s of learning plus reconstruction, and the cost per signal on the
+largest instance streamed through a rolling window (the DAG refreshed once per
+window's worth of runs, the state's size at the end); the last line of stdout is
+one JSON object. The instances are WfInstances (https://github.com/wfcommons/WfInstances,
 LGPL-3.0): copy some ``*.json`` files there into DIR when it is missing.
 
     .venv/bin/python bench/dag_quality.py [DIR] [--runs 3] [--seed 0]
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import pickle
 import re
 import sys
 import time
@@ -34,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fingerprint.temporal import Fingerprint  # noqa: E402
+from fingerprint.temporal import Fingerprint, Window  # noqa: E402
 from fingerprint.traces import read_wfcommons  # noqa: E402
 
 _ID = re.compile(r"_ID\d+$")
@@ -97,6 +100,38 @@ def reconstruct(path: Path, args, lineage: bool) -> tuple[Fingerprint, set, int,
     return fp, edges, len(signals), t1 - t0, t2 - t1
 
 
+def streaming(path: Path, args) -> dict:
+    """The largest instance through one fingerprint with a rolling window, the DAG refreshed as runs close.
+
+    ``--stream-runs`` replays pass through a window of ``--window`` runs: what the
+    workflow flow holds per workflow. Returns µs per signal of learning and of
+    the periodic reconstruction, and what the window holds at the end.
+    """
+    signals = list(read_wfcommons(path, workflow_id="wf", runs=args.stream_runs, jitter=args.jitter,
+                                  dispatch_ms=args.dispatch_ms, seed=args.seed, lineage=False))
+    fp = Fingerprint("wf", window=Window(runs=args.window))
+    learn = rebuild = 0.0
+    rebuilds = peak = 0
+    for s in signals:
+        t0 = time.perf_counter()
+        fp.learn_one(s)
+        t1 = time.perf_counter()
+        learn += t1 - t0
+        if s["run_ended"]:
+            peak = max(peak, fp.window_executions)
+            if len(fp.runs) % args.window == 0:  # refresh the DAG once per window's worth of runs
+                fp.dag()
+                rebuild += time.perf_counter() - t1
+                rebuilds += 1
+    tasks = len({s["task"] for s in signals})
+    return {"instance": path.name, "tasks_per_run": len(signals) // (2 * args.stream_runs), "task_names": tasks,
+            "signals": len(signals), "window_runs": args.window, "runs_held": len(fp.runs),
+            "executions_held_peak": peak, "state_bytes": len(pickle.dumps(fp)),
+            "learn_us_per_signal": round(1e6 * learn / len(signals), 2),
+            "dag_ms_per_rebuild": round(1e3 * rebuild / rebuilds, 1) if rebuilds else None,
+            "dag_us_per_signal": round(1e6 * rebuild / len(signals), 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +142,9 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=0.1, help="lognormal runtime jitter (default 0.1, as the CLI)")
     ap.add_argument("--dispatch-ms", type=float, default=1000.0,
                     help="dispatch delay drawn from [0, this) ms per task (default 1000, as the CLI)")
+    ap.add_argument("--stream-runs", type=int, default=60,
+                    help="replays of the largest instance for the rolling-window measurement (default 60)")
+    ap.add_argument("--window", type=int, default=20, help="window of that measurement, in runs (default 20)")
     args = ap.parse_args()
     files = sorted(Path(args.dir).rglob("*.json"))
     if not files:
@@ -143,6 +181,15 @@ def main() -> None:
     print(f"{int(signals)} timing-only signals: learn {1e6 * learn_s / signals:.1f} µs/signal, "
           f"reconstruct {1e6 * dag_s / signals:.1f} µs/signal (once per window), {rate:,.0f} signals/s together "
           "(machine shared with other jobs: noisy)")
+    largest = max(files, key=lambda f: f.stat().st_size)
+    print(f"rolling window: {largest.name} replayed {args.stream_runs} times through a {args.window}-run window",
+          file=sys.stderr, flush=True)
+    stream = streaming(largest, args)
+    print(f"rolling window on {stream['instance']} ({stream['tasks_per_run']} tasks/run): learn "
+          f"{stream['learn_us_per_signal']} µs/signal; DAG rebuilt once per {args.window} runs in "
+          f"{stream['dag_ms_per_rebuild']} ms = {stream['dag_us_per_signal']} µs/signal; window holds "
+          f"{stream['runs_held']} runs, at most {stream['executions_held_peak']} executions, "
+          f"{stream['state_bytes']:,} bytes pickled")
     result = {"edge_precision": round(overall["lineage"]["precision"], 4),
               "edge_recall": round(overall["lineage"]["recall"], 4), "edge_f1": round(overall["lineage"]["f1"], 4),
               "edge_precision_timing_only": round(overall["timing"]["precision"], 4),
@@ -153,7 +200,7 @@ def main() -> None:
               "timing_f1_halves": [round(h, 4) for h in halves], "instances": len(rows), "runs": args.runs,
               "seed": args.seed, "signals": int(signals), "signals_per_s": round(rate),
               "learn_us_per_signal": round(1e6 * learn_s / signals, 2),
-              "reconstruct_us_per_signal": round(1e6 * dag_s / signals, 2),
+              "reconstruct_us_per_signal": round(1e6 * dag_s / signals, 2), "rolling_window": stream,
               "per_instance": [{"file": r["file"], **{k: {m: (round(v, 4) if isinstance(v, float) else v)
                                                          for m, v in r[k].items()}
                                                      for k in ("lineage", "timing")}} for r in rows]}

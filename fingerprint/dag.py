@@ -434,17 +434,18 @@ def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[i
         for i in inst:
             spans.setdefault(i.task, []).append(i)
         names = sorted(spans)
+        bounds = {t: (min(i.start for i in s), max(i.finish for i in s)) for t, s in spans.items()}
         for x, a in enumerate(names):
+            a_start, a_finish = bounds[a]
             for b in names[x + 1:]:
-                overlap = a_first = b_first = False
-                for i in spans[a]:
-                    for j in spans[b]:
-                        if i.start < j.finish and j.start < i.finish:
-                            overlap = True
-                        elif i.finish < j.start or (i.finish == j.start and (i.start, i.task) <= (j.start, j.task)):
-                            a_first = True
-                        else:
-                            b_first = True
+                b_start, b_finish = bounds[b]
+                # all of one strictly before all of the other: no pair needs looking at
+                if a_finish < b_start:
+                    overlap, a_first, b_first = False, True, False
+                elif b_finish < a_start:
+                    overlap, a_first, b_first = False, False, True
+                else:
+                    overlap, a_first, b_first = _interleaving(spans[a], spans[b])
                 r = rel.setdefault(frozenset((a, b)), [0, 0, 0, 0])
                 r[0] += 1
                 if overlap:
@@ -454,6 +455,20 @@ def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[i
                 elif b_first and not a_first:
                     r[3] += 1
     return {k: tuple(v) for k, v in rel.items()}
+
+
+def _interleaving(xs: list[_Instance], ys: list[_Instance]) -> tuple[bool, bool, bool]:
+    """Whether some x overlaps some y, some x precedes some y, some y precedes some x."""
+    overlap = a_first = b_first = False
+    for i in xs:
+        for j in ys:
+            if i.start < j.finish and j.start < i.finish:
+                overlap = True
+            elif i.finish < j.start or (i.finish == j.start and (i.start, i.task) <= (j.start, j.task)):
+                a_first = True
+            else:
+                b_first = True
+    return overlap, a_first, b_first
 
 
 class _NodeStats:

@@ -63,7 +63,7 @@ MAX_LOOKBACK = 256
 #: Background: the start was triggered by nothing in the window.
 BACKGROUND = None
 
-_EM_ROUNDS = 200
+_EM_ROUNDS = 500
 _EM_TOLERANCE = 1e-6
 
 
@@ -152,35 +152,46 @@ class _FinishIndex:
 def _mixture_weights(observations: Counter, starts: Counter, chance: float) -> dict[tuple[str, str], float]:
     """EM for ``pi[source, target]``; returns the expected hand-overs ``pi * starts[target]`` of real sources.
 
-    ``chance`` is the background's likelihood relative to a candidate's.
+    ``chance`` is the background's likelihood relative to a candidate's. The
+    weights of one target depend only on that target's starts, so each target's
+    mixture is fitted on its own and stops as soon as it has converged.
     """
-    pi: dict[tuple, float] = {}
-    for (task, candidates) in observations:
-        for c in (*candidates, BACKGROUND):
-            pi[(c, task)] = 1.0
+    by_target: dict[str, list[tuple[tuple[str, ...], int]]] = {}
+    for (task, candidates), n in observations.items():
+        by_target.setdefault(task, []).append((candidates, n))
+    out: dict[tuple[str, str], float] = {}
+    for task, rows in by_target.items():
+        for source, h in _fit_target(rows, starts[task], chance).items():
+            out[(source, task)] = h
+    return out
+
+
+def _fit_target(rows: list[tuple[tuple[str, ...], int]], n_starts: int, chance: float) -> dict[str, float]:
+    """Expected hand-overs per source of one target's starts (``rows``: candidate tuple, how many starts)."""
+    sources = sorted({c for candidates, _ in rows for c in candidates})
+    if not sources:
+        return {}
+    at = {c: i for i, c in enumerate(sources)}
+    background = len(sources)
+    pi = [1.0] * (len(sources) + 1)
+    rows_ix = [([at[c] for c in candidates], n) for candidates, n in rows]
     for _ in range(_EM_ROUNDS):
-        mass: dict[tuple, float] = dict.fromkeys(pi, 0.0)
-        for (task, candidates), n in observations.items():
-            background = (BACKGROUND, task)
-            if not candidates:
+        mass = [0.0] * len(pi)
+        for ix, n in rows_ix:
+            if not ix:
                 mass[background] += n
                 continue
-            keys = [(c, task) for c in candidates]
-            weights = [pi[k] for k in keys]
-            keys.append(background)
-            weights.append(pi[background] * chance)
-            total = sum(weights)
+            total = pi[background] * chance + sum(pi[i] for i in ix)
             if total <= 0.0:  # every candidate already ruled out: the start stays unexplained
                 mass[background] += n
                 continue
-            for k, w in zip(keys, weights):
-                mass[k] += n * w / total
-        change = 0.0
-        for k, m in mass.items():
-            new = m / starts[k[1]]
-            change = max(change, abs(new - pi[k]))
-            pi[k] = new
+            share = n / total
+            for i in ix:
+                mass[i] += pi[i] * share
+            mass[background] += pi[background] * chance * share
+        new = [m / n_starts for m in mass]
+        change = max(abs(a - b) for a, b in zip(new, pi))
+        pi = new
         if change < _EM_TOLERANCE:
             break
-    return {k: p * starts[k[1]] for k, p in pi.items() if k[0] is not BACKGROUND and p > 0.0}
-
+    return {c: pi[i] * n_starts for c, i in at.items() if pi[i] > 0.0}

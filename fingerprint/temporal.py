@@ -71,7 +71,7 @@ class Window:
 
     runs: int | None = 500
     ms: int | None = None
-    executions: int | None = 1_000_000  # task executions over all kept runs: bounds memory for huge runs
+    executions: int | None = 200_000  # task executions over all kept runs (~170 bytes each): bounds memory
 
     HARD_CAP = 10_000
 
