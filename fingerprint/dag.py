@@ -1,29 +1,42 @@
 """Reconstruct a workflow's task DAG from the timed executions of its runs.
 
-The relations are the interval versions of the classic process-mining ones:
+Which tasks depend on which is settled in this order:
 
-* two tasks are **concurrent** when, in runs that contain both, their
-  executions overlap in time, or they run in both orders about equally often
-  (a fork whose branches happen to execute one after the other). The score is
-  ``(overlapping runs + 2 min(a-first runs, b-first runs)) / those runs``;
-  runs where the two interleave (a loop) are left out as uninformative;
-* two tasks are **exclusive** when they almost never occur in the same run
-  (the branches of a choice);
-* ``a`` **directly precedes** ``b`` in a run when an execution of ``a`` finished
-  before one of ``b`` started and no execution of a third task, ordered with
-  both, lies wholly in between. Tasks concurrent with ``a`` or ``b`` do not
-  count as "in between", so the branches of a fork each get their edge from
-  the fork and to the join even when a worker ran them one after the other.
+* **lineage** (`fingerprint.lineage`): where a task names the artifacts it
+  read, an edge ``a -> b`` is proven when ``b`` read what ``a`` wrote earlier in
+  the same run; such a task's incoming edges come from lineage alone;
+* **hand-over** (`fingerprint.handover`): every other start is explained by the
+  finish that triggered it, the dependency being the source that is a
+  candidate in nearly all of a task's starts across the window, a coincidence
+  only now and then (expectation-maximisation over the starts). A run's
+  beginning is a source too, so tasks that start runs are nobody's children;
+* **join**: at a join only the last input to finish triggers the start. An
+  input that never is (always faster than its sibling) is found as a task that
+  runs once per run, hands over to nothing, is a branch of the same fork as a
+  trigger of the join, and is the last thing to finish before the join starts.
 
-An edge ``a -> b`` exists when ``a`` directly precedes ``b`` and the two are not
-concurrent. Its probability is the share of ``a``'s executions that handed over
-to ``b``: about 1 for every branch of a fork, ``p`` and ``1 - p`` for the branches
-of a choice. A node's split (join) is ``and`` when all its successors
-(predecessors) are pairwise concurrent, ``xor`` when pairwise exclusive,
-``or`` otherwise. Repeated executions of one task that overlap each other (a
-parallel batch, e.g. 40 ``blastall`` jobs) count as one activity instance; the
-node remembers the batch width. Loops show up as back edges, so "DAG" is the
-usual name rather than a promise.
+Each edge says which (``evidence`` lineage, handover or join) and how sure it is
+(``confidence``: 1 for lineage, the share of the target's starts the source
+explains for a hand-over, the siblings' concurrency for a join input).
+
+Two tasks are **concurrent** when, in runs that contain both, their activity
+instances overlap in time, or they run in both orders about equally often (a
+fork whose branches happen to execute one after the other). The score is
+``(overlapping runs + 2 min(a-first runs, b-first runs)) / those runs``; runs
+where the two interleave (a loop) are left out as uninformative. Tasks that run
+in both orders are never each other's trigger. Two tasks are **exclusive** when
+they almost never occur in the same run (the branches of a choice).
+
+An edge's probability is the share of ``a``'s activity instances that handed
+over to ``b``: about 1 for every branch of a fork, ``p`` and ``1 - p`` for the
+branches of a choice. A node's split (join) is ``and`` when all its successors
+(predecessors) are pairwise concurrent, ``xor`` when pairwise exclusive, ``or``
+otherwise. Repeated executions of one task that overlap each other (a parallel
+batch, e.g. 40 ``blastall`` jobs) count as one activity instance for counting;
+the node remembers the batch width. Dependencies are found per execution, so
+many parallel instances of one task (one per sample) still show the chain
+between their stages. Loops show up as back edges, so "DAG" is the usual name
+rather than a promise.
 
 >>> from fingerprint.runs import Run
 >>> def run(rid, *spans):

@@ -4,9 +4,9 @@ Signals may list the artifacts a task read (``inputs``, on its start) and wrote
 (``outputs``, on its finish): file names in a WfCommons instance, content digests
 in the edge runtime. When an execution of ``b`` reads an artifact that an
 execution of ``a`` wrote earlier in the same run, ``a -> b`` is not inferred: it
-is proven. A task that declares its inputs (even an empty list) has all its data
-dependencies in them, so its incoming edges come from lineage alone; tasks that
-declare nothing are left to the timing evidence (`fingerprint.handover`).
+is proven. A task that names its inputs has all its data dependencies in them,
+so its incoming edges come from lineage alone; tasks that name none are left to
+the timing evidence (`fingerprint.handover`).
 
 >>> from fingerprint.runs import Execution
 >>> run = [Execution("align", 0, 10, inputs=("reads.fq",), outputs=("a.bam",)),
@@ -49,8 +49,12 @@ def proven_pairs(run: Sequence[Execution]) -> Iterator[tuple[int, int, str]]:
 
 
 def declares_lineage(ex: Execution) -> bool:
-    """Whether the execution said what it read (so its data dependencies are known)."""
-    return ex.inputs is not None
+    """Whether the execution named what it read, so its data dependencies are known.
+
+    An empty list does not count: a step that reads no artifact may still wait
+    for another (an ordering-only dependency), which only its timing shows.
+    """
+    return bool(ex.inputs)
 
 
 def _done(ex: Execution) -> int:

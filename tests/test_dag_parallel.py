@@ -157,3 +157,20 @@ def test_an_artifact_read_before_it_was_written_proves_nothing():
     for s in run_signals("w", "r", executions):
         fp.learn_one(s)
     assert fp.dag().edge("a", "b") is None
+
+
+def test_a_step_that_names_no_input_keeps_its_ordering_dependency_from_timing():
+    # 'notify' reads no artifact but always waits for 'publish': lineage cannot show it, timing does
+    fp = Fingerprint("w")
+    rng = random.Random(5)
+    for r in range(4):
+        publish_end = 8000 + rng.randrange(2000)
+        notify_start = publish_end + rng.randrange(300)
+        executions = [("build", 0, 5000, "SUCCESS", None, None, None, ["src"], ["pkg"]),
+                      ("publish", 5100, publish_end, "SUCCESS", None, None, None, ["pkg"], []),
+                      ("notify", notify_start, notify_start + 100, "SUCCESS", None, None, None, [], [])]
+        for s in run_signals("w", f"r{r}", executions, t0_ms=100_000 * r):
+            fp.learn_one(s)
+    dag = fp.dag()
+    assert [(e.source, e.target, e.evidence) for e in dag.edges] == [
+        ("build", "publish", "lineage"), ("publish", "notify", "handover")]
