@@ -58,10 +58,9 @@ rather than a promise.
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
-
-from bisect import bisect_right
 
 from fingerprint.handover import attribute_handovers
 from fingerprint.lineage import declares_lineage, proven_pairs
