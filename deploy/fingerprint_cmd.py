@@ -15,13 +15,17 @@ from deploy.evaluate_nextstep import add_log_arguments, log_signals
 DESCRIPTION = """\
 Build the temporal fingerprint of WORKFLOW and print it: the reconstructed task
 DAG (durations, edge kinds sequence/parallel/choice with probabilities,
-hand-over delays, transfer sizes), frequent sequences, variants and counted bad
-signals. Signals come from exactly one of:
+hand-over delays, transfer sizes, and each edge's evidence: "lineage" when an
+artifact the source wrote was read by the target, "handover" or "join" when
+inferred from timing, with a confidence), frequent sequences, variants and
+counted bad signals. Signals come from exactly one of:
 
   --log FILE.csv ...   an event log (WORKFLOW names it; with --workflow-col only
                        the rows whose value there is WORKFLOW)
   --store PATH|DSN     the signal history (SQLite file or PostgreSQL DSN)
-  --wfcommons FILE     a WfCommons instance, replayed --runs times
+  --wfcommons FILE     a WfCommons instance, replayed --runs times as an engine
+                       would run it (seeded --jitter and --dispatch-ms), its
+                       files as lineage unless --no-lineage
 """
 
 
@@ -37,6 +41,12 @@ def register(tree) -> None:
     p.add_argument("--wfcommons", metavar="FILE.json", help="a WfCommons workflow instance")
     p.add_argument("--runs", type=int, default=20, help="with --wfcommons: runs to replay (default 20)")
     p.add_argument("--jitter", type=float, default=0.1, help="with --wfcommons: lognormal runtime jitter (default 0.1)")
+    p.add_argument("--dispatch-ms", type=float, default=1000.0,
+                   help="with --wfcommons: each task starts a delay drawn from [0, this) ms after its last parent "
+                        "finished, as an engine polling for finished tasks (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="with --wfcommons: seed of the replays' jitter and delays")
+    p.add_argument("--no-lineage", action="store_true",
+                   help="with --wfcommons: leave the files out of the signals (timing-only reconstruction)")
     p.add_argument("--format", choices=("text", "dot", "json"), default="text")
     p.add_argument("--window-runs", type=int, default=500, help="runs the fingerprint keeps (default 500)")
     p.add_argument("--window-ms", type=int, help="also age out runs that ended longer ago than this")
@@ -58,7 +68,8 @@ def _signals(args: argparse.Namespace):
         if not path.is_file():
             raise UsageError(f"no such file: {path}")
         try:
-            return list(read_wfcommons(path, workflow_id=args.workflow, runs=args.runs, jitter=args.jitter))
+            return list(read_wfcommons(path, workflow_id=args.workflow, runs=args.runs, jitter=args.jitter,
+                                       dispatch_ms=args.dispatch_ms, seed=args.seed, lineage=not args.no_lineage))
         except (TraceError, KeyError, TypeError, ValueError) as err:
             raise UsageError(f"{path}: not a usable WfCommons instance: {err}") from None
     from fingerprint.store import SignalStore, is_dsn

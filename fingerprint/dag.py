@@ -1,29 +1,42 @@
 """Reconstruct a workflow's task DAG from the timed executions of its runs.
 
-The relations are the interval versions of the classic process-mining ones:
+Which tasks depend on which is settled in this order:
 
-* two tasks are **concurrent** when, in runs that contain both, their
-  executions overlap in time, or they run in both orders about equally often
-  (a fork whose branches happen to execute one after the other). The score is
-  ``(overlapping runs + 2 min(a-first runs, b-first runs)) / those runs``;
-  runs where the two interleave (a loop) are left out as uninformative;
-* two tasks are **exclusive** when they almost never occur in the same run
-  (the branches of a choice);
-* ``a`` **directly precedes** ``b`` in a run when an execution of ``a`` finished
-  before one of ``b`` started and no execution of a third task, ordered with
-  both, lies wholly in between. Tasks concurrent with ``a`` or ``b`` do not
-  count as "in between", so the branches of a fork each get their edge from
-  the fork and to the join even when a worker ran them one after the other.
+* **lineage** (`fingerprint.lineage`): where a task names the artifacts it
+  read, an edge ``a -> b`` is proven when ``b`` read what ``a`` wrote earlier in
+  the same run; such a task's incoming edges come from lineage alone;
+* **hand-over** (`fingerprint.handover`): every other start is explained by the
+  finish that triggered it, the dependency being the source that is a
+  candidate in nearly all of a task's starts across the window, a coincidence
+  only now and then (expectation-maximisation over the starts). A run's
+  beginning is a source too, so tasks that start runs are nobody's children;
+* **join**: at a join only the last input to finish triggers the start. An
+  input that never is (always faster than its sibling) is found as a task that
+  runs once per run, hands over to nothing, is a branch of the same fork as a
+  trigger of the join, and is the last thing to finish before the join starts.
 
-An edge ``a -> b`` exists when ``a`` directly precedes ``b`` and the two are not
-concurrent. Its probability is the share of ``a``'s executions that handed over
-to ``b``: about 1 for every branch of a fork, ``p`` and ``1 - p`` for the branches
-of a choice. A node's split (join) is ``and`` when all its successors
-(predecessors) are pairwise concurrent, ``xor`` when pairwise exclusive,
-``or`` otherwise. Repeated executions of one task that overlap each other (a
-parallel batch, e.g. 40 ``blastall`` jobs) count as one activity instance; the
-node remembers the batch width. Loops show up as back edges, so "DAG" is the
-usual name rather than a promise.
+Each edge says which (``evidence`` lineage, handover or join) and how sure it is
+(``confidence``: 1 for lineage, the share of the target's starts the source
+explains for a hand-over, the siblings' concurrency for a join input).
+
+Two tasks are **concurrent** when, in runs that contain both, their activity
+instances overlap in time, or they run in both orders about equally often (a
+fork whose branches happen to execute one after the other). The score is
+``(overlapping runs + 2 min(a-first runs, b-first runs)) / those runs``; runs
+where the two interleave (a loop) are left out as uninformative. Tasks that run
+in both orders are never each other's trigger. Two tasks are **exclusive** when
+they almost never occur in the same run (the branches of a choice).
+
+An edge's probability is the share of ``a``'s activity instances that handed
+over to ``b``: about 1 for every branch of a fork, ``p`` and ``1 - p`` for the
+branches of a choice. A node's split (join) is ``and`` when all its successors
+(predecessors) are pairwise concurrent, ``xor`` when pairwise exclusive, ``or``
+otherwise. Repeated executions of one task that overlap each other (a parallel
+batch, e.g. 40 ``blastall`` jobs) count as one activity instance for counting;
+the node remembers the batch width. Dependencies are found per execution, so
+many parallel instances of one task (one per sample) still show the chain
+between their stages. Loops show up as back edges, so "DAG" is the usual name
+rather than a promise.
 
 >>> from fingerprint.runs import Run
 >>> def run(rid, *spans):
@@ -45,16 +58,22 @@ usual name rather than a promise.
 from __future__ import annotations
 
 import json
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
+from fingerprint.handover import attribute_handovers
+from fingerprint.lineage import declares_lineage, proven_pairs
 from fingerprint.runs import Run
+from fingerprint.signals import START
 from fingerprint.stats import RunningStats, describe
 
 #: Pairs scoring at least this are concurrent (see `TaskDag.reconstruct`).
 CONCURRENCY_THRESHOLD = 0.5
 #: Pairs co-occurring in less than this share of the rarer task's runs are exclusive.
 EXCLUSIVE_THRESHOLD = 0.1
+#: A timing edge must explain at least this many of its target's starts (expected hand-overs).
+MIN_HANDOVERS = 0.5
 
 
 @dataclass
@@ -90,6 +109,10 @@ class TaskEdge:
     join_share: float             # share of target executions that source fed
     delay_ms: float | None        # mean gap from source finish to target start
     transfer_bytes: float | None  # mean data_size_bytes written by the source on this edge
+    evidence: str = "handover"    # lineage: proven by artifacts; handover or join: inferred from timing
+    confidence: float = 1.0       # lineage 1; handover: share of the target's starts the source's finish
+                                  # explains; join: how clearly the source runs beside the target's trigger
+    artifacts: int = 0            # distinct artifacts the source wrote and the target read (lineage)
 
 
 @dataclass
@@ -121,9 +144,9 @@ class TaskDag:
         runs = list(runs)
         instances = [_activity_instances(r) for r in runs]
         stats = _NodeStats()
-        for run, inst in zip(runs, instances):
+        for run, (inst, _) in zip(runs, instances):
             stats.add_run(run, inst)
-        pairs = _pair_relations(instances)
+        pairs = _pair_relations([inst for inst, _ in instances])
         concurrent: dict[frozenset, float] = {}
         exclusive: set[frozenset] = set()
         for key, (cooc, overlap, ab, ba) in pairs.items():
@@ -141,14 +164,20 @@ class TaskDag:
                 if rarer and cooc / rarer < EXCLUSIVE_THRESHOLD:
                     exclusive.add(key)
 
+        ordered_both_ways = {k for k, (_, _, ab, ba) in pairs.items()
+                             if ab and ba and 2 * min(ab, ba) / (ab + ba) >= CONCURRENCY_THRESHOLD}
+        offsets = {name: stat.mean or 0.0 for name, stat in stats.offsets.items()}
+        sources = _edge_sources(runs, ordered_both_ways)
+        once = {name for name, k in stats.runs_with.items() if stats.offsets[name].count == k}
+        _add_join_edges(sources, pairs, concurrent, offsets, once, runs)
         edge_count: dict[tuple[str, str], int] = {}
         edge_delay: dict[tuple[str, str], RunningStats] = {}
         edge_bytes: dict[tuple[str, str], RunningStats] = {}
-        for inst in instances:
-            for (x, y) in _direct_pairs(inst, concurrent):
+        for run, (inst, of_execution) in zip(runs, instances):
+            for (x, y, gap) in _handed_over(run, inst, of_execution, sources):
                 key = (x.task, y.task)
                 edge_count[key] = edge_count.get(key, 0) + 1
-                edge_delay.setdefault(key, RunningStats()).add(y.start - x.finish)
+                edge_delay.setdefault(key, RunningStats()).add(gap)
                 if x.out_bytes is not None:
                     edge_bytes.setdefault(key, RunningStats()).add(x.out_bytes)
 
@@ -159,8 +188,10 @@ class TaskDag:
             if p < min_probability:
                 continue
             tb = edge_bytes.get((a, b))
+            evidence, confidence, artifacts = sources.evidence[(a, b)]
             edges.append(TaskEdge(a, b, "sequence", n, p, n / stats.instances[b],
-                                  edge_delay[(a, b)].mean, tb.mean if tb else None))
+                                  edge_delay[(a, b)].mean, tb.mean if tb else None,
+                                  evidence, confidence, artifacts))
         _classify(nodes, edges, concurrent, exclusive)
         order = {name: (node.offset_ms, name) for name, node in nodes.items()}
         edges.sort(key=lambda e: (order[e.source], order[e.target]))
@@ -192,7 +223,7 @@ class TaskDag:
             lines.append(f'  "{_esc(node.name)}" [label="{_esc_label(label)}"];')
         style = {"sequence": "solid", "parallel": "bold", "choice": "dashed"}
         for e in self.edges:
-            label = f"{e.kind} p={e.probability:.2f}"
+            label = f"{e.kind} p={e.probability:.2f}\\n{_evidence(e)}"
             if e.delay_ms is not None:
                 label += f"\\n+{_ms(e.delay_ms)}"
             if e.transfer_bytes is not None:
@@ -228,6 +259,7 @@ class TaskDag:
                 line += f"  hand-over {_ms(e.delay_ms)}"
             if e.transfer_bytes is not None:
                 line += f"  moves {_bytes(e.transfer_bytes)}"
+            line += f"  [{_evidence(e)}]"
             out.append(line)
         starts = [f"{n.name} {n.start_share:.0%}" for n in self.nodes.values() if n.start_share > 0]
         ends = [f"{n.name} {n.end_share:.0%}" for n in self.nodes.values() if n.end_share > 0]
@@ -252,17 +284,17 @@ class _Instance:
     out_bytes: int | None
 
 
-def _activity_instances(run: Run) -> list[_Instance]:
+def _activity_instances(run: Run) -> tuple[list[_Instance], list[_Instance]]:
+    """The run's activity instances sorted by start, and the instance each execution belongs to."""
     by_task: dict[str, list] = {}
-    for e in run.executions:
-        # an execution still running when the run was evicted counts as an instant
-        finish = e.finish_ms if e.finish_ms is not None else e.start_ms
-        by_task.setdefault(e.task, []).append((e.start_ms, finish, e.out_bytes))
+    for n, e in enumerate(run.executions):
+        by_task.setdefault(e.task, []).append((e.start_ms, _finish(e), e.out_bytes, n))
     out = []
+    of_execution: list[_Instance] = [None] * len(run.executions)
     for task, spans in by_task.items():
         spans.sort()
         cur = None
-        for s, f, ob in spans:
+        for s, f, ob, n in spans:
             if cur is not None and s < cur.finish:  # overlaps the batch so far: same instance
                 cur.finish = max(cur.finish, f)
                 cur.width += 1
@@ -271,8 +303,135 @@ def _activity_instances(run: Run) -> list[_Instance]:
             else:
                 cur = _Instance(task, s, f, 1, ob)
                 out.append(cur)
+            of_execution[n] = cur
     out.sort(key=lambda i: (i.start, i.finish, i.task))
-    return out
+    return out, of_execution
+
+
+def _finish(e) -> int:
+    # an execution still running when the run was evicted counts as an instant
+    return e.finish_ms if e.finish_ms is not None else e.start_ms
+
+
+@dataclass
+class _EdgeSources:
+    """Per target task, its source tasks and how each edge is known: (evidence, confidence, artifacts)."""
+
+    of_target: dict[str, set[str]]
+    evidence: dict[tuple[str, str], tuple[str, float, int]]
+    roots: set[str]  # tasks the run's beginning hands over to
+
+    def triggers(self, task: str) -> set[str]:
+        """Sources of ``task``'s hand-overs, with `START` for a task that starts runs."""
+        found = {a for a in self.of_target.get(task, ()) if self.evidence[(a, task)][0] == "handover"}
+        return found | {START} if task in self.roots else found
+
+
+def _edge_sources(runs: list[Run], ordered_both_ways: set[frozenset]) -> _EdgeSources:
+    """Which task pairs are edges: proven by lineage where the target declares it, else by hand-over timing."""
+    with_lineage: set[str] = set()
+    artifacts: dict[tuple[str, str], set[str]] = {}
+    for run in runs:
+        ex = run.executions
+        with_lineage.update(e.task for e in ex if declares_lineage(e))
+        for i, j, artifact in proven_pairs(ex):
+            artifacts.setdefault((ex[i].task, ex[j].task), set()).add(artifact)
+    evidence = {k: ("lineage", 1.0, len(v)) for k, v in artifacts.items() if k[1] in with_lineage}
+    timed = {e.task for run in runs for e in run.executions} - with_lineage
+    roots: set[str] = set()
+    if timed:
+        # the run's beginning hands over too: to the tasks that start it (a pseudo-task finishing then)
+        spans = [[(START, run.first_ms, run.first_ms), *((e.task, e.start_ms, _finish(e)) for e in run.executions)]
+                 for run in runs]
+        handovers = attribute_handovers(spans, ordered_both_ways, timed)
+        for (a, b), h in handovers.handovers.items():
+            if h >= MIN_HANDOVERS:
+                if a == START:
+                    roots.add(b)
+                else:
+                    evidence[(a, b)] = ("handover", round(handovers.confidence(a, b), 4), 0)
+    of_target: dict[str, set[str]] = {}
+    for a, b in evidence:
+        of_target.setdefault(b, set()).add(a)
+    return _EdgeSources(of_target, evidence, roots)
+
+
+def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, float],
+                    offsets: dict[str, float], once: set[str], runs: list[Run]) -> None:
+    """A join's other inputs: tasks whose finish hands over to nothing but that always precede a join.
+
+    At a join only the last input to finish triggers the start, so an input that
+    is always faster than a concurrent sibling never shows as a hand-over. A task
+    ``z`` with no outgoing edge that runs concurrently with a source ``x`` of a
+    timing edge ``x -> y``, shares a trigger with ``x`` (the two are branches of
+    one fork) and finished before ``y`` started in every run with
+    both, with no other task starting in between, feeds the earliest such ``y``
+    (a sink that merely finished early has other starts after it). Only tasks that run ``once`` per run
+    count: concurrency between many parallel instances of two tasks (one per
+    sample, say) says nothing about their siblinghood, and on real workflows the
+    rule then adds far more wrong edges than right ones.
+    """
+    has_out = {a for a, _ in sources.evidence}
+    for z in sorted(({n for key in concurrent for n in key} & once) - has_out):
+        joins = []
+        for y, srcs in sources.of_target.items():
+            if y == z or z in srcs or y not in once:
+                continue
+            rel = pairs.get(frozenset((z, y)))
+            if rel is None or (rel[2] if z < y else rel[3]) != rel[0]:
+                continue  # not before y in every run where both ran
+            forked = sources.triggers(z)  # z and x must be branches of one fork: a common trigger
+            score = max((concurrent.get(frozenset((z, x)), 0.0) for x in srcs
+                         if x in once and sources.evidence[(x, y)][0] != "lineage"
+                         and forked & sources.triggers(x)), default=0.0)
+            if score >= CONCURRENCY_THRESHOLD and _next_to_start(z, y, runs):
+                joins.append((offsets.get(y, 0.0), y, score))
+        if joins:
+            _, y, score = min(joins)
+            sources.evidence[(z, y)] = ("join", round(score, 4), 0)
+            sources.of_target[y].add(z)
+
+
+def _next_to_start(z: str, y: str, runs: list[Run]) -> bool:
+    """Whether in every run with both, ``y`` is the first task to start after ``z`` finished."""
+    for run in runs:
+        done = next((_finish(e) for e in run.executions if e.task == z), None)
+        start = next((e.start_ms for e in run.executions if e.task == y), None)
+        if done is None or start is None:
+            continue
+        if any(done <= e.start_ms < start and e.task not in (z, y) for e in run.executions):
+            return False
+    return True
+
+
+def _handed_over(run: Run, inst: list[_Instance], of_execution: list[_Instance], sources: _EdgeSources):
+    """Distinct (source instance, target instance, hand-over gap) of this run along the known edges.
+
+    A target execution is fed by lineage where it declares it, else by the latest
+    execution of each source task that finished before it started.
+    """
+    ex = run.executions
+    finishes: dict[str, list[tuple[int, int]]] = {}
+    for n, e in enumerate(ex):
+        finishes.setdefault(e.task, []).append((_finish(e), n))
+    for f in finishes.values():
+        f.sort()
+    seen: set[tuple[int, int]] = set()
+    proven = {(i, j) for i, j, _ in proven_pairs(ex)} if any(e.inputs for e in ex) else set()
+    for j, e in enumerate(ex):
+        y = of_execution[j]
+        for source in sources.of_target.get(e.task, ()):
+            if sources.evidence[(source, e.task)][0] == "lineage":
+                feeders = [n for _, n in finishes.get(source, ()) if (n, j) in proven]
+            else:
+                done = finishes.get(source, ())
+                k = bisect_right(done, (e.start_ms, len(ex))) - 1
+                feeders = [done[k][1]] if k >= 0 else []
+            for i in feeders:
+                x = of_execution[i]
+                if x is not y and (id(x), id(y)) not in seen:
+                    seen.add((id(x), id(y)))
+                    yield x, y, e.start_ms - _finish(ex[i])
 
 
 def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[int, int, int, int]]:
@@ -287,17 +446,18 @@ def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[i
         for i in inst:
             spans.setdefault(i.task, []).append(i)
         names = sorted(spans)
+        bounds = {t: (min(i.start for i in s), max(i.finish for i in s)) for t, s in spans.items()}
         for x, a in enumerate(names):
+            a_start, a_finish = bounds[a]
             for b in names[x + 1:]:
-                overlap = a_first = b_first = False
-                for i in spans[a]:
-                    for j in spans[b]:
-                        if i.start < j.finish and j.start < i.finish:
-                            overlap = True
-                        elif i.finish < j.start or (i.finish == j.start and (i.start, i.task) <= (j.start, j.task)):
-                            a_first = True
-                        else:
-                            b_first = True
+                b_start, b_finish = bounds[b]
+                # all of one strictly before all of the other: no pair needs looking at
+                if a_finish < b_start:
+                    overlap, a_first, b_first = False, True, False
+                elif b_finish < a_start:
+                    overlap, a_first, b_first = False, False, True
+                else:
+                    overlap, a_first, b_first = _interleaving(spans[a], spans[b])
                 r = rel.setdefault(frozenset((a, b)), [0, 0, 0, 0])
                 r[0] += 1
                 if overlap:
@@ -309,28 +469,18 @@ def _pair_relations(instances: list[list[_Instance]]) -> dict[frozenset, tuple[i
     return {k: tuple(v) for k, v in rel.items()}
 
 
-def _direct_pairs(inst: list[_Instance], concurrent: dict[frozenset, float]):
-    """(x, y) instance pairs where x directly precedes y in this run (see the module docstring).
-
-    ``inst`` is sorted by start; an instant that touches another (finish ==
-    start) precedes it, and instants at the same time follow list order.
-    """
-
-    def conc(a: str, b: str) -> bool:
-        return a != b and frozenset((a, b)) in concurrent
-
-    def precedes(i: int, j: int) -> bool:
-        fi, sj = inst[i].finish, inst[j].start
-        return fi < sj or (fi == sj and i < j)
-
-    for iy, y in enumerate(inst):
-        before = [ix for ix in range(len(inst))
-                  if ix != iy and precedes(ix, iy) and not conc(inst[ix].task, y.task)]
-        for ix in before:
-            x = inst[ix]
-            # x is direct unless some z, ordered with both, lies wholly between x and y
-            if not any(iz != ix and precedes(ix, iz) and not conc(inst[iz].task, x.task) for iz in before):
-                yield x, y
+def _interleaving(xs: list[_Instance], ys: list[_Instance]) -> tuple[bool, bool, bool]:
+    """Whether some x overlaps some y, some x precedes some y, some y precedes some x."""
+    overlap = a_first = b_first = False
+    for i in xs:
+        for j in ys:
+            if i.start < j.finish and j.start < i.finish:
+                overlap = True
+            elif i.finish < j.start or (i.finish == j.start and (i.start, i.task) <= (j.start, j.task)):
+                a_first = True
+            else:
+                b_first = True
+    return overlap, a_first, b_first
 
 
 class _NodeStats:
@@ -429,6 +579,12 @@ def _classify(nodes: dict[str, TaskNode], edges: list[TaskEdge], concurrent, exc
             e.kind = "choice"
         else:
             e.kind = "sequence"
+
+
+def _evidence(e: TaskEdge) -> str:
+    if e.evidence == "lineage":
+        return f"lineage: {e.artifacts} artifact{'s' if e.artifacts != 1 else ''}"
+    return f"{e.evidence} {e.confidence:.2f}"
 
 
 def _ms(x: float | None) -> str:

@@ -32,14 +32,24 @@ class Execution:
     resources: dict[str, float] | None = None
     in_bytes: int | None = None   # data_size_bytes of the start signal: what the task read
     out_bytes: int | None = None  # data_size_bytes of the finish signal: what it wrote
+    inputs: tuple[str, ...] | None = None   # artifacts read (start signal's lineage); None: not declared
+    outputs: tuple[str, ...] | None = None  # artifacts written (finish signal's lineage)
 
     def to_list(self) -> list:
         return [self.task, self.start_ms, self.finish_ms, self.outcome, self.resources,
-                self.in_bytes, self.out_bytes]
+                self.in_bytes, self.out_bytes,
+                None if self.inputs is None else list(self.inputs),
+                None if self.outputs is None else list(self.outputs)]
 
     @classmethod
     def from_list(cls, row: list) -> Execution:
-        return cls(*row)
+        """Rows of 7 fields (written before lineage existed) read as executions without lineage."""
+        ex = cls(*row[:7])
+        if len(row) > 7 and row[7] is not None:
+            ex.inputs = tuple(row[7])
+        if len(row) > 8 and row[8] is not None:
+            ex.outputs = tuple(row[8])
+        return ex
 
 
 @dataclass(slots=True)
@@ -60,11 +70,12 @@ class Run:
     def __post_init__(self):
         self.last_ms = max(self.last_ms, self.first_ms)
 
-    def start(self, task: str, ts_ms: int, node_id: str, resources, in_bytes) -> None:
+    def start(self, task: str, ts_ms: int, node_id: str, resources, in_bytes,
+              inputs: tuple[str, ...] | None = None) -> None:
         self.started.append(task)
         self.start_times.append(ts_ms)
         self.running.setdefault(task, []).append(len(self.executions))
-        self.executions.append(Execution(task, ts_ms, None, None, resources, in_bytes, None))
+        self.executions.append(Execution(task, ts_ms, None, None, resources, in_bytes, None, inputs))
         if ts_ms > self.last_ms:
             self.last_ms = ts_ms
         self.node_id = node_id
@@ -74,7 +85,8 @@ class Run:
         open_ = self.running.get(task)
         return self.executions[open_[0]] if open_ else None
 
-    def finish(self, task: str, ts_ms: int, outcome: str | None, out_bytes) -> Execution | None:
+    def finish(self, task: str, ts_ms: int, outcome: str | None, out_bytes,
+               outputs: tuple[str, ...] | None = None) -> Execution | None:
         """Close the oldest open execution of ``task``; ``None`` when there is none."""
         open_ = self.running.get(task)
         if not open_:
@@ -85,6 +97,7 @@ class Run:
         execution.finish_ms = ts_ms
         execution.outcome = outcome
         execution.out_bytes = out_bytes
+        execution.outputs = outputs
         if ts_ms > self.last_ms:
             self.last_ms = ts_ms
         return execution

@@ -19,6 +19,8 @@ True
 
 from __future__ import annotations
 
+import sys
+
 #: ``state`` of a signal: the task went 0 -> 1.
 STARTED = 1
 #: ``state`` of a signal: the task went 1 -> 0.
@@ -68,3 +70,17 @@ def optional_resources(value) -> dict[str, float] | None:
     kept = {k: float(v) for k, v in value.items()
             if isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)}
     return kept or None
+
+
+def optional_artifacts(value) -> tuple[str, ...] | None:
+    """``inputs``/``outputs`` lineage as a tuple of artifact names; ``None`` when absent or unusable.
+
+    Names are interned: the same artifact named by its writer and its readers,
+    run after run, is then one string in memory.
+
+    >>> optional_artifacts(["a.bam", "a.bai"]), optional_artifacts(None), optional_artifacts(["ok", 3])
+    (('a.bam', 'a.bai'), None, None)
+    """
+    if type(value) is not list or not all(type(a) is str for a in value):
+        return None
+    return tuple(sys.intern(a) for a in value)

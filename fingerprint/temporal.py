@@ -1,13 +1,16 @@
 """The temporal fingerprint of one workflow, learned signal by signal over a rolling window of runs.
 
-`Fingerprint.learn_one` takes a WorkflowSignal dict. Open runs collect their
+`Fingerprint.learn_one` takes a WorkflowSignal dict and returns nothing (River's
+protocol); `Fingerprint.observe_one` learns it the same way and returns what it
+did (an `Observed`), for callers that act on each signal. Open runs collect their
 executions; a run closes on its ``run_ended`` signal (or is evicted as
 incomplete when idle too long or when too many runs are open) and joins the
 window, from which the oldest runs age out. What the fingerprint says about the
 workflow is derived from the runs in the window:
 
 * `Fingerprint.dag` — the task DAG with duration distributions, resources,
-  edge kinds, probabilities and transfer sizes (`fingerprint.dag`);
+  edge kinds, probabilities and transfer sizes, each edge proven by data
+  lineage or inferred from hand-over timing with a confidence (`fingerprint.dag`);
 * `Fingerprint.frequent_sequences` and `Fingerprint.variants` — recurring patterns;
 * `Fingerprint.sequences` — the variable-order Markov model of start order with
   inter-start delays, updated on every start so predictions use the freshest
@@ -15,17 +18,20 @@ workflow is derived from the runs in the window:
 
 Bad signals never raise: they are counted per kind in ``issues`` (see
 `fingerprint.signals.ISSUE_KINDS` for what happens to each). State is a plain
-dataclass with a ``version``, so Bytewax can pickle it and `from_dict` can
-refuse a format it does not know.
+dataclass deriving from `schemas.state.Versioned`: a pickled snapshot of an
+older version is migrated on restore, and `from_dict` reads the versions it
+knows. Memory is bounded by the window: at most ``Window.runs`` closed runs and
+``Window.executions`` task executions in them, whatever the size of a run.
 
 >>> from fingerprint.traces import run_signals
 >>> fp = Fingerprint("etl", window=Window(runs=100))
 >>> for i in range(3):
 ...     for s in run_signals("etl", f"r{i}", [("extract", 0, 10), ("load", 10, 25)], t0_ms=i * 100):
-...         _ = fp.learn_one(s)
+...         fp.learn_one(s)
 >>> len(fp.runs), fp.issues
 (3, {})
->>> _ = fp.learn_one(s)  # the same signal again
+>>> fp.observe_one(s) is None  # the same signal again: dropped
+True
 >>> fp.issues
 {'duplicate': 1}
 >>> print(fp.dag().render().splitlines()[0])
@@ -47,10 +53,12 @@ from fingerprint.dag import TaskDag
 from fingerprint.patterns import Pattern, frequent_sequences, variants
 from fingerprint.runs import Run
 from fingerprint.sequence import SequenceModel
-from fingerprint.signals import STARTED, optional_bytes, optional_resources, signal_problem
+from fingerprint.signals import STARTED, optional_artifacts, optional_bytes, optional_resources, signal_problem
+from schemas.state import Versioned
 
 #: Version of the state layout (pickles and `Fingerprint.to_dict`); bump on incompatible changes.
-FORMAT_VERSION = 1
+#: 2: executions carry data lineage (``inputs``/``outputs``); the window caps executions.
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class Window:
 
     runs: int | None = 500
     ms: int | None = None
+    executions: int | None = 200_000  # task executions over all kept runs (~170 bytes each): bounds memory
 
     HARD_CAP = 10_000
 
@@ -73,6 +82,8 @@ class Window:
             raise ValueError("window runs must be at least 1")
         if self.ms is not None and self.ms <= 0:
             raise ValueError("window ms must be positive")
+        if self.executions is not None and self.executions < 1:
+            raise ValueError("window executions must be at least 1")
 
     @property
     def max_runs(self) -> int:
@@ -89,9 +100,25 @@ class Observed(NamedTuple):
     ended: bool
 
 
+def _executions_from_v1(state: dict) -> dict:
+    """Version 1 executions had no lineage slots: they read as executions that declared none."""
+    for run in (*state.get("runs", ()), *state.get("open_runs", {}).values()):
+        for ex in run.executions:
+            for name in ("inputs", "outputs"):
+                try:
+                    getattr(ex, name)
+                except AttributeError:
+                    setattr(ex, name, None)
+    state.setdefault("window_executions", sum(len(r.executions) for r in state.get("runs", ())))
+    return state
+
+
 @dataclass
-class Fingerprint:
+class Fingerprint(Versioned):
     """Per-workflow state: open runs, the window of closed runs, the sequence model, issue counts."""
+
+    STATE_VERSION = FORMAT_VERSION
+    MIGRATIONS = {1: _executions_from_v1}
 
     workflow_id: str
     window: Window = field(default_factory=Window)
@@ -107,6 +134,7 @@ class Fingerprint:
     accepted: int = 0
     evicted: int = 0
     latest_ms: int = 0
+    window_executions: int = 0                              # executions in the closed runs kept
     # OrderedDict, not dict: dropping the oldest key of a plain dict that is
     # deleted from the front costs a scan over the holes left behind
     _seen_ids: OrderedDict[str, None] = field(default_factory=OrderedDict, repr=False)
@@ -121,8 +149,12 @@ class Fingerprint:
 
     # -- learning ---------------------------------------------------------------------------
 
-    def learn_one(self, signal: dict) -> Observed | None:
-        """Fold one signal in; returns what it did, or ``None`` if it was dropped (see ``issues``)."""
+    def learn_one(self, signal: dict) -> None:
+        """Fold one signal in (River's protocol: returns nothing; bad signals are counted in ``issues``)."""
+        self.observe_one(signal)
+
+    def observe_one(self, signal: dict) -> Observed | None:
+        """Fold one signal in and return what it did, or ``None`` if it was dropped (see ``issues``)."""
         problem = signal_problem(signal)
         if problem is not None:
             return self._issue(problem)
@@ -153,7 +185,7 @@ class Fingerprint:
 
         if signal["state"] == STARTED:
             run.start(task, ts, signal.get("node_id") or "", optional_resources(signal.get("resources")),
-                      optional_bytes(signal.get("data_size_bytes")))
+                      optional_bytes(signal.get("data_size_bytes")), optional_artifacts(signal.get("inputs")))
             self.sequences.learn_start(run.started, run.start_times)
             kind = "start"
         else:
@@ -165,7 +197,8 @@ class Fingerprint:
                 if not ended:
                     return None
             else:
-                run.finish(task, ts, signal.get("outcome"), optional_bytes(signal.get("data_size_bytes")))
+                run.finish(task, ts, signal.get("outcome"), optional_bytes(signal.get("data_size_bytes")),
+                           optional_artifacts(signal.get("outputs")))
             kind = "finish"
         if late:
             self._issue("out_of_order")
@@ -195,6 +228,7 @@ class Fingerprint:
         if ended:
             self.sequences.learn_end(run.started, run.start_times, run.end_ms)
         self.runs.append(run)
+        self.window_executions += len(run.executions)
         self._age()
 
     def _evict_open(self) -> None:
@@ -215,7 +249,9 @@ class Fingerprint:
 
     def _age(self) -> None:
         runs, cap, span = self.runs, self.window.max_runs, self.window.ms
-        while len(runs) > cap:
+        max_executions = self.window.executions
+        while len(runs) > cap or (max_executions is not None and len(runs) > 1
+                                  and self.window_executions > max_executions):
             self._forget(runs.popleft())
         if span is not None and runs:
             horizon = runs[-1].end_ms - span
@@ -223,6 +259,7 @@ class Fingerprint:
                 self._forget(runs.popleft())
 
     def _forget(self, run: Run) -> None:
+        self.window_executions -= len(run.executions)
         self.sequences.forget_run(run.started, run.start_times, run.end_ms if run.ended else None)
 
     # -- what the fingerprint says ------------------------------------------------------------
@@ -319,6 +356,7 @@ class Fingerprint:
         for run in closed:
             self.sequences.learn_run(run.started, run.start_times, run.end_ms if run.ended else None)
             self.runs.append(run)
+            self.window_executions += len(run.executions)
         self._age()
         for run in open_runs:
             self.sequences.learn_run(run.started, run.start_times, None)
@@ -327,7 +365,8 @@ class Fingerprint:
 
     def to_dict(self) -> dict:
         return {"version": self.version, "workflow_id": self.workflow_id,
-                "window": {"runs": self.window.runs, "ms": self.window.ms}, "order": self.order,
+                "window": {"runs": self.window.runs, "ms": self.window.ms,
+                           "executions": self.window.executions}, "order": self.order,
                 "max_open_runs": self.max_open_runs, "idle_timeout_ms": self.idle_timeout_ms,
                 "dedupe_capacity": self.dedupe_capacity, "accepted": self.accepted, "evicted": self.evicted,
                 "latest_ms": self.latest_ms, "issues": dict(self.issues),
@@ -338,8 +377,8 @@ class Fingerprint:
     @classmethod
     def from_dict(cls, d: dict) -> Fingerprint:
         version = d.get("version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"fingerprint format version {version!r} not supported (this code reads {FORMAT_VERSION})")
+        if version not in (1, FORMAT_VERSION):  # 1 differs only in lacking lineage: its rows read as none declared
+            raise ValueError(f"fingerprint format version {version!r} not supported (this code reads 1 to {FORMAT_VERSION})")
         fp = cls(d["workflow_id"], window=Window(**d["window"]), order=d["order"],
                  max_open_runs=d["max_open_runs"], idle_timeout_ms=d["idle_timeout_ms"],
                  dedupe_capacity=d["dedupe_capacity"], issues=dict(d["issues"]), accepted=d["accepted"],

@@ -14,8 +14,9 @@ the predictor, a `SignalStore` or a Kafka producer.
   has zero duration. So a case's activities never overlap: such a log has no
   concurrency in its timing, only in its order.
 * `read_wfcommons` — a WfCommons instance (schema 1.4+ ``specification`` /
-  ``execution``, or the older 1.3 ``workflow.tasks``) scheduled as early as its
-  parents allow, runtimes divided by ``speed``.
+  ``execution``, or the older 1.3 ``workflow.tasks``) replayed as an engine
+  would run it: as early as its parents allow plus a seeded dispatch delay,
+  runtimes divided by ``speed`` with seeded jitter; files as lineage.
 * `MarkovProcess` — runs drawn from known transition probabilities, for tests
   and benchmarks that need the true answer.
 
@@ -46,18 +47,24 @@ class TraceError(ValueError):
 def make_signal(workflow_id: str, run_id: str, task: str, state: int, ts_ms: int, *, signal_id: str,
                 tsa: list[int], node_id: str = "local", outcome: str | None = None,
                 resources: dict[str, float] | None = None, data_size_bytes: int | None = None,
-                run_ended: bool = False) -> dict:
-    """One WorkflowSignal record; ``intensity`` is 0 at a start and 1 at a finish (completion)."""
+                run_ended: bool = False, inputs: list[str] | None = None, outputs: list[str] | None = None,
+                attributes: dict[str, str] | None = None) -> dict:
+    """One WorkflowSignal record; ``intensity`` is 0 at a start and 1 at a finish (completion).
+
+    ``inputs`` (artifacts read) belong on a start signal, ``outputs`` (artifacts
+    written) on a finish signal: the data lineage that proves edges.
+    """
     return {"signal_id": signal_id, "workflow_id": workflow_id, "run_id": run_id, "task": task,
             "state": state, "outcome": outcome if state == FINISHED else None, "ts_ms": int(ts_ms),
             "tsa": [int(t) for t in tsa], "tsa_resolution_ms": 1, "intensity": 0.0 if state == STARTED else 1.0,
             "node_id": node_id, "resources": resources, "data_size_bytes": data_size_bytes,
-            "run_ended": run_ended, "inputs": None, "outputs": None, "attributes": None}
+            "run_ended": run_ended, "inputs": inputs, "outputs": outputs, "attributes": attributes}
 
 
 def run_signals(workflow_id: str, run_id: str, executions: Iterable[Sequence], t0_ms: int = 0,
                 node_id: str = "local") -> list[dict]:
-    """Signals of one run from ``(task, start_ms, finish_ms[, outcome[, resources[, in_bytes[, out_bytes]]]])``.
+    """Signals of one run from ``(task, start_ms, finish_ms[, outcome[, resources[, in_bytes[, out_bytes
+    [, inputs[, outputs]]]]]])``; ``inputs``/``outputs`` are lists of artifact names (lineage).
 
     Times are offsets from ``t0_ms``. Signals are sorted by time, finishes before
     starts at equal times (a hand-over is not an overlap); the last one closes the run.
@@ -69,18 +76,21 @@ def run_signals(workflow_id: str, run_id: str, executions: Iterable[Sequence], t
         resources = ex[4] if len(ex) > 4 else None
         in_bytes = ex[5] if len(ex) > 5 else None
         out_bytes = ex[6] if len(ex) > 6 else None
-        events.append((t0_ms + start, 1, n, task, STARTED, None, resources, in_bytes, [t0_ms + start]))
+        inputs = ex[7] if len(ex) > 7 else None
+        outputs = ex[8] if len(ex) > 8 else None
+        events.append((t0_ms + start, 1, n, task, STARTED, None, resources, in_bytes, [t0_ms + start], inputs))
         events.append((t0_ms + finish, 0, n, task, FINISHED, outcome, resources, out_bytes,
-                       [t0_ms + start, t0_ms + finish]))
+                       [t0_ms + start, t0_ms + finish], outputs))
     # at equal times finishes (rank 0) go before starts (rank 1), then `_order_instants`
     # moves the finish of a zero-length execution back behind its own start
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     events = _order_instants(events)
     out = []
-    for i, (ts, _, n, task, state, outcome, resources, size, tsa) in enumerate(events):
+    for i, (ts, _, n, task, state, outcome, resources, size, tsa, artifacts) in enumerate(events):
+        lineage = {"inputs": artifacts} if state == STARTED else {"outputs": artifacts}
         out.append(make_signal(workflow_id, run_id, task, state, ts, signal_id=f"{workflow_id}/{run_id}/{n}/{state}",
                                tsa=tsa, node_id=node_id, outcome=outcome, resources=resources,
-                               data_size_bytes=size, run_ended=i == len(events) - 1))
+                               data_size_bytes=size, run_ended=i == len(events) - 1, **lineage))
     return out
 
 
@@ -240,25 +250,38 @@ def _lifecycle_case(workflow_id: str, case: str, rows: list[tuple]) -> list[dict
 # -- WfCommons instances ----------------------------------------------------------------------
 
 _ID_SUFFIX = re.compile(r"(_ID\d+|_\d+)$")
+_WFCOMMONS_ID = re.compile(r"_ID\d+$")
 
 
 def task_category(task: dict) -> str:
-    """The task's kind across runs: ``category`` if given, else its name without a trailing ``_ID000123``/``_00001``."""
+    """The kind of a 1.3-era task across runs: ``category`` if given, else its name without ``_ID000123``/``_00001``.
+
+    Schema 1.4+ instances name their kinds differently: see `_wfcommons_tasks`.
+    """
     return task.get("category") or task.get("type_name") or _ID_SUFFIX.sub("", str(task.get("name", "?")))
 
 
 def read_wfcommons(source: str | Path | dict, *, workflow_id: str | None = None, runs: int = 1,
                    speed: float = 1.0, t0_ms: int = 0, gap_ms: int = 1000, jitter: float = 0.0,
-                   seed: int = 0, node_id: str = "local") -> Iterator[dict]:
-    """Timed signals of a WfCommons instance, ``runs`` times in a row.
+                   dispatch_ms: float = 0.0, seed: int = 0, lineage: bool = True,
+                   node_id: str = "local") -> Iterator[dict]:
+    """Timed signals of a WfCommons instance, ``runs`` times in a row, each run timed afresh.
 
-    Each task starts when its last parent finishes (an as-soon-as-possible
-    schedule with unlimited workers) and runs ``runtime / speed`` seconds; with
-    ``jitter`` > 0 each runtime is multiplied by a lognormal factor of that
-    sigma, so repeated runs vary like real ones. Task names are task categories
-    (see `task_category`): the fingerprint is about kinds of tasks, not the
-    instance's unique ids. Start signals carry the task's input bytes and its
-    cores/memory, finish signals its output bytes.
+    The instance records one execution (runtimes, not start times), so each run
+    is scheduled the way a workflow engine with unlimited workers would run it:
+    a task becomes ready when its last parent finishes and starts after a
+    dispatch delay drawn uniformly from ``[0, dispatch_ms)`` (the engine noticing
+    the finish at its next poll, then submitting), and runs ``runtime / speed``
+    seconds, times a lognormal factor of sigma ``jitter`` when ``jitter`` > 0.
+    All draws come from one generator seeded with ``seed``: the same arguments
+    give the same signals, and runs differ from each other as real reruns do.
+    The parent links only drive this schedule; nothing in the signals names them.
+
+    Task names are task kinds: for schema 1.4+ the task's name without its
+    ``_ID<digits>`` suffix, for 1.3 `task_category`. Start signals carry the
+    task's input bytes and its cores/memory, finish signals its output bytes;
+    with ``lineage`` start signals list the input files (``inputs``) and finish
+    signals the output files (``outputs``).
     """
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -271,6 +294,8 @@ def read_wfcommons(source: str | Path | dict, *, workflow_id: str | None = None,
         instance, default_id = source, source.get("name", "wfcommons")
     if speed <= 0:
         raise ValueError("speed must be positive")
+    if dispatch_ms < 0 or jitter < 0:
+        raise ValueError("dispatch_ms and jitter must not be negative")
     tasks = _wfcommons_tasks(instance)
     order = _topological(tasks)
     workflow_id = workflow_id or default_id
@@ -281,17 +306,23 @@ def read_wfcommons(source: str | Path | dict, *, workflow_id: str | None = None,
         executions = []
         for tid in order:
             task = tasks[tid]
-            start = max((finish[p] for p in task["parents"]), default=0)
+            ready = max((finish[p] for p in task["parents"]), default=0)
+            start = ready + (int(rng.uniform(0.0, dispatch_ms)) if dispatch_ms > 0 else 0)
             runtime = task["runtime"] * (math.exp(rng.gauss(0.0, jitter)) if jitter > 0 else 1.0)
             finish[tid] = start + max(int(round(runtime * 1000 / speed)), 0)
+            files = ((_copy(task["inputs"]), _copy(task["outputs"])) if lineage else (None, None))
             executions.append((task["category"], start, finish[tid], "SUCCESS", task["resources"],
-                               task["in_bytes"], task["out_bytes"]))
+                               task["in_bytes"], task["out_bytes"], *files))
         yield from run_signals(workflow_id, f"run-{r}", executions, t0_ms=t, node_id=node_id)
         t += max(finish.values(), default=0) + gap_ms
 
 
+def _copy(files: list[str] | None) -> list[str] | None:
+    return None if files is None else list(files)
+
+
 def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
-    """id -> {category, parents, runtime (s), resources, in_bytes, out_bytes}, whatever the schema version."""
+    """id -> {category, parents, runtime (s), resources, in_bytes, out_bytes, inputs, outputs}, any schema version."""
     wf = instance.get("workflow")
     if not isinstance(wf, dict):
         raise TraceError("not a WfCommons instance: no 'workflow' object")
@@ -304,12 +335,16 @@ def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
             ex = executed.get(t["id"], {})
             res = {k: float(ex[src]) for k, src in (("cores", "coreCount"), ("memory_bytes", "memoryInBytes"))
                    if isinstance(ex.get(src), (int, float))}
-            out[t["id"]] = {"category": task_category({**t, "category": ex.get("category", t.get("category"))}),
+            inputs, outputs = list(t.get("inputFiles") or []), list(t.get("outputFiles") or [])
+            out[t["id"]] = {"category": _WFCOMMONS_ID.sub("", str(t.get("name", t["id"]))),
                             "parents": list(t.get("parents", [])),
                             "runtime": float(ex.get("runtimeInSeconds", 0.0)),
                             "resources": res or None,
-                            "in_bytes": sum(sizes.get(f, 0) for f in t.get("inputFiles", [])),
-                            "out_bytes": sum(sizes.get(f, 0) for f in t.get("outputFiles", []))}
+                            "in_bytes": sum(sizes.get(f, 0) for f in inputs),
+                            "out_bytes": sum(sizes.get(f, 0) for f in outputs),
+                            # a task without file lists declares no lineage (not "reads nothing")
+                            "inputs": inputs if "inputFiles" in t else None,
+                            "outputs": outputs if "outputFiles" in t else None}
     else:  # 1.3 and earlier: workflow.tasks (or .jobs) with runtime, parents by name, inline files
         items = wf.get("tasks", wf.get("jobs"))
         if not isinstance(items, list):
@@ -327,7 +362,11 @@ def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
                         "runtime": float(t.get("runtimeInSeconds", t.get("runtime", 0.0))),
                         "resources": res or None,
                         "in_bytes": sum(size(f) for f in files if f.get("link") == "input"),
-                        "out_bytes": sum(size(f) for f in files if f.get("link") == "output")}
+                        "out_bytes": sum(size(f) for f in files if f.get("link") == "output"),
+                        "inputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "input"]
+                        if "files" in t else None,
+                        "outputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "output"]
+                        if "files" in t else None}
         by_name = {t["name"]: (t.get("id") or t["name"]) for t in items}
         for task in out.values():  # 1.3 parents are names; map them to ids
             task["parents"] = [by_name.get(p, p) for p in task["parents"]]

@@ -225,7 +225,7 @@ class NextStepPredictor:
 
     def learn_one(self, signal: dict) -> list[dict]:
         """Fold in a signal; returns the NextStepPrediction records to emit (one per start, else none)."""
-        obs = self.fingerprint.learn_one(signal)
+        obs = self.fingerprint.observe_one(signal)
         if obs is None:
             return []
         run = obs.run

@@ -18,7 +18,7 @@ def learn(runs: list[list[tuple]], window: int = 5000, gap: int = 1000) -> Finge
     t0 = 0
     for i, executions in enumerate(runs):
         for s in run_signals("w", f"r{i}", executions, t0_ms=t0):
-            assert fp.learn_one(s) is not None
+            assert fp.observe_one(s) is not None
         t0 += max(e[2] for e in executions) + gap
     assert fp.issues == {}
     return fp

@@ -28,7 +28,7 @@ def sig(run, task, state, ts, sid=None, **kw):
 ])
 def test_malformed_signals_are_counted_and_dropped(broken):
     fp = Fingerprint("w")
-    assert fp.learn_one(broken) is None
+    assert fp.observe_one(broken) is None
     assert fp.issues == {"malformed": 1} and fp.accepted == 0 and not fp.open_runs
 
 
@@ -43,15 +43,15 @@ def test_optional_fields_of_the_wrong_type_are_ignored_not_fatal():
 
 def test_each_kind_of_bad_signal_is_counted_as_documented():
     fp = Fingerprint("w")
-    assert fp.learn_one(sig("r1", "a", 1, 100)).kind == "start"
-    assert fp.learn_one(sig("r1", "a", 1, 100)) is None                       # duplicate
-    assert fp.learn_one({**sig("r1", "a", 1, 101), "workflow_id": "v"}) is None  # unknown workflow
-    assert fp.learn_one(sig("r1", "zz", 0, 120)) is None                      # finish without start
-    assert fp.learn_one(sig("r1", "a", 0, 90)) is None                        # finish before its start
-    assert fp.learn_one(sig("r1", "b", 1, 95)).kind == "start"                # out of order: kept
-    obs = fp.learn_one(sig("r1", "a", 0, 130, run_ended=True))
+    assert fp.observe_one(sig("r1", "a", 1, 100)).kind == "start"
+    assert fp.observe_one(sig("r1", "a", 1, 100)) is None                       # duplicate
+    assert fp.observe_one({**sig("r1", "a", 1, 101), "workflow_id": "v"}) is None  # unknown workflow
+    assert fp.observe_one(sig("r1", "zz", 0, 120)) is None                      # finish without start
+    assert fp.observe_one(sig("r1", "a", 0, 90)) is None                        # finish before its start
+    assert fp.observe_one(sig("r1", "b", 1, 95)).kind == "start"                # out of order: kept
+    obs = fp.observe_one(sig("r1", "a", 0, 130, run_ended=True))
     assert obs.ended and fp.runs[0].run_id == "r1"
-    assert fp.learn_one(sig("r1", "c", 1, 140)) is None                       # after the run ended
+    assert fp.observe_one(sig("r1", "c", 1, 140)) is None                       # after the run ended
     assert fp.issues == {"duplicate": 1, "unknown_workflow": 1, "finish_without_start": 1,
                          "negative_duration": 1, "out_of_order": 1, "after_run_end": 1}
     assert set(fp.issues) <= set(ISSUE_KINDS)
@@ -62,7 +62,7 @@ def test_a_closing_signal_still_closes_the_run_when_its_task_never_started():
     fp = Fingerprint("w")
     fp.learn_one(sig("r1", "a", 1, 0))
     fp.learn_one(sig("r1", "a", 0, 5))
-    obs = fp.learn_one(sig("r1", "ghost", 0, 9, run_ended=True))
+    obs = fp.observe_one(sig("r1", "ghost", 0, 9, run_ended=True))
     assert obs is not None and obs.ended
     assert fp.issues == {"finish_without_start": 1} and not fp.open_runs and len(fp.runs) == 1
     # a stray finish of an unknown run opens nothing

@@ -98,9 +98,9 @@ def test_fingerprint_show_from_the_signal_store(tmp_path, capsys):
 
 def test_fingerprint_show_from_a_wfcommons_instance(tmp_path, capsys):
     instance = {"name": "pair", "schemaVersion": "1.4", "workflow": {
-        "specification": {"tasks": [{"name": "a_1", "id": "a_1", "parents": [], "children": ["b_2"]},
-                                    {"name": "b_2", "id": "b_2", "parents": ["a_1"], "children": []}]},
-        "execution": {"tasks": [{"id": "a_1", "runtimeInSeconds": 1.0}, {"id": "b_2", "runtimeInSeconds": 2.0}]}}}
+        "specification": {"tasks": [{"name": "a_ID1", "id": "a_ID1", "parents": [], "children": ["b_ID2"]},
+                                    {"name": "b_ID2", "id": "b_ID2", "parents": ["a_ID1"], "children": []}]},
+        "execution": {"tasks": [{"id": "a_ID1", "runtimeInSeconds": 1.0}, {"id": "b_ID2", "runtimeInSeconds": 2.0}]}}}
     path = tmp_path / "pair.json"
     path.write_text(json.dumps(instance))
     assert main(["fingerprint", "show", "pair", "--wfcommons", str(path), "--runs", "5"]) == 0

@@ -199,3 +199,44 @@ def test_real_running_example_log(running_example):
     # the textbook model: checking the ticket and examining happen in either order
     assert ("check ticket", "examine casually") in [(a, b) for a, b, _ in dag.concurrent]
     assert dag.edge("decide", "reinitiate request").kind == "choice"
+
+
+def test_wfcommons_signals_carry_the_task_files_as_lineage_and_names_without_id_suffix():
+    signals = list(read_wfcommons(wfcommons_14()))
+    starts = {s["task"]: s for s in signals if s["state"] == 1}
+    finishes = {s["task"]: s for s in signals if s["state"] == 0}
+    assert starts["split_fasta"]["inputs"] == ["in.fasta"] and starts["split_fasta"]["outputs"] is None
+    assert finishes["split_fasta"]["outputs"] == ["part0", "part1", "part2"] and finishes["split_fasta"]["inputs"] is None
+    assert starts["cat"]["inputs"] == ["out0", "out1", "out2"]
+    assert all(s["inputs"] is None and s["outputs"] is None for s in read_wfcommons(wfcommons_14(), lineage=False))
+    # 1.4+ names lose only an _ID<digits> suffix: numbered tasks of a hello-world chain stay distinct
+    chain = {"name": "chain", "workflow": {"specification": {"files": [], "tasks": [
+        {"name": f"cpuhog_chain_0000000{i}", "id": f"cpuhog_chain_0000000{i}",
+         "parents": [f"cpuhog_chain_0000000{i - 1}"] if i > 1 else []} for i in range(1, 4)]},
+        "execution": {"tasks": [{"id": f"cpuhog_chain_0000000{i}", "runtimeInSeconds": 1.0} for i in range(1, 4)]}}}
+    assert [s["task"] for s in read_wfcommons(chain) if s["state"] == 1] == [
+        "cpuhog_chain_00000001", "cpuhog_chain_00000002", "cpuhog_chain_00000003"]
+
+
+def test_wfcommons_replays_are_seeded_and_differ_run_to_run_like_reruns():
+    def timings(**kw):
+        return [(s["run_id"], s["task"], s["state"], s["ts_ms"]) for s in read_wfcommons(wfcommons_14(), **kw)]
+
+    kw = {"runs": 3, "jitter": 0.1, "dispatch_ms": 1000}
+    assert timings(seed=1, **kw) == timings(seed=1, **kw)
+    assert timings(seed=1, **kw) != timings(seed=2, **kw)
+    signals = list(read_wfcommons(wfcommons_14(), **kw))
+    per_run: dict[str, dict] = {}
+    for s in signals:
+        per_run.setdefault(s["run_id"], {}).setdefault((s["task"], s["state"]), []).append(s["ts_ms"] - (
+            min(x["ts_ms"] for x in signals if x["run_id"] == s["run_id"])))
+    assert len({tuple(sorted(r[("cat", 1)])) for r in per_run.values()}) == 3  # each rerun times cat anew
+    for run in per_run.values():
+        # every blastall starts after split finished, within the dispatch delay, and cat after the last blastall
+        split_done = run[("split_fasta", 0)][0]
+        assert all(0 <= t - split_done < 1000 for t in run[("blastall", 1)])
+        assert 0 <= run[("cat", 1)][0] - max(run[("blastall", 0)]) < 1000
+    # what a replay says is exactly the schema's fields: the instance's parent links are not in it
+    assert all(list(s) == FIELDS for s in signals)
+    with pytest.raises(ValueError, match="must not be negative"):
+        list(read_wfcommons(wfcommons_14(), dispatch_ms=-1))
