@@ -4,7 +4,7 @@ Throughput: the control flow over the same pre-produced telemetry with the
 models off and on (``--models``), in the same run, each net of its own
 start-up (measured on an empty topic). Quality: detection on the synthetic
 suite (spikes, level shifts, drift, stuck sensors) and the per-sample cost of
-``TelemetryModels.update``.
+``TelemetryModels.score_then_learn_one``.
 
     python bench/anomaly.py [--events 100000] [--seeds 4]
 

@@ -199,10 +199,14 @@ def score_rows(times_s: Sequence[float], rows: Sequence[dict], threshold: float 
         result = detector.score_then_learn_one(row, t)
         scores.append(result.score)
         flags.append(result.is_anomaly)
-        alerts.extend(episodes.update(int(round(t * 1000)), result))
+        alerts.extend(episodes.observe(int(round(t * 1000)), result))
     alerts.extend(episodes.flush())
-    alarms = [(a["start_ts_ms"] / 1000.0, a["end_ts_ms"] / 1000.0) for a in alerts]
-    return Scored(scores, flags, alarms)
+    return Scored(scores, flags, _alarm_spans(alerts))
+
+
+def _alarm_spans(alerts) -> list:
+    """Episode spans in seconds, from the closing Alert records (the opening ones have no end)."""
+    return [(a["start_ts_ms"] / 1000.0, a["end_ts_ms"] / 1000.0) for a in alerts if a["end_ts_ms"] is not None]
 
 
 def write_scores(path, series: Series, scored: Scored) -> None:
@@ -322,9 +326,9 @@ def replay_telemetry(records: Sequence[dict], models=None):
     models = models or TelemetryModels.for_node(records[0]["node_id"] if records else "node")
     times, flags, alerts = [], [], []
     for record in records:
-        assessment, closed = models.update(record)
+        assessment, closed = models.score_then_learn_one(record)
         times.append(record["ts_ms"] / 1000.0)
         flags.append(assessment.anomaly.is_anomaly)
         alerts.extend(closed)
     alerts.extend(models.flush())
-    return times, flags, [(a["start_ts_ms"] / 1000.0, a["end_ts_ms"] / 1000.0) for a in alerts]
+    return times, flags, _alarm_spans(alerts)
