@@ -54,7 +54,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from prediction.anomaly import AnomalyResult
+from prediction.anomaly import _MAX_REPEAT_RATE, _MIN_REPEAT_RATE, AnomalyResult, _sigma_of_tail
 from schemas.state import Versioned
 
 _LN2 = math.log(2.0)
@@ -70,7 +70,7 @@ def _alpha(half_life: float) -> float:
     return 1.0 - math.exp(-_LN2 / half_life)
 
 
-@dataclass(slots=True)
+@dataclass
 class SeasonalLevel(Versioned):
     """One feature's prediction: level + time-of-day profile, and its error scale.
 
@@ -88,11 +88,14 @@ class SeasonalLevel(Versioned):
     error_half_life: float = 4000.0
     profile_days: float = 1.0
     clip: float = 6.0
+    weekly: bool = True
     level: Optional[float] = None
     profile: dict = field(default_factory=dict)
     scale: float = 0.0
     errors: int = 0
     resolution: float = _INF
+    repeat: float = 0.0           # learned probability that a value repeats the previous one exactly
+    run: int = 0                  # exact repeats in a row so far
     prev: float = math.nan
     t: Optional[float] = None
     version: int = STATE_VERSION
@@ -101,19 +104,27 @@ class SeasonalLevel(Versioned):
         """|value - prediction| in units of the error scale (0 until there is a scale)."""
         if self.level is None or self.errors < 5:
             return 0.0
-        offset = self.profile.get(self._bin(t))
+        offset = self._offset(self._bin(t))
         e = value - self.level - (offset[0] if offset else 0.0)
         s = self.scale
         if s < self.resolution < _INF:
             s = self.resolution
-        return (e if e >= 0.0 else -e) / s if s > 0.0 else 0.0
+        z = (e if e >= 0.0 else -e) / s if s > 0.0 else 0.0
+        if value == self.prev and self.repeat < _MAX_REPEAT_RATE:
+            # A stuck collector: r exact repeats where the value normally changes has probability q**r.
+            stuck = _sigma_of_tail(max(self.repeat, _MIN_REPEAT_RATE) ** (self.run + 1))
+            if stuck > z:
+                z = stuck
+        return z
 
     def learn_one(self, value: float, t: float) -> None:
         if self.t is not None and t <= self.t:
             return  # a duplicate or a replay: never learn it twice
         key = self._bin(t)
-        offset = self.profile.get(key)
+        offset = self._offset(key)
         seasonal = offset[0] if offset else 0.0
+        if offset is not None and key not in self.profile:  # a weekend bin starts from its weekday's
+            offset = self.profile[key] = [offset[0], offset[1]]
         if self.level is None:
             self.level = value
         else:
@@ -124,6 +135,8 @@ class SeasonalLevel(Versioned):
             d = value - self.prev
             if d != 0.0 and (d if d > 0.0 else -d) < self.resolution:
                 self.resolution = d if d > 0.0 else -d
+            self.run = self.run + 1 if d == 0.0 else 0
+            self.repeat += a * ((d == 0.0) - self.repeat)
             self.level += _alpha(self.level_half_life) * (value - seasonal - self.level)
         if self.t is not None:  # the profile learns per time covered, a gap counts as one sample
             covered = min(t - self.t, 4.0 * _DAY_S / self.bins)
@@ -142,11 +155,22 @@ class SeasonalLevel(Versioned):
         self.prev = value
         self.t = t
 
+    def _offset(self, key: int) -> Optional[list]:
+        offset = self.profile.get(key)
+        if offset is None and key >= self.bins:
+            offset = self.profile.get(key - self.bins)
+        return offset
+
     def _bin(self, t: float) -> int:
-        return int((t % _DAY_S) * self.bins // _DAY_S)
+        hour_bin = int((t % _DAY_S) * self.bins // _DAY_S)
+        if not self.weekly:
+            return hour_bin
+        # Saturdays and Sundays (UTC; epoch day 0 was a Thursday) keep their own daily profile.
+        weekend = (int(t // _DAY_S) + 3) % 7 >= 5
+        return hour_bin + self.bins if weekend else hour_bin
 
 
-@dataclass(slots=True)
+@dataclass
 class AnomalyLikelihood(Versioned):
     """How unusual the recent mean of a raw score is against its own long-run distribution.
 
@@ -221,6 +245,7 @@ class OnsetDetector(Versioned):
     threshold: float = DEFAULT_THRESHOLD
     quiet_s: float = _DAY_S
     bins: int = 48
+    weekly: bool = True
     average: int = 5
     warmup: int = 30
     features: dict = field(default_factory=dict)          # name -> SeasonalLevel
@@ -267,7 +292,7 @@ class OnsetDetector(Versioned):
                 continue
             feature = self.features.get(name)
             if feature is None:
-                feature = self.features[name] = SeasonalLevel(bins=self.bins)
+                feature = self.features[name] = SeasonalLevel(bins=self.bins, weekly=self.weekly)
             feature.learn_one(value, t)
         self.samples += 1
         self.t = t

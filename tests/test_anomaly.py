@@ -203,3 +203,16 @@ def test_update_costs_a_few_microseconds():
         best = min(best, (time.perf_counter() - t0) / len(batch))
     # Budget ~20 µs on an idle core; 60 leaves room for a busy shared machine.
     assert best * 1e6 < 60.0, f"{best * 1e6:.1f} µs per sample"
+
+
+def test_a_snapshot_of_a_newer_release_is_refused():
+    from schemas.state import StateVersionError
+
+    models = TelemetryModels.for_node("node-0")
+    for r in normal_telemetry(n=50, seed=3):
+        models.score_then_learn_one(r)
+    for part in (models, models.detector, models.detector.detector, models.episodes,
+                 models.forecasters["gpu_temp_c"]):
+        assert pickle.loads(pickle.dumps(part)).version == type(part).STATE_VERSION
+        with pytest.raises(StateVersionError):
+            type(part).__new__(type(part)).__setstate__(dict(vars(part), version=type(part).STATE_VERSION + 1))
