@@ -31,7 +31,7 @@ def build(spec: FlowSpec) -> Dataflow:
     telemetry_and_acks = decoded_input(flow, spec, codec, {topics.telemetry: "Telemetry", topics.acks: "CommandAck"},
                                        key_field="node_id")
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic)
-    encoded_output(op.stateful_flat_map("morph", telemetry_and_acks, step), spec, codec, ("MorphCommand", "Alert"))
+    encoded_output(op.stateful("morph", telemetry_and_acks, step.build), spec, codec, ("MorphCommand", "Alert"))
     return flow
 
 
