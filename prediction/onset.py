@@ -23,8 +23,10 @@ error unusual *for this series*?", and says it once:
    saturating, so a threshold sweep still separates a 9σ onset from a 30σ one.
    0.5 is a 4σ excursion of the recent error level.
 4. **Onset**: after a sample reaches ``threshold``, scores are held at 0 for
-   ``quiet_s`` seconds of event time: the same incident is reported once, at
-   its start, not for its whole duration. Learning goes on meanwhile.
+   ``quiet_s`` seconds of event time (a day), or until the recent error level
+   has been back to normal for ``release_after`` samples: the same incident is
+   reported once, at its start, not for its whole duration, and a new incident
+   after a calm spell is reported again. Learning goes on meanwhile.
 
 Features combine by their largest standardised error (the most extreme
 feature drives the score, as in `AnomalyDetector`).
@@ -64,6 +66,8 @@ _INF = math.inf
 #: The z of the recent error level at which the graded score is 0.5.
 SCORE_HALF_Z = 4.0
 DEFAULT_THRESHOLD = 0.5
+#: The recent error level counts as back to normal within this many σ of its long-run mean.
+RELEASE_Z = 1.0
 
 
 def _alpha(half_life: float) -> float:
@@ -232,7 +236,10 @@ class OnsetDetector(Versioned):
         Score at or above which a sample is an anomaly onset (0.5: the recent
         error level is 4σ above its long-run mean).
     quiet_s
-        Seconds of event time after an onset during which scores are held at 0.
+        Seconds of event time after an onset during which scores are held at 0 ...
+    release_after
+        ... unless the recent error level has been back within `RELEASE_Z` σ of its
+        long-run mean for this many samples in a row (0: always the full ``quiet_s``).
     bins
         Bins of the day of the time-of-day profile.
     average
@@ -244,6 +251,7 @@ class OnsetDetector(Versioned):
     STATE_VERSION = 1
     threshold: float = DEFAULT_THRESHOLD
     quiet_s: float = _DAY_S
+    release_after: int = 36
     bins: int = 48
     weekly: bool = True
     average: int = 5
@@ -251,6 +259,7 @@ class OnsetDetector(Versioned):
     features: dict = field(default_factory=dict)          # name -> SeasonalLevel
     likelihood: AnomalyLikelihood = None
     quiet_until: float = -_INF
+    calm: int = 0                 # samples in a row back to normal since the last onset
     samples: int = 0
     t: Optional[float] = None
     version: int = STATE_VERSION
@@ -267,10 +276,21 @@ class OnsetDetector(Versioned):
         contributions, raw = self._errors(x, t)
         if self.samples < self.warmup or not contributions:
             return AnomalyResult(0.0, False, contributions, True)
-        score = graded(self.likelihood.score_one(raw))
-        if t < self.quiet_until:
-            score = 0.0
+        score = self._onset_score(self.likelihood.score_one(raw), t)
         return AnomalyResult(score, score >= self.threshold, contributions, False)
+
+    def _onset_score(self, z: float, t: float) -> float:
+        return 0.0 if t < self.quiet_until else graded(z)
+
+    def _release(self, z: float, t: float) -> None:
+        """End the quiet once the recent error level has been back to normal for ``release_after`` samples."""
+        if self.quiet_until > t:
+            if z < RELEASE_Z:
+                self.calm += 1
+                if self.calm >= self.release_after:
+                    self.quiet_until = t
+            else:
+                self.calm = 0
 
     def learn_one(self, x: Mapping[str, float], t: Optional[float] = None) -> None:
         self.score_then_learn_one(x, t)
@@ -283,10 +303,13 @@ class OnsetDetector(Versioned):
         contributions, raw = self._errors(x, t)
         warming = self.samples < self.warmup or not contributions
         z = self.likelihood.score_then_learn_one(raw) if contributions else 0.0
-        score = 0.0 if warming or t < self.quiet_until else graded(z)
+        score = 0.0 if warming else self._onset_score(z, t)
         anomaly = score >= self.threshold
         if anomaly:
             self.quiet_until = t + self.quiet_s
+            self.calm = 0
+        elif self.release_after:
+            self._release(z, t)
         for name, value in x.items():
             if value is None or not -_INF < value < _INF:
                 continue
