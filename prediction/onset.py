@@ -8,11 +8,14 @@ error unusual *for this series*?", and says it once:
 
 1. **Prediction** (`SeasonalLevel`, per feature): a smoothed level plus an
    additive time-of-day profile (``bins`` bins of the day, learned from the
-   timestamps, so irregular sampling needs no resampling). A level shift is
-   absorbed by the level within tens of samples (it becomes the new normal); a
-   daily pattern is absorbed by the profile within days. The error is
-   standardised by a slow robust scale of past errors, floored by the series'
-   resolution (counts, quantised readings, flat lines).
+   timestamps, so irregular sampling needs no resampling; weekends keep their
+   own profile, started from the weekdays'). A level shift is absorbed by the
+   level within tens of samples (it becomes the new normal); a daily pattern is
+   absorbed by the profile within days. The error is standardised by a slow
+   robust scale of past errors, floored by the series' resolution (counts,
+   quantised readings, flat lines). A run of exact repeats where the value
+   normally changes (a stuck collector) counts as the error of its tail
+   probability ``q**r``, as in `AnomalyDetector`.
 2. **Likelihood** (`AnomalyLikelihood`): the mean of the last ``average``
    standardised errors, compared with the long-run distribution of that mean
    (exponentially weighted mean and variance): a z-score of the *recent*
@@ -36,8 +39,10 @@ the prediction, which adapts within hours, has followed it there.
 Features combine by their largest standardised error (the most extreme
 feature drives the score, as in `AnomalyDetector`).
 
-Parameters were chosen on alternate files of the NAB corpus and checked on
-the others (``bench/nab.py`` reports both halves).
+Parameters were chosen on the even-numbered files of the NAB corpus (sorted
+by name) and checked on the odd-numbered ones; ``bench/nab.py`` reports both
+halves. Weekly seasonality needs a weekend seen: the first one after the
+start of a series may be reported once.
 
 >>> import math, random
 >>> rng = random.Random(3)
