@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 from bytewax.operators import StatefulLogic
 
 from morph.policy import MorphPolicy, NodeState
-from operators.kafka_io import Event
+from operators.events import Event
 from schemas.state import Versioned
 
 IDLE_FLUSH_S = 30.0

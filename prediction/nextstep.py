@@ -266,6 +266,10 @@ class NextStepPredictor:
             times[-2] = int(elapsed_ms - gap_ms)
         return self._predict(started, _features(started, times, 0), probe=False).probs
 
+    def predict_then_learn_one(self, signal: dict) -> list[dict]:
+        """Fold in a signal; the NextStepPrediction records to emit (interim name, see issue 14)."""
+        return self.learn_one(signal)
+
     def predict_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0) -> str | None:
         probs = self.predict_proba_one(started, elapsed_ms, gap_ms)
         return max(probs, key=probs.get) if probs else None

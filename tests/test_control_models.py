@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from deploy.replay import read_topic
 from morph.policy import MorphPolicy
 from operators.control import ControlLogic, ControlState, MorphStep
-from operators.kafka_io import Event
+from operators.events import Event
 from prediction.telemetry_models import TelemetryModels
 from schemas import TopicNames
 from schemas.codec import Codec
@@ -125,3 +125,21 @@ def test_end_of_input_flushes_and_snapshots_restore_with_their_version_checked()
     assert step.build(None).on_eof() == ([], ControlLogic.RETAIN)   # nothing to flush for a fresh node
     with pytest.raises(StateVersionError):
         ControlState.__new__(ControlState).__setstate__(dict(vars(logic.snapshot()), version=2))
+
+
+def test_the_flow_publishes_the_opening_alert_and_flushes_it_when_its_input_ends():
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from flows.control import build
+    from flows.spec import FlowSpec
+
+    rng = random.Random(9)
+    samples = [("Telemetry", telemetry("edge-1", t, 30.0 if t >= 300 else 1.0, rng)) for t in range(310)]
+    out = []
+    spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, models=True)
+    run_main(build(spec, source=TestingSource(samples), sink=TestingSink(out)))
+    alerts = [record for node, (schema, record) in out if schema == "Alert"]
+    assert [a["end_ts_ms"] is None for a in alerts] == [True, False]   # opened, then flushed at the end
+    opened, closed = alerts
+    assert opened["alert_id"] == closed["alert_id"] and opened["start_ts_ms"] == 1_700_000_000_000 + 300_000
+    assert closed["end_ts_ms"] >= closed["start_ts_ms"] and closed["samples"] >= 1
