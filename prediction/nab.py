@@ -149,7 +149,7 @@ def corpus_score(files: Sequence[tuple[FileLayout, Sequence[float]]]) -> CorpusS
     if not files:
         raise ValueError("no files to score")
     profile = files[0][0].profile
-    tp_w, fp_w, fn_w = PROFILES[profile]
+    tp_w, _, fn_w = PROFILES[profile]
     arrays = [np.asarray(scores, dtype=float) for _, scores in files]
     for (layout, _), scores in zip(files, arrays):
         if len(scores) != len(layout.window):
