@@ -34,7 +34,10 @@ error unusual *for this series*?", and says it once:
 A second, cruder view guards the first: a value far outside the series' long
 run (its distance from the long-run mean in long-run standard deviations,
 as in NAB's windowed Gaussian, over 3000 samples) scores 0.5 at 10σ even when
-the prediction, which adapts within hours, has followed it there.
+the prediction, which adapts within hours, has followed it there; and a value
+more than 5 % of the range beyond every value seen so far scores at least 0.5
+(the "spatial anomaly" of NAB's HTM detector). On a series that keeps growing
+that reports each new 5 % of growth beyond its past range (once a day at most).
 
 Features combine by their largest standardised error (the most extreme
 feature drives the score, as in `AnomalyDetector`).
@@ -81,6 +84,10 @@ RELEASE_Z = 1.0
 #: A value this many times `SCORE_HALF_Z` long-run standard deviations from the long-run mean scores 0.5
 #: whatever the prediction error (10σ: far outside anything the series has done lately).
 LONG_RUN_SCALE = 2.5
+#: A value beyond the range of all values seen by more than this fraction of it scores at least 0.5:
+#: NAB's HTM detector's "spatial anomaly" tolerance (people label values larger than any seen before).
+RANGE_TOLERANCE = 0.05
+RANGE_WARMUP = 100
 
 
 def _alpha(half_life: float) -> float:
@@ -114,6 +121,9 @@ class SeasonalLevel(Versioned):
     long_run_half_life: float = 3000.0
     long_mean: float = 0.0        # long-run mean and variance of the value itself (no prediction)
     long_var: float = 0.0
+    lowest: float = _INF          # the range of every value learned, since first_t
+    first_t: Optional[float] = None
+    highest: float = -_INF
     repeat: float = 0.0           # learned probability that a value repeats the previous one exactly
     run: int = 0                  # exact repeats in a row so far
     prev: float = math.nan
@@ -137,6 +147,13 @@ class SeasonalLevel(Versioned):
                 z = stuck
         return z
 
+    def range_excess(self, value: float) -> float:
+        """How far ``value`` lies outside every value learned so far, as a fraction of their range
+        (0 or less inside it, and until the range has seen a whole day and ``RANGE_WARMUP`` samples)."""
+        if self.errors < RANGE_WARMUP or self.t - self.first_t < _DAY_S or not self.highest > self.lowest:
+            return 0.0
+        return max(value - self.highest, self.lowest - value) / (self.highest - self.lowest)
+
     def long_run_z(self, value: float) -> float:
         """|value - long-run mean| in long-run standard deviations (0 until 30 samples are learned)."""
         if self.errors < 30 or self.long_var <= 0.0:
@@ -147,6 +164,12 @@ class SeasonalLevel(Versioned):
     def learn_one(self, value: float, t: float) -> None:
         if self.t is not None and t <= self.t:
             return  # a duplicate or a replay: never learn it twice
+        if self.first_t is None:
+            self.first_t = t
+        if value > self.highest:
+            self.highest = value
+        if value < self.lowest:
+            self.lowest = value
         a = max(1.0 / (self.errors + 1), _alpha(self.long_run_half_life))
         d = value - self.long_mean
         self.long_mean += a * d
@@ -367,6 +390,9 @@ class OnsetDetector(Versioned):
             if z > raw:
                 raw = z
             z = feature.long_run_z(value)
+            excess = feature.range_excess(value)
+            if excess > RANGE_TOLERANCE:  # beyond the range ever seen: at least 10 long-run σ
+                z = max(z, LONG_RUN_SCALE * SCORE_HALF_Z * (1.0 + excess))
             if z > long_run:
                 long_run = z
         return contributions, min(raw, 20.0), long_run
