@@ -8,19 +8,19 @@
 scores the record with the state before it, then learns it (test-then-train),
 and returns an `Assessment` (anomaly result + forecasts of temperature, power
 and latency at ``horizon_s``) and the Alert records of episodes that opened or
-closed (see `prediction.episodes`).
+closed (see `prediction.episodes`). Other horizons: ``models.forecast("gpu_temp_c", 20.0)``,
+``models.prob_above("gpu_temp_c", 85.0, 30.0)``.
 
 What the forecasters learn
 --------------------------
 The power and latency forecasters do not learn a sample whose feature the
 detector flags (beyond its ``learn_clip``): a latency spike or a power glitch
 would otherwise bend the trend they extrapolate, and the forecast after the
-incident would chase it. The temperature forecaster learns every sample on
+incident would chase it; a lasting shift is learned once the detector adopts
+it as the new normal and stops flagging it. The temperature forecaster learns every sample on
 purpose: temperature follows physics, a thermal excursion is scored anomalous
 yet is exactly what the policy must see coming (its 85 °C rule acts on the
 forecast), so the forecast has to track it.
-Other horizons: ``models.forecast("gpu_temp_c", 20.0)``,
-``models.prob_above("gpu_temp_c", 85.0, 30.0)``.
 
 `TelemetryAnomalyDetector` maps a record onto the features the generic
 `prediction.anomaly.AnomalyDetector` scores:
