@@ -5,7 +5,7 @@
 Prints, per anomaly kind, window-wise recall, event-wise precision, F1, the
 detection delays and false alarms per hour (definitions in
 `prediction.evaluate_anomaly`); forecast MAE against the last value on thermal
-ramps, with interval coverage; and µs per `TelemetryModels.update`.
+ramps, with interval coverage; and µs per `TelemetryModels.score_then_learn_one`.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def cost(n: int = 20000) -> float:
         models = TelemetryModels.for_node("node-0")
         t0 = time.perf_counter()
         for r in records:
-            models.update(r)
+            models.score_then_learn_one(r)
         runs.append((time.perf_counter() - t0) / n * 1e6)
-    print(f"\nTelemetryModels.update: {min(runs):.1f} µs/sample best of 3 (runs: "
+    print(f"\nTelemetryModels.score_then_learn_one: {min(runs):.1f} µs/sample best of 3 (runs: "
           f"{', '.join(f'{r:.1f}' for r in runs)}), {n} samples")
     return min(runs)
 

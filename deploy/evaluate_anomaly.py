@@ -9,10 +9,12 @@ import argparse
 from datetime import datetime, timezone
 
 DESCRIPTION = """\
-Replay a CSV series through the same anomaly detector the control flow uses
-(prediction.anomaly.AnomalyDetector; each --value-col is one feature) and
-write OUT with the input's timestamp column, `score` in [0,1] and `anomaly`
-(0/1 at the threshold), one row per input row, in input order.
+Replay a CSV series through the onset detector (prediction.onset.OnsetDetector:
+a seasonal level prediction per --value-col, an anomaly likelihood of the recent
+prediction error, and one report per incident: scores are held at 0 for a day
+of event time after an onset) and write OUT with the input's timestamp column,
+`score` in [0,1) and `anomaly` (0/1 at the threshold), one row per input row,
+in input order.
 
 Timestamps: ISO 8601 or epoch seconds/milliseconds (ms when >= 1e11).
 Empty or NaN values are gaps. With --labels (a JSON list of [start, end]
@@ -32,8 +34,9 @@ def register(tree) -> None:
     p.add_argument("--out", required=True, metavar="OUT.csv", help="where to write the scores")
     p.add_argument("--labels", metavar="FILE.json", help="labelled anomaly windows: [[start, end], ...]")
     p.add_argument("--threshold", type=float, metavar="X",
-                   help="score at or above which a row is anomalous (default 0.9999: about one false "
-                        "flag in 10^4 rows under the detector's null model)")
+                   help="score at or above which a row is an anomaly onset (default 0.5: the recent "
+                        "prediction error is 4 sigma above its long-run level; the threshold NAB-style "
+                        "scoring picks on the NAB corpus)")
 
 
 def _time_text(seconds: float) -> str:

@@ -70,7 +70,7 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,
                      agent=agent, sharer_factory=sharers)
-    decisions = op.stateful_flat_map("morph", events, step)
+    decisions = op.stateful("morph", events, step.build)
     if sharers is not None:  # experience is keyed by its group on the topic
         decisions = op.map("key_experience", decisions,
                            lambda kv: (kv[1][1]["group"], kv[1]) if kv[1][0] == "Experience" else kv)

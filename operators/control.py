@@ -1,22 +1,34 @@
-"""The morph operator: per-node policy state inside a Bytewax ``stateful_flat_map``.
+"""The morph operator: per-node policy state and online models inside a Bytewax ``stateful`` step.
 
 It takes decoded telemetry and acknowledgements keyed by node and returns the
 records to publish as ``(schema name, record)`` pairs. The state is the plain
 `morph.policy.NodeState` dataclass plus the node's online models, so Bytewax
 snapshots everything the decision depends on.
+
+Alerts: an anomaly episode's Alert goes out on the sample that opens it and
+its update when it closes (`prediction.episodes`). An episode closes on a later
+sample of the node; a node that goes silent mid-episode is flushed after
+``idle_flush_s`` of wall-clock time without telemetry, and every open episode
+is flushed when the input ends (``--until-end``, replays), so no episode is
+left unpublished.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, ClassVar, Optional
+
+from bytewax.operators import StatefulLogic
 
 from morph.policy import MorphPolicy, NodeState
 from operators.events import Event
 from schemas.state import Versioned
 
 CONTROL_STATE_VERSION = 2
+IDLE_FLUSH_S = 30.0
 
 
 def _add_agent(state: dict) -> dict:
@@ -39,7 +51,7 @@ class ControlState(Versioned):
 
 
 class MorphStep:
-    """The mapper for ``op.stateful_flat_map``: ``(state, event) -> (state, outputs)``.
+    """Per-event logic: ``(state, event) -> (state, outputs)``; `build` makes the Bytewax logic of a node.
 
     ``models_factory`` builds a node's online models (anomaly detector and
     forecasters) on its first sample; with ``None`` the policy reacts to
@@ -47,7 +59,9 @@ class MorphStep:
     """
 
     def __init__(self, policy: MorphPolicy, models_factory: Optional[Callable[[str], Any]] = None,
-                 stamp_wall_clock: bool = True, agent=None, sharer_factory: Optional[Callable[[str], Any]] = None):
+                 stamp_wall_clock: bool = True, agent=None, sharer_factory: Optional[Callable[[str], Any]] = None,
+                 idle_flush_s: float = IDLE_FLUSH_S,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.policy = policy
         self.models_factory = models_factory
         # --policy rli: a morph.agent.RliAgent decides instead of the rules; peers' experience is absorbed
@@ -55,6 +69,12 @@ class MorphStep:
         self.sharer_factory = sharer_factory
         # issued_ts_ms is wall-clock time for latency accounting; tests of determinism turn it off.
         self.stamp_wall_clock = stamp_wall_clock
+        self.idle_flush = timedelta(seconds=idle_flush_s)
+        self.clock = clock
+
+    def build(self, resume_state: Optional[ControlState]) -> "ControlLogic":
+        """The builder ``op.stateful`` calls for each node (with its snapshot when resuming)."""
+        return ControlLogic(self, resume_state)
 
     def __call__(self, state: Optional[ControlState], event: Event):
         record = event.record
@@ -73,7 +93,7 @@ class MorphStep:
         outputs = []
         assessment = None
         if state.models is not None:
-            assessment, alerts = state.models.update(record)
+            assessment, alerts = state.models.score_then_learn_one(record)
             outputs.extend(("Alert", a) for a in alerts)
         if self.agent is not None:
             command = self._learned(state, record, outputs)
@@ -107,3 +127,43 @@ class MorphStep:
         if self.agent is None or agent_state is None or agent_state.last_context is None or state.sharer is None:
             return  # nothing decided here yet: nothing to translate the experience into
         absorb(self.agent, agent_state, record, record["hops"], agent_state.last_context, state.sharer.config)
+    @staticmethod
+    def flush_alerts(state: Optional[ControlState]) -> list:
+        """The closing Alert of the node's open episode, if any."""
+        if state is None or state.models is None:
+            return []
+        return [("Alert", a) for a in state.models.flush()]
+
+    @staticmethod
+    def episode_open(state: Optional[ControlState]) -> bool:
+        return state is not None and state.models is not None and state.models.episodes.is_open
+
+
+class ControlLogic(StatefulLogic):
+    """One node's `MorphStep` state in ``op.stateful``, with the idle and end-of-input flushes."""
+
+    def __init__(self, step: MorphStep, state: Optional[ControlState]):
+        self.step = step
+        self.state = state
+        self.flush_at: Optional[datetime] = None
+
+    def on_item(self, value: Event):
+        step = self.step
+        self.state, outputs = step(self.state, value)
+        # The clock is read only while an episode is open: the common path stays free of it.
+        self.flush_at = step.clock() + step.idle_flush if step.episode_open(self.state) else None
+        return outputs, StatefulLogic.RETAIN
+
+    def on_notify(self):
+        self.flush_at = None
+        return self.step.flush_alerts(self.state), StatefulLogic.RETAIN
+
+    def on_eof(self):
+        self.flush_at = None
+        return self.step.flush_alerts(self.state), StatefulLogic.RETAIN
+
+    def notify_at(self) -> Optional[datetime]:
+        return self.flush_at
+
+    def snapshot(self) -> Optional[ControlState]:
+        return copy.deepcopy(self.state)

@@ -42,7 +42,7 @@ for diffuse anomalies where many features move a little.
 
 Learning, and what it refuses to learn
 --------------------------------------
-Test-then-train: `update` scores a sample with the state *before* it, then
+Test-then-train: `score_then_learn_one` scores a sample with the state *before* it, then
 learns. A feature whose level test is beyond ``learn_clip`` σ (≈ the default
 threshold's per-feature level) does not update its location and scale, and a
 flagged stuck run does not update the repeat rate: the detector does not learn
@@ -83,10 +83,10 @@ flagged once before it is adopted.
 >>> rng = random.Random(1)
 >>> detector = AnomalyDetector()
 >>> for t in range(300):
-...     result = detector.update({"temp": 60 + rng.gauss(0, 0.5), "latency": 5 + rng.gauss(0, 0.2)}, t)
+...     result = detector.score_then_learn_one({"temp": 60 + rng.gauss(0, 0.5), "latency": 5 + rng.gauss(0, 0.2)}, t)
 >>> result.is_anomaly, 0.0 <= result.score < detector.threshold
 (False, True)
->>> result = detector.update({"temp": 66.0, "latency": 5.0}, 300)   # a 12σ spike
+>>> result = detector.score_then_learn_one({"temp": 66.0, "latency": 5.0}, 300)   # a 12σ spike
 >>> result.is_anomaly, result.top_features()
 (True, ['temp'])
 >>> result.contributions["temp"] > 10
@@ -100,7 +100,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Mapping, Optional
 
-STATE_VERSION = 1
+from schemas.state import Versioned
 
 _LN2 = math.log(2.0)
 _SQRT2 = math.sqrt(2.0)
@@ -170,7 +170,7 @@ class _Feature:
             setattr(self, name, value)
 
 
-class AnomalyDetector:
+class AnomalyDetector(Versioned):
     """Per-feature robust deviations and stuck-sensor runs, Šidák-combined into a calibrated score.
 
     Parameters
@@ -195,7 +195,17 @@ class AnomalyDetector:
         by name); the resolution learned from the data bounds it too.
     stuck
         Test for stuck sensors (runs of exact repeats).
+
+    Examples
+    --------
+    >>> detector = AnomalyDetector(warmup=5)
+    >>> for t in range(50):
+    ...     _ = detector.score_then_learn_one({"x": 10.0 + 0.1 * (t % 3)}, float(t))
+    >>> detector.score_one({"x": 10.1}, 50.0).is_anomaly, detector.score_one({"x": 15.0}, 50.0).is_anomaly
+    (False, True)
     """
+
+    STATE_VERSION = 1
 
     def __init__(self, threshold: float = 0.9999, half_life: float = 300.0, adopt_after: float = 60.0,
                  warmup: int = 30, learn_clip: float = 4.0, max_gap: float = 5.0,
@@ -212,7 +222,7 @@ class AnomalyDetector:
         self.max_gap = max_gap
         self.min_scale = min_scale
         self.stuck = stuck
-        self.version = STATE_VERSION
+        self.version = self.STATE_VERSION
         self._features: dict[str, _Feature] = {}
         self._t: Optional[float] = None   # time of the last learned sample
         self._spacing = 0.0                # robust running mean of the sampling interval
@@ -222,7 +232,7 @@ class AnomalyDetector:
 
     # -- the River-style protocol ---------------------------------------------------------
 
-    def update(self, x: Mapping[str, float], t: Optional[float] = None) -> AnomalyResult:
+    def score_then_learn_one(self, x: Mapping[str, float], t: Optional[float] = None) -> AnomalyResult:
         """Score ``x`` (at time ``t``, any unit) with the state before it, then learn it."""
         return self._step(x, t, True)
 
@@ -231,7 +241,7 @@ class AnomalyDetector:
         return self._step(x, t, False)
 
     def learn_one(self, x: Mapping[str, float], t: Optional[float] = None) -> None:
-        """Learn without keeping the score (same cost as `update`)."""
+        """Learn without keeping the score (same cost as `score_then_learn_one`)."""
         self._step(x, t, True)
 
     def rebase(self, names) -> None:

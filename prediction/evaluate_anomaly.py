@@ -2,9 +2,10 @@
 
 ``liquid evaluate anomaly`` (wired in ``deploy/evaluate_anomaly.py``) calls
 `evaluate_anomaly`: read a CSV, feed each row's value columns as one feature
-dict to `prediction.anomaly.AnomalyDetector` in file order (score, then
-learn), write one output row per input row, and, given labelled windows,
-report how well the alarms match them.
+dict to `prediction.onset.OnsetDetector` in file order (score, then learn),
+write one output row per input row, and, given labelled windows, report how
+well the alarms match them. The default threshold (0.5) is the one NAB-style
+scoring picks on the NAB corpus (``bench/nab.py``).
 
 Input
 -----
@@ -33,14 +34,14 @@ three sampling intervals, whichever is longer.
 * **point precision**: flagged rows inside windows / flagged rows, for reference.
 
 >>> import math
->>> times = [float(t) for t in range(600)]
+>>> times = [60.0 * t for t in range(600)]                   # one row a minute
 >>> rows = [{"v": math.sin(t / 7.0) + (6.0 if t == 400 else 0.0)} for t in range(600)]
 >>> scored = score_rows(times, rows)
 >>> [t for t, flag in zip(times, scored.flags) if flag]
-[400.0]
->>> report = grade(times, scored.flags, scored.alarms, [(398.0, 402.0)])
+[24000.0]
+>>> report = grade(times, scored.flags, scored.alarms, [(23880.0, 24120.0)])
 >>> report.recall, report.precision, report.windows[0].delay_s
-(1.0, 1.0, 2.0)
+(1.0, 1.0, 120.0)
 """
 
 from __future__ import annotations
@@ -53,10 +54,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
-from prediction.anomaly import AnomalyDetector
+from prediction.onset import DEFAULT_THRESHOLD, OnsetDetector
 from prediction.episodes import EpisodeDetector
 
-DEFAULT_THRESHOLD = 0.9999
 MISSING = {"", "nan", "null", "none", "na", "n/a"}
 _MS_EPOCH = 1e11
 
@@ -189,21 +189,24 @@ def _median_spacing(times_s: Sequence[float]) -> float:
 
 
 def score_rows(times_s: Sequence[float], rows: Sequence[dict], threshold: float = DEFAULT_THRESHOLD,
-               detector: Optional[AnomalyDetector] = None) -> Scored:
+               detector: Optional[OnsetDetector] = None) -> Scored:
     """Replay rows through the detector (score, then learn) and the flow's episode logic."""
-    detector = detector or AnomalyDetector(threshold=threshold)
+    detector = detector or OnsetDetector(threshold=threshold)
     gap_s = max(30.0, 3.0 * _median_spacing(times_s))
-    episodes = EpisodeDetector("series", close_threshold=max(0.0, 1.0 - 10.0 * (1.0 - detector.threshold)),
-                               min_gap_s=gap_s)
+    episodes = EpisodeDetector("series", close_threshold=detector.threshold, min_gap_s=gap_s)
     scores, flags, alerts = [], [], []
     for t, row in zip(times_s, rows):
-        result = detector.update(row, t)
+        result = detector.score_then_learn_one(row, t)
         scores.append(result.score)
         flags.append(result.is_anomaly)
-        alerts.extend(episodes.update(int(round(t * 1000)), result))
+        alerts.extend(episodes.observe(int(round(t * 1000)), result))
     alerts.extend(episodes.flush())
-    alarms = [(a["start_ts_ms"] / 1000.0, a["end_ts_ms"] / 1000.0) for a in alerts]
-    return Scored(scores, flags, alarms)
+    return Scored(scores, flags, _alarm_spans(alerts))
+
+
+def _alarm_spans(alerts) -> list:
+    """Episode spans in seconds, from the closing Alert records (the opening ones have no end)."""
+    return [(a["start_ts_ms"] / 1000.0, a["end_ts_ms"] / 1000.0) for a in alerts if a["end_ts_ms"] is not None]
 
 
 def write_scores(path, series: Series, scored: Scored) -> None:
@@ -323,9 +326,9 @@ def replay_telemetry(records: Sequence[dict], models=None):
     models = models or TelemetryModels.for_node(records[0]["node_id"] if records else "node")
     times, flags, alerts = [], [], []
     for record in records:
-        assessment, closed = models.update(record)
+        assessment, closed = models.score_then_learn_one(record)
         times.append(record["ts_ms"] / 1000.0)
         flags.append(assessment.anomaly.is_anomaly)
         alerts.extend(closed)
     alerts.extend(models.flush())
-    return times, flags, [(a["start_ts_ms"] / 1000.0, a["end_ts_ms"] / 1000.0) for a in alerts]
+    return times, flags, _alarm_spans(alerts)

@@ -53,7 +53,8 @@ from collections import deque
 from statistics import NormalDist
 from typing import NamedTuple, Optional, Sequence
 
-STATE_VERSION = 1
+from schemas.state import Versioned
+
 MIN_ERRORS = 10  # matured errors a horizon needs before its interval is used
 
 
@@ -65,7 +66,7 @@ class Forecast(NamedTuple):
     upper: float
 
 
-class TrendForecaster:
+class TrendForecaster(Versioned):
     """Damped-trend smoothing in continuous time with an empirical prediction interval.
 
     Parameters
@@ -85,7 +86,17 @@ class TrendForecaster:
     max_step_s
         An update after a gap weighs at most this much time, so a sample after an
         outage corrects the state but does not replace it.
+
+    Examples
+    --------
+    >>> f = TrendForecaster(damping_time_s=math.inf)
+    >>> for t in range(200):                      # a line, 2 units per second
+    ...     f.learn_one(2.0 * t, float(t))
+    >>> round(f.forecast(10.0).value, 3)          # 2 * 209
+    418.0
     """
+
+    STATE_VERSION = 1
 
     def __init__(self, level_time_s: float = 3.0, trend_time_s: float = 8.0, damping_time_s: float = 30.0,
                  coverage: float = 0.9, horizons_s: Sequence[float] = (10.0, 30.0, 60.0),
@@ -104,7 +115,7 @@ class TrendForecaster:
         self.error_window = int(error_window)
         self.record_every_s = record_every_s
         self.max_step_s = max_step_s
-        self.version = STATE_VERSION
+        self.version = self.STATE_VERSION
         self._z = NormalDist().inv_cdf(0.5 + coverage / 2.0)
         self.level: Optional[float] = None
         self.trend = 0.0              # units per second

@@ -3,13 +3,24 @@
 `TelemetryModels` is the per-node bundle the control flow keeps in its state
 (plain objects, pickled by Bytewax recovery). One call per sample::
 
-    assessment, alerts = models.update(record)
+    assessment, alerts = models.score_then_learn_one(record)
 
 scores the record with the state before it, then learns it (test-then-train),
 and returns an `Assessment` (anomaly result + forecasts of temperature, power
-and latency at ``horizon_s``) and the Alert records of episodes that closed.
-Other horizons: ``models.forecast("gpu_temp_c", 20.0)``,
+and latency at ``horizon_s``) and the Alert records of episodes that opened or
+closed (see `prediction.episodes`). Other horizons: ``models.forecast("gpu_temp_c", 20.0)``,
 ``models.prob_above("gpu_temp_c", 85.0, 30.0)``.
+
+What the forecasters learn
+--------------------------
+The power and latency forecasters do not learn a sample whose feature the
+detector flags (beyond its ``learn_clip``): a latency spike or a power glitch
+would otherwise bend the trend they extrapolate, and the forecast after the
+incident would chase it; a lasting shift is learned once the detector adopts
+it as the new normal and stops flagging it. The temperature forecaster learns every sample on
+purpose: temperature follows physics, a thermal excursion is scored anomalous
+yet is exactly what the policy must see coming (its 85 °C rule acts on the
+forecast), so the forecast has to track it.
 
 `TelemetryAnomalyDetector` maps a record onto the features the generic
 `prediction.anomaly.AnomalyDetector` scores:
@@ -45,17 +56,21 @@ threshold policy already handles it.
 ...              variant="transformer", precision="fp32", batch_size=8, source="simulator", scenario=None)
 ...     return {**r, **over}
 >>> for i in range(200):
-...     assessment, alerts = models.update(record(i))
+...     assessment, alerts = models.score_then_learn_one(record(i))
 >>> assessment.anomaly.is_anomaly, round(assessment.forecasts["gpu_temp_c"].value)
 (False, 60)
->>> assessment, alerts = models.update(record(200, latency_ms=25.0))   # latency jumps five-fold
+>>> assessment, alerts = models.score_then_learn_one(record(200, latency_ms=25.0))   # latency jumps five-fold
 >>> assessment.anomaly.is_anomaly, assessment.anomaly.top_features()
 (True, ['latency_ms'])
+>>> alerts[0]["alert_id"], alerts[0]["end_ts_ms"], alerts[0]["contributing_features"]   # opened at once
+('n1:anomaly:200000', None, ['latency_ms'])
+>>> round(models.forecast("latency_ms", 10.0).value, 1)     # the spike is not learned by the forecaster
+5.0
 >>> for i in range(201, 260):
-...     assessment, alerts = models.update(record(i))
+...     assessment, alerts = models.score_then_learn_one(record(i))
 ...     if alerts: break
->>> alerts[0]["alert_id"], alerts[0]["samples"], alerts[0]["contributing_features"]
-('n1:anomaly:200000', 1, ['latency_ms'])
+>>> alerts[0]["alert_id"], alerts[0]["end_ts_ms"], alerts[0]["samples"]   # closed after the 30 s gap
+('n1:anomaly:200000', 200000, 1)
 """
 
 from __future__ import annotations
@@ -67,8 +82,7 @@ from typing import Mapping, Optional
 from prediction.anomaly import AnomalyDetector, AnomalyResult
 from prediction.episodes import EpisodeDetector
 from prediction.forecast import Forecast, TemperatureForecaster, TrendForecaster
-
-STATE_VERSION = 1
+from schemas.state import Versioned
 
 TELEMETRY_FEATURES = ("gpu_temp_c", "temp_rate_c_per_s", "power_headroom", "mem_used_frac",
                       "latency_ms", "throughput_rps")
@@ -79,6 +93,8 @@ CONFIG_SENSITIVE = ("temp_rate_c_per_s", "power_headroom", "mem_used_frac", "lat
 DEFAULT_MIN_SCALE = {"gpu_temp_c": 0.1, "temp_rate_c_per_s": 0.05, "power_headroom": 0.002,
                      "mem_used_frac": 0.001, "latency_ms": 0.01, "throughput_rps": 0.1}
 FORECAST_METRICS = ("gpu_temp_c", "power_w", "latency_ms")
+#: The anomaly feature of each forecast metric whose flagged samples that forecaster does not learn.
+FORECAST_GUARDED_BY = {"power_w": "power_headroom", "latency_ms": "latency_ms"}
 MAX_RATE_GAP_S = 10.0
 
 
@@ -86,19 +102,39 @@ def _number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-class TelemetryAnomalyDetector:
-    """`AnomalyDetector` over the features of Telemetry records (see the module table)."""
+class TelemetryAnomalyDetector(Versioned):
+    """`AnomalyDetector` over the features of Telemetry records (see the module table).
+
+    Parameters
+    ----------
+    detector
+        The generic detector (default: threshold 0.9999, `DEFAULT_MIN_SCALE`).
+    features
+        Which of `TELEMETRY_FEATURES` to score.
+    rebase_on_change
+        Features re-based when variant, precision or batch size changes.
+
+    Examples
+    --------
+    >>> detector = TelemetryAnomalyDetector(features=("gpu_temp_c",))
+    >>> for i in range(100):
+    ...     result = detector.score_then_learn_one({"ts_ms": 1000 * i, "gpu_temp_c": 60.0 + 0.5 * (i % 2)})
+    >>> detector.score_one({"ts_ms": 100_000, "gpu_temp_c": 75.0}).top_features()
+    ['gpu_temp_c']
+    """
+
+    STATE_VERSION = 1
 
     def __init__(self, detector: Optional[AnomalyDetector] = None, features: tuple = TELEMETRY_FEATURES,
                  rebase_on_change: tuple = CONFIG_SENSITIVE):
         self.detector = detector or AnomalyDetector(min_scale=DEFAULT_MIN_SCALE)
         self.features = tuple(features)
         self.rebase_on_change = tuple(rebase_on_change)
-        self.version = STATE_VERSION
+        self.version = self.STATE_VERSION
         self._last_ts_ms: Optional[int] = None
         self._last_temp = math.nan
         self._config = None
-        self.config_changed = False  # set by `update`: the last record changed variant/precision/batch
+        self.config_changed = False  # set by `score_then_learn_one`: the last record changed the config
 
     @property
     def threshold(self) -> float:
@@ -126,7 +162,7 @@ class TelemetryAnomalyDetector:
             x = {name: x[name] for name in self.features}
         return x
 
-    def update(self, sample: Mapping) -> AnomalyResult:
+    def score_then_learn_one(self, sample: Mapping) -> AnomalyResult:
         """Score the record, then learn it; a record at or before the last learned time is only scored."""
         ts_ms = sample["ts_ms"]
         fresh = self._last_ts_ms is None or ts_ms > self._last_ts_ms
@@ -139,7 +175,7 @@ class TelemetryAnomalyDetector:
                     self.detector.rebase(self.rebase_on_change)
                     self.config_changed = True
                 self._config = config
-        result = self.detector.update(x, ts_ms / 1000.0)
+        result = self.detector.score_then_learn_one(x, ts_ms / 1000.0)
         if fresh:
             self._last_ts_ms = ts_ms
             self._last_temp = x.get("gpu_temp_c", _number(sample.get("gpu_temp_c")))
@@ -149,7 +185,7 @@ class TelemetryAnomalyDetector:
         return self.detector.score_one(self.featurize(sample), sample["ts_ms"] / 1000.0)
 
     def learn_one(self, sample: Mapping) -> None:
-        self.update(sample)
+        self.score_then_learn_one(sample)
 
 
 @dataclass
@@ -186,9 +222,24 @@ def default_forecasters() -> dict:
 
 
 @dataclass
-class TelemetryModels:
-    """Per-node anomaly detector, forecasters and alert episodes; one `update` per record."""
+class TelemetryModels(Versioned):
+    """Per-node anomaly detector, forecasters and alert episodes; one `score_then_learn_one` per record.
 
+    Parameters
+    ----------
+    node_id
+        The node these models watch.
+    detector, forecasters, episodes
+        The parts (defaults: `TelemetryAnomalyDetector`, `default_forecasters`, `EpisodeDetector`).
+    horizon_s
+        Horizon of the forecasts in each `Assessment`.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+
+    STATE_VERSION = 1
     node_id: str
     detector: TelemetryAnomalyDetector = field(default_factory=TelemetryAnomalyDetector)
     forecasters: dict = field(default_factory=default_forecasters)
@@ -215,26 +266,33 @@ class TelemetryModels:
         return cls(node_id, detector, episodes=EpisodeDetector(node_id, close_threshold=close),
                    horizon_s=horizon_s)
 
-    def update(self, sample: Mapping) -> tuple[Assessment, list[dict]]:
-        """Score-then-learn one Telemetry record: its `Assessment` and the Alert records that closed."""
+    def score_then_learn_one(self, sample: Mapping) -> tuple[Assessment, list[dict]]:
+        """Score-then-learn one Telemetry record: its `Assessment` and the Alert records it opened or closed."""
         ts_ms = sample["ts_ms"]
         fresh = self._last_ts_ms is None or ts_ms > self._last_ts_ms
-        anomaly = self.detector.update(sample)
+        detector = self.detector
+        anomaly = detector.score_then_learn_one(sample)
         forecasters = self.forecasters
         if fresh:
-            if self.detector.config_changed:  # a deliberate step: power and latency restart their level
+            if detector.config_changed:  # a deliberate step: power and latency restart their level
                 for metric in ("power_w", "latency_ms"):
                     if metric in forecasters:
                         forecasters[metric].rebase()
             t = ts_ms / 1000.0
+            flagged = anomaly.is_anomaly
+            clip = detector.detector.learn_clip
             for metric, forecaster in forecasters.items():
+                if flagged:
+                    sigma = anomaly.contributions.get(FORECAST_GUARDED_BY.get(metric), 0.0)
+                    if sigma > clip or sigma < -clip:
+                        continue
                 forecaster.learn_one(sample.get(metric), t)
             self._last_ts_ms = ts_ms
         h = self.horizon_s
         forecasts = {}
         for metric, forecaster in forecasters.items():
             forecasts[metric] = forecaster.forecast(h)
-        alerts = self.episodes.update(ts_ms, anomaly) if fresh else []
+        alerts = self.episodes.observe(ts_ms, anomaly) if fresh else []
         return Assessment(self.node_id, ts_ms, anomaly, forecasts, h), alerts
 
     def forecast(self, metric: str, horizon_s: float) -> Forecast:
@@ -246,5 +304,5 @@ class TelemetryModels:
         return self.forecasters[metric].prob_above(level, horizon_s)
 
     def flush(self) -> list[dict]:
-        """Alert records of the episode still open (end of a stream)."""
+        """The closing Alert of the episode still open (end of a stream, a node gone idle)."""
         return self.episodes.flush()

@@ -61,14 +61,14 @@ def test_scores_stay_in_unit_interval_through_gaps_nans_and_replays():
         x = {"a": rng.gauss(0, 1) * (100 if i % 500 == 0 else 1),
              "b": rng.choice([1.0, 2.0, math.nan, None, math.inf, rng.expovariate(1.0)]),
              "c": 7.0}                                        # constant: scale is only its floor
-        result = detector.update(x, t)
+        result = detector.score_then_learn_one(x, t)
         assert 0.0 <= result.score <= 1.0
         assert result.is_anomaly == (result.score >= detector.threshold and not result.warming_up)
 
 
 def test_warm_up_flags_nothing_and_says_so():
     detector = AnomalyDetector(warmup=30)
-    results = [detector.update({"x": float(i % 3) * 50.0}, float(i)) for i in range(29)]
+    results = [detector.score_then_learn_one({"x": float(i % 3) * 50.0}, float(i)) for i in range(29)]
     assert all(r.warming_up and not r.is_anomaly and r.score == 0.0 for r in results)
 
 
@@ -76,7 +76,7 @@ def _false_alarm_rate(records, threshold):
     models = TelemetryModels.for_node(records[0]["node_id"])
     # The first ten minutes are left out: until the detector has seen a few minutes of the node's
     # slow load wander, its scales reflect only sample noise (a documented warm-up effect).
-    scores = [models.update(r)[0].anomaly.score for r in records][600:]
+    scores = [models.score_then_learn_one(r)[0].anomaly.score for r in records][600:]
     return sum(s >= threshold for s in scores) / len(scores)
 
 
@@ -94,7 +94,7 @@ def test_threshold_means_the_same_false_alarm_rate_on_different_nodes(threshold)
 def test_iid_gaussian_scores_are_calibrated():
     rng = random.Random(2)
     detector = AnomalyDetector()
-    scores = [detector.update({f"f{j}": 10 * j + rng.gauss(0, j + 1) for j in range(4)}, float(i)).score
+    scores = [detector.score_then_learn_one({f"f{j}": 10 * j + rng.gauss(0, j + 1) for j in range(4)}, float(i)).score
               for i in range(40000)][100:]
     for threshold in (0.9, 0.99, 0.999):
         rate = sum(s >= threshold for s in scores) / len(scores)
@@ -119,17 +119,17 @@ def test_does_not_learn_from_what_it_flags():
     detector = AnomalyDetector()
     t = 0
     for _ in range(600):
-        detector.update({"x": rng.gauss(0.0, 1.0)}, t)
+        detector.score_then_learn_one({"x": rng.gauss(0.0, 1.0)}, t)
         t += 1
-    first = detector.update({"x": 8.0}, t).contributions["x"]
+    first = detector.score_then_learn_one({"x": 8.0}, t).contributions["x"]
     for _ in range(20):                    # a 20-sample burst far outside: must not widen "normal"
         t += 1
-        assert detector.update({"x": 8.0 + rng.gauss(0.0, 1.0)}, t).is_anomaly
+        assert detector.score_then_learn_one({"x": 8.0 + rng.gauss(0.0, 1.0)}, t).is_anomaly
     for _ in range(60):
         t += 1
-        assert not detector.update({"x": rng.gauss(0.0, 1.0)}, t).is_anomaly
+        assert not detector.score_then_learn_one({"x": rng.gauss(0.0, 1.0)}, t).is_anomaly
     t += 1
-    second = detector.update({"x": 8.0}, t).contributions["x"]
+    second = detector.score_then_learn_one({"x": 8.0}, t).contributions["x"]
     assert second == pytest.approx(first, rel=0.15)
 
 
@@ -140,7 +140,7 @@ def test_stuck_sensor_is_reported_as_stuck():
     start, end = stream.windows[0]
     tops = []
     for record in stream.records:
-        anomaly = models.update(record)[0].anomaly
+        anomaly = models.score_then_learn_one(record)[0].anomaly
         if anomaly.is_anomaly and start <= record["ts_ms"] <= end:
             tops.append(anomaly.top_features())
     assert tops and "gpu_temp_c:stuck" in tops[0]
@@ -158,10 +158,10 @@ def test_score_one_does_not_change_state_and_replays_are_not_learned():
     records = normal_telemetry(n=400, seed=8)
     models = TelemetryModels.for_node("node-0")
     for r in records[:300]:
-        models.update(r)
+        models.score_then_learn_one(r)
     before = pickle.dumps(models.detector)
     models.detector.score_one(records[300])
-    models.update(records[150])            # a replayed (older) record
+    models.score_then_learn_one(records[150])            # a replayed (older) record
     assert pickle.dumps(models.detector) == before
 
 
@@ -169,11 +169,11 @@ def test_pickled_state_continues_identically():
     records = normal_telemetry(n=900, seed=9)
     models = TelemetryModels.for_node("node-0")
     for r in records[:500]:
-        models.update(r)
+        models.score_then_learn_one(r)
     clone = pickle.loads(pickle.dumps(models))
     for r in records[500:]:
-        a, _ = models.update(r)
-        b, _ = clone.update(r)
+        a, _ = models.score_then_learn_one(r)
+        b, _ = clone.score_then_learn_one(r)
         assert a.anomaly.score == b.anomaly.score and a.forecasts == b.forecasts
     assert clone.version == 1 and clone.detector.detector.version == 1
 
@@ -199,7 +199,20 @@ def test_update_costs_a_few_microseconds():
         batch = [dict(r, ts_ms=r["ts_ms"]) for r in records]
         t0 = time.perf_counter()
         for r in batch:
-            models.update(r)
+            models.score_then_learn_one(r)
         best = min(best, (time.perf_counter() - t0) / len(batch))
     # Budget ~20 µs on an idle core; 60 leaves room for a busy shared machine.
     assert best * 1e6 < 60.0, f"{best * 1e6:.1f} µs per sample"
+
+
+def test_a_snapshot_of_a_newer_release_is_refused():
+    from schemas.state import StateVersionError
+
+    models = TelemetryModels.for_node("node-0")
+    for r in normal_telemetry(n=50, seed=3):
+        models.score_then_learn_one(r)
+    for part in (models, models.detector, models.detector.detector, models.episodes,
+                 models.forecasters["gpu_temp_c"]):
+        assert pickle.loads(pickle.dumps(part)).version == type(part).STATE_VERSION
+        with pytest.raises(StateVersionError):
+            type(part).__new__(type(part)).__setstate__(dict(vars(part), version=type(part).STATE_VERSION + 1))

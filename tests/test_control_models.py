@@ -1,18 +1,23 @@
-"""The control flow with its online models on (--models), through the real broker."""
+"""The control flow with its online models on (--models): alerts on open, on close, on idle and at the end."""
 
 from __future__ import annotations
 
 import random
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from confluent_kafka import Producer
 
 from deploy.replay import read_topic
+from morph.policy import MorphPolicy
+from operators.control import ControlLogic, ControlState, MorphStep
+from operators.events import Event
+from prediction.telemetry_models import TelemetryModels
 from schemas import TopicNames
 from schemas.codec import Codec
+from schemas.state import StateVersionError
 from tests.conftest import run_liquid
 
-pytestmark = pytest.mark.broker
 TOPICS = TopicNames()
 
 
@@ -23,6 +28,7 @@ def telemetry(node, t, latency, rng):
                 precision="fp32", batch_size=16, source="thermal-model", scenario=None)
 
 
+@pytest.mark.broker
 def test_latency_episode_is_one_alert_and_a_fallback_command(kafka):
     codec, producer, rng = Codec(), Producer(kafka.producer()), random.Random(5)
     for t in range(500):
@@ -36,9 +42,11 @@ def test_latency_episode_is_one_alert_and_a_fallback_command(kafka):
 
     alerts = [a for a in read_topic(kafka, TOPICS.alerts) if a.get("_schema") == "Alert"]
     episode = [a for a in alerts if a["node_id"] == "edge-1" and "latency_ms" in a["contributing_features"]]
-    assert len(episode) == 1, alerts
-    a = episode[0]
+    assert len(episode) == 2, alerts                       # opened, then closed: one episode
+    opened, a = sorted(episode, key=lambda x: x["end_ts_ms"] is not None)
+    assert opened["alert_id"] == a["alert_id"] and opened["end_ts_ms"] is None
     start = 1_700_000_000_000 + 300_000
+    assert start <= opened["start_ts_ms"] <= start + 3_000
     assert start <= a["start_ts_ms"] <= start + 3_000 and a["end_ts_ms"] > a["start_ts_ms"]
     assert a["peak_score"] > 0.999 and a["samples"] >= 3
     assert not [x for x in alerts if x["node_id"] == "edge-2"], "the healthy node raises no alert"
@@ -50,3 +58,88 @@ def test_latency_episode_is_one_alert_and_a_fallback_command(kafka):
     assert "latency_ms" in ev["contributing_features"] and ev["anomaly_score"] > 0.999
     assert ev["forecast_c"] is not None and ev["forecast_horizon_s"] == 15.0
     assert not [c for c in cmds if c["node_id"] == "edge-2"]
+
+
+@pytest.mark.broker
+def test_an_episode_open_when_the_input_ends_is_flushed(kafka):
+    codec, producer, rng = Codec(), Producer(kafka.producer()), random.Random(6)
+    for t in range(320):                                   # latency degrades at 300 s and the input ends
+        latency = 30.0 if t >= 300 else 1.0
+        producer.produce(TOPICS.telemetry, key=b"edge-1",
+                         value=codec.encode("Telemetry", telemetry("edge-1", t, latency, rng)))
+    producer.flush()
+    run_liquid("flow", "run", "control", "--models", "--until-end", "--bootstrap", kafka.bootstrap)
+    alerts = [a for a in read_topic(kafka, TOPICS.alerts) if a.get("_schema") == "Alert"]
+    closed = [a for a in alerts if a["end_ts_ms"] is not None]
+    assert [a["alert_id"] for a in closed] == [a["alert_id"] for a in alerts if a["end_ts_ms"] is None]
+    assert closed and closed[0]["start_ts_ms"] >= 1_700_000_000_000 + 300_000
+
+
+class _Clock:
+    def __init__(self):
+        self.now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+
+def _step(clock):
+    return MorphStep(MorphPolicy(), lambda node: TelemetryModels.for_node(node), stamp_wall_clock=False,
+                     idle_flush_s=30.0, clock=clock)
+
+
+def _alerts(outputs):
+    return [record for schema, record in outputs if schema == "Alert"]
+
+
+def _drive(logic, latencies, rng, start=0):
+    out = []
+    for t, latency in enumerate(latencies, start):
+        emitted, _ = logic.on_item(Event("Telemetry", telemetry("edge-1", t, latency, rng), TOPICS.telemetry, 0, t))
+        out += _alerts(emitted)
+    return out
+
+
+def test_the_alert_opens_on_the_anomalous_sample_and_an_idle_node_is_flushed():
+    clock, rng = _Clock(), random.Random(7)
+    logic = _step(clock).build(None)
+    assert _drive(logic, [1.0] * 300, rng) == [] and logic.notify_at() is None
+    [opened] = _drive(logic, [30.0], rng, start=300)      # the first degraded sample opens it
+    assert opened["end_ts_ms"] is None and opened["start_ts_ms"] == 1_700_000_000_000 + 300_000
+    assert "latency_ms" in opened["contributing_features"]
+    assert logic.notify_at() == clock.now + timedelta(seconds=30)
+    clock.now += timedelta(seconds=31)                     # the node goes silent
+    [closed] = _alerts(logic.on_notify()[0])
+    assert closed["alert_id"] == opened["alert_id"] and closed["end_ts_ms"] == opened["start_ts_ms"]
+    assert logic.notify_at() is None and _alerts(logic.on_eof()[0]) == []
+
+
+def test_end_of_input_flushes_and_snapshots_restore_with_their_version_checked():
+    clock, rng = _Clock(), random.Random(8)
+    step = _step(clock)
+    logic = step.build(None)
+    _drive(logic, [1.0] * 300 + [30.0] * 3, rng)
+    resumed = step.build(logic.snapshot())                 # what Bytewax does on resume
+    [closed] = _alerts(resumed.on_eof()[0])
+    assert closed["samples"] >= 1 and closed["end_ts_ms"] is not None
+    assert step.build(None).on_eof() == ([], ControlLogic.RETAIN)   # nothing to flush for a fresh node
+    with pytest.raises(StateVersionError):
+        ControlState.__new__(ControlState).__setstate__(dict(vars(logic.snapshot()), version=2))
+
+
+def test_the_flow_publishes_the_opening_alert_and_flushes_it_when_its_input_ends():
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from flows.control import build
+    from flows.spec import FlowSpec
+
+    rng = random.Random(9)
+    samples = [("Telemetry", telemetry("edge-1", t, 30.0 if t >= 300 else 1.0, rng)) for t in range(310)]
+    out = []
+    spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, models=True)
+    run_main(build(spec, source=TestingSource(samples), sink=TestingSink(out)))
+    alerts = [record for node, (schema, record) in out if schema == "Alert"]
+    assert [a["end_ts_ms"] is None for a in alerts] == [True, False]   # opened, then flushed at the end
+    opened, closed = alerts
+    assert opened["alert_id"] == closed["alert_id"] and opened["start_ts_ms"] == 1_700_000_000_000 + 300_000
+    assert closed["end_ts_ms"] >= closed["start_ts_ms"] and closed["samples"] >= 1

@@ -92,7 +92,7 @@ def test_prob_above_is_consistent_with_the_interval():
 def test_telemetry_models_forecast_and_evidence():
     models = TelemetryModels.for_node("node-0", horizon_s=20.0)
     for r in normal_telemetry(n=300, seed=1):
-        assessment, _ = models.update(r)
+        assessment, _ = models.score_then_learn_one(r)
     assert set(assessment.forecasts) == {"gpu_temp_c", "power_w", "latency_ms"}
     assert all(isinstance(f, Forecast) and f.lower <= f.value <= f.upper for f in assessment.forecasts.values())
     assert models.forecast("gpu_temp_c", 20.0) == assessment.forecasts["gpu_temp_c"]

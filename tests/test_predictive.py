@@ -21,7 +21,7 @@ def models_for(cfg):
 def warm(models, seed):
     node = SimulatedNode("n1", Scenario("steady"), seed=seed + 100)
     for t in range(WARM_S):
-        models.update(node.sample(t * 1000, 1.0))
+        models.score_then_learn_one(node.sample(t * 1000, 1.0))
 
 
 def run(scenario, seed, with_models, duration=150):
@@ -36,7 +36,7 @@ def run(scenario, seed, with_models, duration=150):
         sample = node.sample((WARM_S + t) * 1000, 1.0)
         if first_85 is None and sample["gpu_temp_c"] >= 85.0:
             first_85 = t
-        assessment = models.update(sample)[0] if models else None
+        assessment = models.score_then_learn_one(sample)[0] if models else None
         cmd = policy.decide(state, sample, assessment)
         if cmd:
             node.apply(cmd)
@@ -74,7 +74,7 @@ def ramp_commands(level_c, seed, total=200):
                       gpu_util=1.0, mem_used_frac=0.5, power_w=300.0, power_cap_w=350.0, latency_ms=1.0,
                       throughput_rps=100.0, variant="transformer", precision="fp32", batch_size=16,
                       source="thermal-model", scenario=None)
-        cmd = policy.decide(state, sample, models.update(sample)[0])
+        cmd = policy.decide(state, sample, models.score_then_learn_one(sample)[0])
         if cmd:
             cmds.append(cmd)
     return cmds, max(model.temp_c, 0)
@@ -101,7 +101,7 @@ def test_sustained_latency_anomaly_triggers_fallback_and_blocks_recovery_until_i
                       throughput_rps=100.0, variant=state.variant or "transformer",
                       precision=state.precision or "fp32", batch_size=state.batch_size or 16,
                       source="thermal-model", scenario=None)
-        cmd = policy.decide(state, sample, models.update(sample)[0])
+        cmd = policy.decide(state, sample, models.score_then_learn_one(sample)[0])
         if cmd:
             cmds.append((t - WARM_S, cmd))
     fallback = [(t, c) for t, c in cmds if c["trigger"] == "ANOMALY"]

@@ -1,0 +1,114 @@
+"""The onset detector on real-like metric series: detection delay, false alarms, one report per incident."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from prediction.metric_series import STEP_S, metric_series
+from prediction.onset import OnsetDetector, SeasonalLevel
+from schemas.state import StateVersionError
+
+SEEDS = range(4)
+#: Worst detection delay per kind, in samples after the onset.
+MAX_DELAY = {"spike": 1, "level_shift": 3, "flatline": 6, "burst": 2}
+DAY_S = 86400.0
+
+
+def _onsets(series, **kwargs):
+    detector = OnsetDetector(**kwargs)
+    return [t for t, v in zip(series.times_s, series.values)
+            if detector.score_then_learn_one({"value": v}, t).is_anomaly]
+
+
+@pytest.mark.parametrize("kind", sorted(MAX_DELAY))
+def test_each_kind_is_reported_at_its_onset_and_once(kind):
+    for seed in SEEDS:
+        s = metric_series(kind, seed)
+        onsets = _onsets(s)
+        inside = [t for t in onsets if s.window_s[0] <= t <= s.window_s[1]]
+        assert len(inside) == 1, (kind, seed, [(t - s.onset_s) / STEP_S for t in onsets])
+        delay = (inside[0] - s.onset_s) / STEP_S
+        assert -1.0 <= delay <= MAX_DELAY[kind] + 0.5, (kind, seed, delay)
+
+
+@pytest.mark.parametrize("kind", ["normal", "spike", "level_shift", "flatline", "burst"])
+def test_false_onsets_are_rare(kind):
+    """Outside the labelled window: at most the first weekend (weekly seasonality is not learned
+    before a weekend has been seen) and about one more a week."""
+    false = days = 0.0
+    for seed in SEEDS:
+        s = metric_series(kind, seed)
+        window = s.window_s or (0.0, 0.0)
+        false += sum(not window[0] <= t <= window[1] for t in _onsets(s))
+        days += (s.times_s[-1] - s.times_s[0]) / DAY_S
+    assert false / days * 7 <= 2.5, f"{kind}: {false} false onsets in {days:.0f} days"
+
+
+def test_a_level_shift_becomes_the_new_normal():
+    for seed in SEEDS:
+        s = metric_series("level_shift", seed)
+        late = [t for t in _onsets(s) if t > s.onset_s + DAY_S]
+        # Days after the shift it is not reported again (the weekend is the only other onset allowed).
+        assert len(late) <= 1, [(t - s.onset_s) / DAY_S for t in late]
+
+
+def test_scores_stay_graded_at_the_top():
+    s = metric_series("burst", 0)
+    detector = OnsetDetector(quiet_s=0.0)   # no suppression: every sample's own score
+    scores = [detector.score_then_learn_one({"value": v}, t).score for t, v in zip(s.times_s, s.values)]
+    assert all(0.0 <= x < 1.0 for x in scores)
+    top = sorted(scores)[-20:]
+    assert len(set(top)) == 20, "no ties at the top: a threshold sweep can separate them"
+
+
+def test_without_suppression_an_incident_is_flagged_for_longer_than_its_onset():
+    s = metric_series("burst", 1)
+    quiet, loud = _onsets(s), _onsets(s, quiet_s=0.0)
+    in_window = lambda ts: [t for t in ts if s.window_s[0] <= t <= s.window_s[1]]  # noqa: E731
+    assert len(in_window(quiet)) == 1 < len(in_window(loud))
+
+
+def test_score_one_changes_nothing_and_a_replayed_time_is_not_learned():
+    s = metric_series("normal", 2)
+    detector = OnsetDetector()
+    for t, v in zip(s.times_s[:1000], s.values[:1000]):
+        detector.score_then_learn_one({"value": v}, t)
+    before = pickle.dumps(detector)
+    t, v = s.times_s[1000], s.values[1000]
+    first = detector.score_one({"value": v}, t)
+    assert pickle.dumps(detector) == before
+    assert detector.score_then_learn_one({"value": v}, t) == first
+    learned = pickle.dumps(detector)
+    detector.score_then_learn_one({"value": v + 50.0}, t)      # the same time again: scored only
+    assert pickle.dumps(detector) == learned
+
+
+def test_irregular_gaps_and_missing_values_are_tolerated():
+    s = metric_series("spike", 3)
+    detector = OnsetDetector()
+    flags = []
+    for i, (t, v) in enumerate(zip(s.times_s, s.values)):
+        if 1500 <= i < 1600:
+            continue                                        # an eight-hour outage
+        x = {"value": float("nan") if i % 50 == 7 else v, "other": None}
+        result = detector.score_then_learn_one(x, t)
+        assert 0.0 <= result.score < 1.0
+        flags.append((t, result.is_anomaly))
+    assert any(flag and abs(t - s.onset_s) <= STEP_S * 1.5 for t, flag in flags)
+
+
+def test_pickled_state_continues_identically_and_a_newer_version_is_refused():
+    s = metric_series("level_shift", 0)
+    detector = OnsetDetector()
+    for t, v in zip(s.times_s[:2000], s.values[:2000]):
+        detector.score_then_learn_one({"value": v}, t)
+    clone = pickle.loads(pickle.dumps(detector))
+    for t, v in zip(s.times_s[2000:], s.values[2000:]):
+        assert detector.score_then_learn_one({"value": v}, t) == clone.score_then_learn_one({"value": v}, t)
+    state = dict(detector.features["value"].__dict__, version=SeasonalLevel.STATE_VERSION + 1)
+    with pytest.raises(StateVersionError):
+        SeasonalLevel.__new__(SeasonalLevel).__setstate__(state)
+    with pytest.raises(StateVersionError):
+        OnsetDetector.__new__(OnsetDetector).__setstate__(dict(detector.__dict__, version=99))
