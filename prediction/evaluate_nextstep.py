@@ -125,7 +125,7 @@ def evaluate_next_step(signals: Iterable[dict], *,
             baselines[wf] = MostFrequentNext()
         fingerprint = predictor.fingerprint
         accepted_before = fingerprint.accepted
-        records = predictor.learn_one(signal)
+        records = predictor.predict_then_learn_one(signal)
         if fingerprint.accepted == accepted_before:
             continue  # dropped as a bad signal: not an event of any case
         key = (wf, signal["run_id"])
