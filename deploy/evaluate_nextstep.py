@@ -97,9 +97,9 @@ def log_signals(args: argparse.Namespace, workflow_id: str | None = None, workfl
 
 def run(args: argparse.Namespace) -> int:
     from deploy.cli import UsageError
+    from fingerprint.temporal import Window
     from prediction.evaluate_nextstep import evaluate_next_step
     from prediction.nextstep import NextStepPredictor
-    from fingerprint.temporal import Window
 
     if args.order < 1 or args.window_runs < 1 or (args.history is not None and args.history < 1):
         raise UsageError("--order, --window-runs and --history must be at least 1")

@@ -3,22 +3,24 @@
 Each **expert** looks at a run's prefix through one view (the last few tasks,
 the set of tasks already visited, the time since the previous task, a case
 attribute, ...) and predicts the next task from what followed the same view
-before. Its prediction is a *chain* of contexts that all extend the shared
-first-order context ``(last task,)``, e.g. ``(gap, last, 3)`` then
-``(gap, last, prev, 3)``; counts along the chain are blended with Witten-Bell
+before. Its prediction is a *chain* of context keys that all extend the shared
+first-order context ``(last task,)``, e.g. ``("gap", last, 3)`` then
+``("gap", last, prev, 3)``; counts along the chain are blended with Witten-Bell
 interpolation, so a context is trusted in proportion to how often it was seen
 relative to how many different followers it had, and otherwise backs off to the
 shorter one and finally to ``(last task,)`` and ``()``.
 
 `ExpertMixture` blends the experts with a Bayesian mixture with forgetting,
-kept **per last task**: each expert's weight in a context is
-``exp(-L)`` with ``L`` its exponentially discounted log-loss on the predictions
-resolved in that context, so the mixture learns which view to trust where
-(after "Accepted" the time gap may decide, after "CRP" the tasks visited).
+kept **per last task**: each expert's weight in a context is ``exp(-L)`` with
+``L`` its exponentially discounted log-loss on the predictions resolved in that
+context, so the mixture learns which view to trust where. Only the ``top``
+heaviest experts of a context are blended into a prediction (the rest carry
+little weight, and blending costs per expert); every expert's loss is updated.
 
 `FollowerCounts` bounds memory: a context whose total reaches ``max_total`` has
-its counts halved (old evidence fades, as in adaptive PPM coders), and at most
-``max_contexts`` contexts are kept, least recently updated dropped first.
+its counts halved (old evidence fades, as in adaptive PPM coders), and when more
+than ``max_contexts`` contexts are held every count is halved and the contexts
+left empty are dropped.
 
 References
 ----------
@@ -29,17 +31,16 @@ Herbster, M., & Warmuth, M. K. (1998). Tracking the best expert. Machine Learnin
 
 >>> counts = FollowerCounts()
 >>> for nxt in "bbc":
-...     counts.add(("a",), nxt)
->>> counts.add((), "b")
->>> p = counts.base_proba("a")  # () says b for sure; ("a",) saw b twice, c once: trusted 3 / (3 + 2)
->>> round(p["b"], 3), round(p["c"], 3)
-(0.8, 0.2)
+...     counts.learn([(), ("a",)], [None, None], nxt)
+>>> counts.learn([()], [counts.table[()]], "b")
+>>> p = counts.base_proba(counts.table[()], counts.table[("a",)])
+>>> round(p["b"], 3), round(p["c"], 3)  # () saw b 3:1; ("a",) saw b 2:1, trusted 3 / (3 + 2)
+(0.7, 0.3)
 """
 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 #: Probability floor for log-loss, so one confident miss costs at most ~9.2 nats.
@@ -48,101 +49,123 @@ P_FLOOR = 1e-4
 
 @dataclass
 class FollowerCounts:
-    """Next-task counts per context key (a tuple), with count halving and an LRU bound on contexts.
+    """Next-task counts per context key (a tuple): ``table[key] = [total, {next task: count}]``.
 
     Parameters
     ----------
     max_contexts
-        Contexts kept; the least recently updated one goes first.
+        Contexts held at most; beyond, every count is halved and emptied contexts dropped.
     max_total
         A context whose total count reaches this has its counts halved (a
-        follower seen once is then forgotten): recent evidence weighs more and
-        counts stay small.
+        follower seen once is then forgotten): recent evidence weighs more.
+
+    Entries are updated in place, so a caller may hold an entry from prediction
+    time and learn into it later without looking the key up again.
 
     >>> counts = FollowerCounts(max_contexts=2)
-    >>> for key in [("a",), ("b",), ("c",)]:
-    ...     counts.add(key, "x")
-    >>> list(counts.table)
-    [('b',), ('c',)]
+    >>> counts.learn([("a",), ("b",)], [None, None], "x")
+    >>> counts.learn([("a",)], [counts.table[("a",)]], "x")
+    >>> counts.learn([("c",)], [None], "y")  # 3 contexts: halving forgets those seen once
+    >>> counts.table
+    {('a',): [1, {'x': 1}]}
     """
 
     max_contexts: int = 20_000
     max_total: int = 1024
-    table: OrderedDict = field(default_factory=OrderedDict)  # key -> [total, {next: count}]
+    table: dict = field(default_factory=dict)
 
-    def add(self, key: tuple, nxt: str) -> None:
+    def entries(self, keys: list) -> list:
+        """The entry of each key (None if unseen, or for a None key)."""
+        get = self.table.get
+        return [get(k) if k is not None else None for k in keys]
+
+    def learn(self, keys: list, entries: list, nxt: str) -> None:
+        """Count ``nxt`` after each key; ``entries`` are the keys' entries as looked up earlier (None: unseen then)."""
+        table, cap = self.table, self.max_total
+        for key, entry in zip(keys, entries):
+            if entry is None:
+                if key is None:
+                    continue
+                entry = table.get(key)  # another run may have counted it since
+                if entry is None:
+                    table[key] = [1, {nxt: 1}]
+                    continue
+            followers = entry[1]
+            followers[nxt] = followers.get(nxt, 0) + 1
+            entry[0] += 1
+            if entry[0] >= cap:
+                _halve(entry)
+        if len(table) > self.max_contexts:
+            self._age()
+
+    def _age(self) -> None:
+        """Halve every count until at most 3/4 of ``max_contexts`` contexts are left (amortised: rare)."""
         table = self.table
-        entry = table.get(key)
-        if entry is None:
-            table[key] = [1, {nxt: 1}]
-            if len(table) > self.max_contexts:
-                table.popitem(last=False)
-            return
-        table.move_to_end(key)
-        followers = entry[1]
-        followers[nxt] = followers.get(nxt, 0) + 1
-        entry[0] += 1
-        if entry[0] >= self.max_total:
-            halved = {k: c >> 1 for k, c in followers.items() if c > 1}
-            entry[0], entry[1] = sum(halved.values()), halved
+        while len(table) > self.max_contexts * 3 // 4:
+            for key, entry in list(table.items()):
+                _halve(entry)
+                if not entry[0]:
+                    del table[key]
 
-    def base_proba(self, last: str) -> dict[str, float]:
-        """The shared back-off: ``()`` interpolated with ``(last,)``; empty before anything was learned."""
-        entry = self.table.get(())
-        if entry is None:
+    @staticmethod
+    def base_proba(root: list | None, first: list | None) -> dict[str, float]:
+        """``()`` (taken whole) interpolated with ``(last,)``; empty before anything was learned."""
+        if root is None or not root[0]:
             return {}
-        n0, f0 = entry
+        n0, f0 = root
         probs = {k: c / n0 for k, c in f0.items()}
-        return self.chain_proba([(last,)], probs)
+        return interpolate(probs, [first])
 
-    def chain_proba(self, chain: list[tuple], probs: dict[str, float]) -> dict[str, float]:
-        """``probs`` refined along ``chain`` (shortest context first) by Witten-Bell interpolation."""
-        table = self.table
-        for key in chain:
-            entry = table.get(key)
-            if entry is None:
-                break  # a longer context that extends an unseen one is unseen too
-            n, followers = entry
-            lam = n / (n + len(followers))
-            keep = 1.0 - lam
-            probs = {k: v * keep for k, v in probs.items()}
-            scale = lam / n
-            for k, c in followers.items():
-                probs[k] = probs.get(k, 0.0) + c * scale
-        return probs
 
-    def chain_terms(self, chain: list[tuple]) -> tuple[float, list]:
-        """The chain's distribution as ``beta * base + sum(coef * followers)``: ``(beta, [(coef, followers)])``.
+def _halve(entry: list) -> None:
+    halved = {k: c >> 1 for k, c in entry[1].items() if c > 1}
+    entry[0], entry[1] = sum(halved.values()), halved
 
-        The mixture adds many chains over one shared base; this form lets it
-        touch only each chain's own followers.
-        """
-        table = self.table
-        beta, terms = 1.0, []
-        for key in chain:
-            entry = table.get(key)
-            if entry is None:
-                break
-            n, followers = entry
-            lam = n / (n + len(followers))
-            keep = 1.0 - lam
-            beta *= keep
-            terms = [(coef * keep, f) for coef, f in terms]
-            terms.append((lam / n, followers))
-        return beta, terms
 
-    def chain_proba_of(self, chain: list[tuple], p_base: float, nxt: str) -> float:
-        """P(nxt) along ``chain`` given its base probability (cheaper than `chain_proba` for one task)."""
-        table = self.table
-        p = p_base
-        for key in chain:
-            entry = table.get(key)
-            if entry is None:
-                break
-            n, followers = entry
-            lam = n / (n + len(followers))
-            p = (1.0 - lam) * p + lam * followers.get(nxt, 0) / n
-        return p
+def interpolate(probs: dict[str, float], chain: list) -> dict[str, float]:
+    """``probs`` refined along a chain of entries (shortest context first) by Witten-Bell interpolation."""
+    for entry in chain:
+        if entry is None or not entry[0]:
+            break  # a longer context that extends an unseen one is unseen too
+        n, followers = entry
+        lam = n / (n + len(followers))
+        keep = 1.0 - lam
+        probs = {k: v * keep for k, v in probs.items()}
+        scale = lam / n
+        for k, c in followers.items():
+            probs[k] = probs.get(k, 0.0) + c * scale
+    return probs
+
+
+def chain_terms(chain: list) -> tuple[float, list]:
+    """A chain's distribution as ``beta * base + sum(coef * followers)``: ``(beta, [(coef, followers)])``.
+
+    The mixture adds several chains over one shared base; this form touches
+    only each chain's own followers.
+    """
+    beta, terms = 1.0, []
+    for entry in chain:
+        if entry is None or not entry[0]:
+            break
+        n, followers = entry
+        lam = n / (n + len(followers))
+        keep = 1.0 - lam
+        beta *= keep
+        terms = [(coef * keep, f) for coef, f in terms]
+        terms.append((lam / n, followers))
+    return beta, terms
+
+
+def chain_proba_of(chain: list, p_base: float, nxt: str) -> float:
+    """P(nxt) along a chain of entries, given its base probability (cheaper than `interpolate` for one task)."""
+    p = p_base
+    for entry in chain:
+        if entry is None or not entry[0]:
+            break
+        n, followers = entry
+        lam = n / (n + len(followers))
+        p = (1.0 - lam) * p + lam * followers.get(nxt, 0) / n
+    return p
 
 
 @dataclass
@@ -154,50 +177,56 @@ class ExpertMixture:
     forgetting
         Discount of past losses per resolved prediction in a context: about
         ``1 / (1 - forgetting)`` recent predictions decide the weights.
+    top
+        Experts blended into a prediction: the heaviest ones of the context.
 
-    >>> mix = ExpertMixture(forgetting=0.9)
+    >>> mix = ExpertMixture(forgetting=0.9, top=2)
     >>> for _ in range(20):
-    ...     mix.update("a", [math.log(2), math.log(10)])  # expert 0 gave the truth 0.5, expert 1 gave 0.1
-    >>> [round(w, 2) for w in mix.weights("a", 2)]
-    [1.0, 0.0]
-    >>> [round(w, 2) for w in mix.weights("never seen", 2)]  # an unseen context starts from the pooled losses
-    [1.0, 0.0]
-    >>> [round(w, 2) for w in mix.weights("a", 3)]  # an expert added later starts level with the best
-    [0.5, 0.0, 0.5]
+    ...     mix.update("a", [math.log(2), math.log(10), math.log(4)])  # expert 0 gave the truth 0.5
+    >>> [(i, round(w, 2)) for i, w in mix.weights("a", 3)]  # the two heaviest, renormalised
+    [(0, 1.0), (2, 0.0)]
+    >>> [i for i, _ in mix.weights("never seen", 3)]  # an unseen context starts from the pooled losses
+    [0, 2]
+    >>> [(i, round(w, 2)) for i, w in mix.weights("a", 4)]  # an expert added later starts level with the best
+    [(0, 0.5), (3, 0.5)]
     """
 
     forgetting: float = 0.98
+    top: int = 4
     global_losses: list = field(default_factory=list)
     context_losses: dict = field(default_factory=dict)  # last task -> discounted losses per expert
 
     def __post_init__(self):
         if not 0.0 < self.forgetting < 1.0:
             raise ValueError("forgetting must be in (0, 1)")
+        if self.top < 1:
+            raise ValueError("top must be at least 1")
 
-    def _losses(self, context: str | None, k: int) -> list:
-        """The losses of ``k`` experts in ``context`` (None: pooled), without storing anything."""
+    def losses(self, context: str | None, k: int) -> list:
+        """The discounted losses of ``k`` experts in ``context`` (None: pooled), without storing anything."""
         losses = self.global_losses if context is None else self.context_losses.get(context, self.global_losses)
         if len(losses) < k:  # experts added since (a new attribute): each starts where the best one is
             fill = min(losses) if losses else 0.0
             losses = [*losses, *[fill] * (k - len(losses))]
         return losses
 
-    def weights(self, context: str | None, k: int) -> list[float]:
-        """Normalised weights of the first ``k`` experts in ``context`` (None: all contexts pooled)."""
-        losses = self._losses(context, k)[:k]
-        best = min(losses)
-        w = [math.exp(best - x) for x in losses]
+    def weights(self, context: str | None, k: int, top: int | None = None) -> list[tuple[int, float]]:
+        """``(expert, weight)`` of the ``top`` heaviest of ``k`` experts in ``context``, heaviest first."""
+        losses = self.losses(context, k)
+        order = sorted(range(k), key=losses.__getitem__)[:top or self.top]
+        best = losses[order[0]]
+        w = [math.exp(best - losses[i]) for i in order]
         total = sum(w)
-        return [x / total for x in w]
+        return [(i, x / total) for i, x in zip(order, w)]
 
     def update(self, context: str, losses: list[float]) -> None:
         """Fold in each expert's log-loss on one resolved prediction made in ``context``."""
         k, keep = len(losses), self.forgetting
         mine = self.context_losses.get(context)
         if mine is None or len(mine) < k:
-            mine = self.context_losses[context] = list(self._losses(context, k))
+            mine = self.context_losses[context] = list(self.losses(context, k))
         if len(self.global_losses) < k:
-            self.global_losses = list(self._losses(None, k))
+            self.global_losses = list(self.losses(None, k))
         glob = self.global_losses
         for i, loss in enumerate(losses):
             mine[i] = keep * mine[i] + loss
@@ -205,4 +234,4 @@ class ExpertMixture:
 
 
 def log_loss(p: float) -> float:
-    return -math.log(p if p > P_FLOOR else P_FLOOR)
+    return -math.log(max(P_FLOOR, p))

@@ -33,7 +33,7 @@ emitted:
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from fingerprint.signals import END, STARTED
 from prediction.nextstep import NextStepPredictor
@@ -157,7 +157,7 @@ def evaluate_next_step(signals: Iterable[dict], *,
     # calibration of everything the predictor resolved (next task or <end>), pooled over workflows
     resolved = sum(p.metrics.n for p in predictors.values())
     if resolved:
-        report["log_loss"] = sum(p.metrics.log_loss.get() * p.metrics.n for p in predictors.values()) / resolved
+        report["log_loss"] = sum(p.metrics.log_loss_sum for p in predictors.values()) / resolved
         report["brier"] = sum(p.metrics.brier * p.metrics.n for p in predictors.values()) / resolved
         report["ece"] = _pooled_ece(predictors.values())
     report["issues"] = _summed(p.fingerprint.issues for p in predictors.values())

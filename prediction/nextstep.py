@@ -13,16 +13,15 @@ each a Witten-Bell chain of follower counts over one view of the run's prefix:
 
 * ``history`` — the last ``history`` tasks (variable-length context, backing off);
 * ``visited`` — the set of tasks the run has already started;
-* ``repeats`` — how often the last task has run in this run, and the prefix length;
 * ``gap`` / ``elapsed`` — time since the previous start / since the run's first
   start, in factor-of-two buckets;
-* ``hour`` / ``weekday`` — when the last task started (UTC, 3-hour bins);
+* ``calendar`` — when the last task started: weekday and 3-hour bin of the day (UTC);
 * ``attr:NAME`` — the latest value of each case or event attribute the signals
   carry (WorkflowSignal ``attributes``), up to ``max_attributes`` names.
 
 The mixture's weights are learned per last task (Bayesian mixture with
 forgetting), so it trusts, in each context, the views that predicted best there
-lately. Every prediction is kept until the run's next start (or end) resolves
+lately; a prediction blends the ``blend_top`` heaviest experts of its context. Every prediction is kept until the run's next start (or end) resolves
 it: it is scored first (`NextStepMetrics`), then the weights and the counts
 learn from it. Memory per workflow is bounded: counts live in one
 `FollowerCounts` table of at most ``max_contexts`` contexts.
@@ -37,7 +36,7 @@ True
 >>> top, p = max(predictor.predict_proba_one(["a"]).items(), key=lambda kv: kv[1])
 >>> top, round(p, 1)
 ('b', 0.8)
->>> 0.85 < predictor.metrics.top1.get() <= 1.0
+>>> 0.85 < predictor.metrics.top1 <= 1.0
 True
 """
 
@@ -47,17 +46,19 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import ClassVar
 
-from river import metrics as river_metrics
-
 from fingerprint.signals import END, START
 from fingerprint.temporal import Fingerprint, Window
-from prediction.context_experts import P_FLOOR, ExpertMixture, FollowerCounts, log_loss
+from prediction.context_experts import (
+    ExpertMixture,
+    FollowerCounts,
+    chain_proba_of,
+    chain_terms,
+    log_loss,
+)
 from schemas.state import Versioned
 
 #: The views every workflow has; attribute views (``attr:NAME``) are added as attributes appear.
-BUILTIN_VIEWS = ("history", "visited", "repeats", "gap", "elapsed", "hour", "weekday")
-#: An expert with less weight than this in a context is left out of the prediction there.
-_NEGLIGIBLE = 1e-4
+BUILTIN_VIEWS = ("history", "visited", "gap", "elapsed", "calendar")
 _MS_PER_HOUR = 3_600_000
 _MS_PER_DAY = 86_400_000
 
@@ -66,8 +67,8 @@ _MS_PER_DAY = 86_400_000
 class NextStepMetrics:
     """Running prequential metrics of resolved predictions (next task, ``<end>`` included).
 
-    ``top1`` is a `river.metrics.Accuracy`, ``log_loss`` a `river.metrics.CrossEntropy`;
-    top-k accuracy, the multi-class Brier score, the expected calibration error
+    Top-1 and top-k accuracy, mean log-loss (nats, probability floored at 1e-4),
+    the multi-class Brier score, the expected calibration error
     (ECE, 10 equal-width bins of top-1 confidence), the first-order Markov
     baseline's top-1 at the same points and an exponentially weighted recent
     top-1 (about the last ``1 / recent_rate`` predictions) are counted here.
@@ -75,10 +76,10 @@ class NextStepMetrics:
 
     top_k: int = 3
     recent_rate: float = 0.01
-    top1: river_metrics.Accuracy = field(default_factory=river_metrics.Accuracy)
-    log_loss: river_metrics.CrossEntropy = field(default_factory=river_metrics.CrossEntropy)
     n: int = 0
+    top1_hits: int = 0
     topk_hits: int = 0
+    log_loss_sum: float = 0.0
     brier_sum: float = 0.0
     markov_hits: int = 0
     recent_top1: float = 0.0
@@ -88,8 +89,8 @@ class NextStepMetrics:
                markov_top: str | None) -> None:
         top = ranked[0][0] if ranked else None
         hit = top == y
-        self.top1.update(y, top)
-        self.log_loss.update(y, {y: max(p_y, P_FLOOR)})
+        self.top1_hits += hit
+        self.log_loss_sum += log_loss(p_y)
         self.n += 1
         if any(t == y for t, _ in ranked[:self.top_k]):
             self.topk_hits += 1
@@ -103,6 +104,14 @@ class NextStepMetrics:
             b[0] += 1
             b[1] += conf
             b[2] += hit
+
+    @property
+    def top1(self) -> float:
+        return self.top1_hits / self.n if self.n else 0.0
+
+    @property
+    def log_loss(self) -> float:
+        return self.log_loss_sum / self.n if self.n else 0.0
 
     @property
     def topk(self) -> float:
@@ -119,8 +128,8 @@ class NextStepMetrics:
 
     def to_dict(self) -> dict:
         n = self.n or 1
-        return {"predictions": self.n, "top1": self.top1.get(), f"top{self.top_k}": self.topk,
-                "log_loss": self.log_loss.get(), "brier": self.brier, "ece": self.ece,
+        return {"predictions": self.n, "top1": self.top1, f"top{self.top_k}": self.topk,
+                "log_loss": self.log_loss, "brier": self.brier, "ece": self.ece,
                 "markov_top1": self.markov_hits / n, "recent_top1": self.recent_top1}
 
 
@@ -130,6 +139,9 @@ class _Pending:
 
     last: str
     chains: list          # one chain of context keys per expert, as predicted
+    entries: list         # their count entries at prediction time (None: unseen), updated in place since
+    root: list | None     # the entries of () and (last,)
+    first: list | None
     probs: dict[str, float]
     ranked: list[tuple[str, float]]
 
@@ -140,7 +152,6 @@ class _RunView:
 
     attributes: dict = field(default_factory=dict)  # latest value of each case / event attribute
     visited: frozenset = frozenset()
-    repeats: dict = field(default_factory=dict)      # task -> times started in this run
     pending: _Pending | None = None
 
 
@@ -166,6 +177,8 @@ class NextStepPredictor(Versioned):
         Bound on the counted contexts (memory per workflow).
     max_attributes
         Attribute names that get an expert; later new names are ignored.
+    blend_top
+        Experts blended into each prediction: the heaviest of its context (all are scored).
     metrics_interval_ms
         Event time between two `publish_metrics` records (None: never).
 
@@ -192,7 +205,8 @@ class NextStepPredictor(Versioned):
     history: int = 4
     forgetting: float = 0.98
     max_contexts: int = 20_000
-    max_attributes: int = 32
+    max_attributes: int = 8
+    blend_top: int = 3
     metrics_interval_ms: int | None = 60_000
     fingerprint: Fingerprint = None
     metrics: NextStepMetrics = None
@@ -213,7 +227,7 @@ class NextStepPredictor(Versioned):
         if self.counts is None:
             self.counts = FollowerCounts(max_contexts=self.max_contexts)
         if self.mixture is None:
-            self.mixture = ExpertMixture(forgetting=self.forgetting)
+            self.mixture = ExpertMixture(forgetting=self.forgetting, top=self.blend_top)
         if self.views is None:
             self.views = list(BUILTIN_VIEWS)
         if self.history < 1:
@@ -247,17 +261,17 @@ class NextStepPredictor(Versioned):
         if view.pending is not None:
             self._resolve(view.pending, task)
         view.visited = view.visited | {task} if task not in view.visited else view.visited
-        view.repeats[task] = view.repeats.get(task, 0) + 1
         started = run.started
-        chains = self._chains(started, run.start_times, view)
+        pending = self._predict(started[-1], self._chains(started, run.start_times, view))
+        if not pending.probs:  # nothing resolved yet: the fingerprint's sequence model has seen this start
+            pending.probs = self.fingerprint.sequences.predict_proba(started)
+            pending.ranked = sorted(pending.probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]
         if obs.ended:  # a run closed by a start signal: nothing left to predict, but it did end here
-            self._learn(started[-1], chains, END)
+            self._learn(pending, END)
             del self._runs[run.run_id]
             return []
-        probs = self._mix(started[-1], chains)
-        ranked = sorted(probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]  # beats heapq for ~10 items
-        view.pending = _Pending(started[-1], chains, probs, ranked)
-        return [self._record(run, obs.ts_ms, ranked)]
+        view.pending = pending
+        return [self._record(run, obs.ts_ms, pending.ranked)]
 
     def predict_proba_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0,
                           attributes: dict | None = None, ts_ms: int = 0) -> dict[str, float]:
@@ -274,11 +288,8 @@ class NextStepPredictor(Versioned):
         times[-1] = int(ts_ms)
         if n > 1:
             times[-2] = int(ts_ms - gap_ms)
-        repeats: dict[str, int] = {}
-        for t in started:
-            repeats[t] = repeats.get(t, 0) + 1
-        view = _RunView(dict(attributes or {}), frozenset(started), repeats)
-        return self._mix(started[-1], self._chains(started, times, view))
+        view = _RunView(dict(attributes or {}), frozenset(started))
+        return self._predict(started[-1], self._chains(started, times, view)).probs
 
     def predict_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0,
                     attributes: dict | None = None, ts_ms: int = 0) -> str | None:
@@ -305,16 +316,14 @@ class NextStepPredictor(Versioned):
         m = self.metrics
         n = m.n or 1
         return {"workflow_id": self.workflow_id, "ts_ms": int(ts_ms), "predictions": m.n,
-                "top1": m.top1.get(), "top_k": m.top_k, "topk_accuracy": m.topk,
-                "recent_top1": m.recent_top1, "log_loss": m.log_loss.get(), "brier": m.brier, "ece": m.ece,
+                "top1": m.top1, "top_k": m.top_k, "topk_accuracy": m.topk,
+                "recent_top1": m.recent_top1, "log_loss": m.log_loss, "brier": m.brier, "ece": m.ece,
                 "markov_top1": m.markov_hits / n, "expert_weights": self.expert_weights()}
 
     def expert_weights(self) -> dict[str, float]:
         """Each expert's weight over all contexts pooled (the global losses)."""
-        losses = self.mixture.global_losses
-        if not losses:
-            return {name: 1.0 / len(self.views) for name in self.views}
-        return dict(zip(self.views, self.mixture.weights(None, len(self.views))))
+        k = len(self.views)
+        return {self.views[i]: w for i, w in sorted(self.mixture.weights(None, k, top=k))}
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -338,63 +347,69 @@ class NextStepPredictor(Versioned):
         history = [("history", *started[n - j:]) if j <= n else ("history", START, *started)
                    for j in range(2, min(self.history, n + 1) + 1)]
         at = start_times[-1]
-        values = {
-            "visited": view.visited,
-            "repeats": (min(view.repeats.get(last, 1), 10), min(n, 10)),
-            "gap": (at - start_times[-2] + 1).bit_length() if n > 1 else -1,
-            "elapsed": (at - start_times[0] + 1).bit_length(),
-            "hour": at // _MS_PER_HOUR % 24 // 3,
-            "weekday": (at // _MS_PER_DAY + 3) % 7,  # 1970-01-01 was a Thursday: Monday is 0
-        }
+        visited = view.visited
+        gap = (at - start_times[-2] + 1).bit_length() if n > 1 else -1
+        elapsed = (at - start_times[0] + 1).bit_length()
+        # 1970-01-01 was a Thursday: +3 makes Monday 0
+        calendar = (at // _MS_PER_DAY + 3) % 7 * 8 + at // _MS_PER_HOUR % 24 // 3
+        chains = [history,  # in BUILTIN_VIEWS order
+                  [("visited", last, visited), ("visited", last, prev, visited)],
+                  [("gap", last, gap), ("gap", last, prev, gap)],
+                  [("elapsed", last, elapsed), ("elapsed", last, prev, elapsed)],
+                  [("calendar", last, calendar), ("calendar", last, prev, calendar)]]
         attributes = view.attributes
-        chains = [history]
-        for name in self.views[1:]:
-            v = values[name] if name in values else attributes.get(name[5:])
+        for name in self.views[len(BUILTIN_VIEWS):]:
+            v = attributes.get(name[5:])
             chains.append([(name, last, v), (name, last, prev, v)])
         return chains
 
-    def _mix(self, last: str, chains: list[list[tuple]]) -> dict[str, float]:
-        """The mixture's distribution: every chain shares the base, so only its own followers are touched."""
-        counts = self.counts
-        base = counts.base_proba(last)
-        if not base:
-            return {}
-        weights = self.mixture.weights(last, len(chains))
-        on_base, probs = 0.0, {}
-        for w, chain in zip(weights, chains):
-            if w < _NEGLIGIBLE:
-                on_base += w
-                continue
-            beta, terms = counts.chain_terms(chain)
+    def _predict(self, last: str, chains: list[list[tuple]]) -> _Pending:
+        """The mixture's prediction: every chain shares the base, so only its own followers are touched."""
+        get = self.counts.table.get
+        root, first = get(()), get((last,))
+        entries = [[get(k) for k in chain] for chain in chains]
+        if root is None or not root[0]:
+            return _Pending(last, chains, entries, root, first, {}, [])
+        blended, on_base = [], 0.0
+        for i, w in self.mixture.weights(last, len(chains)):
+            beta, terms = chain_terms(entries[i])
             on_base += w * beta
+            blended.append((w, terms))
+        # the shared base is () taken whole, interpolated with (last,): one pass over each
+        n0, f0 = root
+        lam = first[0] / (first[0] + len(first[1])) if first and first[0] else 0.0
+        scale = on_base * (1.0 - lam) / n0
+        probs = {task: c * scale for task, c in f0.items()}
+        if lam:
+            scale = on_base * lam / first[0]
+            for task, c in first[1].items():
+                probs[task] = probs.get(task, 0.0) + c * scale
+        for w, terms in blended:
             for coef, followers in terms:
                 c = w * coef
                 for task, k in followers.items():
                     probs[task] = probs.get(task, 0.0) + c * k
-        for task, p in base.items():
-            probs[task] = probs.get(task, 0.0) + on_base * p
-        return probs
+        ranked = sorted(probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]  # beats heapq for ~10 items
+        return _Pending(last, chains, entries, root, first, probs, ranked)
 
     def _resolve(self, pending: _Pending, y: str) -> None:
         """Score a prediction against what happened (test), then learn from it (train)."""
-        probs, last = pending.probs, pending.last
-        first = self.counts.table.get((last,))
-        markov_top = max(first[1], key=first[1].get) if first else None
+        probs, first = pending.probs, pending.first
+        markov_top = max(first[1], key=first[1].get) if first and first[1] else None
         sum_sq = sum(v * v for v in probs.values())
         self.metrics.update(y, pending.ranked, probs.get(y, 0.0), sum_sq, markov_top)
-        self._learn(last, pending.chains, y)
+        self._learn(pending, y)
 
-    def _learn(self, last: str, chains: list[list[tuple]], y: str) -> None:
-        counts = self.counts
-        root = counts.table.get(())
-        if root is not None:  # each expert's loss on y, from the counts before they learn y
-            p_base = counts.chain_proba_of([(last,)], root[1].get(y, 0) / root[0], y)
-            self.mixture.update(last, [log_loss(counts.chain_proba_of(chain, p_base, y)) for chain in chains])
-        counts.add((), y)
-        counts.add((last,), y)
-        for chain in chains:
-            for key in chain:
-                counts.add(key, y)
+    def _learn(self, pending: _Pending, y: str) -> None:
+        root, first = pending.root, pending.first
+        if root is not None and root[0]:  # each expert's loss on y, from the counts before they learn y
+            p_base = chain_proba_of([first], root[1].get(y, 0) / root[0], y)
+            self.mixture.update(pending.last, [log_loss(chain_proba_of(e, p_base, y)) for e in pending.entries])
+        keys, entries = [(), (pending.last,)], [root, first]
+        for chain, chain_entries in zip(pending.chains, pending.entries):
+            keys += chain
+            entries += chain_entries
+        self.counts.learn(keys, entries, y)
 
     def _close(self, run_id: str, view: _RunView, started: list[str]) -> None:
         if view.pending is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).parent
@@ -24,6 +24,7 @@ SCHEMA_FILES = {
     "CommandAck": "command_ack",
     "Alert": "alert",
     "NextStepPrediction": "next_step_prediction",
+    "NextStepMetrics": "next_step_metrics",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -36,6 +37,7 @@ TOPICS = {
     "CommandAck": "edge.acks",
     "Alert": "liquid.alerts",
     "NextStepPrediction": "workflow.predictions",
+    "NextStepMetrics": "workflow.metrics",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -49,7 +51,7 @@ def schema_json(name: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{stem}.avsc").read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """The fastavro-parsed schema (fastavro wants a parsed schema for speed)."""
     import fastavro
@@ -68,6 +70,7 @@ class TopicNames:
     acks: str = TOPICS["CommandAck"]
     alerts: str = TOPICS["Alert"]
     predictions: str = TOPICS["NextStepPrediction"]
+    metrics: str = TOPICS["NextStepMetrics"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -78,5 +81,5 @@ class TopicNames:
         return {
             "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
-            "NextStepPrediction": self.predictions,
+            "NextStepPrediction": self.predictions, "NextStepMetrics": self.metrics,
         }[schema_name]
