@@ -31,8 +31,8 @@ Herbster, M., & Warmuth, M. K. (1998). Tracking the best expert. Machine Learnin
 
 >>> counts = FollowerCounts()
 >>> for nxt in "bbc":
-...     counts.learn([(), ("a",)], [None, None], nxt)
->>> counts.learn([()], [counts.table[()]], "b")
+...     counts.learn([[(), ("a",)]], [[None, None]], nxt)
+>>> counts.learn([[()]], [[counts.table[()]]], "b")
 >>> p = counts.base_proba(counts.table[()], counts.table[("a",)])
 >>> round(p["b"], 3), round(p["c"], 3)  # () saw b 3:1; ("a",) saw b 2:1, trusted 3 / (3 + 2)
 (0.7, 0.3)
@@ -63,9 +63,9 @@ class FollowerCounts:
     time and learn into it later without looking the key up again.
 
     >>> counts = FollowerCounts(max_contexts=2)
-    >>> counts.learn([("a",), ("b",)], [None, None], "x")
-    >>> counts.learn([("a",)], [counts.table[("a",)]], "x")
-    >>> counts.learn([("c",)], [None], "y")  # 3 contexts: halving forgets those seen once
+    >>> counts.learn([[("a",)], [("b",)]], [[None], [None]], "x")
+    >>> counts.learn([[("a",)]], [[counts.table[("a",)]]], "x")
+    >>> counts.learn([[("c",)]], [[None]], "y")  # 3 contexts: halving forgets those seen once
     >>> counts.table
     {('a',): [1, {'x': 1}]}
     """
@@ -74,27 +74,22 @@ class FollowerCounts:
     max_total: int = 1024
     table: dict = field(default_factory=dict)
 
-    def entries(self, keys: list) -> list:
-        """The entry of each key (None if unseen, or for a None key)."""
-        get = self.table.get
-        return [get(k) if k is not None else None for k in keys]
-
-    def learn(self, keys: list, entries: list, nxt: str) -> None:
-        """Count ``nxt`` after each key; ``entries`` are the keys' entries as looked up earlier (None: unseen then)."""
+    def learn(self, chains: list, entries: list, nxt: str) -> None:
+        """Count ``nxt`` after each key of ``chains`` (lists of keys); ``entries`` are their entries as
+        looked up earlier, in the same shape (None: unseen then)."""
         table, cap = self.table, self.max_total
-        for key, entry in zip(keys, entries):
-            if entry is None:
-                if key is None:
-                    continue
-                entry = table.get(key)  # another run may have counted it since
+        for chain, chain_entries in zip(chains, entries):
+            for key, entry in zip(chain, chain_entries):
                 if entry is None:
-                    table[key] = [1, {nxt: 1}]
-                    continue
-            followers = entry[1]
-            followers[nxt] = followers.get(nxt, 0) + 1
-            entry[0] += 1
-            if entry[0] >= cap:
-                _halve(entry)
+                    entry = table.get(key)  # another run may have counted it since
+                    if entry is None:
+                        table[key] = [1, {nxt: 1}]
+                        continue
+                followers = entry[1]
+                followers[nxt] = followers.get(nxt, 0) + 1
+                entry[0] += 1
+                if entry[0] >= cap:
+                    _halve(entry)
         if len(table) > self.max_contexts:
             self._age()
 
@@ -224,13 +219,10 @@ class ExpertMixture:
         k, keep = len(losses), self.forgetting
         mine = self.context_losses.get(context)
         if mine is None or len(mine) < k:
-            mine = self.context_losses[context] = list(self.losses(context, k))
-        if len(self.global_losses) < k:
-            self.global_losses = list(self.losses(None, k))
-        glob = self.global_losses
-        for i, loss in enumerate(losses):
-            mine[i] = keep * mine[i] + loss
-            glob[i] = keep * glob[i] + loss
+            mine = self.losses(context, k)
+        pooled = self.losses(None, k)
+        self.context_losses[context] = [keep * m + x for m, x in zip(mine, losses)]
+        self.global_losses = [keep * g + x for g, x in zip(pooled, losses)]
 
 
 def log_loss(p: float) -> float:

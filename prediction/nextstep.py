@@ -92,8 +92,10 @@ class NextStepMetrics:
         self.top1_hits += hit
         self.log_loss_sum += log_loss(p_y)
         self.n += 1
-        if any(t == y for t, _ in ranked[:self.top_k]):
-            self.topk_hits += 1
+        for t, _ in ranked:  # ranked holds the top k
+            if t == y:
+                self.topk_hits += 1
+                break
         self.brier_sum += sum_sq - 2.0 * p_y + 1.0
         self.markov_hits += markov_top == y
         rate = max(self.recent_rate, 1.0 / self.n)  # a plain mean until there are 1 / rate predictions
@@ -212,10 +214,12 @@ class NextStepPredictor(Versioned):
     metrics: NextStepMetrics = None
     counts: FollowerCounts = None
     mixture: ExpertMixture = None
-    views: list = None                   # expert names, in the order of the mixture's weights
+    views: list = field(default=None, init=False)  # expert names, in the order of the mixture's weights
     version: int = STATE_VERSION
     _runs: dict = field(default_factory=dict, repr=False)  # run id -> _RunView, open runs only
     _last_metrics_ms: int | None = field(default=None, repr=False)
+    _seen_attributes: set = field(default_factory=set, repr=False)      # every attribute name met
+    _attribute_views: list = field(default_factory=list, repr=False)   # (view, attribute name) of attr experts
 
     def __post_init__(self):
         if self.fingerprint is None:
@@ -333,11 +337,15 @@ class NextStepPredictor(Versioned):
 
     def _note_attributes(self, view: _RunView, attributes: dict) -> None:
         view.attributes.update(attributes)
-        views = self.views
+        seen = self._seen_attributes
+        if seen.issuperset(attributes):
+            return
         for name in attributes:
-            key = "attr:" + name
-            if len(views) < len(BUILTIN_VIEWS) + self.max_attributes and key not in views:
-                views.append(key)
+            if name not in seen:
+                seen.add(name)
+                if len(self.views) < len(BUILTIN_VIEWS) + self.max_attributes:
+                    self.views.append("attr:" + name)
+                    self._attribute_views.append(("attr:" + name, name))
 
     def _chains(self, started: list[str], start_times: list[int], view: _RunView) -> list[list[tuple]]:
         """One chain of context keys per expert (in ``self.views`` order) for the prefix ``started``."""
@@ -358,9 +366,9 @@ class NextStepPredictor(Versioned):
                   [("elapsed", last, elapsed), ("elapsed", last, prev, elapsed)],
                   [("calendar", last, calendar), ("calendar", last, prev, calendar)]]
         attributes = view.attributes
-        for name in self.views[len(BUILTIN_VIEWS):]:
-            v = attributes.get(name[5:])
-            chains.append([(name, last, v), (name, last, prev, v)])
+        for key, name in self._attribute_views:
+            v = attributes.get(name)
+            chains.append([(key, last, v), (key, last, prev, v)])
         return chains
 
     def _predict(self, last: str, chains: list[list[tuple]]) -> _Pending:
@@ -405,11 +413,7 @@ class NextStepPredictor(Versioned):
         if root is not None and root[0]:  # each expert's loss on y, from the counts before they learn y
             p_base = chain_proba_of([first], root[1].get(y, 0) / root[0], y)
             self.mixture.update(pending.last, [log_loss(chain_proba_of(e, p_base, y)) for e in pending.entries])
-        keys, entries = [(), (pending.last,)], [root, first]
-        for chain, chain_entries in zip(pending.chains, pending.entries):
-            keys += chain
-            entries += chain_entries
-        self.counts.learn(keys, entries, y)
+        self.counts.learn([[(), (pending.last,)], *pending.chains], [[root, first], *pending.entries], y)
 
     def _close(self, run_id: str, view: _RunView, started: list[str]) -> None:
         if view.pending is not None:
