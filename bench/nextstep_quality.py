@@ -15,7 +15,8 @@ out); the same rule for every log, no per-log choice.
 Per log it prints top-1 accuracy, the baseline's, top-3, the number of
 predictions, the same top-1 figures on the first and second half of the log
 (the predictor's settings are the same on both: a gain that holds on the second
-half was not fitted to the first), and the evaluation loop's signals/s. Cost:
+half was not fitted to the first), the evaluation loop's signals/s (wall clock,
+baseline and scoring included) and the predictor's own (CPU). Cost:
 CPU µs per signal of the predictor alone (best of ``--repeat``) on each log and
 on the synthetic process the flow's throughput benchmark uses
 (``bench/fingerprint_offline.py``, drawn with ``--seed``), against the
@@ -118,17 +119,18 @@ def one_log(path: Path, args, compared) -> dict:
            "log_loss": r.get("log_loss"), "ece": r.get("ece"), "halves": r["halves"],
            "signals_per_s": r["signals_per_s"], "attributes": attrs}
     row.update(costs(path.stem, signals, args, compared))
+    row["predictor_signals_per_s"] = 1e6 / row["us_per_signal"]
     return row
 
 
 def print_log(row: dict) -> None:
     h1, h2 = row["halves"]
-    cost = f"{row['us_per_signal']:.1f} µs/signal (fingerprint alone {row['fingerprint_us_per_signal']:.1f}"
+    cost = f"{row['us_per_signal']:.1f} µs/signal, {row['predictor_signals_per_s']:,.0f}/s (fingerprint alone {row['fingerprint_us_per_signal']:.1f}"
     if "compared_us_per_signal" in row:
         cost += f", compared release {row['compared_us_per_signal']:.1f}, ratio {row['cost_ratio_vs_compared']:.2f}"
     print(f"{row['name']}: {row['predictions']:,} predictions; top-1 {row['accuracy']:.3f} vs Markov "
           f"{row['baseline_accuracy']:.3f} ({row['gain'] * 100:+.1f} pts); top-3 {row['top3_accuracy']:.3f} "
-          f"(Markov {row['baseline_top3_accuracy']:.3f}); {row['signals_per_s']:,.0f} signals/s evaluated")
+          f"(Markov {row['baseline_top3_accuracy']:.3f}); evaluation loop {row['signals_per_s']:,.0f} signals/s wall clock")
     print(f"    first half {h1['accuracy']:.3f} vs {h1['baseline_accuracy']:.3f} ({h1['predictions']:,}), "
           f"second half {h2['accuracy']:.3f} vs {h2['baseline_accuracy']:.3f} ({h2['predictions']:,}); "
           f"{cost})")

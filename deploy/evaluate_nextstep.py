@@ -32,6 +32,10 @@ learns from it.
                     frequent next activity after the last one, learned in the
                     same run from the same events.
 
+With --attr-col NAME (repeatable) the non-empty values of those columns (case
+or event attributes) ride on the signals as `attributes`, and the predictor
+conditions on the latest value of each, as it does in the workflow flow.
+
 An event is an activity's start. With one timestamp per event (no
 --lifecycle-col), each activity is taken to run from its own timestamp to the
 case's next event (zero for the last one); with --lifecycle-col, "start" rows

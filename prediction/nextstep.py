@@ -21,10 +21,15 @@ each a Witten-Bell chain of follower counts over one view of the run's prefix:
 
 The mixture's weights are learned per last task (Bayesian mixture with
 forgetting), so it trusts, in each context, the views that predicted best there
-lately; a prediction blends the ``blend_top`` heaviest experts of its context. Every prediction is kept until the run's next start (or end) resolves
-it: it is scored first (`NextStepMetrics`), then the weights and the counts
-learn from it. Memory per workflow is bounded: counts live in one
-`FollowerCounts` table of at most ``max_contexts`` contexts.
+lately; a prediction blends the ``blend_top`` heaviest experts of its context.
+Every prediction is kept until the run's next start (or end) resolves it: it is
+scored first (`NextStepMetrics`), then the weights and the counts learn from it.
+Memory per workflow is bounded: counts live in one `FollowerCounts` table of at
+most ``max_contexts`` contexts, with counts halved as they grow (forgetting).
+
+`publish_metrics` turns the running metrics into a NextStepMetrics record
+(``schemas/next_step_metrics.avsc``, topic ``workflow.metrics``) once per
+``metrics_interval_ms`` of event time; `render_metrics` is its log line.
 
 >>> from fingerprint.traces import MarkovProcess
 >>> process = MarkovProcess({("<start>",): {"a": 1.0}, ("a",): {"b": 0.8, "c": 0.2},
