@@ -33,8 +33,9 @@ Herbster, M., & Warmuth, M. K. (1998). Tracking the best expert. Machine Learnin
 >>> for nxt in "bbc":
 ...     counts.learn([[(), ("a",)]], [[None, None]], nxt)
 >>> counts.learn([[()]], [[counts.table[()]]], "b")
->>> p = counts.base_proba(counts.table[()], counts.table[("a",)])
->>> round(p["b"], 3), round(p["c"], 3)  # () saw b 3:1; ("a",) saw b 2:1, trusted 3 / (3 + 2)
+>>> root, first = counts.table[()], counts.table[("a",)]
+>>> a, b = base_scales(root, first)  # () saw b 3:1; ("a",) saw b 2:1, trusted 3 / (3 + 2)
+>>> round(a * root[1]["b"] + b * first[1]["b"], 3), round(a * root[1]["c"] + b * first[1]["c"], 3)
 (0.7, 0.3)
 """
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass, field
 
 #: Probability floor for log-loss, so one confident miss costs at most ~9.2 nats.
 P_FLOOR = 1e-4
+_MAX_LOSS = -math.log(P_FLOOR)
 
 
 @dataclass
@@ -102,34 +104,21 @@ class FollowerCounts:
                 if not entry[0]:
                     del table[key]
 
-    @staticmethod
-    def base_proba(root: list | None, first: list | None) -> dict[str, float]:
-        """``()`` (taken whole) interpolated with ``(last,)``; empty before anything was learned."""
-        if root is None or not root[0]:
-            return {}
-        n0, f0 = root
-        probs = {k: c / n0 for k, c in f0.items()}
-        return interpolate(probs, [first])
-
 
 def _halve(entry: list) -> None:
     halved = {k: c >> 1 for k, c in entry[1].items() if c > 1}
     entry[0], entry[1] = sum(halved.values()), halved
 
 
-def interpolate(probs: dict[str, float], chain: list) -> dict[str, float]:
-    """``probs`` refined along a chain of entries (shortest context first) by Witten-Bell interpolation."""
-    for entry in chain:
-        if entry is None or not entry[0]:
-            break  # a longer context that extends an unseen one is unseen too
-        n, followers = entry
-        lam = n / (n + len(followers))
-        keep = 1.0 - lam
-        probs = {k: v * keep for k, v in probs.items()}
-        scale = lam / n
-        for k, c in followers.items():
-            probs[k] = probs.get(k, 0.0) + c * scale
-    return probs
+def base_scales(root: list, first: list | None) -> tuple[float, float]:
+    """The shared base, ``()`` taken whole interpolated with ``(last,)``, as count scales ``(a, b)``:
+    P(task) = a * root count + b * first-order count."""
+    n0 = root[0]
+    if not first or not first[0]:
+        return 1.0 / n0, 0.0
+    n1 = first[0]
+    lam = n1 / (n1 + len(first[1]))
+    return (1.0 - lam) / n0, lam / n1
 
 
 def chain_terms(chain: list) -> tuple[float, list]:
@@ -151,16 +140,22 @@ def chain_terms(chain: list) -> tuple[float, list]:
     return beta, terms
 
 
-def chain_proba_of(chain: list, p_base: float, nxt: str) -> float:
-    """P(nxt) along a chain of entries, given its base probability (cheaper than `interpolate` for one task)."""
-    p = p_base
-    for entry in chain:
-        if entry is None or not entry[0]:
-            break
-        n, followers = entry
-        lam = n / (n + len(followers))
-        p = (1.0 - lam) * p + lam * followers.get(nxt, 0) / n
-    return p
+def chain_losses(chains: list, p_base: float, nxt: str) -> list[float]:
+    """Log-loss of each chain of entries on ``nxt``, given the base's probability of it.
+
+    One loop for every expert: this runs on every resolved prediction.
+    """
+    losses = []
+    for chain in chains:
+        p = p_base
+        for entry in chain:
+            if entry is None or not entry[0]:
+                break
+            n, followers = entry
+            lam = n / (n + len(followers))
+            p = (1.0 - lam) * p + lam * followers.get(nxt, 0) / n
+        losses.append(-math.log(p) if p > P_FLOOR else _MAX_LOSS)
+    return losses
 
 
 @dataclass

@@ -56,7 +56,8 @@ from fingerprint.temporal import Fingerprint, Window
 from prediction.context_experts import (
     ExpertMixture,
     FollowerCounts,
-    chain_proba_of,
+    base_scales,
+    chain_losses,
     chain_terms,
     log_loss,
 )
@@ -388,13 +389,11 @@ class NextStepPredictor(Versioned):
             beta, terms = chain_terms(entries[i])
             on_base += w * beta
             blended.append((w, terms))
-        # the shared base is () taken whole, interpolated with (last,): one pass over each
-        n0, f0 = root
-        lam = first[0] / (first[0] + len(first[1])) if first and first[0] else 0.0
-        scale = on_base * (1.0 - lam) / n0
-        probs = {task: c * scale for task, c in f0.items()}
-        if lam:
-            scale = on_base * lam / first[0]
+        a, b = base_scales(root, first)  # the shared base: one pass over () and one over (last,)
+        scale = on_base * a
+        probs = {task: c * scale for task, c in root[1].items()}
+        if b:
+            scale = on_base * b
             for task, c in first[1].items():
                 probs[task] = probs.get(task, 0.0) + c * scale
         for w, terms in blended:
@@ -409,15 +408,16 @@ class NextStepPredictor(Versioned):
         """Score a prediction against what happened (test), then learn from it (train)."""
         probs, first = pending.probs, pending.first
         markov_top = max(first[1], key=first[1].get) if first and first[1] else None
-        sum_sq = sum(v * v for v in probs.values())
+        sum_sq = sum([v * v for v in probs.values()])
         self.metrics.update(y, pending.ranked, probs.get(y, 0.0), sum_sq, markov_top)
         self._learn(pending, y)
 
     def _learn(self, pending: _Pending, y: str) -> None:
         root, first = pending.root, pending.first
         if root is not None and root[0]:  # each expert's loss on y, from the counts before they learn y
-            p_base = chain_proba_of([first], root[1].get(y, 0) / root[0], y)
-            self.mixture.update(pending.last, [log_loss(chain_proba_of(e, p_base, y)) for e in pending.entries])
+            a, b = base_scales(root, first)
+            p0 = a * root[1].get(y, 0) + (b * first[1].get(y, 0) if b else 0.0)
+            self.mixture.update(pending.last, chain_losses(pending.entries, p0, y))
         self.counts.learn([[(), (pending.last,)], *pending.chains], [[root, first], *pending.entries], y)
 
     def _close(self, run_id: str, view: _RunView, started: list[str]) -> None:
