@@ -121,23 +121,32 @@ def base_scales(root: list, first: list | None) -> tuple[float, float]:
     return (1.0 - lam) / n0, lam / n1
 
 
-def chain_terms(chain: list) -> tuple[float, list]:
-    """A chain's distribution as ``beta * base + sum(coef * followers)``: ``(beta, [(coef, followers)])``.
+def add_chain(probs: dict[str, float], chain: list, weight: float) -> float:
+    """Add ``weight`` times a chain's own share of its distribution to ``probs``; return the share left to the base.
 
-    The mixture adds several chains over one shared base; this form touches
-    only each chain's own followers.
+    Along a chain of entries (shortest context first, stopping at the first
+    unseen one), Witten-Bell gives the longest context ``lam`` of the mass, the
+    next ``lam * (1 - lam_longest)``, and so on; what no context claims goes to
+    the shared base, which the caller adds once for all chains.
+
+    >>> probs = {}
+    >>> left = add_chain(probs, [[3, {"b": 2, "c": 1}], None], 1.0)  # seen 3 times, 2 followers: trusted 3 / 5
+    >>> round(left, 2), {k: round(v, 2) for k, v in probs.items()}
+    (0.4, {'b': 0.4, 'c': 0.2})
     """
-    beta, terms = 1.0, []
+    seen = []
     for entry in chain:
         if entry is None or not entry[0]:
             break
-        n, followers = entry
+        seen.append(entry)
+    left = weight
+    for n, followers in reversed(seen):
         lam = n / (n + len(followers))
-        keep = 1.0 - lam
-        beta *= keep
-        terms = [(coef * keep, f) for coef, f in terms]
-        terms.append((lam / n, followers))
-    return beta, terms
+        scale = left * lam / n
+        for task, k in followers.items():
+            probs[task] = probs.get(task, 0.0) + k * scale
+        left *= 1.0 - lam
+    return left
 
 
 def chain_losses(chains: list, p_base: float, nxt: str) -> list[float]:

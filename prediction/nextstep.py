@@ -56,9 +56,9 @@ from fingerprint.temporal import Fingerprint, Window
 from prediction.context_experts import (
     ExpertMixture,
     FollowerCounts,
+    add_chain,
     base_scales,
     chain_losses,
-    chain_terms,
     log_loss,
 )
 from schemas.state import Versioned
@@ -384,23 +384,17 @@ class NextStepPredictor(Versioned):
         entries = [[get(k) for k in chain] for chain in chains]
         if root is None or not root[0]:
             return _Pending(last, chains, entries, root, first, {}, [])
-        blended, on_base = [], 0.0
+        probs, on_base = {}, 0.0
         for i, w in self.mixture.weights(last, len(chains)):
-            beta, terms = chain_terms(entries[i])
-            on_base += w * beta
-            blended.append((w, terms))
+            on_base += add_chain(probs, entries[i], w)
         a, b = base_scales(root, first)  # the shared base: one pass over () and one over (last,)
         scale = on_base * a
-        probs = {task: c * scale for task, c in root[1].items()}
+        for task, c in root[1].items():
+            probs[task] = probs.get(task, 0.0) + c * scale
         if b:
             scale = on_base * b
             for task, c in first[1].items():
                 probs[task] = probs.get(task, 0.0) + c * scale
-        for w, terms in blended:
-            for coef, followers in terms:
-                c = w * coef
-                for task, k in followers.items():
-                    probs[task] = probs.get(task, 0.0) + c * k
         ranked = sorted(probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]  # beats heapq for ~10 items
         return _Pending(last, chains, entries, root, first, probs, ranked)
 
