@@ -85,25 +85,31 @@ def load_release(path: str):
     return module
 
 
-def cpu_us_per_signal(make, signals: list[dict], repeat: int) -> float:
-    """Best-of-``repeat`` CPU µs per signal of a fresh model fed every signal (the machine is shared)."""
-    best = float("inf")
+def cpu_us_per_signal(makers: dict, signals: list[dict], repeat: int) -> dict[str, float]:
+    """Best-of-``repeat`` CPU µs per signal of each fresh model fed every signal.
+
+    The models take turns within each repeat, so a change in the load of this
+    shared machine hits all of them alike.
+    """
+    best = dict.fromkeys(makers, float("inf"))
     for _ in range(repeat):
-        model = make()
-        step = getattr(model, "predict_then_learn_one", None) or model.learn_one
-        t0 = time.process_time()
-        for s in signals:
-            step(s)
-        best = min(best, time.process_time() - t0)
-    return best / len(signals) * 1e6
+        for name, make in makers.items():
+            model = make()
+            step = getattr(model, "predict_then_learn_one", None) or model.learn_one
+            t0 = time.process_time()
+            for s in signals:
+                step(s)
+            best[name] = min(best[name], time.process_time() - t0)
+    return {name: t / len(signals) * 1e6 for name, t in best.items()}
 
 
 def costs(workflow_id: str, signals: list[dict], args, compared) -> dict:
-    out = {"fingerprint_us_per_signal": cpu_us_per_signal(lambda: Fingerprint(workflow_id), signals, args.repeat),
-           "us_per_signal": cpu_us_per_signal(lambda: NextStepPredictor(workflow_id), signals, args.repeat)}
+    makers = {"fingerprint_us_per_signal": lambda: Fingerprint(workflow_id),
+              "us_per_signal": lambda: NextStepPredictor(workflow_id)}
     if compared is not None:
-        out["compared_us_per_signal"] = cpu_us_per_signal(lambda: compared.NextStepPredictor(workflow_id),
-                                                          signals, args.repeat)
+        makers["compared_us_per_signal"] = lambda: compared.NextStepPredictor(workflow_id)
+    out = cpu_us_per_signal(makers, signals, args.repeat)
+    if compared is not None:
         out["cost_ratio_vs_compared"] = out["us_per_signal"] / out["compared_us_per_signal"]
     return out
 
@@ -150,7 +156,7 @@ def main() -> int:
     ap.add_argument("--max-distinct", type=int, default=100,
                     help="an attribute column has at most this many distinct values (default 100)")
     ap.add_argument("--compare-with", metavar="NEXTSTEP.py", help="another release's prediction/nextstep.py to time")
-    ap.add_argument("--repeat", type=int, default=2, help="cost: best of N passes (default 2)")
+    ap.add_argument("--repeat", type=int, default=3, help="cost: best of N passes, taken in turns (default 3)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the synthetic cost workload (default 1)")
     ap.add_argument("--runs", type=int, default=3000, help="runs of the synthetic cost workload (default 3000)")
     args = ap.parse_args()
