@@ -32,6 +32,10 @@ learns from it.
                     frequent next activity after the last one, learned in the
                     same run from the same events.
 
+With --attr-col NAME (repeatable) the non-empty values of those columns (case
+or event attributes) ride on the signals as `attributes`, and the predictor
+conditions on the latest value of each, as it does in the workflow flow.
+
 An event is an activity's start. With one timestamp per event (no
 --lifecycle-col), each activity is taken to run from its own timestamp to the
 case's next event (zero for the last one); with --lifecycle-col, "start" rows
@@ -44,10 +48,11 @@ def register(tree) -> None:
     p = tree.command("evaluate next-step", help="prequential next-step accuracy on a CSV event log, vs a Markov baseline",
                      description=DESCRIPTION, handler=run)
     add_log_arguments(p, required=True)
-    p.add_argument("--order", type=int, default=2, help="longest context of the Markov model (default 2)")
+    p.add_argument("--history", type=int, default=None,
+                   help="longest task history the predictor conditions on (default: as in the flow, 4)")
+    p.add_argument("--order", type=int, default=2,
+                   help="longest context of the fingerprint's own sequence model, used for expected start times (default 2)")
     p.add_argument("--window-runs", type=int, default=500, help="runs the fingerprint keeps (default 500)")
-    p.add_argument("--river-every", type=int, default=None,
-                   help="after warm-up, the River model learns from one prediction in N (default: as in the flow)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     p.add_argument("--progress-every", type=int, default=100_000, metavar="N",
                    help="progress line on stderr every N signals (0: none)")
@@ -55,7 +60,8 @@ def register(tree) -> None:
 
 def add_log_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     """The CSV event-log options shared with ``liquid fingerprint show``."""
-    p.add_argument("--log", required=required, metavar="FILE.csv", help="event log, one row per event")
+    p.add_argument("--log", "--from-log", dest="log", required=required, metavar="FILE.csv",
+                   help="event log, one row per event (--from-log is the same option)")
     p.add_argument("--case-col", required=required, metavar="C", help="column with the case (run) id")
     p.add_argument("--activity-col", required=required, metavar="A", help="column with the activity (task)")
     p.add_argument("--time-col", required=required, metavar="T",
@@ -63,6 +69,9 @@ def add_log_arguments(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--lifecycle-col", metavar="L", help="column with start/complete, if the log has one")
     p.add_argument("--time-format", metavar="FMT", help="strptime format for other timestamps, e.g. %%d-%%m-%%Y:%%H.%%M")
     p.add_argument("--delimiter", help="CSV delimiter (default: sniffed from the header)")
+    p.add_argument("--attr-col", action="append", default=[], metavar="NAME",
+                   help="a case or event attribute column; its values go into the signals' attributes, which the "
+                        "predictor conditions on (repeatable)")
 
 
 def log_signals(args: argparse.Namespace, workflow_id: str | None = None, workflow_col: str | None = None):
@@ -78,7 +87,8 @@ def log_signals(args: argparse.Namespace, workflow_id: str | None = None, workfl
             raise UsageError(f"--{name.replace('_', '-')} is required with --log")
     signals = read_event_log(path, args.case_col, args.activity_col, args.time_col,
                              lifecycle_col=args.lifecycle_col, time_format=args.time_format,
-                             delimiter=args.delimiter, workflow_id=workflow_id, workflow_col=workflow_col)
+                             delimiter=args.delimiter, workflow_id=workflow_id, workflow_col=workflow_col,
+                             attr_cols=getattr(args, "attr_col", None) or ())
 
     def checked():
         try:
@@ -91,15 +101,15 @@ def log_signals(args: argparse.Namespace, workflow_id: str | None = None, workfl
 
 def run(args: argparse.Namespace) -> int:
     from deploy.cli import UsageError
+    from fingerprint.temporal import Window
     from prediction.evaluate_nextstep import evaluate_next_step
     from prediction.nextstep import NextStepPredictor
-    from fingerprint.temporal import Window
 
-    if args.order < 1 or args.window_runs < 1 or (args.river_every is not None and args.river_every < 1):
-        raise UsageError("--order, --window-runs and --river-every must be at least 1")
+    if args.order < 1 or args.window_runs < 1 or (args.history is not None and args.history < 1):
+        raise UsageError("--order, --window-runs and --history must be at least 1")
     options = {"order": args.order, "window": Window(runs=args.window_runs)}
-    if args.river_every is not None:
-        options["river_every"] = args.river_every
+    if args.history is not None:
+        options["history"] = args.history
 
     def progress(n: int, seconds: float) -> None:
         print(f"liquid: evaluated {n:,} signals ({n / max(seconds, 1e-9):,.0f}/s)", file=sys.stderr, flush=True)

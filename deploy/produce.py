@@ -161,8 +161,8 @@ def _signals(args) -> int:
     from schemas import TopicNames
 
     if bool(args.log) == bool(args.from_wfcommons):
-        raise UsageError("give one source: --log FILE.csv (with --case-col, --activity-col, --time-col) "
-                         "or --from-wfcommons FILE.json")
+        raise UsageError("give one source: --log/--from-log FILE.csv (with --case-col, --activity-col, --time-col, "
+                         "and --attr-col NAME for each attribute to carry) or --from-wfcommons FILE.json")
     if args.speed < 0:
         raise UsageError("--speed must be >= 0")
     settings = settings_from_args(args)
@@ -196,7 +196,9 @@ def _register_signals(tree) -> None:
     p = tree.command("produce signals", "replay real executions as workflow signals (CSV event log or WfCommons)",
                      _signals,
                      description="Replay an event log (CSV with case, activity and timestamp columns) or a WfCommons "
-                                 "instance as WorkflowSignal records, in timestamp order, keyed by workflow id.")
+                                 "instance as WorkflowSignal records, in timestamp order, keyed by workflow id. "
+                                 "With --attr-col, the log's case and event attribute columns go into the signals' "
+                                 "attributes, which the workflow flow's predictor conditions on.")
     add_log_arguments(p, required=False)
     p.add_argument("--from-wfcommons", metavar="FILE.json", help="a WfCommons workflow instance (schema 1.4+ or 1.3)")
     p.add_argument("--runs", type=int, default=1, help="WfCommons: how many runs of the instance (default %(default)s)")

@@ -150,28 +150,26 @@ def parse_timestamp(text: str, time_format: str | None = None) -> int:
 def read_event_log(path: str | Path, case_col: str, activity_col: str, time_col: str, *,
                    lifecycle_col: str | None = None, node_col: str | None = None,
                    workflow_id: str | None = None, workflow_col: str | None = None,
-                   time_format: str | None = None, delimiter: str | None = None) -> Iterator[dict]:
+                   time_format: str | None = None, delimiter: str | None = None,
+                   attr_cols: Sequence[str] = ()) -> Iterator[dict]:
     """WorkflowSignals of a CSV event log, in global timestamp order (see the module docstring).
 
     ``workflow_id`` defaults to the file's stem; with ``workflow_col`` only rows
     whose value there equals ``workflow_id`` are read. ``delimiter`` is sniffed
-    from the header when not given. Raises `TraceError` for a missing column or
+    from the header when not given. The non-empty values of ``attr_cols`` (case
+    or event attributes) go into the ``attributes`` of the row's signals. Raises `TraceError` for a missing column or
     an unparseable timestamp, `FileNotFoundError` for a missing file. The whole
     log is read before the first signal is yielded: a case's last event must be
     known to mark ``run_ended``.
     """
     path = Path(path)
     workflow_id = workflow_id or path.stem
+    attr_cols = list(dict.fromkeys(attr_cols))
     with path.open(newline="", encoding="utf-8-sig") as f:
-        head = f.readline()
-        if delimiter is None:
-            counts = {d: head.count(d) for d in (",", ";", "\t", "|")}
-            delimiter = max(counts, key=counts.get) if max(counts.values()) else ","
-        f.seek(0)
-        reader = csv.DictReader(f, delimiter=delimiter)
+        reader = _csv_rows(f, delimiter)
         columns = reader.fieldnames or []
         wanted = [c for c in (case_col, activity_col, time_col, lifecycle_col, node_col, workflow_col) if c]
-        missing = [c for c in wanted if c not in columns]
+        missing = [c for c in wanted + attr_cols if c not in columns]
         if missing:
             raise TraceError(f"{path}: no column {', '.join(map(repr, missing))}; columns are: {', '.join(columns)}")
         cases: dict[str, list[tuple]] = {}
@@ -190,7 +188,8 @@ def read_event_log(path: str | Path, case_col: str, activity_col: str, time_col:
                 continue  # a row without case or activity carries no event
             life = (row[lifecycle_col] or "").strip().lower() if lifecycle_col else None
             node = (row[node_col] or "log") if node_col else "log"
-            cases.setdefault(case, []).append((ts, line, activity, life, node))
+            attrs = {c: row[c] for c in attr_cols if row[c]} or None
+            cases.setdefault(case, []).append((ts, line, activity, life, node, attrs))
     make_case = _lifecycle_case if lifecycle_col else _single_timestamp_case
 
     def keyed(order: int, case: str, rows: list[tuple]):
@@ -204,26 +203,60 @@ def read_event_log(path: str | Path, case_col: str, activity_col: str, time_col:
         yield signal
 
 
+def _csv_rows(f, delimiter: str | None) -> csv.DictReader:
+    """A DictReader over an open CSV file; ``delimiter`` is sniffed from the header when None."""
+    head = f.readline()
+    if delimiter is None:
+        counts = {d: head.count(d) for d in (",", ";", "\t", "|")}
+        delimiter = max(counts, key=counts.get) if max(counts.values()) else ","
+    f.seek(0)
+    return csv.DictReader(f, delimiter=delimiter)
+
+
+def categorical_columns(path: str | Path, exclude: Sequence[str] = (), *, max_distinct: int = 100,
+                        delimiter: str | None = None) -> list[str]:
+    """Columns of a CSV event log usable as attributes: 2 to ``max_distinct`` distinct non-empty values.
+
+    Ids, timestamps and measurements have hundreds of distinct values and would
+    each split the counts into contexts seen once; a column with one value says
+    nothing. ``exclude`` names columns never to return (case, activity, time).
+    """
+    with Path(path).open(newline="", encoding="utf-8-sig") as f:
+        reader = _csv_rows(f, delimiter)
+        candidates = [c for c in reader.fieldnames or [] if c not in set(exclude)]
+        seen: dict[str, set] = {c: set() for c in candidates}
+        for row in reader:
+            for c in list(seen):
+                v = row[c]
+                if v:
+                    values = seen[c]
+                    values.add(v)
+                    if len(values) > max_distinct:
+                        del seen[c]
+    return [c for c in candidates if c in seen and len(seen[c]) >= 2]
+
+
 def _single_timestamp_case(workflow_id: str, case: str, rows: list[tuple]) -> list[dict]:
     out = []
-    for i, (ts, _, activity, _, node) in enumerate(rows):
+    for i, (ts, _, activity, _, node, attrs) in enumerate(rows):
         finish = rows[i + 1][0] if i + 1 < len(rows) else ts
         last = i + 1 == len(rows)
         out.append(make_signal(workflow_id, case, activity, STARTED, ts, signal_id=f"{workflow_id}/{case}/{i}/s",
-                               tsa=[ts], node_id=node))
+                               tsa=[ts], node_id=node, attributes=attrs))
         out.append(make_signal(workflow_id, case, activity, FINISHED, finish, signal_id=f"{workflow_id}/{case}/{i}/f",
-                               tsa=[ts, finish], node_id=node, outcome="SUCCESS", run_ended=last))
+                               tsa=[ts, finish], node_id=node, outcome="SUCCESS", run_ended=last,
+                               attributes=attrs))
     return out
 
 
 def _lifecycle_case(workflow_id: str, case: str, rows: list[tuple]) -> list[dict]:
     out: list[dict] = []
     open_starts: dict[str, list[int]] = {}
-    for i, (ts, _, activity, life, node) in enumerate(rows):
+    for i, (ts, _, activity, life, node, attrs) in enumerate(rows):
         if life in _START_WORDS:
             open_starts.setdefault(activity, []).append(ts)
             out.append(make_signal(workflow_id, case, activity, STARTED, ts, signal_id=f"{workflow_id}/{case}/{i}",
-                                   tsa=[ts], node_id=node))
+                                   tsa=[ts], node_id=node, attributes=attrs))
         elif life in _COMPLETE_WORDS or not life:
             starts = open_starts.get(activity)
             if starts:
@@ -231,9 +264,10 @@ def _lifecycle_case(workflow_id: str, case: str, rows: list[tuple]) -> list[dict
             else:  # completion only: an instant
                 start = ts
                 out.append(make_signal(workflow_id, case, activity, STARTED, ts,
-                                       signal_id=f"{workflow_id}/{case}/{i}/s", tsa=[ts], node_id=node))
+                                       signal_id=f"{workflow_id}/{case}/{i}/s", tsa=[ts], node_id=node,
+                                       attributes=attrs))
             out.append(make_signal(workflow_id, case, activity, FINISHED, ts, signal_id=f"{workflow_id}/{case}/{i}",
-                                   tsa=[start, ts], node_id=node, outcome="SUCCESS"))
+                                   tsa=[start, ts], node_id=node, outcome="SUCCESS", attributes=attrs))
         # other transitions (schedule, suspend, ...) say nothing about start or finish: skipped
     # starts never completed: close them at the case's last timestamp so the run can end
     last_ts = rows[-1][0] if rows else 0

@@ -1,7 +1,7 @@
 """Offline, prequential evaluation of next-step prediction on a replayed signal stream.
 
 `evaluate_next_step` pushes signals, in the order given (a log replayed in
-global timestamp order), through the same `NextStepPredictor.learn_one` the flow
+global timestamp order), through the same `NextStepPredictor.predict_then_learn_one` the flow
 calls, one predictor per workflow as the flow keys them, and scores what it
 emitted:
 
@@ -18,6 +18,9 @@ emitted:
 * **baseline_*** — the same figures for a first-order Markov baseline
   (`MostFrequentNext`: the most frequent next activity after the last one),
   updated in the same loop at the same points, so both see the same information.
+* **halves** (with ``split_at``) — predictions, accuracy and baseline accuracy
+  of the events scored before and after the ``split_at``-th signal, in the same
+  single pass: whether a gain holds on both parts of a log.
 
 >>> from fingerprint.traces import MarkovProcess
 >>> process = MarkovProcess({  # what follows "x" depends on the task before it
@@ -33,7 +36,7 @@ emitted:
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from fingerprint.signals import END, STARTED
 from prediction.nextstep import NextStepPredictor
@@ -99,15 +102,17 @@ class _Score:
 def evaluate_next_step(signals: Iterable[dict], *,
                        make_predictor: Callable[[str], NextStepPredictor] = NextStepPredictor,
                        progress: Callable[[int, float], None] | None = None,
-                       progress_every: int = 100_000) -> dict:
+                       progress_every: int = 100_000, split_at: int | None = None) -> dict:
     """Prequential next-step figures of ``signals`` (see the module docstring for each key).
 
     ``make_predictor(workflow_id)`` builds each workflow's predictor;
-    ``progress(signals_done, seconds)`` is called every ``progress_every`` signals.
+    ``progress(signals_done, seconds)`` is called every ``progress_every`` signals;
+    ``split_at`` (a signal count) adds ``halves``.
     """
     predictors: dict[str, NextStepPredictor] = {}
     baselines: dict[str, MostFrequentNext] = {}
     ours, base = _Score(), _Score()
+    halves = [[0, 0, 0], [0, 0, 0]]  # predictions, our top-1 hits, baseline top-1 hits
     # (workflow, run) -> (our ranking, baseline ranking, last task), as emitted at the run's last event
     waiting: dict[tuple[str, str], tuple[list[str], list[str], str]] = {}
     n_signals = events = predictions = cases = 0
@@ -125,7 +130,7 @@ def evaluate_next_step(signals: Iterable[dict], *,
             baselines[wf] = MostFrequentNext()
         fingerprint = predictor.fingerprint
         accepted_before = fingerprint.accepted
-        records = predictor.learn_one(signal)
+        records = predictor.predict_then_learn_one(signal)
         if fingerprint.accepted == accepted_before:
             continue  # dropped as a bad signal: not an event of any case
         key = (wf, signal["run_id"])
@@ -139,6 +144,10 @@ def evaluate_next_step(signals: Iterable[dict], *,
                 predictions += 1
                 ours.event(ours_ranked, task)
                 base.event(base_ranked, task)
+                half = halves[split_at is not None and n_signals > split_at]
+                half[0] += 1
+                half[1] += bool(ours_ranked) and ours_ranked[0] == task
+                half[2] += bool(base_ranked) and base_ranked[0] == task
                 baseline.learn_one(last, task)  # after scoring: test, then train
             ranked = [c["task"] for c in records[0]["candidates"]] if records else []
             waiting[key] = (ranked, baseline.rank(task), task)
@@ -157,10 +166,13 @@ def evaluate_next_step(signals: Iterable[dict], *,
     # calibration of everything the predictor resolved (next task or <end>), pooled over workflows
     resolved = sum(p.metrics.n for p in predictors.values())
     if resolved:
-        report["log_loss"] = sum(p.metrics.log_loss.get() * p.metrics.n for p in predictors.values()) / resolved
+        report["log_loss"] = sum(p.metrics.log_loss_sum for p in predictors.values()) / resolved
         report["brier"] = sum(p.metrics.brier * p.metrics.n for p in predictors.values()) / resolved
         report["ece"] = _pooled_ece(predictors.values())
     report["issues"] = _summed(p.fingerprint.issues for p in predictors.values())
+    if split_at is not None:
+        report["halves"] = [{"predictions": n, "accuracy": hits / n if n else 0.0,
+                             "baseline_accuracy": base_hits / n if n else 0.0} for n, hits, base_hits in halves]
     return report
 
 

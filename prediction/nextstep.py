@@ -1,156 +1,125 @@
 """Next-step prediction for live workflow runs: which task starts next (or the run ends), and when.
 
-`NextStepPredictor` is the per-workflow state the flow keys by workflow id.
-``learn_one(signal)`` folds a WorkflowSignal into its `Fingerprint` and, on
-every start, returns one NextStepPrediction record (``schemas/next_step_prediction.avsc``)
-for that run: the top-k candidates with probabilities, ``<end>`` included, and
-expected start times (last start + mean inter-start delay of that transition).
+`NextStepPredictor` is the per-workflow state the flow keys by workflow id. It
+follows River's protocol: ``learn_one(signal)`` folds a WorkflowSignal in and
+returns nothing, ``predict_proba_one`` / ``predict_one`` change nothing, and
+``predict_then_learn_one(signal)`` does both in one call and returns the
+NextStepPrediction records (``schemas/next_step_prediction.avsc``) to emit: one
+per task start, with the top-k candidates (``<end>`` included) and expected
+start times (last start + mean inter-start delay of that transition).
 
-Two models are blended:
+The prediction is a mixture of context experts (`prediction.context_experts`),
+each a Witten-Bell chain of follower counts over one view of the run's prefix:
 
-* the fingerprint's variable-order Markov model of start order (counts with
-  Witten-Bell backoff, following the rolling window exactly);
-* an online River classifier on features of the prefix (last two tasks,
-  prefix length, elapsed time, time since the previous start), which can
-  pick up what counts of task names cannot, such as branches that depend on
-  how long the run has taken.
+* ``history`` — the last ``history`` tasks (variable-length context, backing off);
+* ``visited`` — the set of tasks the run has already started;
+* ``gap`` / ``elapsed`` — time since the previous start / since the run's first
+  start, in factor-of-two buckets;
+* ``calendar`` — when the last task started: weekday and 3-hour bin of the day (UTC);
+* ``attr:NAME`` — the latest value of each case or event attribute the signals
+  carry (WorkflowSignal ``attributes``), up to ``max_attributes`` names.
 
-Each prediction is kept until the run's next start (or end) resolves it; then it
-is scored (test), and only then does the River model learn from it (train). The
-blend weights are a Bayesian mixture with forgetting: each model's weight is
-``exp(-n * L)`` with ``L`` its exponentially weighted mean log-loss over about
-the last ``n = 1 / (1 - forgetting)`` resolved predictions, so the model that has
-lately predicted better dominates.
+The mixture's weights are learned per last task (Bayesian mixture with
+forgetting), so it trusts, in each context, the views that predicted best there
+lately; a prediction blends the ``blend_top`` heaviest experts of its context.
+Every prediction is kept until the run's next start (or end) resolves it: it is
+scored first (`NextStepMetrics`), then the weights and the counts learn from it.
+Memory per workflow is bounded: counts live in one `FollowerCounts` table of at
+most ``max_contexts`` contexts, with counts halved as they grow (forgetting).
 
-Cost: the flow's target is 20,000 signals/s per worker including Kafka and
-decode, which leaves the predictor ~25 µs per signal. The Markov counts learn
-from every start; the River model learns from every resolved prediction for
-its first ``river_warmup`` examples, then from one in ``river_every`` (a
-Hoeffding tree needs hundreds of examples per split anyway, and learning is its
-dearest step, ~30 µs). While its blend weight is below 0.1%, it is asked for
-only one prediction in ``probe_every``, enough to notice when it becomes good.
-Measured with ``bench/fingerprint_offline.py`` on this 2-core machine: ~19 µs
-per signal on average (~52,000 signals/s), of which the fingerprint is ~4.5 µs.
+`publish_metrics` turns the running metrics into a NextStepMetrics record
+(``schemas/next_step_metrics.avsc``, topic ``workflow.metrics``) once per
+``metrics_interval_ms`` of event time; `render_metrics` is its log line.
 
 >>> from fingerprint.traces import MarkovProcess
 >>> process = MarkovProcess({("<start>",): {"a": 1.0}, ("a",): {"b": 0.8, "c": 0.2},
 ...                          ("b",): {"<end>": 1.0}, ("c",): {"<end>": 1.0}})
 >>> predictor = NextStepPredictor("synthetic")
->>> emitted = [p for s in process.signals(300, seed=7) for p in predictor.learn_one(s)]
+>>> emitted = [p for s in process.signals(300, seed=7) for p in predictor.predict_then_learn_one(s)]
 >>> emitted[-1]["candidates"][0]["task"] in {"b", "<end>"}
 True
 >>> top, p = max(predictor.predict_proba_one(["a"]).items(), key=lambda kv: kv[1])
 >>> top, round(p, 1)
 ('b', 0.8)
->>> 0.85 < predictor.metrics.top1.get() <= 1.0
+>>> 0.85 < predictor.metrics.top1 <= 1.0
 True
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from operator import itemgetter
-
-from river import metrics as river_metrics
-from river import tree
-from river.tree.nodes.branch import DTBranch
+from typing import ClassVar
 
 from fingerprint.signals import END, START
 from fingerprint.temporal import Fingerprint, Window
+from prediction.context_experts import (
+    ExpertMixture,
+    FollowerCounts,
+    add_chain,
+    base_scales,
+    chain_losses,
+    log_loss,
+)
+from schemas.state import Versioned
 
-#: Version of the predictor's state layout (Bytewax snapshots pickle it).
-FORMAT_VERSION = 1
-#: Probability floor for log-loss, so one confident miss costs at most ~9.2 nats.
-_P_FLOOR = 1e-4
-
-
-class PrefixTree(tree.HoeffdingTreeClassifier):
-    """River's Hoeffding tree with majority-class leaves, read without a defensive copy.
-
-    The stock ``predict_proba_one`` deep-copies the leaf's class counts before
-    normalising them (~10 µs); the counts are only read here, so this
-    normalises them in place of a copy. Learning is River's own.
-
-    >>> model = PrefixTree()
-    >>> for _ in range(3):
-    ...     model.learn_one({"t1": "a"}, "b")
-    >>> model.predict_proba_one({"t1": "a"})
-    {'b': 1.0}
-    """
-
-    def __init__(self, grace_period: int = 100, max_depth: int = 6, delta: float = 1e-5, tau: float = 0.25,
-                 max_size: float = 2.0, memory_estimate_period: int = 20_000, **kwargs):
-        # A larger tie threshold than River's 0.05: prefix features are redundant (last task,
-        # prefix length and the task before often say the same thing), and with tau=0.05 a leaf
-        # waits for ~10,000 examples before breaking such a tie, i.e. it never splits.
-        # max_size (MiB), checked every 20,000 examples rather than River's 1,000,000: this is
-        # per-workflow state that Bytewax snapshots, so it must stay small.
-        super().__init__(grace_period=grace_period, max_depth=max_depth, delta=delta, tau=tau,
-                         leaf_prediction="mc", max_size=max_size,
-                         memory_estimate_period=memory_estimate_period, **kwargs)
-
-    def predict_proba_one(self, x: dict) -> dict:
-        node = self._root
-        if node is None:
-            return {}
-        if isinstance(node, DTBranch):
-            node = node.traverse(x, until_leaf=True)
-        stats = node.stats
-        total = sum(stats.values())
-        return {c: w / total for c, w in stats.items()} if total > 0 else {}
-
-
-def default_river_model() -> PrefixTree:
-    """The River model the predictor blends in: ~5 µs to predict, ~30 µs to learn here.
-
-    Naive-Bayes leaves (River's default) are better calibrated early but 3-4×
-    slower to query, ``MultinomialNB`` costs ~95 µs per prediction over a dozen
-    classes and ``SoftmaxRegression`` ~25 µs predict + 60 µs learn: each would
-    break the flow's per-signal budget.
-    """
-    return PrefixTree()
+#: The views every workflow has; attribute views (``attr:NAME``) are added as attributes appear.
+BUILTIN_VIEWS = ("history", "visited", "gap", "elapsed", "calendar")
+_MS_PER_HOUR = 3_600_000
+_MS_PER_DAY = 86_400_000
 
 
 @dataclass
 class NextStepMetrics:
     """Running prequential metrics of resolved predictions (next task, ``<end>`` included).
 
-    ``top1`` is a `river.metrics.Accuracy`, ``log_loss`` a `river.metrics.CrossEntropy`;
-    top-k accuracy, the multi-class Brier score and the expected calibration
-    error (ECE, 10 equal-width bins of top-1 confidence) are counted here.
+    Top-1 and top-k accuracy, mean log-loss (nats, probability floored at 1e-4),
+    the multi-class Brier score, the expected calibration error
+    (ECE, 10 equal-width bins of top-1 confidence), the first-order Markov
+    baseline's top-1 at the same points and an exponentially weighted recent
+    top-1 (about the last ``1 / recent_rate`` predictions) are counted here.
     """
 
     top_k: int = 3
-    top1: river_metrics.Accuracy = field(default_factory=river_metrics.Accuracy)
-    log_loss: river_metrics.CrossEntropy = field(default_factory=river_metrics.CrossEntropy)
+    recent_rate: float = 0.01
     n: int = 0
+    top1_hits: int = 0
     topk_hits: int = 0
+    log_loss_sum: float = 0.0
     brier_sum: float = 0.0
     markov_hits: int = 0
-    river_hits: int = 0
-    river_n: int = 0  # predictions the River model was asked for (see ``probe_every``)
+    recent_top1: float = 0.0
     ece_bins: list = field(default_factory=lambda: [[0, 0.0, 0] for _ in range(10)])  # count, sum conf, hits
 
     def update(self, y: str, ranked: list[tuple[str, float]], p_y: float, sum_sq: float,
-               markov_top: str | None, river_top: str | None) -> None:
+               markov_top: str | None) -> None:
         top = ranked[0][0] if ranked else None
-        self.top1.update(y, top)
-        self.log_loss.update(y, {y: max(p_y, _P_FLOOR)})
+        hit = top == y
+        self.top1_hits += hit
+        self.log_loss_sum += log_loss(p_y)
         self.n += 1
-        if any(t == y for t, _ in ranked[:self.top_k]):
-            self.topk_hits += 1
+        for t, _ in ranked:  # ranked holds the top k
+            if t == y:
+                self.topk_hits += 1
+                break
         self.brier_sum += sum_sq - 2.0 * p_y + 1.0
         self.markov_hits += markov_top == y
-        if river_top is not None:
-            self.river_n += 1
-            self.river_hits += river_top == y
+        rate = max(self.recent_rate, 1.0 / self.n)  # a plain mean until there are 1 / rate predictions
+        self.recent_top1 += rate * (hit - self.recent_top1)
         if ranked:
             conf = ranked[0][1]
             b = self.ece_bins[min(int(conf * 10), 9)]
             b[0] += 1
             b[1] += conf
-            b[2] += top == y
+            b[2] += hit
+
+    @property
+    def top1(self) -> float:
+        return self.top1_hits / self.n if self.n else 0.0
+
+    @property
+    def log_loss(self) -> float:
+        return self.log_loss_sum / self.n if self.n else 0.0
 
     @property
     def topk(self) -> float:
@@ -167,47 +136,96 @@ class NextStepMetrics:
 
     def to_dict(self) -> dict:
         n = self.n or 1
-        return {"predictions": self.n, "top1": self.top1.get(), f"top{self.top_k}": self.topk,
-                "log_loss": self.log_loss.get(), "brier": self.brier, "ece": self.ece,
-                "markov_top1": self.markov_hits / n,
-                "river_top1": self.river_hits / self.river_n if self.river_n else 0.0}
+        return {"predictions": self.n, "top1": self.top1, f"top{self.top_k}": self.topk,
+                "log_loss": self.log_loss, "brier": self.brier, "ece": self.ece,
+                "markov_top1": self.markov_hits / n, "recent_top1": self.recent_top1}
 
 
 @dataclass(slots=True)
 class _Pending:
     """A prediction waiting for its run's next start or end."""
 
+    last: str
+    chains: list          # one chain of context keys per expert, as predicted
+    entries: list         # their count entries at prediction time (None: unseen), updated in place since
+    root: list | None     # the entries of () and (last,)
+    first: list | None
     probs: dict[str, float]
-    markov: dict[str, float]
-    river: dict[str, float]
-    features: dict
     ranked: list[tuple[str, float]]
-    sum_sq: float
+
+
+@dataclass(slots=True)
+class _RunView:
+    """What the predictor remembers of an open run beyond the fingerprint's prefix."""
+
+    attributes: dict = field(default_factory=dict)  # latest value of each case / event attribute
+    visited: frozenset = frozenset()
+    pending: _Pending | None = None
 
 
 @dataclass
-class NextStepPredictor:
-    """Per-workflow next-step predictor: a `Fingerprint` plus an online River model, blended."""
+class NextStepPredictor(Versioned):
+    """Per-workflow next-step predictor: a `Fingerprint` plus a mixture of context experts.
+
+    Parameters
+    ----------
+    workflow_id
+        The workflow this state belongs to.
+    order
+        Longest context of the fingerprint's own sequence model (``liquid fingerprint show``).
+    window
+        Runs the fingerprint keeps.
+    top_k
+        Candidates per emitted prediction.
+    history
+        Longest task history the ``history`` expert conditions on.
+    forgetting
+        Discount of past losses in the mixture (about ``1 / (1 - forgetting)`` predictions count).
+    max_contexts
+        Bound on the counted contexts (memory per workflow).
+    max_attributes
+        Attribute names that get an expert; later new names are ignored.
+    blend_top
+        Experts blended into each prediction: the heaviest of its context (all are scored).
+    metrics_interval_ms
+        Event time between two `publish_metrics` records (None: never).
+
+    Examples
+    --------
+    >>> from fingerprint.traces import run_signals
+    >>> predictor = NextStepPredictor("w")
+    >>> for i in range(30):
+    ...     for s in run_signals("w", f"r{i}", [("a", 0, 5), ("b", 5, 9)], t0_ms=i * 100):
+    ...         predictor.learn_one(s)
+    >>> predictor.predict_one(["a"])
+    'b'
+    >>> out = predictor.predict_then_learn_one(run_signals("w", "live", [("a", 0, 5)], t0_ms=10**6)[0])
+    >>> out[0]["candidates"][0]["task"], out[0]["prefix_length"]
+    ('b', 1)
+    """
+
+    STATE_VERSION: ClassVar[int] = 2  # 1 was the Markov + Hoeffding-tree blend: refused, not migrated
 
     workflow_id: str
     order: int = 2
     window: Window = field(default_factory=Window)
     top_k: int = 3
-    river_every: int = 4
-    river_warmup: int = 2000
+    history: int = 4
     forgetting: float = 0.98
-    probe_every: int = 8
-    river_model: object = field(default_factory=default_river_model)
+    max_contexts: int = 20_000
+    max_attributes: int = 8
+    blend_top: int = 3
+    metrics_interval_ms: int | None = 60_000
     fingerprint: Fingerprint = None
     metrics: NextStepMetrics = None
-    version: int = FORMAT_VERSION
-    _pending: dict = field(default_factory=dict, repr=False)
-    # mean log-loss (exponentially weighted) of the Markov and the River model; River starts as
-    # bad as the probability floor, so an untrained model has no weight
-    _loss: list = field(default_factory=lambda: [0.0, -math.log(_P_FLOOR)], repr=False)
-    _predicted: int = 0
-    _resolved: int = 0
-    _river_seen: int = 0
+    counts: FollowerCounts = None
+    mixture: ExpertMixture = None
+    views: list = field(default=None, init=False)  # expert names, in the order of the mixture's weights
+    version: int = STATE_VERSION
+    _runs: dict = field(default_factory=dict, repr=False)  # run id -> _RunView, open runs only
+    _last_metrics_ms: int | None = field(default=None, repr=False)
+    _seen_attributes: set = field(default_factory=set, repr=False)      # every attribute name met
+    _attribute_views: list = field(default_factory=list, repr=False)   # (view, attribute name) of attr experts
 
     def __post_init__(self):
         if self.fingerprint is None:
@@ -216,119 +234,218 @@ class NextStepPredictor:
             raise ValueError("the fingerprint belongs to another workflow")
         if self.metrics is None:
             self.metrics = NextStepMetrics(top_k=self.top_k)
-        if self.river_every < 1 or self.probe_every < 1:
-            raise ValueError("river_every and probe_every must be at least 1")
-        if not 0.0 < self.forgetting < 1.0:
-            raise ValueError("forgetting must be in (0, 1)")
+        if self.counts is None:
+            self.counts = FollowerCounts(max_contexts=self.max_contexts)
+        if self.mixture is None:
+            self.mixture = ExpertMixture(forgetting=self.forgetting, top=self.blend_top)
+        if self.views is None:
+            self.views = list(BUILTIN_VIEWS)
+        if self.history < 1:
+            raise ValueError("history must be at least 1")
 
-    # -- the streaming protocol ---------------------------------------------------------------
+    # -- River's protocol -----------------------------------------------------------------------
 
-    def learn_one(self, signal: dict) -> list[dict]:
-        """Fold in a signal; returns the NextStepPrediction records to emit (one per start, else none)."""
-        obs = self.fingerprint.observe_one(signal)
+    def learn_one(self, signal: dict) -> None:
+        """Fold in a signal: resolve, score and learn the run's pending prediction, predict the next step."""
+        self.predict_then_learn_one(signal)
+
+    def predict_then_learn_one(self, signal: dict) -> list[dict]:
+        """`learn_one`, returning the NextStepPrediction records to emit (one per task start, else none)."""
+        obs = self._observe(signal)
         if obs is None:
             return []
         run = obs.run
-        if obs.kind == "start":
-            pending = self._pending.pop(run.run_id, None)
-            if pending is not None:
-                self._resolve(pending, obs.task)
-            if obs.ended:  # a run closed by a start signal: nothing left to predict
-                return []
-            started = run.started
-            pending = self._predict(started, _features(started, run.start_times, run.first_ms), probe=True)
-            self._pending[run.run_id] = pending
-            if len(self._pending) > self.fingerprint.max_open_runs + 64:
+        view = self._runs.get(run.run_id)
+        if view is None:
+            view = self._runs[run.run_id] = _RunView()
+            if len(self._runs) > self.fingerprint.max_open_runs + 64:
                 self._prune()
-            last, at = started[-1], run.start_times[-1]
-            delays = self.fingerprint.sequences.delays
-            candidates = []
-            for task, p in pending.ranked:
-                d = delays.get((last, task))
-                candidates.append({"task": task, "probability": p,
-                                   "expected_start_ts_ms": at + int(d.mean) if d is not None else None})
-            return [{"workflow_id": self.workflow_id, "run_id": run.run_id, "node_id": run.node_id,
-                     "after_task": last, "prefix_length": len(started), "ts_ms": obs.ts_ms,
-                     "candidates": candidates}]
-        if obs.ended:
-            pending = self._pending.pop(run.run_id, None)
-            if pending is not None:
-                self._resolve(pending, END)
-        return []
+        attributes = signal.get("attributes")
+        if attributes:
+            self._note_attributes(view, attributes)
+        if obs.kind != "start":
+            if obs.ended:
+                self._close(run.run_id, view, run.started)
+            return []
+        task = obs.task
+        if view.pending is not None:
+            self._resolve(view.pending, task)
+        view.visited = view.visited | {task} if task not in view.visited else view.visited
+        started = run.started
+        pending = self._predict(started[-1], self._chains(started, run.start_times, view))
+        if not pending.probs:  # nothing resolved yet: the fingerprint's sequence model has seen this start
+            pending.probs = self.fingerprint.sequences.predict_proba(started)
+            pending.ranked = sorted(pending.probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]
+        if obs.ended:  # a run closed by a start signal: nothing left to predict, but it did end here
+            self._learn(pending, END)
+            del self._runs[run.run_id]
+            return []
+        view.pending = pending
+        return [self._record(run, obs.ts_ms, pending.ranked)]
 
-    def predict_proba_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0) -> dict[str, float]:
-        """P(next | tasks started so far) for any prefix; empty for a workflow with nothing learned."""
+    def predict_proba_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0,
+                          attributes: dict | None = None, ts_ms: int = 0) -> dict[str, float]:
+        """P(next | a run's prefix); empty for an empty prefix or a workflow with nothing learned.
+
+        ``elapsed_ms`` is the time from the first start to the last, ``gap_ms``
+        from the one before to the last, ``ts_ms`` the last start's event time,
+        ``attributes`` the run's latest attribute values.
+        """
+        if not started:
+            return {}
         n = len(started)
-        times = [0] * n  # only the last two start times and the first matter to the features
-        if n:
-            times[-1] = int(elapsed_ms)
+        times = [int(ts_ms - elapsed_ms)] * n
+        times[-1] = int(ts_ms)
         if n > 1:
-            times[-2] = int(elapsed_ms - gap_ms)
-        return self._predict(started, _features(started, times, 0), probe=False).probs
+            times[-2] = int(ts_ms - gap_ms)
+        view = _RunView(dict(attributes or {}), frozenset(started))
+        return self._predict(started[-1], self._chains(started, times, view)).probs
 
-    def predict_then_learn_one(self, signal: dict) -> list[dict]:
-        """Fold in a signal; the NextStepPrediction records to emit (interim name, see issue 14)."""
-        return self.learn_one(signal)
-
-    def predict_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0) -> str | None:
-        probs = self.predict_proba_one(started, elapsed_ms, gap_ms)
+    def predict_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0,
+                    attributes: dict | None = None, ts_ms: int = 0) -> str | None:
+        probs = self.predict_proba_one(started, elapsed_ms, gap_ms, attributes, ts_ms)
         return max(probs, key=probs.get) if probs else None
 
-    @property
-    def weights(self) -> tuple[float, float]:
-        """Current blend weights (Markov, River)."""
-        lm, lr = self._loss
-        n = 1.0 / (1.0 - self.forgetting)
-        wr = 1.0 / (1.0 + math.exp(min(n * (lr - lm), 700.0)))
-        return 1.0 - wr, wr
+    # -- running metrics ------------------------------------------------------------------------
 
-    # -- internals ---------------------------------------------------------------------------
+    def publish_metrics(self, ts_ms: int) -> dict | None:
+        """A NextStepMetrics record (``schemas/next_step_metrics.avsc``) when one is due at event time ``ts_ms``.
 
-    def _predict(self, started: list[str], features: dict, probe: bool) -> _Pending:
-        """The blended distribution; ``probe`` counts towards asking a near-weightless River model."""
-        markov = self.fingerprint.sequences.predict_proba(started)
-        river = {}
-        if self._river_seen:
-            wm, wr = self.weights
-            if probe:
-                self._predicted += 1
-            if wr > 1e-3 or not probe or self._predicted % self.probe_every == 0:
-                river = self.river_model.predict_proba_one(features)
-        if river:
-            probs = {k: wm * v for k, v in markov.items()}
-            for k, v in river.items():
-                probs[k] = probs.get(k, 0.0) + wr * v
-        else:
-            probs = markov
+        Due when ``metrics_interval_ms`` of event time has passed since the last
+        one (the first is due once a prediction has been resolved); None otherwise.
+        """
+        if self.metrics_interval_ms is None or not self.metrics.n:
+            return None
+        if self._last_metrics_ms is not None and ts_ms - self._last_metrics_ms < self.metrics_interval_ms:
+            return None
+        self._last_metrics_ms = ts_ms
+        return self.metrics_record(ts_ms)
+
+    def metrics_record(self, ts_ms: int) -> dict:
+        """The running metrics now, as a NextStepMetrics record."""
+        m = self.metrics
+        n = m.n or 1
+        return {"workflow_id": self.workflow_id, "ts_ms": int(ts_ms), "predictions": m.n,
+                "top1": m.top1, "top_k": m.top_k, "topk_accuracy": m.topk,
+                "recent_top1": m.recent_top1, "log_loss": m.log_loss, "brier": m.brier, "ece": m.ece,
+                "markov_top1": m.markov_hits / n, "expert_weights": self.expert_weights()}
+
+    def expert_weights(self) -> dict[str, float]:
+        """Each expert's weight over all contexts pooled (the global losses)."""
+        k = len(self.views)
+        return {self.views[i]: w for i, w in sorted(self.mixture.weights(None, k, top=k))}
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _observe(self, signal: dict):
+        """The fingerprint's observation of a signal (None if it dropped it)."""
+        return self.fingerprint.observe_one(signal)
+
+    def _note_attributes(self, view: _RunView, attributes: dict) -> None:
+        view.attributes.update(attributes)
+        seen = self._seen_attributes
+        if seen.issuperset(attributes):
+            return
+        for name in attributes:
+            if name not in seen:
+                seen.add(name)
+                if len(self.views) < len(BUILTIN_VIEWS) + self.max_attributes:
+                    self.views.append("attr:" + name)
+                    self._attribute_views.append(("attr:" + name, name))
+
+    def _chains(self, started: list[str], start_times: list[int], view: _RunView) -> list[list[tuple]]:
+        """One chain of context keys per expert (in ``self.views`` order) for the prefix ``started``."""
+        n = len(started)
+        last = started[-1]
+        prev = started[-2] if n > 1 else START
+        history = [("history", *started[n - j:]) if j <= n else ("history", START, *started)
+                   for j in range(2, min(self.history, n + 1) + 1)]
+        at = start_times[-1]
+        visited = view.visited
+        gap = (at - start_times[-2] + 1).bit_length() if n > 1 else -1
+        elapsed = (at - start_times[0] + 1).bit_length()
+        # 1970-01-01 was a Thursday: +3 makes Monday 0
+        calendar = (at // _MS_PER_DAY + 3) % 7 * 8 + at // _MS_PER_HOUR % 24 // 3
+        chains = [history,  # in BUILTIN_VIEWS order
+                  [("visited", last, visited), ("visited", last, prev, visited)],
+                  [("gap", last, gap), ("gap", last, prev, gap)],
+                  [("elapsed", last, elapsed), ("elapsed", last, prev, elapsed)],
+                  [("calendar", last, calendar), ("calendar", last, prev, calendar)]]
+        attributes = view.attributes
+        for key, name in self._attribute_views:
+            v = attributes.get(name)
+            chains.append([(key, last, v), (key, last, prev, v)])
+        return chains
+
+    def _predict(self, last: str, chains: list[list[tuple]]) -> _Pending:
+        """The mixture's prediction: every chain shares the base, so only its own followers are touched."""
+        get = self.counts.table.get
+        root, first = get(()), get((last,))
+        entries = [[get(k) for k in chain] for chain in chains]
+        if root is None or not root[0]:
+            return _Pending(last, chains, entries, root, first, {}, [])
+        probs, on_base = {}, 0.0
+        for i, w in self.mixture.weights(last, len(chains)):
+            on_base += add_chain(probs, entries[i], w)
+        a, b = base_scales(root, first)  # the shared base: one pass over () and one over (last,)
+        scale = on_base * a
+        for task, c in root[1].items():
+            probs[task] = probs.get(task, 0.0) + c * scale
+        if b:
+            scale = on_base * b
+            for task, c in first[1].items():
+                probs[task] = probs.get(task, 0.0) + c * scale
         ranked = sorted(probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]  # beats heapq for ~10 items
-        sum_sq = sum(v * v for v in probs.values())
-        return _Pending(probs, markov, river, features, ranked, sum_sq)
+        return _Pending(last, chains, entries, root, first, probs, ranked)
 
     def _resolve(self, pending: _Pending, y: str) -> None:
-        probs, markov, river = pending.probs, pending.markov, pending.river
-        markov_top = max(markov, key=markov.get) if markov else None
-        river_top = max(river, key=river.get) if river else None
-        self.metrics.update(y, pending.ranked, probs.get(y, 0.0), pending.sum_sq, markov_top, river_top)
-        rate, loss = 1.0 - self.forgetting, self._loss
-        loss[0] += rate * (-math.log(max(markov.get(y, 0.0), _P_FLOOR)) - loss[0])
-        if river:  # a mean, not a sum: River is scored only when it was asked
-            loss[1] += rate * (-math.log(max(river.get(y, 0.0), _P_FLOOR)) - loss[1])
-        self._resolved += 1
-        if self._river_seen < self.river_warmup or self._resolved % self.river_every == 0:
-            self.river_model.learn_one(pending.features, y)
-            self._river_seen += 1
+        """Score a prediction against what happened (test), then learn from it (train)."""
+        probs, first = pending.probs, pending.first
+        markov_top = max(first[1], key=first[1].get) if first and first[1] else None
+        sum_sq = sum([v * v for v in probs.values()])
+        self.metrics.update(y, pending.ranked, probs.get(y, 0.0), sum_sq, markov_top)
+        self._learn(pending, y)
+
+    def _learn(self, pending: _Pending, y: str) -> None:
+        root, first = pending.root, pending.first
+        if root is not None and root[0]:  # each expert's loss on y, from the counts before they learn y
+            a, b = base_scales(root, first)
+            p0 = a * root[1].get(y, 0) + (b * first[1].get(y, 0) if b else 0.0)
+            self.mixture.update(pending.last, chain_losses(pending.entries, p0, y))
+        self.counts.learn([[(), (pending.last,)], *pending.chains], [[root, first], *pending.entries], y)
+
+    def _close(self, run_id: str, view: _RunView, started: list[str]) -> None:
+        if view.pending is not None:
+            self._resolve(view.pending, END)
+        self._runs.pop(run_id, None)
+
+    def _record(self, run, ts_ms: int, ranked: list[tuple[str, float]]) -> dict:
+        last, at = run.started[-1], run.start_times[-1]
+        delays = self.fingerprint.sequences.delays
+        candidates = []
+        for task, p in ranked:
+            d = delays.get((last, task))
+            candidates.append({"task": task, "probability": p,
+                               "expected_start_ts_ms": at + int(d.mean) if d is not None else None})
+        return {"workflow_id": self.workflow_id, "run_id": run.run_id, "node_id": run.node_id,
+                "after_task": last, "prefix_length": len(run.started), "ts_ms": ts_ms, "candidates": candidates}
 
     def _prune(self) -> None:
         open_runs = self.fingerprint.open_runs
-        self._pending = {k: v for k, v in self._pending.items() if k in open_runs}
+        self._runs = {k: v for k, v in self._runs.items() if k in open_runs}
 
 
-def _features(started: list[str], start_times: list[int], first_ms: int) -> dict:
-    """What the River model sees of a prefix (times in seconds; trees do not care about scale)."""
-    n = len(started)
-    if not n:
-        return {"t1": START, "t2": START, "n": 0, "elapsed_s": 0.0, "gap_s": 0.0}
-    last = start_times[-1]
-    return {"t1": started[-1], "t2": started[-2] if n > 1 else START, "n": n,
-            "elapsed_s": (last - first_ms) / 1000.0,
-            "gap_s": (last - start_times[-2]) / 1000.0 if n > 1 else 0.0}
+def render_metrics(record: dict) -> str:
+    """One log line of a NextStepMetrics record (what the flow prints at each interval).
+
+    >>> print(render_metrics({"workflow_id": "w", "predictions": 10, "top1": 0.5, "top_k": 3,
+    ...                       "topk_accuracy": 0.9, "recent_top1": 0.6, "log_loss": 1.2, "brier": 0.4,
+    ...                       "ece": 0.05, "markov_top1": 0.4, "expert_weights": {"history": 0.7, "gap": 0.3}}))
+    workflow w: 10 predictions, top-1 50.0% (recent 60.0%, Markov 40.0%), top-3 90.0%, log-loss 1.200, Brier 0.400, ECE 0.050; trusts history 0.70, gap 0.30
+    """
+    experts = sorted(record["expert_weights"].items(), key=itemgetter(1), reverse=True)[:3]
+    return (f"workflow {record['workflow_id']}: {record['predictions']} predictions, top-1 {record['top1']:.1%} "
+            f"(recent {record['recent_top1']:.1%}, Markov {record['markov_top1']:.1%}), "
+            f"top-{record['top_k']} {record['topk_accuracy']:.1%}, log-loss {record['log_loss']:.3f}, "
+            f"Brier {record['brier']:.3f}, ECE {record['ece']:.3f}; trusts "
+            + ", ".join(f"{name} {w:.2f}" for name, w in experts))

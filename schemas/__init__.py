@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).parent
@@ -25,6 +25,7 @@ SCHEMA_FILES = {
     "Alert": "alert",
     "NextStepPrediction": "next_step_prediction",
     "Experience": "experience",
+    "NextStepMetrics": "next_step_metrics",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -38,6 +39,7 @@ TOPICS = {
     "Alert": "liquid.alerts",
     "NextStepPrediction": "workflow.predictions",
     "Experience": "liquid.experience",
+    "NextStepMetrics": "workflow.metrics",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -51,7 +53,7 @@ def schema_json(name: str) -> dict:
     return json.loads((SCHEMA_DIR / f"{stem}.avsc").read_text())
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict:
     """The fastavro-parsed schema (fastavro wants a parsed schema for speed)."""
     import fastavro
@@ -71,6 +73,7 @@ class TopicNames:
     alerts: str = TOPICS["Alert"]
     predictions: str = TOPICS["NextStepPrediction"]
     experience: str = TOPICS["Experience"]
+    metrics: str = TOPICS["NextStepMetrics"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -81,5 +84,5 @@ class TopicNames:
         return {
             "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
-            "NextStepPrediction": self.predictions, "Experience": self.experience,
+            "NextStepPrediction": self.predictions, "Experience": self.experience, "NextStepMetrics": self.metrics,
         }[schema_name]

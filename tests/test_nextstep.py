@@ -1,5 +1,6 @@
 """NextStepPredictor: converges to the Bayes optimum, beats a first-order baseline on longer-range
-dependence, uses time through its River model, emits schema records, snapshots and stays cheap."""
+dependence, learns branches decided by timing or by attributes, follows River's protocol, emits
+schema records and metrics, snapshots (and refuses snapshots it cannot read) and stays cheap."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from fingerprint.traces import MarkovProcess, run_signals
 from prediction.evaluate_nextstep import evaluate_next_step
 from prediction.nextstep import NextStepPredictor
 from schemas.codec import Codec
+from schemas.state import StateVersionError
 
 FIRST_ORDER = MarkovProcess({
     ("<start>",): {"a": 0.7, "b": 0.3},
@@ -40,7 +42,7 @@ def replay(predictor, signals, process=None):
     prefix: dict[str, list[str]] = {}
     ours, oracle = [], []
     for s in signals:
-        records = predictor.learn_one(s)
+        records = predictor.predict_then_learn_one(s)
         run = s["run_id"]
         if s["state"] == 1:
             if run in last_top:
@@ -78,6 +80,12 @@ def test_learned_probabilities_match_the_true_ones():
         for task, p in truth.items():
             # the rarest context here, (a, c), has ~800 observations: standard error < 0.018
             assert got.get(task, 0.0) == pytest.approx(p, abs=0.06), (prefix, task)
+        # the predictor's own mixture: the experts that add nothing here must not distort it much
+        mine = predictor.predict_proba_one(prefix)
+        assert sum(mine.values()) == pytest.approx(1.0)
+        assert max(mine, key=mine.get) == max(truth, key=truth.get), prefix
+        for task, p in truth.items():
+            assert mine.get(task, 0.0) == pytest.approx(p, abs=0.1), (prefix, task)
 
 
 def test_beats_the_first_order_baseline_when_the_next_task_depends_on_two_steps_back():
@@ -108,20 +116,78 @@ def timed_runs(n: int, seed: int):
     return [s for run in signals for s in run]
 
 
-def test_the_river_model_learns_what_counts_of_task_names_cannot():
+def test_timing_decides_the_branch_and_the_predictor_learns_it():
     predictor = NextStepPredictor("w")
     ours, _ = replay(predictor, timed_runs(2000, seed=14))
     m = predictor.metrics.to_dict()
     late = ours[len(ours) // 2:]  # a, b, third: two scored events per run
     assert sum(late) / len(late) > 0.95  # the Markov model alone tops out at (1 + 0.5) / 2 = 0.75
-    assert m["river_top1"] > m["markov_top1"] + 0.1
-    assert predictor.weights[1] > 0.9  # the blend has moved to the model that predicts better
+    assert m["top1"] > m["markov_top1"] + 0.1
+    weights = predictor.expert_weights()
+    # elapsed time since the run began (or the gap before b) is what decides; task names cannot
+    assert weights["elapsed"] + weights["gap"] > 0.5, weights
+    report = evaluate_next_step(timed_runs(2000, seed=15))
+    assert report["baseline_accuracy"] == pytest.approx(0.75, abs=0.02)
+    assert report["accuracy"] > report["baseline_accuracy"] + 0.15
+
+
+def attribute_runs(n: int, seed: int, on: str = "start"):
+    """a, b, then "fast_track" or "review" as the case's channel says: the same order and timing in every run.
+
+    ``on="start"``: the channel is a case attribute on the run's first signal only;
+    ``on="b"``: an event attribute that only b's signals carry.
+    """
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        channel = rng.choice(["web", "branch"])
+        third = "fast_track" if channel == "web" else "review"
+        signals = run_signals("w", f"r{i}", [("a", 0, 10), ("b", 10, 20), (third, 20, 30)], t0_ms=i * 1000)
+        for s in signals:
+            if (on == "start" and s is signals[0]) or (on == "b" and s["task"] == "b"):
+                s["attributes"] = {"channel": channel, "clerk": f"c{rng.randrange(3)}"}
+        out.extend(signals)
+    return out
+
+
+@pytest.mark.parametrize("on", ["start", "b"])
+def test_an_attribute_decides_the_branch_and_the_predictor_learns_it(on):
+    predictor = NextStepPredictor("w")
+    ours, _ = replay(predictor, attribute_runs(1500, seed=16, on=on))
+    late = ours[len(ours) // 2:]
+    assert sum(late) / len(late) > 0.95  # task names alone: (1 + 0.5) / 2 = 0.75
+    weights = predictor.expert_weights()
+    assert weights["attr:channel"] > weights["attr:clerk"] and weights["attr:channel"] > 0.3, weights
+    # the run's attributes are given to predict_proba_one as well
+    assert predictor.predict_one(["a", "b"], attributes={"channel": "web"}) == "fast_track"
+    assert predictor.predict_one(["a", "b"], attributes={"channel": "branch"}) == "review"
+    report = evaluate_next_step(attribute_runs(1500, seed=17, on=on))
+    assert report["baseline_accuracy"] == pytest.approx(0.75, abs=0.02)
+    assert report["accuracy"] > report["baseline_accuracy"] + 0.15
+
+
+def test_river_protocol_learn_returns_nothing_and_predicting_changes_nothing():
+    signals = list(FIRST_ORDER.signals(300, seed=19))
+    predictor = NextStepPredictor("w")
+    assert all(predictor.learn_one(s) is None for s in signals[:-50])
+    before = pickle.dumps(predictor)
+    probs = predictor.predict_proba_one(["a", "b"], elapsed_ms=30, gap_ms=10, ts_ms=10**9)
+    assert predictor.predict_one(["a", "b"]) == max(probs, key=probs.get)
+    assert pickle.dumps(predictor) == before
+    # learn_one and predict_then_learn_one leave the same state behind
+    twin = pickle.loads(before)
+    for s in signals[-50:]:
+        predictor.learn_one(s)
+        twin.predict_then_learn_one(s)
+    assert predictor.metrics.to_dict() == twin.metrics.to_dict()
+    for prefix in (["a"], ["a", "b"], ["b", "d", "e"]):
+        assert predictor.predict_proba_one(prefix) == twin.predict_proba_one(prefix)
 
 
 def test_records_fit_the_schema_and_rank_candidates_with_times():
     codec = Codec()
     predictor = NextStepPredictor("w", top_k=3)
-    records = [r for s in FIRST_ORDER.signals(500, seed=15) for r in predictor.learn_one(s)]
+    records = [r for s in FIRST_ORDER.signals(500, seed=15) for r in predictor.predict_then_learn_one(s)]
     assert len(records) == sum(1 for s in FIRST_ORDER.signals(500, seed=15) if s["state"] == 1)
     for r in records[-200:]:
         assert codec.decode(codec.encode("NextStepPrediction", r)).record == r
@@ -138,8 +204,8 @@ def test_expected_start_is_last_start_plus_mean_delay():
     predictor = NextStepPredictor("w")
     for i in range(20):
         for s in run_signals("w", f"r{i}", [("a", 0, 30), ("b", 40, 50)], t0_ms=i * 1000):
-            out = predictor.learn_one(s)
-    out = predictor.learn_one(run_signals("w", "new", [("a", 0, 30)], t0_ms=10**6)[0])
+            predictor.learn_one(s)
+    out = predictor.predict_then_learn_one(run_signals("w", "new", [("a", 0, 30)], t0_ms=10**6)[0])
     top = out[0]["candidates"][0]
     assert top["task"] == "b" and top["expected_start_ts_ms"] == 10**6 + 40
 
@@ -156,18 +222,58 @@ def test_running_metrics_count_every_resolved_prediction():
     assert 0 <= m["brier"] <= 2
 
 
+def test_metrics_records_are_published_at_the_event_time_interval_and_fit_the_schema():
+    codec = Codec()
+    predictor = NextStepPredictor("w", metrics_interval_ms=1000)
+    published = []
+    for s in FIRST_ORDER.signals(300, seed=20):  # ~15 s of event time
+        predictor.learn_one(s)
+        record = predictor.publish_metrics(s["ts_ms"])
+        if record is not None:
+            published.append(record)
+    assert len(published) >= 3
+    gaps = [b["ts_ms"] - a["ts_ms"] for a, b in zip(published, published[1:])]
+    assert len(published) <= 16 and min(gaps) >= 1000
+    last = published[-1]
+    assert codec.decode(codec.encode("NextStepMetrics", last)).record == last
+    assert last["predictions"] <= predictor.metrics.n and 0 < last["top1"] <= last["topk_accuracy"] <= 1
+    assert set(last["expert_weights"]) == {"history", "visited", "gap", "elapsed", "calendar"}
+    assert sum(last["expert_weights"].values()) == pytest.approx(1.0)
+    assert NextStepPredictor("w", metrics_interval_ms=None).publish_metrics(10**12) is None
+
+
+def test_memory_stays_bounded_when_every_run_has_a_new_attribute_value():
+    predictor = NextStepPredictor("w", max_contexts=500)
+    for i in range(400):
+        for s in run_signals("w", f"r{i}", [("a", 0, 10), ("b", 10, 20), ("c", 20, 30)], t0_ms=i * 1000):
+            s["attributes"] = {"order": f"o{i}"}
+            predictor.learn_one(s)
+        assert len(predictor.counts.table) <= 500
+    assert predictor.predict_one(["a"]) == "b"  # what recurs survives the halving
+
 def test_snapshot_and_resume_give_the_same_predictions_as_an_uninterrupted_run():
     signals = list(FIRST_ORDER.signals(600, seed=17))
     cut = len(signals) // 2
     straight = NextStepPredictor("w")
-    expected = [straight.learn_one(s) for s in signals]
+    expected = [straight.predict_then_learn_one(s) for s in signals]
     first = NextStepPredictor("w")
-    got = [first.learn_one(s) for s in signals[:cut]]
+    got = [first.predict_then_learn_one(s) for s in signals[:cut]]
     resumed = pickle.loads(pickle.dumps(first))
-    assert resumed.version == first.version
-    got += [resumed.learn_one(s) for s in signals[cut:]]
+    assert resumed.version == first.version == NextStepPredictor.STATE_VERSION
+    got += [resumed.predict_then_learn_one(s) for s in signals[cut:]]
     assert got == expected
     assert resumed.metrics.to_dict() == straight.metrics.to_dict()
+
+
+@pytest.mark.parametrize("version", [1, NextStepPredictor.STATE_VERSION + 1])
+def test_a_snapshot_of_another_state_version_is_refused_with_a_one_line_reason(version):
+    predictor = NextStepPredictor("w")
+    for s in FIRST_ORDER.signals(20, seed=21):
+        predictor.learn_one(s)
+    state = dict(vars(predictor), version=version)  # version 1: the Markov + Hoeffding-tree blend
+    restored = NextStepPredictor.__new__(NextStepPredictor)
+    with pytest.raises(StateVersionError, match=f"state version {version}, this release reads 2 to 2"):
+        restored.__setstate__(state)
 
 
 def test_cost_per_signal_stays_inside_the_flow_budget():
@@ -175,7 +281,7 @@ def test_cost_per_signal_stays_inside_the_flow_budget():
     predictor = NextStepPredictor("w")
     t0 = time.process_time()
     for s in signals:
-        predictor.learn_one(s)
+        predictor.predict_then_learn_one(s)
     per_signal = (time.process_time() - t0) / len(signals)
     # measured ~15-18 µs on this 2-core machine; the flow's share is ~25 µs. CPU time, with slack
     # for a machine shared with other jobs, so this catches regressions of several times, not noise
