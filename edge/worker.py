@@ -9,23 +9,37 @@ atomically. Requests keep flowing on the old session until then; a rejected or
 failed swap leaves it serving. Every command is acknowledged (CommandAck), and
 every node publishes Telemetry once per ``--interval``: resource readings from
 NVML or the thermal model, serving figures as measured.
+
+Everything the worker publishes goes through its durable outbox
+(`edge.outbox.Outbox`, SQLite): it survives broker outages and worker restarts
+and is drained in order once the broker is back, each record with an id for
+consumers to deduplicate. With a keyring, every command must be signed
+(`edge.signing`); a rejected one is acknowledged with the reason. When the
+control plane is silent, the node's own policy keeps it safe (`edge.autonomy`).
 """
 
 from __future__ import annotations
 
+import itertools
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import Producer
 
+from edge.autonomy import LocalSafety
 from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
+from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
 from edge.runtime import WorkflowRun
 from edge.sensors import open_sensor
 from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
+from edge.signing import CommandVerifier
 from edge.thermal import Scenario
+from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
 from schemas.codec import Codec
 
@@ -50,7 +64,9 @@ class EdgeWorker:
                  sensor: str = "auto", rate: float = 100.0, interval_s: float = 1.0, time_scale: float = 1.0,
                  deadline_ms: float = 250.0, scenarios: dict | None = None, seed: int = 0, log=None,
                  power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
-                 workflow_gap_s: float = 0.0, workflow_seed: int = 0):
+                 workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
+                 local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
+                 outbox_options: dict | None = None):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
         self.manifest = load_manifest(zoo_dir)
         self.codec = Codec()
@@ -67,9 +83,18 @@ class EdgeWorker:
             self.nodes[node_id] = EdgeNode(
                 node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i),
                 open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i))
-        self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
+        # Record ids: node, this process's boot, a counter; unique across restarts.
+        self.boot = format(time.time_ns() // 1000, "x")
+        self._ack_numbers = itertools.count(1)
+        self.safety = None if silent_after_s is None else LocalSafety(local_policy or PolicyConfig(), silent_after_s)
+        contact = self.safety.contact if self.safety else None
+        self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
+        self.outbox = Outbox(self.outbox_path, lambda: Producer(idempotent_producer_config(settings)),
+                             on_delivered=contact, **(outbox_options or {}))
+        self.verifier = None if keyring is None else CommandVerifier(keyring)
+        verify = self.verifier.check if self.verifier else None
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
-                                        self.codec)
+                                        self.codec, verify=verify, publish_ack=self._publish_ack, on_contact=contact)
         # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
@@ -81,7 +106,8 @@ class EdgeWorker:
             for node in self.nodes.values():
                 node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
-                                                   self._on_shadow_command, self.codec, schema_name="ShadowCommand")
+                                                   self._on_shadow_command, self.codec, schema_name="ShadowCommand",
+                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact)
             self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
                                               name=f"runs-{node.node_id}") for node in self.nodes.values()]
         self.last_telemetry: dict[str, dict] = {}
@@ -90,6 +116,7 @@ class EdgeWorker:
 
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> "EdgeWorker":
+        self.outbox.start()
         for node in self.nodes.values():
             node.load.start()
         self.listener.start()
@@ -125,12 +152,16 @@ class EdgeWorker:
                 node.executor.wait_idle()
                 node.executor.close()
             node.server.close()
-        self.producer.flush(10)
+        self.outbox.flush(10)
+        self.outbox.close()  # anything undelivered stays in the outbox file for the next start
         return stats
 
     # -- commands -------------------------------------------------------------
     def _on_command(self, command: dict):
-        node = self.nodes[command["node_id"]]
+        return self._apply(self.nodes[command["node_id"]], command, "control")
+
+    def _apply(self, node: EdgeNode, command: dict, origin: str):
+        """Swap to what ``command`` says; the ack (origin ``control`` or ``local``) follows when it serves."""
         received_ms = int(time.time() * 1000)
 
         def acknowledge(result):
@@ -146,11 +177,12 @@ class EdgeWorker:
                 "from_precision": result.from_precision, "to_precision": result.to_precision,
                 "swap_ms": round(result.swap_ms, 3), "decided_on_ts_ms": command["decided_on_ts_ms"],
                 "details": {"received_ts_ms": str(received_ms), "trigger": command["trigger"]},
+                "origin": origin,
             }
             node.applied.append((command, ack))
-            self.producer.produce(self.topics.acks, key=node.node_id.encode(),
-                                  value=self.codec.encode("CommandAck", ack))
-            self.producer.poll(0)
+            if origin == "local":
+                self.safety.on_ack(ack)
+            self._publish_ack(ack)
             self.log(f"{node.node_id}: {ack['status']} {command['from_variant']}->{command['to_variant']} "
                      f"{command['to_precision']} in {result.swap_ms:.1f} ms ({command['trigger']}: {command['reason']})")
 
@@ -163,15 +195,20 @@ class EdgeWorker:
     def _on_shadow_command(self, command: dict):
         return self.nodes[command["node_id"]].executor.handle(command)
 
+    def _publish(self, schema_name: str, topic: str, key: str, record: dict, record_id: str,
+                 wait: bool = False) -> None:
+        """Into the outbox; its drain thread sends it on when the broker takes it."""
+        self.outbox.put(topic, key.encode(), self.codec.encode(schema_name, record), PRIORITY_OF_SCHEMA[schema_name],
+                        record_id, wait=wait)
+
     def _publish_ack(self, ack: dict) -> None:
-        """Acks of shadows that end without a command of their own (commit at the live step, timeout, run end)."""
-        self.producer.produce(self.topics.acks, key=ack["node_id"].encode(), value=self.codec.encode("CommandAck", ack))
-        self.producer.poll(0)
+        """Every ack: of commands, of rejections, and of shadows that end without a command of their own."""
+        ack["record_id"] = f"{ack['node_id']}-{self.boot}-a{next(self._ack_numbers)}"
+        # Committed at once: an ack reports something that has happened to the node.
+        self._publish("CommandAck", self.topics.acks, ack["node_id"], ack, ack["record_id"], wait=True)
 
     def _publish_signal(self, signal: dict) -> None:
-        self.producer.produce(self.topics.signals, key=signal["workflow_id"].encode(),
-                              value=self.codec.encode("WorkflowSignal", signal))
-        self.producer.poll(0)
+        self._publish("WorkflowSignal", self.topics.signals, signal["workflow_id"], signal, signal["signal_id"])
 
     def _run_workflows(self, node: EdgeNode) -> None:
         spec = inspection_workflow(ServedClassifier(node.server))
@@ -193,6 +230,7 @@ class EdgeWorker:
         stats = node.load.stats()
         node.seq += 1
         return {"node_id": node.node_id, "ts_ms": now_ms, "seq": node.seq, **readings,
+                "record_id": f"{node.node_id}-{self.boot}-{node.seq}",
                 "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
                 "source": node.sensor.source,
@@ -204,9 +242,11 @@ class EdgeWorker:
             now_ms = int(time.time() * 1000)
             for node in self.nodes.values():
                 record = self.telemetry(node, now_ms)
-                self.producer.produce(self.topics.telemetry, key=node.node_id.encode(),
-                                      value=self.codec.encode("Telemetry", record))
+                self._publish("Telemetry", self.topics.telemetry, node.node_id, record, record["record_id"])
                 self.last_telemetry[node.node_id] = record
-            self.producer.poll(0)
+                local = self.safety.observe(record) if self.safety is not None else None
+                if local is not None:
+                    self.log(f"{node.node_id}: control plane silent, deciding locally: {local['reason']}")
+                    self._apply(node, local, "local")
             next_at += self.interval_s
             self._halt.wait(max(0.0, next_at - time.monotonic()))
