@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "deploy.replay",
     "deploy.zoo_cmd",
     "deploy.worker",
+    "deploy.keys_cmd",
     "deploy.demo",
     "deploy.evaluate_nextstep",
     "deploy.evaluate_anomaly",
@@ -81,6 +82,7 @@ GROUP_HELP = {
     "zoo": "build and inspect the model zoo",
     "evaluate": "offline evaluation through the same code the flows use",
     "fingerprint": "inspect workflow fingerprints",
+    "keys": "the keys that sign commands: generate, rotate",
 }
 
 

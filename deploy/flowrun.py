@@ -108,6 +108,8 @@ def spec_from_args(name: str, args) -> FlowSpec:
                     models=args.models, policy=policy,
                     options={k: v for k, v in (("store", getattr(args, "store", None)),
                                                ("speculation", getattr(args, "speculation", False)),
+                                               ("signing_key", str(args.signing_key) if getattr(args, "signing_key", None)
+                                                else None),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
                                                 if getattr(args, "idle_timeout", None) else None)) if v})
 
@@ -145,6 +147,9 @@ def add_flow_args(p) -> None:
                    help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="workflow flow: close runs with no signal for this long (event time; default: never)")
+    p.add_argument("--signing-key", type=Path, metavar="PEM",
+                   help="sign every MorphCommand and ShadowCommand with this Ed25519 private key "
+                        "(`liquid keys generate`); workers started with --keyring reject unsigned commands")
     p.add_argument("--policy", metavar="KEY=VALUE", action="append", type=parse_setting,
                    help="override a morph policy setting, e.g. --policy hot_c=80 (repeatable)")
 

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import Codec, DecodeError
 from schemas.kafka import KafkaSettings, partition_ends
@@ -48,7 +48,10 @@ class CommandListener(threading.Thread):
 
     def run(self) -> None:
         consumer = Consumer(self.settings.consumer("liquid-edge"))
-        partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        partitions = self._wait_for_topic(consumer)
+        if partitions is None:
+            consumer.close()
+            return
         # Explicit high watermarks rather than OFFSET_END, which resolves lazily: a
         # command sent right after wait_ready() must not be skipped.
         ends = partition_ends(consumer, self.topic, len(partitions))
@@ -71,6 +74,18 @@ class CommandListener(threading.Thread):
             consumer.close()
             if self.producer is not None:
                 self.producer.flush(5)
+
+    def _wait_for_topic(self, consumer) -> dict | None:
+        """The topic's partitions once the broker answers; a node may start during an outage."""
+        while not self._halt.is_set():
+            try:
+                topic = consumer.list_topics(self.topic, timeout=5).topics[self.topic]
+            except KafkaException:
+                continue
+            if topic.error is None and topic.partitions:
+                return topic.partitions
+            self._halt.wait(0.5)
+        return None
 
     def _handle(self, raw: bytes) -> None:
         try:

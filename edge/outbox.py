@@ -124,7 +124,7 @@ class Outbox:
         self._delivery_errors = 0
         self.max_records, self.max_age_s = max_records, max_age_s
         self.drain_rate, self.max_in_flight = drain_rate, max_in_flight
-        #: called with no argument after every successful delivery (the link is up)
+        #: called with the record id after every delivery the broker acknowledged (the link is up)
         self.on_delivered = on_delivered
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -135,7 +135,7 @@ class Outbox:
         self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._staged: list[tuple] = []     # put, not yet committed (group commit)
         self._refused = 0
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, str] = {}   # seq -> record id, handed to the producer
         self._delivered: list[int] = []
         self._sent_upto: dict[int, int] = {}   # priority -> highest seq handed to the producer
         self._halt = threading.Event()
@@ -285,7 +285,7 @@ class Outbox:
         if rows and not self._in_flight:
             self._progress_at = time.monotonic()
         for row in rows:
-            self._in_flight.add(row.seq)
+            self._in_flight[row.seq] = row.record_id
             self._sent_upto[row.priority] = row.seq
             self.producer.produce(row.topic, key=row.key, value=row.value,
                                   on_delivery=self._delivery_callback(row.seq, row.priority, self._generation))
@@ -295,12 +295,12 @@ class Outbox:
         def done(err, _msg):
             if generation != self._generation:
                 return  # a report of a producer that was renewed: its records are being resent
-            self._in_flight.discard(seq)
+            record_id = self._in_flight.pop(seq, None)
             if err is None:
                 self._delivered.append(seq)
                 self._progress_at = self.last_delivery_monotonic = time.monotonic()
                 if self.on_delivered is not None:
-                    self.on_delivered()
+                    self.on_delivered(record_id)
                 return
             # Not delivered (librdkafka gave up: a fatal error, or a topic that is gone):
             # resend from this record on, in order. A later record that did get through is

@@ -90,7 +90,7 @@ class EdgeWorker:
         contact = self.safety.contact if self.safety else None
         self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
         self.outbox = Outbox(self.outbox_path, lambda: Producer(idempotent_producer_config(settings)),
-                             on_delivered=contact, **(outbox_options or {}))
+                             on_delivered=self._on_delivered, **(outbox_options or {}))
         self.verifier = None if keyring is None else CommandVerifier(keyring)
         verify = self.verifier.check if self.verifier else None
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
@@ -115,16 +115,19 @@ class EdgeWorker:
         self._telemetry = threading.Thread(target=self._publish_telemetry, name="telemetry", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
-    def start(self) -> "EdgeWorker":
+    def start(self, ready_timeout_s: float = 15.0) -> "EdgeWorker":
         self.outbox.start()
         for node in self.nodes.values():
             node.load.start()
         self.listener.start()
-        self.listener.wait_ready()
         if self.shadow_listener is not None:
             self.shadow_listener.start()
-            self.shadow_listener.wait_ready()
+        # Telemetry does not wait for the broker: a node (re)started during an outage keeps
+        # measuring into its outbox, and its local policy keeps it safe.
         self._telemetry.start()
+        self.listener.wait_ready(ready_timeout_s)
+        if self.shadow_listener is not None:
+            self.shadow_listener.wait_ready(ready_timeout_s)
         for runner in self._runners:
             runner.start()
         return self
@@ -136,7 +139,7 @@ class EdgeWorker:
             runner.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(r.is_alive() for r in self._runners)
 
-    def stop(self) -> dict:
+    def stop(self, flush_timeout_s: float = 10.0) -> dict:
         """Stop taking commands, drain the request streams, flush; returns per-node stats."""
         self._halt.set()
         self.listener.stop()
@@ -152,9 +155,13 @@ class EdgeWorker:
                 node.executor.wait_idle()
                 node.executor.close()
             node.server.close()
-        self.outbox.flush(10)
+        self.outbox.flush(flush_timeout_s)
         self.outbox.close()  # anything undelivered stays in the outbox file for the next start
         return stats
+
+    def _on_delivered(self, record_id: str) -> None:
+        if self.safety is not None:
+            self.safety.contact()
 
     # -- commands -------------------------------------------------------------
     def _on_command(self, command: dict):
@@ -215,7 +222,8 @@ class EdgeWorker:
         lots = inspection_lots(64, seed=self.workflow_seed)
         i = 0
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):
-            run = WorkflowRun(spec, f"{node.node_id}-run-{i}", node.node_id, executor=node.executor,
+            # The boot in the run id: a restarted worker's runs are new runs, not duplicates of old ones.
+            run = WorkflowRun(spec, f"{node.node_id}-{self.boot}-run-{i}", node.node_id, executor=node.executor,
                               on_signal=self._publish_signal)
             node.runs.append(run.execute(lots[i % len(lots)]))
             i += 1

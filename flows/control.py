@@ -35,7 +35,7 @@ from bytewax.outputs import Sink
 from flows.spec import FlowSpec
 from operators.control import MorphStep
 from operators.events import keyed_input
-from operators.from_spec import codec_for, models_factory_for, policy_for
+from operators.from_spec import codec_for, models_factory_for, policy_for, signer_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
 
 
@@ -55,7 +55,8 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
     else:
         events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id"})
     # (node id, (schema name, record)): the commands and alerts the node's state decides
-    step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic)
+    step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,
+                     signer=signer_for(spec))
     decisions = op.stateful_flat_map("morph", events, step)
     if sink is None:
         kafka_output(decisions, spec, codec_for(spec), ("MorphCommand", "Alert"))

@@ -49,6 +49,16 @@ def policy_for(spec) -> MorphPolicy:
     return MorphPolicy(policy_config_for(spec))
 
 
+def signer_for(spec):
+    """The command signer of ``options.signing_key`` (a PEM file; `liquid keys generate`), or None."""
+    path = spec.options.get("signing_key")
+    if not path:
+        return None
+    from edge.signing import CommandSigner
+
+    return CommandSigner.from_file(path, ttl_s=float(spec.options.get("command_ttl_s", 60.0)))
+
+
 def models_factory_for(spec):
     """Per-node online models for the control flow, or None when they are off."""
     if not spec.models:
