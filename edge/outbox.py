@@ -13,8 +13,9 @@ record id, which every record carries).
   ``synchronous="FULL"`` also against power loss, at an fsync per record).
 * **Bounded by count and age.** At ``max_records`` the priorities decide:
   telemetry (the lowest class) is thinned — every second buffered telemetry
-  record of the older half is deleted, so the outage stays covered at half the
-  resolution — and each deleted record is counted in ``downsampled``. A record
+  record of the older half is deleted, the oldest kept, so the outage stays
+  covered from its start at a coarser resolution — and each deleted record is
+  counted in ``downsampled``. A record
   of a higher class is never thinned; when the outbox holds nothing of a lower
   class it refuses the new record and counts it in ``refused``. Rows older than
   ``max_age_s`` expire (counted in ``expired``). The counters live in the
@@ -40,7 +41,7 @@ True
 >>> box.pending(), box.counters()["downsampled"]
 (4, 1)
 >>> [row.record_id for row in box.peek(10)]               # acks first, then telemetry in order
-['n1-a0', 'n1-t1', 'n1-t2', 'n1-t3']
+['n1-a0', 'n1-t0', 'n1-t2', 'n1-t3']
 >>> box.close()
 """
 
@@ -188,11 +189,12 @@ class Outbox:
         lowest = self._db.execute("SELECT MAX(priority) FROM outbox").fetchone()[0]
         if lowest is None or lowest < priority or lowest != TELEMETRY:
             return False
-        # The older half of the buffered telemetry, every second row: the outage stays covered.
+        # The older half of the buffered telemetry, every second row but the oldest: the
+        # outage stays covered from its start, at a coarser resolution the longer it lasts.
         seqs = [s for (s,) in self._db.execute(
             "SELECT seq FROM outbox WHERE priority = ? ORDER BY seq", (lowest,))]
         older = [s for s in seqs[: max(2, len(seqs) // 2)] if s not in self._in_flight]
-        victims = older[0::2] if len(older) > 1 else older
+        victims = older[1::2] or older
         if not victims:
             return False
         self._db.execute("BEGIN")
