@@ -49,9 +49,18 @@ SIGNATURE_FIELDS = ("key_id", "expires_ts_ms", "sequence", "signature")
 
 def canonical_bytes(command: dict) -> bytes:
     """What is signed: every non-null field except the signature, as sorted compact JSON."""
-    # Fields left out and fields set to null (the Avro default) are the same command.
-    body = {k: v for k, v in command.items() if k != "signature" and v is not None and not k.startswith("_")}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    body = {k: v for k, v in command.items() if k != "signature" and not k.startswith("_")}
+    return json.dumps(_without_nulls(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _without_nulls(value):
+    # A field left out and a field set to null (its Avro default, filled in by the decoder)
+    # are the same command, at any depth (the evidence record has optional fields too).
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def raw_public(public_key: Ed25519PublicKey) -> bytes:
@@ -92,7 +101,9 @@ class CommandSigner:
 
     def sign(self, command: dict, now_ms: int | None = None) -> dict:
         """Stamp key id, expiry and sequence on ``command`` and sign it (in place; returned)."""
-        issued = command.get("issued_ts_ms") or (now_ms if now_ms is not None else int(time.time() * 1000))
+        issued = command.get("issued_ts_ms")
+        if issued is None:
+            issued = now_ms if now_ms is not None else int(time.time() * 1000)
         command["key_id"] = self.key_id
         command["expires_ts_ms"] = int(issued + self.ttl_s * 1000)
         command["sequence"] = self.next_sequence(command["node_id"])
