@@ -36,6 +36,7 @@ import base64
 import hashlib
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,9 +154,13 @@ class CommandVerifier:
         so a rotation needs no restart of the worker).
     clock_skew_s
         Tolerated difference between the signer's and the node's clocks.
+    replay_store
+        A SQLite file where the highest accepted sequence per node and command type
+        is kept, so a restarted worker still refuses commands it accepted before
+        (without it, a replay within the expiry would pass after a restart).
     """
 
-    def __init__(self, keyring, clock_skew_s: float = 5.0):
+    def __init__(self, keyring, clock_skew_s: float = 5.0, replay_store=None):
         self._path = None if isinstance(keyring, Keyring) else Path(keyring)
         self._mtime = None
         self.keyring = keyring if isinstance(keyring, Keyring) else Keyring.load(self._path)
@@ -164,6 +169,12 @@ class CommandVerifier:
         # floor: the highest sequence forgotten (expired). Bounded by the expiry window.
         self._accepted: dict[tuple[str, str], dict[int, int]] = {}
         self._floor: dict[tuple[str, str], int] = {}
+        self._store = None
+        if replay_store is not None:
+            self._store = sqlite3.connect(str(replay_store), check_same_thread=False, isolation_level=None)
+            self._store.execute("CREATE TABLE IF NOT EXISTS accepted (node TEXT, kind TEXT, sequence INTEGER, "
+                                "PRIMARY KEY (node, kind))")
+            self._floor = {(n, k): q for n, k, q in self._store.execute("SELECT node, kind, sequence FROM accepted")}
 
     def _reload(self) -> None:
         if self._path is None:
@@ -201,6 +212,9 @@ class CommandVerifier:
         if seq <= self._floor.get(slot, 0):
             return "replayed: sequence older than the node's window"
         accepted[seq] = expires
+        if self._store is not None:
+            self._store.execute("INSERT INTO accepted VALUES (?, ?, ?) ON CONFLICT (node, kind) DO UPDATE "
+                                "SET sequence = max(sequence, excluded.sequence)", (*slot, seq))
         return None
 
 

@@ -91,7 +91,8 @@ class EdgeWorker:
         self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
         self.outbox = Outbox(self.outbox_path, lambda: Producer(idempotent_producer_config(settings)),
                              on_delivered=self._on_delivered, **(outbox_options or {}))
-        self.verifier = None if keyring is None else CommandVerifier(keyring)
+        self.verifier = None if keyring is None else CommandVerifier(
+            keyring, replay_store=self.outbox_path.with_name(self.outbox_path.stem + "-accepted.db"))
         verify = self.verifier.check if self.verifier else None
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
                                         self.codec, verify=verify, publish_ack=self._publish_ack, on_contact=contact)

@@ -140,3 +140,16 @@ def test_worker_rejects_forged_expired_replayed_and_unsigned_and_applies_after_r
     assert stats.dropped == 0 and stats.served > 0
     served = {v for (v, p), m in stats.per_model.items() if m.served}
     assert "snn" not in served
+
+
+def test_a_restarted_node_still_refuses_what_it_accepted(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    signer = CommandSigner(key)
+    first = CommandVerifier(Keyring.of(key.public_key()), replay_store=tmp_path / "accepted.db")
+    cmd = signer.sign(morph_command("n", 1, "snn"))
+    assert first.check(cmd, "MORPH") is None
+    restarted = CommandVerifier(Keyring.of(key.public_key()), replay_store=tmp_path / "accepted.db")
+    assert restarted.check(cmd, "MORPH").startswith("replayed")
+    assert restarted.check(signer.sign(morph_command("n", 2, "snn")), "MORPH") is None
