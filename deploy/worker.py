@@ -35,7 +35,7 @@ def _run(args) -> int:
     settings = settings_from_args(args)
     topics = TopicNames()
     require_topics(settings, [topics.commands, topics.acks, topics.telemetry]
-                   + ([topics.signals, topics.shadow] if args.workflow else []))
+                   + ([topics.signals, topics.shadow, topics.executions] if args.workflow else []))
     try:
         worker = EdgeWorker(settings, topics, args.node, Scenario(args.scenario, duration_s=args.duration),
                             zoo_dir=args.zoo, sensor=args.sensor, rate=args.rate, interval_s=args.interval,

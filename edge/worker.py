@@ -32,6 +32,8 @@ from confluent_kafka import Producer
 from edge.autonomy import LocalSafety
 from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
+from edge.records import ExecutionStore
+from edge.sync import SyncManager
 from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
 from edge.runtime import WorkflowRun
 from edge.sensors import open_sensor
@@ -54,6 +56,7 @@ class EdgeNode:
     seq: int = 0
     applied: list = field(default_factory=list)   # (command, ack) of every handled command
     executor: object = None   # edge.shadow.ShadowExecutor, when the node runs workflows
+    sync: object = None       # edge.sync.SyncManager of its execution store, when it runs workflows
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
 
 
@@ -106,6 +109,9 @@ class EdgeWorker:
                 raise ValueError(f"unknown workflow {workflow!r}; shipped: inspection")
             for node in self.nodes.values():
                 node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
+                store = ExecutionStore(self.outbox_path.with_name(f"{self.outbox_path.stem}-{node.node_id}-records.db"),
+                                       node.node_id)
+                node.sync = SyncManager(store, self._publish_execution_record)
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand",
                                                    verify=verify, publish_ack=self._publish_ack, on_contact=contact)
@@ -131,6 +137,9 @@ class EdgeWorker:
             self.shadow_listener.wait_ready(ready_timeout_s)
         for runner in self._runners:
             runner.start()
+        for node in self.nodes.values():
+            if node.sync is not None:
+                node.sync.start()
         return self
 
     def wait_runs(self, timeout_s: float | None = None) -> bool:
@@ -155,14 +164,22 @@ class EdgeWorker:
             if node.executor is not None:
                 node.executor.wait_idle()
                 node.executor.close()
+                node.sync.stop()  # a last batch into the outbox
             node.server.close()
         self.outbox.flush(flush_timeout_s)
         self.outbox.close()  # anything undelivered stays in the outbox file for the next start
+        for node in self.nodes.values():
+            if node.sync is not None:
+                node.sync.store.close()
         return stats
 
     def _on_delivered(self, record_id: str) -> None:
         if self.safety is not None:
             self.safety.contact()
+        if record_id.startswith(("execution:", "step:")):
+            for node in self.nodes.values():  # the store that holds it marks it; the others match no row
+                if node.sync is not None:
+                    node.sync.delivered(record_id)
 
     # -- commands -------------------------------------------------------------
     def _on_command(self, command: dict):
@@ -215,6 +232,11 @@ class EdgeWorker:
         # Committed at once: an ack reports something that has happened to the node.
         self._publish("CommandAck", self.topics.acks, ack["node_id"], ack, ack["record_id"], wait=True)
 
+    def _publish_execution_record(self, record: dict) -> bool:
+        return self.outbox.put(self.topics.executions, record["node_id"].encode(),
+                               self.codec.encode("ExecutionRecord", record), PRIORITY_OF_SCHEMA["ExecutionRecord"],
+                               record["record_id"])
+
     def _publish_signal(self, signal: dict) -> None:
         self._publish("WorkflowSignal", self.topics.signals, signal["workflow_id"], signal, signal["signal_id"])
 
@@ -226,7 +248,9 @@ class EdgeWorker:
             # The boot in the run id: a restarted worker's runs are new runs, not duplicates of old ones.
             run = WorkflowRun(spec, f"{node.node_id}-{self.boot}-run-{i}", node.node_id, executor=node.executor,
                               on_signal=self._publish_signal)
-            node.runs.append(run.execute(lots[i % len(lots)]))
+            result = run.execute(lots[i % len(lots)])
+            node.runs.append(result)
+            node.sync.store.record_run(spec.workflow_id, result)
             i += 1
             if self.workflow_gap_s:
                 self._halt.wait(self.workflow_gap_s)
