@@ -367,7 +367,12 @@ def idempotent_producer_config(settings, **extra) -> dict:
 
     ``message.timeout.ms=0`` makes librdkafka retry until the broker is back
     instead of failing a record after 5 minutes; the outbox row stays until the
-    delivery report says it arrived.
+    delivery report says it arrived. ``allow.auto.create.topics=false``: a node
+    reconnecting to a broker that lost its topics must not recreate them with
+    the broker's default partition count (measured on Tansu: 4 instead of the
+    cluster's 2, and records keyed to partitions no consumer was assigned); it
+    waits until the operator has created them.
     """
     return settings.producer(**{"enable.idempotence": "true", "acks": "all", "message.timeout.ms": "0",
-                                "linger.ms": "5", "reconnect.backoff.max.ms": "1000", **extra})
+                                "linger.ms": "5", "reconnect.backoff.max.ms": "1000",
+                                "allow.auto.create.topics": "false", **extra})
