@@ -51,6 +51,7 @@ from deploy.demo import PHASES, RUN_S, SCENARIO_S  # noqa: E402
 from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys  # noqa: E402
 from deploy.topics import ensure_topics  # noqa: E402
 from edge.outbox import TELEMETRY, Outbox  # noqa: E402
+from edge.sync import CentralExecutions  # noqa: E402
 from edge.thermal import Scenario  # noqa: E402
 from edge.worker import EdgeWorker  # noqa: E402
 from morph.policy import MorphPolicy, PolicyConfig  # noqa: E402
@@ -59,7 +60,7 @@ from schemas.codec import Codec, DecodeError  # noqa: E402
 from schemas.kafka import KafkaSettings  # noqa: E402
 
 TOPICS = TopicNames()
-WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.commands)
+WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions, TOPICS.commands)
 FAN_FAILS = next(lo for name, lo, _ in PHASES if name == "fan failure")
 
 
@@ -187,7 +188,12 @@ class Run:
         worker.stop(flush_timeout_s=0)
         self.local_acks += [a for n in worker.nodes.values() for _, a in n.applied if a.get("origin") == "local"]
         self.pre_restart_commands = [raw for s, _, raw in self.collectors[0].records if s == "MorphCommand"]
-        worker = self.worker().start(ready_timeout_s=0.2)
+        restarted = self.worker()
+        for node_id, node in restarted.nodes.items():
+            # The node itself did not restart, only the worker process: its (simulated) die keeps
+            # its temperature and the scenario goes on where it was.
+            node.sensor = worker.nodes[node_id].sensor
+        worker = restarted.start(ready_timeout_s=0.2)
         time.sleep(max(0.0, self.events["down"] + self.args.outage_s - time.monotonic()))
         self.events["backlog"] = worker.outbox.pending()
         self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.work / "broker2.log").start()
@@ -235,7 +241,8 @@ def accepted_injections(run: dict) -> dict[str, int]:
 
 
 def double_counted(read: list) -> int:
-    """Records the flows' stateful steps took in more than once (redeliveries included in ``read``)."""
+    """Records taken in more than once by the control step, the fingerprint and the central execution
+    store (fed everything read, redeliveries included)."""
     from fingerprint.temporal import Fingerprint
     from operators.control import MorphStep
     from operators.events import Event
@@ -253,7 +260,12 @@ def double_counted(read: list) -> int:
     for signal in signals:
         fingerprints.setdefault(signal["workflow_id"], Fingerprint(signal["workflow_id"])).learn_one(signal)
     accepted = sum(f.accepted for f in fingerprints.values())
-    return (taken - len(control)) + (accepted - len({s["signal_id"] for s in signals}))
+    with tempfile.TemporaryDirectory() as d:
+        central = CentralExecutions(Path(d) / "central.db")
+        executions = [r for s, r in read if s == "ExecutionRecord"]
+        applied = sum(central.apply(r) == "applied" for r in executions)
+    return (taken - len(control)) + (accepted - len({s["signal_id"] for s in signals})) \
+        + (applied - len({r["record_id"] for r in executions}))
 
 
 def max_temp(read: list, start_ms: float, end_ms: float) -> float:

@@ -21,6 +21,7 @@ control plane is silent, the node's own policy keeps it safe (`edge.autonomy`).
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
 import threading
 import time
@@ -79,19 +80,27 @@ class EdgeWorker:
         # ladder (batch-1 overhead makes the snn cost more CPU than the cnn): see README.
         cost = None if power_profile == "default" else self.manifest.relative_cost(
             {"flops": "flops", "cpu": "cpu_ms"}[power_profile])
+        self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
+        # What each node served last, beside the outbox: a worker restarted while its node is
+        # hot resumes the lighter model it had stepped down to, not the heaviest.
+        self._serving_path = self.outbox_path.with_name(f"{self.outbox_path.stem}-serving.json")
+        self._serving = json.loads(self._serving_path.read_text()) if self._serving_path.exists() else {}
+        self._serving_lock = threading.Lock()
         self.nodes: dict[str, EdgeNode] = {}
         for i, node_id in enumerate(node_ids):
-            server = InferenceServer(self.manifest, "transformer", "fp32")
+            variant, precision, batch = self._serving.get(node_id, ("transformer", "fp32", 16))
+            server = InferenceServer(self.manifest, variant, precision)
             node_scenario = (scenarios or {}).get(node_id, scenario)
             self.nodes[node_id] = EdgeNode(
                 node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i),
-                open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i))
+                open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i), batch_size=batch)
+            if node_id in self._serving:
+                self.nodes[node_id].load.set_batch_size(batch)
         # Record ids: node, this process's boot, a counter; unique across restarts.
         self.boot = format(time.time_ns() // 1000, "x")
         self._ack_numbers = itertools.count(1)
         self.safety = None if silent_after_s is None else LocalSafety(local_policy or PolicyConfig(), silent_after_s)
         contact = self.safety.contact if self.safety else None
-        self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
         self.outbox = Outbox(self.outbox_path, lambda: Producer(idempotent_producer_config(settings)),
                              on_delivered=self._on_delivered, **(outbox_options or {}))
         self.verifier = None if keyring is None else CommandVerifier(
@@ -173,6 +182,13 @@ class EdgeWorker:
                 node.sync.store.close()
         return stats
 
+    def _remember_serving(self, node: EdgeNode, variant: str, precision: str) -> None:
+        with self._serving_lock:
+            self._serving[node.node_id] = (variant, precision, node.batch_size)
+            tmp = self._serving_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._serving))
+            tmp.replace(self._serving_path)
+
     def _on_delivered(self, record_id: str) -> None:
         if self.safety is not None:
             self.safety.contact()
@@ -193,6 +209,7 @@ class EdgeWorker:
             if result.applied:
                 node.batch_size = command["batch_size"]
                 node.load.set_batch_size(command["batch_size"])
+                self._remember_serving(node, result.to_variant, result.to_precision)
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),

@@ -35,7 +35,7 @@ from schemas.kafka import KafkaSettings
 
 pytestmark = pytest.mark.broker
 TOPICS = TopicNames()
-WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals)
+WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions)
 SPEED = 10.0
 
 
@@ -153,7 +153,7 @@ def test_outage_with_a_worker_restart_loses_nothing_and_the_flows_count_nothing_
     origins = Counter(r.get("origin") for s, r in read if s == "CommandAck")
     assert origins["local"] >= len(local_acks)
     kinds = Counter(s for s, _ in read)
-    assert kinds["Telemetry"] > 40 and kinds["WorkflowSignal"] > 10, kinds
+    assert kinds["Telemetry"] > 40 and kinds["WorkflowSignal"] > 10 and kinds["ExecutionRecord"] > 5, kinds
     assert outage_s > 4.0
     # Without the local policy the failing fan takes a transformer towards 130 °C (the thermal model).
     assert max(r["gpu_temp_c"] for s, r in read if s == "Telemetry") < 100.0
@@ -173,5 +173,32 @@ def test_outage_with_a_worker_restart_loses_nothing_and_the_flows_count_nothing_
     for signal in signals:
         fingerprint.learn_one(signal)
     assert fingerprint.accepted == len({s["signal_id"] for s in signals})
+    from edge.sync import CentralExecutions
+
+    central = CentralExecutions(tmp_path / "central.db")
+    executions = [r for s, r in read if s == "ExecutionRecord"]
+    assert sum(central.apply(r) == "applied" for r in executions) == len({r["record_id"] for r in executions})
     # A restarted worker's runs are new runs (its boot is in the run id), not duplicates of old ones.
     assert len({s["run_id"].split("-run-")[0] for s in signals}) == 2
+
+
+def test_a_restarted_worker_resumes_the_model_its_node_stepped_down_to(zoo, tmp_path):
+    from tests.test_signing import morph_command
+
+    with EmbeddedBroker() as broker:
+        settings = KafkaSettings(broker.bootstrap)
+        ensure_topics(settings, TOPICS.all(), partitions=2)
+        worker = EdgeWorker(settings, TOPICS, ["edge-1"], Scenario("steady"), zoo_dir=zoo.root, sensor="thermal",
+                            rate=50, interval_s=0.2, outbox_path=tmp_path / "outbox.db").start()
+        try:
+            worker._on_command({**morph_command("edge-1", 1, "cnn", "fp16"), "batch_size": 4})
+            deadline = time.monotonic() + 20
+            while not worker.nodes["edge-1"].applied and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+        again = EdgeWorker(settings, TOPICS, ["edge-1"], Scenario("steady"), zoo_dir=zoo.root, sensor="thermal",
+                           rate=50, interval_s=0.2, outbox_path=tmp_path / "outbox.db")
+        current = again.nodes["edge-1"].server.current
+        assert (current.variant, current.precision, again.nodes["edge-1"].batch_size) == ("cnn", "fp16", 4)
+        again.nodes["edge-1"].server.close()
