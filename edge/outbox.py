@@ -173,8 +173,8 @@ class Outbox:
         self._db.execute("BEGIN")
         self._db.executemany("INSERT INTO outbox (record_id, topic, key, value, priority, created_ms) "
                              "VALUES (?, ?, ?, ?, ?, ?)", staged)
-        self._bump("written", len(staged))
-        self._bump("refused", self._refused)
+        if self._refused:
+            self._bump("refused", self._refused)
         self._db.execute("COMMIT")
         self._refused = 0
 
@@ -215,7 +215,11 @@ class Outbox:
     def counters(self) -> dict[str, int]:
         with self._lock:
             self._commit_staged()
-            return dict(self._db.execute("SELECT name, value FROM outbox_counters"))
+            counters = dict(self._db.execute("SELECT name, value FROM outbox_counters"))
+            # Every record written took the next sequence number: SQLite keeps the highest.
+            row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        counters["written"] = row[0] if row else 0
+        return counters
 
     def peek(self, n: int) -> list[OutboxRow]:
         """The next ``n`` committed records in drain order (priority, then order of writing)."""
