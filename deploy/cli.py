@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "deploy.replay",
     "deploy.zoo_cmd",
     "deploy.worker",
+    "deploy.keys_cmd",
     "deploy.demo",
     "deploy.evaluate_nextstep",
     "deploy.evaluate_anomaly",
@@ -110,6 +111,7 @@ GROUP_HELP = {
     "evaluate": "offline evaluation through the same code the flows use",
     "fingerprint": "inspect workflow fingerprints",
     "deploy": "run an AdaptiveWorkflow resource here, or render it for Kubernetes",
+    "keys": "the keys that sign commands: generate, rotate",
 }
 
 

@@ -201,7 +201,7 @@ def plot(monitor: Monitor, histories: dict, summary: dict, path: Path, start_ms:
 
 
 def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=None, say=print,
-             live: bool = True, stop: threading.Event | None = None) -> dict:
+             live: bool = True, stop: threading.Event | None = None, signing: bool = True) -> dict:
     from deploy.broker import EmbeddedBroker
     from deploy.topics import ensure_topics
     from edge.worker import EdgeWorker
@@ -212,6 +212,12 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = build_zoo(zoo_dir, progress=lambda m: say(f"zoo: {m}"))
     policy = PolicyConfig().scaled(speed)
+    keyring = None
+    if signing:  # commands are signed by the control flow and checked by the worker
+        from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
+
+        generate_keys(out_dir / "keys", force=True)
+        keyring = out_dir / "keys" / KEYRING
     with EmbeddedBroker(log_path=out_dir / "broker.log") as broker:
         settings, topics = KafkaSettings(broker.bootstrap), TopicNames()
         ensure_topics(settings, topics.all(), partitions=2)
@@ -220,6 +226,8 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
                     "--zoo", str(manifest.root), "--start", "end"]
         for key in ("cooldown_s", "recover_cooldown_s", "pending_timeout_s"):
             flow_cmd += ["--policy", f"{key}={getattr(policy, key)}"]
+        if signing:
+            flow_cmd += ["--signing-key", str(out_dir / "keys" / PRIVATE)]
         flow = subprocess.Popen(flow_cmd, stdout=open(out_dir / "flow.log", "w"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         monitor = Monitor(settings, topics).start()
@@ -230,7 +238,8 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
                 raise RuntimeError(f"the control flow exited at start: see {out_dir / 'flow.log'}")
             worker = EdgeWorker(settings, topics, ["edge-1", "edge-2"], Scenario("thermal-event", SCENARIO_S),
                                 zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0 / speed,
-                                time_scale=speed, scenarios={"edge-2": Scenario("steady", SCENARIO_S)})
+                                time_scale=speed, scenarios={"edge-2": Scenario("steady", SCENARIO_S)},
+                                keyring=keyring, outbox_path=out_dir / "outbox.db", local_policy=policy)
             start_ms = int(time.time() * 1000)
             worker.start()
             t0 = time.monotonic()
@@ -276,7 +285,8 @@ def _run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     say = lambda m: print(m, flush=True)  # noqa: E731
     say(f"Liquid Workflow demo: thermal event at x{speed:g} speed, about {RUN_S / speed:.0f} s; Ctrl-C ends it early")
-    summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop)
+    summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop,
+                       signing=not args.unsigned)
     n1 = summary["nodes"]["edge-1"]
     lat = [a["decision_to_applied_ms"] for a in n1["adaptations"] if "decision_to_applied_ms" in a]
     say("")
@@ -302,3 +312,6 @@ def register(tree) -> None:
     p.add_argument("--short", action="store_true", help="run at x5 speed (about 35 s), for tests and a quick look")
     p.add_argument("--rate", type=float, default=100.0, help="requests/s each node serves (default %(default)s)")
     p.add_argument("--zoo", help="model zoo directory (default: the built-in cache; built if missing)")
+    p.add_argument("--unsigned", action="store_true",
+                   help="commands unsigned (default: the control flow signs them with a key made in OUT/keys, "
+                        "and the worker rejects any command that does not verify)")

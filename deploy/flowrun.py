@@ -129,6 +129,8 @@ def spec_from_args(name: str, args) -> FlowSpec:
                                                ("no_dp", kind == "rli" and getattr(args, "no_dp", False)),
                                                ("dp_epsilon", kind == "rli" and getattr(args, "dp_epsilon", 1.0)),
                                                ("speculation", getattr(args, "speculation", False)),
+                                               ("signing_key", str(args.signing_key) if getattr(args, "signing_key", None)
+                                                else None),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
                                                 if getattr(args, "idle_timeout", None) else None)) if v})
 
@@ -174,6 +176,10 @@ def add_flow_args(p) -> None:
                    help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="workflow flow: close runs with no signal for this long (event time; default: never)")
+    p.add_argument("--signing-key", type=Path, metavar="PEM",
+                   help="sign every MorphCommand and ShadowCommand with this Ed25519 private key "
+                        "(`liquid keys generate`); workers started with --keyring reject unsigned commands")
+
     def policy_arg(text: str):
         return ("", text) if text in POLICY_KINDS else parse_setting(text)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from pathlib import Path
 
 from deploy.errors import UsageError
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
@@ -34,12 +35,14 @@ def _run(args) -> int:
     settings = settings_from_args(args)
     topics = TopicNames()
     require_topics(settings, [topics.commands, topics.acks, topics.telemetry]
-                   + ([topics.signals, topics.shadow] if args.workflow else []))
+                   + ([topics.signals, topics.shadow, topics.executions] if args.workflow else []))
     try:
         worker = EdgeWorker(settings, topics, args.node, Scenario(args.scenario, duration_s=args.duration),
                             zoo_dir=args.zoo, sensor=args.sensor, rate=args.rate, interval_s=args.interval,
                             power_profile=args.power_profile, log=lambda m: print(m, flush=True),
-                            workflow=args.workflow, workflow_runs=args.workflow_runs)
+                            workflow=args.workflow, workflow_runs=args.workflow_runs,
+                            outbox_path=args.outbox or Path(".cache/edge") / f"outbox-{'-'.join(args.node)}.db",
+                            keyring=args.keyring, silent_after_s=args.silent_after or None)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     stop = threading.Event()
@@ -80,4 +83,12 @@ def register(tree) -> None:
                         "their signals and applying shadow pre-execution commands")
     p.add_argument("--workflow-runs", type=int, help="stop after this many runs per node (default: until stopped)")
     p.add_argument("--run-for", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--outbox", type=Path, help="the durable outbox (SQLite) every record goes through; what is "
+                                               "undelivered at exit is sent on the next start "
+                                               "(default .cache/edge/outbox-<nodes>.db)")
+    p.add_argument("--keyring", type=Path, help="trusted command keys (`liquid keys generate`): commands must be "
+                                                "signed by one of them, others are rejected with an ack")
+    p.add_argument("--silent-after", type=float, default=10.0,
+                   help="seconds without contact with the cluster after which each node runs the morph policy "
+                        "itself (default %(default)s; 0 turns local decisions off)")
     add_kafka_args(p)

@@ -2,8 +2,11 @@
 
 `CommandListener` consumes the commands topic for a set of nodes (``assign()``
 to every partition, no group join: a Tansu group join costs ~half the session
-timeout), skips commands it has seen (replays and resumes may repeat them),
-hands each to a callback that returns a CommandAck, and publishes the ack.
+timeout), checks each command with ``verify`` when given (signatures: a
+rejected command gets a REJECTED ack saying why, and the node keeps serving),
+skips commands it has seen (replays and resumes may repeat them), hands each to
+a callback that returns a CommandAck, and publishes the ack — through
+``publish_ack`` when given (the edge worker's outbox), else its own producer.
 Used by the fleet simulator and by the edge worker.
 """
 
@@ -11,9 +14,10 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import Callable
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 
 from schemas.codec import Codec, DecodeError
 from schemas.kafka import KafkaSettings, partition_ends
@@ -22,22 +26,32 @@ from schemas.kafka import KafkaSettings, partition_ends
 class CommandListener(threading.Thread):
     def __init__(self, settings: KafkaSettings, topic: str, ack_topic: str, nodes: set[str],
                  on_command: Callable[[dict], dict | None], codec: Codec | None = None,
-                 schema_name: str = "MorphCommand", from_beginning: bool = False):
+                 schema_name: str = "MorphCommand", from_beginning: bool = False,
+                 verify: Callable[[dict, str], str | None] | None = None,
+                 publish_ack: Callable[[dict], None] | None = None,
+                 on_contact: Callable[[], None] | None = None):
         super().__init__(name=f"commands-{topic}", daemon=True)
         self.settings, self.topic, self.ack_topic = settings, topic, ack_topic
         self.nodes, self.on_command, self.schema_name = set(nodes), on_command, schema_name
         self.codec = codec or Codec()
         self.from_beginning = from_beginning
         self.seen: set[str] = set()
+        self.verify, self.on_contact = verify, on_contact
+        self.kind = "SHADOW" if schema_name == "ShadowCommand" else "MORPH"
         self.received = 0
+        self.rejected = 0
         self.undecodable = 0
         self._halt = threading.Event()
         self._ready = threading.Event()
-        self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
+        self.producer = None if publish_ack else Producer(settings.producer(**{"linger.ms": "0"}))
+        self.publish_ack = publish_ack or self._produce_ack
 
     def run(self) -> None:
         consumer = Consumer(self.settings.consumer("liquid-edge"))
-        partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        partitions = self._wait_for_topic(consumer)
+        if partitions is None:
+            consumer.close()
+            return
         # Explicit high watermarks rather than OFFSET_END, which resolves lazily: a
         # command sent right after wait_ready() must not be skipped.
         ends = partition_ends(consumer, self.topic, len(partitions))
@@ -54,10 +68,24 @@ class CommandListener(threading.Thread):
                 for msg in [first] + consumer.consume(100, timeout=0):
                     if msg.error() is None:
                         self._handle(msg.value())
-                self.producer.poll(0)
+                if self.producer is not None:
+                    self.producer.poll(0)
         finally:
             consumer.close()
-            self.producer.flush(5)
+            if self.producer is not None:
+                self.producer.flush(5)
+
+    def _wait_for_topic(self, consumer) -> dict | None:
+        """The topic's partitions once the broker answers; a node may start during an outage."""
+        while not self._halt.is_set():
+            try:
+                topic = consumer.list_topics(self.topic, timeout=5).topics[self.topic]
+            except KafkaException:
+                continue
+            if topic.error is None and topic.partitions:
+                return topic.partitions
+            self._halt.wait(0.5)
+        return None
 
     def _handle(self, raw: bytes) -> None:
         try:
@@ -66,15 +94,27 @@ class CommandListener(threading.Thread):
             self.undecodable += 1
             print(f"liquid: ignoring an undecodable command: {err}", file=sys.stderr)
             return
-        if command["node_id"] not in self.nodes or command["command_id"] in self.seen:
+        if command["node_id"] not in self.nodes:
+            return
+        if self.on_contact is not None:
+            self.on_contact()
+        # Verified before the seen-check: a replayed command is rejected with an ack, not ignored.
+        problem = self.verify(command, self.kind) if self.verify is not None else None
+        if problem is not None:
+            self.rejected += 1
+            self.publish_ack(rejection_ack(command, self.kind, problem))
+            return
+        if command["command_id"] in self.seen:
             return
         self.seen.add(command["command_id"])
         self.received += 1
         ack = self.on_command(command)
         if ack is not None:
-            self.producer.produce(self.ack_topic, key=ack["node_id"].encode(),
-                                  value=self.codec.encode("CommandAck", ack))
-            self.producer.poll(0)
+            self.publish_ack(ack)
+
+    def _produce_ack(self, ack: dict) -> None:
+        self.producer.produce(self.ack_topic, key=ack["node_id"].encode(), value=self.codec.encode("CommandAck", ack))
+        self.producer.poll(0)
 
     def wait_ready(self, timeout_s: float = 15.0) -> bool:
         return self._ready.wait(timeout_s)
@@ -83,3 +123,10 @@ class CommandListener(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout=5)
+
+
+def rejection_ack(command: dict, kind: str, reason: str) -> dict:
+    """The REJECTED ack of a command that failed its checks; the node keeps serving what it served."""
+    return {"command_id": command["command_id"], "node_id": command["node_id"], "kind": kind, "status": "REJECTED",
+            "reason": reason, "ts_ms": int(time.time() * 1000), "decided_on_ts_ms": command.get("decided_on_ts_ms"),
+            "details": {"key_id": str(command.get("key_id")), "sequence": str(command.get("sequence"))}}

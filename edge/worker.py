@@ -9,23 +9,40 @@ atomically. Requests keep flowing on the old session until then; a rejected or
 failed swap leaves it serving. Every command is acknowledged (CommandAck), and
 every node publishes Telemetry once per ``--interval``: resource readings from
 NVML or the thermal model, serving figures as measured.
+
+Everything the worker publishes goes through its durable outbox
+(`edge.outbox.Outbox`, SQLite): it survives broker outages and worker restarts
+and is drained in order once the broker is back, each record with an id for
+consumers to deduplicate. With a keyring, every command must be signed
+(`edge.signing`); a rejected one is acknowledged with the reason. When the
+control plane is silent, the node's own policy keeps it safe (`edge.autonomy`).
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import Producer
 
+from edge.autonomy import LocalSafety
 from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
+from edge.records import ExecutionStore
+from edge.sync import SyncManager
+from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
 from edge.runtime import WorkflowRun
 from edge.sensors import open_sensor
 from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
+from edge.signing import CommandVerifier
 from edge.thermal import Scenario
+from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
 from schemas.codec import Codec
 
@@ -40,6 +57,7 @@ class EdgeNode:
     seq: int = 0
     applied: list = field(default_factory=list)   # (command, ack) of every handled command
     executor: object = None   # edge.shadow.ShadowExecutor, when the node runs workflows
+    sync: object = None       # edge.sync.SyncManager of its execution store, when it runs workflows
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
 
 
@@ -50,7 +68,9 @@ class EdgeWorker:
                  sensor: str = "auto", rate: float = 100.0, interval_s: float = 1.0, time_scale: float = 1.0,
                  deadline_ms: float = 250.0, scenarios: dict | None = None, seed: int = 0, log=None,
                  power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
-                 workflow_gap_s: float = 0.0, workflow_seed: int = 0):
+                 workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
+                 local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
+                 outbox_options: dict | None = None):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
         self.manifest = load_manifest(zoo_dir)
         self.codec = Codec()
@@ -60,16 +80,34 @@ class EdgeWorker:
         # ladder (batch-1 overhead makes the snn cost more CPU than the cnn): see README.
         cost = None if power_profile == "default" else self.manifest.relative_cost(
             {"flops": "flops", "cpu": "cpu_ms"}[power_profile])
+        self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
+        # What each node served last, beside the outbox: a worker restarted while its node is
+        # hot resumes the lighter model it had stepped down to, not the heaviest.
+        self._serving_path = self.outbox_path.with_name(f"{self.outbox_path.stem}-serving.json")
+        self._serving = json.loads(self._serving_path.read_text()) if self._serving_path.exists() else {}
+        self._serving_lock = threading.Lock()
         self.nodes: dict[str, EdgeNode] = {}
         for i, node_id in enumerate(node_ids):
-            server = InferenceServer(self.manifest, "transformer", "fp32")
+            variant, precision, batch = self._serving.get(node_id, ("transformer", "fp32", 16))
+            server = InferenceServer(self.manifest, variant, precision)
             node_scenario = (scenarios or {}).get(node_id, scenario)
             self.nodes[node_id] = EdgeNode(
                 node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i),
-                open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i))
-        self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
+                open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i), batch_size=batch)
+            if node_id in self._serving:
+                self.nodes[node_id].load.set_batch_size(batch)
+        # Record ids: node, this process's boot, a counter; unique across restarts.
+        self.boot = format(time.time_ns() // 1000, "x")
+        self._ack_numbers = itertools.count(1)
+        self.safety = None if silent_after_s is None else LocalSafety(local_policy or PolicyConfig(), silent_after_s)
+        contact = self.safety.contact if self.safety else None
+        self.outbox = Outbox(self.outbox_path, lambda: Producer(idempotent_producer_config(settings)),
+                             on_delivered=self._on_delivered, **(outbox_options or {}))
+        self.verifier = None if keyring is None else CommandVerifier(
+            keyring, replay_store=self.outbox_path.with_name(self.outbox_path.stem + "-accepted.db"))
+        verify = self.verifier.check if self.verifier else None
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
-                                        self.codec)
+                                        self.codec, verify=verify, publish_ack=self._publish_ack, on_contact=contact)
         # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
@@ -80,8 +118,12 @@ class EdgeWorker:
                 raise ValueError(f"unknown workflow {workflow!r}; shipped: inspection")
             for node in self.nodes.values():
                 node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
+                store = ExecutionStore(self.outbox_path.with_name(f"{self.outbox_path.stem}-{node.node_id}-records.db"),
+                                       node.node_id)
+                node.sync = SyncManager(store, self._publish_execution_record)
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
-                                                   self._on_shadow_command, self.codec, schema_name="ShadowCommand")
+                                                   self._on_shadow_command, self.codec, schema_name="ShadowCommand",
+                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact)
             self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
                                               name=f"runs-{node.node_id}") for node in self.nodes.values()]
         self.last_telemetry: dict[str, dict] = {}
@@ -89,17 +131,24 @@ class EdgeWorker:
         self._telemetry = threading.Thread(target=self._publish_telemetry, name="telemetry", daemon=True)
 
     # -- lifecycle ------------------------------------------------------------
-    def start(self) -> "EdgeWorker":
+    def start(self, ready_timeout_s: float = 15.0) -> "EdgeWorker":
+        self.outbox.start()
         for node in self.nodes.values():
             node.load.start()
         self.listener.start()
-        self.listener.wait_ready()
         if self.shadow_listener is not None:
             self.shadow_listener.start()
-            self.shadow_listener.wait_ready()
+        # Telemetry does not wait for the broker: a node (re)started during an outage keeps
+        # measuring into its outbox, and its local policy keeps it safe.
         self._telemetry.start()
+        self.listener.wait_ready(ready_timeout_s)
+        if self.shadow_listener is not None:
+            self.shadow_listener.wait_ready(ready_timeout_s)
         for runner in self._runners:
             runner.start()
+        for node in self.nodes.values():
+            if node.sync is not None:
+                node.sync.start()
         return self
 
     def wait_runs(self, timeout_s: float | None = None) -> bool:
@@ -109,7 +158,7 @@ class EdgeWorker:
             runner.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(r.is_alive() for r in self._runners)
 
-    def stop(self) -> dict:
+    def stop(self, flush_timeout_s: float = 10.0) -> dict:
         """Stop taking commands, drain the request streams, flush; returns per-node stats."""
         self._halt.set()
         self.listener.stop()
@@ -124,19 +173,43 @@ class EdgeWorker:
             if node.executor is not None:
                 node.executor.wait_idle()
                 node.executor.close()
+                node.sync.stop()  # a last batch into the outbox
             node.server.close()
-        self.producer.flush(10)
+        self.outbox.flush(flush_timeout_s)
+        self.outbox.close()  # anything undelivered stays in the outbox file for the next start
+        for node in self.nodes.values():
+            if node.sync is not None:
+                node.sync.store.close()
         return stats
+
+    def _remember_serving(self, node: EdgeNode, variant: str, precision: str) -> None:
+        with self._serving_lock:
+            self._serving[node.node_id] = (variant, precision, node.batch_size)
+            tmp = self._serving_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._serving))
+            tmp.replace(self._serving_path)
+
+    def _on_delivered(self, record_id: str) -> None:
+        if self.safety is not None:
+            self.safety.contact()
+        if record_id.startswith(("execution:", "step:")):
+            for node in self.nodes.values():  # the store that holds it marks it; the others match no row
+                if node.sync is not None:
+                    node.sync.delivered(record_id)
 
     # -- commands -------------------------------------------------------------
     def _on_command(self, command: dict):
-        node = self.nodes[command["node_id"]]
+        return self._apply(self.nodes[command["node_id"]], command, "control")
+
+    def _apply(self, node: EdgeNode, command: dict, origin: str):
+        """Swap to what ``command`` says; the ack (origin ``control`` or ``local``) follows when it serves."""
         received_ms = int(time.time() * 1000)
 
         def acknowledge(result):
             if result.applied:
                 node.batch_size = command["batch_size"]
                 node.load.set_batch_size(command["batch_size"])
+                self._remember_serving(node, result.to_variant, result.to_precision)
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
@@ -146,11 +219,12 @@ class EdgeWorker:
                 "from_precision": result.from_precision, "to_precision": result.to_precision,
                 "swap_ms": round(result.swap_ms, 3), "decided_on_ts_ms": command["decided_on_ts_ms"],
                 "details": {"received_ts_ms": str(received_ms), "trigger": command["trigger"]},
+                "origin": origin,
             }
             node.applied.append((command, ack))
-            self.producer.produce(self.topics.acks, key=node.node_id.encode(),
-                                  value=self.codec.encode("CommandAck", ack))
-            self.producer.poll(0)
+            if origin == "local":
+                self.safety.on_ack(ack)
+            self._publish_ack(ack)
             self.log(f"{node.node_id}: {ack['status']} {command['from_variant']}->{command['to_variant']} "
                      f"{command['to_precision']} in {result.swap_ms:.1f} ms ({command['trigger']}: {command['reason']})")
 
@@ -163,24 +237,37 @@ class EdgeWorker:
     def _on_shadow_command(self, command: dict):
         return self.nodes[command["node_id"]].executor.handle(command)
 
+    def _publish(self, schema_name: str, topic: str, key: str, record: dict, record_id: str,
+                 wait: bool = False) -> None:
+        """Into the outbox; its drain thread sends it on when the broker takes it."""
+        self.outbox.put(topic, key.encode(), self.codec.encode(schema_name, record), PRIORITY_OF_SCHEMA[schema_name],
+                        record_id, wait=wait)
+
     def _publish_ack(self, ack: dict) -> None:
-        """Acks of shadows that end without a command of their own (commit at the live step, timeout, run end)."""
-        self.producer.produce(self.topics.acks, key=ack["node_id"].encode(), value=self.codec.encode("CommandAck", ack))
-        self.producer.poll(0)
+        """Every ack: of commands, of rejections, and of shadows that end without a command of their own."""
+        ack["record_id"] = f"{ack['node_id']}-{self.boot}-a{next(self._ack_numbers)}"
+        # Committed at once: an ack reports something that has happened to the node.
+        self._publish("CommandAck", self.topics.acks, ack["node_id"], ack, ack["record_id"], wait=True)
+
+    def _publish_execution_record(self, record: dict) -> bool:
+        return self.outbox.put(self.topics.executions, record["node_id"].encode(),
+                               self.codec.encode("ExecutionRecord", record), PRIORITY_OF_SCHEMA["ExecutionRecord"],
+                               record["record_id"])
 
     def _publish_signal(self, signal: dict) -> None:
-        self.producer.produce(self.topics.signals, key=signal["workflow_id"].encode(),
-                              value=self.codec.encode("WorkflowSignal", signal))
-        self.producer.poll(0)
+        self._publish("WorkflowSignal", self.topics.signals, signal["workflow_id"], signal, signal["signal_id"])
 
     def _run_workflows(self, node: EdgeNode) -> None:
         spec = inspection_workflow(ServedClassifier(node.server))
         lots = inspection_lots(64, seed=self.workflow_seed)
         i = 0
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):
-            run = WorkflowRun(spec, f"{node.node_id}-run-{i}", node.node_id, executor=node.executor,
+            # The boot in the run id: a restarted worker's runs are new runs, not duplicates of old ones.
+            run = WorkflowRun(spec, f"{node.node_id}-{self.boot}-run-{i}", node.node_id, executor=node.executor,
                               on_signal=self._publish_signal)
-            node.runs.append(run.execute(lots[i % len(lots)]))
+            result = run.execute(lots[i % len(lots)])
+            node.runs.append(result)
+            node.sync.store.record_run(spec.workflow_id, result)
             i += 1
             if self.workflow_gap_s:
                 self._halt.wait(self.workflow_gap_s)
@@ -193,6 +280,7 @@ class EdgeWorker:
         stats = node.load.stats()
         node.seq += 1
         return {"node_id": node.node_id, "ts_ms": now_ms, "seq": node.seq, **readings,
+                "record_id": f"{node.node_id}-{self.boot}-{node.seq}",
                 "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
                 "source": node.sensor.source,
@@ -204,9 +292,11 @@ class EdgeWorker:
             now_ms = int(time.time() * 1000)
             for node in self.nodes.values():
                 record = self.telemetry(node, now_ms)
-                self.producer.produce(self.topics.telemetry, key=node.node_id.encode(),
-                                      value=self.codec.encode("Telemetry", record))
+                self._publish("Telemetry", self.topics.telemetry, node.node_id, record, record["record_id"])
                 self.last_telemetry[node.node_id] = record
-            self.producer.poll(0)
+                local = self.safety.observe(record) if self.safety is not None else None
+                if local is not None:
+                    self.log(f"{node.node_id}: control plane silent, deciding locally: {local['reason']}")
+                    self._apply(node, local, "local")
             next_at += self.interval_s
             self._halt.wait(max(0.0, next_at - time.monotonic()))

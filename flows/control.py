@@ -35,7 +35,7 @@ from bytewax.outputs import Sink
 from flows.spec import FlowSpec
 from operators.control import MorphStep
 from operators.events import keyed_input
-from operators.from_spec import agent_for, codec_for, models_factory_for, policy_for, sharer_factory_for
+from operators.from_spec import agent_for, codec_for, models_factory_for, policy_for, sharer_factory_for, signer_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
 from operators.peers import forward_to_members
 
@@ -69,7 +69,7 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         forwarded = op.stateful_flat_map("peer_groups", shared, forward_to_members)
         events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,
-                     agent=agent, sharer_factory=sharers)
+                     agent=agent, sharer_factory=sharers, signer=signer_for(spec))
     decisions = op.stateful("morph", events, step.build)
     if sharers is not None:  # experience is keyed by its group on the topic
         decisions = op.map("key_experience", decisions,

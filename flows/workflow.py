@@ -33,7 +33,7 @@ from bytewax.outputs import Sink
 
 from flows.spec import FlowSpec
 from operators.events import keyed_input
-from operators.from_spec import codec_for, predictor_factory_for, speculation_factory_for
+from operators.from_spec import codec_for, predictor_factory_for, signer_for, speculation_factory_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
 from operators.workflow import (NextStepStep, SignalStoreSink, is_signal, key_by_node, predict_next_steps,
                                 shadow_ack_by_workflow)
@@ -68,7 +68,7 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         events = op.merge("signals_and_acks", events, op.filter_map("shadow_acks_by_workflow", acks,
                                                                      shadow_ack_by_workflow))
     step = NextStepStep(predictor_factory_for(spec), report_every=int(spec.options.get("report_every", 0)),
-                        speculation_factory=speculation)
+                        speculation_factory=speculation, signer=signer_for(spec))
     # (workflow id | node id, (schema name, record)): predictions by workflow, shadow commands by node
     outputs = op.map("shadow_commands_by_node", predict_next_steps("predict", events, step), key_by_node)
     if sink is None:

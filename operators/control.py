@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, ClassVar, Optional
 
@@ -29,11 +30,13 @@ from schemas.state import Versioned
 
 CONTROL_STATE_VERSION = 2
 IDLE_FLUSH_S = 30.0
+#: Record ids remembered per node: a node's outbox redelivers in order, so a duplicate is recent.
+SEEN_CAPACITY = 4096
 
 
-def _add_agent(state: dict) -> dict:
-    """Version 1 -> 2: the learned agent and its experience sharer, absent for the rules."""
-    return {"agent": None, "sharer": None, **state}
+def _to_version_2(state: dict) -> dict:
+    """Version 1 -> 2: no learned agent (the rules decided), no record ids seen, nothing adopted from the node."""
+    return {"agent": None, "sharer": None, "seen": OrderedDict(), "duplicates": 0, "adopted_until_ms": 0, **state}
 
 
 @dataclass
@@ -41,10 +44,13 @@ class ControlState(Versioned):
     """What the control flow keeps per node (snapshotted by Bytewax recovery)."""
 
     STATE_VERSION: ClassVar[int] = CONTROL_STATE_VERSION
-    MIGRATIONS: ClassVar[dict] = {1: _add_agent}
+    MIGRATIONS: ClassVar[dict] = {1: _to_version_2}
 
     node: NodeState
     models: Any = None  # per-node online models (prediction/), when enabled
+    seen: OrderedDict = field(default_factory=OrderedDict)  # the node's recent record ids
+    duplicates: int = 0        # redelivered records counted once
+    adopted_until_ms: int = 0  # event time of the node's latest local decision
     version: int = CONTROL_STATE_VERSION
     agent: Any = None   # morph.agent.AgentState with --policy rli
     sharer: Any = None  # morph.peers.ExperienceSharer when the agent shares experience
@@ -60,7 +66,7 @@ class MorphStep:
 
     def __init__(self, policy: MorphPolicy, models_factory: Optional[Callable[[str], Any]] = None,
                  stamp_wall_clock: bool = True, agent=None, sharer_factory: Optional[Callable[[str], Any]] = None,
-                 idle_flush_s: float = IDLE_FLUSH_S,
+                 signer=None, idle_flush_s: float = IDLE_FLUSH_S,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         self.policy = policy
         self.models_factory = models_factory
@@ -69,6 +75,7 @@ class MorphStep:
         self.sharer_factory = sharer_factory
         # issued_ts_ms is wall-clock time for latency accounting; tests of determinism turn it off.
         self.stamp_wall_clock = stamp_wall_clock
+        self.signer = signer  # edge.signing.CommandSigner: every command leaves signed
         self.idle_flush = timedelta(seconds=idle_flush_s)
         self.clock = clock
 
@@ -84,8 +91,12 @@ class MorphStep:
             node_id = record["node_id"]
             state = ControlState(NodeState.new(node_id),
                                  self.models_factory(node_id) if self.models_factory else None)
+        if self._redelivered(state, record.get("record_id")):
+            return state, ()
         if event.schema_name == "CommandAck":
             self.policy.on_ack(state.node, record)
+            if record.get("origin") == "local" and record["status"] == "APPLIED":
+                state.adopted_until_ms = max(state.adopted_until_ms, record.get("decided_on_ts_ms") or 0)
             return state, ()
         if event.schema_name == "Experience":
             self._absorb(state, record)
@@ -99,9 +110,16 @@ class MorphStep:
             command = self._learned(state, record, outputs)
         else:
             command = self.policy.decide(state.node, record, assessment)
+        if command is not None and record["ts_ms"] <= state.adopted_until_ms:
+            # The node decided this stretch itself while we were cut off (its acks drain before
+            # its telemetry): adopt what it runs instead of commanding from stale samples.
+            state.node.pending = None
+            command = None
         if command is not None:
             if self.stamp_wall_clock:
                 command["issued_ts_ms"] = int(time.time() * 1000)
+            if self.signer is not None:
+                self.signer.sign(command)
             outputs.append(("MorphCommand", command))
         return state, outputs
 
@@ -127,6 +145,7 @@ class MorphStep:
         if self.agent is None or agent_state is None or agent_state.last_context is None or state.sharer is None:
             return  # nothing decided here yet: nothing to translate the experience into
         absorb(self.agent, agent_state, record, record["hops"], agent_state.last_context, state.sharer.config)
+
     @staticmethod
     def flush_alerts(state: Optional[ControlState]) -> list:
         """The closing Alert of the node's open episode, if any."""
@@ -137,6 +156,19 @@ class MorphStep:
     @staticmethod
     def episode_open(state: Optional[ControlState]) -> bool:
         return state is not None and state.models is not None and state.models.episodes.is_open
+
+    @staticmethod
+    def _redelivered(state: ControlState, record_id: Optional[str]) -> bool:
+        """True for a record id seen before: an outbox redelivery, counted once."""
+        if record_id is None:
+            return False
+        if record_id in state.seen:
+            state.duplicates += 1
+            return True
+        state.seen[record_id] = None
+        if len(state.seen) > SEEN_CAPACITY:
+            state.seen.popitem(last=False)
+        return False
 
 
 class ControlLogic(StatefulLogic):

@@ -38,11 +38,13 @@ class WorkflowState(Versioned):
 class NextStepStep:
     """``(state, event) -> (state, [(schema name, record), ...])`` for ``op.stateful_flat_map``."""
 
-    def __init__(self, make_predictor=NextStepPredictor, report_every: int = 0, speculation_factory=None):
+    def __init__(self, make_predictor=NextStepPredictor, report_every: int = 0, speculation_factory=None,
+                 signer=None):
         self.make_predictor = make_predictor
         self.flagged = 0  # signals the fingerprint flagged (dropped or kept), in this process
         self.report_every = report_every
         self.speculation_factory = speculation_factory
+        self.signer = signer  # edge.signing.CommandSigner: shadow commands leave signed
 
     def __call__(self, state: Optional[WorkflowState], event: Event):
         record = event.record
@@ -65,7 +67,7 @@ class NextStepStep:
         if fingerprint.issues != issues_before:
             self._report_issue(record, issues_before, fingerprint.issues)
         outputs = [("NextStepPrediction", p) for p in predictions]
-        outputs += [("ShadowCommand", c) for c in commands]
+        outputs += [("ShadowCommand", self.signer.sign(c) if self.signer else c) for c in commands]
         if self.report_every and state.predictor.fingerprint.accepted % self.report_every == 0 and predictions:
             m = state.predictor.metrics.to_dict()
             print(f"workflow {record['workflow_id']}: {m}", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ SCHEMA_FILES = {
     "NextStepPrediction": "next_step_prediction",
     "Experience": "experience",
     "NextStepMetrics": "next_step_metrics",
+    "ExecutionRecord": "execution_record",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -40,6 +41,7 @@ TOPICS = {
     "NextStepPrediction": "workflow.predictions",
     "Experience": "liquid.experience",
     "NextStepMetrics": "workflow.metrics",
+    "ExecutionRecord": "edge.executions",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -74,6 +76,7 @@ class TopicNames:
     predictions: str = TOPICS["NextStepPrediction"]
     experience: str = TOPICS["Experience"]
     metrics: str = TOPICS["NextStepMetrics"]
+    executions: str = TOPICS["ExecutionRecord"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -85,4 +88,5 @@ class TopicNames:
             "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
             "NextStepPrediction": self.predictions, "Experience": self.experience, "NextStepMetrics": self.metrics,
+            "ExecutionRecord": self.executions,
         }[schema_name]

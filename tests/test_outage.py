@@ -1,0 +1,204 @@
+"""A broker outage, for real: the embedded broker's process is stopped mid-scenario, the worker is
+restarted inside the outage, and a new broker comes up on the same port.
+
+Tansu runs on memory storage, so the restarted broker has none of the old
+records (nor topics: the test recreates them, as an operator would). "Nothing
+lost" is therefore counted end to end: every record id the node wrote to its
+outbox must be read by a consumer — from the first broker before it died, or
+from the second after the outbox drained into it. The only records a consumer
+cannot see are ones the first broker acknowledged in the instant before it was
+killed and took with it (a broker with disk storage keeps them); they are
+identified from the outbox's delivery reports, counted, and must be at most a
+few.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from deploy.broker import EmbeddedBroker
+from deploy.replay import read_topic
+from deploy.topics import ensure_topics
+from edge.thermal import Scenario
+from edge.worker import EdgeWorker
+from morph.policy import MorphPolicy, PolicyConfig
+from operators.control import MorphStep
+from operators.events import Event
+from schemas import TopicNames
+from schemas.codec import Codec, DecodeError
+from schemas.kafka import KafkaSettings
+
+pytestmark = pytest.mark.broker
+TOPICS = TopicNames()
+WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions)
+SPEED = 10.0
+
+
+class Collector(threading.Thread):
+    """Reads every record of the watched topics from the beginning until stopped."""
+
+    def __init__(self, settings: KafkaSettings):
+        super().__init__(daemon=True)
+        self.consumer = Consumer(settings.consumer("outage-collector"))
+        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in WATCHED for p in range(2)])
+        self.records: list[tuple[str, dict]] = []
+        self.halt = threading.Event()
+        self.codec = Codec()
+
+    def ids(self) -> set[str]:
+        return {record_id(r) for _, r in list(self.records)}
+
+    def run(self):
+        while not self.halt.is_set():
+            for msg in self.consumer.consume(500, timeout=0.02):
+                if msg.error() is None:
+                    try:
+                        decoded = self.codec.decode(msg.value())
+                    except DecodeError:
+                        continue
+                    self.records.append((decoded.schema_name, decoded.record))
+        self.consumer.close()
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+
+
+def record_id(record: dict) -> str:
+    return record.get("record_id") or record["signal_id"]
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    from morph.zoo import build_zoo
+
+    return build_zoo(progress=lambda m: None)
+
+
+def make_worker(settings, zoo, tmp_path, written: list, delivered: dict) -> EdgeWorker:
+    worker = EdgeWorker(settings, TOPICS, ["edge-1"], Scenario("fan-failure", duration_s=100.0), zoo_dir=zoo.root,
+                        sensor="thermal", rate=50, interval_s=1.0 / SPEED, time_scale=SPEED,
+                        outbox_path=tmp_path / "outbox.db", local_policy=PolicyConfig().scaled(SPEED),
+                        silent_after_s=0.5, workflow="inspection", workflow_gap_s=0.3,
+                        outbox_options={"stall_s": 2.0})
+    put, on_delivered = worker.outbox.put, worker.outbox.on_delivered
+
+    def recording_put(topic, key, value, priority, rid, wait=False):
+        written.append(rid)
+        return put(topic, key, value, priority, rid, wait)
+
+    def recording_delivered(rid):
+        delivered.setdefault(rid, time.monotonic())
+        on_delivered(rid)
+
+    worker.outbox.put, worker.outbox.on_delivered = recording_put, recording_delivered
+    return worker
+
+
+def test_outage_with_a_worker_restart_loses_nothing_and_the_flows_count_nothing_twice(zoo, tmp_path):
+    written, delivered = [], {}
+    broker = EmbeddedBroker().start()
+    second = None
+    try:
+        settings = KafkaSettings(broker.bootstrap)
+        ensure_topics(settings, TOPICS.all(), partitions=2)
+        collector = Collector(settings)
+        collector.start()
+        first = make_worker(settings, zoo, tmp_path, written, delivered).start()
+        time.sleep(1.0)
+        # Kill the broker once the collector has read everything it acknowledged so far.
+        deadline = time.monotonic() + 5
+        while not set(delivered) <= collector.ids() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        caught_up_at = time.monotonic()
+        broker.stop()
+        stopped_at = time.monotonic()
+        collector.stop()
+        time.sleep(2.5)                         # the fan fails in here (scenario 15 s = 1.5 s wall)
+        first.stop(flush_timeout_s=0)           # the worker restarts inside the outage
+        local_acks = [ack for _, ack in first.nodes["edge-1"].applied if ack.get("origin") == "local"]
+        restarted = make_worker(settings, zoo, tmp_path, written, delivered).start(ready_timeout_s=0.2)
+        time.sleep(2.0)
+        second = EmbeddedBroker(port=broker.port).start()   # the link comes back
+        ensure_topics(settings, TOPICS.all(), partitions=2)
+        deadline = time.monotonic() + 60
+        while restarted.outbox.pending() > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        outage_s = time.monotonic() - stopped_at
+        counters = restarted.outbox.counters()
+        restarted.stop()
+        after = [(r["_schema"], r) for t in WATCHED for r in read_topic(settings, t) if "_schema" in r]
+    finally:
+        broker.stop()
+        if second is not None:
+            second.stop()
+
+    # The local policy stepped the node down while the control plane was unreachable.
+    assert local_acks, "no local decision during the outage"
+    assert all(a["status"] == "APPLIED" for a in local_acks)
+    assert local_acks[0]["from_variant"] == "transformer" and local_acks[-1]["to_variant"] in ("mobilenet", "snn")
+    # Nothing lost: every record the node wrote was read, but for what the dead broker took with it.
+    read = collector.records + after
+    read_ids = {record_id(r) for _, r in read}
+    lost = set(written) - read_ids
+    taken_by_broker = {rid for rid in lost if caught_up_at <= delivered.get(rid, -1) <= stopped_at + 0.05}
+    assert lost == taken_by_broker and len(lost) <= 3, (len(lost), sorted(lost)[:5])
+    assert counters["downsampled"] == counters["refused"] == counters["expired"] == 0
+    # Local acks reached the cluster once the link was back, with their origin.
+    origins = Counter(r.get("origin") for s, r in read if s == "CommandAck")
+    assert origins["local"] >= len(local_acks)
+    kinds = Counter(s for s, _ in read)
+    assert kinds["Telemetry"] > 40 and kinds["WorkflowSignal"] > 10 and kinds["ExecutionRecord"] > 5, kinds
+    assert outage_s > 4.0
+    # Without the local policy the failing fan takes a transformer towards 130 °C (the thermal model).
+    assert max(r["gpu_temp_c"] for s, r in read if s == "Telemetry") < 100.0
+
+    # The flows count each record once, however often it was delivered.
+    step = MorphStep(MorphPolicy(PolicyConfig().scaled(SPEED)))
+    state = None
+    for schema, record in read:
+        if schema in ("Telemetry", "CommandAck"):
+            state, _ = step(state, Event(schema, record, "t", 0, 0))
+    control_ids = [record_id(r) for s, r in read if s in ("Telemetry", "CommandAck")]
+    assert state.duplicates == len(control_ids) - len(set(control_ids))
+    from fingerprint.temporal import Fingerprint
+
+    fingerprint = Fingerprint("inspection")
+    signals = [r for s, r in read if s == "WorkflowSignal"]
+    for signal in signals:
+        fingerprint.learn_one(signal)
+    assert fingerprint.accepted == len({s["signal_id"] for s in signals})
+    from edge.sync import CentralExecutions
+
+    central = CentralExecutions(tmp_path / "central.db")
+    executions = [r for s, r in read if s == "ExecutionRecord"]
+    assert sum(central.apply(r) == "applied" for r in executions) == len({r["record_id"] for r in executions})
+    # A restarted worker's runs are new runs (its boot is in the run id), not duplicates of old ones.
+    assert len({s["run_id"].split("-run-")[0] for s in signals}) == 2
+
+
+def test_a_restarted_worker_resumes_the_model_its_node_stepped_down_to(zoo, tmp_path):
+    from tests.test_signing import morph_command
+
+    with EmbeddedBroker() as broker:
+        settings = KafkaSettings(broker.bootstrap)
+        ensure_topics(settings, TOPICS.all(), partitions=2)
+        worker = EdgeWorker(settings, TOPICS, ["edge-1"], Scenario("steady"), zoo_dir=zoo.root, sensor="thermal",
+                            rate=50, interval_s=0.2, outbox_path=tmp_path / "outbox.db").start()
+        try:
+            worker._on_command({**morph_command("edge-1", 1, "cnn", "fp16"), "batch_size": 4})
+            deadline = time.monotonic() + 20
+            while not worker.nodes["edge-1"].applied and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            worker.stop()
+        again = EdgeWorker(settings, TOPICS, ["edge-1"], Scenario("steady"), zoo_dir=zoo.root, sensor="thermal",
+                           rate=50, interval_s=0.2, outbox_path=tmp_path / "outbox.db")
+        current = again.nodes["edge-1"].server.current
+        assert (current.variant, current.precision, again.nodes["edge-1"].batch_size) == ("cnn", "fp16", 4)
+        again.nodes["edge-1"].server.close()
