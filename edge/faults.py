@@ -101,6 +101,7 @@ class Decision:
     alternative: str | None = None
     policy_version: int = 0
     reason: str = ""
+    state: str = ""          # the policy's state key, sent with the failure so a central learner sees it
 
     def describe(self) -> str:
         if self.action == RETRY:
@@ -128,16 +129,17 @@ def shield(failure: Failure, decision: Decision, max_attempts: int = 10) -> Deci
     if action in (RETRY, ALTERNATIVE) and (once_only or failure.attempt >= max_attempts):
         reason = "critical, not idempotent: never re-executed" if once_only else f"{max_attempts} attempts"
         if failure.has_fallback:
-            return Decision(FALLBACK, policy_version=decision.policy_version, reason=reason)
-        return Decision(FAIL, policy_version=decision.policy_version, reason=reason)
+            return Decision(FALLBACK, policy_version=decision.policy_version, reason=reason, state=decision.state)
+        return Decision(FAIL, policy_version=decision.policy_version, reason=reason, state=decision.state)
     if action == ALTERNATIVE:
         if not failure.alternatives:
-            return Decision(FAIL, policy_version=decision.policy_version, reason="no alternative left")
+            return Decision(FAIL, policy_version=decision.policy_version, reason="no alternative left",
+                            state=decision.state)
         if decision.alternative not in failure.alternatives:
             return Decision(ALTERNATIVE, alternative=failure.alternatives[0], policy_version=decision.policy_version,
-                            reason=decision.reason)
+                            reason=decision.reason, state=decision.state)
     if action == FALLBACK and not failure.has_fallback:
-        return Decision(FAIL, policy_version=decision.policy_version, reason="no fallback branch")
+        return Decision(FAIL, policy_version=decision.policy_version, reason="no fallback branch", state=decision.state)
     return decision
 
 

@@ -631,7 +631,8 @@ class WorkflowRun:
             "intensity": 0.0 if state == 1 else 1.0, "node_id": self.node_id,
             "resources": dict(step.resources) if step.resources else None,
             "data_size_bytes": size, "run_ended": ended, "inputs": inputs, "outputs": outputs,
-            "attributes": None, "error_class": failure[0] if failure else None,
+            "attributes": {"recovery.state": failure[2].state} if failure and failure[2].state else None,
+            "error_class": failure[0] if failure else None,
             "attempt": attempt or (1 if self.recovery is not None else None),
             "recovery": failure[2].describe() if failure else None,
             "policy_version": failure[2].policy_version if failure else None}
