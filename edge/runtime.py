@@ -549,9 +549,9 @@ class WorkflowRun:
                         outputs = dict(body(ctx))
                     finally:
                         ctx.release_acquired()
+                        with self._lock:  # a body that raised was executed too (it may have had effects)
+                            self.executions[step.name] += 1
                     busy = (time.perf_counter() - t0) * 1e3
-                    with self._lock:
-                        self.executions[step.name] += 1
                     check_outputs(step, outputs)
             finally:
                 handover.close()
