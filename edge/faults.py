@@ -26,8 +26,8 @@ structure, against which `fingerprint.failures` is checked.
 >>> ep = sim.episodes[0]
 >>> ep.cause, ep.end_s > ep.start_s
 ('dep:storage', True)
->>> sim.failure_at(ep.start_s + 1, "r1", "load", "primary", 1, "edge-1", ("dep:storage",))[0]
-'DEPENDENCY_UNAVAILABLE'
+>>> sim.failure_at(ep.start_s + 1, "r1", "load", "primary", 1, "edge-1", ("dep:storage",))
+('DEPENDENCY_UNAVAILABLE', 0.5, 'dep:storage')
 >>> sim.failure_at(ep.start_s + 1, "r1", "load", "backup", 1, "edge-1", ("dep:storage-backup",)) is None
 True
 """
@@ -165,7 +165,7 @@ class FaultScenario:
     ``outages`` by dependency name, ``thermal`` and ``congestion`` by node;
     ``transient_p`` is the independent failure probability of any attempt,
     ``bad_input_p`` the share of runs whose input no attempt can process, and
-    ``node_loss`` (node, at_s, for_s) a node that stops.
+    ``node_losses`` ((node, at_s, for_s), ...) nodes that stop for a while.
     """
 
     name: str
@@ -174,7 +174,7 @@ class FaultScenario:
     congestion: dict[str, tuple[float, float]] = field(default_factory=dict)
     transient_p: float = 0.0
     bad_input_p: float = 0.0
-    node_loss: tuple[str, float, float] | None = None
+    node_losses: tuple[tuple[str, float, float], ...] = ()
 
 
 #: How each cause makes an attempt fail: the resource an implementation must use to be hit, the failure
@@ -220,25 +220,26 @@ class FaultSimulator:
         return [e.cause for e in self.episodes if e.active(t)]
 
     def node_down(self, node: str, t: float) -> bool:
-        loss = self.scenario.node_loss
-        return loss is not None and loss[0] == node and loss[1] <= t < loss[1] + loss[2]
+        return any(n == node and at <= t < at + length for n, at, length in self.scenario.node_losses)
 
     def failure_at(self, t: float, run_id: str, step: str, implementation: str, attempt: int, node: str,
-                   uses: tuple[str, ...]) -> tuple[str, float] | None:
-        """(error class, seconds the attempt took to fail) if this attempt fails, else None."""
+                   uses: tuple[str, ...]) -> tuple[str, float, str] | None:
+        """(error class, seconds the attempt took to fail, the cause) if this attempt fails, else None."""
         if self.node_down(node, t):
-            return NODE_LOST, 0.0
+            return NODE_LOST, 0.0, f"down:{node}"
         if "input" in uses and self.bad_input(run_id):
-            return BAD_INPUT, 0.1
+            return BAD_INPUT, 0.1, "bad-input"
         for cause in self.active(t):
             kind, _, where = cause.partition(":")
             p, error_class, cost = EFFECTS[kind]
             hit = (kind == "dep" and cause in uses) or (where == node and (
                 (kind == "thermal" and "accelerator" in uses) or (kind == "congestion" and "network" in uses)))
             if hit and self._u(cause, run_id, step, implementation, attempt) < p:
-                return error_class, cost
+                return error_class, cost, cause
         if self._u("transient", run_id, step, implementation, attempt) < self.scenario.transient_p:
-            return (TIMEOUT, 1.0) if self._u("class", run_id, step, attempt) < 0.5 else (DEPENDENCY_UNAVAILABLE, 0.2)
+            if self._u("class", run_id, step, attempt) < 0.5:
+                return TIMEOUT, 1.0, "transient"
+            return DEPENDENCY_UNAVAILABLE, 0.2, "transient"
         return None
 
     def bad_input(self, run_id: str) -> bool:
@@ -311,6 +312,7 @@ class SimulatedFaults:
 
     def __init__(self, simulator: FaultSimulator, clock: SimClock, duration_s):
         self.simulator, self.clock, self.duration_s = simulator, clock, duration_s
+        self.caused: dict[tuple[str, str], int] = {}   # (cause, 'workflow/step') -> failures it caused
 
     def before_attempt(self, run, step, implementation: str, uses: tuple[str, ...], attempt: int) -> None:
         hit = self.simulator.failure_at(self.clock(), run.run_id, step.name, implementation, attempt,
@@ -318,7 +320,9 @@ class SimulatedFaults:
         if hit is None:
             self.clock.advance(self.duration_s(step.name, implementation))
             return
-        error_class, cost = hit
+        error_class, cost, cause = hit
+        self.caused[(cause, f"{run.workflow_id}/{step.name}")] = self.caused.get(
+            (cause, f"{run.workflow_id}/{step.name}"), 0) + 1
         self.clock.advance(cost)
         if error_class == NODE_LOST:
             raise NodeLost(run.node_id)
