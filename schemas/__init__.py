@@ -24,6 +24,7 @@ SCHEMA_FILES = {
     "CommandAck": "command_ack",
     "Alert": "alert",
     "NextStepPrediction": "next_step_prediction",
+    "RecoveryPolicy": "recovery_policy",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -36,6 +37,7 @@ TOPICS = {
     "CommandAck": "edge.acks",
     "Alert": "liquid.alerts",
     "NextStepPrediction": "workflow.predictions",
+    "RecoveryPolicy": "workflow.policy",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -68,6 +70,7 @@ class TopicNames:
     acks: str = TOPICS["CommandAck"]
     alerts: str = TOPICS["Alert"]
     predictions: str = TOPICS["NextStepPrediction"]
+    policy: str = TOPICS["RecoveryPolicy"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -78,5 +81,5 @@ class TopicNames:
         return {
             "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
-            "NextStepPrediction": self.predictions,
+            "NextStepPrediction": self.predictions, "RecoveryPolicy": self.policy,
         }[schema_name]

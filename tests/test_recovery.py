@@ -167,11 +167,11 @@ def test_agent_learns_from_signals_and_a_node_applies_the_published_policy():
         clock["t"] += 100
         WorkflowRun(spec, f"r{k}", "n1", recovery=node, wait=wait, on_signal=signal,
                     clock=lambda: clock["t"]).execute({"x": np.arange(2)})
-    table = agent.policy()
+    table = agent.policy("wf")
     state = "a-i|DEPENDENCY_UNAVAILABLE|1|2|0|0|0"
     assert table.actions[state] == "ALTERNATIVE" and table.version == 1
     worker = PolicyRecovery(FailureView())
-    worker.apply(RecoveryPolicyTable.from_record(table.to_record("wf", 0)))
+    worker.apply(RecoveryPolicyTable.from_record(table.to_record(0)))
     worker.view.graph.attempts = node.view.graph.attempts  # the same recent history
     d = worker.decide(Failure("wf", "rX", "load", "n1", DEPENDENCY_UNAVAILABLE, 1, clock["t"],
                               alternatives=("cached",)))
@@ -215,3 +215,12 @@ def test_circuit_breaker_opens_at_half_failures_over_100_calls_for_60_s():
         call(161 + k, False)
     assert "w/s" not in cb.opened_at
     assert cb.decide(Failure("w", "r", "s", "n", TIMEOUT, 3, 200.0)).action == FAIL  # retry's 3 attempts
+
+
+def test_published_policy_round_trips_through_the_codec():
+    from schemas.codec import Codec
+
+    table = RecoveryPolicyTable("wf", 4, {"a-i|TIMEOUT|1|0|0|0|0": "ALTERNATIVE"}, {"wf/load": ["alert:dep:db"]})
+    codec = Codec()
+    assert RecoveryPolicyTable.from_record(codec.decode(codec.encode("RecoveryPolicy", table.to_record(7))).record) \
+        == table
