@@ -41,6 +41,11 @@ Examples
 >>> for _ in range(20):
 ...     agent.learn_transition(s, "ALTERNATIVE", 1.0, None)
 ...     agent.learn_transition(s, "RETRY 1s", -1.0, None)
+>>> agent.predict_one(s)  # never tried, so optimistically worth the best reward: it is tried next
+'RETRY 5s'
+>>> for action in valid_actions(s)[1:]:
+...     if action != "ALTERNATIVE":
+...         agent.learn_transition(s, action, -1.0, None)
 >>> agent.predict_one(s)
 'ALTERNATIVE'
 """
@@ -123,6 +128,11 @@ class QRecoveryAgent(Versioned):
         Seconds of recovery that cost as much as one failure.
     min_visits
         Visits of a state before the published table holds an action for it.
+    optimism
+        Value of an action not tried yet in a state: optimistic (the best
+        reward), so the greedy policy tries every allowed action of a state
+        once before it settles ("optimism in the face of uncertainty"); the
+        nodes' data would otherwise only hold what the static retrier did.
     """
 
     STATE_VERSION = 1
@@ -130,7 +140,8 @@ class QRecoveryAgent(Versioned):
     gamma: float = 0.9
     score_rate: float = 0.05
     time_cost_s: float = 60.0
-    min_visits: int = 5
+    min_visits: int = 1
+    optimism: float = 1.0
     q: dict[str, dict[str, float]] = field(default_factory=dict)
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float] = field(default_factory=dict)
@@ -142,12 +153,16 @@ class QRecoveryAgent(Versioned):
         """One Q-learning update (``next_state`` None: the episode ended)."""
         row = self.q.setdefault(state, {})
         target = reward
-        if next_state is not None:
-            target += self.gamma * max((self.q.get(next_state, {}).get(a, 0.0) for a in valid_actions(next_state)),
-                                       default=0.0)
-        row[action] = row.get(action, 0.0) + self.alpha * (target - row.get(action, 0.0))
+        if next_state is not None and next_state in self.q:
+            target += self.gamma * max(self._value(next_state, a) for a in valid_actions(next_state))
         counts = self.visits.setdefault(state, {})
         counts[action] = counts.get(action, 0) + 1
+        rate = max(self.alpha, 1.0 / counts[action])  # the first sample replaces the optimistic start
+        row[action] = self._value(state, action) + rate * (target - self._value(state, action))
+
+    def _value(self, state: str, action: str) -> float:
+        row = self.q.get(state, {})
+        return row[action] if action in row else self.optimism
 
     def learn_one(self, signal: dict) -> None:
         """Take a WorkflowSignal: a failed finish opens a transition, the step's next finish closes it."""
@@ -175,35 +190,38 @@ class QRecoveryAgent(Versioned):
                 del self.pending[k]
 
     def predict_one(self, state: str) -> str | None:
-        """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing)."""
-        row, counts = self.q.get(state), self.visits.get(state, {})
-        if not row or sum(counts.values()) < self.min_visits:
-            return None
-        return max(valid_actions(state), key=lambda a: (row.get(a, 0.0) if a in counts else -1e9, a == FAIL))
+        """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).
 
-    def policy(self, parents: dict[str, list[str]] | None = None) -> RecoveryPolicyTable:
+        Untried actions count with the optimistic value, so they come first.
+        """
+        if sum(self.visits.get(state, {}).values()) < self.min_visits:
+            return None
+        return max(valid_actions(state), key=lambda a: self._value(state, a))
+
+    def policy(self, workflow_id: str, parents: dict[str, list[str]] | None = None) -> RecoveryPolicyTable:
         """Publish: a new version of the greedy policy, with each step's causal parents for the nodes."""
         self.published += 1
         actions = {s: a for s in sorted(self.q) for a in [self.predict_one(s)] if a is not None}
-        return RecoveryPolicyTable(self.published, actions, dict(parents or {}))
+        return RecoveryPolicyTable(workflow_id, self.published, actions, dict(parents or {}))
 
 
 @dataclass(frozen=True)
 class RecoveryPolicyTable:
-    """A published recovery policy: its version, the action per state, and each step's causal parents."""
+    """A published recovery policy of one workflow: its version, the action per state, each step's causal parents."""
 
+    workflow_id: str
     version: int
     actions: dict[str, str]
     parents: dict[str, list[str]] = field(default_factory=dict)
 
-    def to_record(self, workflow_id: str, ts_ms: int) -> dict:
+    def to_record(self, ts_ms: int) -> dict:
         """The `RecoveryPolicy` message (``schemas/recovery_policy.avsc``)."""
-        return {"workflow_id": workflow_id, "version": self.version, "ts_ms": ts_ms, "actions": dict(self.actions),
+        return {"workflow_id": self.workflow_id, "version": self.version, "ts_ms": ts_ms, "actions": dict(self.actions),
                 "parents": {k: list(v) for k, v in self.parents.items()}}
 
     @classmethod
     def from_record(cls, record: dict) -> RecoveryPolicyTable:
-        return cls(record["version"], dict(record["actions"]), {k: list(v) for k, v in record["parents"].items()})
+        return cls(record["workflow_id"], record["version"], dict(record["actions"]), {k: list(v) for k, v in record["parents"].items()})
 
 
 class FailureView:
@@ -229,7 +247,7 @@ class FailureView:
 
 
 class PolicyRecovery:
-    """The recovery policy a node applies: the latest published table, else the Step Functions retrier.
+    """The recovery policy a node applies: the latest published table of the workflow, else the Step Functions retrier.
 
     ``explore`` is the probability of trying a random allowed action in a state
     the table does not know (so the central learner sees what the alternatives
@@ -239,15 +257,17 @@ class PolicyRecovery:
     def __init__(self, view: FailureView, explore: float = 0.0, seed: int = 0,
                  static: BackoffRetrier | None = None):
         self.view, self.explore, self.rng = view, explore, random.Random(seed)
-        self.table: RecoveryPolicyTable | None = None
+        self.tables: dict[str, RecoveryPolicyTable] = {}
         self.static = static or step_functions_default()
 
     def apply(self, table: RecoveryPolicyTable) -> None:
-        if self.table is None or table.version > self.table.version:
-            self.table = table
+        """Keep a published table unless a newer version of the workflow's policy is already here."""
+        held = self.tables.get(table.workflow_id)
+        if held is None or table.version > held.version:
+            self.tables[table.workflow_id] = table
 
     def decide(self, failure: Failure) -> Decision:
-        table = self.table
+        table = self.tables.get(failure.workflow_id)
         parents = table.parents.get(f"{failure.workflow_id}/{failure.step}", []) if table else []
         state = state_key(failure, self.view.context(failure, parents))
         version = table.version if table else 0

@@ -132,7 +132,7 @@ def test_q_learning_converges_to_the_optimal_actions_of_a_known_mdp():
     # With gamma 0.9: Q*(s0,RETRY) = -1 + 0.9 = -0.1 < Q*(s0,ALT) = 0.5; Q*(s1,RETRY) = 1 > 0.5.
     s0, s1 = "a-i|TIMEOUT|1|0|0|0|0", "a-i|TIMEOUT|2|0|0|0|0"
     rng, retry, alt = random.Random(0), "RETRY 1s", "ALTERNATIVE"
-    agent = QRecoveryAgent(alpha=0.2, gamma=0.9)
+    agent = QRecoveryAgent(alpha=0.2, gamma=0.9, optimism=-1.0)  # the MDP has only these three actions
     for _ in range(3000):
         state = rng.choice([s0, s1])
         a = rng.choice([retry, alt, FAIL])
