@@ -108,6 +108,7 @@ def spec_from_args(name: str, args) -> FlowSpec:
                     models=args.models, policy=policy,
                     options={k: v for k, v in (("store", getattr(args, "store", None)),
                                                ("speculation", getattr(args, "speculation", False)),
+                                               ("recovery", getattr(args, "recovery", False)),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
                                                 if getattr(args, "idle_timeout", None) else None)) if v})
 
@@ -143,6 +144,9 @@ def add_flow_args(p) -> None:
                    help="workflow flow: persist every signal to this history store (SQLite file, or postgresql://...)")
     p.add_argument("--speculation", action="store_true",
                    help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
+    p.add_argument("--recovery", action="store_true",
+                   help="workflow flow: learn the causal failure graph and the recovery policy from failed signals, "
+                        "publish the policy to workflow.policy")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="workflow flow: close runs with no signal for this long (event time; default: never)")
     p.add_argument("--policy", metavar="KEY=VALUE", action="append", type=parse_setting,

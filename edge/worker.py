@@ -13,6 +13,7 @@ NVML or the thermal model, serving figures as measured.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,13 +22,14 @@ from confluent_kafka import Producer
 
 from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
+from prediction.recovery import FailureView, PolicyRecovery, RecoveryPolicyTable
 from edge.runtime import WorkflowRun
 from edge.sensors import open_sensor
 from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.thermal import Scenario
 from morph.zoo import load_manifest
-from schemas.codec import Codec
+from schemas.codec import Codec, DecodeError
 
 
 @dataclass
@@ -41,6 +43,21 @@ class EdgeNode:
     applied: list = field(default_factory=list)   # (command, ack) of every handled command
     executor: object = None   # edge.shadow.ShadowExecutor, when the node runs workflows
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
+    recovery: object = None   # prediction.recovery.PolicyRecovery: the latest published policy, or the static retrier
+
+
+class PolicyListener(CommandListener):
+    """The published recovery policies (``workflow.policy``), read from the beginning: a node starts with the latest."""
+
+    def _handle(self, raw: bytes) -> None:
+        try:
+            record = self.codec.decode(raw, expect="RecoveryPolicy").record
+        except DecodeError as err:
+            self.undecodable += 1
+            print(f"liquid: ignoring an undecodable recovery policy: {err}", file=sys.stderr)
+            return
+        self.received += 1
+        self.on_command(record)
 
 
 class EdgeWorker:
@@ -73,13 +90,16 @@ class EdgeWorker:
         # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
-        self.shadow_listener = None
+        self.shadow_listener = self.policy_listener = None
         self._runners: list[threading.Thread] = []
         if workflow is not None:
             if workflow != "inspection":
                 raise ValueError(f"unknown workflow {workflow!r}; shipped: inspection")
             for node in self.nodes.values():
                 node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
+                node.recovery = PolicyRecovery(FailureView(), seed=seed)
+            self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
+                                                  from_beginning=True)
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand")
             self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
@@ -97,6 +117,9 @@ class EdgeWorker:
         if self.shadow_listener is not None:
             self.shadow_listener.start()
             self.shadow_listener.wait_ready()
+        if self.policy_listener is not None:
+            self.policy_listener.start()
+            self.policy_listener.wait_ready()
         self._telemetry.start()
         for runner in self._runners:
             runner.start()
@@ -117,6 +140,8 @@ class EdgeWorker:
             runner.join(timeout=30)
         if self.shadow_listener is not None:
             self.shadow_listener.stop()
+        if self.policy_listener is not None:
+            self.policy_listener.stop()
         self._telemetry.join(timeout=5)
         stats = {}
         for node_id, node in self.nodes.items():
@@ -168,6 +193,11 @@ class EdgeWorker:
         self.producer.produce(self.topics.acks, key=ack["node_id"].encode(), value=self.codec.encode("CommandAck", ack))
         self.producer.poll(0)
 
+    def _on_policy(self, record: dict) -> None:
+        table = RecoveryPolicyTable.from_record(record)
+        for node in self.nodes.values():
+            node.recovery.apply(table)
+
     def _publish_signal(self, signal: dict) -> None:
         self.producer.produce(self.topics.signals, key=signal["workflow_id"].encode(),
                               value=self.codec.encode("WorkflowSignal", signal))
@@ -179,11 +209,15 @@ class EdgeWorker:
         i = 0
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):
             run = WorkflowRun(spec, f"{node.node_id}-run-{i}", node.node_id, executor=node.executor,
-                              on_signal=self._publish_signal)
+                              on_signal=lambda s, node=node: self._node_signal(node, s), recovery=node.recovery)
             node.runs.append(run.execute(lots[i % len(lots)]))
             i += 1
             if self.workflow_gap_s:
                 self._halt.wait(self.workflow_gap_s)
+
+    def _node_signal(self, node: EdgeNode, signal: dict) -> None:
+        node.recovery.view.graph.learn_one(signal)  # the node's own recent failures, for its policy's state
+        self._publish_signal(signal)
 
     # -- telemetry ------------------------------------------------------------
     def telemetry(self, node: EdgeNode, now_ms: int) -> dict:
