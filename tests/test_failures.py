@@ -149,3 +149,45 @@ def test_failed_signal_round_trips_through_the_codec():
     old = {k: v for k, v in signal.items() if k not in ("error_class", "attempt", "recovery", "policy_version")}
     decoded = codec.decode(codec.encode("WorkflowSignal", old)).record
     assert decoded["error_class"] is None and decoded["attempt"] is None
+
+
+def test_fingerprint_show_failures_prints_the_graph_from_the_signal_store(tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    from edge.faults import TIMEOUT, StepFailure
+    from edge.runtime import Step, WorkflowRun, WorkflowSpec
+    from fingerprint.store import SignalStore
+    from prediction.recovery import step_functions_default
+    from tests.conftest import ROOT, liquid_cmd
+
+    clock = {"t": 1_800_000_000.0, "load_failed": -1e9}
+
+    def load(ctx):  # fails now and then; each failure makes the next save fail
+        if int(clock["t"]) % 7 == 0:
+            clock["load_failed"] = clock["t"]
+            raise StepFailure(TIMEOUT, "slow disk")
+        return {"y": ctx.inputs["x"]}
+
+    def save(ctx):
+        if clock["t"] - clock["load_failed"] < 10:
+            raise StepFailure(TIMEOUT, "the same slow disk")
+        return {"z": ctx.inputs["y"]}
+    spec = WorkflowSpec("orders", (Step("load", load, inputs=("x",), outputs=("y",)),
+                                   Step("save", save, inputs=("y",), outputs=("z",))))
+    store = SignalStore(str(tmp_path / "signals.db"))
+    signals = []
+    for k in range(300):
+        clock["t"] += 13 + k % 5
+        WorkflowRun(spec, f"r{k}", "n1", recovery=step_functions_default(), on_signal=signals.append,
+                    clock=lambda: clock["t"], wait=lambda s: clock.__setitem__("t", clock["t"] + s)
+                    ).execute({"x": np.arange(2)})
+    store.add_many(signals)
+    store.close()
+    out = subprocess.run(liquid_cmd("fingerprint", "show", "orders", "--store", tmp_path / "signals.db",
+                                    "--failures", "--format", "json"), cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    edges = {(e["source"], e["target"]) for e in json.loads(out.stdout)["edges"]}
+    assert edges == {("orders/load", "orders/save")}
