@@ -18,8 +18,11 @@ causal in two ways:
   kept so far. A common cause's two effects are then not linked to each
   other, nor is the head of a chain to its tail through the middle.
 
-Significance is a two-proportion z-test (exposed vs not exposed attempts) with
-``z_min`` and a minimum effect ``min_lift``; an edge's ``confidence`` is the
+Significance is a two-proportion z-test (exposed vs not exposed attempts) at
+the level of ``z_min`` (one-sided), Bonferroni-corrected for the number of
+candidate parents tested for the task (a big workflow has many candidates, and
+without the correction chance alone links some of them), with a minimum effect
+``min_lift``; an edge's ``confidence`` is the
 Wilson lower bound of its weight (95 %) and ``support`` the exposed failures.
 
 Examples
@@ -47,6 +50,8 @@ import bisect
 import json
 import math
 from dataclasses import asdict, dataclass, field
+
+from statistics import NormalDist
 
 import numpy as np
 
@@ -139,7 +144,11 @@ class FailureGraph(Versioned):
             exposed |= hit if node is None else (hit & (nodes == node))
         return exposed
 
-    def _test(self, exposed: np.ndarray, failed: np.ndarray, free: np.ndarray):
+    def _z_needed(self, candidates: int) -> float:
+        p = (1.0 - NormalDist().cdf(self.z_min)) / max(1, candidates)
+        return NormalDist().inv_cdf(1.0 - p)
+
+    def _test(self, exposed: np.ndarray, failed: np.ndarray, free: np.ndarray, z_needed: float):
         n1, n0 = int((exposed & free).sum()), int((~exposed & free).sum())
         f1, f0 = int((failed & exposed & free).sum()), int((failed & ~exposed & free).sum())
         if n1 == 0 or f1 < self.min_support:
@@ -148,7 +157,7 @@ class FailureGraph(Versioned):
         p = (f1 + f0) / (n1 + n0)
         se = math.sqrt(max(p * (1 - p) * (1 / n1 + (1 / n0 if n0 else 1.0)), 1e-12))
         z = (p1 - p0) / se
-        if z < self.z_min or p1 < self.min_lift * p0:
+        if z < z_needed or p1 < self.min_lift * p0:
             return None
         return p1, p0, f1, _wilson_lower(f1, n1), z
 
@@ -163,11 +172,12 @@ class FailureGraph(Versioned):
         free = np.ones(len(attempts), bool)
         alerts = sorted(s for s in self.events if s.startswith("alert:"))
         tasks = sorted(s for s in self.events if not s.startswith("alert:") and s != task)
+        z_needed = self._z_needed(len(alerts) + len(tasks))
         for group in (alerts, tasks):  # exogenous alerts first, then what failures of other tasks still explain
             exposures = {s: self._exposure(s, times, nodes) for s in group}
             while True:
                 scored = [(r, s) for s in group if s not in {e.source for e in kept}
-                          for r in [self._test(exposures[s], failed, free)] if r is not None]
+                          for r in [self._test(exposures[s], failed, free, z_needed)] if r is not None]
                 if not scored:
                     break
                 (p1, p0, f1, conf, z), source = max(scored, key=lambda rs: rs[0][4])
