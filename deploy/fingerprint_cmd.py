@@ -51,6 +51,11 @@ def register(tree) -> None:
     p.add_argument("--window-runs", type=int, default=500, help="runs the fingerprint keeps (default 500)")
     p.add_argument("--window-ms", type=int, help="also age out runs that ended longer ago than this")
     p.add_argument("--min-probability", type=float, default=0.01, help="drop rarer edges as noise (default 0.01)")
+    p.add_argument("--failures", action="store_true",
+                   help="print the causal failure graph of the signals instead (fingerprint.failures): which "
+                        "failures make which tasks fail, P(fail | parent) against the base rate, confidence")
+    p.add_argument("--lag-s", type=float, default=30.0, help="with --failures: how long a failure counts as a "
+                                                              "parent's (default 30 s)")
 
 
 def _signals(args: argparse.Namespace):
@@ -89,9 +94,23 @@ def _signals(args: argparse.Namespace):
         store.close()
 
 
+def show_failures(args: argparse.Namespace) -> int:
+    from fingerprint.failures import FailureGraph
+
+    graph = FailureGraph(lag_s=args.lag_s)
+    for signal in _signals(args):
+        if signal.get("workflow_id") == args.workflow:
+            graph.learn_one(signal)
+    print({"text": graph.describe, "dot": graph.to_dot, "json": graph.to_json}[args.format]())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from deploy.cli import UsageError
     from fingerprint.temporal import Fingerprint, Window
+
+    if args.failures:
+        return show_failures(args)
 
     try:
         window = Window(runs=args.window_runs, ms=args.window_ms)

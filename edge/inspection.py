@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from edge.runtime import Step, StepContext, WorkflowSpec
+from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
 from morph.zoo import runtime
 from morph.zoo.data import load_split
 
@@ -173,7 +173,7 @@ def _report(scores: np.ndarray, tensor: np.ndarray, reference: np.ndarray, confi
 
 def inspection_workflow(model: Classifier, *, costs: InspectionCosts = InspectionCosts(),
                         confidence_floor: float = 0.8, max_low_share: float = 1 / 16,
-                        workflow_id: str = "inspection") -> WorkflowSpec:
+                        workflow_id: str = "inspection", light_model: Classifier | None = None) -> WorkflowSpec:
     """The seed's inspection pipeline, with a data-dependent branch.
 
     ``ingest → preprocess → inference → quality_gate → [reinspect →] postprocess → output``
@@ -189,6 +189,16 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
     ingest reads the camera; the replica the re-inspection needs can be
     opened ahead. A swap of the model serving changes inference's and
     reinspect's environment, so a shadow computed on the old model never commits.
+
+    For recovery, each step says what it ``uses`` (the config, validation and
+    product-database services, the results store ``dep:storage`` that other
+    workflows share, the network, the accelerator, the camera's input) and
+    has alternatives where they make sense: the flat-field and the reference
+    images from the node's cache, a backup replica of the validation service
+    (slower), and ``light_model`` (a lighter morph variant) for inference.
+    ``output`` appends to the results store: it is not idempotent, so it is
+    never executed twice; its fallback branch spools the report on the node
+    for later delivery (a degraded completion).
     """
 
     def ingest(ctx):
@@ -234,18 +244,42 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
         ctx.emit(ctx.inputs["report"])
         return {"receipt": hashlib.sha256(ctx.inputs["report"]).hexdigest().encode()}
 
+    def cached_flatfield(ctx):
+        return {"tensor": np.clip(ctx.inputs["frames"] / _VIGNETTE, 0.0, 1.0).astype(np.float32)}
+
+    def backup_gate(ctx):
+        ctx.sleep(2 * costs.validation_ms)  # the backup replica is farther away
+        return quality_gate(ctx)
+
+    def light_inference(ctx):
+        return {"scores": _softmax(light_model(ctx.inputs["tensor"]))}
+
+    def cached_postprocess(ctx):
+        report = _report(ctx.inputs["scores"], ctx.inputs["tensor"], _class_references(), confidence_floor)
+        ctx.sleep(costs.render_ms)
+        return {"report": report}
+
+    def spool(ctx):  # the results store is unreachable: keep the report on the node, deliver it later
+        return {"receipt": b"spooled:" + hashlib.sha256(ctx.inputs["report"]).hexdigest().encode()}
+
+    light = (Alternative("light-model", light_inference, ("accelerator-light",)),) if light_model is not None else ()
+
     return WorkflowSpec(workflow_id, (
-        Step("ingest", ingest, inputs=("lot",), outputs=("frames",), resources={"cpu": 0.1}),
+        Step("ingest", ingest, inputs=("lot",), outputs=("frames",), resources={"cpu": 0.1}, uses=("input",)),
         Step("preprocess", preprocess, inputs=("frames",), outputs=("tensor",), fetch={"flatfield": fetch_flatfield},
-             resources={"cpu": 0.5}),
+             resources={"cpu": 0.5}, uses=("dep:config", "network"),
+             alternatives=(Alternative("cached-flatfield", cached_flatfield),)),
         Step("inference", inference, inputs=("tensor",), outputs=("scores",),
-             environment=lambda: model.identity, resources={"cpu": 1.0}),
+             environment=lambda: model.identity, resources={"cpu": 1.0}, uses=("accelerator",), alternatives=light),
         Step("quality_gate", quality_gate, inputs=("scores",), outputs=("verdict",), critical=True,
-             resources={"cpu": 0.1}),
+             resources={"cpu": 0.1}, uses=("dep:validation", "network"),
+             alternatives=(Alternative("backup-validation", backup_gate, ("dep:validation-backup", "network")),)),
         Step("reinspect", reinspect, inputs=("tensor", "scores"), outputs=("scores",), after=("quality_gate",),
              when=lambda artifacts: artifacts["verdict"].value == b"reinspect", resource=ReplicaResource(model),
-             environment=lambda: model.identity, resources={"cpu": 1.0}),
+             environment=lambda: model.identity, resources={"cpu": 1.0}, uses=("accelerator",)),
         Step("postprocess", postprocess, inputs=("scores", "tensor"), outputs=("report",),
-             after=("quality_gate", "reinspect"), fetch={"reference": fetch_reference}, resources={"cpu": 0.5}),
-        Step("output", output, inputs=("report",), outputs=("receipt",), critical=True, resources={"cpu": 0.1}),
+             after=("quality_gate", "reinspect"), fetch={"reference": fetch_reference}, resources={"cpu": 0.5},
+             uses=("dep:product-db", "network"), alternatives=(Alternative("cached-reference", cached_postprocess),)),
+        Step("output", output, inputs=("report",), outputs=("receipt",), critical=True, resources={"cpu": 0.1},
+             idempotent=False, uses=("dep:storage", "network"), fallback=spool),
     ))

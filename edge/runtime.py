@@ -62,6 +62,9 @@ import numpy as np  # noqa: F401  (the module docstring's example uses it)
 
 
 from edge.artifacts import Artifact, ArtifactStore, freeze, input_digest, lineage_id
+from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure, NodeLost, classify, shield
+
+PRIMARY = "primary"   # the implementation a step declares in ``fn``; FALLBACK names its fallback branch
 
 class Cancelled(Exception):
     """Raised inside a step body whose shadow was cancelled (cooperative cancellation)."""
@@ -82,8 +85,27 @@ class Resource(Protocol):
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """Another implementation of a step (a lighter model, a cached result, a backup replica): same inputs and outputs.
+
+    ``uses`` names what it depends on ('dep:<service>', 'accelerator',
+    'network', 'input'), which is what fault causes act on.
+    """
+
+    name: str
+    fn: Callable[[StepContext], Mapping[str, Any]]
+    uses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Step:
-    """A named step: ``fn(ctx) -> {output name: bytes | array}`` and what it reads, needs and writes."""
+    """A named step: ``fn(ctx) -> {output name: bytes | array}`` and what it reads, needs and writes.
+
+    For recovery: ``idempotent`` (False: must never be executed twice, whatever
+    a policy says), ``alternatives`` to switch to, a ``fallback`` branch that
+    produces degraded outputs (e.g. defer to manual review) and ``uses``, what
+    the primary implementation depends on.
+    """
 
     name: str
     fn: Callable[[StepContext], Mapping[str, Any]]
@@ -96,6 +118,21 @@ class Step:
     when: Callable[[Mapping[str, Artifact]], bool] | None = None
     environment: Callable[[], str] | None = None
     resources: Mapping[str, float] | None = None  # what the step's signals report (cpu, mem_mb, ...)
+    idempotent: bool = True
+    alternatives: tuple[Alternative, ...] = ()
+    fallback: Callable[[StepContext], Mapping[str, Any]] | None = None
+    uses: tuple[str, ...] = ()
+
+    def implementation(self, name: str) -> tuple[Callable[[StepContext], Mapping[str, Any]], tuple[str, ...]]:
+        """The body and what it uses of the implementation ``name`` (primary, an alternative, or the fallback)."""
+        if name == PRIMARY:
+            return self.fn, self.uses
+        if name == FALLBACK and self.fallback is not None:
+            return self.fallback, ()
+        for alt in self.alternatives:
+            if alt.name == name:
+                return alt.fn, alt.uses
+        raise KeyError(f"step {self.name!r} has no implementation {name!r}")
 
     def environment_id(self) -> str:
         return self.environment() if self.environment is not None else ""
@@ -244,6 +281,34 @@ class StepRecord:
     wait_ms: float        # time spent in take(): waiting for a shadow to finish
     committed: bool
     outcome: str
+    attempts: int = 1           # the attempt that ended the step
+    implementation: str = PRIMARY
+
+
+@dataclass(frozen=True)
+class RecoveryRecord:
+    """One failure inside a run and what was decided about it."""
+
+    failure: Failure
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """What a run had committed when it stopped: the steps done or skipped and every artifact version.
+
+    Resuming it (``WorkflowRun.execute(resume=...)``) on another node runs only
+    the steps not committed. A step in flight when the node stopped had not
+    committed, so it runs again; the simulator loses a node between attempts,
+    never inside a critical step's side effect.
+    """
+
+    workflow_id: str
+    run_id: str
+    node_id: str
+    artifacts: Mapping[str, tuple]
+    done: frozenset[str]
+    skipped: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -256,6 +321,10 @@ class RunResult:
     error: str | None = None
     executions: dict[str, int] = field(default_factory=dict)  # live executions of each step's body
     committed: dict[str, int] = field(default_factory=dict)   # steps taken from a shadow instead
+    recoveries: tuple[RecoveryRecord, ...] = ()
+    degraded: tuple[str, ...] = ()     # steps that ended on their fallback branch
+    node_lost: bool = False
+    checkpoint: RunCheckpoint | None = None
 
     @property
     def path(self) -> list[str]:
@@ -283,7 +352,12 @@ class WorkflowRun:
     def __init__(self, spec: WorkflowSpec, run_id: str, node_id: str = "local", *,
                  executor: ShadowSource | None = None, on_signal: Callable[[dict], None] | None = None,
                  sink: Callable[[str, Any], None] | None = None, slots: int = 1,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, recovery=None, faults=None,
+                 wait: Callable[[float], None] = time.sleep, max_attempts: int = 10):
+        """``recovery`` decides after a failed attempt (``decide(Failure) -> Decision``, e.g. a
+        `prediction.recovery` policy); without one a failing step fails the run. ``faults``
+        (``before_attempt(run, step, implementation, uses, attempt)``) may fail an attempt before
+        its body runs (`edge.faults.SimulatedFaults`); ``wait`` waits out a retry delay."""
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.spec, self.run_id, self.node_id = spec, run_id, node_id
@@ -298,6 +372,11 @@ class WorkflowRun:
         self._records: list[StepRecord] = []
         self._tsa: dict[str, list[int]] = {}
         self._seq = 0
+        self.recovery, self.faults, self._wait, self.max_attempts = recovery, faults, wait, max_attempts
+        self._signal_lock = threading.Lock()   # retried attempts signal from the pool's threads
+        self._recoveries: list[RecoveryRecord] = []
+        self._decisions: dict[str, Decision] = {}
+        self._tried: dict[str, set[str]] = {}
 
     @property
     def workflow_id(self) -> str:
@@ -312,14 +391,20 @@ class WorkflowRun:
 
     # -- executing ----------------------------------------------------------------------------
 
-    def execute(self, inputs: Mapping[str, Any]) -> RunResult:
-        """Run the spec on ``inputs`` (each becomes version 1 of its artifact); blocks until the run ends."""
-        for name, value in inputs.items():
+    def execute(self, inputs: Mapping[str, Any] | None = None, *, resume: RunCheckpoint | None = None) -> RunResult:
+        """Run the spec on ``inputs`` (each becomes version 1 of its artifact); blocks until the run ends.
+
+        With ``resume`` (a checkpoint of this run from another node) the
+        committed steps and artifacts are taken over and only the rest runs.
+        """
+        if resume is not None:
+            self._restore(resume)
+        for name, value in (inputs or {}).items():
             self.store.put(name, value)
         self._t0 = time.perf_counter()
         if self.executor is not None:
             self.executor.open_run(self)
-        error = None
+        error, node_lost = None, False
         done: queue.Queue = queue.Queue()
         running = 0
         try:
@@ -331,17 +416,76 @@ class WorkflowRun:
                         self._start(step)
                         running += 1
                         pool.submit(self._run_step, step, done)
-                    step, outputs, record, err = done.get()
+                    step, outputs, record, exc = done.get()
                     running -= 1
-                    if err is not None and error is None:
-                        error = f"{step.name}: {err}"
-                    ready = self._finish(step, outputs, record, err, running, failed=error is not None)
+                    again = self._recover(step, record, exc) if exc is not None and error is None else None
+                    if again is not None:
+                        running += 1
+                        pool.submit(self._run_step, step, done, *again)
+                        continue
+                    if exc is not None and error is None:
+                        error = f"{step.name}: {type(exc).__name__}: {exc}"
+                        node_lost = isinstance(exc, NodeLost)
+                    ready = self._finish(step, outputs, record, exc, running, failed=error is not None)
         finally:
             if self.executor is not None:
                 self.executor.close_run(self.run_id)
         return RunResult(self.run_id, (time.perf_counter() - self._t0) * 1e3, self.store.latest(),
                          tuple(self._records), tuple(self._emitted), error, dict(self.executions),
-                         dict(self.committed))
+                         dict(self.committed), tuple(self._recoveries),
+                         tuple(r.step for r in self._records if r.implementation == FALLBACK and r.outcome == "SUCCESS"),
+                         node_lost, self.checkpoint())
+
+    def checkpoint(self) -> RunCheckpoint:
+        """What this run has committed so far (see `RunCheckpoint`)."""
+        with self._lock:
+            done = frozenset(n for n, st in self._state.items() if st == DONE)
+            skipped = frozenset(n for n, st in self._state.items() if st == SKIPPED)
+        artifacts = {name: tuple(a.value for a in self.store.history(name)) for name in self.store.latest()}
+        return RunCheckpoint(self.workflow_id, self.run_id, self.node_id, artifacts, done, skipped)
+
+    def _restore(self, checkpoint: RunCheckpoint) -> None:
+        if (checkpoint.workflow_id, checkpoint.run_id) != (self.workflow_id, self.run_id):
+            raise ValueError(f"checkpoint of {checkpoint.workflow_id}/{checkpoint.run_id} "
+                             f"does not belong to run {self.workflow_id}/{self.run_id}")
+        for name, values in checkpoint.artifacts.items():
+            for value in values:
+                self.store.put(name, value)
+        with self._lock:
+            for name in checkpoint.done:
+                self._state[name] = DONE
+            for name in checkpoint.skipped:
+                self._state[name] = SKIPPED
+
+    def _recover(self, step: Step, record: StepRecord, exc: BaseException) -> tuple[int, str, float] | None:
+        """After a failed attempt: (next attempt, implementation, delay s) to try, or None to fail the step.
+
+        The policy's decision passes through `edge.faults.shield`; the failed
+        attempt's finish signal carries the error class, the attempt and what
+        was decided, with the policy's version.
+        """
+        if self.recovery is None or isinstance(exc, (NodeLost, Cancelled)) or record.implementation == FALLBACK:
+            return None
+        tried = self._tried.setdefault(step.name, {PRIMARY})
+        tried.add(record.implementation)
+        failure = Failure(self.workflow_id, self.run_id, step.name, self.node_id, classify(exc), record.attempts,
+                          self.clock(), record.implementation, step.critical, step.idempotent,
+                          tuple(a.name for a in step.alternatives if a.name not in tried), step.fallback is not None)
+        try:
+            decision = self.recovery.decide(failure)
+        except Exception as e:  # a broken policy must not break the run: fail the step with the reason
+            decision = Decision(FAIL, reason=f"policy error: {type(e).__name__}: {e}")
+        decision = shield(failure, decision, self.max_attempts)
+        self._recoveries.append(RecoveryRecord(failure, decision))
+        self._decisions[step.name] = decision
+        if decision.action == FAIL:
+            return None
+        ts = max(self._now_ms(), self._tsa[step.name][-1])
+        self._tsa[step.name].append(ts)
+        self._signal(step, 0, ts, "FAILURE", 0, False, failure=(failure.error_class, failure.attempt, decision))
+        implementation = {ALTERNATIVE: decision.alternative, FALLBACK: FALLBACK}.get(decision.action,
+                                                                                      record.implementation)
+        return record.attempts + 1, implementation, decision.delay_s if decision.action == RETRY else 0.0
 
     def _ready(self, failed: bool = False) -> list[Step]:
         """Steps that can start now, in declaration order; skips steps whose ``when`` says no."""
@@ -377,12 +521,21 @@ class WorkflowRun:
         size = sum(a.size_bytes for a in inputs.values())
         self._signal(step, 1, ts, None, size, False, inputs=[lineage_id(a) for a in inputs.values()])
 
-    def _run_step(self, step: Step, done: queue.Queue) -> None:
-        t_start = (time.perf_counter() - self._t0) * 1e3
+    def _run_step(self, step: Step, done: queue.Queue, attempt: int = 1, implementation: str = PRIMARY,
+                  delay_s: float = 0.0) -> None:
         outputs, err, committed, busy, wait = None, None, False, 0.0, 0.0
+        t_start = (time.perf_counter() - self._t0) * 1e3
         try:
+            if attempt > 1:
+                self._wait(delay_s)
+                self._restart_signal(step, attempt)
+                t_start = (time.perf_counter() - self._t0) * 1e3
+            body, uses = step.implementation(implementation)
+            if self.faults is not None:
+                self.faults.before_attempt(self, step, implementation, uses, attempt)
             artifacts = self.store.snapshot(step.inputs)
-            handover = self._take(step, artifacts)
+            # a shadow computed the primary's first attempt; a retry or another implementation runs live
+            handover = self._take(step, artifacts) if attempt == 1 else Handover()
             wait = (time.perf_counter() - self._t0) * 1e3 - t_start
             try:
                 if handover.outputs is not None:
@@ -393,19 +546,20 @@ class WorkflowRun:
                                       sink=self._emit)
                     t0 = time.perf_counter()
                     try:
-                        outputs = dict(step.fn(ctx))
+                        outputs = dict(body(ctx))
                     finally:
                         ctx.release_acquired()
+                        with self._lock:  # a body that raised was executed too (it may have had effects)
+                            self.executions[step.name] += 1
                     busy = (time.perf_counter() - t0) * 1e3
-                    with self._lock:
-                        self.executions[step.name] += 1
                     check_outputs(step, outputs)
             finally:
                 handover.close()
-        except Exception as e:  # a failing step ends the run with outcome FAILURE
-            err = f"{type(e).__name__}: {e}"
+        except Exception as e:  # the run's loop asks the recovery policy, or the run ends with FAILURE
+            err = e
         finish = (time.perf_counter() - self._t0) * 1e3
-        record = StepRecord(step.name, t_start, finish, busy, wait, committed, "SUCCESS" if err is None else "FAILURE")
+        record = StepRecord(step.name, t_start, finish, busy, wait, committed, "SUCCESS" if err is None else "FAILURE",
+                            attempt, implementation)
         done.put((step, outputs, record, err))
 
     def _take(self, step: Step, artifacts: Mapping[str, Artifact]) -> Handover:
@@ -434,9 +588,18 @@ class WorkflowRun:
         ready = self._ready(failed)
         ts = max(self._now_ms(), self._tsa[step.name][0])
         self._tsa[step.name].append(ts)
+        decision = self._decisions.pop(step.name, None) or Decision(FAIL)
         self._signal(step, 0, ts, "SUCCESS" if err is None else "FAILURE", size, not ready and not running,
-                     outputs=written)
+                     outputs=written, attempt=record.attempts,
+                     failure=None if err is None else (classify(err), record.attempts, decision))
         return ready
+
+    def _restart_signal(self, step: Step, attempt: int) -> None:
+        ts = max(self._now_ms(), self._tsa[step.name][-1])
+        self._tsa[step.name].append(ts)
+        inputs = self.store.snapshot(step.inputs) or {}
+        self._signal(step, 1, ts, None, sum(a.size_bytes for a in inputs.values()), False,
+                     inputs=[lineage_id(a) for a in inputs.values()], attempt=attempt)
 
     def _emit(self, step: str, payload) -> None:
         with self._lock:
@@ -448,18 +611,31 @@ class WorkflowRun:
         return int(self.clock() * 1000)
 
     def _signal(self, step: Step, state: int, ts: int, outcome, size: int, ended: bool, *,
-                inputs: list[str] | None = None, outputs: list[str] | None = None) -> None:
+                inputs: list[str] | None = None, outputs: list[str] | None = None, attempt: int | None = None,
+                failure: tuple[str, int, Decision] | None = None) -> None:
         if self.on_signal is None:
             return
-        self._seq += 1
-        self.on_signal({
-            "signal_id": f"{self.workflow_id}/{self.run_id}/{step.name}/{state}",
+        if failure is not None:
+            attempt = failure[1]
+        suffix = f"/a{attempt}" if attempt and attempt > 1 else ""
+        with self._signal_lock:
+            self._seq += 1
+            self.on_signal(self._signal_record(step, state, ts, outcome, size, ended, inputs, outputs, suffix,
+                                               attempt, failure))
+
+    def _signal_record(self, step, state, ts, outcome, size, ended, inputs, outputs, suffix, attempt, failure):
+        return {
+            "signal_id": f"{self.workflow_id}/{self.run_id}/{step.name}/{state}{suffix}",
             "workflow_id": self.workflow_id, "run_id": self.run_id, "task": step.name, "state": state,
             "outcome": outcome, "ts_ms": ts, "tsa": list(self._tsa[step.name]), "tsa_resolution_ms": 1,
             "intensity": 0.0 if state == 1 else 1.0, "node_id": self.node_id,
             "resources": dict(step.resources) if step.resources else None,
             "data_size_bytes": size, "run_ended": ended, "inputs": inputs, "outputs": outputs,
-            "attributes": None})
+            "attributes": {"recovery.state": failure[2].state} if failure and failure[2].state else None,
+            "error_class": failure[0] if failure else None,
+            "attempt": attempt or (1 if self.recovery is not None else None),
+            "recovery": failure[2].describe() if failure else None,
+            "policy_version": failure[2].policy_version if failure else None}
 
 
 def check_outputs(step: Step, outputs: Mapping[str, Any]) -> None:

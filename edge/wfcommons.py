@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edge.runtime import Step, StepContext, WorkflowSpec
+from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
 
 
 
@@ -112,7 +112,13 @@ def wfcommons_workflow(instance: dict, *, workflow_id: str | None = None, speed:
     real ones. Its outputs are digests of its inputs (deterministic, so shadow and
     live results agree byte for byte). Parents become ``after`` dependencies.
     Tasks writing a file no other task reads (the workflow's final products) write
-    it outside the run and are critical.
+    it outside the run and are critical (idempotent: a product is a file written
+    whole under its name).
+
+    For recovery, every task ``uses`` the node's accelerator, and the shared
+    storage service (``dep:storage``) and the network when it stages files in
+    or writes products; a task that stages in has an alternative: the same
+    files from a backup replica (``dep:storage-backup``, half the bandwidth).
     """
     tasks = wfcommons_tasks(instance)
     produced = {f for t in tasks for f, _ in t.outputs}
@@ -129,11 +135,21 @@ def wfcommons_workflow(instance: dict, *, workflow_id: str | None = None, speed:
             return hashlib.sha256(f"file:{_name}".encode()).digest()
 
         fetch = {f: (lambda ctx, s=size, n=f: stage_in(ctx, s, n)) for f, size in external.items()}
+        body = _wf_body(t, tuple(external), tuple(finals), speed, jitter)
+        remote = ("dep:storage", "network") if external or finals else ()
+        backup = ()
+        if external:
+            def from_backup(ctx, _body=body, _ms=sum(external.values()) / (stage_in_mb_s * 1e3)):
+                ctx.sleep(_ms)  # the replica's half bandwidth: the extra time over a normal stage-in
+                return _body(ctx)
+            backup = (Alternative("backup-replica", from_backup,
+                                  ("accelerator", "dep:storage-backup", "network") + (("dep:storage",) if finals else ())),)
         steps.append(Step(
-            t.name, _wf_body(t, tuple(external), tuple(finals), speed, jitter),
+            t.name, body,
             inputs=internal, outputs=tuple(dict.fromkeys(f for f, _ in t.outputs)),
             critical=bool(finals), fetch=fetch, resource=container, after=t.parents,
-            resources={"cores": float(t.cores)} if t.cores else None))
+            resources={"cores": float(t.cores)} if t.cores else None,
+            uses=("accelerator",) + remote, alternatives=backup))
     return WorkflowSpec(workflow_id or instance.get("name", "wfcommons"), tuple(steps))
 
 

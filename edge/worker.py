@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -33,18 +34,19 @@ from confluent_kafka import Producer
 from edge.autonomy import LocalSafety
 from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
-from edge.records import ExecutionStore
-from edge.sync import SyncManager
 from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
+from edge.records import ExecutionStore
 from edge.runtime import WorkflowRun
 from edge.sensors import open_sensor
 from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.signing import CommandVerifier
+from edge.sync import SyncManager
 from edge.thermal import Scenario
 from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
-from schemas.codec import Codec
+from prediction.recovery import FailureView, PolicyRecovery, RecoveryPolicyTable
+from schemas.codec import Codec, DecodeError
 
 
 @dataclass
@@ -59,6 +61,21 @@ class EdgeNode:
     executor: object = None   # edge.shadow.ShadowExecutor, when the node runs workflows
     sync: object = None       # edge.sync.SyncManager of its execution store, when it runs workflows
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
+    recovery: object = None   # prediction.recovery.PolicyRecovery: the latest published policy, or the static retrier
+
+
+class PolicyListener(CommandListener):
+    """The published recovery policies (``workflow.policy``), read from the beginning: a node starts with the latest."""
+
+    def _handle(self, raw: bytes) -> None:
+        try:
+            record = self.codec.decode(raw, expect="RecoveryPolicy").record
+        except DecodeError as err:
+            self.undecodable += 1
+            print(f"liquid: ignoring an undecodable recovery policy: {err}", file=sys.stderr)
+            return
+        self.received += 1
+        self.on_command(record)
 
 
 class EdgeWorker:
@@ -111,7 +128,7 @@ class EdgeWorker:
         # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
-        self.shadow_listener = None
+        self.shadow_listener = self.policy_listener = None
         self._runners: list[threading.Thread] = []
         if workflow is not None:
             if workflow != "inspection":
@@ -121,6 +138,9 @@ class EdgeWorker:
                 store = ExecutionStore(self.outbox_path.with_name(f"{self.outbox_path.stem}-{node.node_id}-records.db"),
                                        node.node_id)
                 node.sync = SyncManager(store, self._publish_execution_record)
+                node.recovery = PolicyRecovery(FailureView(), seed=seed)
+            self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
+                                                  from_beginning=True)
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand",
                                                    verify=verify, publish_ack=self._publish_ack, on_contact=contact)
@@ -138,12 +158,16 @@ class EdgeWorker:
         self.listener.start()
         if self.shadow_listener is not None:
             self.shadow_listener.start()
+        if self.policy_listener is not None:
+            self.policy_listener.start()
         # Telemetry does not wait for the broker: a node (re)started during an outage keeps
         # measuring into its outbox, and its local policy keeps it safe.
         self._telemetry.start()
         self.listener.wait_ready(ready_timeout_s)
         if self.shadow_listener is not None:
             self.shadow_listener.wait_ready(ready_timeout_s)
+        if self.policy_listener is not None:
+            self.policy_listener.wait_ready(ready_timeout_s)
         for runner in self._runners:
             runner.start()
         for node in self.nodes.values():
@@ -166,6 +190,8 @@ class EdgeWorker:
             runner.join(timeout=30)
         if self.shadow_listener is not None:
             self.shadow_listener.stop()
+        if self.policy_listener is not None:
+            self.policy_listener.stop()
         self._telemetry.join(timeout=5)
         stats = {}
         for node_id, node in self.nodes.items():
@@ -254,6 +280,11 @@ class EdgeWorker:
                                self.codec.encode("ExecutionRecord", record), PRIORITY_OF_SCHEMA["ExecutionRecord"],
                                record["record_id"])
 
+    def _on_policy(self, record: dict) -> None:
+        table = RecoveryPolicyTable.from_record(record)
+        for node in self.nodes.values():
+            node.recovery.apply(table)
+
     def _publish_signal(self, signal: dict) -> None:
         self._publish("WorkflowSignal", self.topics.signals, signal["workflow_id"], signal, signal["signal_id"])
 
@@ -264,13 +295,17 @@ class EdgeWorker:
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):
             # The boot in the run id: a restarted worker's runs are new runs, not duplicates of old ones.
             run = WorkflowRun(spec, f"{node.node_id}-{self.boot}-run-{i}", node.node_id, executor=node.executor,
-                              on_signal=self._publish_signal)
+                              on_signal=lambda s, node=node: self._node_signal(node, s), recovery=node.recovery)
             result = run.execute(lots[i % len(lots)])
             node.runs.append(result)
             node.sync.store.record_run(spec.workflow_id, result)
             i += 1
             if self.workflow_gap_s:
                 self._halt.wait(self.workflow_gap_s)
+
+    def _node_signal(self, node: EdgeNode, signal: dict) -> None:
+        node.recovery.view.graph.learn_one(signal)  # the node's own recent failures, for its policy's state
+        self._publish_signal(signal)
 
     # -- telemetry ------------------------------------------------------------
     def telemetry(self, node: EdgeNode, now_ms: int) -> dict:

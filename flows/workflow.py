@@ -4,6 +4,8 @@
 
     workflow.signals ─▶ decode, key by workflow ─┬─▶ fingerprint + predictor ─▶ workflow.predictions
     edge.acks (shadow, with --speculation) ──────┤    + speculator ─────────┴─▶ workflow.shadow (by node)
+                             │                   ├─▶ failure graph + recovery agent ─▶ workflow.policy
+                             │                   │   (with --recovery)
                              │                   └─▶ signal history store (SQLite | PostgreSQL)
                              └─▶ liquid.deadletter  (anything that does not decode)
 
@@ -35,6 +37,7 @@ from flows.spec import FlowSpec
 from operators.events import keyed_input
 from operators.from_spec import codec_for, predictor_factory_for, signer_for, speculation_factory_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
+from operators.recovery import RecoveryStep
 from operators.workflow import (NextStepStep, SignalStoreSink, is_signal, key_by_node, predict_next_steps,
                                 shadow_ack_by_workflow)
 
@@ -71,8 +74,12 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
                         speculation_factory=speculation, signer=signer_for(spec))
     # (workflow id | node id, (schema name, record)): predictions by workflow, shadow commands by node
     outputs = op.map("shadow_commands_by_node", predict_next_steps("predict", events, step), key_by_node)
+    if spec.options.get("recovery"):
+        # (workflow id, ("RecoveryPolicy", record)): the policy learned from every node's failures
+        policies = op.stateful_flat_map("recovery", signals, RecoveryStep(int(spec.options.get("publish_every", 20))))
+        outputs = op.merge("predictions_and_policies", outputs, policies)
     if sink is None:
-        kafka_output(outputs, spec, codec_for(spec), ("NextStepPrediction", "ShadowCommand"))
+        kafka_output(outputs, spec, codec_for(spec), ("NextStepPrediction", "ShadowCommand", "RecoveryPolicy"))
     else:
         op.output("out", outputs, sink)
     return flow

@@ -27,6 +27,7 @@ SCHEMA_FILES = {
     "Experience": "experience",
     "NextStepMetrics": "next_step_metrics",
     "ExecutionRecord": "execution_record",
+    "RecoveryPolicy": "recovery_policy",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -42,6 +43,7 @@ TOPICS = {
     "Experience": "liquid.experience",
     "NextStepMetrics": "workflow.metrics",
     "ExecutionRecord": "edge.executions",
+    "RecoveryPolicy": "workflow.policy",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -77,6 +79,7 @@ class TopicNames:
     experience: str = TOPICS["Experience"]
     metrics: str = TOPICS["NextStepMetrics"]
     executions: str = TOPICS["ExecutionRecord"]
+    policy: str = TOPICS["RecoveryPolicy"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -88,5 +91,5 @@ class TopicNames:
             "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
             "NextStepPrediction": self.predictions, "Experience": self.experience, "NextStepMetrics": self.metrics,
-            "ExecutionRecord": self.executions,
+            "ExecutionRecord": self.executions, "RecoveryPolicy": self.policy,
         }[schema_name]

@@ -14,7 +14,8 @@ TELEMETRY = {"node_id": "edge-1", "ts_ms": 1_700_000_000_000, "seq": 7, "gpu_tem
 SIGNAL = {"signal_id": "s1", "workflow_id": "wf", "run_id": "r1", "task": "ingest", "state": 0,
           "outcome": "SUCCESS", "ts_ms": 5, "tsa": [1, 5], "tsa_resolution_ms": 1, "intensity": 1.0,
           "node_id": "edge-1", "resources": {"cpu": 1.0}, "data_size_bytes": 1024, "run_ended": False,
-          "inputs": ["raw.png"], "outputs": ["features.npy"], "attributes": {"org:group": "ops"}}
+          "inputs": ["raw.png"], "outputs": ["features.npy"], "attributes": {"org:group": "ops"},
+          "error_class": None, "attempt": 1, "recovery": None, "policy_version": None}
 
 
 class FakeIds:

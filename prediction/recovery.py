@@ -1,0 +1,383 @@
+"""Recovering from step failures: a Q-learning recovery agent, the policy nodes apply, and the static baselines.
+
+The agent (`QRecoveryAgent`) learns centrally, in the workflow flow, from every
+node's failure signals; it publishes a `RecoveryPolicyTable` (a version, the
+greedy action per state, each step's causal parents); a node applies the
+latest table locally at the moment of failure (`PolicyRecovery`), with no round
+trip, and uses the Step Functions retrier where it has no table or has never
+seen the state. Every decision carries the policy version, and the runtime's
+shield (`edge.faults.shield`) sits between any policy and the step.
+
+State (compact, tabular): the step's *recovery profile* (alternatives left,
+fallback branch, whether it may be re-executed) — rather than its name, so what
+is learned on one step carries over to the steps of large WfCommons workflows
+that fail rarely —, the error class, the attempt (1, 2, 3, 4+), the step's
+recent failure rate (< 0.1, < 0.5, more), whether one of its causal parents
+(`fingerprint.failures`) is active now, whether the node raised an anomaly
+alert, and whether it is under pressure. Actions: retry after 1, 5, 15, 30 or
+60 s, switch to an alternative, take the fallback branch, fail fast.
+
+Reward, as in the seed: +1 for a success, −1 for a failure (a degraded success
+through the fallback branch counts 0), minus the time the recovery took in
+units of ``time_cost_s`` (our addition: with ±1 alone the agent is indifferent
+to MTTR). Update: Q(s,a) ← Q(s,a) + α[R + γ·max Q(s',a') − Q(s,a)], and the
+seed's score per step V ← V + λ(R − V).
+
+References
+----------
+Watkins, C. J. C. H., Dayan, P. (1992). Q-learning. Machine Learning 8, 279–292.
+AWS Step Functions, "Handling errors": Retry fields (IntervalSeconds 1, MaxAttempts 3, BackoffRate 2.0).
+Brooker, M. (2015). Exponential Backoff And Jitter. AWS Architecture Blog ("full jitter").
+Temporal, "Retry Policies": initial interval 1 s, coefficient 2.0, maximum interval 100 × initial.
+Resilience4j CircuitBreaker defaults: failureRateThreshold 50, slidingWindowSize 100, waitDurationInOpenState 60 s.
+
+Examples
+--------
+>>> from edge.faults import Failure, TIMEOUT
+>>> agent = QRecoveryAgent(alpha=0.5)
+>>> s = state_key(Failure("wf", "r1", "load", "n1", TIMEOUT, 1, 0.0, alternatives=("cached",)), NodeContext())
+>>> s
+'a-i|TIMEOUT|1|0|0|0|0'
+>>> for _ in range(20):
+...     agent.learn_transition(s, "ALTERNATIVE", 1.0, None)
+...     agent.learn_transition(s, "RETRY 1s", -1.0, None)
+>>> agent.predict_one(s)  # never tried, so optimistically worth the best reward: it is tried next
+'RETRY 5s'
+>>> for action in valid_actions(s)[1:]:
+...     if action != "ALTERNATIVE":
+...         agent.learn_transition(s, action, -1.0, None)
+>>> agent.predict_one(s)
+'ALTERNATIVE'
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure
+from fingerprint.failures import FailureGraph
+from schemas.state import Versioned
+
+DELAYS_S = (1.0, 5.0, 15.0, 30.0, 60.0)
+ACTIONS = tuple(f"RETRY {d:g}s" for d in DELAYS_S) + (ALTERNATIVE, FALLBACK, FAIL)
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What the node knows locally when a step fails (see `FailureView`)."""
+
+    step_rate: float = 0.0
+    parent_active: bool = False
+    anomaly: bool = False
+    pressure: float = 0.0
+
+
+def state_key(failure: Failure, ctx: NodeContext) -> str:
+    """The tabular state of a failure (see the module docstring)."""
+    profile = (("a" if failure.alternatives else "-") + ("f" if failure.has_fallback else "-")
+               + ("n" if failure.critical and not failure.idempotent else "i"))
+    rate = 0 if ctx.step_rate < 0.1 else 1 if ctx.step_rate < 0.5 else 2
+    return (f"{profile}|{failure.error_class}|{min(failure.attempt, 4)}|{rate}|{int(ctx.parent_active)}"
+            f"|{int(ctx.anomaly)}|{int(ctx.pressure >= 0.8)}")
+
+
+def valid_actions(state: str) -> list[str]:
+    """The actions a state allows: no alternative or fallback that does not exist, no re-execution of a once-only step."""
+    profile = state.split("|", 1)[0]
+    out = []
+    for action in ACTIONS:
+        if action == ALTERNATIVE and (profile[0] != "a" or profile[2] == "n"):
+            continue
+        if action.startswith(RETRY) and profile[2] == "n":
+            continue
+        if action == FALLBACK and profile[1] != "f":
+            continue
+        out.append(action)
+    return out
+
+
+def action_of(recovery: str | None) -> str | None:
+    """A signal's ``recovery`` field as one of `ACTIONS` (retry delays binned to the nearest delay of the set)."""
+    if not recovery:
+        return None
+    if recovery.startswith(RETRY):
+        delay = float(recovery.split()[1].rstrip("s"))
+        return f"RETRY {min(DELAYS_S, key=lambda d: abs(d - delay)):g}s"
+    return recovery.split()[0]
+
+
+def decision_of(action: str, failure: Failure, version: int, state: str, reason: str) -> Decision:
+    if action.startswith(RETRY):
+        return Decision(RETRY, float(action.split()[1].rstrip("s")), policy_version=version, reason=reason, state=state)
+    alternative = failure.alternatives[0] if action == ALTERNATIVE and failure.alternatives else None
+    return Decision(action, alternative=alternative, policy_version=version, reason=reason, state=state)
+
+
+@dataclass
+class QRecoveryAgent(Versioned):
+    """Tabular Q-learning over failure states, fed with the fleet's WorkflowSignals (see the module docstring).
+
+    Parameters
+    ----------
+    alpha, gamma
+        Learning rate and discount of the Q update.
+    score_rate
+        λ of the seed's per-step score V ← V + λ(R − V).
+    time_cost_s
+        Seconds of recovery that cost as much as one failure.
+    min_visits
+        Visits of a state before the published table holds an action for it.
+    optimism
+        Value of an action not tried yet in a state: optimistic (the best
+        reward), so the greedy policy tries every allowed action of a state
+        once before it settles ("optimism in the face of uncertainty"); the
+        nodes' data would otherwise only hold what the static retrier did.
+    """
+
+    STATE_VERSION = 1
+    alpha: float = 0.1
+    gamma: float = 0.9
+    score_rate: float = 0.05
+    time_cost_s: float = 60.0
+    min_visits: int = 1
+    optimism: float = 1.0
+    q: dict[str, dict[str, float]] = field(default_factory=dict)
+    visits: dict[str, dict[str, int]] = field(default_factory=dict)
+    score: dict[str, float] = field(default_factory=dict)
+    pending: dict[tuple[str, str], tuple[str, str, float]] = field(default_factory=dict)
+    published: int = 0
+    version: int = STATE_VERSION
+
+    def learn_transition(self, state: str, action: str, reward: float, next_state: str | None) -> None:
+        """One Q-learning update (``next_state`` None: the episode ended)."""
+        row = self.q.setdefault(state, {})
+        target = reward
+        if next_state is not None and next_state in self.q:
+            target += self.gamma * max(self._value(next_state, a) for a in valid_actions(next_state))
+        counts = self.visits.setdefault(state, {})
+        counts[action] = counts.get(action, 0) + 1
+        rate = max(self.alpha, 1.0 / counts[action])  # the first sample replaces the optimistic start
+        row[action] = self._value(state, action) + rate * (target - self._value(state, action))
+
+    def _value(self, state: str, action: str) -> float:
+        row = self.q.get(state, {})
+        return row[action] if action in row else self.optimism
+
+    def learn_one(self, signal: dict) -> None:
+        """Take a WorkflowSignal: a failed finish opens a transition, the step's next finish closes it."""
+        if signal.get("state") != 0:
+            return
+        step = f"{signal['workflow_id']}/{signal['task']}"
+        key, ts = (signal["run_id"], step), signal["ts_ms"] / 1000.0
+        state = (signal.get("attributes") or {}).get("recovery.state")
+        failed = signal.get("outcome") == "FAILURE"
+        opened = self.pending.pop(key, None)
+        if opened is not None:
+            s, a, t0 = opened
+            cost = (ts - t0) / self.time_cost_s
+            outcome = -1.0 if failed else (0.0 if a == FALLBACK else 1.0)
+            self.learn_transition(s, a, outcome - cost, state if failed and state else None)
+            self.score[step] = self.score.get(step, 0.0) + self.score_rate * (outcome - self.score.get(step, 0.0))
+        action = action_of(signal.get("recovery"))
+        if failed and state and action is not None:
+            if action == FAIL:
+                self.learn_transition(state, FAIL, -1.0, None)
+            else:
+                self.pending[key] = (state, action, ts)
+        if signal.get("run_ended"):
+            for k in [k for k in self.pending if k[0] == signal["run_id"] and k[1].startswith(signal["workflow_id"])]:
+                del self.pending[k]
+
+    def predict_one(self, state: str) -> str | None:
+        """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).
+
+        Untried actions count with the optimistic value, so they come first.
+        """
+        if sum(self.visits.get(state, {}).values()) < self.min_visits:
+            return None
+        return max(valid_actions(state), key=lambda a: self._value(state, a))
+
+    def policy(self, workflow_id: str, parents: dict[str, list[str]] | None = None) -> RecoveryPolicyTable:
+        """Publish: a new version of the greedy policy, with each step's causal parents for the nodes."""
+        self.published += 1
+        actions = {s: a for s in sorted(self.q) for a in [self.predict_one(s)] if a is not None}
+        return RecoveryPolicyTable(workflow_id, self.published, actions, dict(parents or {}))
+
+
+@dataclass(frozen=True)
+class RecoveryPolicyTable:
+    """A published recovery policy of one workflow: its version, the action per state, each step's causal parents."""
+
+    workflow_id: str
+    version: int
+    actions: dict[str, str]
+    parents: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_record(self, ts_ms: int) -> dict:
+        """The `RecoveryPolicy` message (``schemas/recovery_policy.avsc``)."""
+        return {"workflow_id": self.workflow_id, "version": self.version, "ts_ms": ts_ms, "actions": dict(self.actions),
+                "parents": {k: list(v) for k, v in self.parents.items()}}
+
+    @classmethod
+    def from_record(cls, record: dict) -> RecoveryPolicyTable:
+        return cls(record["workflow_id"], record["version"], dict(record["actions"]), {k: list(v) for k, v in record["parents"].items()})
+
+
+class FailureView:
+    """A node's own view at the moment of failure: its recent failures and the alerts it sees, in a small graph.
+
+    ``pressure(node, ts)`` is the node's resource pressure in [0, 1] (e.g. from
+    its temperature); the anomaly bit is any alert scoped to this node within
+    the graph's lag; parents come from the published table.
+    """
+
+    def __init__(self, pressure=None, lag_s: float = 30.0, window_s: float = 3600.0):
+        self.graph = FailureGraph(window_s=window_s, lag_s=lag_s)
+        self.pressure = pressure or (lambda node, ts: 0.0)
+
+    def context(self, failure: Failure, parents: list[str]) -> NodeContext:
+        task, t = f"{failure.workflow_id}/{failure.step}", failure.ts_s
+        local_alerts = [s for s, ev in self.graph.events.items()
+                        if s.startswith("alert:") and any(n == failure.node_id for _, n in ev[-20:])]
+        return NodeContext(self.graph.failure_rate(task, t),
+                           any(self.graph.active(p, t, failure.node_id) for p in parents),
+                           any(self.graph.active(s, t, failure.node_id) for s in local_alerts),
+                           self.pressure(failure.node_id, t))
+
+
+class PolicyRecovery:
+    """The recovery policy a node applies: the latest published table of the workflow, else the Step Functions retrier.
+
+    ``explore`` is the probability of trying a random allowed action in a state
+    the table does not know (so the central learner sees what the alternatives
+    do); 0 on a node that must only exploit.
+    """
+
+    def __init__(self, view: FailureView, explore: float = 0.0, seed: int = 0,
+                 static: BackoffRetrier | None = None):
+        self.view, self.explore, self.rng = view, explore, random.Random(seed)
+        self.tables: dict[str, RecoveryPolicyTable] = {}
+        self.static = static or step_functions_default()
+
+    def apply(self, table: RecoveryPolicyTable) -> None:
+        """Keep a published table unless a newer version of the workflow's policy is already here."""
+        held = self.tables.get(table.workflow_id)
+        if held is None or table.version > held.version:
+            self.tables[table.workflow_id] = table
+
+    def decide(self, failure: Failure) -> Decision:
+        table = self.tables.get(failure.workflow_id)
+        parents = table.parents.get(f"{failure.workflow_id}/{failure.step}", []) if table else []
+        state = state_key(failure, self.view.context(failure, parents))
+        version = table.version if table else 0
+        action = table.actions.get(state) if table else None
+        if action is None and self.explore and self.rng.random() < self.explore:
+            return decision_of(self.rng.choice(valid_actions(state)), failure, version, state, "explore")
+        if action is None:
+            d = self.static.decide(failure)
+            return Decision(d.action, d.delay_s, d.alternative, version, "static retrier", state)
+        return decision_of(action, failure, version, state, "policy")
+
+
+# -- baselines -------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackoffRetrier:
+    """Retry after ``interval · backoff^(attempt-1)`` (capped, optionally with full jitter) up to ``max_retries``.
+
+    >>> r = step_functions_default()
+    >>> from edge.faults import Failure, TIMEOUT
+    >>> [r.decide(Failure("w", "r", "s", "n", TIMEOUT, k, 0.0)).describe() for k in (1, 2, 3, 4)]
+    ['RETRY 1s', 'RETRY 2s', 'RETRY 4s', 'FAIL']
+    """
+
+    name: str
+    interval_s: float = 1.0
+    backoff: float = 2.0
+    max_retries: int | None = 3     # None: unlimited (the runtime's max_attempts still ends it)
+    max_interval_s: float | None = None
+    jitter: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        self.rng = random.Random(f"{self.name}/{self.seed}")
+
+    def decide(self, failure: Failure) -> Decision:
+        if self.max_retries is not None and failure.attempt > self.max_retries:
+            return Decision(FAIL, reason=f"{self.name}: {self.max_retries} retries")
+        delay = self.interval_s * self.backoff ** (failure.attempt - 1)
+        if self.max_interval_s is not None:
+            delay = min(delay, self.max_interval_s)
+        if self.jitter:
+            delay = self.rng.uniform(0.0, delay)
+        return Decision(RETRY, round(delay, 3), reason=self.name)
+
+
+def step_functions_default() -> BackoffRetrier:
+    """AWS Step Functions' retrier defaults: 1 s, backoff ×2, 3 retries, no jitter."""
+    return BackoffRetrier("step-functions")
+
+
+def full_jitter(seed: int = 0) -> BackoffRetrier:
+    """Step Functions' schedule with full jitter (delay uniform in [0, backoff delay])."""
+    return BackoffRetrier("full-jitter", jitter=True, seed=seed)
+
+
+def temporal_default() -> BackoffRetrier:
+    """Temporal's default retry policy: 1 s, ×2, at most 100 s, unlimited attempts."""
+    return BackoffRetrier("temporal", max_retries=None, max_interval_s=100.0)
+
+
+@dataclass
+class CircuitBreaker:
+    """Resilience4j's circuit breaker (defaults) per step, around Resilience4j's retry (3 attempts, 0.5 s).
+
+    Count-based window of the last ``window`` calls; it opens when at least
+    ``window`` calls were recorded and ``threshold`` of them failed; open, it
+    lets no retry through for ``open_s``; then half-open, ``half_open_calls``
+    calls decide whether it closes or opens again. It learns the calls'
+    outcomes from the step's finish signals (``learn_one``).
+    """
+
+    window: int = 100
+    threshold: float = 0.5
+    open_s: float = 60.0
+    half_open_calls: int = 10
+    retry_attempts: int = 3
+    retry_wait_s: float = 0.5
+    calls: dict[str, list[bool]] = field(default_factory=dict)
+    opened_at: dict[str, float] = field(default_factory=dict)
+
+    def _state(self, step: str, ts: float) -> str:
+        if step not in self.opened_at:
+            return "closed"
+        return "open" if ts < self.opened_at[step] + self.open_s else "half-open"
+
+    def learn_one(self, signal: dict) -> None:
+        if signal.get("state") != 0 or signal.get("outcome") not in ("SUCCESS", "FAILURE"):
+            return
+        step, ts = f"{signal['workflow_id']}/{signal['task']}", signal["ts_ms"] / 1000.0
+        calls = self.calls.setdefault(step, [])
+        state = self._state(step, ts)
+        if state == "open":
+            return
+        calls.append(signal["outcome"] == "FAILURE")
+        need = self.half_open_calls if state == "half-open" else self.window
+        del calls[:-need]
+        if len(calls) >= need:
+            if sum(calls) / len(calls) >= self.threshold:
+                self.opened_at[step] = ts
+                calls.clear()
+            elif state == "half-open":
+                del self.opened_at[step]
+                calls.clear()
+
+    def decide(self, failure: Failure) -> Decision:
+        step = f"{failure.workflow_id}/{failure.step}"
+        if self._state(step, failure.ts_s) == "open":
+            return Decision(FAIL, reason="circuit open: call not permitted")
+        if failure.attempt >= self.retry_attempts:
+            return Decision(FAIL, reason=f"resilience4j retry: {self.retry_attempts} attempts")
+        return Decision(RETRY, self.retry_wait_s, reason="resilience4j retry")

@@ -1,0 +1,226 @@
+"""Failure handling in the runtime, the Q-learning recovery agent and the baseline retriers."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from edge.faults import (DEPENDENCY_UNAVAILABLE, FAIL, TIMEOUT, Decision, Failure, NodeLost, StepFailure)
+from edge.runtime import Alternative, Step, WorkflowRun, WorkflowSpec
+from prediction.recovery import (ACTIONS, CircuitBreaker, FailureView, NodeContext, PolicyRecovery,
+                                 QRecoveryAgent, RecoveryPolicyTable, full_jitter, state_key, step_functions_default,
+                                 temporal_default, valid_actions)
+from schemas.state import StateVersionError
+
+
+class Always:
+    """A policy that always decides the same."""
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+
+    def decide(self, failure: Failure) -> Decision:
+        return self.decision
+
+
+def flaky(failures: int, error_class: str = TIMEOUT):
+    """A body that fails ``failures`` times, then doubles x."""
+    count = {"n": 0}
+
+    def body(ctx):
+        count["n"] += 1
+        if count["n"] <= failures:
+            raise StepFailure(error_class, "injected")
+        return {"y": ctx.inputs["x"] * 2}
+    return body
+
+
+def test_static_retrier_retries_with_backoff_and_signals_the_failed_state():
+    waits, signals = [], []
+    spec = WorkflowSpec("wf", (Step("double", flaky(2), inputs=("x",), outputs=("y",)),))
+    run = WorkflowRun(spec, "r1", "n1", recovery=step_functions_default(), wait=waits.append,
+                      on_signal=signals.append)
+    result = run.execute({"x": np.arange(3)})
+    assert result.error is None and result.outputs["y"].value.tolist() == [0, 2, 4]
+    assert waits == [1.0, 2.0] and result.executions["double"] == 3
+    failed = [s for s in signals if s["outcome"] == "FAILURE"]
+    assert [(s["error_class"], s["attempt"], s["recovery"], s["policy_version"]) for s in failed] == [
+        ("TIMEOUT", 1, "RETRY 1s", 0), ("TIMEOUT", 2, "RETRY 2s", 0)]
+    assert [(s["state"], s["attempt"]) for s in signals] == [(1, 1), (0, 1), (1, 2), (0, 2), (1, 3), (0, 3)]
+    assert len({s["signal_id"] for s in signals}) == len(signals) and signals[-1]["run_ended"]
+
+
+def test_without_a_policy_a_failing_step_fails_the_run():
+    spec = WorkflowSpec("wf", (Step("double", flaky(1), inputs=("x",), outputs=("y",)),))
+    signals = []
+    result = WorkflowRun(spec, "r1", on_signal=signals.append).execute({"x": np.arange(2)})
+    assert result.error.startswith("double: StepFailure") and signals[-1]["error_class"] == "TIMEOUT"
+
+
+def test_alternative_and_fallback():
+    alt = Alternative("cached", lambda ctx: {"y": ctx.inputs["x"] * 2})
+    spec = WorkflowSpec("wf", (Step("double", flaky(99, DEPENDENCY_UNAVAILABLE), inputs=("x",), outputs=("y",),
+                                    alternatives=(alt,)),))
+    result = WorkflowRun(spec, "r1", recovery=Always(Decision("ALTERNATIVE"))).execute({"x": np.arange(2)})
+    assert result.error is None and result.records[-1].implementation == "cached"
+    # the alternative is used up: the shield fails the step instead of switching again
+    spec = WorkflowSpec("wf", (Step("double", flaky(99), inputs=("x",), outputs=("y",),
+                                    alternatives=(Alternative("bad", flaky(99)),)),))
+    result = WorkflowRun(spec, "r1", recovery=Always(Decision("ALTERNATIVE"))).execute({"x": np.arange(2)})
+    assert result.error is not None and [r.decision.action for r in result.recoveries] == ["ALTERNATIVE", "FAIL"]
+    fallback = lambda ctx: {"y": ctx.inputs["x"] * 0}  # noqa: E731
+    spec = WorkflowSpec("wf", (Step("double", flaky(99), inputs=("x",), outputs=("y",), fallback=fallback),))
+    result = WorkflowRun(spec, "r1", recovery=Always(Decision("FALLBACK"))).execute({"x": np.arange(2)})
+    assert result.error is None and result.degraded == ("double",)
+
+
+def test_a_critical_step_that_is_not_idempotent_is_never_executed_twice():
+    def write(ctx):
+        ctx.emit(b"row")
+        raise StepFailure(TIMEOUT, "ack lost")
+    for policy in (Always(Decision("RETRY", 0.0)), Always(Decision("ALTERNATIVE")), step_functions_default(),
+                   temporal_default()):
+        spec = WorkflowSpec("wf", (Step("write", write, critical=True, idempotent=False,
+                                        alternatives=(Alternative("other", write),)),))
+        result = WorkflowRun(spec, "r1", recovery=policy, wait=lambda s: None).execute({})
+        assert result.executions["write"] == 1 and len(result.emitted) == 1 and result.error is not None
+    # nor does the learned policy offer it
+    state = state_key(Failure("wf", "r", "write", "n", TIMEOUT, 1, 0.0, critical=True, idempotent=False,
+                              alternatives=("other",)), NodeContext())
+    assert valid_actions(state) == [FAIL]
+
+
+class LoseNodeAt:
+    """A fault source: the node stops when ``step`` is about to start on ``node``."""
+
+    def __init__(self, step: str, node: str):
+        self.step, self.node = step, node
+
+    def before_attempt(self, run, step, implementation, uses, attempt):
+        if step.name == self.step and run.node_id == self.node:
+            raise NodeLost(run.node_id)
+
+
+def test_a_lost_nodes_run_resumes_elsewhere_from_its_last_committed_step():
+    calls = []
+
+    def stage(name):
+        def body(ctx):
+            calls.append(name)
+            return {name: ctx.inputs[next(iter(ctx.inputs))] + 1}
+        return body
+    spec = WorkflowSpec("wf", (Step("a", stage("a"), inputs=("x",), outputs=("a",)),
+                               Step("b", stage("b"), inputs=("a",), outputs=("b",)),
+                               Step("c", stage("c"), inputs=("b",), outputs=("c",))))
+    reference = WorkflowRun(spec, "r1").execute({"x": np.arange(3)})
+    calls.clear()
+    lost = WorkflowRun(spec, "r1", "n1", faults=LoseNodeAt("c", "n1"), recovery=step_functions_default()).execute(
+        {"x": np.arange(3)})
+    assert lost.node_lost and lost.checkpoint.done == {"a", "b"} and calls == ["a", "b"]
+    resumed = WorkflowRun(spec, "r1", "n2", faults=LoseNodeAt("c", "n1")).execute(resume=lost.checkpoint)
+    assert resumed.error is None and calls == ["a", "b", "c"] and resumed.path == ["c"]
+    assert resumed.fingerprint() == reference.fingerprint()
+    with pytest.raises(ValueError, match="does not belong"):
+        WorkflowRun(spec, "r2", "n2").execute(resume=lost.checkpoint)
+
+
+def test_q_learning_converges_to_the_optimal_actions_of_a_known_mdp():
+    # s0 --RETRY--> s1 (reward -1); s1 --RETRY--> success (+1); ALTERNATIVE: +0.5 from either; FAIL: -1.
+    # With gamma 0.9: Q*(s0,RETRY) = -1 + 0.9 = -0.1 < Q*(s0,ALT) = 0.5; Q*(s1,RETRY) = 1 > 0.5.
+    s0, s1 = "a-i|TIMEOUT|1|0|0|0|0", "a-i|TIMEOUT|2|0|0|0|0"
+    rng, retry, alt = random.Random(0), "RETRY 1s", "ALTERNATIVE"
+    agent = QRecoveryAgent(alpha=0.2, gamma=0.9, optimism=-1.0)  # the MDP has only these three actions
+    for _ in range(3000):
+        state = rng.choice([s0, s1])
+        a = rng.choice([retry, alt, FAIL])
+        if a == FAIL:
+            agent.learn_transition(state, a, -1.0, None)
+        elif a == alt:
+            agent.learn_transition(state, a, 0.5, None)
+        elif state == s0:
+            agent.learn_transition(s0, a, -1.0, s1)
+        else:
+            agent.learn_transition(s1, a, 1.0, None)
+    assert agent.predict_one(s0) == alt and agent.predict_one(s1) == retry
+    assert agent.q[s0][retry] == pytest.approx(-0.1, abs=0.05) and agent.q[s1][retry] == pytest.approx(1.0, abs=0.05)
+
+
+def test_agent_learns_from_signals_and_a_node_applies_the_published_policy():
+    # a dependency that never answers: retrying is hopeless, the alternative works at once
+    agent = QRecoveryAgent(alpha=0.3, min_visits=3)
+    node = PolicyRecovery(FailureView(), explore=1.0, seed=1)
+    alt = Alternative("cached", lambda ctx: {"y": ctx.inputs["x"]})
+    spec = WorkflowSpec("wf", (Step("load", flaky(10 ** 6, DEPENDENCY_UNAVAILABLE), inputs=("x",), outputs=("y",),
+                                    alternatives=(alt,)),))
+    clock = {"t": 0.0}
+
+    def wait(s):
+        clock["t"] += s
+
+    def signal(s):
+        node.view.graph.learn_one(s)
+        agent.learn_one(s)
+    for k in range(60):
+        clock["t"] += 100
+        WorkflowRun(spec, f"r{k}", "n1", recovery=node, wait=wait, on_signal=signal,
+                    clock=lambda: clock["t"]).execute({"x": np.arange(2)})
+    table = agent.policy("wf")
+    state = "a-i|DEPENDENCY_UNAVAILABLE|1|2|0|0|0"
+    assert table.actions[state] == "ALTERNATIVE" and table.version == 1
+    worker = PolicyRecovery(FailureView())
+    worker.apply(RecoveryPolicyTable.from_record(table.to_record(0)))
+    worker.view.graph.attempts = node.view.graph.attempts  # the same recent history
+    d = worker.decide(Failure("wf", "rX", "load", "n1", DEPENDENCY_UNAVAILABLE, 1, clock["t"],
+                              alternatives=("cached",)))
+    assert (d.action, d.alternative, d.policy_version, d.state) == ("ALTERNATIVE", "cached", 1, state)
+    # a state the table does not know: the static retrier, with the table's version
+    d = worker.decide(Failure("wf", "rX", "load", "n1", TIMEOUT, 1, clock["t"]))
+    assert (d.action, d.delay_s, d.policy_version) == ("RETRY", 1.0, 1)
+
+
+def test_agent_state_snapshot_and_refusal():
+    agent = QRecoveryAgent()
+    agent.learn_transition("---|TIMEOUT|1|0|0|0|0", "FAIL", -1.0, None)
+    assert pickle.loads(pickle.dumps(agent)).q == agent.q
+    with pytest.raises(StateVersionError):
+        QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=7))
+
+
+def test_baseline_schedules():
+    f = lambda k: Failure("w", "r", "s", "n", TIMEOUT, k, 0.0)  # noqa: E731
+    assert [temporal_default().decide(f(k)).delay_s for k in (1, 5, 7, 8, 12)] == [1, 16, 64, 100, 100]
+    jitter = full_jitter(seed=3)
+    delays = [jitter.decide(f(3)).delay_s for _ in range(200)]
+    assert 0 <= min(delays) < 0.5 and 3.5 < max(delays) <= 4.0
+    assert jitter.decide(f(4)).action == FAIL
+    assert set(ACTIONS) >= {"RETRY 1s", "ALTERNATIVE", "FALLBACK", "FAIL"}
+
+
+def test_circuit_breaker_opens_at_half_failures_over_100_calls_for_60_s():
+    cb = CircuitBreaker()
+
+    def call(t, failed):
+        cb.learn_one({"workflow_id": "w", "task": "s", "state": 0, "outcome": "FAILURE" if failed else "SUCCESS",
+                      "ts_ms": int(t * 1000)})
+    for k in range(99):
+        call(k, k % 2 == 0)
+    assert cb.decide(Failure("w", "r", "s", "n", TIMEOUT, 1, 99.0)).action == "RETRY"
+    call(99, True)  # the 100th call: 50 of 100 failed
+    assert cb.decide(Failure("w", "r", "s", "n", TIMEOUT, 1, 120.0)).action == FAIL
+    assert cb.decide(Failure("w", "r", "s", "n", TIMEOUT, 1, 160.0)).action == "RETRY"  # half-open
+    for k in range(10):
+        call(161 + k, False)
+    assert "w/s" not in cb.opened_at
+    assert cb.decide(Failure("w", "r", "s", "n", TIMEOUT, 3, 200.0)).action == FAIL  # retry's 3 attempts
+
+
+def test_published_policy_round_trips_through_the_codec():
+    from schemas.codec import Codec
+
+    table = RecoveryPolicyTable("wf", 4, {"a-i|TIMEOUT|1|0|0|0|0": "ALTERNATIVE"}, {"wf/load": ["alert:dep:db"]})
+    codec = Codec()
+    assert RecoveryPolicyTable.from_record(codec.decode(codec.encode("RecoveryPolicy", table.to_record(7))).record) \
+        == table
