@@ -103,8 +103,9 @@ class AdaptiveWorkflow:
         topics = {k: v for k, v in self.spec.get("topics", {}).items() if k != "partitions"}
         options: dict = {"workflow": self.name}
         if flow == "control":  # the adaptation's inputs: the workflow flow does not depend on them
-            options.update(constraints=dict(self.spec.get("constraints", {})), policy=adaptation.get("policy", "rules"),
-                           groups=self.spec.get("fleet", {}).get("groups", []))
+            options["constraints"] = dict(self.spec.get("constraints", {}))
+            if adaptation.get("policy", "rules") == "rli":
+                options.update(policy_kind="rli", peer_groups=max(1, len(self.spec.get("fleet", {}).get("groups", []))))
         elif adaptation.get("speculation"):
             options["speculation"] = True
         return FlowSpec(name=flow, bootstrap=kafka.get("bootstrap", DEFAULT_BOOTSTRAP),

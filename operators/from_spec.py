@@ -96,6 +96,8 @@ def sharer_factory_for(spec):
         # DP noise must not be predictable from the node id: seed from the OS
         return ExperienceSharer(node_id, group, config, random.Random())
     return sharer
+
+
 def signer_for(spec):
     """The command signer of ``options.signing_key`` (a PEM file; `liquid keys generate`), or None."""
     path = spec.options.get("signing_key")
