@@ -18,16 +18,22 @@ from edge.thermal import SCENARIOS, Scenario
 
 def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, interval_s: float = 1.0,
                       speed: float = 1.0, duration_s: float | None = None, follow_commands: bool = True,
-                      start_ms: int | None = None, seed: int = 0, progress=None, stop=None) -> dict:
-    """Run the fleet; returns counts. ``stop`` is an optional threading.Event."""
+                      start_ms: int | None = None, seed: int = 0, progress=None, stop=None,
+                      varied: bool = False) -> dict:
+    """Run the fleet; returns counts. ``stop`` is an optional threading.Event.
+
+    With ``varied`` each node gets its own `edge.fleet.NodeProfile` (air, fan, power cap) drawn from
+    its id and ``seed``; otherwise every node is the nominal one.
+    """
     from confluent_kafka import Producer
 
     from edge.listener import CommandListener
-    from edge.fleet import SimulatedNode
+    from edge.fleet import NodeProfile, SimulatedNode
     from schemas.codec import Codec
 
     codec = Codec()
-    fleet = {n: SimulatedNode(n, scenario, seed=seed) for n in nodes}
+    fleet = {n: SimulatedNode(n, scenario, seed=seed, profile=NodeProfile.drawn(n, seed) if varied else NodeProfile())
+             for n in nodes}
     listener = None
     if follow_commands:
         def apply(command):
@@ -98,7 +104,8 @@ def _telemetry(args) -> int:
     scenario = Scenario(args.scenario, duration_s=args.duration)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else None
     result = produce_telemetry(settings, topics, nodes, scenario, args.interval, args.speed, args.duration,
-                               follow_commands=not args.open_loop, seed=args.seed, progress=say)
+                               follow_commands=not args.open_loop, seed=args.seed, progress=say,
+                               varied=not args.identical)
     print(f"produced {result['samples']} telemetry samples for {len(nodes)} node(s) in {result['seconds']:.1f}s; "
           f"commands applied: {result['commands_applied']}; final variants: {result['final']}")
     return 0
@@ -115,7 +122,9 @@ def register(tree) -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="event time per wall-clock time: 1 = real time, 10 = ten times faster, 0 = as fast as possible")
     p.add_argument("--open-loop", action="store_true", help="ignore commands (the fleet keeps serving what it started with)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="noise and node-profile seed (default %(default)s)")
+    p.add_argument("--identical", action="store_true",
+                   help="every node the nominal one (by default each node has its own air, fan and power cap)")
     p.add_argument("--topic", default="edge.telemetry", help="telemetry topic (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_kafka_args(p)

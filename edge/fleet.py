@@ -22,10 +22,38 @@ import random
 from dataclasses import dataclass, field
 
 from morph.ladder import PRECISIONS, VARIANTS
-from edge.thermal import DEFAULT_VARIANT_LATENCY_MS, PRECISION_POWER, Scenario, ThermalModel
+from edge.thermal import DEFAULT_VARIANT_LATENCY_MS, PRECISION_POWER, Conditions, Scenario, ThermalModel
 
 #: Nominal requests/s a node serves per variant when nothing throttles it.
 NOMINAL_THROUGHPUT = {"transformer": 400.0, "lstm": 550.0, "cnn": 700.0, "mobilenet": 800.0, "snn": 850.0}
+
+
+@dataclass(frozen=True)
+class NodeProfile:
+    """How one simulated node differs from the nominal one: its air, its fan, its power cap.
+
+    A fleet of identical boxes in identical rooms would answer every scenario
+    with the same temperatures to the decimal; real ones do not. `drawn` makes
+    a node's profile from its id and a seed, so a fleet is varied and repeatable.
+
+    >>> a, b = NodeProfile.drawn("edge-1", seed=0), NodeProfile.drawn("edge-2", seed=0)
+    >>> a != b and a == NodeProfile.drawn("edge-1", seed=0)
+    True
+    """
+
+    ambient_offset_c: float = 0.0   # added to the scenario's air temperature
+    fan_health: float = 1.0          # multiplies the scenario's fan (1 = as new)
+    power_cap_scale: float = 1.0     # multiplies the scenario's power cap
+
+    @classmethod
+    def drawn(cls, node_id: str, seed: int = 0) -> "NodeProfile":
+        rng = random.Random(f"profile-{seed}-{node_id}")
+        return cls(ambient_offset_c=round(rng.uniform(-4.0, 4.0), 2), fan_health=round(rng.uniform(0.85, 1.0), 3),
+                   power_cap_scale=round(rng.choice((1.0, 1.0, 0.9, 0.8)), 2))
+
+    def applied(self, cond: Conditions) -> Conditions:
+        return Conditions(ambient_c=cond.ambient_c + self.ambient_offset_c, fan=cond.fan * self.fan_health,
+                          power_cap_w=cond.power_cap_w * self.power_cap_scale, load=cond.load)
 
 
 @dataclass
@@ -33,6 +61,7 @@ class SimulatedNode:
     node_id: str
     scenario: Scenario
     seed: int = 0
+    profile: NodeProfile = NodeProfile()
     variant: str = "transformer"
     precision: str = "fp32"
     batch_size: int = 16
@@ -47,7 +76,7 @@ class SimulatedNode:
         if self.thermal is None:
             # Start at the steady state of what the node serves, so a run opens in equilibrium.
             model = ThermalModel()
-            cond = self.scenario.at(0.0)
+            cond = self.profile.applied(self.scenario.at(0.0))
             model.temp_c = model.steady_state_c(model.power_w(self.variant, self.precision, cond.load,
                                                               cond.power_cap_w), cond.ambient_c, cond.fan)
             self.thermal = model
@@ -65,7 +94,7 @@ class SimulatedNode:
                latency_ms: float | None = None, source: str = "simulator") -> dict:
         """Advance the thermal model by ``dt_s`` and return one Telemetry record."""
         self.elapsed_s += dt_s
-        cond = self.scenario.at(self.elapsed_s)
+        cond = self.profile.applied(self.scenario.at(self.elapsed_s))
         temp = self.thermal.step(dt_s, self.variant, self.precision, cond.load, cond)
         power = self.thermal.power_w(self.variant, self.precision, cond.load, cond.power_cap_w)
         throttle = self.thermal.throttle_factor()

@@ -212,3 +212,24 @@ def test_two_hosts_of_a_cluster_make_the_same_commands_as_one_worker(kafka, tmp_
     one = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands + ".replay")
            if "command_id" in c}
     assert len(one) > 20 and cluster == one
+
+
+@pytest.mark.broker
+def test_simulated_nodes_differ_unless_asked_to_be_identical(kafka):
+    def temperatures(*extra):
+        run_liquid("produce", "telemetry", "--nodes", "3", "--open-loop", "--speed", "0", "--duration", "20",
+                   "--quiet", "--topic", topic, "--bootstrap", kafka.bootstrap, *extra)
+        by_node: dict[str, list] = {}
+        for r in read_topic(kafka, topic):
+            by_node.setdefault(r["node_id"], []).append(round(r["gpu_temp_c"], 1))
+        return by_node
+
+    from deploy.topics import ensure_topics
+
+    topic = "fleet.varied"
+    ensure_topics(kafka, [topic, "fleet.identical"], partitions=1)
+    varied = temperatures()
+    assert len(varied) == 3 and len({tuple(v) for v in varied.values()}) == 3
+    topic = "fleet.identical"
+    identical = temperatures("--identical")
+    assert len(identical) == 3 and len({tuple(v) for v in identical.values()}) == 1
