@@ -52,7 +52,8 @@ from edge.shadow import ShadowExecutor  # noqa: E402
 from tests.support import LocalLoop  # noqa: E402
 from edge.inspection import InspectionCosts, ServedClassifier, inspection_lots, inspection_workflow  # noqa: E402
 from edge.runtime import WorkflowRun  # noqa: E402
-from edge.wfcommons import wfcommons_tasks, wfcommons_workflow  # noqa: E402
+from edge.wfcommons import wfcommons_workflow  # noqa: E402
+from fingerprint.traces import wfcommons_tasks  # noqa: E402
 from prediction.speculation import SpeculationPolicy, Speculator  # noqa: E402
 
 # -- WfCommons-style instances ------------------------------------------------------------------

@@ -9,79 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, replace
 
 import numpy as np
 
 from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
-
-
-
-@dataclass(frozen=True)
-class WfTask:
-    """A WfCommons task as the runner needs it: files by name with sizes in bytes."""
-
-    name: str
-    parents: tuple[str, ...]
-    runtime_s: float
-    inputs: tuple[tuple[str, int], ...]
-    outputs: tuple[tuple[str, int], ...]
-    cores: float | None = None
-
-
-def wfcommons_tasks(instance: dict) -> list[WfTask]:
-    """Tasks of a WfCommons instance in topological order (schema 1.4+, or 1.0-1.3 ``tasks``/``jobs``)."""
-    wf = instance.get("workflow")
-    if not isinstance(wf, dict):
-        raise ValueError("not a WfCommons instance: no 'workflow' object")
-    tasks: list[WfTask] = []
-    if "specification" in wf:
-        spec = wf["specification"]
-        sizes = {f["id"]: int(f.get("sizeInBytes", 0)) for f in spec.get("files", [])}
-        executed = {t["id"]: t for t in wf.get("execution", {}).get("tasks", [])}
-        for t in spec.get("tasks", []):
-            ex = executed.get(t["id"], {})
-            tasks.append(WfTask(t["id"], tuple(t.get("parents", [])), float(ex.get("runtimeInSeconds", 0.0)),
-                                tuple((f, sizes.get(f, 0)) for f in t.get("inputFiles", [])),
-                                tuple((f, sizes.get(f, 0)) for f in t.get("outputFiles", [])),
-                                ex.get("coreCount")))
-    else:
-        items = wf.get("tasks", wf.get("jobs"))
-        if not isinstance(items, list):
-            raise ValueError("not a WfCommons instance: neither workflow.specification nor workflow.tasks")
-        for t in items:
-            def size(f):  # 1.3 has sizeInBytes; older WorkflowHub files give size in KB
-                return int(f["sizeInBytes"] if "sizeInBytes" in f else f.get("size", 0) * 1024)
-            files = t.get("files", [])
-            tasks.append(WfTask(t.get("id") or t["name"], tuple(t.get("parents", [])),
-                                float(t.get("runtimeInSeconds", t.get("runtime", 0.0))),
-                                tuple((f["name"], size(f)) for f in files if f.get("link") == "input"),
-                                tuple((f["name"], size(f)) for f in files if f.get("link") == "output"),
-                                t.get("cores")))
-        ids = {t.get("name"): (t.get("id") or t["name"]) for t in items}
-        tasks = [replace(t, parents=tuple(ids.get(p, p) for p in t.parents)) for t in tasks]
-    return _topological(tasks)
-
-
-def _topological(tasks: list[WfTask]) -> list[WfTask]:
-    by_name = {t.name: t for t in tasks}
-    for t in tasks:
-        unknown = [p for p in t.parents if p not in by_name]
-        if unknown:
-            raise ValueError(f"task {t.name!r} has unknown parents {unknown}")
-    placed: set[str] = set()
-    order: list[WfTask] = []
-    pending = list(tasks)
-    while pending:
-        rest = [t for t in pending if not all(p in placed for p in t.parents)]
-        if len(rest) == len(pending):
-            raise ValueError("the instance's task graph has a cycle")
-        for t in pending:
-            if t not in rest:
-                order.append(t)
-        placed.update(t.name for t in order)
-        pending = rest
-    return order
+from fingerprint.traces import WfTask, wfcommons_tasks
 
 
 class Container:

@@ -58,7 +58,9 @@ def make_signal(workflow_id: str, run_id: str, task: str, state: int, ts_ms: int
             "state": state, "outcome": outcome if state == FINISHED else None, "ts_ms": int(ts_ms),
             "tsa": [int(t) for t in tsa], "tsa_resolution_ms": 1, "intensity": 0.0 if state == STARTED else 1.0,
             "node_id": node_id, "resources": resources, "data_size_bytes": data_size_bytes,
-            "run_ended": run_ended, "inputs": inputs, "outputs": outputs, "attributes": attributes}
+            "run_ended": run_ended, "inputs": inputs, "outputs": outputs, "attributes": attributes,
+            # a replayed trace carries no failure handling: no error class, attempt or recovery
+            "error_class": None, "attempt": None, "recovery": None, "policy_version": None}
 
 
 def run_signals(workflow_id: str, run_id: str, executions: Iterable[Sequence], t0_ms: int = 0,
@@ -355,8 +357,31 @@ def _copy(files: list[str] | None) -> list[str] | None:
     return None if files is None else list(files)
 
 
+@dataclass(frozen=True)
+class WfTask:
+    """A WfCommons task as a runner needs it: its files with their sizes in bytes."""
+
+    name: str                                 # the task's id in the instance
+    category: str                             # the id without its ``_ID<digits>`` suffix
+    parents: tuple[str, ...]
+    runtime_s: float
+    inputs: tuple[tuple[str, int], ...]       # (file, bytes) read; empty when the instance lists none
+    outputs: tuple[tuple[str, int], ...]      # (file, bytes) written
+    cores: float | None = None
+
+
+def wfcommons_tasks(instance: dict) -> list[WfTask]:
+    """The tasks of a WfCommons instance (schema 1.4+, or 1.0-1.3 ``tasks``/``jobs``) in topological order."""
+    tasks = _wfcommons_tasks(instance)
+    return [WfTask(tid, t["category"], tuple(t["parents"]), t["runtime"],
+                   tuple((f, t["sizes"].get(f, 0)) for f in t["inputs"] or ()),
+                   tuple((f, t["sizes"].get(f, 0)) for f in t["outputs"] or ()),
+                   (t["resources"] or {}).get("cores"))
+            for tid, t in ((tid, tasks[tid]) for tid in _topological(tasks))]
+
+
 def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
-    """id -> {category, parents, runtime (s), resources, in_bytes, out_bytes, inputs, outputs}, any schema version."""
+    """id -> {category, parents, runtime (s), resources, in_bytes, out_bytes, inputs, outputs, sizes}, any version."""
     wf = instance.get("workflow")
     if not isinstance(wf, dict):
         raise TraceError("not a WfCommons instance: no 'workflow' object")
@@ -378,7 +403,8 @@ def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
                             "out_bytes": sum(sizes.get(f, 0) for f in outputs),
                             # a task without file lists declares no lineage (not "reads nothing")
                             "inputs": inputs if "inputFiles" in t else None,
-                            "outputs": outputs if "outputFiles" in t else None}
+                            "outputs": outputs if "outputFiles" in t else None,
+                            "sizes": {f: int(sizes.get(f, 0)) for f in inputs + outputs}}
     else:  # 1.3 and earlier: workflow.tasks (or .jobs) with runtime, parents by name, inline files
         items = wf.get("tasks", wf.get("jobs"))
         if not isinstance(items, list):
@@ -400,7 +426,8 @@ def _wfcommons_tasks(instance: dict) -> dict[str, dict]:
                         "inputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "input"]
                         if "files" in t else None,
                         "outputs": [str(f.get("name", f.get("id"))) for f in files if f.get("link") == "output"]
-                        if "files" in t else None}
+                        if "files" in t else None,
+                        "sizes": {str(f.get("name", f.get("id"))): int(size(f)) for f in files}}
         by_name = {t["name"]: (t.get("id") or t["name"]) for t in items}
         for task in out.values():  # 1.3 parents are names; map them to ids
             task["parents"] = [by_name.get(p, p) for p in task["parents"]]

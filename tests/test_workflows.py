@@ -12,7 +12,8 @@ from edge.inspection import InspectionCosts, inspection_lots, inspection_workflo
 
 from edge.runtime import Step, WorkflowRun, WorkflowSpec
 
-from edge.wfcommons import wfcommons_tasks, wfcommons_workflow
+from edge.wfcommons import wfcommons_workflow
+from fingerprint.traces import wfcommons_tasks
 
 from tests.support import CentroidClassifier
 from schemas import schema_json
