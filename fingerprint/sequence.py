@@ -161,16 +161,6 @@ class SequenceModel:
         """Inter-start delay distribution (ms) from ``prev`` starting to ``nxt`` starting (or the run ending)."""
         return self.delays.get((prev, nxt))
 
-    def context_support(self, started: list[str]) -> int:
-        """How many transitions were seen from the longest context of ``started`` that has any."""
-        best = 0
-        for ctx in self._contexts(started, len(started)):
-            n = self.totals.get(ctx)
-            if n is None:
-                break
-            best = n
-        return best
-
     def merge(self, other: SequenceModel) -> None:
         for ctx, followers in other.counts.items():
             mine = self.counts.setdefault(ctx, {})

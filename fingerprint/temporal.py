@@ -268,11 +268,6 @@ class Fingerprint(Versioned):
         """P(next task to start | tasks started so far), including ``<end>``."""
         return self.sequences.predict_proba(started)
 
-    def expected_delay_ms(self, last: str, nxt: str) -> float | None:
-        """Mean time from ``last`` starting to ``nxt`` starting (or the run ending, for ``<end>``)."""
-        stats = self.sequences.delays.get((last, nxt))
-        return stats.mean if stats is not None else None
-
     def dag(self, min_probability: float = 0.01) -> TaskDag:
         return TaskDag.reconstruct(self.runs, self.workflow_id, min_probability=min_probability)
 
