@@ -16,25 +16,21 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from common import ROOT, emit_result
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
-
-from deploy.broker import EmbeddedBroker  # noqa: E402
-from deploy.replay import read_topic  # noqa: E402
-from deploy.topics import ensure_topics  # noqa: E402
-from edge.fleet import SimulatedNode  # noqa: E402
-from edge.thermal import Scenario  # noqa: E402
-from schemas.kafka import KafkaSettings  # noqa: E402
-from schemas import TopicNames  # noqa: E402
-from schemas.codec import Codec  # noqa: E402
+from deploy.broker import EmbeddedBroker
+from deploy.replay import read_topic
+from deploy.topics import ensure_topics
+from edge.fleet import SimulatedNode
+from edge.thermal import Scenario
+from schemas import TopicNames
+from schemas.codec import Codec
+from schemas.kafka import KafkaSettings
 
 PARTITIONS = 4
 
@@ -142,7 +138,7 @@ def main() -> int:
         print(f"ratio {name} / broker ceiling: {results[f'events_per_s_{name}'] / ceiling:.3f}")
     results["ratio_1_worker_to_ceiling"] = round(results["events_per_s_1_worker"] / ceiling, 4)
     results["target_events_per_s_1_worker"] = 50_000
-    print(json.dumps(results))
+    emit_result(results)
     return 0
 
 

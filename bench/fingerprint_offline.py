@@ -13,16 +13,13 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import emit_result
 
-from fingerprint.temporal import Fingerprint  # noqa: E402
-from fingerprint.traces import MarkovProcess  # noqa: E402
-from prediction.nextstep import NextStepPredictor  # noqa: E402
+from fingerprint.temporal import Fingerprint
+from fingerprint.traces import MarkovProcess
+from prediction.nextstep import NextStepPredictor
 
 
 def bench_process() -> MarkovProcess:
@@ -74,7 +71,7 @@ def main() -> None:
         print(f"{name:<24} {len(signals) / best:>9,.0f} signals/s  {best / len(signals) * 1e6:5.1f} µs/signal{extra}")
     ratio = figures["predictor"]["us_per_signal"] / figures["fingerprint"]["us_per_signal"]
     print(f"predictor / fingerprint alone (the floor every signal pays): {ratio:.2f}")
-    print(json.dumps({"signals": len(signals), **figures, "ratio_vs_fingerprint": ratio}))
+    emit_result({"signals": len(signals), **figures, "ratio_vs_fingerprint": ratio})
 
 
 if __name__ == "__main__":

@@ -15,20 +15,16 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit_result
+from control_throughput import flow_rate
+from fingerprint_offline import bench_process
 
-from control_throughput import flow_rate  # noqa: E402
-from fingerprint_offline import bench_process  # noqa: E402
-
-from prediction.nextstep import NextStepPredictor  # noqa: E402
-from schemas import TopicNames  # noqa: E402
-from schemas.codec import Codec  # noqa: E402
+from prediction.nextstep import NextStepPredictor
+from schemas import TopicNames
+from schemas.codec import Codec
 
 
 def main() -> int:
@@ -65,7 +61,7 @@ def main() -> int:
               f"ratio to offline {r['events_per_s'] / offline:.3f}", flush=True)
     results["ratio_1_worker_to_offline"] = round(results["signals_per_s_1_worker"] / offline, 4)
     results["target_signals_per_s_1_worker"] = 20_000
-    print(json.dumps(results))
+    emit_result(results)
     return 0
 
 

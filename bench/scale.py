@@ -33,7 +33,6 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

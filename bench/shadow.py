@@ -40,21 +40,24 @@ import json
 import math
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import emit_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from edge.shadow import ShadowExecutor  # noqa: E402
-from tests.support import LocalLoop  # noqa: E402
-from edge.inspection import InspectionCosts, ServedClassifier, inspection_lots, inspection_workflow  # noqa: E402
-from edge.runtime import WorkflowRun  # noqa: E402
-from edge.wfcommons import wfcommons_workflow  # noqa: E402
-from fingerprint.traces import wfcommons_tasks  # noqa: E402
-from prediction.speculation import SpeculationPolicy, Speculator  # noqa: E402
+from edge.inspection import (
+    InspectionCosts,
+    ServedClassifier,
+    inspection_lots,
+    inspection_workflow,
+)
+from edge.runtime import WorkflowRun
+from edge.shadow import ShadowExecutor
+from edge.wfcommons import wfcommons_workflow
+from fingerprint.traces import wfcommons_tasks
+from prediction.speculation import SpeculationPolicy, Speculator
+from tests.support import LocalLoop
 
 # -- WfCommons-style instances ------------------------------------------------------------------
 
@@ -283,7 +286,7 @@ def main(argv=None) -> int:
     summary["reinspect_share"] = round(sum(n for p, n in ref["paths"].items() if "reinspect" in p) / ref["runs"], 3) \
         if isinstance(ref["paths"], dict) else None
     summary["wfcommons"] = {name: {k: r[k] for k in (*keys, "tasks", "speed")} for name, r in wf.items()}
-    print(json.dumps(summary))
+    emit_result(summary)
     return 0 if ok else 1
 
 
