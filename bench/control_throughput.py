@@ -30,7 +30,7 @@ from edge.fleet import SimulatedNode
 from edge.thermal import Scenario
 from schemas import TopicNames
 from schemas.codec import Codec
-from schemas.kafka import KafkaSettings
+from schemas.kafka import KafkaSettings, produce_waiting
 
 PARTITIONS = 4
 
@@ -50,12 +50,7 @@ def produce(settings: KafkaSettings, topic: str, messages) -> float:
     producer = Producer(settings.producer(**{"linger.ms": "5", "batch.num.messages": "10000"}))
     start = time.perf_counter()
     for key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, key, value, wait_s=0.01)
     producer.flush(60)
     return len(messages) / (time.perf_counter() - start)
 

@@ -52,7 +52,7 @@ from edge.thermal import Scenario
 from fingerprint.traces import run_signals
 from schemas import TopicNames
 from schemas.codec import Codec
-from schemas.kafka import KafkaSettings
+from schemas.kafka import KafkaSettings, produce_waiting
 
 INSPECTION_STEPS = ("ingest", "preprocess", "inference", "quality_gate", "postprocess", "output", "report")
 SEED_TABLE = {10: 25, 50: 150, 200: 800, 1000: 5000}
@@ -96,12 +96,7 @@ def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s
         wait = due - (time.monotonic() - wall0)
         if wait > 0.005:
             time.sleep(wait)
-        while True:
-            try:
-                producer.produce(topic, key=s["workflow_id"].encode(), value=codec.encode("WorkflowSignal", s))
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, s["workflow_id"].encode(), codec.encode("WorkflowSignal", s))
         sent += 1
         if sent % 1000 == 0:
             producer.poll(0)

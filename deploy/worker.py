@@ -1,15 +1,4 @@
-"""``liquid worker``: start edge inference nodes (`edge.worker.EdgeWorker`) from the command line.
-
-Each node serves a steady request stream (`edge.serving.RequestLoad`) on an
-ONNX Runtime session (`edge.serving.InferenceServer`). Commands for the
-worker's nodes arrive on the commands topic; each is checked (known variant and
-precision, the manifest's sha256, the command's sha256) and applied by loading
-and warming the new session off the serving thread, then swapping it in
-atomically. Requests keep flowing on the old session until then; a rejected or
-failed swap leaves it serving. Every command is acknowledged (CommandAck), and
-every node publishes Telemetry once per ``--interval``: resource readings from
-NVML or the thermal model, serving figures as measured.
-"""
+"""``liquid worker``: start edge inference nodes from the command line (the worker itself is `edge.worker`)."""
 
 from __future__ import annotations
 

@@ -121,3 +121,13 @@ def partition_ends(consumer, topic: str, partitions: int) -> dict[int, tuple[int
                 break
         consumer.unassign()
     return {p: (marks[p][0], ends[p]) for p in range(partitions)}
+
+
+def produce_waiting(producer, topic: str, key: bytes | None, value: bytes, wait_s: float = 0.05) -> None:
+    """Produce one message; while librdkafka's local queue is full, serve delivery reports and retry (lose nothing)."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(wait_s)

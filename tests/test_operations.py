@@ -55,11 +55,18 @@ def test_two_processes_make_the_same_commands_as_one_worker(kafka):
     produce_telemetry(kafka, TOPICS, [f"edge-{i}" for i in range(6)], Scenario("thermal-event", 150), speed=0,
                       follow_commands=False, start_ms=1_700_000_000_000, seed=9)
     run_liquid("flow", "run", "control", "-p", "2", "--until-end", "--bootstrap", kafka.bootstrap, timeout=180)
-    two = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands) if "command_id" in c}
+    one = one_worker_replay(kafka)
+    assert len(one) > 20 and commands_by_id(kafka, TOPICS.commands) == one
+
+
+def commands_by_id(kafka, topic: str) -> dict:
+    return {c["command_id"]: c["to_variant"] for c in read_topic(kafka, topic) if "command_id" in c}
+
+
+def one_worker_replay(kafka) -> dict:
+    """The commands one worker makes of the telemetry topic (a replay through the control flow)."""
     run_liquid("replay", "--topic", TOPICS.telemetry, "--flow", "control", "--bootstrap", kafka.bootstrap)
-    one = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands + ".replay")
-           if "command_id" in c}
-    assert len(one) > 20 and two == one
+    return commands_by_id(kafka, TOPICS.commands + ".replay")
 
 
 @pytest.mark.broker
@@ -207,11 +214,8 @@ def test_two_hosts_of_a_cluster_make_the_same_commands_as_one_worker(kafka, tmp_
             if h.poll() is None:
                 h.kill()
     assert codes == [0, 0], [(tmp_path / f"host{i}.log").read_text()[-1500:] for i in range(2)]
-    cluster = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands) if "command_id" in c}
-    run_liquid("replay", "--topic", TOPICS.telemetry, "--flow", "control", "--bootstrap", kafka.bootstrap)
-    one = {c["command_id"]: c["to_variant"] for c in read_topic(kafka, TOPICS.commands + ".replay")
-           if "command_id" in c}
-    assert len(one) > 20 and cluster == one
+    one = one_worker_replay(kafka)
+    assert len(one) > 20 and commands_by_id(kafka, TOPICS.commands) == one
 
 
 @pytest.mark.broker
