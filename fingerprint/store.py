@@ -29,8 +29,14 @@ from typing import Iterable, Iterator
 
 from fingerprint.signals import signal_problem
 
+#: Columns added after the first release, with their SQL types: a store written before gets them on open.
+LATER_COLUMNS = {"inputs": "TEXT", "outputs": "TEXT", "attributes": "TEXT", "error_class": "TEXT",
+                 "attempt": "INTEGER", "recovery": "TEXT", "policy_version": "BIGINT"}
+#: Columns holding JSON text (lists and maps of the record).
+JSON_COLUMNS = ("tsa", "resources", "inputs", "outputs", "attributes")
 COLUMNS = ("signal_id", "workflow_id", "run_id", "task", "state", "outcome", "ts_ms", "tsa",
-           "tsa_resolution_ms", "intensity", "node_id", "resources", "data_size_bytes", "run_ended")
+           "tsa_resolution_ms", "intensity", "node_id", "resources", "data_size_bytes", "run_ended",
+           *LATER_COLUMNS)
 
 _TABLE = """CREATE TABLE IF NOT EXISTS workflow_signal (
     seq {seq},
@@ -48,10 +54,14 @@ _TABLE = """CREATE TABLE IF NOT EXISTS workflow_signal (
     resources TEXT,
     data_size_bytes BIGINT,
     run_ended BOOLEAN NOT NULL
-)"""
+)"""  # the LATER_COLUMNS are added by `SignalStore._add_later_columns`
 _INDEX = "CREATE INDEX IF NOT EXISTS workflow_signal_by_time ON workflow_signal (workflow_id, ts_ms)"
 _INSERT = (f"INSERT INTO workflow_signal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
            "ON CONFLICT (signal_id) DO NOTHING")
+
+
+def _json_or_none(value, kind: type) -> str | None:
+    return json.dumps(value) if isinstance(value, kind) else None
 
 
 def is_dsn(target: str) -> bool:
@@ -88,6 +98,17 @@ class SignalStore:
         cur.execute(_TABLE.format(seq=seq))
         cur.execute(_INDEX)
         self._conn.commit()
+        self._add_later_columns()
+
+    def _add_later_columns(self) -> None:
+        """Bring a table created by an earlier release up to `COLUMNS` (the same SQL on SQLite and PostgreSQL)."""
+        cur = self._conn.cursor()
+        cur.execute("SELECT * FROM workflow_signal LIMIT 0")
+        present = {d[0] for d in cur.description}
+        for column, sql_type in LATER_COLUMNS.items():
+            if column not in present:
+                cur.execute(f"ALTER TABLE workflow_signal ADD COLUMN {column} {sql_type}")
+        self._conn.commit()
 
     def _sql(self, sql: str) -> str:
         return sql if self._param == "?" else sql.replace("?", self._param)
@@ -99,14 +120,16 @@ class SignalStore:
         if signal_problem(signal) is not None:
             self.rejected += 1
             return
-        res = signal.get("resources")
         self._pending.append((
             signal["signal_id"], signal["workflow_id"], signal["run_id"], signal["task"], signal["state"],
             signal.get("outcome"), signal["ts_ms"], json.dumps(list(signal.get("tsa") or [])),
             int(signal.get("tsa_resolution_ms", 1) or 1), float(signal.get("intensity", 0.0) or 0.0),
-            str(signal.get("node_id") or ""), json.dumps(res) if isinstance(res, dict) else None,
+            str(signal.get("node_id") or ""), _json_or_none(signal.get("resources"), dict),
             signal.get("data_size_bytes") if type(signal.get("data_size_bytes")) is int else None,
-            bool(signal.get("run_ended", False))))
+            bool(signal.get("run_ended", False)),
+            _json_or_none(signal.get("inputs"), list), _json_or_none(signal.get("outputs"), list),
+            _json_or_none(signal.get("attributes"), dict), signal.get("error_class"), signal.get("attempt"),
+            signal.get("recovery"), signal.get("policy_version")))
         if len(self._pending) >= self.batch_size:
             self.flush()
 
@@ -144,8 +167,8 @@ class SignalStore:
         cur.execute(self._sql(sql + " ORDER BY ts_ms, seq"), params)
         for row in cur:
             d = dict(zip(COLUMNS, row))
-            d["tsa"] = json.loads(d["tsa"])
-            d["resources"] = json.loads(d["resources"]) if d["resources"] is not None else None
+            for column in JSON_COLUMNS:
+                d[column] = json.loads(d[column]) if d[column] is not None else None
             d["run_ended"] = bool(d["run_ended"])
             d["state"] = int(d["state"])
             yield d

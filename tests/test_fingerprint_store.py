@@ -86,3 +86,24 @@ def test_postgres_paramstyle_is_adapted_from_the_same_sql():
     assert store._sql("SELECT 1 WHERE a = ? AND b < ?") == "SELECT 1 WHERE a = %s AND b < %s"
     store._param = "?"
     store.close()
+
+
+def test_a_store_written_by_an_earlier_release_gains_the_new_columns(tmp_path):
+    """Lineage, attributes and the failure fields round-trip after opening a store created without them."""
+    import sqlite3
+
+    from fingerprint.store import _TABLE, LATER_COLUMNS
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # the table exactly as the first release created it
+        conn.execute(_TABLE.format(seq="INTEGER PRIMARY KEY AUTOINCREMENT"))
+    signal = {"signal_id": "s1", "workflow_id": "wf", "run_id": "r1", "task": "infer", "state": 0,
+              "outcome": "SUCCESS", "ts_ms": 5, "tsa": [1, 5], "tsa_resolution_ms": 1, "intensity": 1.0,
+              "node_id": "edge-1", "resources": None, "data_size_bytes": None, "run_ended": True,
+              "inputs": None, "outputs": ["scores@0123"], "attributes": {"lot": "A7"}, "error_class": "timeout",
+              "attempt": 2, "recovery": "retry", "policy_version": 3}
+    with SignalStore(str(path)) as store:
+        store.add_many([signal])
+        assert list(store.query("wf")) == [signal]
+    with sqlite3.connect(path) as conn:
+        assert set(LATER_COLUMNS) <= {row[1] for row in conn.execute("PRAGMA table_info(workflow_signal)")}

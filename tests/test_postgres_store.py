@@ -46,7 +46,9 @@ def postgres_dsn():
 def signal(i, ts, state=1):
     return {"signal_id": f"s{i}", "workflow_id": "wf", "run_id": "r1", "task": "a", "state": state,
             "outcome": None if state else "SUCCESS", "ts_ms": ts, "tsa": [ts], "tsa_resolution_ms": 1,
-            "intensity": 0.5, "node_id": "edge-1", "resources": {"cpu": 2.0}, "data_size_bytes": 7, "run_ended": False}
+            "intensity": 0.5, "node_id": "edge-1", "resources": {"cpu": 2.0}, "data_size_bytes": 7, "run_ended": False,
+            "inputs": ["raw"], "outputs": None, "attributes": {"org:group": "ops"}, "error_class": None, "attempt": None,
+            "recovery": None, "policy_version": None}
 
 
 def test_store_round_trips_dedupes_and_queries_by_time(postgres_dsn):
