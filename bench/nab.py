@@ -8,9 +8,12 @@ scaled sigmoid, 15 % probation, one threshold swept over the corpus,
 normalised between the null and the perfect detector). NAB's windowed-Gaussian
 detector is scored in the same run as the baseline.
 
-Overfitting guard: the files, sorted by name, are split into alternate halves;
-the detector's parameters were tuned on the even-numbered half ("tune") and the
-odd half ("held-out") is reported separately, each with its own swept threshold.
+Overfitting guard: the files, sorted by name, are split into alternate halves,
+each scored with its own swept threshold. The detector's later choices (the
+quiet release, the range rule, dropping a long-run z-score, every parameter
+check) were made on the even-numbered half ("tune"); its first design was
+explored with both halves in view, so the odd half ("held-out") is held out
+from the tuning, not from the design.
 
     python bench/nab.py [--nab DIR] [--scores-out DIR]
 
