@@ -133,7 +133,10 @@ def spec_from_args(name: str, args) -> FlowSpec:
                                                 else None),
                                                ("recovery", getattr(args, "recovery", False)),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
-                                                if getattr(args, "idle_timeout", None) else None)) if v})
+                                                if getattr(args, "idle_timeout", None) else None),
+                                               ("metrics_interval_ms", int(args.metrics_interval * 1000)
+                                                if getattr(args, "metrics_interval", None) else None),
+                                               ("log_metrics", getattr(args, "log_metrics", False))) if v})
 
 
 def _run(args) -> int:
@@ -178,6 +181,11 @@ def add_flow_args(p) -> None:
     p.add_argument("--recovery", action="store_true",
                    help="workflow flow: learn the causal failure graph and the recovery policy from failed signals, "
                         "publish the policy to workflow.policy")
+    p.add_argument("--metrics-interval", type=float, metavar="SECONDS",
+                   help="workflow flow: publish each workflow's running next-step accuracy and calibration to "
+                        "workflow.metrics this often, in event time (default 60)")
+    p.add_argument("--log-metrics", action="store_true",
+                   help="workflow flow: also print each published metrics record as a log line")
     p.add_argument("--idle-timeout", type=float, metavar="SECONDS",
                    help="workflow flow: close runs with no signal for this long (event time; default: never)")
     p.add_argument("--signing-key", type=Path, metavar="PEM",

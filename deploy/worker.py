@@ -38,6 +38,13 @@ def _run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker.start()
+    if args.metrics_port is not None:
+        from prometheus_client import REGISTRY, start_http_server
+
+        from edge.metrics import WorkerCollector
+
+        REGISTRY.register(WorkerCollector(worker))
+        start_http_server(args.metrics_port)
     sources = {n.node_id: n.sensor.source for n in worker.nodes.values()}
     print(f"worker serving {', '.join(args.node)} at {args.rate:g} req/s each; sensors {sources}; Ctrl-C stops",
           file=sys.stderr, flush=True)
@@ -72,6 +79,8 @@ def register(tree) -> None:
                         "their signals and applying shadow pre-execution commands")
     p.add_argument("--workflow-runs", type=int, help="stop after this many runs per node (default: until stopped)")
     p.add_argument("--run-for", type=float, help="stop after this many seconds (default: until Ctrl-C)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics (requests, latency, swaps, variant, temperature, power) on this port")
     p.add_argument("--outbox", type=Path, help="the durable outbox (SQLite) every record goes through; what is "
                                                "undelivered at exit is sent on the next start "
                                                "(default .cache/edge/outbox-<nodes>.db)")

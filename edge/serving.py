@@ -33,8 +33,10 @@ split, and each ends exactly once, served (within its deadline) or dropped
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
+import itertools
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +52,9 @@ from morph.zoo.manifest import ZooManifest, load_manifest
 
 APPLIED, REJECTED, FAILED = "applied", "rejected", "failed"
 
+
+#: Upper bounds (s) of the request latency histogram a worker exports (`edge.metrics`).
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -293,6 +298,7 @@ class RequestLoad:
         self._t_end: float | None = None   # set by stop(): history and elapsed freeze there
         self._submitted = self._served = self._late = self._errors = self._in_flight = self._correct = 0
         self._latency_sum = self._max_latency = 0.0
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # served requests per latency bucket (+Inf last)
         self._per_model: dict[tuple[str, str], ModelCounts] = {}
         self._recent: collections.deque = collections.deque()   # (done, served, latency_sum)
         self._seconds: dict[int, list] = {}                      # second -> [served, dropped, variant, precision]
@@ -337,6 +343,13 @@ class RequestLoad:
                 per_model={k: replace(v) for k, v in self._per_model.items()},
                 throughput_rps=float(recent_n), mean_latency_ms=mean_s * 1e3,
                 max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0)
+
+    def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
+        """Served requests by latency: ``([(upper bound s, cumulative count), ..., (inf, served)], latency sum s)``."""
+        with self._lock:
+            counts, total = list(self._latency_counts), self._latency_sum
+        cumulative = list(itertools.accumulate(counts))
+        return list(zip((*LATENCY_BUCKETS_S, float("inf")), cumulative)), total
 
     def history(self) -> list[ThroughputSample]:
         """Requests served and dropped per whole second since the start (empty seconds as zeros)."""
@@ -401,6 +414,7 @@ class RequestLoad:
                 counts.served += n
                 counts.correct += correct
                 self._latency_sum += latency * n
+                self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += n
                 self._recent.append((done, n, latency * n))
                 second[0] += n
             else:

@@ -3,6 +3,7 @@
 ::
 
     workflow.signals ─▶ decode, key by workflow ─┬─▶ fingerprint + predictor ─▶ workflow.predictions
+                                                  │    (its running accuracy every minute) ─▶ workflow.metrics
     edge.acks (shadow, with --speculation) ──────┤    + speculator ─────────┴─▶ workflow.shadow (by node)
                              │                   ├─▶ failure graph + recovery agent ─▶ workflow.policy
                              │                   │   (with --recovery)
@@ -20,10 +21,12 @@ Run it with ``liquid flow run workflow [--store PATH|DSN]``. Without Kafka, give
 >>> out = []
 >>> spec = FlowSpec("workflow", bootstrap="unused:9092")
 >>> run_main(build(spec, source=TestingSource([("WorkflowSignal", s) for s in signals]), sink=TestingSink(out)))
->>> last = out[-2]  # the prediction at r3's start of ingest (the last is at infer's: the run ends)
->>> key, (name, p) = last
->>> key, name, p["run_id"], p["after_task"], p["candidates"][0]["task"]
-('inspect', 'NextStepPrediction', 'r3', 'ingest', 'infer')
+>>> predictions = [p for _, (name, p) in out if name == "NextStepPrediction"]
+>>> last = predictions[-2]  # at r3's start of ingest (the last is at infer's start: the run ends next)
+>>> last["run_id"], last["after_task"], last["candidates"][0]["task"]
+('r3', 'ingest', 'infer')
+>>> [(key, name, m["predictions"]) for key, (name, m) in out if name == "NextStepMetrics"]  # the first resolved
+[('inspect', 'NextStepMetrics', 1)]
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         # (workflow id, Event): the shadow acks, re-keyed to the workflow whose speculator learns from them
         events = op.merge("signals_and_acks", events, op.filter_map("shadow_acks_by_workflow", acks,
                                                                      shadow_ack_by_workflow))
-    step = NextStepStep(predictor_factory_for(spec), report_every=int(spec.options.get("report_every", 0)),
-                        speculation_factory=speculation, signer=signer_for(spec))
+    step = NextStepStep(predictor_factory_for(spec), speculation_factory=speculation, signer=signer_for(spec),
+                        log_metrics=bool(spec.options.get("log_metrics")))
     # (workflow id | node id, (schema name, record)): predictions by workflow, shadow commands by node
     outputs = op.map("shadow_commands_by_node", predict_next_steps("predict", events, step), key_by_node)
     if spec.options.get("recovery"):
@@ -79,7 +82,8 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         policies = op.stateful_flat_map("recovery", signals, RecoveryStep(int(spec.options.get("publish_every", 20))))
         outputs = op.merge("predictions_and_policies", outputs, policies)
     if sink is None:
-        kafka_output(outputs, spec, codec_for(spec), ("NextStepPrediction", "ShadowCommand", "RecoveryPolicy"))
+        kafka_output(outputs, spec, codec_for(spec), ("NextStepPrediction", "ShadowCommand", "RecoveryPolicy",
+                                                        "NextStepMetrics"))
     else:
         op.output("out", outputs, sink)
     return flow

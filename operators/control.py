@@ -25,6 +25,7 @@ from typing import Any, Callable, ClassVar, Optional
 from bytewax.operators import StatefulLogic
 
 from morph.policy import MorphPolicy, NodeState
+from operators import metrics
 from operators.events import Event
 from schemas.state import Versioned
 
@@ -78,6 +79,9 @@ class MorphStep:
         self.signer = signer  # edge.signing.CommandSigner: every command leaves signed
         self.idle_flush = timedelta(seconds=idle_flush_s)
         self.clock = clock
+        # Wall-clock issue time of recent commands, for the round-trip metric (this process's commands only).
+        self._issued: OrderedDict[str, int] = OrderedDict()
+        self._decisions = {}  # trigger -> metric child
 
     def build(self, resume_state: Optional[ControlState]) -> "ControlLogic":
         """The builder ``op.stateful`` calls for each node (with its snapshot when resuming)."""
@@ -94,6 +98,9 @@ class MorphStep:
         if self._redelivered(state, record.get("record_id")):
             return state, ()
         if event.schema_name == "CommandAck":
+            issued = self._issued.pop(record["command_id"], None)
+            if issued is not None and record.get("ts_ms"):
+                metrics.COMMAND_ROUND_TRIP.observe(max(0, record["ts_ms"] - issued) / 1e3)
             self.policy.on_ack(state.node, record)
             if record.get("origin") == "local" and record["status"] == "APPLIED":
                 state.adopted_until_ms = max(state.adopted_until_ms, record.get("decided_on_ts_ms") or 0)
@@ -121,7 +128,19 @@ class MorphStep:
             if self.signer is not None:
                 self.signer.sign(command)
             outputs.append(("MorphCommand", command))
+            self._count_decision(command)
+        _count_alerts(outputs)
         return state, outputs
+
+    def _count_decision(self, command: dict) -> None:
+        trigger = command["trigger"]
+        child = self._decisions.get(trigger)
+        if child is None:
+            child = self._decisions[trigger] = metrics.DECISIONS.labels(trigger, "rli" if self.agent else "rules")
+        child.inc()
+        self._issued[command["command_id"]] = command.get("issued_ts_ms") or int(time.time() * 1000)
+        if len(self._issued) > SEEN_CAPACITY:
+            self._issued.popitem(last=False)
 
     def _learned(self, state: ControlState, record: dict, outputs: list) -> Optional[dict]:
         """The agent's decision on a sample; the experience it releases goes to ``outputs``."""
@@ -151,7 +170,7 @@ class MorphStep:
         """The closing Alert of the node's open episode, if any."""
         if state is None or state.models is None:
             return []
-        return [("Alert", a) for a in state.models.flush()]
+        return _count_alerts([("Alert", a) for a in state.models.flush()])
 
     @staticmethod
     def episode_open(state: Optional[ControlState]) -> bool:
@@ -169,6 +188,13 @@ class MorphStep:
         if len(state.seen) > SEEN_CAPACITY:
             state.seen.popitem(last=False)
         return False
+
+
+def _count_alerts(outputs: list) -> list:
+    for name, record in outputs:
+        if name == "Alert":
+            metrics.ALERTS.labels(record["node_id"]).inc()
+    return outputs
 
 
 class ControlLogic(StatefulLogic):

@@ -126,14 +126,20 @@ def predictor_factory_for(spec):
     ``options.idle_timeout_ms`` closes runs idle that long (event time); off by
     default, as in the offline evaluation, so both give the same figures. State
     stays bounded either way: a fingerprint keeps at most 10,000 open runs.
+    ``options.metrics_interval_ms`` is how often (event time) each workflow's
+    running metrics are published (default one minute).
     """
+    from functools import partial
+
     from fingerprint.temporal import Fingerprint
     from prediction.nextstep import NextStepPredictor
 
+    interval = int(spec.options.get("metrics_interval_ms", 60_000))
     idle = spec.options.get("idle_timeout_ms")
     if not idle:
-        return NextStepPredictor
-    return lambda wf: NextStepPredictor(wf, fingerprint=Fingerprint(wf, idle_timeout_ms=int(idle)))
+        return partial(NextStepPredictor, metrics_interval_ms=interval)
+    return lambda wf: NextStepPredictor(wf, fingerprint=Fingerprint(wf, idle_timeout_ms=int(idle)),
+                                        metrics_interval_ms=interval)
 
 
 def speculation_factory_for(spec):

@@ -21,8 +21,9 @@ from bytewax.operators import KeyedStream, StatefulLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from fingerprint.store import SignalStore
+from operators import metrics
 from operators.events import Event
-from prediction.nextstep import NextStepPredictor
+from prediction.nextstep import NextStepPredictor, render_metrics
 from schemas.state import Versioned
 
 @dataclass
@@ -38,11 +39,11 @@ class WorkflowState(Versioned):
 class NextStepStep:
     """``(state, event) -> (state, [(schema name, record), ...])`` for ``op.stateful_flat_map``."""
 
-    def __init__(self, make_predictor=NextStepPredictor, report_every: int = 0, speculation_factory=None,
-                 signer=None):
+    def __init__(self, make_predictor=NextStepPredictor, speculation_factory=None, signer=None,
+                 log_metrics: bool = False):
         self.make_predictor = make_predictor
         self.flagged = 0  # signals the fingerprint flagged (dropped or kept), in this process
-        self.report_every = report_every
+        self.log_metrics = log_metrics  # print each published NextStepMetrics record as a log line
         self.speculation_factory = speculation_factory
         self.signer = signer  # edge.signing.CommandSigner: shadow commands leave signed
 
@@ -68,10 +69,22 @@ class NextStepStep:
             self._report_issue(record, issues_before, fingerprint.issues)
         outputs = [("NextStepPrediction", p) for p in predictions]
         outputs += [("ShadowCommand", self.signer.sign(c) if self.signer else c) for c in commands]
-        if self.report_every and state.predictor.fingerprint.accepted % self.report_every == 0 and predictions:
-            m = state.predictor.metrics.to_dict()
-            print(f"workflow {record['workflow_id']}: {m}", file=sys.stderr, flush=True)
+        running = state.predictor.publish_metrics(record["ts_ms"])
+        if running is not None:
+            outputs.append(("NextStepMetrics", running))
+            self._export(running, state.speculation)
         return state, outputs
+
+    def _export(self, running: dict, speculation) -> None:
+        """A published NextStepMetrics record to Prometheus (and the log, with ``log_metrics``)."""
+        workflow = running["workflow_id"]
+        metrics.NEXTSTEP_TOP1.labels(workflow).set(running["top1"])
+        metrics.NEXTSTEP_TOP3.labels(workflow).set(running["topk_accuracy"])
+        if speculation is not None:
+            metrics.SHADOW_HIT_RATE.labels(workflow).set(speculation.metrics.hit_rate)
+            metrics.SHADOW_WASTED.labels(workflow).set(speculation.metrics.wasted_fraction)
+        if self.log_metrics:
+            print(render_metrics(running), file=sys.stderr, flush=True)
 
 
     def _report_issue(self, record: dict, before: dict, after: dict) -> None:
