@@ -14,16 +14,19 @@ import time
 
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from edge.thermal import SCENARIOS, Scenario
+from schemas.kafka import produce_waiting
+from schemas.registry import codec_for
 
 
 def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, interval_s: float = 1.0,
                       speed: float = 1.0, duration_s: float | None = None, follow_commands: bool = True,
                       start_ms: int | None = None, seed: int = 0, progress=None, stop=None,
-                      varied: bool = False) -> dict:
+                      varied: bool = False, codec=None) -> dict:
     """Run the fleet; returns counts. ``stop`` is an optional threading.Event.
 
     With ``varied`` each node gets its own `edge.fleet.NodeProfile` (air, fan, power cap) drawn from
-    its id and ``seed``; otherwise every node is the nominal one.
+    its id and ``seed``; otherwise every node is the nominal one. ``codec`` writes the Confluent
+    framing when it has a registry (`schemas.registry.codec_for`).
     """
     from confluent_kafka import Producer
 
@@ -31,7 +34,7 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
     from edge.fleet import NodeProfile, SimulatedNode
     from schemas.codec import Codec
 
-    codec = Codec()
+    codec = codec or Codec()
     fleet = {n: SimulatedNode(n, scenario, seed=seed, profile=NodeProfile.drawn(n, seed) if varied else NodeProfile())
              for n in nodes}
     listener = None
@@ -62,13 +65,7 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
             ts = t0_ms + int(k * interval_s * 1000)
             for node in fleet.values():
                 record = node.sample(ts, interval_s)
-                while True:
-                    try:
-                        producer.produce(topics.telemetry, key=node.node_id.encode(),
-                                         value=codec.encode("Telemetry", record))
-                        break
-                    except BufferError:  # local queue full: let it drain, lose nothing
-                        producer.poll(0.05)
+                produce_waiting(producer, topics.telemetry, node.node_id.encode(), codec.encode("Telemetry", record))
                 sent += 1
             producer.poll(0)
             if speed > 0:
@@ -105,7 +102,7 @@ def _telemetry(args) -> int:
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else None
     result = produce_telemetry(settings, topics, nodes, scenario, args.interval, args.speed, args.duration,
                                follow_commands=not args.open_loop, seed=args.seed, progress=say,
-                               varied=not args.identical)
+                               varied=not args.identical, codec=codec_for(args.registry_url, topics))
     print(f"produced {result['samples']} telemetry samples for {len(nodes)} node(s) in {result['seconds']:.1f}s; "
           f"commands applied: {result['commands_applied']}; final variants: {result['final']}")
     return 0
@@ -127,17 +124,24 @@ def register(tree) -> None:
                    help="every node the nominal one (by default each node has its own air, fan and power cap)")
     p.add_argument("--topic", default="edge.telemetry", help="telemetry topic (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_registry_arg(p)
     add_kafka_args(p)
     _register_signals(tree)
 
 
-def produce_signals(settings, topic: str, signals, speed: float = 0.0, progress=None) -> dict:
+def add_registry_arg(p) -> None:
+    p.add_argument("--registry-url", metavar="URL",
+                   help="schema registry: write the Confluent framing with its schema ids (default: single-object "
+                        "encoding, no registry)")
+
+
+def produce_signals(settings, topic: str, signals, speed: float = 0.0, progress=None, codec=None) -> dict:
     """Produce WorkflowSignal records keyed by workflow, paced by their timestamps / ``speed`` (0: no pacing)."""
     from confluent_kafka import Producer
 
     from schemas.codec import Codec
 
-    codec, producer = Codec(), Producer(settings.producer())
+    codec, producer = codec or Codec(), Producer(settings.producer())
     sent, first_ts, wall0, last_report = 0, None, time.monotonic(), time.monotonic()
     for signal in signals:
         if speed > 0:
@@ -146,13 +150,7 @@ def produce_signals(settings, topic: str, signals, speed: float = 0.0, progress=
             if delay > 0:
                 producer.poll(0)
                 time.sleep(delay)
-        value = codec.encode("WorkflowSignal", signal)
-        while True:
-            try:
-                producer.produce(topic, key=signal["workflow_id"].encode(), value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_waiting(producer, topic, signal["workflow_id"].encode(), codec.encode("WorkflowSignal", signal))
         sent += 1
         if sent % 10_000 == 0:
             producer.poll(0)
@@ -194,7 +192,8 @@ def _signals(args) -> int:
             raise UsageError(f"{path}: not a WfCommons instance ({err})") from None
         signals.sort(key=lambda s: s["ts_ms"])
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if not args.quiet else None
-    result = produce_signals(settings, topic, signals, speed=args.speed, progress=say)
+    result = produce_signals(settings, topic, signals, speed=args.speed, progress=say,
+                             codec=codec_for(args.registry_url))
     print(f"produced {result['signals']} workflow signals to {topic} in {result['seconds']:.1f}s")
     return 0
 
@@ -221,4 +220,5 @@ def _register_signals(tree) -> None:
                         "0 = as fast as possible (default)")
     p.add_argument("--topic", help="signals topic (default workflow.signals)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_registry_arg(p)
     add_kafka_args(p)

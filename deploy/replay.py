@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from deploy.errors import UsageError
+from schemas.registry import codec_for
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from schemas.kafka import partition_ends
 
@@ -72,13 +73,17 @@ def resolve_offsets(settings, topic: str, from_offsets: list[str] | None, from_t
         consumer.close()
 
 
-def dump(settings, topic: str, ranges: dict[int, tuple[int, int]], out, max_records: int | None = None) -> dict:
-    """Write decoded records as JSON lines; undecodable ones as ``{"_error": ...}`` lines. Returns counts."""
+def dump(settings, topic: str, ranges: dict[int, tuple[int, int]], out, max_records: int | None = None,
+         codec=None) -> dict:
+    """Write decoded records as JSON lines; undecodable ones as ``{"_error": ...}`` lines. Returns counts.
+
+    ``codec`` reads Confluent-framed messages when it has a registry (`schemas.registry.codec_for`).
+    """
     from confluent_kafka import Consumer, TopicPartition
 
     from schemas.codec import Codec, DecodeError, jsonable
 
-    codec = Codec()
+    codec = codec or Codec()
     consumer = Consumer(settings.consumer(f"liquid-replay-{time.time_ns()}"))
     todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
     consumer.assign([TopicPartition(topic, p, s) for p, (s, _) in todo.items()])
@@ -140,7 +145,7 @@ def _run(args) -> int:
     if args.dump:
         out = open(args.out, "w") if args.out else sys.stdout
         try:
-            counts = dump(settings, args.topic, ranges, out, args.max)
+            counts = dump(settings, args.topic, ranges, out, args.max, codec=codec_for(args.registry_url))
         finally:
             if args.out:
                 out.close()

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from deploy.errors import UsageError
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
+from deploy.produce import add_registry_arg
 from edge.thermal import SCENARIOS, Scenario
 from edge.worker import EdgeWorker
+from schemas.registry import codec_for
 
 
 def _run(args) -> int:
@@ -28,7 +30,8 @@ def _run(args) -> int:
     try:
         worker = EdgeWorker(settings, topics, args.node, Scenario(args.scenario, duration_s=args.duration),
                             zoo_dir=args.zoo, sensor=args.sensor, rate=args.rate, interval_s=args.interval,
-                            power_profile=args.power_profile, log=lambda m: print(m, flush=True),
+                            codec=codec_for(args.registry_url, topics), power_profile=args.power_profile,
+                            log=lambda m: print(m, flush=True),
                             workflow=args.workflow, workflow_runs=args.workflow_runs,
                             outbox_path=args.outbox or Path(".cache/edge") / f"outbox-{'-'.join(args.node)}.db",
                             keyring=args.keyring, silent_after_s=args.silent_after or None)
@@ -89,4 +92,5 @@ def register(tree) -> None:
     p.add_argument("--silent-after", type=float, default=10.0,
                    help="seconds without contact with the cluster after which each node runs the morph policy "
                         "itself (default %(default)s; 0 turns local decisions off)")
+    add_registry_arg(p)
     add_kafka_args(p)

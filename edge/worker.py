@@ -87,10 +87,10 @@ class EdgeWorker:
                  power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
                  workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
                  local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
-                 outbox_options: dict | None = None):
+                 outbox_options: dict | None = None, codec: Codec | None = None):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
         self.manifest = load_manifest(zoo_dir)
-        self.codec = Codec()
+        self.codec = codec or Codec()  # a registry's codec writes the Confluent framing
         self.interval_s, self.time_scale = interval_s, time_scale
         # The thermal model's power per variant: a GPU-like profile by default. The zoo's
         # measured figures can drive it instead, but on this CPU they do not follow the

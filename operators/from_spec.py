@@ -12,15 +12,12 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from morph.policy import MorphPolicy, PolicyConfig
 from schemas.codec import Codec
+from schemas.registry import codec_for as registry_codec
 
 
 def codec_for(spec) -> Codec:
     """Confluent framing when a registry is configured, single-object encoding when not."""
-    if spec.registry_url:
-        from schemas.registry import RegistrySchemaIds
-
-        return Codec(RegistrySchemaIds(spec.registry_url, spec.topic_names))
-    return Codec()
+    return registry_codec(spec.registry_url, spec.topic_names)
 
 
 def source_offsets(spec) -> tuple[int, dict]:

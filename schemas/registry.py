@@ -85,3 +85,14 @@ class RegistrySchemaIds:
 
     def schema_for(self, schema_id: int) -> dict:
         return json.loads(self._client.get_schema(schema_id).schema_str)
+
+
+def codec_for(registry_url: str | None, topics: TopicNames = TopicNames()):
+    """The codec every producer and reader uses: Confluent framing with a registry, single-object without.
+
+    A registry-aware codec still reads single-object messages, so consumers can
+    read both while producers migrate.
+    """
+    from schemas.codec import Codec
+
+    return Codec(RegistrySchemaIds(registry_url, topics)) if registry_url else Codec()

@@ -74,3 +74,31 @@ def test_unreachable_registry_is_one_line_error(capsys):
     assert main(["schemas", "register", "--registry-url", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "schema registry at http://127.0.0.1:9 failed" in err[0]
+
+
+@pytest.mark.broker
+def test_producers_write_the_confluent_framing_when_a_registry_is_configured(registry, kafka, tmp_path):
+    """liquid produce telemetry / signals with --registry-url: magic byte 0 and the registry's id; dumps read them back."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from tests.conftest import run_liquid
+
+    _, url = registry
+    register_all(url)
+    topics = TopicNames()
+    run_liquid("produce", "telemetry", "--nodes", "2", "--open-loop", "--speed", "0", "--duration", "5", "--quiet",
+               "--registry-url", url, "--bootstrap", kafka.bootstrap)
+    log = tmp_path / "log.csv"
+    log.write_text("case,act,time\nc1,a,2024-01-01T00:00:00Z\nc1,b,2024-01-01T00:01:00Z\n")
+    run_liquid("produce", "signals", "--log", log, "--case-col", "case", "--activity-col", "act", "--time-col",
+               "time", "--registry-url", url, "--bootstrap", kafka.bootstrap)
+    ids = RegistrySchemaIds(url)
+    for topic, schema in ((topics.telemetry, "Telemetry"), (topics.signals, "WorkflowSignal")):
+        consumer = Consumer(kafka.consumer("framing-check", **{"auto.offset.reset": "earliest"}))
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
+        raw = [m.value() for m in consumer.consume(100, timeout=5) if m.error() is None]
+        consumer.close()
+        assert raw and all(r[0] == 0 and int.from_bytes(r[1:5], "big") == ids.id_for(schema) for r in raw)
+    dumped = run_liquid("replay", "--topic", topics.signals, "--dump", "--registry-url", url,
+                        "--bootstrap", kafka.bootstrap).stdout.splitlines()
+    assert [json.loads(line)["task"] for line in dumped] == ["a", "a", "b", "b"]
