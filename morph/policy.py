@@ -334,6 +334,7 @@ class MorphPolicy:
             "cache": False,
             "fallback": trigger == "ANOMALY",
             "model_sha256": self._sha.get((to_variant, precision)),
+            "propensity": None, "arm": None, "pipeline": None,  # the learned agent's fields: rules are deterministic
             "reason": f"{why}: {'; '.join(moves)}",
             "evidence": {
                 "resource_score": round(mean_score, 4),
