@@ -30,9 +30,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from deploy.broker import EmbeddedBroker  # noqa: E402
 from deploy.replay import read_topic  # noqa: E402
 from deploy.topics import ensure_topics  # noqa: E402
-from morph.fleet import SimulatedNode  # noqa: E402
-from morph.thermal import Scenario  # noqa: E402
-from operators.kafka_io import KafkaSettings  # noqa: E402
+from edge.fleet import SimulatedNode  # noqa: E402
+from edge.thermal import Scenario  # noqa: E402
+from schemas.kafka import KafkaSettings  # noqa: E402
 from schemas import TopicNames  # noqa: E402
 from schemas.codec import Codec  # noqa: E402
 

@@ -51,7 +51,7 @@ def main() -> int:
     made = 0
     for s in signals:
         p = predictors.get(s["workflow_id"]) or predictors.setdefault(s["workflow_id"], NextStepPredictor(s["workflow_id"]))
-        made += len(p.learn_one(s))
+        made += len(p.predict_then_learn_one(s))
     offline = n / (time.process_time() - start)
     print(f"offline predictor (same code, no Kafka, no Bytewax): {offline:,.0f} signals/s; {made} predictions")
 

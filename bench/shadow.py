@@ -1,15 +1,15 @@
 """Shadow pre-execution, speculation off vs on, in one process: the inspection pipeline and WfCommons replays.
 
-Everything is the real code path except Kafka: runs (`morph.workflows`) emit
+Everything is the real code path except Kafka: runs (`edge.runtime`) emit
 signals to a `prediction.speculation.Speculator` learning online with the real
-`NextStepPredictor`; its commands go to a `morph.shadow.ShadowExecutor`; acks
-come back (`morph.shadow.LocalLoop`). Off and on runs alternate on the same
+`NextStepPredictor`; its commands go to a `edge.shadow.ShadowExecutor`; acks
+come back (`edge.shadow.LocalLoop`). Off and on runs alternate on the same
 inputs (each input is run once each way), so both see the same machine; the
 predictor learns from both. A warm-up (not measured) lets it learn the
 workflow first. Every input's outputs and sink writes must be identical off and
 on; the bench fails otherwise.
 
-Reference workflow: `morph.workflows.inspection_workflow` on the zoo's
+Reference workflow: `edge.inspection.inspection_workflow` on the zoo's
 transformer (fp32) through an `InferenceServer`; which of its costs are sleeps
 (I/O) and which are real computation is in `InspectionCosts`.
 
@@ -48,9 +48,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from morph.shadow import LocalLoop, ShadowExecutor  # noqa: E402
-from morph.workflows import (InspectionCosts, ServedClassifier, WorkflowRun, inspection_lots,  # noqa: E402
-                             inspection_workflow, wfcommons_tasks, wfcommons_workflow)
+from edge.shadow import ShadowExecutor  # noqa: E402
+from tests.support import LocalLoop  # noqa: E402
+from edge.inspection import InspectionCosts, ServedClassifier, inspection_lots, inspection_workflow  # noqa: E402
+from edge.runtime import WorkflowRun  # noqa: E402
+from edge.wfcommons import wfcommons_tasks, wfcommons_workflow  # noqa: E402
 from prediction.speculation import SpeculationPolicy, Speculator  # noqa: E402
 
 # -- WfCommons-style instances ------------------------------------------------------------------
@@ -143,7 +145,8 @@ def compare(spec, inputs: list[dict], *, warmup: int, slots: int, shadow_slots: 
     """Run every input off then on; the first ``warmup`` pairs only teach the predictor."""
     speculator = Speculator(spec.workflow_id, policy=policy)
     executor = ShadowExecutor(node, max_in_flight=shadow_slots)
-    loop = LocalLoop(executor, speculator.learn_one, speculator.on_ack, keep=False)
+    loop = LocalLoop(executor, lambda signal: speculator.predict_then_learn_one(signal)[1], speculator.learn_ack,
+                     keep=False)
     latency = {"off": [], "on": []}
     live_busy_on = 0.0
     mismatches = 0
@@ -240,7 +243,7 @@ def main(argv=None) -> int:
         args.runs, args.warmup, args.wf_runs, args.wf_warmup = 40, 15, 8, 5
     t0 = time.perf_counter()
 
-    from morph.serving import InferenceServer
+    from edge.serving import InferenceServer
 
     server = InferenceServer(None, args.variant, "fp32")
     spec = inspection_workflow(ServedClassifier(server))

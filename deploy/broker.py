@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from deploy.errors import UsageError
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
 
@@ -136,8 +138,6 @@ def _run_broker(args) -> int:
     try:
         broker.start()
     except BrokerError as err:
-        from deploy.cli import UsageError
-
         raise UsageError(str(err)) from None
     print(f"broker ready: bootstrap {broker.bootstrap} (Tansu, memory storage; log {broker.log_path})", flush=True)
     print("stop with Ctrl-C", file=sys.stderr, flush=True)

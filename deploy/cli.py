@@ -14,6 +14,8 @@ import importlib
 import sys
 from typing import Callable
 
+from deploy.errors import UsageError
+
 #: Modules that register commands, in the order their commands are listed.
 COMMAND_MODULES = (
     "deploy.broker",
@@ -29,10 +31,6 @@ COMMAND_MODULES = (
     "deploy.evaluate_anomaly",
     "deploy.fingerprint_cmd",
 )
-
-
-class UsageError(Exception):
-    """Bad input the user can fix; printed as one line with exit status 2."""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -102,13 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(handler=lambda _a: (parser.print_help(sys.stderr), 2)[1])
     tree = CommandTree(parser)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # a command module not written yet
-                continue
-            raise
-        module.register(tree)
+        importlib.import_module(name).register(tree)
     return parser
 
 
@@ -126,8 +118,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the imported module, so that UsageError raised by commands
-    # (deploy.cli.UsageError) is the class main() catches, not __main__'s copy.
-    from deploy.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

@@ -21,13 +21,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy.errors import UsageError
+from edge.thermal import Scenario
 from morph.ladder import VARIANTS
 from morph.policy import PolicyConfig
-from morph.thermal import Scenario
 
 SCENARIO_S = 150.0          # length of the thermal event, in scenario seconds
 RUN_S = 165.0               # scenario seconds the demo runs (recovery ends by ~140 s)
-#: Phases of the thermal event as fractions of its length (see morph.thermal).
+#: Phases of the thermal event as fractions of its length (see edge.thermal).
 PHASES = (("normal", 0.0, 0.08), ("heat wave", 0.08, 0.4), ("fan failure", 0.4, 0.58),
           ("cooling", 0.58, 0.75), ("recovered", 0.75, 10.0))
 
@@ -203,10 +204,10 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
              live: bool = True, stop: threading.Event | None = None) -> dict:
     from deploy.broker import EmbeddedBroker
     from deploy.topics import ensure_topics
-    from deploy.worker import EdgeWorker
+    from edge.worker import EdgeWorker
     from morph.zoo import build_zoo
-    from operators.kafka_io import KafkaSettings
     from schemas import TopicNames
+    from schemas.kafka import KafkaSettings
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = build_zoo(zoo_dir, progress=lambda m: say(f"zoo: {m}"))
@@ -266,8 +267,6 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
 
 def _run(args) -> int:
     import signal
-
-    from deploy.cli import UsageError
 
     if args.speed <= 0 or args.rate <= 0:
         raise UsageError("--speed and --rate must be positive")

@@ -20,6 +20,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from deploy.errors import UsageError
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from flows.spec import ENV_VAR, FlowSpec
 
@@ -30,8 +31,6 @@ FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals",)}
 
 
 def flow_module(name: str):
-    from deploy.cli import UsageError
-
     if name not in FLOWS:
         raise UsageError(f"unknown flow {name!r}; known: {', '.join(FLOWS)}")
     try:
@@ -96,8 +95,6 @@ def _spawn_local_cluster(spec: FlowSpec, workers: int, processes: int, recovery_
 
 
 def spec_from_args(name: str, args) -> FlowSpec:
-    from deploy.cli import UsageError
-
     settings = settings_from_args(args)
     policy = {}
     for key, value in args.policy or []:
@@ -116,8 +113,6 @@ def spec_from_args(name: str, args) -> FlowSpec:
 
 
 def _run(args) -> int:
-    from deploy.cli import UsageError
-
     spec = spec_from_args(args.flow, args)
     flow_module(spec.name)
     require_topics(spec.kafka, [getattr(spec.topic_names, t) for t in FLOW_INPUTS[spec.name]])

@@ -12,15 +12,14 @@ import argparse
 import os
 from pathlib import Path
 
-from operators.kafka_io import KafkaSettings
+from deploy.errors import UsageError
 from schemas import TopicNames  # noqa: F401  (re-exported for commands)
+from schemas.kafka import KafkaSettings
 
 DEFAULT_BOOTSTRAP = f"127.0.0.1:{9092}"
 
 def parse_properties(path: Path) -> dict:
     """A librdkafka properties file: ``key=value`` lines, ``#`` comments."""
-    from deploy.cli import UsageError
-
     try:
         lines = path.read_text().splitlines()
     except OSError as err:
@@ -68,8 +67,6 @@ def check_reachable(settings: KafkaSettings, timeout_s: float = 5.0):
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from deploy.cli import UsageError
-
     try:
         # log_level 0: librdkafka would print a line per failed connect attempt; the
         # outcome is reported below as one line that says what to do.
@@ -87,8 +84,6 @@ def check_reachable(settings: KafkaSettings, timeout_s: float = 5.0):
 
 def require_topics(settings: KafkaSettings, topics: list[str], timeout_s: float = 5.0) -> dict[str, int]:
     """Partition count of each topic; a `UsageError` naming the missing ones."""
-    from deploy.cli import UsageError
-
     metadata = check_reachable(settings, timeout_s)
     missing = [t for t in topics if t not in metadata.topics or metadata.topics[t].error is not None]
     if missing:

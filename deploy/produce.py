@@ -1,6 +1,6 @@
 """``liquid produce telemetry``: a simulated fleet streaming Telemetry into Kafka.
 
-Each node is a `morph.fleet.SimulatedNode` (RC thermal model, injected
+Each node is a `edge.fleet.SimulatedNode` (RC thermal model, injected
 scenario). Event time advances by ``--interval`` per sample; ``--speed`` sets
 how fast that runs against the wall clock (0 = as fast as possible, for load
 tests). The fleet follows the control flow's commands and acknowledges them,
@@ -13,7 +13,7 @@ import sys
 import time
 
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
-from morph.thermal import SCENARIOS, Scenario
+from edge.thermal import SCENARIOS, Scenario
 
 
 def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, interval_s: float = 1.0,
@@ -22,8 +22,8 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
     """Run the fleet; returns counts. ``stop`` is an optional threading.Event."""
     from confluent_kafka import Producer
 
-    from deploy.edge import CommandListener
-    from morph.fleet import SimulatedNode
+    from edge.listener import CommandListener
+    from edge.fleet import SimulatedNode
     from schemas.codec import Codec
 
     codec = Codec()

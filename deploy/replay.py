@@ -14,13 +14,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from deploy.errors import UsageError
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
+from schemas.kafka import partition_ends
 
 
 def parse_time_ms(text: str) -> int:
     """Epoch milliseconds, or an ISO 8601 time (UTC when no zone is given)."""
-    from deploy.cli import UsageError
-
     if text.lstrip("-").isdigit():
         return int(text)
     try:
@@ -34,45 +34,10 @@ def parse_time_ms(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def partition_ends(consumer, topic: str, partitions: int) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, end)}`` where end is one past the last record.
-
-    Tansu (the embedded broker) reports the high watermark as the base offset of
-    the last record *batch* plus one, not one past its last record. So fetch from
-    ``high - 1`` and take the last offset of that batch; on a real Kafka cluster
-    this returns the high watermark unchanged.
-    """
-    from confluent_kafka import TopicPartition
-
-    marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in range(partitions)}
-    probe = {p: high - 1 for p, (low, high) in marks.items() if high > low}
-    ends = {p: high for p, (_, high) in marks.items()}
-    if probe:
-        # Drain the last batches: one consume call can return only part of a batch (it holds up
-        # to batch.num.messages records), so stopping at each partition's first message
-        # under-reports the end and readers silently miss the tail.
-        consumer.assign([TopicPartition(topic, p, o) for p, o in probe.items()])
-        deadline = time.monotonic() + 5.0
-        seen: set[int] = set()
-        while time.monotonic() < deadline:
-            msgs = consumer.consume(1000, timeout=0.2)
-            for msg in msgs:
-                if msg.error() is None:
-                    p = msg.partition()
-                    ends[p] = max(ends[p], msg.offset() + 1)
-                    seen.add(p)
-            if not msgs and seen >= set(probe):
-                break
-        consumer.unassign()
-    return {p: (marks[p][0], ends[p]) for p in range(partitions)}
-
-
 def resolve_offsets(settings, topic: str, from_offsets: list[str] | None, from_time_ms: int | None,
                     partitions: int) -> dict[int, tuple[int, int]]:
     """``{partition: (start offset, end offset)}``, checked against the partitions' watermarks."""
     from confluent_kafka import Consumer, TopicPartition
-
-    from deploy.cli import UsageError
 
     consumer = Consumer(settings.consumer(f"liquid-replay-{time.time_ns()}"))
     try:
@@ -159,8 +124,6 @@ def read_topic(settings, topic: str, partitions: int | None = None) -> list[dict
 
 
 def _run(args) -> int:
-    from deploy.cli import UsageError
-
     if args.from_offset and args.from_time:
         raise UsageError("give --from-offset or --from-time, not both")
     if not args.dump and not args.flow:

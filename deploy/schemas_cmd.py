@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from deploy.errors import UsageError
 from schemas import SCHEMA_NAMES, TopicNames, schema_json
 
 
@@ -24,7 +25,6 @@ def _show(args) -> int:
 
 
 def _register(args) -> int:
-    from deploy.cli import UsageError
     from schemas.registry import register_all
 
     config = dict(args.registry_settings or [])

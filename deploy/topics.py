@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-
-from deploy.kafka import KafkaSettings, TopicNames, add_kafka_args, check_reachable, settings_from_args
+from deploy.errors import UsageError
+from deploy.kafka import (
+    KafkaSettings,
+    TopicNames,
+    add_kafka_args,
+    check_reachable,
+    settings_from_args,
+)
 
 DEFAULT_PARTITIONS = 4
 
@@ -37,8 +43,6 @@ def ensure_topics(settings: KafkaSettings, topics: list[str], partitions: int = 
 
 
 def _create(args) -> int:
-    from deploy.cli import UsageError
-
     if args.partitions < 1:
         raise UsageError("--partitions must be at least 1")
     settings = settings_from_args(args)

@@ -52,7 +52,7 @@ def make_signal(workflow_id: str, run_id: str, task: str, state: int, ts_ms: int
             "state": state, "outcome": outcome if state == FINISHED else None, "ts_ms": int(ts_ms),
             "tsa": [int(t) for t in tsa], "tsa_resolution_ms": 1, "intensity": 0.0 if state == STARTED else 1.0,
             "node_id": node_id, "resources": resources, "data_size_bytes": data_size_bytes,
-            "run_ended": run_ended, "attributes": attributes}
+            "run_ended": run_ended, "inputs": None, "outputs": None, "attributes": attributes}
 
 
 def run_signals(workflow_id: str, run_id: str, executions: Iterable[Sequence], t0_ms: int = 0,

@@ -8,30 +8,59 @@
                            └─▶ liquid.deadletter  (anything that does not decode)
 
 Run it with ``liquid flow run control`` (or ``python -m bytewax.run
-"flows.control:from_env()"`` with ``LIQUID_FLOW_SPEC`` set).
+"flows.control:from_env()"`` with ``LIQUID_FLOW_SPEC`` set). Without Kafka, give
+`build` a source and a sink: here a node heats past 85 °C and the flow steps it
+down one rung, with the evidence in the command.
+
+>>> from bytewax.testing import TestingSink, TestingSource, run_main
+>>> def sample(second, temp_c):
+...     return ("Telemetry", {"node_id": "edge-1", "ts_ms": 1_000 * second, "seq": second, "gpu_temp_c": temp_c,
+...             "gpu_util": 0.9, "mem_used_frac": 0.25, "power_w": 200.0, "power_cap_w": 300.0,
+...             "latency_ms": 20.0, "throughput_rps": 100.0, "variant": "transformer",
+...             "precision": "fp32", "batch_size": 16, "source": "simulator", "scenario": "heat-wave"})
+>>> out = []
+>>> spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True)
+>>> run_main(build(spec, source=TestingSource([sample(s, 86.0 + s / 10) for s in range(8)]), sink=TestingSink(out)))
+>>> [(node, name, cmd["from_variant"], cmd["to_variant"], cmd["trigger"]) for node, (name, cmd) in out]
+[('edge-1', 'MorphCommand', 'transformer', 'lstm', 'THRESHOLD')]
 """
 
 from __future__ import annotations
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
 
 from flows.spec import FlowSpec
 from operators.control import MorphStep
-from operators.from_spec import codec_for, decoded_input, encoded_output, models_factory_for, policy_for
-from operators.kafka_io import tune_gc_for_flow
+from operators.events import keyed_input
+from operators.from_spec import codec_for, models_factory_for, policy_for
+from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
 
 
-def build(spec: FlowSpec) -> Dataflow:
+def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None) -> Dataflow:
+    """The control flow of ``spec``, on Kafka, or on ``source`` and ``sink`` when given.
+
+    ``source`` yields ``(schema name, record)`` items (Telemetry, CommandAck);
+    ``sink`` takes ``(node id, (schema name, record))`` items (MorphCommand, Alert).
+    """
     topics = spec.topic_names
-    codec = codec_for(spec)
     flow = Dataflow("control")
     tune_gc_for_flow()
-
-    telemetry_and_acks = decoded_input(flow, spec, codec, {topics.telemetry: "Telemetry", topics.acks: "CommandAck"},
-                                       key_field="node_id")
+    # (node id, Event): telemetry samples and acks, keyed by node
+    if source is None:
+        events = kafka_input(flow, spec, codec_for(spec), {topics.telemetry: "Telemetry", topics.acks: "CommandAck"},
+                             key_field="node_id")
+    else:
+        events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id"})
+    # (node id, (schema name, record)): the commands and alerts the node's state decides
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic)
-    encoded_output(op.stateful_flat_map("morph", telemetry_and_acks, step), spec, codec, ("MorphCommand", "Alert"))
+    decisions = op.stateful_flat_map("morph", events, step)
+    if sink is None:
+        kafka_output(decisions, spec, codec_for(spec), ("MorphCommand", "Alert"))
+    else:
+        op.output("out", decisions, sink)
     return flow
 
 

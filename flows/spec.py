@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from operators.kafka_io import KafkaSettings
 from schemas import TopicNames
+from schemas.kafka import KafkaSettings
 
 ENV_VAR = "LIQUID_FLOW_SPEC"
 

@@ -7,42 +7,74 @@
                              │                   └─▶ signal history store (SQLite | PostgreSQL)
                              └─▶ liquid.deadletter  (anything that does not decode)
 
-Run it with ``liquid flow run workflow [--store PATH|DSN]``.
+Run it with ``liquid flow run workflow [--store PATH|DSN]``. Without Kafka, give
+`build` a source and a sink: after three runs of ``ingest -> infer``, the start of
+``ingest`` in a fourth predicts ``infer``.
+
+>>> from bytewax.testing import TestingSink, TestingSource, run_main
+>>> from fingerprint.traces import run_signals
+>>> signals = [s for r in range(4)
+...            for s in run_signals("inspect", f"r{r}", [("ingest", 0, 10), ("infer", 10, 30)], t0_ms=100 * r)]
+>>> out = []
+>>> spec = FlowSpec("workflow", bootstrap="unused:9092")
+>>> run_main(build(spec, source=TestingSource([("WorkflowSignal", s) for s in signals]), sink=TestingSink(out)))
+>>> last = out[-2]  # the prediction at r3's start of ingest (the last is at infer's: the run ends)
+>>> key, (name, p) = last
+>>> key, name, p["run_id"], p["after_task"], p["candidates"][0]["task"]
+('inspect', 'NextStepPrediction', 'r3', 'ingest', 'infer')
 """
 
 from __future__ import annotations
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
 
 from flows.spec import FlowSpec
-from operators.from_spec import (codec_for, decoded_input, encoded_output, predictor_factory_for,
-                                 speculation_factory_for)
-from operators.kafka_io import tune_gc_for_flow
-from operators.workflow import (NextStepStep, SignalStoreSink, key_by_node, predict_next_steps,
+from operators.events import keyed_input
+from operators.from_spec import codec_for, predictor_factory_for, speculation_factory_for
+from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
+from operators.workflow import (NextStepStep, SignalStoreSink, is_signal, key_by_node, predict_next_steps,
                                 shadow_ack_by_workflow)
 
 
-def build(spec: FlowSpec) -> Dataflow:
+def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None) -> Dataflow:
+    """The workflow flow of ``spec``, on Kafka, or on ``source`` and ``sink`` when given.
+
+    ``source`` yields ``(schema name, record)`` items (WorkflowSignal, and
+    CommandAck with speculation); ``sink`` takes ``(key, (schema name, record))``
+    items (NextStepPrediction keyed by workflow, ShadowCommand keyed by node).
+    """
     topics = spec.topic_names
-    codec = codec_for(spec)
     flow = Dataflow("workflow")
     tune_gc_for_flow()
-
-    signals = decoded_input(flow, spec, codec, {topics.signals: "WorkflowSignal"}, key_field="workflow_id")
+    speculation = speculation_factory_for(spec)
+    # (workflow id, Event) signals; (node id, Event) acks, read only when the flow speculates
+    if source is None:
+        signals = kafka_input(flow, spec, codec_for(spec), {topics.signals: "WorkflowSignal"}, key_field="workflow_id")
+        acks = None if speculation is None else kafka_input(flow, spec, codec_for(spec), {topics.acks: "CommandAck"},
+                                                            key_field="node_id", step_id="acks")
+    else:
+        both = op.branch("signals_or_acks", keyed_input(flow, "in", source,
+                                                         {"WorkflowSignal": "workflow_id", "CommandAck": "node_id"}),
+                         is_signal)
+        signals, acks = both.trues, both.falses
     if spec.options.get("store"):
         op.output("history", op.key_rm("signals", signals), SignalStoreSink(spec.options["store"]))
     events = signals
-    speculation = speculation_factory_for(spec)
     if speculation is not None:
-        # Shadow acks come back from the workers keyed by node; the speculator of their workflow learns from them.
-        acks = decoded_input(flow, spec, codec, {topics.acks: "CommandAck"}, key_field="node_id", step_id="acks")
-        shadow_acks = op.filter_map("shadow_acks_by_workflow", acks, shadow_ack_by_workflow)
-        events = op.merge("signals_and_acks", events, shadow_acks)
+        # (workflow id, Event): the shadow acks, re-keyed to the workflow whose speculator learns from them
+        events = op.merge("signals_and_acks", events, op.filter_map("shadow_acks_by_workflow", acks,
+                                                                     shadow_ack_by_workflow))
     step = NextStepStep(predictor_factory_for(spec), report_every=int(spec.options.get("report_every", 0)),
                         speculation_factory=speculation)
+    # (workflow id | node id, (schema name, record)): predictions by workflow, shadow commands by node
     outputs = op.map("shadow_commands_by_node", predict_next_steps("predict", events, step), key_by_node)
-    encoded_output(outputs, spec, codec, ("NextStepPrediction", "ShadowCommand"))
+    if sink is None:
+        kafka_output(outputs, spec, codec_for(spec), ("NextStepPrediction", "ShadowCommand"))
+    else:
+        op.output("out", outputs, sink)
     return flow
 
 

@@ -46,11 +46,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import ClassVar, Optional
 
 from morph.ladder import PRECISIONS, MorphLadder
+from schemas.state import Versioned
 
-STATE_VERSION = 2  # 2: forecast_hits, anomaly_hits, fallback
+STATE_VERSION = 2
+
+
+def _add_model_counters(state: dict) -> dict:
+    """Version 1 -> 2: the online models' counters and the fallback hold, none set yet."""
+    return {"forecast_hits": 0, "anomaly_hits": 0, "fallback": False, "fallback_since_ms": None, **state}
 
 #: (minimum resource score, precision, batch size), best tier first.
 DEFAULT_TIERS = ((0.8, "fp32", 16), (0.6, "fp32", 8), (0.4, "fp16", 8), (0.2, "int8", 4), (0.0, "int8", 1))
@@ -117,8 +123,11 @@ class Pending:
 
 
 @dataclass
-class NodeState:
+class NodeState(Versioned):
     """Everything the policy remembers about one node; Bytewax snapshots it."""
+
+    STATE_VERSION: ClassVar[int] = STATE_VERSION
+    MIGRATIONS: ClassVar[dict] = {1: _add_model_counters}
 
     node_id: str
     version: int = STATE_VERSION

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from morph.policy import MorphPolicy, NodeState
-from operators.kafka_io import Event
+from operators.events import Event
 
 CONTROL_STATE_VERSION = 1
 

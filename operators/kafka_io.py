@@ -11,48 +11,21 @@ from __future__ import annotations
 import gc
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-from bytewax.connectors.kafka import KafkaSinkMessage, KafkaSource
-from bytewax.connectors.kafka import _KafkaSourcePartition  # per-partition offsets need the partition class
+import bytewax.operators as op
+from bytewax.connectors.kafka import (
+    KafkaSink,
+    KafkaSinkMessage,
+    KafkaSource,
+    _KafkaSourcePartition,  # per-partition offsets need the partition class
+)
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
+from operators.events import Event
+from operators.from_spec import source_offsets
 from schemas.codec import Codec, Decoded, DecodeError
-
-#: Low-latency consumer settings measured on this machine: librdkafka's default
-#: fetch.wait.max.ms (500) adds ~100 ms per hop; 5 ms brings a hop to 2-3 ms.
-LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "5", "fetch.min.bytes": "1"}
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    """A bootstrap address plus librdkafka settings, shared by producers, consumers and flows."""
-
-    bootstrap: str
-    config: dict = field(default_factory=dict)
-
-    def client(self, **extra) -> dict:
-        conf = {"bootstrap.servers": self.bootstrap}
-        conf.update(self.config)
-        conf.update({k: v for k, v in extra.items()})
-        return conf
-
-    def producer(self, **extra) -> dict:
-        return self.client(**{"linger.ms": "2", **extra})
-
-    def consumer(self, group_id: str, **extra) -> dict:
-        return self.client(**{"group.id": group_id, "enable.auto.commit": "false",
-                              **LOW_LATENCY_CONSUMER, **extra})
-
-    def flow_config(self) -> dict:
-        """Settings for Bytewax's KafkaSource/KafkaSink (which add bootstrap themselves)."""
-        return {**LOW_LATENCY_CONSUMER, **self.config}
-
-    @property
-    def brokers(self) -> list[str]:
-        return self.bootstrap.split(",")
-
 
 #: Garbage-collector thresholds for a flow process. With CPython's default (700, 10, 10) a young
 #: collection runs every 700 net allocations, several times per source batch, each promoting the
@@ -94,17 +67,6 @@ class DeadLetter:
     key: Optional[bytes]
     value: Optional[bytes]
     reason: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """A decoded record with its origin (kept for event-time and replay bookkeeping)."""
-
-    schema_name: str
-    record: dict
-    topic: str
-    partition: int
-    offset: int
 
 
 def raw_decoder(codec: Codec, expect_by_topic: dict[str, str], key_field: str):
@@ -238,3 +200,33 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
         if last_offset is not None:
             self._offset = last_offset + 1  # resume from the next message, not this one
         return batch
+
+
+# -- the Kafka wiring of every flow ----------------------------------------------------------
+
+
+def kafka_input(flow, spec, codec, schema_by_topic: dict, key_field: str, step_id: str = "kafka"):
+    """``(key, Event)`` items from the topics of ``schema_by_topic``, decoded as they are read.
+
+    Anything undecodable goes to the dead-letter topic with its reason (and is
+    counted); the flow carries on. Every flow reads Kafka this way.
+    """
+    kafka = spec.kafka
+    start, per_partition = source_offsets(spec)
+    decoded = op.input(f"{step_id}_in", flow, OffsetKafkaSource(
+        kafka.brokers, list(schema_by_topic), tail=spec.tail, starting_offset=start, start_offsets=per_partition,
+        add_config=kafka.flow_config(), batch_size=spec.batch_size,
+        decode=raw_decoder(codec, schema_by_topic, key_field)))
+    routed = op.branch(f"{step_id}_decodable", decoded, is_event)
+    op.output(f"{step_id}_deadletter_out",
+              op.map(f"{step_id}_dead_letter", routed.falses, dead_letter_message(spec.topic_names.deadletter)),
+              KafkaSink(kafka.brokers, None, add_config=kafka.config))
+    return routed.trues
+
+
+def kafka_output(stream, spec, codec, schema_names: tuple) -> None:
+    """Publish ``(key, (schema name, record))`` items, each on its record type's topic."""
+    topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
+                       for name in schema_names}
+    op.output("kafka_out", op.map("encode", stream, encoder(codec, topic_by_schema)),
+              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.config))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pickle
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import bytewax.operators as op
 from bytewax.dataflow import operator
@@ -21,19 +21,18 @@ from bytewax.operators import KeyedStream, StatefulLogic
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from fingerprint.store import SignalStore
-from operators.kafka_io import Event
+from operators.events import Event
 from prediction.nextstep import NextStepPredictor
-
-WORKFLOW_STATE_VERSION = 1
-
+from schemas.state import Versioned
 
 @dataclass
-class WorkflowState:
+class WorkflowState(Versioned):
     """What the workflow flow keeps per workflow (snapshotted by Bytewax recovery)."""
 
+    STATE_VERSION: ClassVar[int] = 1
     predictor: NextStepPredictor
     speculation: Any = None   # shadow pre-execution policy state, when enabled
-    version: int = WORKFLOW_STATE_VERSION
+    version: int = STATE_VERSION
 
 
 class NextStepStep:
@@ -49,7 +48,7 @@ class NextStepStep:
         record = event.record
         if event.schema_name == "CommandAck":
             if state is not None and state.speculation is not None:
-                state.speculation.on_ack(record)
+                state.speculation.learn_ack(record)
             return state, ()
         if state is None:
             workflow_id = record["workflow_id"]
@@ -60,9 +59,9 @@ class NextStepStep:
         fingerprint = state.predictor.fingerprint
         issues_before = dict(fingerprint.issues)
         if state.speculation is not None:
-            predictions, commands = state.speculation.step(record)
+            predictions, commands = state.speculation.predict_then_learn_one(record)
         else:
-            predictions, commands = state.predictor.learn_one(record), ()
+            predictions, commands = state.predictor.predict_then_learn_one(record), ()
         if fingerprint.issues != issues_before:
             self._report_issue(record, issues_before, fingerprint.issues)
         outputs = [("NextStepPrediction", p) for p in predictions]
@@ -162,6 +161,11 @@ def shadow_ack_by_workflow(keyed):
         return None  # morph acks belong to the control flow; undecodable acks are the control flow's dead letters
     workflow_id = (item.record.get("details") or {}).get("workflow_id")
     return (workflow_id, item) if workflow_id else None
+
+
+def is_signal(keyed) -> bool:
+    """True for a workflow signal, False for an ack (one input carrying both, as a test's source does)."""
+    return keyed[1].schema_name == "WorkflowSignal"
 
 
 def key_by_node(keyed):

@@ -11,7 +11,7 @@ which is the exact trajectory of a first-order (RC) thermal system approaching
 its steady state with time constant τ: a GPU whose power steps up heats along
 ``T∞ - A e^(-t/τ)``, whose slope decays exactly like the damped trend. So for
 temperature the damping time is the node's thermal time constant (R·C, 20–45 s
-for `morph.thermal`), `TemperatureForecaster` defaults to it, and the forecast
+for `edge.thermal`), `TemperatureForecaster` defaults to it, and the forecast
 levels off where the heating does instead of running away linearly.
 
 The interval is empirical, not a model formula: every ``record_every_s``
@@ -291,7 +291,7 @@ class TemperatureForecaster(TrendForecaster):
     """`TrendForecaster` with defaults for accelerator temperature.
 
     The damping time is the thermal time constant R·C (≈ 20 s with a healthy fan
-    in `morph.thermal`, ≈ 45 s with a failing one): 30 s errs by a few percent of
+    in `edge.thermal`, ≈ 45 s with a failing one): 30 s errs by a few percent of
     the remaining rise either way.
     """
 

@@ -2,9 +2,11 @@
 
 `Speculator` is the per-workflow state the flow keys by workflow id. It owns a
 `prediction.nextstep.NextStepPredictor` (or anything with the same
-``learn_one(signal) -> [NextStepPrediction]``). ``learn_one(signal)`` feeds the
-signal to it and returns the ShadowCommand records (``schemas/shadow_command.avsc``)
-to send to the run's node:
+``learn_one`` / ``predict_then_learn_one``). River's protocol:
+``learn_one(signal)`` only learns (speculation off); ``learn_ack(ack)`` learns
+from what a shadow did; ``predict_then_learn_one(signal)`` feeds the signal to
+the predictor and returns ``(NextStepPrediction records, ShadowCommand records)``,
+the commands (``schemas/shadow_command.avsc``) to send to the run's node:
 
 * on a start of task T in run R: COMMIT R's shadow of T if there is one; keep
   R's other shadows that the new prediction still wants; ROLLBACK the rest
@@ -23,7 +25,7 @@ s with probability p when ``p · saving > (1 − p) · waste_weight · cost``, w
 weight and a confidence floor per action (ALLOCATE and PREFETCH are cheap I/O,
 PRE_EXECUTE spends compute). Saving and cost start as a share of the step's
 mean duration (from the finish signals' timestamp arrays) and are then learned
-from the acks (``on_ack``): measured saved ms of commits, busy ms of every
+from the acks (``learn_ack``): measured saved ms of commits, busy ms of every
 shadow. A step the node refuses to pre-execute (critical) or that has nothing
 to fetch or allocate is remembered from the REJECTED ack. Per node at most
 ``max_in_flight`` shadows are open; the most valuable actions go first.
@@ -36,12 +38,13 @@ reason, per run and in aggregate.
 >>> spec = [("ingest", 0, 10), ("infer", 10, 20), ("report", 20, 50)]
 >>> speculator = Speculator("w", policy=SpeculationPolicy(critical=frozenset({"report"})))
 >>> for i in range(30):  # learn the workflow first
-...     _ = [speculator.learn_one(s) for s in run_signals("w", f"r{i}", spec, t0_ms=i * 100, node_id="n1")]
+...     _ = [speculator.predict_then_learn_one(s) for s in run_signals("w", f"r{i}", spec, t0_ms=i * 100, node_id="n1")]
 >>> live = run_signals("w", "live", spec, t0_ms=10_000, node_id="n1")
->>> [(c["action"], c["step"]) for c in speculator.learn_one(live[0])]  # ingest started
-[('PRE_EXECUTE', 'infer')]
->>> _ = speculator.learn_one(live[1])  # ingest finished
->>> [(c["action"], c["step"]) for c in speculator.learn_one(live[2])]  # infer started; report is critical
+>>> predictions, commands = speculator.predict_then_learn_one(live[0])  # ingest started
+>>> predictions[0]["candidates"][0]["task"], [(c["action"], c["step"]) for c in commands]
+('infer', [('PRE_EXECUTE', 'infer')])
+>>> _ = speculator.predict_then_learn_one(live[1])  # ingest finished
+>>> [(c["action"], c["step"]) for c in speculator.predict_then_learn_one(live[2])[1]]  # infer started; report is critical
 [('COMMIT', 'infer'), ('ALLOCATE', 'report'), ('PREFETCH', 'report')]
 """
 
@@ -50,11 +53,11 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from prediction.nextstep import NextStepPredictor
+from schemas.state import Versioned
 
-#: Version of the state layout (Bytewax snapshots pickle it).
-FORMAT_VERSION = 1
 ALLOCATE, PREFETCH, PRE_EXECUTE, COMMIT, ROLLBACK = "ALLOCATE", "PREFETCH", "PRE_EXECUTE", "COMMIT", "ROLLBACK"
 PREPARE = (ALLOCATE, PREFETCH, PRE_EXECUTE)
 END = "<end>"
@@ -161,13 +164,14 @@ class SpeculationMetrics:
 
 
 @dataclass
-class Speculator:
+class Speculator(Versioned):
     """Per-workflow speculation state: predictor, open shadows per run, learned costs, metrics."""
 
     workflow_id: str
     policy: SpeculationPolicy = field(default_factory=SpeculationPolicy)
     predictor: object = None
-    version: int = FORMAT_VERSION
+    STATE_VERSION: ClassVar[int] = 1
+    version: int = STATE_VERSION
     shadows: dict = field(default_factory=dict)      # run_id -> {step: {"actions": set, "node": str}}
     in_flight: Counter = field(default_factory=Counter)  # node -> open shadows
     estimates: dict = field(default_factory=dict)    # "step|action" -> [saving, n_saving, cost, n_cost]
@@ -188,9 +192,11 @@ class Speculator:
 
     # -- the streaming protocol ---------------------------------------------------------------
 
-    def observe(self, signal: dict) -> list[dict]:
-        """Learn from a signal without speculating (speculation off); returns the predictions made."""
-        return self._learn(signal) if self._fresh(signal) else []
+    def learn_one(self, signal: dict) -> None:
+        """Learn from a WorkflowSignal without speculating (the flow with speculation off)."""
+        if signal.get("workflow_id") == self.workflow_id and self._fresh(signal):
+            self.predictor.learn_one(signal)
+            self._learn_duration(signal)
 
     def _fresh(self, signal: dict) -> bool:
         """False for a redelivered signal (at-least-once delivery) or one of a run that already ended."""
@@ -202,8 +208,7 @@ class Speculator:
             self._seen.popitem(last=False)
         return True
 
-    def _learn(self, signal: dict) -> list[dict]:
-        predictions = self.predictor.learn_one(signal)
+    def _learn_duration(self, signal: dict) -> None:
         if signal.get("state") == 0:
             tsa = signal.get("tsa") or []
             if len(tsa) >= 2:
@@ -212,20 +217,13 @@ class Speculator:
                 prev = self.durations.get(signal["task"])
                 rate = self.policy.learning_rate
                 self.durations[signal["task"]] = ms if prev is None else prev + rate * (ms - prev)
-        return predictions
 
-    def learn_one(self, signal: dict) -> list[dict]:
-        """Fold in a WorkflowSignal; returns the ShadowCommand records to send to the run's node."""
-        return self.step(signal)[1]
-
-    def step(self, signal: dict) -> tuple[list[dict], list[dict]]:
-        """Fold in a WorkflowSignal: ``(NextStepPrediction records, ShadowCommand records)``.
-
-        The flow publishes both; `learn_one` is this without the predictions.
-        """
+    def predict_then_learn_one(self, signal: dict) -> tuple[list[dict], list[dict]]:
+        """Fold in a WorkflowSignal: ``(NextStepPrediction records, ShadowCommand records)`` to publish."""
         if signal.get("workflow_id") != self.workflow_id or not self._fresh(signal):
             return [], []
-        predictions = self._learn(signal)
+        predictions = self.predictor.predict_then_learn_one(signal)
+        self._learn_duration(signal)
         run_id, task, ts = signal["run_id"], signal["task"], signal["ts_ms"]
         info = self._runs.get(run_id)
         if info is None:
@@ -248,7 +246,7 @@ class Speculator:
             out += self._forget_idle(ts)
         return predictions, out
 
-    def on_ack(self, ack: dict) -> None:
+    def learn_ack(self, ack: dict) -> None:
         """Learn from a CommandAck of a shadow of this workflow (others are ignored)."""
         details = ack.get("details") or {}
         if ack.get("kind") != "SHADOW" or details.get("workflow_id") != self.workflow_id:

@@ -146,6 +146,25 @@ class _Source:
     def add(self, depth: int, line: str) -> None:
         self.lines.append("    " * depth + line)
 
+    def compile(self, schema, emit, head: str, tail: str, kind: str, helpers: dict):
+        """Generate the body with ``emit`` for a record schema and compile ``head + body + tail``.
+
+        Returns the function (its source in ``.source``), or None when the schema
+        has a construct the fast paths do not compile.
+        """
+        try:
+            if _type_of(schema) != "record":
+                raise _Unsupported("top level is not a record")
+            emit(schema, "record", 1)
+        except _Unsupported:
+            return None
+        code = "\n".join([head, *self.lines, tail]) + "\n"
+        namespace = {"_Fallback": _Fallback, **helpers, **self.consts}
+        exec(compile(code, f"<avro {kind} {schema.get('name')}>", "exec"), namespace)  # noqa: S102
+        function = namespace[head.split()[1].split("(")[0]]
+        function.source = code
+        return function
+
 
 def _compile_writer(schema):
     """``write(record, out: bytearray)`` for ``schema``, or ``None`` when it is not compilable."""
@@ -217,18 +236,8 @@ def _compile_writer(schema):
                 src.add(d, f"{field_value} = {value}[{f['name']!r}]")
                 emit(f["type"], field_value, d)
 
-    try:
-        if _type_of(schema) != "record":
-            raise _Unsupported("top level is not a record")
-        emit(schema, "record", 1)
-    except _Unsupported:
-        return None
-    code = "def write(record, out):\n" + "\n".join(src.lines) + "\n"
-    namespace = {"_Fallback": _Fallback, "_pack_double": struct.Struct("<d").pack,
-                 **src.consts}
-    exec(compile(code, f"<avro writer {schema.get('name')}>", "exec"), namespace)  # noqa: S102
-    namespace["write"].source = code
-    return namespace["write"]
+    return src.compile(schema, emit, "def write(record, out):", "", "writer",
+                       {"_pack_double": struct.Struct("<d").pack})
 
 
 def _compile_reader(schema):
@@ -316,18 +325,8 @@ def _compile_reader(schema):
                 emit(f["type"], value, d)
             src.add(d, f"{target} = {{" + ", ".join(f"{name!r}: {value}" for name, value in fields) + "}")
 
-    try:
-        if _type_of(schema) != "record":
-            raise _Unsupported("top level is not a record")
-        emit(schema, "record", 1)
-    except _Unsupported:
-        return None
-    code = "def read(raw, pos):\n    size = len(raw)\n" + "\n".join(src.lines) + "\n    return record, pos\n"
-    namespace = {"_Fallback": _Fallback, "_unpack_double": struct.Struct("<d").unpack_from,
-                 **src.consts}
-    exec(compile(code, f"<avro reader {schema.get('name')}>", "exec"), namespace)  # noqa: S102
-    namespace["read"].source = code
-    return namespace["read"]
+    return src.compile(schema, emit, "def read(raw, pos):\n    size = len(raw)", "    return record, pos", "reader",
+                       {"_unpack_double": struct.Struct("<d").unpack_from})
 
 
 @lru_cache(maxsize=None)

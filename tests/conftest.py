@@ -24,7 +24,7 @@ def broker():
 def kafka(broker):
     """Kafka settings for a fresh broker with every project topic created."""
     from deploy.topics import ensure_topics
-    from operators.kafka_io import KafkaSettings
+    from schemas.kafka import KafkaSettings
     from schemas import TopicNames
 
     settings = KafkaSettings(broker.bootstrap)

@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from deploy.produce import produce_telemetry
 from deploy.replay import read_topic
 from morph.policy import MorphPolicy, NodeState, PolicyConfig
-from morph.thermal import Scenario
+from edge.thermal import Scenario
 from schemas import TopicNames
 from schemas.codec import Codec
 from tests.conftest import run_liquid, start_liquid

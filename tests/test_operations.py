@@ -50,7 +50,7 @@ def test_topics_create_is_idempotent(broker):
 @pytest.mark.broker
 def test_two_processes_make_the_same_commands_as_one_worker(kafka):
     from deploy.produce import produce_telemetry
-    from morph.thermal import Scenario
+    from edge.thermal import Scenario
 
     produce_telemetry(kafka, TOPICS, [f"edge-{i}" for i in range(6)], Scenario("thermal-event", 150), speed=0,
                       follow_commands=False, start_ms=1_700_000_000_000, seed=9)
@@ -113,8 +113,8 @@ class FakeNvml(types.ModuleType):
 
 
 def test_nvml_sensor_reads_a_gpu_and_auto_falls_back_without_one(monkeypatch):
-    from morph.sensors import NvmlSensor, ThermalSensor, open_sensor
-    from morph.thermal import Scenario
+    from edge.sensors import NvmlSensor, ThermalSensor, open_sensor
+    from edge.thermal import Scenario
 
     fake = FakeNvml()
     monkeypatch.setitem(sys.modules, "pynvml", fake)
@@ -143,7 +143,7 @@ def test_read_back_finds_the_true_end_of_large_batches(kafka):
     for i in range(20_000):
         producer.produce("liquid.alerts", key=str(i % 3).encode(), value=b"x" * 20)
     producer.flush()
-    from deploy.replay import partition_ends
+    from schemas.kafka import partition_ends
     from confluent_kafka import Consumer
 
     consumer = Consumer(kafka.consumer("t"))

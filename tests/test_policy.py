@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from morph.fleet import SimulatedNode
+from edge.fleet import SimulatedNode
 from morph.policy import MorphPolicy, NodeState, PolicyConfig
-from morph.thermal import Scenario
+from edge.thermal import Scenario
 
 BASE = dict(node_id="n1", mem_used_frac=0.4, power_w=200.0, power_cap_w=350.0,
             variant="transformer", precision="fp32", batch_size=16)

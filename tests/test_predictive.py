@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from morph.fleet import SimulatedNode
+from edge.fleet import SimulatedNode
 from morph.policy import MorphPolicy, NodeState, PolicyConfig
-from morph.thermal import Conditions, Scenario, ThermalModel, _ramp
+from edge.thermal import Conditions, Scenario, ThermalModel, _ramp
 from prediction.telemetry_models import TelemetryModels
 
 WARM_S = 300  # the models learn the node's normal first, as they would in service

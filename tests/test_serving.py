@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from morph.serving import APPLIED, FAILED, REJECTED, InferenceServer, Predictions, RequestLoad
+from edge.serving import APPLIED, FAILED, REJECTED, InferenceServer, Predictions, RequestLoad
 from morph.zoo import build_zoo, load_manifest, load_split, runtime
 from morph.zoo.manifest import sha256_file
 

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from morph.shadow import LocalLoop, ShadowExecutor
-from morph.workflows import IsolationError, Step, WorkflowRun, WorkflowSpec
+from edge.shadow import ShadowExecutor
+from tests.support import LocalLoop
+from edge.runtime import IsolationError, Step, WorkflowRun, WorkflowSpec
 from schemas.codec import Codec
 
 NODE = "edge-1"

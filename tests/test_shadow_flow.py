@@ -9,8 +9,8 @@ import time
 import pytest
 
 from deploy.replay import read_topic
-from deploy.worker import EdgeWorker
-from morph.thermal import Scenario
+from edge.worker import EdgeWorker
+from edge.thermal import Scenario
 from schemas import TopicNames
 from tests.conftest import ROOT
 

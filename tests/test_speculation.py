@@ -12,9 +12,11 @@ from dataclasses import replace
 import pytest
 
 from fingerprint.traces import MarkovProcess, run_signals
-from morph.shadow import LocalLoop, ShadowExecutor
-from morph.workflows import (CentroidClassifier, InspectionCosts, Replica, WorkflowRun, WorkflowSpec,
-                             inspection_lots, inspection_workflow)
+from edge.shadow import ShadowExecutor
+from tests.support import LocalLoop
+from edge.inspection import InspectionCosts, Replica, inspection_lots, inspection_workflow
+from edge.runtime import WorkflowRun, WorkflowSpec
+from tests.support import CentroidClassifier
 from prediction.nextstep import NextStepPredictor
 from prediction.speculation import (ALLOCATE, PRE_EXECUTE, PREFETCH, CostModel, SpeculationPolicy, Speculator)
 from schemas.codec import Codec
@@ -27,7 +29,7 @@ BRANCHING = MarkovProcess({
 def trained(policy=SpeculationPolicy(), runs=300) -> Speculator:
     speculator = Speculator("w", policy=policy)
     for s in BRANCHING.signals(runs, seed=2):
-        speculator.observe(s)
+        speculator.learn_one(s)
     return speculator
 
 
@@ -51,7 +53,7 @@ def test_the_cost_model_sets_a_different_confidence_threshold_per_action():
 def test_commands_follow_the_run_commit_the_predicted_step_and_roll_back_the_mispredicted_one():
     speculator = trained()
     signals = live(["a", "c", "d"])
-    out = [speculator.learn_one(s) for s in signals]
+    out = [speculator.predict_then_learn_one(s)[1] for s in signals]
     assert acts(out[0]) == [(PRE_EXECUTE, "b")]          # a started: b is 0.8 likely; c (0.2) is not worth it
     assert acts(out[2]) == [("ROLLBACK", "b"), (PRE_EXECUTE, "d")]
     assert out[2][0]["reason"] == "mispredicted: c started"
@@ -68,7 +70,7 @@ def test_commands_follow_the_run_commit_the_predicted_step_and_roll_back_the_mis
 
 def test_the_end_of_a_run_rolls_back_what_it_left_open():
     speculator = trained()
-    out = [speculator.learn_one(s) for s in live(["a", "b"])]
+    out = [speculator.predict_then_learn_one(s)[1] for s in live(["a", "b"])]
     assert acts(out[2]) == [("COMMIT", "b"), (PRE_EXECUTE, "d")]
     assert acts(out[3]) == [("ROLLBACK", "d")] and out[3][0]["reason"] == "run ended"
     assert speculator.shadows == {} and not speculator.in_flight
@@ -76,17 +78,17 @@ def test_the_end_of_a_run_rolls_back_what_it_left_open():
 
 def test_a_critical_step_is_only_prepared_whether_configured_or_learned_from_a_rejection():
     configured = trained(SpeculationPolicy(critical=frozenset({"b"})))
-    assert acts(configured.learn_one(live(["a"])[0])) == [(ALLOCATE, "b"), (PREFETCH, "b")]
+    assert acts(configured.predict_then_learn_one(live(["a"])[0])[1]) == [(ALLOCATE, "b"), (PREFETCH, "b")]
 
     learner = trained()
-    first = learner.learn_one(live(["a"], "r1")[0])
+    first = learner.predict_then_learn_one(live(["a"], "r1")[0])[1]
     assert acts(first) == [(PRE_EXECUTE, "b")]
-    learner.on_ack({"command_id": first[0]["command_id"], "kind": "SHADOW", "status": "REJECTED",
+    learner.learn_ack({"command_id": first[0]["command_id"], "kind": "SHADOW", "status": "REJECTED",
                     "reason": "critical step: never pre-executed",
                     "details": {"workflow_id": "w", "run_id": "r1", "step": "b", "action": PRE_EXECUTE,
                                 "code": "critical"}})
     assert learner.shadows == {} and learner.metrics.rejected == {"critical": 1}
-    assert acts(learner.learn_one(live(["a"], "r2")[0])) == [(ALLOCATE, "b"), (PREFETCH, "b")]
+    assert acts(learner.predict_then_learn_one(live(["a"], "r2")[0])[1]) == [(ALLOCATE, "b"), (PREFETCH, "b")]
 
 
 def test_open_shadows_per_node_are_bounded_and_the_most_valuable_go_first():
@@ -96,32 +98,32 @@ def test_open_shadows_per_node_are_bounded_and_the_most_valuable_go_first():
     eager = CostModel(waste_weight={ALLOCATE: 0.1, PREFETCH: 0.1, PRE_EXECUTE: 0.1})
     speculator = Speculator("w", policy=SpeculationPolicy(cost=eager, max_in_flight=1))
     for s in even.signals(300, seed=4):
-        speculator.observe(s)
-    out = speculator.learn_one(live(["a"], "r1")[0])
+        speculator.learn_one(s)
+    out = speculator.predict_then_learn_one(live(["a"], "r1")[0])[1]
     assert acts(out) == [(PRE_EXECUTE, "c")]  # c saves more (30 ms x 0.4 > 10 ms x 0.6)
-    assert acts(speculator.learn_one(live(["a"], "r2", t0=2 * 10**7)[0])) == []  # the node is full
+    assert acts(speculator.predict_then_learn_one(live(["a"], "r2", t0=2 * 10**7)[0])[1]) == []  # the node is full
     unbounded = pickle.loads(pickle.dumps(speculator))
     object.__setattr__(unbounded, "policy", replace(unbounded.policy, max_in_flight=3))
-    assert acts(unbounded.learn_one(live(["a"], "r3", t0=3 * 10**7)[0])) == [(PRE_EXECUTE, "c"), (PRE_EXECUTE, "b")]
+    assert acts(unbounded.predict_then_learn_one(live(["a"], "r3", t0=3 * 10**7)[0])[1]) == [(PRE_EXECUTE, "c"), (PRE_EXECUTE, "b")]
 
 
 def test_acks_teach_the_policy_what_an_action_really_saves_and_fill_the_metrics():
     speculator = trained()
     for i in range(12):
         run = f"r{i}"
-        out = speculator.learn_one(live(["a"], run, t0=10**7 + i * 1000)[0])
+        out = speculator.predict_then_learn_one(live(["a"], run, t0=10**7 + i * 1000)[0])[1]
         if acts(out) != [(PRE_EXECUTE, "b")]:
             # the cheap actions, not yet measured, are still worth their prior
             assert acts(out) == [(ALLOCATE, "b"), (PREFETCH, "b")]
             break
         # the shadow of b never saves anything (b can only start once a's output exists) and costs 10 ms
         status = "ROLLED_BACK" if i % 2 == 0 else "COMMITTED"
-        speculator.on_ack({"command_id": out[0]["command_id"], "kind": "SHADOW", "status": status,
+        speculator.learn_ack({"command_id": out[0]["command_id"], "kind": "SHADOW", "status": status,
                            "reason": "ok" if status == "COMMITTED" else "mispredicted: c started",
                            "details": {"workflow_id": "w", "run_id": run, "step": "b", "actions": PRE_EXECUTE,
                                        "saved_ms": "0.0", "busy_ms": "10.0", "alloc_ms": "0", "fetch_ms": "0",
                                        "wasted_ms": "0.0" if status == "COMMITTED" else "10.0"}})
-        speculator.learn_one({**live(["a"], run)[-1], "run_ended": True})
+        speculator.predict_then_learn_one({**live(["a"], run)[-1], "run_ended": True})[1]
     assert i < 11, "the policy kept pre-executing a step that never saves anything"
     m = speculator.metrics
     assert m.committed + m.rolled_back == i and m.hit_rate == pytest.approx(m.committed / i)
@@ -133,11 +135,11 @@ def test_acks_teach_the_policy_what_an_action_really_saves_and_fill_the_metrics(
 def test_the_state_survives_a_snapshot_and_decides_the_same_afterwards():
     speculator = trained()
     signals = live(["a", "c", "d"])
-    speculator.learn_one(signals[0])
+    speculator.predict_then_learn_one(signals[0])[1]
     restored = pickle.loads(pickle.dumps(speculator))
     assert restored.version == speculator.version == 1
     for s in signals[1:]:
-        assert restored.learn_one(s) == speculator.learn_one(s)
+        assert restored.predict_then_learn_one(s)[1] == speculator.predict_then_learn_one(s)[1]
 
 
 # -- the whole loop on the reference workflow ---------------------------------------------------
@@ -171,7 +173,10 @@ class WrongPredictor:
         self.inner, self.paths = NextStepPredictor(workflow_id), paths
 
     def learn_one(self, signal):
-        out = self.inner.learn_one(signal)
+        self.inner.learn_one(signal)
+
+    def predict_then_learn_one(self, signal):
+        out = self.inner.predict_then_learn_one(signal)
         path = self.paths.get(signal["run_id"].split("-", 1)[1])
         if not out or path is None:
             return out
@@ -250,8 +255,11 @@ def speculate(lots, mode, reference, costs=COSTS):
     policy = SpeculationPolicy() if mode == "wrong" else SpeculationPolicy(critical=spec.critical_steps)
     speculator = Speculator("inspection", policy=policy, predictor=predictor)
     executor = ShadowExecutor("n1", max_in_flight=4)
-    decide = chaotic(speculator.learn_one, executor, seed=5) if mode == "chaos" else speculator.learn_one
-    loop = LocalLoop(executor, decide, speculator.on_ack)
+    def commands(signal):
+        return speculator.predict_then_learn_one(signal)[1]
+
+    decide = chaotic(commands, executor, seed=5) if mode == "chaos" else commands
+    loop = LocalLoop(executor, decide, speculator.learn_ack)
     runs = []
     for i, lot in enumerate(lots):
         sink = []
@@ -307,11 +315,11 @@ def test_speculation_never_changes_what_a_run_produces(lots, reference, mode):
 def test_redelivered_signals_and_signals_after_the_end_change_nothing():
     speculator = trained()
     signals = live(["a", "c", "d"])
-    first = [speculator.learn_one(s) for s in signals[:3]]
+    first = [speculator.predict_then_learn_one(s)[1] for s in signals[:3]]
     assert acts(first[2]) == [("ROLLBACK", "b"), (PRE_EXECUTE, "d")]
-    assert speculator.learn_one(signals[0]) == [] and speculator.learn_one(signals[2]) == []  # redelivered
+    assert speculator.predict_then_learn_one(signals[0])[1] == [] and speculator.predict_then_learn_one(signals[2])[1] == []  # redelivered
     assert speculator.shadows["live"].keys() == {"d"}  # the shadow of d survived the duplicates
-    rest = [speculator.learn_one(s) for s in signals[3:]]
+    rest = [speculator.predict_then_learn_one(s)[1] for s in signals[3:]]
     assert acts(rest[1]) == [("COMMIT", "d")]
     late = {**signals[0], "signal_id": "late-one"}
-    assert speculator.learn_one(late) == [] and speculator.shadows == {}
+    assert speculator.predict_then_learn_one(late)[1] == [] and speculator.shadows == {}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from morph.thermal import SCENARIOS, Conditions, Scenario, ThermalModel
+from edge.thermal import SCENARIOS, Conditions, Scenario, ThermalModel
 
 
 def test_steady_state_matches_rc_formula():

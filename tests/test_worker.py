@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Producer
 
 from deploy.replay import read_topic
-from deploy.worker import EdgeWorker
-from morph.thermal import Scenario
+from edge.worker import EdgeWorker
+from edge.thermal import Scenario
 from schemas import TopicNames
 from schemas.codec import Codec
 from tests.conftest import ROOT, run_liquid

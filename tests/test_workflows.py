@@ -6,8 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from morph.workflows import (ArtifactStore, CentroidClassifier, InspectionCosts, Step, WorkflowRun, WorkflowSpec,
-                             freeze, inspection_lots, inspection_workflow, wfcommons_tasks, wfcommons_workflow)
+from edge.artifacts import ArtifactStore, freeze
+
+from edge.inspection import InspectionCosts, inspection_lots, inspection_workflow
+
+from edge.runtime import Step, WorkflowRun, WorkflowSpec
+
+from edge.wfcommons import wfcommons_tasks, wfcommons_workflow
+
+from tests.support import CentroidClassifier
 from schemas import schema_json
 from schemas.codec import Codec
 

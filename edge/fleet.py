@@ -3,7 +3,8 @@
 The fleet simulator (``liquid produce telemetry``) drives these; a simulated
 node applies morph commands instantly, which closes the control loop without
 real models. The edge worker uses `SimulatedNode` too when no GPU exists, with
-its measured throughput and latency in place of the nominal ones.
+its measured throughput and latency in place of the nominal ones. It lives in ``edge/``
+beside the worker because a simulated node is a stand-in for a real one.
 
 >>> node = SimulatedNode("edge-1", Scenario("steady"), seed=1)
 >>> s = node.sample(ts_ms=1_000, dt_s=1.0)
@@ -21,7 +22,7 @@ import random
 from dataclasses import dataclass, field
 
 from morph.ladder import PRECISIONS, VARIANTS
-from morph.thermal import DEFAULT_VARIANT_LATENCY_MS, PRECISION_POWER, Scenario, ThermalModel
+from edge.thermal import DEFAULT_VARIANT_LATENCY_MS, PRECISION_POWER, Scenario, ThermalModel
 
 #: Nominal requests/s a node serves per variant when nothing throttles it.
 NOMINAL_THROUGHPUT = {"transformer": 400.0, "lstm": 550.0, "cnn": 700.0, "mobilenet": 800.0, "snn": 850.0}

@@ -4,7 +4,7 @@
 node; ``handle(command) -> ack`` answers every ShadowCommand with a CommandAck
 (``kind`` SHADOW). A shadow is keyed by (run, step) and can hold:
 
-* an **allocation** (ALLOCATE): the step's `morph.workflows.Resource` acquired
+* an **allocation** (ALLOCATE): the step's `edge.runtime.Resource` acquired
   ahead, e.g. a warmed replica session;
 * **pre-fetched data** (PREFETCH): the step's read-only outside data, loaded into
   the shadow's own cache;
@@ -12,7 +12,7 @@ node; ``handle(command) -> ack`` answers every ShadowCommand with a CommandAck
   run in a background thread as soon as its inputs exist and no live step is
   rewriting them. It reads immutable artifact versions, writes only to the
   shadow's own outputs, and has no way to write outside the run
-  (`morph.workflows.IsolationError`). Critical steps are refused (REJECTED).
+  (`edge.runtime.IsolationError`). Critical steps are refused (REJECTED).
 
 The live run consults the executor before each step (``take``); that is the
 real trigger. If the shadow computed the step from the same input digest, its
@@ -27,7 +27,7 @@ COMMIT from the flow (the predicted step started) holds the shadow for the live
 step: its timeout is extended. The digest check happens in ``take`` because
 only the worker sees the live inputs; a COMMIT that carries ``input_digest``
 is checked at once if the result is ready. ROLLBACK cancels the shadow's work
-(cooperatively: sleeps wake at once, bodies see `morph.workflows.Cancelled` at
+(cooperatively: sleeps wake at once, bodies see `edge.runtime.Cancelled` at
 their next check), discards its outputs and releases its allocation and data.
 A shadow unclaimed past its deadline (``max(now, expected start) + ttl``) is
 rolled back with reason "timeout", as is one the live step waited ``ttl`` for.
@@ -40,7 +40,7 @@ machine-readable ``details["code"]``). At most ``max_in_flight`` shadows are
 open per node; `ShadowStats` keeps exact counts (every allocation released,
 every datum dropped) for tests and telemetry.
 
->>> from morph.workflows import Step, WorkflowSpec, WorkflowRun
+>>> from edge.runtime import Step, WorkflowSpec, WorkflowRun
 >>> calls = []
 >>> def slow_double(ctx):
 ...     calls.append("b"); ctx.sleep(20); return {"y": ctx.inputs["x"] * 2}
@@ -64,6 +64,7 @@ APPLIED
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -73,8 +74,9 @@ from typing import Any, Callable
 
 import numpy as np  # noqa: F401  (the module docstring's example uses it)
 
-from morph.workflows import (Cancelled, Handover, Step, StepContext, WorkflowRun, check_outputs, freeze,
-                             input_digest)
+from edge.artifacts import freeze, input_digest
+
+from edge.runtime import Cancelled, Handover, Step, StepContext, WorkflowRun, check_outputs
 
 ALLOCATE, PREFETCH, PRE_EXECUTE, COMMIT, ROLLBACK = "ALLOCATE", "PREFETCH", "PRE_EXECUTE", "COMMIT", "ROLLBACK"
 ACTIONS = (ALLOCATE, PREFETCH, PRE_EXECUTE, COMMIT, ROLLBACK)
@@ -113,6 +115,14 @@ class ShadowStats:
         return self.allocated == self.released and self.data_loaded == self.data_released
 
 
+class Phase(enum.Enum):
+    """Where a shadow is in its life; independent of whether a pool thread is working on it (``busy``)."""
+
+    OPEN = "open"          # being prepared; the reaper expires it at its deadline
+    CLAIMED = "claimed"    # the live step waits to take it over and bounds that wait itself
+    ENDED = "ended"        # committed or rolled back; its work is cancelled, its ack sent
+
+
 @dataclass(eq=False)
 class _Shadow:
     run: WorkflowRun
@@ -130,9 +140,8 @@ class _Shadow:
     digest: str | None = None
     exec_gen: int = 0
     exec_started: bool = False        # the body of the current generation has begun
-    busy: bool = False
-    claimed: bool = False
-    ended: bool = False
+    phase: Phase = Phase.OPEN
+    busy: bool = False                # a pool thread is running one of its tasks
     task: str | None = None
     task_wake: threading.Event | None = None
     task_t0: float = 0.0
@@ -141,6 +150,10 @@ class _Shadow:
     exec_ms: float = 0.0
     busy_ms: float = 0.0
     discarded_ms: float = 0.0
+
+    @property
+    def ended(self) -> bool:
+        return self.phase is Phase.ENDED
 
     @property
     def key(self) -> tuple[str, str]:
@@ -274,7 +287,7 @@ class ShadowExecutor:
             sh = self._shadows.get((run_id, step))
             if sh is None:
                 return handover
-            sh.claimed = True  # the reaper leaves it alone; we bound the wait ourselves
+            sh.phase = Phase.CLAIMED
             t0 = time.monotonic()
             limit = t0 + self.ttl_s
             while not sh.ended and (sh.busy or sh.next_task() is not None) and time.monotonic() < limit:
@@ -493,7 +506,7 @@ class ShadowExecutor:
     def _end(self, sh: _Shadow, status: str, reason: str, ended_by: str, *, command_id: str | None = None,
              saved_ms: float = 0.0, wait_ms: float = 0.0) -> dict:
         """End ``sh`` (lock held): cancel its work, release what it holds, count, and return its ack."""
-        sh.ended = True
+        sh.phase = Phase.ENDED
         if sh.task_wake is not None:
             sh.task_wake.set()
         self._shadows.pop(sh.key, None)
@@ -547,10 +560,10 @@ class ShadowExecutor:
                 if self._closed:
                     return
                 now = time.monotonic()
-                expired = [sh for sh in self._shadows.values() if not sh.claimed and sh.deadline <= now]
+                expired = [sh for sh in self._shadows.values() if sh.phase is Phase.OPEN and sh.deadline <= now]
                 acks = [self._end(sh, ROLLED_BACK, "timeout", "timeout") for sh in expired]
                 if not acks:
-                    upcoming = [sh.deadline for sh in self._shadows.values() if not sh.claimed]
+                    upcoming = [sh.deadline for sh in self._shadows.values() if sh.phase is Phase.OPEN]
                     self._cond.wait(min(max(min(upcoming, default=now + 0.25) - now, 0.001), 0.25))
             self._send(acks)
 
@@ -594,35 +607,3 @@ def _code(status: str, reason: str) -> str:
     return {"input digest mismatch": "digest_mismatch", "timeout": "timeout", "run ended": "run_ended",
             "environment changed": "environment_changed", "shadow failed": "failed",
             "executor closed": "closed"}.get(reason_key(reason), "rolled_back")
-
-
-class LocalLoop:
-    """What Kafka does between a node and the workflow flow, in one process and in order.
-
-    Use it as a run's ``on_signal``: each signal goes to ``decide`` (e.g.
-    `prediction.speculation.Speculator.learn_one`), each command it returns to
-    the executor, and every ack, returned or asynchronous, to ``learn_ack``.
-    Calls are serialised, as a keyed Bytewax operator would see them.
-    """
-
-    def __init__(self, executor: ShadowExecutor, decide: Callable[[dict], list[dict]],
-                 learn_ack: Callable[[dict], None] | None = None, *, keep: bool = True):
-        self.executor, self.decide, self.learn_ack, self.keep = executor, decide, learn_ack, keep
-        self.commands: list[dict] = []
-        self.acks: list[dict] = []
-        self._lock = threading.RLock()
-        executor.on_ack = self.deliver
-
-    def __call__(self, signal: dict) -> None:
-        with self._lock:
-            for command in self.decide(signal):
-                if self.keep:
-                    self.commands.append(command)
-                self.deliver(self.executor.handle(command))
-
-    def deliver(self, ack: dict) -> None:
-        with self._lock:
-            if self.keep:
-                self.acks.append(ack)
-            if self.learn_ack is not None:
-                self.learn_ack(ack)

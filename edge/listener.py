@@ -13,8 +13,10 @@ import sys
 import threading
 from typing import Callable
 
-from operators.kafka_io import KafkaSettings
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
 from schemas.codec import Codec, DecodeError
+from schemas.kafka import KafkaSettings, partition_ends
 
 
 class CommandListener(threading.Thread):
@@ -31,19 +33,13 @@ class CommandListener(threading.Thread):
         self.undecodable = 0
         self._halt = threading.Event()
         self._ready = threading.Event()
-        from confluent_kafka import Producer
-
         self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
 
     def run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
         consumer = Consumer(self.settings.consumer("liquid-edge"))
         partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
         # Explicit high watermarks rather than OFFSET_END, which resolves lazily: a
         # command sent right after wait_ready() must not be skipped.
-        from deploy.replay import partition_ends
-
         ends = partition_ends(consumer, self.topic, len(partitions))
         starts = {p: OFFSET_BEGINNING if self.from_beginning else ends[p][1] for p in partitions}
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])

@@ -2,7 +2,7 @@
 
 `NvmlSensor` reads a real NVIDIA GPU through ``pynvml`` (package
 nvidia-ml-py). Where there is none, `ThermalSensor` runs the RC thermal model
-of `morph.thermal`, driven by the variant being served and its measured cost
+of `edge.thermal`, driven by the variant being served and its measured cost
 (the zoo's CPU time per inference), with the same scenario injections as the
 fleet simulator. Both return the resource fields of a Telemetry record; the
 worker adds the serving figures it measures itself. `open_sensor("auto")`
@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from morph.fleet import SimulatedNode
-from morph.thermal import DEFAULT_VARIANT_POWER, Scenario
+from edge.fleet import SimulatedNode
+from edge.thermal import DEFAULT_VARIANT_POWER, Scenario
 
 
 class Sensor(Protocol):

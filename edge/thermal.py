@@ -2,7 +2,8 @@
 
 Where no NVIDIA GPU exists (a laptop, CI) the fleet simulator and the edge
 worker take their temperature from this model instead of NVML, so the same
-code path runs everywhere. One lumped thermal mass C (J/°C) loses heat to the
+code path runs everywhere (which is why the model lives in ``edge/``: it stands in for
+the node's own sensor). One lumped thermal mass C (J/°C) loses heat to the
 ambient air through a resistance R (°C/W) that the fan sets::
 
     C dT/dt = P - (T - T_ambient) / R          (steady state: T = T_ambient + P R)

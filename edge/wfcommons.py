@@ -1,0 +1,158 @@
+"""Replaying WfCommons instances as workflow runs on the edge runtime.
+
+The tasks come from `fingerprint.traces.wfcommons_tasks` (the one WfCommons
+reader); here each becomes a `Step`: files are artifacts, recorded runtimes are
+sleeps, parents are ``after`` dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from edge.runtime import Step, StepContext, WorkflowSpec
+
+
+
+@dataclass(frozen=True)
+class WfTask:
+    """A WfCommons task as the runner needs it: files by name with sizes in bytes."""
+
+    name: str
+    parents: tuple[str, ...]
+    runtime_s: float
+    inputs: tuple[tuple[str, int], ...]
+    outputs: tuple[tuple[str, int], ...]
+    cores: float | None = None
+
+
+def wfcommons_tasks(instance: dict) -> list[WfTask]:
+    """Tasks of a WfCommons instance in topological order (schema 1.4+, or 1.0-1.3 ``tasks``/``jobs``)."""
+    wf = instance.get("workflow")
+    if not isinstance(wf, dict):
+        raise ValueError("not a WfCommons instance: no 'workflow' object")
+    tasks: list[WfTask] = []
+    if "specification" in wf:
+        spec = wf["specification"]
+        sizes = {f["id"]: int(f.get("sizeInBytes", 0)) for f in spec.get("files", [])}
+        executed = {t["id"]: t for t in wf.get("execution", {}).get("tasks", [])}
+        for t in spec.get("tasks", []):
+            ex = executed.get(t["id"], {})
+            tasks.append(WfTask(t["id"], tuple(t.get("parents", [])), float(ex.get("runtimeInSeconds", 0.0)),
+                                tuple((f, sizes.get(f, 0)) for f in t.get("inputFiles", [])),
+                                tuple((f, sizes.get(f, 0)) for f in t.get("outputFiles", [])),
+                                ex.get("coreCount")))
+    else:
+        items = wf.get("tasks", wf.get("jobs"))
+        if not isinstance(items, list):
+            raise ValueError("not a WfCommons instance: neither workflow.specification nor workflow.tasks")
+        for t in items:
+            def size(f):  # 1.3 has sizeInBytes; older WorkflowHub files give size in KB
+                return int(f["sizeInBytes"] if "sizeInBytes" in f else f.get("size", 0) * 1024)
+            files = t.get("files", [])
+            tasks.append(WfTask(t.get("id") or t["name"], tuple(t.get("parents", [])),
+                                float(t.get("runtimeInSeconds", t.get("runtime", 0.0))),
+                                tuple((f["name"], size(f)) for f in files if f.get("link") == "input"),
+                                tuple((f["name"], size(f)) for f in files if f.get("link") == "output"),
+                                t.get("cores")))
+        ids = {t.get("name"): (t.get("id") or t["name"]) for t in items}
+        tasks = [replace(t, parents=tuple(ids.get(p, p) for p in t.parents)) for t in tasks]
+    return _topological(tasks)
+
+
+def _topological(tasks: list[WfTask]) -> list[WfTask]:
+    by_name = {t.name: t for t in tasks}
+    for t in tasks:
+        unknown = [p for p in t.parents if p not in by_name]
+        if unknown:
+            raise ValueError(f"task {t.name!r} has unknown parents {unknown}")
+    placed: set[str] = set()
+    order: list[WfTask] = []
+    pending = list(tasks)
+    while pending:
+        rest = [t for t in pending if not all(p in placed for p in t.parents)]
+        if len(rest) == len(pending):
+            raise ValueError("the instance's task graph has a cycle")
+        for t in pending:
+            if t not in rest:
+                order.append(t)
+        placed.update(t.name for t in order)
+        pending = rest
+    return order
+
+
+class Container:
+    """A task's execution environment: acquiring it is a sleep standing for a container start."""
+
+    name = "container"
+
+    def __init__(self, startup_ms: float):
+        self.startup_ms = startup_ms
+
+    def acquire(self, ctx: StepContext) -> str:
+        ctx.sleep(self.startup_ms)
+        return f"container:{ctx.step.name}"
+
+    def release(self, handle) -> None:
+        pass
+
+
+def wfcommons_workflow(instance: dict, *, workflow_id: str | None = None, speed: float = 1000.0,
+                       stage_in_mb_s: float = 500.0, startup_ms: float = 5.0, jitter: float = 0.1) -> WorkflowSpec:
+    """A WfCommons instance as a workflow: one step per task, files as artifacts, recorded runtimes as sleeps.
+
+    Every cost here is a sleep (we have the traces, not the programs): a task
+    stages in the files no task of the workflow produces (``size / stage_in_mb_s``;
+    pre-fetchable), starts its container (``startup_ms``; pre-allocatable), and
+    then "computes" for its recorded runtime divided by ``speed``, times a
+    lognormal factor of sigma ``jitter`` drawn per (run, task), so runs vary like
+    real ones. Its outputs are digests of its inputs (deterministic, so shadow and
+    live results agree byte for byte). Parents become ``after`` dependencies.
+    Tasks writing a file no other task reads (the workflow's final products) write
+    it outside the run and are critical.
+    """
+    tasks = wfcommons_tasks(instance)
+    produced = {f for t in tasks for f, _ in t.outputs}
+    consumed = {f for t in tasks for f, _ in t.inputs}
+    container = Container(startup_ms)
+    steps = []
+    for t in tasks:
+        internal = tuple(dict.fromkeys(f for f, _ in t.inputs if f in produced))
+        external = {f: size for f, size in t.inputs if f not in produced}
+        finals = [f for f, _ in t.outputs if f not in consumed]
+
+        def stage_in(ctx, _size=0, _name=""):
+            ctx.sleep(_size / (stage_in_mb_s * 1e3))  # bytes / (MB/s) -> ms
+            return hashlib.sha256(f"file:{_name}".encode()).digest()
+
+        fetch = {f: (lambda ctx, s=size, n=f: stage_in(ctx, s, n)) for f, size in external.items()}
+        steps.append(Step(
+            t.name, _wf_body(t, tuple(external), tuple(finals), speed, jitter),
+            inputs=internal, outputs=tuple(dict.fromkeys(f for f, _ in t.outputs)),
+            critical=bool(finals), fetch=fetch, resource=container, after=t.parents,
+            resources={"cores": float(t.cores)} if t.cores else None))
+    return WorkflowSpec(workflow_id or instance.get("name", "wfcommons"), tuple(steps))
+
+
+def _wf_body(task: WfTask, external: tuple[str, ...], finals: tuple[str, ...], speed: float, jitter: float):
+    def body(ctx: StepContext):
+        h = hashlib.sha256(f"task:{task.name}\n".encode())
+        for name in sorted(ctx.inputs):
+            h.update(name.encode() + b"=" + ctx.inputs[name])
+        for name in external:
+            h.update(name.encode() + b"=" + ctx.data(name))
+        ctx.resource()
+        factor = 1.0
+        if jitter > 0:  # deterministic per (run, task): a shadow and the live step cost the same
+            seed = int.from_bytes(hashlib.sha256(f"{ctx.run_id}/{task.name}".encode()).digest()[:8], "little")
+            factor = math.exp(np.random.default_rng(seed).normal(0.0, jitter))
+        ctx.sleep(task.runtime_s * 1e3 / speed * factor)
+        base = h.digest()
+        outputs = {f: hashlib.sha256(base + f.encode()).digest() for f, _ in task.outputs}
+        if finals:
+            ctx.emit({f: outputs[f] for f in finals})
+        return outputs
+    return body

@@ -1,0 +1,80 @@
+"""Test and benchmark support: stand-ins for what is not under test, kept out of production modules.
+
+* `CentroidClassifier` — a real, tiny classifier for runs of the inspection
+  workflow without the model zoo;
+* `LocalLoop` — what Kafka does between a node's shadow executor and the
+  workflow flow, in one process and in order (tests and ``bench/shadow.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import numpy as np
+
+from edge.artifacts import digest_of, freeze
+from edge.inspection import Replica
+from edge.shadow import ShadowExecutor
+
+
+class CentroidClassifier:
+    """Nearest class mean on the digits train split: a real, tiny classifier for tests without the zoo.
+
+    Logits are ``-||x - mean_c||² / temperature``; at the default 0.1 about one
+    lot in six of `inspection_lots` needs re-inspection. A replica shares the
+    means (cheap: nothing to load).
+    """
+
+    def __init__(self, temperature: float = 0.1):
+        from morph.zoo.data import load_split
+
+        train = load_split("train")
+        x = train.x.reshape(len(train), -1).astype(np.float64)
+        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(10)])
+        self.temperature = temperature
+        self._identity = "centroid/" + digest_of(freeze(self.means.astype(np.float32)))[:16] + f"/t{temperature}"
+
+    @property
+    def identity(self) -> str:
+        return self._identity
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
+        d2 = ((x[:, None, :] - self.means[None]) ** 2).sum(axis=2)
+        return (-d2 / self.temperature).astype(np.float32)
+
+    def replica(self) -> Replica:
+        return Replica(self.identity, self.__call__)
+
+
+class LocalLoop:
+    """What Kafka does between a node and the workflow flow, in one process and in order.
+
+    Use it as a run's ``on_signal``: each signal goes to ``decide`` (e.g.
+    `prediction.speculation.Speculator.learn_one`), each command it returns to
+    the executor, and every ack, returned or asynchronous, to ``learn_ack``.
+    Calls are serialised, as a keyed Bytewax operator would see them.
+    """
+
+    def __init__(self, executor: ShadowExecutor, decide: Callable[[dict], list[dict]],
+                 learn_ack: Callable[[dict], None] | None = None, *, keep: bool = True):
+        self.executor, self.decide, self.learn_ack, self.keep = executor, decide, learn_ack, keep
+        self.commands: list[dict] = []
+        self.acks: list[dict] = []
+        self._lock = threading.RLock()
+        executor.on_ack = self.deliver
+
+    def __call__(self, signal: dict) -> None:
+        with self._lock:
+            for command in self.decide(signal):
+                if self.keep:
+                    self.commands.append(command)
+                self.deliver(self.executor.handle(command))
+
+    def deliver(self, ack: dict) -> None:
+        with self._lock:
+            if self.keep:
+                self.acks.append(ack)
+            if self.learn_ack is not None:
+                self.learn_ack(ack)

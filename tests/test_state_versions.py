@@ -1,0 +1,52 @@
+"""Snapshotted state checks its version on restore: older snapshots migrate, unreadable ones are refused."""
+
+from __future__ import annotations
+
+import copyreg
+import pickle
+
+import pytest
+
+from morph.policy import NodeState
+from operators.workflow import WorkflowState
+from prediction.nextstep import NextStepPredictor
+from prediction.speculation import Speculator
+from schemas.state import StateVersionError
+
+
+def snapshot_bytes(cls, state: dict) -> bytes:
+    """The bytes Bytewax recovery holds for an instance of ``cls`` whose attributes were ``state``."""
+
+    class Snapshot:
+        def __reduce__(self):
+            return copyreg._reconstructor, (cls, object, None), state
+
+    return pickle.dumps(Snapshot())
+
+
+def test_a_version_1_node_state_is_migrated_on_restore():
+    current = NodeState.new("edge-1")
+    current.decisions, current.variant = 7, "cnn"
+    old = {k: v for k, v in vars(current).items()
+           if k not in ("forecast_hits", "anomaly_hits", "fallback", "fallback_since_ms")}
+    old["version"] = 1
+    restored = pickle.loads(snapshot_bytes(NodeState, old))
+    assert restored.version == NodeState.STATE_VERSION == 2
+    assert (restored.decisions, restored.variant) == (7, "cnn")
+    assert (restored.forecast_hits, restored.anomaly_hits, restored.fallback, restored.fallback_since_ms) == \
+        (0, 0, False, None)
+
+
+@pytest.mark.parametrize("cls,make", [
+    (NodeState, lambda: NodeState.new("edge-1")),
+    (Speculator, lambda: Speculator("wf")),
+    (WorkflowState, lambda: WorkflowState(NextStepPredictor("wf"))),
+])
+def test_a_snapshot_of_a_newer_release_is_refused_with_one_line_that_says_what_to_do(cls, make):
+    state = make()
+    assert pickle.loads(pickle.dumps(state)).version == cls.STATE_VERSION  # the current version round-trips
+    newer = {**vars(state), "version": cls.STATE_VERSION + 1}
+    with pytest.raises(StateVersionError) as err:
+        pickle.loads(snapshot_bytes(cls, newer))
+    message = str(err.value)
+    assert "\n" not in message and cls.__name__ in message and "fresh recovery directory" in message
