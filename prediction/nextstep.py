@@ -265,7 +265,7 @@ class NextStepPredictor(Versioned):
             self._note_attributes(view, attributes)
         if obs.kind != "start":
             if obs.ended:
-                self._close(run.run_id, view, run.started)
+                self._close(run.run_id, view)
             return []
         task = obs.task
         if view.pending is not None:
@@ -414,7 +414,8 @@ class NextStepPredictor(Versioned):
             self.mixture.update(pending.last, chain_losses(pending.entries, p0, y))
         self.counts.learn([[(), (pending.last,)], *pending.chains], [[root, first], *pending.entries], y)
 
-    def _close(self, run_id: str, view: _RunView, started: list[str]) -> None:
+    def _close(self, run_id: str, view: _RunView) -> None:
+        """The run ended: its pending prediction resolves to <end>, and the predictor forgets the run."""
         if view.pending is not None:
             self._resolve(view.pending, END)
         self._runs.pop(run_id, None)
