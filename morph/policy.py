@@ -334,6 +334,8 @@ class MorphPolicy:
             "cache": False,
             "fallback": trigger == "ANOMALY",
             "model_sha256": self._sha.get((to_variant, precision)),
+            # Unsigned here: the control flow signs what it emits (edge.signing).
+            "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
             "reason": f"{why}: {'; '.join(moves)}",
             "evidence": {
                 "resource_score": round(mean_score, 4),
