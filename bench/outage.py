@@ -175,9 +175,10 @@ class Run:
         return self.summary()
 
     def outage_with_restart(self, worker: EdgeWorker) -> EdgeWorker:
-        deadline = time.monotonic() + 5
-        while not set(self.delivered) <= self.collectors[0].ids() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        deadline = time.monotonic() + 5  # kill when the collector has everything, in a quiet moment
+        while time.monotonic() < deadline and not (set(self.delivered) <= self.collectors[0].ids()
+                                                   and time.monotonic() - max(self.delivered.values()) > 0.05):
+            time.sleep(0.002)
         self.events["caught_up"] = time.monotonic()
         self.broker.stop()
         self.events["down"], self.events["down_ms"] = time.monotonic(), time.time() * 1000

@@ -120,4 +120,5 @@ class SimulatedNode:
             "batch_size": int(self.batch_size),
             "source": source,
             "scenario": None if self.scenario.name == "steady" else self.scenario.name,
+            "record_id": None,  # the edge worker sets one (its outbox redelivers); the simulator never does
         }

@@ -129,4 +129,5 @@ def rejection_ack(command: dict, kind: str, reason: str) -> dict:
     """The REJECTED ack of a command that failed its checks; the node keeps serving what it served."""
     return {"command_id": command["command_id"], "node_id": command["node_id"], "kind": kind, "status": "REJECTED",
             "reason": reason, "ts_ms": int(time.time() * 1000), "decided_on_ts_ms": command.get("decided_on_ts_ms"),
-            "details": {"key_id": str(command.get("key_id")), "sequence": str(command.get("sequence"))}}
+            "details": {"key_id": str(command.get("key_id")), "sequence": str(command.get("sequence"))},
+            "origin": None, "record_id": None}

@@ -378,5 +378,5 @@ def idempotent_producer_config(settings, **extra) -> dict:
     waits until the operator has created them.
     """
     return settings.producer(**{"enable.idempotence": "true", "acks": "all", "message.timeout.ms": "0",
-                                "linger.ms": "5", "reconnect.backoff.max.ms": "1000",
+                                "linger.ms": "0", "reconnect.backoff.max.ms": "1000",
                                 "allow.auto.create.topics": "false", **extra})

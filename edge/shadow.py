@@ -598,7 +598,8 @@ class ShadowExecutor:
         return {"command_id": command_id, "node_id": self.node_id, "kind": "SHADOW", "status": status,
                 "reason": reason, "ts_ms": int(self.clock() * 1000), "from_variant": None, "to_variant": None,
                 "from_precision": None, "to_precision": None, "swap_ms": None,
-                "decided_on_ts_ms": decided_on if isinstance(decided_on, int) else None, "details": details}
+                "decided_on_ts_ms": decided_on if isinstance(decided_on, int) else None, "details": details,
+                "origin": None, "record_id": None}
 
 
 def _code(status: str, reason: str) -> str:

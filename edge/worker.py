@@ -272,8 +272,10 @@ class EdgeWorker:
     def _publish_ack(self, ack: dict) -> None:
         """Every ack: of commands, of rejections, and of shadows that end without a command of their own."""
         ack["record_id"] = f"{ack['node_id']}-{self.boot}-a{next(self._ack_numbers)}"
-        # Committed at once: an ack reports something that has happened to the node.
-        self._publish("CommandAck", self.topics.acks, ack["node_id"], ack, ack["record_id"], wait=True)
+        # A local decision's ack is committed at once: the control plane must learn of it even
+        # after a crash. Others ride the group commit (a few ms): shadow acks are frequent.
+        self._publish("CommandAck", self.topics.acks, ack["node_id"], ack, ack["record_id"],
+                      wait=ack.get("origin") == "local")
 
     def _publish_execution_record(self, record: dict) -> bool:
         return self.outbox.put(self.topics.executions, record["node_id"].encode(),

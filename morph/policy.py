@@ -335,6 +335,8 @@ class MorphPolicy:
             "fallback": trigger == "ANOMALY",
             "model_sha256": self._sha.get((to_variant, precision)),
             "propensity": None, "arm": None, "pipeline": None,  # the learned agent's fields: rules are deterministic
+            # Unsigned here: the control flow signs what it emits (edge.signing).
+            "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
             "reason": f"{why}: {'; '.join(moves)}",
             "evidence": {
                 "resource_score": round(mean_score, 4),

@@ -451,7 +451,8 @@ class Speculator(Versioned):
         return {"command_id": f"{self.workflow_id}/{run_id}/{step}/{action}/{self._seq}", "node_id": node,
                 "workflow_id": self.workflow_id, "run_id": run_id, "step": step, "action": action,
                 "confidence": float(min(max(p, 0.0), 1.0)), "expected_start_ts_ms": int(start),
-                "issued_ts_ms": int(ts), "input_digest": None, "reason": reason}
+                "issued_ts_ms": int(ts), "input_digest": None, "reason": reason,
+                "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None}  # signed by the flow
 
 
 def _number(details: dict):
