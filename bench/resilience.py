@@ -27,8 +27,11 @@ has not seen, a node uses the Step Functions retrier), ``step-functions``
 runtime's 10 attempts) and ``circuit-breaker`` (Resilience4j defaults around
 its retry). The agent first learns on a warm-up run list against a *different*
 fault sequence (seed + 1000) of the same scenario; the measured runs are the
-same for every policy and the agent keeps learning (and exploring unseen
-states with probability 0.1) while they run.
+same for every policy. During the warm-up the nodes explore (untried actions
+count as optimistic in the published tables, and unknown states get a random
+allowed action with probability 0.3); during the measured runs the agent keeps
+learning from every signal but the published tables hold only actions already
+tried, and states it has not seen get the static retrier.
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
@@ -166,7 +169,7 @@ class AgentFleet:
         self.agent = QRecoveryAgent()
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
-        self.sim, self.alerts, self.seed = sim, alerts, seed
+        self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True
         self.nodes = {n: PolicyRecovery(FailureView(pressure=self.pressure), explore=explore, seed=seed) for n in NODES}
         self.feeds = {n: AlertFeed(alerts, self.nodes[n].view.graph, n) for n in NODES}
 
@@ -175,7 +178,7 @@ class AgentFleet:
 
     def switch(self, sim: FaultSimulator, alerts: list, explore: float) -> None:
         """From warm-up to the measured runs: another fault sequence, what was learned kept."""
-        self.sim, self.alerts = sim, alerts
+        self.sim, self.alerts, self.explore = sim, alerts, explore > 0
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.feeds = {n: AlertFeed(alerts, self.nodes[n].view.graph, n) for n in NODES}
         for node in self.nodes.values():
@@ -199,7 +202,7 @@ class AgentFleet:
         self.graph_feed.until(now)
         for wf, spec in specs.items():
             parents = {f"{wf}/{s.name}": self.graph.parents(f"{wf}/{s.name}") for s in spec.steps}
-            table = self.agent.policy(wf, parents)
+            table = self.agent.policy(wf, parents, explore=self.explore)
             for node in self.nodes.values():
                 node.apply(table)
 
@@ -340,7 +343,9 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3)
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
-    fleet.switch(sim, [a for a in sim.indicators(0.0, horizon) if a[0] >= warm_h], explore=0.1)
+    # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
+    fleet.switch(sim, [a for a in sim.indicators(0.0, horizon) if a[0] >= warm_h], explore=0.0)
+    fleet.publish(warm.specs, warm_h)
     agent_stats = replay(sim, measured, args, fleet=fleet)
     out["agent"] = agent_stats.figures()
     for name in POLICIES[1:]:
