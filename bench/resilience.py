@@ -429,8 +429,8 @@ def main(argv=None) -> dict:
     args.instance_paths, note = find_instances(args)
     results = {}
     for scenario in (s for s in scenarios(1.0) if s.name in args.scenarios):
-        def scenario_of(start, span, name=scenario.name):
-            if name == "node-loss":  # each node stops once for 5 min during the measured runs
+        def scenario_of(start, span, scenario=scenario):
+            if scenario.name == "node-loss":  # each node stops once for 5 min during the measured runs
                 return FaultScenario("node-loss", transient_p=0.01, bad_input_p=0.02, node_losses=tuple(
                     (node, start + span * f, 300.0) for node, f in zip(NODES, (0.2, 0.5, 0.8))))
             return scenario

@@ -161,8 +161,7 @@ class QRecoveryAgent(Versioned):
         row[action] = self._value(state, action) + rate * (target - self._value(state, action))
 
     def _value(self, state: str, action: str) -> float:
-        row = self.q.get(state, {})
-        return row[action] if action in row else self.optimism
+        return self.q.get(state, {}).get(action, self.optimism)
 
     def learn_one(self, signal: dict) -> None:
         """Take a WorkflowSignal: a failed finish opens a transition, the step's next finish closes it."""
