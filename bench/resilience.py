@@ -163,10 +163,10 @@ class AgentFleet:
     of failure, then decides from its latest table (or the static retrier).
     """
 
-    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float):
+    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 60.0):
         # one learner for the fleet: the state is a step's recovery profile, not its name, so what a
         # dependency outage teaches on one workflow's step applies to every workflow's
-        self.agent = QRecoveryAgent()
+        self.agent = QRecoveryAgent(time_cost_s=time_cost_s)
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True
@@ -340,7 +340,8 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     measured = build_workload(args, n, start, args.seed)
     out = {}
     t0 = time.perf_counter()
-    fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3)
+    fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3,
+                       time_cost_s=args.time_cost_s)
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
     # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
@@ -417,6 +418,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-scale", type=float, default=10.0,
                     help="WfCommons recorded runtimes are divided by this in event time (default 10)")
     ap.add_argument("--detect-s", type=float, default=30.0, help="heartbeat timeout before a lost node's runs move")
+    ap.add_argument("--time-cost-s", type=float, default=60.0,
+                    help="the agent's reward: seconds of recovery that cost as much as one failure (default 60)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -454,7 +457,7 @@ def summarise(results: dict, args, note: str) -> dict:
     structure = {(n, *e) for n, r in results.items() for e in r["structure"]}
     loss = results["node-loss"]["policies"]
     summary = {
-        "bench": "resilience", "seed": args.seed, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
+        "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
         "workloads": note, "pooled_over": list(CAUSAL),
         "completion_rate_agent": agent["completion_rate"], "completion_rate_static": static["completion_rate"],
         "mttr_s_agent": agent["mttr_s"], "mttr_s_static": static["mttr_s"],
