@@ -468,6 +468,7 @@ def summarise(results: dict, args, note: str) -> dict:
         "edge_recall_structure": round(edge_scores(found, structure)[1], 4),
         "node_recovery_rate": loss["agent"]["node_recovery_rate"],
         "node_recovery_rate_static": loss["step-functions"]["node_recovery_rate"],
+        "runs_hit_by_node_loss": loss["agent"]["runs_hit_by_node_loss"],
         "scenarios": {n: {**{f"{k}_{p}": r["policies"][p][k] for p in POLICIES
                              for k in ("completion_rate", "mttr_s", "wasted_attempts")},
                           "completion_rate_static": r["policies"]["step-functions"]["completion_rate"],
