@@ -37,15 +37,17 @@ Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
 counts it), MTTR (mean time from a step's first failure to its successful
 end, over recovered incidents; node losses excluded; ``unrecovered`` counts
-the rest), wasted attempts (failed attempts after an incident's first
+the rest; a policy that recovers long outages the others give up on has a
+longer MTTR for it, so ``paired_mttr_s`` also compares the incidents both the
+agent and Step Functions recovered), wasted attempts (failed attempts after an incident's first
 failure), task failure rate (failed / all attempts), resource use (attempt
 seconds). The causal graph (`fingerprint.failures`, fed with every signal and
 alert of the agent's runs) is scored against the simulator's true edges;
 precision and recall pool the causal scenarios. Node recovery rate: runs hit
 by a node loss that completed on another node.
 
-    .venv/bin/python bench/resilience.py --seed 1            # ~2-4 min on 2 cores
-    .venv/bin/python bench/resilience.py --seed 1 --quick    # ~40 s
+    .venv/bin/python bench/resilience.py --seed 1            # ~3 min on 2 shared cores
+    .venv/bin/python bench/resilience.py --seed 1 --quick    # fewer runs, ~1 min
 
 WfCommons instances are read from ``--data`` (default /work/shared/data/wfinstances;
 WfInstances, https://github.com/wfcommons/WfInstances); without them the
