@@ -27,22 +27,27 @@ has not seen, a node uses the Step Functions retrier), ``step-functions``
 runtime's 10 attempts) and ``circuit-breaker`` (Resilience4j defaults around
 its retry). The agent first learns on a warm-up run list against a *different*
 fault sequence (seed + 1000) of the same scenario; the measured runs are the
-same for every policy and the agent keeps learning (and exploring unseen
-states with probability 0.1) while they run.
+same for every policy. During the warm-up the nodes explore (untried actions
+count as optimistic in the published tables, and unknown states get a random
+allowed action with probability 0.3); during the measured runs the agent keeps
+learning from every signal but the published tables hold only actions already
+tried, and states it has not seen get the static retrier.
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
 counts it), MTTR (mean time from a step's first failure to its successful
 end, over recovered incidents; node losses excluded; ``unrecovered`` counts
-the rest), wasted attempts (failed attempts after an incident's first
+the rest; a policy that recovers long outages the others give up on has a
+longer MTTR for it, so ``paired_mttr_s`` also compares the incidents both the
+agent and Step Functions recovered), wasted attempts (failed attempts after an incident's first
 failure), task failure rate (failed / all attempts), resource use (attempt
 seconds). The causal graph (`fingerprint.failures`, fed with every signal and
 alert of the agent's runs) is scored against the simulator's true edges;
 precision and recall pool the causal scenarios. Node recovery rate: runs hit
 by a node loss that completed on another node.
 
-    .venv/bin/python bench/resilience.py --seed 1            # ~2-4 min on 2 cores
-    .venv/bin/python bench/resilience.py --seed 1 --quick    # ~40 s
+    .venv/bin/python bench/resilience.py --seed 1            # ~3 min on 2 shared cores
+    .venv/bin/python bench/resilience.py --seed 1 --quick    # fewer runs, ~1 min
 
 WfCommons instances are read from ``--data`` (default /work/shared/data/wfinstances;
 WfInstances, https://github.com/wfcommons/WfInstances); without them the
@@ -160,13 +165,13 @@ class AgentFleet:
     of failure, then decides from its latest table (or the static retrier).
     """
 
-    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float):
+    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 60.0):
         # one learner for the fleet: the state is a step's recovery profile, not its name, so what a
         # dependency outage teaches on one workflow's step applies to every workflow's
-        self.agent = QRecoveryAgent()
+        self.agent = QRecoveryAgent(time_cost_s=time_cost_s)
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
-        self.sim, self.alerts, self.seed = sim, alerts, seed
+        self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True
         self.nodes = {n: PolicyRecovery(FailureView(pressure=self.pressure), explore=explore, seed=seed) for n in NODES}
         self.feeds = {n: AlertFeed(alerts, self.nodes[n].view.graph, n) for n in NODES}
 
@@ -175,7 +180,7 @@ class AgentFleet:
 
     def switch(self, sim: FaultSimulator, alerts: list, explore: float) -> None:
         """From warm-up to the measured runs: another fault sequence, what was learned kept."""
-        self.sim, self.alerts = sim, alerts
+        self.sim, self.alerts, self.explore = sim, alerts, explore > 0
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.feeds = {n: AlertFeed(alerts, self.nodes[n].view.graph, n) for n in NODES}
         for node in self.nodes.values():
@@ -199,7 +204,7 @@ class AgentFleet:
         self.graph_feed.until(now)
         for wf, spec in specs.items():
             parents = {f"{wf}/{s.name}": self.graph.parents(f"{wf}/{s.name}") for s in spec.steps}
-            table = self.agent.policy(wf, parents)
+            table = self.agent.policy(wf, parents, explore=self.explore)
             for node in self.nodes.values():
                 node.apply(table)
 
@@ -337,10 +342,13 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     measured = build_workload(args, n, start, args.seed)
     out = {}
     t0 = time.perf_counter()
-    fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3)
+    fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3,
+                       time_cost_s=args.time_cost_s)
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
-    fleet.switch(sim, [a for a in sim.indicators(0.0, horizon) if a[0] >= warm_h], explore=0.1)
+    # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
+    fleet.switch(sim, [a for a in sim.indicators(0.0, horizon) if a[0] >= warm_h], explore=0.0)
+    fleet.publish(warm.specs, warm_h)
     agent_stats = replay(sim, measured, args, fleet=fleet)
     out["agent"] = agent_stats.figures()
     for name in POLICIES[1:]:
@@ -412,6 +420,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-scale", type=float, default=10.0,
                     help="WfCommons recorded runtimes are divided by this in event time (default 10)")
     ap.add_argument("--detect-s", type=float, default=30.0, help="heartbeat timeout before a lost node's runs move")
+    ap.add_argument("--time-cost-s", type=float, default=60.0,
+                    help="the agent's reward: seconds of recovery that cost as much as one failure (default 60)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -424,8 +434,8 @@ def main(argv=None) -> dict:
     args.instance_paths, note = find_instances(args)
     results = {}
     for scenario in (s for s in scenarios(1.0) if s.name in args.scenarios):
-        def scenario_of(start, span, name=scenario.name):
-            if name == "node-loss":  # each node stops once for 5 min during the measured runs
+        def scenario_of(start, span, scenario=scenario):
+            if scenario.name == "node-loss":  # each node stops once for 5 min during the measured runs
                 return FaultScenario("node-loss", transient_p=0.01, bad_input_p=0.02, node_losses=tuple(
                     (node, start + span * f, 300.0) for node, f in zip(NODES, (0.2, 0.5, 0.8))))
             return scenario
@@ -449,7 +459,7 @@ def summarise(results: dict, args, note: str) -> dict:
     structure = {(n, *e) for n, r in results.items() for e in r["structure"]}
     loss = results["node-loss"]["policies"]
     summary = {
-        "bench": "resilience", "seed": args.seed, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
+        "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
         "workloads": note, "pooled_over": list(CAUSAL),
         "completion_rate_agent": agent["completion_rate"], "completion_rate_static": static["completion_rate"],
         "mttr_s_agent": agent["mttr_s"], "mttr_s_static": static["mttr_s"],
@@ -460,6 +470,7 @@ def summarise(results: dict, args, note: str) -> dict:
         "edge_recall_structure": round(edge_scores(found, structure)[1], 4),
         "node_recovery_rate": loss["agent"]["node_recovery_rate"],
         "node_recovery_rate_static": loss["step-functions"]["node_recovery_rate"],
+        "runs_hit_by_node_loss": loss["agent"]["runs_hit_by_node_loss"],
         "scenarios": {n: {**{f"{k}_{p}": r["policies"][p][k] for p in POLICIES
                              for k in ("completion_rate", "mttr_s", "wasted_attempts")},
                           "completion_rate_static": r["policies"]["step-functions"]["completion_rate"],

@@ -281,9 +281,7 @@ class FaultSimulator:
             kind, _, where = cause.partition(":")
             for task, used in uses.items():
                 wf = task.split("/", 1)[0]
-                if kind == "dep" and cause in used:
-                    edges.add((f"alert:{cause}", task))
-                elif kind != "dep" and where in placement.get(wf, ()) and (
+                if kind == "dep" and cause in used or kind != "dep" and where in placement.get(wf, ()) and (
                         (kind == "thermal" and "accelerator" in used) or (kind == "congestion" and "network" in used)):
                     edges.add((f"alert:{cause}", task))
         return edges

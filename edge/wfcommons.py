@@ -71,8 +71,10 @@ def wfcommons_workflow(instance: dict, *, workflow_id: str | None = None, speed:
         remote = ("dep:storage", "network") if external or finals else ()
         backup = ()
         if external:
-            def from_backup(ctx, _body=body, _ms=sum(external.values()) / (stage_in_mb_s * 1e3)):
-                ctx.sleep(_ms)  # the replica's half bandwidth: the extra time over a normal stage-in
+            extra_ms = sum(external.values()) / (stage_in_mb_s * 1e3)  # the replica's half bandwidth
+
+            def from_backup(ctx, _body=body, _ms=extra_ms):
+                ctx.sleep(_ms)
                 return _body(ctx)
             backup = (Alternative("backup-replica", from_backup,
                                   ("accelerator", "dep:storage-backup", "network") + (("dep:storage",) if finals else ())),)

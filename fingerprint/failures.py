@@ -50,7 +50,6 @@ import bisect
 import json
 import math
 from dataclasses import asdict, dataclass, field
-
 from statistics import NormalDist
 
 import numpy as np

@@ -12,7 +12,7 @@ both; after ``publish_every`` failed signals of a workflow it emits a new
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar
 
 from fingerprint.failures import FailureGraph
 from operators.events import Event
@@ -49,7 +49,7 @@ class RecoveryStep:
     def __init__(self, publish_every: int = 20):
         self.publish_every = publish_every
 
-    def __call__(self, state: Optional[RecoveryState], event: Event):
+    def __call__(self, state: RecoveryState | None, event: Event):
         record = event.record
         if event.schema_name != "WorkflowSignal":
             return state, []

@@ -161,8 +161,7 @@ class QRecoveryAgent(Versioned):
         row[action] = self._value(state, action) + rate * (target - self._value(state, action))
 
     def _value(self, state: str, action: str) -> float:
-        row = self.q.get(state, {})
-        return row[action] if action in row else self.optimism
+        return self.q.get(state, {}).get(action, self.optimism)
 
     def learn_one(self, signal: dict) -> None:
         """Take a WorkflowSignal: a failed finish opens a transition, the step's next finish closes it."""
@@ -189,19 +188,27 @@ class QRecoveryAgent(Versioned):
             for k in [k for k in self.pending if k[0] == signal["run_id"] and k[1].startswith(signal["workflow_id"])]:
                 del self.pending[k]
 
-    def predict_one(self, state: str) -> str | None:
+    def predict_one(self, state: str, explore: bool = True) -> str | None:
         """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).
 
-        Untried actions count with the optimistic value, so they come first.
+        With ``explore``, untried actions count with the optimistic value, so
+        they come first; without, only actions tried in the state compete.
         """
-        if sum(self.visits.get(state, {}).values()) < self.min_visits:
+        tried = self.visits.get(state, {})
+        if sum(tried.values()) < self.min_visits:
             return None
-        return max(valid_actions(state), key=lambda a: self._value(state, a))
+        actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried]
+        return max(actions, key=lambda a: self._value(state, a))
 
-    def policy(self, workflow_id: str, parents: dict[str, list[str]] | None = None) -> RecoveryPolicyTable:
-        """Publish: a new version of the greedy policy, with each step's causal parents for the nodes."""
+    def policy(self, workflow_id: str, parents: dict[str, list[str]] | None = None,
+               explore: bool = True) -> RecoveryPolicyTable:
+        """Publish: a new version of the greedy policy, with each step's causal parents for the nodes.
+
+        ``explore=False`` publishes only actions already tried in each state (a
+        fleet that must exploit); the default lets the nodes try the untried ones.
+        """
         self.published += 1
-        actions = {s: a for s in sorted(self.q) for a in [self.predict_one(s)] if a is not None}
+        actions = {s: a for s in sorted(self.q) for a in [self.predict_one(s, explore)] if a is not None}
         return RecoveryPolicyTable(workflow_id, self.published, actions, dict(parents or {}))
 
 

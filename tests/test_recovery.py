@@ -8,11 +8,30 @@ import random
 import numpy as np
 import pytest
 
-from edge.faults import (DEPENDENCY_UNAVAILABLE, FAIL, TIMEOUT, Decision, Failure, NodeLost, StepFailure)
+from edge.faults import (
+    DEPENDENCY_UNAVAILABLE,
+    FAIL,
+    TIMEOUT,
+    Decision,
+    Failure,
+    NodeLost,
+    StepFailure,
+)
 from edge.runtime import Alternative, Step, WorkflowRun, WorkflowSpec
-from prediction.recovery import (ACTIONS, CircuitBreaker, FailureView, NodeContext, PolicyRecovery,
-                                 QRecoveryAgent, RecoveryPolicyTable, full_jitter, state_key, step_functions_default,
-                                 temporal_default, valid_actions)
+from prediction.recovery import (
+    ACTIONS,
+    CircuitBreaker,
+    FailureView,
+    NodeContext,
+    PolicyRecovery,
+    QRecoveryAgent,
+    RecoveryPolicyTable,
+    full_jitter,
+    state_key,
+    step_functions_default,
+    temporal_default,
+    valid_actions,
+)
 from schemas.state import StateVersionError
 
 
@@ -71,7 +90,7 @@ def test_alternative_and_fallback():
                                     alternatives=(Alternative("bad", flaky(99)),)),))
     result = WorkflowRun(spec, "r1", recovery=Always(Decision("ALTERNATIVE"))).execute({"x": np.arange(2)})
     assert result.error is not None and [r.decision.action for r in result.recoveries] == ["ALTERNATIVE", "FAIL"]
-    fallback = lambda ctx: {"y": ctx.inputs["x"] * 0}  # noqa: E731
+    fallback = lambda ctx: {"y": ctx.inputs["x"] * 0}
     spec = WorkflowSpec("wf", (Step("double", flaky(99), inputs=("x",), outputs=("y",), fallback=fallback),))
     result = WorkflowRun(spec, "r1", recovery=Always(Decision("FALLBACK"))).execute({"x": np.arange(2)})
     assert result.error is None and result.degraded == ("double",)
@@ -190,7 +209,7 @@ def test_agent_state_snapshot_and_refusal():
 
 
 def test_baseline_schedules():
-    f = lambda k: Failure("w", "r", "s", "n", TIMEOUT, k, 0.0)  # noqa: E731
+    f = lambda k: Failure("w", "r", "s", "n", TIMEOUT, k, 0.0)
     assert [temporal_default().decide(f(k)).delay_s for k in (1, 5, 7, 8, 12)] == [1, 16, 64, 100, 100]
     jitter = full_jitter(seed=3)
     delays = [jitter.decide(f(3)).delay_s for _ in range(200)]
