@@ -27,6 +27,8 @@ from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.thermal import Scenario
 from morph.zoo import load_manifest
+from morph.zoo.data import DriftingFrames
+from morph.zoo.lighting import PREPROCESSING
 from schemas.codec import Codec
 
 
@@ -50,7 +52,7 @@ class EdgeWorker:
                  sensor: str = "auto", rate: float = 100.0, interval_s: float = 1.0, time_scale: float = 1.0,
                  deadline_ms: float = 250.0, scenarios: dict | None = None, seed: int = 0, log=None,
                  power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
-                 workflow_gap_s: float = 0.0, workflow_seed: int = 0):
+                 workflow_gap_s: float = 0.0, workflow_seed: int = 0, lighting=None):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
         self.manifest = load_manifest(zoo_dir)
         self.codec = Codec()
@@ -65,7 +67,9 @@ class EdgeWorker:
             server = InferenceServer(self.manifest, "transformer", "fp32")
             node_scenario = (scenarios or {}).get(node_id, scenario)
             self.nodes[node_id] = EdgeNode(
-                node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i),
+                node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i,
+                                             lighting=None if lighting is None else DriftingFrames(lighting),
+                                             time_scale=time_scale),
                 open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i))
         self.producer = Producer(settings.producer(**{"linger.ms": "0"}))
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
@@ -137,6 +141,11 @@ class EdgeWorker:
             if result.applied:
                 node.batch_size = command["batch_size"]
                 node.load.set_batch_size(command["batch_size"])
+                stage = command.get("preprocessing")
+                if stage in PREPROCESSING:
+                    node.load.set_preprocessing(stage)
+                elif stage is not None:
+                    self.log(f"{node.node_id}: unknown preprocessing stage {stage!r} ignored")
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
@@ -194,6 +203,8 @@ class EdgeWorker:
         node.seq += 1
         return {"node_id": node.node_id, "ts_ms": now_ms, "seq": node.seq, **readings,
                 "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
+                "accuracy": None if stats.recent_accuracy is None else round(stats.recent_accuracy, 4),
+                "preprocessing": node.load.preprocessing,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
                 "source": node.sensor.source,
                 "scenario": getattr(getattr(node.sensor, "node", None), "scenario", Scenario()).name}
