@@ -12,6 +12,7 @@ from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from deploy.produce import add_registry_arg
 from edge.thermal import SCENARIOS, Scenario
 from edge.worker import EdgeWorker
+from morph.zoo.lighting import ShiftChange
 from schemas.registry import codec_for
 
 
@@ -34,7 +35,8 @@ def _run(args) -> int:
                             log=lambda m: print(m, flush=True),
                             workflow=args.workflow, workflow_runs=args.workflow_runs,
                             outbox_path=args.outbox or Path(".cache/edge") / f"outbox-{'-'.join(args.node)}.db",
-                            keyring=args.keyring, silent_after_s=args.silent_after or None)
+                            keyring=args.keyring, silent_after_s=args.silent_after or None,
+                            lighting=ShiftChange() if args.lighting == "shift-change" else None)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     stop = threading.Event()
@@ -77,6 +79,10 @@ def register(tree) -> None:
     p.add_argument("--power-profile", choices=("default", "flops", "cpu"), default="default",
                    help="thermal model power per variant: a GPU-like profile (default), or the zoo's FLOPs or "
                         "measured CPU time per inference")
+    p.add_argument("--lighting", choices=("steady", "shift-change"), default="steady",
+                   help="the requests' lighting: the day shift throughout (default), or a shift change (20 s of day "
+                        "light, a 30 s ramp to the night shift, 60 s of night, back); telemetry's accuracy shows the "
+                        "drop, and a command's preprocessing=illumination-normalisation recovers it")
     p.add_argument("--workflow", choices=("inspection",),
                    help="also execute workflow runs (the inspection pipeline) back to back on every node, emitting "
                         "their signals and applying shadow pre-execution commands")

@@ -85,6 +85,11 @@ def format_seed_table(manifest, precision: str = "fp32") -> str:
                      f"{e.cpu_ms:.4f}", f"{e.latency_ms_b1 / snn.latency_ms_b1:.1f}x", seed_params, f"{seed_ms:g}",
                      f"{seed_ms / SEED_TABLE['snn'][1]:.1f}x"))
     lines = _align(rows, text_cols={0})
+    drift = manifest.info.get("lighting_drift", {}).get("models", {})
+    if drift:
+        lines.append("night shift, accuracy day -> night -> night with illumination normalisation: " + "; ".join(
+            f"{k.split('/')[0]} {r['raw']['0.0']:.3f} -> {r['raw']['1.0']:.3f} -> {r['normalised']['1.0']:.3f}"
+            for k, r in drift.items()))
     ladder = manifest.info.get("ladder", {})
     violations = ladder.get("violations", [])
     lines.append(f"ladder ({precision}): " + ("cost falls strictly at every rung (params, FLOPs, b1, b32, CPU) and "

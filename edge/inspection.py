@@ -18,12 +18,12 @@ import numpy as np
 
 from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
 from morph.zoo import runtime
-from morph.zoo.data import load_split
+from morph.zoo.data import N_CLASSES, input_shape, load_split
 
 
 
 class Classifier(Protocol):
-    """The model the inspection pipeline runs: logits for a [N, 8, 8] float32 batch."""
+    """The model the inspection pipeline runs: logits for a float32 batch of frames [N, *zoo input shape]."""
 
     @property
     def identity(self) -> str: ...  # changes when the model serving changes (a morph swap)
@@ -68,7 +68,7 @@ class ServedClassifier:
             raise RuntimeError("the model file changed on disk since it was verified")
         session = runtime.open_session(blob, 1)
         for _ in range(self.warmup_runs):
-            session.run(None, {runtime.INPUT: np.zeros((8, 8, 8), np.float32)})
+            session.run(None, {runtime.INPUT: np.zeros((8, *manifest.input_shape), np.float32)})
         identity = f"{current.variant}/{current.precision}/{current.sha256[:16]}"
         return Replica(identity, lambda x: session.run(None, {runtime.INPUT: np.ascontiguousarray(x, np.float32)})[0])
 
@@ -115,13 +115,13 @@ class InspectionCosts:
 
 
 #: The camera's vignetting: frames are darker towards the corners; the flat-field undoes it.
-_VIGNETTE = (1.0 - 0.15 * np.hypot(*np.meshgrid(np.linspace(-1, 1, 8), np.linspace(-1, 1, 8))) / math.sqrt(2)
+_VIGNETTE = (1.0 - 0.15 * np.hypot(*np.meshgrid(*(np.linspace(-1, 1, n) for n in input_shape()))) / math.sqrt(2)
              ).astype(np.float32)
 
 
 def inspection_lots(n: int, seed: int = 0, batch: int = 16, noisy_share: float = 0.25,
                     noise: tuple[float, float] = (0.25, 0.4)) -> list[dict[str, np.ndarray]]:
-    """Inputs of ``n`` inspection runs: lots of ``batch`` digit images as the camera delivers them (uint8).
+    """Inputs of ``n`` inspection runs: lots of ``batch`` frames (the zoo's test split) as the camera delivers them (uint8).
 
     Most lots are shot in good light (sensor noise σ 0.02); a ``noisy_share``
     of them in poor light (σ drawn from ``noise``), which lowers the model's
@@ -134,7 +134,7 @@ def inspection_lots(n: int, seed: int = 0, batch: int = 16, noisy_share: float =
     for _ in range(n):
         idx = rng.choice(len(test), size=batch, replace=False)
         sigma = rng.uniform(*noise) if rng.random() < noisy_share else 0.02
-        frames = test.x[idx] * _VIGNETTE + rng.normal(0.0, sigma, size=(batch, 8, 8))
+        frames = test.x[idx] * _VIGNETTE + rng.normal(0.0, sigma, size=(batch, *test.x.shape[1:]))
         lots.append({"lot": np.clip(np.round(frames * 255.0), 0, 255).astype(np.uint8)})
     return lots
 
@@ -154,7 +154,7 @@ def _test_time_augmented(replica: Replica, tensor: np.ndarray) -> np.ndarray:
 def _class_references() -> np.ndarray:
     """The product database's reference image of each class: the class mean of the train split."""
     train = load_split("train")
-    return np.stack([train.x[train.y == c].mean(axis=0) for c in range(10)]).astype(np.float32)
+    return np.stack([train.x[train.y == c].mean(axis=0) for c in range(N_CLASSES)]).astype(np.float32)
 
 
 def _report(scores: np.ndarray, tensor: np.ndarray, reference: np.ndarray, confidence_floor: float) -> bytes:

@@ -19,7 +19,7 @@ left serving. A swap to the model already serving is applied at once without
 reloading, so a redelivered command is harmless.
 
 `RequestLoad` is the steady request stream the worker serves and reports on:
-requests arrive at a fixed rate in small batches, drawn from the digits test
+requests arrive at a fixed rate in small batches, drawn from the zoo's test
 split, and each ends exactly once, served (within its deadline) or dropped
 (late or errored).
 
@@ -47,7 +47,8 @@ import numpy as np
 
 from morph.ladder import PRECISIONS, VARIANTS
 from morph.zoo import runtime
-from morph.zoo.data import DigitsSplit, load_split
+from morph.zoo.data import DriftingFrames, InspectionSplit, load_split
+from morph.zoo.lighting import PREPROCESSING
 from morph.zoo.manifest import ZooManifest, load_manifest
 
 APPLIED, REJECTED, FAILED = "applied", "rejected", "failed"
@@ -127,7 +128,7 @@ class InferenceServer:
         return self._current
 
     def infer(self, batch: np.ndarray) -> Predictions:
-        """Classify ``batch`` [N, 8, 8] float32 on the model serving now."""
+        """Classify ``batch`` (float32 frames [N, *manifest.input_shape]) on the model serving now."""
         model = self._current  # one read: a concurrent swap cannot split this call across models
         logits = model.session.run(None, {runtime.INPUT: np.ascontiguousarray(batch, dtype=np.float32)})[0]
         return Predictions(logits.argmax(axis=1), logits, model.variant, model.precision, model.sha256)
@@ -207,7 +208,7 @@ class InferenceServer:
         session = runtime.open_session(blob, self.threads)
         for n in (1, self.warmup_batch):
             for _ in range(self.warmup_runs):
-                session.run(None, {runtime.INPUT: np.zeros((n, 8, 8), np.float32)})
+                session.run(None, {runtime.INPUT: np.zeros((n, *self.manifest.input_shape), np.float32)})
         return LoadedModel(variant, precision, digest, session)
 
 
@@ -266,6 +267,7 @@ class LoadStats:
     mean_latency_ms: float  # of requests finished in the last second (overall mean if none)
     max_latency_ms: float   # since the start
     elapsed_s: float
+    recent_accuracy: float | None = None  # of labelled requests served in the last second (None: none served)
 
     @property
     def accuracy(self) -> float:
@@ -282,13 +284,16 @@ class RequestLoad:
     """
 
     def __init__(self, server: InferenceServer, rate: float = 200.0, batch_size: int = 4,
-                 deadline_ms: float = 250.0, inputs: DigitsSplit | None = None, seed: int = 0,
-                 keep_log: bool = False):
+                 deadline_ms: float = 250.0, inputs: InspectionSplit | None = None, seed: int = 0,
+                 keep_log: bool = False, lighting: DriftingFrames | None = None, time_scale: float = 1.0):
         if rate <= 0 or batch_size <= 0:
             raise ValueError("rate and batch_size must be positive")
         self.server, self.rate, self.batch_size = server, rate, batch_size
         self.deadline_s = deadline_ms / 1e3
-        self.inputs = inputs if inputs is not None else load_split("test")
+        # With ``lighting`` the frames follow a shift change (same parts, drifting light) in scenario time.
+        self.lighting, self.time_scale = lighting, time_scale
+        self.inputs = lighting.at(0.0) if lighting is not None else inputs if inputs is not None else load_split("test")
+        self.preprocessing = "none"
         self._order = np.random.default_rng(seed).permutation(len(self.inputs))
         self.keep_log = keep_log
         self._lock = threading.Lock()
@@ -300,7 +305,7 @@ class RequestLoad:
         self._latency_sum = self._max_latency = 0.0
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # served requests per latency bucket (+Inf last)
         self._per_model: dict[tuple[str, str], ModelCounts] = {}
-        self._recent: collections.deque = collections.deque()   # (done, served, latency_sum)
+        self._recent: collections.deque = collections.deque()   # (done, served, latency_sum, correct)
         self._seconds: dict[int, list] = {}                      # second -> [served, dropped, variant, precision]
         self._log: list[RequestRecord] = []
 
@@ -334,15 +339,17 @@ class RequestLoad:
         with self._lock:
             now = self._t_end or time.monotonic()
             self._prune(now)
-            recent_n = sum(n for _, n, _ in self._recent)
-            recent_lat = sum(s for _, _, s in self._recent)
+            recent_n = sum(r[1] for r in self._recent)
+            recent_lat = sum(r[2] for r in self._recent)
+            recent_correct = sum(r[3] for r in self._recent)
             mean_s = recent_lat / recent_n if recent_n else (self._latency_sum / self._served if self._served else 0.0)
             return LoadStats(
                 submitted=self._submitted, served=self._served, dropped=self._late + self._errors,
                 late=self._late, errors=self._errors, in_flight=self._in_flight, correct=self._correct,
                 per_model={k: replace(v) for k, v in self._per_model.items()},
                 throughput_rps=float(recent_n), mean_latency_ms=mean_s * 1e3,
-                max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0)
+                max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0,
+                recent_accuracy=recent_correct / recent_n if recent_n else None)
 
     def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
         """Served requests by latency: ``([(upper bound s, cumulative count), ..., (inf, served)], latency sum s)``."""
@@ -378,6 +385,13 @@ class RequestLoad:
             raise ValueError("batch_size must be positive")
         self.batch_size = int(batch_size)
 
+    def set_preprocessing(self, stage: str) -> None:
+        """Run requests through the named preprocessing stage (`morph.zoo.lighting.PREPROCESSING`)
+        from the next batch on: ``none``, or ``illumination-normalisation`` against lighting drift."""
+        if stage not in PREPROCESSING:
+            raise ValueError(f"unknown preprocessing stage {stage!r}; choose one of {', '.join(PREPROCESSING)}")
+        self.preprocessing = stage
+
     def _run(self) -> None:
         arrived, cursor = self._t0, 0
         while not self._stop.is_set():
@@ -391,8 +405,12 @@ class RequestLoad:
                 first_id = self._submitted
                 self._submitted += n
                 self._in_flight = n
+            if self.lighting is not None:
+                self.inputs = self.lighting.at((time.monotonic() - self._t0) * self.time_scale)
+            stage = PREPROCESSING[self.preprocessing]
             try:
-                pred = self.server.infer(self.inputs.x[idx])
+                batch = self.inputs.x[idx]
+                pred = self.server.infer(batch if stage is None else stage(batch))
             except Exception:
                 pred = None
             self._record(first_id, idx, arrived, time.monotonic(), pred)
@@ -415,7 +433,7 @@ class RequestLoad:
                 counts.correct += correct
                 self._latency_sum += latency * n
                 self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += n
-                self._recent.append((done, n, latency * n))
+                self._recent.append((done, n, latency * n, correct))
                 second[0] += n
             else:
                 if pred is None:

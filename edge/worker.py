@@ -45,6 +45,8 @@ from edge.sync import SyncManager
 from edge.thermal import Scenario
 from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
+from morph.zoo.data import DriftingFrames
+from morph.zoo.lighting import PREPROCESSING
 from prediction.recovery import FailureView, PolicyRecovery, RecoveryPolicyTable
 from schemas.codec import Codec, DecodeError
 
@@ -87,7 +89,7 @@ class EdgeWorker:
                  power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
                  workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
                  local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
-                 outbox_options: dict | None = None, codec: Codec | None = None):
+                 outbox_options: dict | None = None, codec: Codec | None = None, lighting=None):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
         self.manifest = load_manifest(zoo_dir)
         self.codec = codec or Codec()  # a registry's codec writes the Confluent framing
@@ -109,7 +111,9 @@ class EdgeWorker:
             server = InferenceServer(self.manifest, variant, precision)
             node_scenario = (scenarios or {}).get(node_id, scenario)
             self.nodes[node_id] = EdgeNode(
-                node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i),
+                node_id, server, RequestLoad(server, rate=rate, deadline_ms=deadline_ms, seed=seed + i,
+                                             lighting=None if lighting is None else DriftingFrames(lighting),
+                                             time_scale=time_scale),
                 open_sensor(sensor, node_id, node_scenario, cost, seed=seed + i), batch_size=batch)
             if node_id in self._serving:
                 self.nodes[node_id].load.set_batch_size(batch)
@@ -236,6 +240,11 @@ class EdgeWorker:
                 node.batch_size = command["batch_size"]
                 node.load.set_batch_size(command["batch_size"])
                 self._remember_serving(node, result.to_variant, result.to_precision)
+                stage = command.get("preprocessing")
+                if stage in PREPROCESSING:
+                    node.load.set_preprocessing(stage)
+                elif stage is not None:
+                    self.log(f"{node.node_id}: unknown preprocessing stage {stage!r} ignored")
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
@@ -319,6 +328,8 @@ class EdgeWorker:
         return {"node_id": node.node_id, "ts_ms": now_ms, "seq": node.seq, **readings,
                 "record_id": f"{node.node_id}-{self.boot}-{node.seq}",
                 "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
+                "accuracy": None if stats.recent_accuracy is None else round(stats.recent_accuracy, 4),
+                "preprocessing": node.load.preprocessing,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
                 "source": node.sensor.source,
                 "scenario": getattr(getattr(node.sensor, "node", None), "scenario", Scenario()).name}

@@ -19,7 +19,7 @@ from edge.shadow import ShadowExecutor
 
 
 class CentroidClassifier:
-    """Nearest class mean on the digits train split: a real, tiny classifier for tests without the zoo.
+    """Nearest class mean on the zoo's train split: a real, tiny classifier for tests without the zoo.
 
     Logits are ``-||x - mean_c||² / temperature``; at the default 0.1 about one
     lot in six of `inspection_lots` needs re-inspection. A replica shares the
@@ -27,11 +27,11 @@ class CentroidClassifier:
     """
 
     def __init__(self, temperature: float = 0.1):
-        from morph.zoo.data import load_split
+        from morph.zoo.data import N_CLASSES, load_split
 
         train = load_split("train")
         x = train.x.reshape(len(train), -1).astype(np.float64)
-        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(10)])
+        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(N_CLASSES)])
         self.temperature = temperature
         self._identity = "centroid/" + digest_of(freeze(self.means.astype(np.float32)))[:16] + f"/t{temperature}"
 

@@ -23,11 +23,11 @@ from morph.zoo.data import CLASSES, InspectionSplit, InspectionTask, input_shape
 from morph.zoo.manifest import ModelNotInZoo, ZooEntry, ZooManifest, ZooMissingError, default_zoo_dir, load_manifest
 
 
-def build_zoo(out_dir=None, force: bool = False, progress=print) -> ZooManifest:
+def build_zoo(out_dir=None, force: bool = False, progress=print, profile: str = "full") -> ZooManifest:
     """Build (or return the cached) zoo; see `morph.zoo.build.build_zoo`."""
     from morph.zoo.build import build_zoo as build
 
-    return build(out_dir, force=force, progress=progress)
+    return build(out_dir, force=force, progress=progress, profile=profile)
 
 
 __all__ = ["CLASSES", "InspectionSplit", "InspectionTask", "ModelNotInZoo", "ZooEntry", "ZooManifest", "ZooMissingError", "build_zoo",

@@ -92,24 +92,69 @@ def build_zoo(out_dir: str | Path | None = None, force: bool = False,
 
 
 def _train_all(profile: ZooProfile, train, val, say):
+    """The teacher here, then the four students two at a time in child processes (one
+    thread each: training is seeded and single-threaded, so the models are the same
+    whichever process trains them)."""
     import torch
 
     from morph.zoo.models import count_params, make_model
     from morph.zoo.train import RECIPES, fit, teacher_targets
 
-    models, teacher = {}, None
-    for i, variant in enumerate(VARIANTS, 1):
-        torch.manual_seed(SEEDS[variant])
-        recipe = RECIPES[variant].scaled(profile.epoch_factor)
-        role = "teacher, hard labels" if variant == TEACHER else \
-            f"distilled: logits at T={recipe.temperature} + features"
-        result = fit(make_model(variant), train, val, recipe, teacher=teacher, seed=SEEDS[variant])
-        models[variant] = result.model
-        if variant == TEACHER:
-            teacher = teacher_targets(result.model, train)
-        say(f"zoo: [{i}/{len(VARIANTS)}] trained {variant:<11} ({role}): {count_params(result.model):,} params, "
-            f"val acc {result.val_accuracy:.3f}, {result.epochs} epochs in {result.seconds:.1f} s")
-    return models
+    torch.manual_seed(SEEDS[TEACHER])
+    recipe = RECIPES[TEACHER].scaled(profile.epoch_factor)
+    result = fit(make_model(TEACHER), train, val, recipe, seed=SEEDS[TEACHER])
+    models = {TEACHER: result.model}
+    say(f"zoo: [1/{len(VARIANTS)}] trained {TEACHER:<11} (teacher, hard labels): {count_params(result.model):,} "
+        f"params, val acc {result.val_accuracy:.3f}, {result.epochs} epochs in {result.seconds:.1f} s")
+    targets = teacher_targets(result.model, train)
+    students = [v for v in VARIANTS if v != TEACHER]
+    jobs = [(v, RECIPES[v].scaled(profile.epoch_factor), SEEDS[v], train, val, targets) for v in students]
+    workers = min(2, os.cpu_count() or 1)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: a forked child of a process that has run OpenMP regions can hang.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = pool.map(_train_student, jobs)
+            for i, (variant, state, val_acc, epochs, seconds) in enumerate(outcomes, 2):
+                models[variant] = _student_from(variant, state)
+                _say_student(say, i, variant, models[variant], val_acc, epochs, seconds, jobs[i - 2][1])
+    else:
+        for i, job in enumerate(jobs, 2):
+            variant, state, val_acc, epochs, seconds = _train_student(job)
+            models[variant] = _student_from(variant, state)
+            _say_student(say, i, variant, models[variant], val_acc, epochs, seconds, job[1])
+    return {v: models[v] for v in VARIANTS}
+
+
+def _train_student(job):
+    """Distil one student (runs in a child process); returns its weights and figures."""
+    import torch
+
+    from morph.zoo.models import make_model
+    from morph.zoo.train import fit
+
+    variant, recipe, seed, train, val, targets = job
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    result = fit(make_model(variant), train, val, recipe, teacher=targets, seed=seed)
+    return variant, result.model.state_dict(), result.val_accuracy, result.epochs, result.seconds
+
+
+def _student_from(variant: str, state):
+    from morph.zoo.models import make_model
+
+    model = make_model(variant)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _say_student(say, i, variant, model, val_acc, epochs, seconds, recipe):
+    from morph.zoo.models import count_params
+
+    say(f"zoo: [{i}/{len(VARIANTS)}] trained {variant:<11} (distilled: logits at T={recipe.temperature} + features): "
+        f"{count_params(model):,} params, val acc {val_acc:.3f}, {epochs} epochs in {seconds:.1f} s")
 
 
 def _export_all(root: Path, models: dict, train, say) -> tuple[dict, dict]:
@@ -194,16 +239,26 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
         sessions = {key: runtime.open_session(path) for key, path in paths.items()}
         timing = runtime.measure_interleaved(sessions, test.x[:1], test.x[:32], ROUNDS, CALLS_B1, CALLS_B32)
         entries = {}
+        reference = {v: _torch_logits(m, test.x) for v, m in models.items()}
         for (variant, precision), path in paths.items():
             note, kept = notes[(variant, precision)]
             t = timing[(variant, precision)]
+            onnx_logits = runtime.logits(sessions[(variant, precision)], test.x)
             entries[(variant, precision)] = ZooEntry(
                 variant=variant, precision=precision, path=path.relative_to(root).as_posix(),
                 sha256=sha256_file(path), params=count_params(models[variant]), size_bytes=path.stat().st_size,
-                accuracy=runtime.accuracy(sessions[(variant, precision)], test.x, test.y),
+                accuracy=float((onnx_logits.argmax(axis=1) == test.y).mean()),
                 latency_ms_b1=round(t.latency_ms_b1, 4), latency_ms_b32=round(t.latency_ms_b32, 4),
-                flops=count_flops(models[variant]), cpu_ms=round(t.cpu_ms, 4), fp32_ops=kept, notes=note)
+                flops=count_flops(models[variant]), cpu_ms=round(t.cpu_ms, 4), fp32_ops=kept, notes=note,
+                torch_max_abs_diff=round(float(np.abs(onnx_logits - reference[variant]).max()), 6),
+                torch_agreement=float((onnx_logits.argmax(axis=1) == reference[variant].argmax(axis=1)).mean()))
         manifest = ZooManifest(root, entries, {})
+        from morph.zoo.robustness import lighting_robustness
+
+        drift = lighting_robustness({k: sessions[k] for k in paths if k[1] == "fp32"})
+        say("zoo: night shift (fp32, accuracy day raw -> night raw -> night normalised): " + "; ".join(
+            f"{k.split('/')[0]} {r['raw']['0.0']:.3f} -> {r['raw']['1.0']:.3f} -> {r['normalised']['1.0']:.3f}"
+            for k, r in drift.items()))
         floor = ACCURACY_FLOOR * entries[(TEACHER, "fp32")].accuracy
         below = [f"{v}/{p}" for (v, p), e in entries.items() if p != "int8" and e.accuracy < floor]
         ladder = check_ladder(manifest, len(test))
@@ -227,6 +282,8 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
                              "epochs": {v: RECIPES[v].scaled(profile.epoch_factor).epochs for v in VARIANTS}},
             "accuracy_floor": {"ratio": ACCURACY_FLOOR, "floor": floor, "below": below},
             "ladder": ladder,
+            "lighting_drift": {"levels": "0 = day shift, 1 = night shift (morph.zoo.lighting)",
+                               "frames_per_level": 500, "models": drift},
             "measured_with": {"intra_op_threads": 1, "rounds": ROUNDS, "calls_b1_per_round": CALLS_B1,
                               "calls_b32_per_round": CALLS_B32, "statistic": "median",
                               "cpu": "thread CPU time of the calling thread per batch-1 call"},
@@ -245,6 +302,16 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
         return manifest
     finally:
         torch.set_num_threads(threads)
+
+
+def _torch_logits(model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    from morph.zoo.models import no_fastpath
+
+    model.eval()
+    with torch.no_grad(), no_fastpath():
+        return torch.cat([model(torch.from_numpy(np.array(x[i:i + 500]))) for i in range(0, len(x), 500)]).numpy()
 
 
 def _cpu_seconds() -> float:

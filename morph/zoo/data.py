@@ -38,7 +38,7 @@ import numpy as np
 from morph.zoo.inspection import CLASSES, render_frame
 from morph.zoo.lighting import shift_lighting
 
-__all__ = ["CLASSES", "InspectionSplit", "InspectionTask", "N_CLASSES", "SPLITS", "TASK", "input_shape",
+__all__ = ["CLASSES", "DriftingFrames", "InspectionSplit", "InspectionTask", "N_CLASSES", "SPLITS", "TASK", "input_shape",
            "load_split"]
 
 SPLITS = ("train", "val", "test")
@@ -110,6 +110,44 @@ def load_split(name: str, task: InspectionTask = TASK, drift: float = 0.0) -> In
     it is rounded to 0.05 so a drifting stream reuses a few cached renderings."""
     task.count(name)
     return _generate(task, name, round(min(max(float(drift), 0.0), 1.0) * 20) / 20)
+
+
+class DriftingFrames:
+    """A request stream's frames through a shift change: the test parts rendered at the
+    drift levels ``schedule`` passes through (every ``step``), the first at once and the
+    rest on a background thread, so a caller never waits for a rendering; until a level
+    is ready the nearest rendered one below it stands in.
+
+    >>> from morph.zoo.lighting import ShiftChange
+    >>> frames = DriftingFrames(ShiftChange(day_s=0, ramp_s=10), frames=10, step=0.5).wait()
+    >>> [frames.at(t).drift for t in (0, 4, 6, 12)]
+    [0.0, 0.0, 0.5, 1.0]
+    >>> bool((frames.at(12).y == frames.at(0).y).all())   # same parts, other light
+    True
+    """
+
+    def __init__(self, schedule, frames: int = 400, step: float = 0.1, seed: int = TASK.seed):
+        import threading
+
+        self.schedule, self.task = schedule, InspectionTask(seed=seed, test=frames)
+        self.levels = [round(i * step, 4) for i in range(int(round(1 / step)) + 1)]
+        self._ready = {0.0: load_split("test", self.task, 0.0)}
+        self._thread = threading.Thread(target=self._render, name="drifting-frames", daemon=True)
+        self._thread.start()
+
+    def _render(self) -> None:
+        for level in self.levels[1:]:
+            self._ready[level] = load_split("test", self.task, level)
+
+    def wait(self) -> DriftingFrames:
+        self._thread.join()
+        return self
+
+    def at(self, t_s: float) -> InspectionSplit:
+        """The split to draw requests from at scenario time ``t_s``."""
+        drift = self.schedule.drift_at(t_s)
+        level = max((lv for lv in self._ready if lv <= drift + 1e-9), default=0.0)
+        return self._ready[level]
 
 
 def input_shape(task: InspectionTask = TASK) -> tuple[int, int]:

@@ -14,7 +14,9 @@ response, so the colour temperature changes the *contrast* between
 materials: a rust stain is darker than bare steel under daylight and much
 less so under a warm lamp.
 
-`normalise_illumination` is the preprocessing stage that undoes most of it:
+`ShiftChange` schedules the drift of a shift change over time, for a request
+stream to follow. `normalise_illumination` is the preprocessing stage that
+undoes most of it:
 it removes the frame's linear brightness gradient and rescales its mean and
 spread to the day shift's.
 
@@ -93,6 +95,36 @@ def shift_lighting(rng: np.random.Generator, drift: float = 0.0) -> Lighting:
     return Lighting(**draw)
 
 
+@dataclass(frozen=True)
+class ShiftChange:
+    """The lighting drift of a shift change, in scenario seconds: ``day_s`` of day light,
+    a linear ramp over ``ramp_s`` to the night shift, ``night_s`` of night light, and
+    (with ``back``) the same ramp back to day.
+
+    >>> change = ShiftChange(day_s=10, ramp_s=20, night_s=30)
+    >>> [change.drift_at(t) for t in (0, 10, 20, 30, 45, 60, 70, 80, 100)]
+    [0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+
+    day_s: float = 20.0
+    ramp_s: float = 30.0
+    night_s: float = 60.0
+    back: bool = True
+
+    def drift_at(self, t_s: float) -> float:
+        """Drift in [0, 1] (0: day shift, 1: night shift) at scenario time ``t_s``."""
+        t = t_s - self.day_s
+        if t <= 0:
+            return 0.0
+        if t < self.ramp_s:
+            return t / self.ramp_s
+        t -= self.ramp_s
+        if t <= self.night_s or not self.back:
+            return 1.0
+        t -= self.night_s
+        return max(0.0, 1.0 - t / self.ramp_s)
+
+
 @lru_cache(maxsize=256)
 def _illuminant(temp_k: float) -> tuple[float, float, float]:
     # Tanner Helland's fit of the Planckian locus to sRGB, normalised so that
@@ -145,3 +177,7 @@ def normalise_illumination(frames: np.ndarray, mean: float = REFERENCE_MEAN, std
     centred = (relative - relative.mean(axis=1, keepdims=True)) / (relative.std(axis=1, keepdims=True) + 1e-6)
     out = np.clip(centred * std + mean, 0.0, 1.0)
     return out.reshape(x.shape).astype(np.float32)
+
+
+#: Preprocessing stages a node can switch on for its requests, by name (None: frames as shot).
+PREPROCESSING = {"none": None, "illumination-normalisation": normalise_illumination}

@@ -78,6 +78,8 @@ class ZooEntry:
     cpu_ms: float           # process CPU time per batch-1 inference
     fp32_ops: tuple[str, ...] = ()  # fp16 only: op types kept in float32
     notes: str = ""
+    torch_max_abs_diff: float = 0.0  # largest |logit| difference from the torch original on the test split
+    torch_agreement: float = 1.0     # share of test frames where it predicts what the torch original does
 
     @property
     def key(self) -> tuple[str, str]:

@@ -77,10 +77,11 @@ class Classifier(nn.Module):
 
 
 class InspectionTransformer(Classifier):
-    """The teacher: a convolutional tokenizer (`conv_front`, 8x8 tokens) and a
+    """The teacher: a convolutional tokenizer (`conv_front`, 8x8 tokens), a
     pre-norm transformer encoder over the tokens, and sequence pooling (a
     softmax-weighted sum of the tokens, so a defect a few tokens wide is not
-    averaged away): a compact convolutional transformer.
+    averaged away): a compact convolutional transformer. The head also sees the
+    tokenizer's features max-pooled over the frame.
 
     References: Hassani et al., "Escaping the Big Data Paradigm with Compact
     Transformers", 2021; Vaswani et al., "Attention Is All You Need", 2017.
@@ -89,7 +90,8 @@ class InspectionTransformer(Classifier):
     def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 2, ff: int = 256, dropout: float = 0.0):
         super().__init__()
         h, w = input_shape()
-        self.tokenizer = nn.Sequential(conv_front(12, 24, 3), nn.Conv2d(24, d_model, 1))
+        self.front = conv_front(12, 24, 3)
+        self.embed = nn.Conv2d(24, d_model, 1)
         self.pos = nn.Parameter(torch.randn(1, (h // 4) * (w // 4), d_model) * 0.02)
         layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
@@ -103,19 +105,23 @@ class InspectionTransformer(Classifier):
                     module.reset_parameters()
         self.norm = nn.LayerNorm(d_model)
         self.attend = nn.Linear(d_model, 1)    # sequence pooling: a learnt weight per token
-        self.head = nn.Linear(d_model, N_CLASSES)
-        self.feature_dim = d_model
+        self.feature_dim = d_model + 24
+        self.head = nn.Linear(self.feature_dim, N_CLASSES)
 
     def features(self, x):
-        tokens = self.tokenizer(x.unsqueeze(1)).flatten(2).transpose(1, 2)
+        local = self.front(x.unsqueeze(1))
+        tokens = self.embed(local).flatten(2).transpose(1, 2)
         h = self.norm(self.encoder(tokens + self.pos))
         weights = torch.softmax(self.attend(h), dim=1)
-        return (weights * h).sum(dim=1)
+        # The tokenizer's own features, max-pooled, sit beside the attention's: the
+        # encoder adds context to what the convolutions find rather than replacing it.
+        return torch.cat([(weights * h).sum(dim=1), local.amax(dim=(2, 3))], dim=1)
 
 
 class InspectionLSTM(Classifier):
     """The cnn's `conv_front`, then an LSTM reading the feature map's 8 rows top to bottom;
-    its outputs are max-pooled over the rows (a defect may lie on any of them).
+    its outputs are max-pooled over the rows (a defect may lie on any of them) and the
+    head also sees the conv features max-pooled over the frame.
 
     Reference: Hochreiter and Schmidhuber, "Long Short-Term Memory", 1997.
     """
@@ -125,14 +131,15 @@ class InspectionLSTM(Classifier):
         h, w = input_shape()
         self.front = conv_front(width // 2, width, 3)
         self.lstm = nn.LSTM(width * (w // 4), hidden, batch_first=True)
-        self.head = nn.Linear(hidden, N_CLASSES)
-        self.feature_dim = hidden
+        self.feature_dim = hidden + width
+        self.head = nn.Linear(self.feature_dim, N_CLASSES)
 
     def features(self, x):
         f = self.front(x.unsqueeze(1))                     # [N, C, H/4, W/4]
         rows = f.permute(0, 2, 1, 3).flatten(2)            # [N, H/4, C * W/4]
         out, _ = self.lstm(rows)
-        return out.amax(dim=1)
+        # As in the transformer, the conv features max-pooled sit beside the recurrence's.
+        return torch.cat([out.amax(dim=1), f.amax(dim=(2, 3))], dim=1)
 
 
 class InspectionResNet(Classifier):
