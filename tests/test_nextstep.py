@@ -99,6 +99,18 @@ def test_beats_the_first_order_baseline_when_the_next_task_depends_on_two_steps_
     assert report["top3_accuracy"] >= report["accuracy"]
 
 
+def test_halves_split_the_scored_events_of_one_pass():
+    signals = list(SECOND_ORDER.signals(1000, seed=22))
+    report = evaluate_next_step(signals, split_at=len(signals) // 2)
+    first, second = report["halves"]
+    assert first["predictions"] + second["predictions"] == report["predictions"]
+    assert abs(first["predictions"] - second["predictions"]) < 0.05 * report["predictions"]
+    n = report["predictions"]
+    assert report["accuracy"] == pytest.approx(
+        (first["accuracy"] * first["predictions"] + second["accuracy"] * second["predictions"]) / n)
+    assert second["accuracy"] > second["baseline_accuracy"] + 0.1  # the gain is not only early luck
+
+
 def timed_runs(n: int, seed: int):
     """a takes 10 or 200 ms at random, then b; after b comes "escalate" iff a was slow.
 
