@@ -253,7 +253,8 @@ def test_the_flows_recovery_state_snapshots_and_refuses_a_newer_version():
               "node_id": "n1", "recovery": "FAIL", "attributes": {"recovery.state": "---|TIMEOUT|1|0|0|0|0"}}
     from operators.events import Event
     state, out = step(None, Event("WorkflowSignal", signal, "workflow.signals", 0, 0))
-    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0": "FAIL"}
+    assert out[0][1]["version"] == 1 and state.agent.q["---|TIMEOUT|1|0|0|0|0"] == {"FAIL": -1.0}
+    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0": "RETRY 1s"}  # untried, so optimistically next
     restored = pickle.loads(pickle.dumps(state))
     assert restored.agent.q == state.agent.q and restored.steps == {"load"}
     with pytest.raises(StateVersionError, match="RecoveryState snapshot has state version 2"):
