@@ -243,3 +243,19 @@ def test_published_policy_round_trips_through_the_codec():
     codec = Codec()
     assert RecoveryPolicyTable.from_record(codec.decode(codec.encode("RecoveryPolicy", table.to_record(7))).record) \
         == table
+
+
+def test_the_flows_recovery_state_snapshots_and_refuses_a_newer_version():
+    from operators.recovery import RecoveryState, RecoveryStep
+
+    step = RecoveryStep(publish_every=1)
+    signal = {"workflow_id": "wf", "run_id": "r1", "task": "load", "state": 0, "outcome": "FAILURE", "ts_ms": 1000,
+              "node_id": "n1", "recovery": "FAIL", "attributes": {"recovery.state": "---|TIMEOUT|1|0|0|0|0"}}
+    from operators.events import Event
+    state, out = step(None, Event("WorkflowSignal", signal, "workflow.signals", 0, 0))
+    assert out[0][1]["version"] == 1 and state.agent.q["---|TIMEOUT|1|0|0|0|0"] == {"FAIL": -1.0}
+    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0": "RETRY 1s"}  # untried, so optimistically next
+    restored = pickle.loads(pickle.dumps(state))
+    assert restored.agent.q == state.agent.q and restored.steps == {"load"}
+    with pytest.raises(StateVersionError, match="RecoveryState snapshot has state version 2"):
+        RecoveryState.__new__(RecoveryState).__setstate__(dict(vars(state), version=2))
