@@ -131,7 +131,7 @@ def spec_from_args(name: str, args) -> FlowSpec:
                                                ("speculation", getattr(args, "speculation", False)),
                                                ("signing_key", str(args.signing_key) if getattr(args, "signing_key", None)
                                                 else None),
-                                               ("recovery", getattr(args, "recovery", False)),
+                                               ("resilience", getattr(args, "resilience", False)),
                                                ("idle_timeout_ms", int(args.idle_timeout * 1000)
                                                 if getattr(args, "idle_timeout", None) else None),
                                                ("metrics_interval_ms", int(args.metrics_interval * 1000)
@@ -178,7 +178,7 @@ def add_flow_args(p) -> None:
                    help="workflow flow: persist every signal to this history store (SQLite file, or postgresql://...)")
     p.add_argument("--speculation", action="store_true",
                    help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
-    p.add_argument("--recovery", action="store_true",
+    p.add_argument("--resilience", action="store_true",
                    help="workflow flow: learn the causal failure graph and the recovery policy from failed signals, "
                         "publish the policy to workflow.policy")
     p.add_argument("--metrics-interval", type=float, metavar="SECONDS",

@@ -6,7 +6,7 @@
                                                   │    (its running accuracy every minute) ─▶ workflow.metrics
     edge.acks (shadow, with --speculation) ──────┤    + speculator ─────────┴─▶ workflow.shadow (by node)
                              │                   ├─▶ failure graph + recovery agent ─▶ workflow.policy
-                             │                   │   (with --recovery)
+                             │                   │   (with --resilience)
                              │                   └─▶ signal history store (SQLite | PostgreSQL)
                              └─▶ liquid.deadletter  (anything that does not decode)
 
@@ -77,7 +77,7 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
                         log_metrics=bool(spec.options.get("log_metrics")))
     # (workflow id | node id, (schema name, record)): predictions by workflow, shadow commands by node
     outputs = op.map("shadow_commands_by_node", predict_next_steps("predict", events, step), key_by_node)
-    if spec.options.get("recovery"):
+    if spec.options.get("resilience"):
         # (workflow id, ("RecoveryPolicy", record)): the policy learned from every node's failures
         policies = op.stateful_flat_map("recovery", signals, RecoveryStep(int(spec.options.get("publish_every", 20))))
         outputs = op.merge("predictions_and_policies", outputs, policies)

@@ -44,7 +44,7 @@ def test_failed_signals_reach_the_graph_and_the_published_policy_reaches_a_worke
                     wait=lambda s: clock.__setitem__("t", clock["t"] + s)).execute({"x": np.arange(3)})
     producer.flush(10)
 
-    done = subprocess.run(liquid_cmd("flow", "run", "workflow", "--recovery", "--until-end", "--bootstrap",
+    done = subprocess.run(liquid_cmd("flow", "run", "workflow", "--resilience", "--until-end", "--bootstrap",
                                      kafka.bootstrap), check=False, cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
