@@ -11,7 +11,7 @@ record id, which every record carries).
   a restart. `Outbox.put` is one INSERT and one commit (WAL with
   ``synchronous=NORMAL``: durable against a crash of the process; with
   ``synchronous="FULL"`` also against power loss, at an fsync per record).
-* **Bounded by count and age.** At ``max_records`` the priorities decide:
+* **Bounded by count, bytes and age.** At ``max_records`` or ``max_bytes`` the priorities decide:
   telemetry (the lowest class) is thinned — every second buffered telemetry
   record of the older half is deleted, the oldest kept, so the outage stays
   covered from its start at a coarser resolution — and each deleted record is
@@ -94,8 +94,9 @@ class Outbox:
     producer_factory
         ``() -> confluent_kafka.Producer`` (built with `idempotent_producer_config`), or
         None (store only: tests and the write-cost benchmark).
-    max_records
-        Bound on buffered records; priorities decide what gives way (module docstring).
+    max_records, max_bytes
+        Bounds on buffered records and on their bytes (keys and values; the file is a
+        little larger); priorities decide what gives way (module docstring).
     max_age_s
         Records older than this expire, counted (Azure IoT Edge's default TTL is 2 h).
     drain_rate
@@ -109,7 +110,8 @@ class Outbox:
         (see `Outbox._renew_producer`).
     """
 
-    def __init__(self, path, producer_factory=None, max_records: int = 1_000_000, max_age_s: float = 7200.0,
+    def __init__(self, path, producer_factory=None, max_records: int = 1_000_000, max_bytes: int = 512 * 2**20,
+                 max_age_s: float = 7200.0,
                  drain_rate: float = 5000.0, max_in_flight: int = 1000, synchronous: str = "NORMAL",
                  stall_s: float = 10.0, on_delivered=None):
         if synchronous not in ("NORMAL", "FULL"):
@@ -123,7 +125,7 @@ class Outbox:
         self._generation = 0
         self._progress_at = time.monotonic()
         self._delivery_errors = 0
-        self.max_records, self.max_age_s = max_records, max_age_s
+        self.max_records, self.max_bytes, self.max_age_s = max_records, max_bytes, max_age_s
         self.drain_rate, self.max_in_flight = drain_rate, max_in_flight
         #: called with the record id after every delivery the broker acknowledged (the link is up)
         self.on_delivered = on_delivered
@@ -133,11 +135,12 @@ class Outbox:
         self._db.executescript(SCHEMA)
         self._db.executemany("INSERT OR IGNORE INTO outbox_counters VALUES (?, 0)", [(c,) for c in COUNTERS])
         self._lock = threading.Lock()
-        self._count = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._count, self._bytes = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length(value) + COALESCE(length(key), 0)), 0) FROM outbox").fetchone()
         self._staged: list[tuple] = []     # put, not yet committed (group commit)
         self._refused = 0
-        self._in_flight: dict[int, str] = {}   # seq -> record id, handed to the producer
-        self._delivered: list[int] = []
+        self._in_flight: dict[int, tuple[str, int]] = {}   # seq -> (record id, bytes), handed to the producer
+        self._delivered: list[tuple[int, int]] = []   # (seq, bytes) the broker acknowledged
         self._sent_upto: dict[int, int] = {}   # priority -> highest seq handed to the producer
         self._halt = threading.Event()
         self._wake = threading.Event()
@@ -155,11 +158,14 @@ class Outbox:
         """
         now_ms = int(time.time() * 1000)
         with self._lock:
-            if self._count >= self.max_records and not self._make_room(priority):
-                self._refused += 1
-                return False
+            size = len(value) + len(key or b"")
+            while self._count >= self.max_records or self._bytes + size > self.max_bytes:
+                if size > self.max_bytes or not self._make_room(priority):
+                    self._refused += 1
+                    return False
             self._staged.append((record_id, topic, key, value, priority, now_ms))
             self._count += 1
+            self._bytes += size
             if wait:
                 self._commit_staged()
         self._wake.set()
@@ -191,17 +197,18 @@ class Outbox:
             return False
         # The older half of the buffered telemetry, every second row but the oldest: the
         # outage stays covered from its start, at a coarser resolution the longer it lasts.
-        seqs = [s for (s,) in self._db.execute(
-            "SELECT seq FROM outbox WHERE priority = ? ORDER BY seq", (lowest,))]
-        older = [s for s in seqs[: max(2, len(seqs) // 2)] if s not in self._in_flight]
+        rows = self._db.execute(
+            "SELECT seq, length(value) + COALESCE(length(key), 0) FROM outbox WHERE priority = ? ORDER BY seq", (lowest,)).fetchall()
+        older = [r for r in rows[: max(2, len(rows) // 2)] if r[0] not in self._in_flight]
         victims = older[1::2] or older
         if not victims:
             return False
         self._db.execute("BEGIN")
-        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in victims])
+        self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in victims])
         self._bump("downsampled", len(victims))
         self._db.execute("COMMIT")
         self._count -= len(victims)
+        self._bytes -= sum(size for _, size in victims)
         return True
 
     def _bump(self, name: str, n: int) -> None:
@@ -211,6 +218,10 @@ class Outbox:
     def pending(self) -> int:
         """Records stored and not yet acknowledged by the broker."""
         return self._count
+
+    def pending_bytes(self) -> int:
+        """Bytes of keys and values stored and not yet acknowledged by the broker."""
+        return self._bytes
 
     def counters(self) -> dict[str, int]:
         with self._lock:
@@ -291,7 +302,7 @@ class Outbox:
         if rows and not self._in_flight:
             self._progress_at = time.monotonic()
         for row in rows:
-            self._in_flight[row.seq] = row.record_id
+            self._in_flight[row.seq] = (row.record_id, len(row.value) + len(row.key or b""))
             self._sent_upto[row.priority] = row.seq
             self.producer.produce(row.topic, key=row.key, value=row.value,
                                   on_delivery=self._delivery_callback(row.seq, row.priority, self._generation))
@@ -301,9 +312,9 @@ class Outbox:
         def done(err, _msg):
             if generation != self._generation:
                 return  # a report of a producer that was renewed: its records are being resent
-            record_id = self._in_flight.pop(seq, None)
+            record_id, size = self._in_flight.pop(seq, (None, 0))
             if err is None:
-                self._delivered.append(seq)
+                self._delivered.append((seq, size))
                 self._progress_at = self.last_delivery_monotonic = time.monotonic()
                 if self.on_delivered is not None:
                     self.on_delivered(record_id)
@@ -321,12 +332,13 @@ class Outbox:
         done, self._delivered = self._delivered, []
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in done])
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in done])
             self._bump("delivered", len(done))
             self._bump("delivery_errors", self._delivery_errors)
             self._delivery_errors = 0
             self._db.execute("COMMIT")
             self._count -= len(done)
+            self._bytes -= sum(size for _, size in done)
 
     def _expire(self) -> None:
         cutoff = int((time.time() - self.max_age_s) * 1000)
@@ -334,12 +346,15 @@ class Outbox:
             oldest = self._db.execute("SELECT MIN(created_ms) FROM outbox").fetchone()[0]
             if oldest is None or oldest >= cutoff:
                 return
+            where = "created_ms < ? AND seq NOT IN (%s)" % ",".join(str(seq) for seq in self._in_flight or {-1})
             self._db.execute("BEGIN")
-            gone = self._db.execute("DELETE FROM outbox WHERE created_ms < ? AND seq NOT IN (%s)" % ",".join(
-                str(s) for s in self._in_flight or {-1}), (cutoff,)).rowcount
+            gone, size = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(length(value) + COALESCE(length(key), 0)), 0) FROM outbox WHERE {where}",
+                                          (cutoff,)).fetchone()
+            self._db.execute(f"DELETE FROM outbox WHERE {where}", (cutoff,))
             self._bump("expired", gone)
             self._db.execute("COMMIT")
             self._count -= gone
+            self._bytes -= size
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every stored record is delivered (True) or the timeout passes."""

@@ -80,3 +80,19 @@ def test_drain_through_the_broker_in_order_per_key_at_a_bounded_rate(kafka, tmp_
     for key in {k for k, _ in got}:
         values = [v for k, v in got if k == key]
         assert values == sorted(values)  # in order per key
+
+
+def test_bounded_by_bytes_too_and_the_count_of_bytes_survives_a_restart(tmp_path):
+    box = Outbox(tmp_path / "o.db", max_bytes=10_000)
+    for i in range(200):  # 100 bytes each: twice the bound
+        assert box.put("edge.telemetry", b"n1", b"x" * 98, TELEMETRY, f"t{i}")
+    assert box.pending_bytes() <= 10_000 and box.pending() * 100 == box.pending_bytes()
+    assert box.counters()["downsampled"] == 200 - box.pending()
+    assert box.put("edge.acks", b"n1", b"a" * 2_000, ACK, "a0")      # a big ack: telemetry gives way
+    kept = box.pending_bytes()
+    assert kept <= 10_000
+    box.close()
+    again = Outbox(tmp_path / "o.db", max_bytes=10_000)
+    assert again.pending_bytes() == kept
+    assert not again.put("edge.acks", b"n1", b"a" * 20_000, ACK, "a1")   # larger than the whole bound...
+    assert again.counters()["refused"] == 1 and again.pending_bytes() == kept   # ...and nothing thinned for it
