@@ -48,8 +48,8 @@ Parameters were chosen on the even-numbered files of the NAB corpus (sorted
 by name) and checked on the odd-numbered ones; ``bench/nab.py`` reports both
 halves (about 73 and 71). The likelihood's 10-sample mean and 5σ were
 chosen with both halves in view, as the middle of a plateau (9-14 samples
-at 4.7-5.3σ all score within about 2 points) rather than the best single
-point: 5 samples at 4σ scored a little higher on the even half (73.2 against
+at 4.7-5.3σ all score 69.0-71.6 on the whole corpus) rather than the best
+single point: 5 samples at 4σ scored a little higher on the even half (73.2 against
 72.8) but lower on the odd half (67.4 against 70.7). Weekly seasonality
 needs a weekend seen: the first one after the start of a series may be
 reported once.
