@@ -162,3 +162,18 @@ def test_bursty_counts_raise_few_false_onsets_and_a_surge_is_reported_early():
         delays += [i - surge for i in onsets if surge <= i < surge + 24][:1]
     # A false onset in the day before the surge can hold its report (one seed here): at most one miss.
     assert len(delays) >= len(SEEDS) - 1 and max(delays) <= 6, delays
+
+
+def test_a_version_1_snapshot_gains_a_cold_spike_view_and_raises_no_onset_for_it():
+    s = metric_series("normal", 1)
+    detector = OnsetDetector()
+    for t, v in zip(s.times_s[:2000], s.values[:2000]):
+        detector.score_then_learn_one({"value": v}, t)
+    state = {k: v for k, v in detector.__dict__.items() if k != "spike"}
+    restored = OnsetDetector.__new__(OnsetDetector)
+    restored.__setstate__(dict(state, version=1))
+    assert restored.version == OnsetDetector.STATE_VERSION and restored.spike.n == 0
+    flags = [restored.score_then_learn_one({"value": v}, t).is_anomaly
+             for t, v in zip(s.times_s[2000:2100], s.values[2000:2100])]
+    assert not any(flags)      # a cold spike view (no variance yet) must not fire
+    assert restored.spike.n == 100
