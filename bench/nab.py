@@ -11,9 +11,10 @@ detector is scored in the same run as the baseline.
 Overfitting guard: the files, sorted by name, are split into alternate halves,
 each scored with its own swept threshold. The detector's later choices (the
 quiet release, the range rule, dropping a long-run z-score, every parameter
-check) were made on the even-numbered half ("tune"); its first design was
-explored with both halves in view, so the odd half ("held-out") is held out
-from the tuning, not from the design.
+check) were made on the even-numbered half ("tune"); its first design, and
+the likelihood's averaging and 5σ level, were chosen with both halves in view,
+so the odd half ("held-out") is held out from most of the tuning, not from
+the design.
 
     python bench/nab.py [--nab DIR] [--scores-out DIR]
 

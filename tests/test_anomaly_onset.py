@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import pickle
+import random
 
 import pytest
 
@@ -112,3 +114,66 @@ def test_pickled_state_continues_identically_and_a_newer_version_is_refused():
         SeasonalLevel.__new__(SeasonalLevel).__setstate__(state)
     with pytest.raises(StateVersionError):
         OnsetDetector.__new__(OnsetDetector).__setstate__(dict(detector.__dict__, version=99))
+
+
+def _bursty_counts(seed: int, days: int = 21, surge_at: int = -1, surge_len: int = 24):
+    """Five-minute event counts with a daily cycle and the one-sample bursts of social-media volumes
+    (1 % of samples at 2-6x the rate), and optionally a 2-hour surge to 4x the rate."""
+    rng = random.Random(seed)
+    times, values = [], []
+    for i in range(int(days * DAY_S / STEP_S)):
+        t = 1.42e9 + i * STEP_S
+        rate = 12.0 + 10.0 * math.sin(2.0 * math.pi * (t % DAY_S) / DAY_S)
+        if rng.random() < 0.01:
+            rate *= math.exp(rng.gauss(1.2, 0.4))
+        if surge_at <= i < surge_at + surge_len:
+            rate *= 4.0
+        times.append(t)
+        values.append(_poisson(rng, rate))
+    return times, values
+
+
+def _poisson(rng: random.Random, rate: float) -> int:
+    if rate > 30.0:
+        return max(0, round(rng.gauss(rate, math.sqrt(rate))))
+    limit, k, p = math.exp(-rate), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+def _onset_indices(times, values):
+    detector = OnsetDetector()
+    return [i for i, (t, v) in enumerate(zip(times, values))
+            if detector.score_then_learn_one({"value": v}, t).is_anomaly]
+
+
+def test_bursty_counts_raise_few_false_onsets_and_a_surge_is_reported_early():
+    """Single-sample bursts are the normal noise of a count series; a sustained surge is not. (With
+    the likelihood over 5 samples at 4σ these series raised about 4 false onsets a week, now under 1.5.)"""
+    false = sum(len(_onset_indices(*_bursty_counts(seed))) for seed in SEEDS)
+    weeks = len(SEEDS) * 3
+    assert false / weeks <= 2.5, f"{false} false onsets in {weeks} weeks"
+    surge = 18 * 288 + 100
+    delays = []
+    for seed in SEEDS:
+        onsets = _onset_indices(*_bursty_counts(seed, surge_at=surge))
+        delays += [i - surge for i in onsets if surge <= i < surge + 24][:1]
+    # A false onset in the day before the surge can hold its report (one seed here): at most one miss.
+    assert len(delays) >= len(SEEDS) - 1 and max(delays) <= 6, delays
+
+
+def test_a_version_1_snapshot_gains_a_cold_spike_view_and_raises_no_onset_for_it():
+    s = metric_series("normal", 1)
+    detector = OnsetDetector()
+    for t, v in zip(s.times_s[:2000], s.values[:2000]):
+        detector.score_then_learn_one({"value": v}, t)
+    state = {k: v for k, v in detector.__dict__.items() if k != "spike"}
+    restored = OnsetDetector.__new__(OnsetDetector)
+    restored.__setstate__(dict(state, version=1))
+    assert restored.version == OnsetDetector.STATE_VERSION and restored.spike.n == 0
+    flags = [restored.score_then_learn_one({"value": v}, t).is_anomaly
+             for t, v in zip(s.times_s[2000:2100], s.values[2000:2100])]
+    assert not any(flags)      # a cold spike view (no variance yet) must not fire
+    assert restored.spike.n == 100
