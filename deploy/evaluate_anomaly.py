@@ -35,7 +35,7 @@ def register(tree) -> None:
     p.add_argument("--labels", metavar="FILE.json", help="labelled anomaly windows: [[start, end], ...]")
     p.add_argument("--threshold", type=float, metavar="X",
                    help="score at or above which a row is an anomaly onset (default 0.5: the recent "
-                        "prediction error is 4 sigma above its long-run level; the threshold NAB-style "
+                        "prediction error is 5 sigma above its long-run level; the threshold NAB-style "
                         "scoring picks on the NAB corpus)")
 
 
