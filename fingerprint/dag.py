@@ -443,6 +443,9 @@ def _add_collector_edges(sources: _EdgeSources, runs: list[Run], offsets: dict[s
     goes. If it is not what ends runs, and the latest task to start after it
     (finished before that task's first start in every run with it) is what ends
     runs, the likeliest reader is that collector (a MultiQC-like report step).
+    A task that more than half of the workflow's tasks always follow is set-up
+    (an index, a reference): its reader is an early join, not the report, and
+    it is left without a guess.
     Such an edge is a guess from the workflow's shape, not from a hand-over: its
     evidence is ``collector``, its confidence one over the number of tasks that
     always follow the input (the chance of the pick were it made blindly among
@@ -463,7 +466,7 @@ def _add_collector_edges(sources: _EdgeSources, runs: list[Run], offsets: dict[s
             continue
         with_z = [b for b in bounds if z in b]
         after = [y for y in names if y != z and all(y in b and b[z][1] <= b[y][0] for b in with_z)]
-        if not after:
+        if not after or 2 * len(after) > len(names):  # set-up: read by an early join
             continue
         y = max(after, key=lambda t: (offsets.get(t, 0.0), t))
         if y in enders and y not in sources.with_lineage:

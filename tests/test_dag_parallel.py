@@ -226,3 +226,19 @@ def test_a_timing_edge_between_single_tasks_that_another_run_contradicts_is_drop
     dag = fp.dag()
     assert dag.edge("probe", "work") is None
     assert dag.nodes["work"].executions == 3
+
+
+def test_set_up_that_most_of_the_workflow_follows_is_not_guessed_into_the_report():
+    # 'index' is read by align but always finishes long before trim does: timing never shows the
+    # hand-over, and most of the workflow comes after it, so it is not taken for a report input
+    tasks = {"in": ("input", [], 1.0), "idx": ("index", ["in"], 0.5)}
+    for i in range(4):
+        tasks[f"t{i}"] = ("trim", ["in"], 10.0 + i)
+        tasks[f"a{i}"] = ("align", [f"t{i}", "idx"], 20.0)
+        tasks[f"s{i}"] = ("sort", [f"a{i}"], 5.0)
+        tasks[f"m{i}"] = ("markdup", [f"s{i}"], 5.0)
+        tasks[f"c{i}"] = ("call", [f"m{i}"], 8.0)
+    tasks["rep"] = ("report", [f"c{i}" for i in range(4)], 1.0)
+    dag = replay(tasks, runs=3).dag()
+    assert dag.edge("index", "report") is None
+    assert dag.edge("call", "report").evidence == "handover"
