@@ -120,7 +120,8 @@ class TaskEdge:
     transfer_bytes: float | None  # mean data_size_bytes written by the source on this edge
     evidence: str = "handover"    # lineage: proven by artifacts; handover, join or collector: inferred
     confidence: float = 1.0       # lineage 1; handover: share of the target's starts the source's finish
-                                  # explains; join: how clearly the source runs beside the target's trigger
+                                  # explains; join: how clearly the source runs beside the target's trigger;
+                                  # collector: one over the number of tasks that always follow the source
     artifacts: int = 0            # distinct artifacts the source wrote and the target read (lineage)
 
 
@@ -180,7 +181,8 @@ class TaskDag:
         once = {name for name, k in stats.runs_with.items() if stats.offsets[name].count == k}
         _drop_out_of_order(sources, pairs, once)
         _add_join_edges(sources, pairs, concurrent, offsets, once, runs)
-        _add_collector_edges(sources, runs, offsets, _run_enders(runs))
+        enders = {name for name, k in stats.last.items() if 2 * k >= stats.ended_runs}  # end half the runs
+        _add_collector_edges(sources, runs, offsets, enders)
         edge_count: dict[tuple[str, str], int] = {}
         edge_delay: dict[tuple[str, str], RunningStats] = {}
         edge_bytes: dict[tuple[str, str], RunningStats] = {}
@@ -419,19 +421,6 @@ def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, fl
             _, y, score = min(joins)
             sources.evidence[(z, y)] = ("join", round(score, 4), 0)
             sources.of_target[y].add(z)
-
-
-def _run_enders(runs: list[Run]) -> set[str]:
-    """Tasks whose finish ends at least half of the ended runs."""
-    last: dict[str, int] = {}
-    ended = 0
-    for run in runs:
-        done = [e for e in run.executions if e.finish_ms is not None]
-        if run.ended and done:
-            ended += 1
-            task = max(done, key=lambda e: (e.finish_ms, e.start_ms)).task
-            last[task] = last.get(task, 0) + 1
-    return {t for t, k in last.items() if 2 * k >= ended}
 
 
 def _add_collector_edges(sources: _EdgeSources, runs: list[Run], offsets: dict[str, float],
