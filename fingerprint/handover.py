@@ -62,7 +62,7 @@ from typing import Iterable, Sequence
 from fingerprint.stats import quantile
 
 #: The hand-over window is this many times the `WINDOW_QUANTILE` of start-to-nearest-finish gaps.
-WINDOW_FACTOR = 1.2
+WINDOW_FACTOR = 1.1
 #: Which quantile of those gaps stands for the engine's longest dispatch delay.
 WINDOW_QUANTILE = 0.99
 #: How far back one start's candidate search walks (bounds the cost of a start in a huge run).
