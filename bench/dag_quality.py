@@ -6,8 +6,9 @@ recursively for ``*.json``) is replayed ``--runs`` times the way
 as-soon-as-possible schedule, seeded dispatch delay and runtime jitter), learned
 by a `Fingerprint` and reconstructed, twice: with the files as data lineage
 (``inputs``/``outputs`` on the signals) and timing only (no lineage on the
-signals). Truth is the instance's own parent links lifted to task names without
-the ``_ID<digits>`` suffix, self-loops excluded, the same comparison as
+signals; its edges are also counted per evidence, hand-over, join or collector
+guess, with each kind's precision). Truth is the instance's own parent links
+lifted to task names without the ``_ID<digits>`` suffix, self-loops excluded, the same comparison as
 ``../shared/tools/dag_check.py``. The baseline, measured in the same run on the
 same timing-only signals, links every start to the task that finished last
 before it (the nearest-finish rule with no cross-run evidence).
@@ -87,8 +88,8 @@ def total(rows: list[dict]) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
 
 
-def reconstruct(path: Path, args, lineage: bool) -> tuple[Fingerprint, set, int, float, float]:
-    """(fingerprint, edges, signals, learn seconds, reconstruction seconds) of one replay."""
+def reconstruct(path: Path, args, lineage: bool) -> tuple[Fingerprint, dict, int, float, float]:
+    """(fingerprint, edge -> evidence, signals, learn seconds, reconstruction seconds) of one replay."""
     signals = list(read_wfcommons(path, workflow_id="wf", runs=args.runs, jitter=args.jitter,
                                   dispatch_ms=args.dispatch_ms, seed=args.seed, lineage=lineage))
     t0 = time.perf_counter()
@@ -96,7 +97,7 @@ def reconstruct(path: Path, args, lineage: bool) -> tuple[Fingerprint, set, int,
     t1 = time.perf_counter()
     dag = fp.dag()
     t2 = time.perf_counter()
-    edges = {(e.source, e.target) for e in dag.edges if e.source != e.target}
+    edges = {(e.source, e.target): e.evidence for e in dag.edges if e.source != e.target}
     return fp, edges, len(signals), t1 - t0, t2 - t1
 
 
@@ -151,6 +152,7 @@ def main() -> None:
         sys.exit(f"no WfCommons instances (*.json) under {args.dir}: copy some from "
                  "https://github.com/wfcommons/WfInstances there, or give their directory")
     rows = []
+    by_evidence: dict[str, list[int]] = {}  # timing-only edges per evidence: [wrong, right]
     signals = learn_s = dag_s = 0.0
     for n, path in enumerate(files):
         print(f"[{n + 1}/{len(files)}] {path.name}", file=sys.stderr, flush=True)
@@ -161,8 +163,10 @@ def main() -> None:
         learn_s += t_learn
         dag_s += t_dag
         rows.append({"file": str(path.relative_to(args.dir)), "signals": count,
-                     "lineage": score(with_lineage, truth), "timing": score(timing, truth),
+                     "lineage": score(set(with_lineage), truth), "timing": score(set(timing), truth),
                      "baseline": score(nearest_finish_edges(fp), truth)})
+        for edge, evidence in timing.items():
+            by_evidence.setdefault(evidence, [0, 0])[edge in truth] += 1
 
     print(f"{'instance':<46} {'truth':>5}  {'lineage P/R/F1':>16}  {'timing found P/R/F1':>24}  {'baseline F1':>11}")
     for r in rows:
@@ -174,6 +178,9 @@ def main() -> None:
     for kind, t in overall.items():
         print(f"overall {kind:<9} precision {t['precision']:.3f}  recall {t['recall']:.3f}  F1 {t['f1']:.3f}"
               f"  (tp {t['tp']}, fp {t['fp']}, fn {t['fn']})")
+    evidence = {k: {"edges": w + r, "precision": round(r / (w + r), 4)} for k, (w, r) in sorted(by_evidence.items())}
+    print("timing-only edges by evidence: " + ", ".join(f"{k} {v['edges']} (precision {v['precision']:.2f})"
+                                                        for k, v in evidence.items()))
     ratio = overall["timing"]["f1"] / overall["baseline"]["f1"] if overall["baseline"]["f1"] else None
     print(f"timing-only F1 / nearest-finish baseline F1 = {ratio:.2f}" if ratio else "baseline F1 is 0")
     print(f"timing-only F1 on alternate halves of the instances: {halves[0]:.3f} / {halves[1]:.3f}")
@@ -197,7 +204,7 @@ def main() -> None:
               "edge_f1_timing_only": round(overall["timing"]["f1"], 4),
               "edge_f1_baseline_nearest_finish": round(overall["baseline"]["f1"], 4),
               "timing_f1_vs_baseline": round(ratio, 3) if ratio else None,
-              "timing_f1_halves": [round(h, 4) for h in halves], "instances": len(rows), "runs": args.runs,
+              "timing_f1_halves": [round(h, 4) for h in halves], "timing_edges_by_evidence": evidence, "instances": len(rows), "runs": args.runs,
               "seed": args.seed, "signals": int(signals), "signals_per_s": round(rate),
               "learn_us_per_signal": round(1e6 * learn_s / signals, 2),
               "reconstruct_us_per_signal": round(1e6 * dag_s / signals, 2), "rolling_window": stream,

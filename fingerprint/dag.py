@@ -15,9 +15,18 @@ Which tasks depend on which is settled in this order:
   runs once per run, hands over to nothing, is a branch of the same fork as a
   trigger of the join, and is the last thing to finish before the join starts.
 
-Each edge says which (``evidence`` lineage, handover or join) and how sure it is
-(``confidence``: 1 for lineage, the share of the target's starts the source
-explains for a hand-over, the siblings' concurrency for a join input).
+* **collector**: a task that still hands over to nothing (and does not end
+  runs) feeds the latest task that always starts after it, when that task is
+  what ends runs: a final report gathering results, the usual sink of inputs
+  that are never a join's last.
+
+Timing edges between tasks that run once per run are dropped when some run has
+the target starting before the source finished: a dependency never does.
+
+Each edge says which (``evidence`` lineage, handover, join or collector) and how
+sure it is (``confidence``: 1 for lineage, the share of the target's starts the
+source explains for a hand-over, the siblings' concurrency for a join input,
+one over the number of tasks that always follow the input for a collector).
 
 Two tasks are **concurrent** when, in runs that contain both, their activity
 instances overlap in time, or they run in both orders about equally often (a
@@ -109,9 +118,10 @@ class TaskEdge:
     join_share: float             # share of target executions that source fed
     delay_ms: float | None        # mean gap from source finish to target start
     transfer_bytes: float | None  # mean data_size_bytes written by the source on this edge
-    evidence: str = "handover"    # lineage: proven by artifacts; handover or join: inferred from timing
+    evidence: str = "handover"    # lineage: proven by artifacts; handover, join or collector: inferred
     confidence: float = 1.0       # lineage 1; handover: share of the target's starts the source's finish
-                                  # explains; join: how clearly the source runs beside the target's trigger
+                                  # explains; join: how clearly the source runs beside the target's trigger;
+                                  # collector: one over the number of tasks that always follow the source
     artifacts: int = 0            # distinct artifacts the source wrote and the target read (lineage)
 
 
@@ -169,7 +179,10 @@ class TaskDag:
         offsets = {name: stat.mean or 0.0 for name, stat in stats.offsets.items()}
         sources = _edge_sources(runs, ordered_both_ways)
         once = {name for name, k in stats.runs_with.items() if stats.offsets[name].count == k}
+        _drop_out_of_order(sources, pairs, once)
         _add_join_edges(sources, pairs, concurrent, offsets, once, runs)
+        enders = {name for name, k in stats.last.items() if 2 * k >= stats.ended_runs}  # end half the runs
+        _add_collector_edges(sources, runs, offsets, enders)
         edge_count: dict[tuple[str, str], int] = {}
         edge_delay: dict[tuple[str, str], RunningStats] = {}
         edge_bytes: dict[tuple[str, str], RunningStats] = {}
@@ -320,6 +333,7 @@ class _EdgeSources:
     of_target: dict[str, set[str]]
     evidence: dict[tuple[str, str], tuple[str, float, int]]
     roots: set[str]  # tasks the run's beginning hands over to
+    with_lineage: set[str] = field(default_factory=set)  # tasks whose incoming edges lineage settles
 
     def triggers(self, task: str) -> set[str]:
         """Sources of ``task``'s hand-overs, with `START` for a task that starts runs."""
@@ -353,7 +367,24 @@ def _edge_sources(runs: list[Run], ordered_both_ways: set[frozenset]) -> _EdgeSo
     of_target: dict[str, set[str]] = {}
     for a, b in evidence:
         of_target.setdefault(b, set()).add(a)
-    return _EdgeSources(of_target, evidence, roots)
+    return _EdgeSources(of_target, evidence, roots, with_lineage)
+
+
+def _drop_out_of_order(sources: _EdgeSources, pairs, once: set[str]) -> None:
+    """Drop timing edges between tasks that run once per run where the target started before the source finished.
+
+    A dependency never starts before its input exists; a hand-over that
+    explained some starts while another run shows the opposite or an overlap
+    was a coincidence. Tasks with many executions per run are left alone: one
+    of their executions may depend on another task that others run beside.
+    """
+    for (a, b), (evidence, _, _) in list(sources.evidence.items()):
+        if evidence != "handover" or a not in once or b not in once:
+            continue
+        rel = pairs.get(frozenset((a, b)))
+        if rel is not None and (rel[2] if a < b else rel[3]) != rel[0]:
+            del sources.evidence[(a, b)]
+            sources.of_target[b].discard(a)
 
 
 def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, float],
@@ -390,6 +421,46 @@ def _add_join_edges(sources: _EdgeSources, pairs, concurrent: dict[frozenset, fl
             _, y, score = min(joins)
             sources.evidence[(z, y)] = ("join", round(score, 4), 0)
             sources.of_target[y].add(z)
+
+
+def _add_collector_edges(sources: _EdgeSources, runs: list[Run], offsets: dict[str, float],
+                         enders: set[str]) -> None:
+    """An input nothing else consumes feeds the run's final collector (a report that gathers every result).
+
+    A task's output is read by someone, yet a task that is never the last input
+    of a join hands over to nothing: timing alone cannot show where its output
+    goes. If it is not what ends runs, and the latest task to start after it
+    (finished before that task's first start in every run with it) is what ends
+    runs, the likeliest reader is that collector (a MultiQC-like report step).
+    A task that more than half of the workflow's tasks always follow is set-up
+    (an index, a reference): its reader is an early join, not the report, and
+    it is left without a guess.
+    Such an edge is a guess from the workflow's shape, not from a hand-over: its
+    evidence is ``collector``, its confidence one over the number of tasks that
+    always follow the input (the chance of the pick were it made blindly among
+    them: low, as a guess from shape should be).
+    """
+    bounds: list[dict[str, tuple[int, int]]] = []
+    for run in runs:
+        b: dict[str, tuple[int, int]] = {}
+        for e in run.executions:
+            start, done = e.start_ms, _finish(e)
+            lo, hi = b.get(e.task, (start, done))
+            b[e.task] = (min(lo, start), max(hi, done))
+        bounds.append(b)
+    names = sorted({t for b in bounds for t in b})
+    has_out = {a for a, _ in sources.evidence}
+    for z in names:
+        if z in has_out or z in enders:
+            continue
+        with_z = [b for b in bounds if z in b]
+        after = [y for y in names if y != z and all(y in b and b[z][1] <= b[y][0] for b in with_z)]
+        if not after or 2 * len(after) > len(names):  # set-up: read by an early join
+            continue
+        y = max(after, key=lambda t: (offsets.get(t, 0.0), t))
+        if y in enders and y not in sources.with_lineage:
+            sources.evidence[(z, y)] = ("collector", round(1 / len(after), 4), 0)
+            sources.of_target.setdefault(y, set()).add(z)
 
 
 def _next_to_start(z: str, y: str, runs: list[Run]) -> bool:

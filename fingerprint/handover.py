@@ -14,9 +14,14 @@ only now and then.
    within the hand-over window before it (tasks judged concurrent with the
    starting task are skipped, so a fork whose branches a single worker ran one
    after the other does not read as a chain). The window's width is learned from
-   the data: ``WINDOW_FACTOR`` times the 90th percentile of the gap between a
-   start and the nearest finish before it, so it follows whatever dispatch delay
-   the engine has. A background candidate ("nothing triggered it": a run's first
+   the data: ``WINDOW_FACTOR`` times the 99th percentile of the gap between a
+   start and the nearest finish before it. The nearest finish is never further
+   than the trigger, so that gap's upper end is the engine's longest dispatch
+   delay (read from below; the factor is the margin). A typical gap (the 90th
+   percentile) is too short where many tasks finish close together: true
+   triggers fall outside the window and a nearby coincidence explains the
+   start alone. The top percent is left out so that a few starts nothing
+   triggered do not stretch the window. A background candidate ("nothing triggered it": a run's first
    tasks, tasks started by a timer) is always present, with the likelihood of a
    start falling in the window by chance: window / run length, against 1 for a
    hand-over (a start is that much likelier right after its trigger).
@@ -56,8 +61,10 @@ from typing import Iterable, Sequence
 
 from fingerprint.stats import quantile
 
-#: The hand-over window is this many times the 90th percentile of start-to-nearest-finish gaps.
-WINDOW_FACTOR = 1.5
+#: The hand-over window is this many times the `WINDOW_QUANTILE` of start-to-nearest-finish gaps.
+WINDOW_FACTOR = 1.1
+#: Which quantile of those gaps stands for the engine's longest dispatch delay.
+WINDOW_QUANTILE = 0.99
 #: How far back one start's candidate search walks (bounds the cost of a start in a huge run).
 MAX_LOOKBACK = 256
 #: Background: the start was triggered by nothing in the window.
@@ -91,7 +98,7 @@ def attribute_handovers(runs: Iterable[Sequence[tuple[str, int, int]]],
     """
     indexed = [_FinishIndex(run) for run in runs]
     gaps = [gap for index in indexed for gap in index.anchor_gaps(concurrent, targets)]
-    window = WINDOW_FACTOR * quantile(sorted(gaps), 0.9) if gaps else 0.0
+    window = WINDOW_FACTOR * quantile(sorted(gaps), WINDOW_QUANTILE) if gaps else 0.0
     observations: Counter = Counter()
     for index in indexed:
         for task, candidates in index.candidates(window, concurrent, targets):

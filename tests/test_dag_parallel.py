@@ -174,3 +174,71 @@ def test_a_step_that_names_no_input_keeps_its_ordering_dependency_from_timing():
     dag = fp.dag()
     assert [(e.source, e.target, e.evidence) for e in dag.edges] == [
         ("build", "publish", "lineage"), ("publish", "notify", "handover")]
+
+
+def qc_report(samples: int) -> dict:
+    """Per sample: fastqc beside align -> call; align -> stats; a report gathers fastqc, stats and call."""
+    tasks = {"in": ("input", [], 1.0)}
+    for i in range(samples):
+        tasks[f"q{i}"] = ("fastqc", ["in"], 2.0 + i % 3)
+        tasks[f"a{i}"] = ("align", ["in"], 30.0 + i % 4)
+        tasks[f"s{i}"] = ("stats", [f"a{i}"], 1.0)
+        tasks[f"c{i}"] = ("call", [f"a{i}"], 15.0)
+    tasks["rep"] = ("report", [f"{k}{i}" for i in range(samples) for k in "qsc"], 1.0)
+    return tasks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inputs_of_the_final_report_that_are_never_last_feed_it_as_collector_guesses(seed):
+    # fastqc and stats always finish long before the slowest 'call': timing never shows them handing over
+    fp = replay(qc_report(6), runs=3, seed=seed)
+    dag = fp.dag()
+    assert edges(fp) == {("input", "fastqc"), ("input", "align"), ("align", "stats"), ("align", "call"),
+                         ("call", "report"), ("fastqc", "report"), ("stats", "report")}
+    guessed = {(e.source, e.target): e for e in dag.edges if e.evidence == "collector"}
+    assert set(guessed) == {("fastqc", "report"), ("stats", "report")}
+    # confidence: one over the tasks that always follow the input (fastqc: stats, call, report)
+    assert guessed[("fastqc", "report")].confidence == round(1 / 3, 4)
+    assert guessed[("stats", "report")].confidence == 1.0
+    assert dag.edge("call", "report").evidence == "handover"
+
+
+def test_a_side_branch_that_ends_the_runs_collects_nothing():
+    # 'archive' runs longest and ends every run: what finishes before the report is not its input
+    tasks = qc_report(4)
+    tasks["arc"] = ("archive", ["in"], 90.0)
+    found = edges(replay(tasks, runs=3))
+    assert not {(s, t) for s, t in found if t in ("archive", "report") and s in ("fastqc", "stats")}
+    assert ("input", "archive") in found and ("call", "report") in found
+
+
+def test_a_timing_edge_between_single_tasks_that_another_run_contradicts_is_dropped():
+    # 'probe' finishes right before 'work' starts in two runs, the only finish near it: a hand-over by
+    # timing alone. In the third run probe is still running when work starts (and 'log' happens to
+    # finish just before): a dependency never starts before its input is done
+    fp = Fingerprint("w")
+    spans = [[("setup", 0, 1000), ("probe", 200, 4900), ("work", 5000, 9000)],
+             [("setup", 0, 1100), ("probe", 250, 5050), ("work", 5100, 9100)],
+             [("setup", 0, 1000), ("probe", 220, 8000), ("log", 4000, 4950), ("work", 5050, 9050)]]
+    for r, run in enumerate(spans):
+        for s in run_signals("w", f"r{r}", [(t, s, f, "SUCCESS") for t, s, f in run], t0_ms=100_000 * r):
+            fp.learn_one(s)
+    dag = fp.dag()
+    assert dag.edge("probe", "work") is None
+    assert dag.nodes["work"].executions == 3
+
+
+def test_set_up_that_most_of_the_workflow_follows_is_not_guessed_into_the_report():
+    # 'index' is read by align but always finishes long before trim does: timing never shows the
+    # hand-over, and most of the workflow comes after it, so it is not taken for a report input
+    tasks = {"in": ("input", [], 1.0), "idx": ("index", ["in"], 0.5)}
+    for i in range(4):
+        tasks[f"t{i}"] = ("trim", ["in"], 10.0 + i)
+        tasks[f"a{i}"] = ("align", [f"t{i}", "idx"], 20.0)
+        tasks[f"s{i}"] = ("sort", [f"a{i}"], 5.0)
+        tasks[f"m{i}"] = ("markdup", [f"s{i}"], 5.0)
+        tasks[f"c{i}"] = ("call", [f"m{i}"], 8.0)
+    tasks["rep"] = ("report", [f"c{i}" for i in range(4)], 1.0)
+    dag = replay(tasks, runs=3).dag()
+    assert dag.edge("index", "report") is None
+    assert dag.edge("call", "report").evidence == "handover"
