@@ -72,6 +72,18 @@ def optional_resources(value) -> dict[str, float] | None:
     return kept or None
 
 
+def optional_attributes(value) -> dict[str, str] | None:
+    """``attributes`` keeping only string names and values; ``None`` when absent or nothing usable is left.
+
+    >>> optional_attributes({"org:group": "ops", "n": 3}), optional_attributes(7)
+    ({'org:group': 'ops'}, None)
+    """
+    if not isinstance(value, dict):
+        return None
+    kept = {k: v for k, v in value.items() if type(k) is str and type(v) is str}
+    return kept or None
+
+
 def optional_artifacts(value) -> tuple[str, ...] | None:
     """``inputs``/``outputs`` lineage as a tuple of artifact names; ``None`` when absent or unusable.
 

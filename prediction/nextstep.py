@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import ClassVar
 
-from fingerprint.signals import END, START
+from fingerprint.signals import END, START, optional_attributes
 from fingerprint.temporal import Fingerprint, Window
 from prediction.context_experts import (
     ExpertMixture,
@@ -260,7 +260,7 @@ class NextStepPredictor(Versioned):
             view = self._runs[run.run_id] = _RunView()
             if len(self._runs) > self.fingerprint.max_open_runs + 64:
                 self._prune()
-        attributes = signal.get("attributes")
+        attributes = optional_attributes(signal.get("attributes"))
         if attributes:
             self._note_attributes(view, attributes)
         if obs.kind != "start":

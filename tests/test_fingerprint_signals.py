@@ -103,5 +103,5 @@ def test_fuzzed_signals_never_raise_and_every_signal_is_accounted_for():
 def test_a_predictor_asked_about_a_workflow_it_never_saw_answers_nothing():
     predictor = NextStepPredictor("w")
     assert predictor.predict_proba_one(["a"]) == {} and predictor.predict_one(["a"]) is None
-    out = [p for s in run_signals("other", "r", [("a", 0, 1)]) for p in predictor.learn_one(s)]
+    out = [p for s in run_signals("other", "r", [("a", 0, 1)]) for p in predictor.predict_then_learn_one(s)]
     assert out == [] and predictor.fingerprint.issues == {"unknown_workflow": 2}
