@@ -43,6 +43,7 @@ from typing import Callable
 
 import numpy as np
 
+from edge.result_cache import ResultCache
 from morph.ladder import PRECISIONS, VARIANTS
 from morph.zoo import runtime
 from morph.zoo.data import DigitsSplit, load_split
@@ -261,6 +262,7 @@ class LoadStats:
     mean_latency_ms: float  # of requests finished in the last second (overall mean if none)
     max_latency_ms: float   # since the start
     elapsed_s: float
+    cache_hit_rate: float = 0.0  # share of requests answered by the result cache (while it was on)
 
     @property
     def accuracy(self) -> float:
@@ -297,6 +299,8 @@ class RequestLoad:
         self._recent: collections.deque = collections.deque()   # (done, served, latency_sum)
         self._seconds: dict[int, list] = {}                      # second -> [served, dropped, variant, precision]
         self._log: list[RequestRecord] = []
+        self._cache: ResultCache | None = None   # kept when switched off, so its hit rate stays readable
+        self._cache_on = False
 
     # -- control ------------------------------------------------------------
     def start(self) -> RequestLoad:
@@ -336,7 +340,8 @@ class RequestLoad:
                 late=self._late, errors=self._errors, in_flight=self._in_flight, correct=self._correct,
                 per_model={k: replace(v) for k, v in self._per_model.items()},
                 throughput_rps=float(recent_n), mean_latency_ms=mean_s * 1e3,
-                max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0)
+                max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0,
+                cache_hit_rate=self._cache.hit_rate if self._cache is not None else 0.0)
 
     def history(self) -> list[ThroughputSample]:
         """Requests served and dropped per whole second since the start (empty seconds as zeros)."""
@@ -365,6 +370,26 @@ class RequestLoad:
             raise ValueError("batch_size must be positive")
         self.batch_size = int(batch_size)
 
+    def set_cache(self, enabled: bool) -> None:
+        """Answer repeated and near-duplicate inputs from the result cache (a morph command's ``cache``)."""
+        if enabled and self._cache is None:
+            self._cache = ResultCache()
+        self._cache_on = bool(enabled)
+
+    def _serve(self, batch: np.ndarray) -> Predictions:
+        cache = self._cache if self._cache_on else None
+        if cache is None:
+            return self.server.infer(batch)
+        labels, hit = cache.lookup(batch)
+        if hit.all():
+            current = self.server.current
+            return Predictions(labels, np.zeros((len(batch), 0), np.float32), current.variant, current.precision,
+                               current.sha256)
+        pred = self.server.infer(batch[~hit])
+        labels[~hit] = pred.labels
+        cache.store(batch[~hit], pred.labels)
+        return Predictions(labels, np.zeros((len(batch), 0), np.float32), pred.variant, pred.precision, pred.sha256)
+
     def _run(self) -> None:
         arrived, cursor = self._t0, 0
         while not self._stop.is_set():
@@ -379,7 +404,7 @@ class RequestLoad:
                 self._submitted += n
                 self._in_flight = n
             try:
-                pred = self.server.infer(self.inputs.x[idx])
+                pred = self._serve(self.inputs.x[idx])
             except Exception:
                 pred = None
             self._record(first_id, idx, arrived, time.monotonic(), pred)

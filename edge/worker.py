@@ -137,6 +137,7 @@ class EdgeWorker:
             if result.applied:
                 node.batch_size = command["batch_size"]
                 node.load.set_batch_size(command["batch_size"])
+                node.load.set_cache(bool(command.get("cache")))
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
