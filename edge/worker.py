@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Producer
 
-from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
+from edge.inspection import PipelineMode, ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
 from edge.runtime import WorkflowRun
 from edge.sensors import open_sensor
@@ -40,6 +40,7 @@ class EdgeNode:
     seq: int = 0
     applied: list = field(default_factory=list)   # (command, ack) of every handled command
     executor: object = None   # edge.shadow.ShadowExecutor, when the node runs workflows
+    pipeline: PipelineMode = field(default_factory=PipelineMode)  # optional inspection stages, set by commands
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
 
 
@@ -138,6 +139,8 @@ class EdgeWorker:
                 node.batch_size = command["batch_size"]
                 node.load.set_batch_size(command["batch_size"])
                 node.load.set_cache(bool(command.get("cache")))
+                if command.get("pipeline"):
+                    node.pipeline.set(command["pipeline"])
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
@@ -175,7 +178,7 @@ class EdgeWorker:
         self.producer.poll(0)
 
     def _run_workflows(self, node: EdgeNode) -> None:
-        spec = inspection_workflow(ServedClassifier(node.server))
+        spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline)
         lots = inspection_lots(64, seed=self.workflow_seed)
         i = 0
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):

@@ -44,3 +44,22 @@ def test_with_the_cache_on_repeated_inputs_are_served_from_it_with_the_models_an
     assert with_cache.dropped == 0
     # a hit returns what the model said for that input: accuracy is the model's
     assert with_cache.accuracy == pytest.approx(without.accuracy, abs=0.01)
+
+
+def test_skipping_preprocessing_saves_the_calibration_fetch_and_changes_the_steps_environment():
+    from edge.inspection import InspectionCosts, PipelineMode, inspection_lots, inspection_workflow
+    from edge.runtime import WorkflowRun
+    from tests.support import CentroidClassifier
+
+    mode = PipelineMode()
+    spec = inspection_workflow(CentroidClassifier(), costs=InspectionCosts().scaled(0.2), pipeline=mode)
+    lot = inspection_lots(1, seed=3)[0]
+    full = WorkflowRun(spec, "r1", "edge-7").execute(lot)
+    preprocess = next(s for s in spec.steps if s.name == "preprocess")
+    env_full = preprocess.environment_id()
+    mode.set("skip-preprocess")
+    skipped = WorkflowRun(spec, "r2", "edge-7").execute(lot)
+    assert full.error is None and skipped.error is None
+    assert preprocess.environment_id() != env_full       # a shadow made in the other mode never commits
+    took = lambda r: next(x.busy_ms for x in r.records if x.step == "preprocess")   # noqa: E731
+    assert took(skipped) < took(full)
