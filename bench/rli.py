@@ -18,7 +18,8 @@ Also measured: off-policy evaluation — the rli run's logged decisions estimate
 the value of a frozen greedy policy trained on a different fleet (``--seed``
 + 1000), compared with that policy's true value on the same states (the
 simulator previews its arm) — and the per-sample decision rate of the agent
-against the rules (a plain loop, not the Bytewax flow).
+through the control flow against the rules (one Bytewax worker, a testing
+source and sink: the flow's own cost, without Kafka).
 
     python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR]
 
@@ -244,20 +245,30 @@ def frozen_greedy(run: Run):
     return policy, stats
 
 
-def decision_rate(arms: ArmSet, config: RliConfig, specs, seconds: int = 600) -> dict:
-    """Telemetry samples/s through RliAgent.decide and MorphPolicy.decide (plain loops, same samples)."""
+def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400) -> dict:
+    """Telemetry events/s through the control flow on one Bytewax worker (testing source and sink, no
+    Kafka), with the rules and with the agent (peers on, DP on), on the same samples."""
+    import os
+
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from flows.control import build
+    from flows.spec import FlowSpec
+
+    if arms_from_zoo:
+        os.environ["LIQUID_ZOO_DIR"] = arms_from_zoo
+    arms = ArmSet.nominal()
     nodes = [HeteroNode(s, arms) for s in specs]
-    samples = [nd.step(1.0) for _ in range(seconds) for nd in nodes]
-    agent, policy = RliAgent(arms, config), MorphPolicy(PolicyConfig())
+    items = [("Telemetry", nd.step(1.0)) for _ in range(seconds) for nd in nodes]
     out = {}
-    for name in ("rules", "rli"):
-        states = {s.node_id: (NodeState.new(s.node_id) if name == "rules" else agent.new_state(s.node_id))
-                  for s in specs}
-        decide = policy.decide if name == "rules" else agent.decide
+    for name, options in (("rules", {}), ("rli", {"policy_kind": "rli"})):
+        sink = []
+        flow = build(FlowSpec("control", bootstrap="unused:9092", deterministic=True, options=options),
+                     source=TestingSource(items), sink=TestingSink(sink))
         t0 = time.perf_counter()
-        for s in samples:
-            decide(states[s["node_id"]], s)
-        out[name] = len(samples) / (time.perf_counter() - t0)
+        run_main(flow)
+        out[name] = len(items) / (time.perf_counter() - t0)
+        out[f"{name}_commands"] = sum(1 for _, (kind, _) in sink if kind == "MorphCommand")
     return out
 
 
@@ -278,7 +289,7 @@ def plot_curves(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> int:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog="Prints per-policy figures; the last stdout line is one JSON object.")
     ap.add_argument("--seed", type=int, default=0, help="node heterogeneity, sensor noise, event timing (default 0)")
@@ -293,18 +304,12 @@ def main() -> int:
     ap.add_argument("--log-out", action="store_true",
                     help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
                          "for `liquid evaluate policy`")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    arms, arms_from = load_arms(args.zoo, args.cost_metric)
-    config = RliConfig(seed=args.seed)
-    seconds = int(args.hours * 3600)
+
+def run_policies(args, arms: ArmSet, config: RliConfig, seconds: int, ope) -> dict:
+    """Every policy of POLICIES on the same fleet; the rli run also logs decisions into ``ope``."""
     specs = fleet_specs(args.seed, args.nodes, seconds)
-    log(f"{len(arms)} arms from {arms_from}; {args.nodes} nodes, {args.hours} h, seed {args.seed}")
-
-    log("training the off-policy candidate on another fleet (seed + 1000)")
-    trained = simulate("rli", fleet_specs(args.seed + 1000, max(4, args.nodes // 2), seconds), arms, config, seconds)
-    candidate, candidate_stats = frozen_greedy(trained)
-    ope_logs, ope_truth, records = [], [], [] if args.log_out else None
     runs = {}
     for name in POLICIES:
         t0 = time.perf_counter()
@@ -314,8 +319,43 @@ def main() -> int:
         elif name == "rli+peers+dp":
             sharing = SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
         runs[name] = simulate(name, specs, arms, config, seconds, sharing, args.group_size,
-                              ope=(candidate, ope_logs, ope_truth, records) if name == "rli" else None)
+                              ope=ope if name == "rli" else None)
         log(f"{name}: {time.perf_counter() - t0:.0f} s wall")
+    return runs
+
+
+def speedups(to: dict) -> tuple:
+    """(decisions without peers, with, with DP, peer speedup, share of the speedup DP keeps)."""
+    n, p, d = to["rli"], to["rli+peers"], to["rli+peers+dp"]
+    speedup = n / p if n and p else None
+    dp_speedup = n / d if n and d else None
+    kept = (dp_speedup - 1) / (speedup - 1) if speedup and dp_speedup and speedup > 1 else None
+    return n, p, d, round(speedup, 3) if speedup else None, round(kept, 3) if kept is not None else None
+
+
+def print_table(args, arms_from, n_arms, runs, regret, summaries, to90, to95) -> None:
+    print(f"seed {args.seed}, {args.nodes} nodes, {args.hours} h each, {n_arms} arms ({arms_from}); machine loaded")
+    print(f"{'policy':14} {'regret':>9} {'reward':>7} {'maxT':>6} {'s>85':>6} {'s>90':>5} {'J/inf':>7} "
+          f"{'acc':>6} {'SLO':>5} {'to90%':>6} {'to95%':>6}")
+    for n in runs:
+        s = summaries[n]
+        print(f"{n:14} {regret[n]:9.1f} {s['mean_reward']:7.3f} {s['max_temp_c']:6.1f} {s['seconds_above_85']:6.0f} "
+              f"{s['seconds_above_90']:5.0f} {s['energy_j_per_inference']:7.3f} {s['accuracy_served']:6.3f} "
+              f"{s['slo_violation_epochs']:5d} {str(to90[n]):>6} {str(to95[n]):>6}")
+
+
+def main() -> int:
+    args = parse_args()
+    arms, arms_from = load_arms(args.zoo, args.cost_metric)
+    config = RliConfig(seed=args.seed)
+    seconds = int(args.hours * 3600)
+    log(f"{len(arms)} arms from {arms_from}; {args.nodes} nodes, {args.hours} h, seed {args.seed}")
+
+    log("training the off-policy candidate on another fleet (seed + 1000)")
+    trained = simulate("rli", fleet_specs(args.seed + 1000, max(4, args.nodes // 2), seconds), arms, config, seconds)
+    candidate, candidate_stats = frozen_greedy(trained)
+    ope_logs, ope_truth, records = [], [], [] if args.log_out else None
+    runs = run_policies(args, arms, config, seconds, (candidate, ope_logs, ope_truth, records))
 
     oracle = runs["oracle"]
     regret = {n: float((oracle.rewards - r.rewards).sum()) for n, r in runs.items()}
@@ -324,7 +364,7 @@ def main() -> int:
     true_value = float(np.mean(ope_truth))
     estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
                  "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
-    rate = decision_rate(arms, config, specs[:8])
+    rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"learning-curves-seed{args.seed}.png"
@@ -333,53 +373,39 @@ def main() -> int:
             f.writelines(json.dumps(r) + "\n" for r in records)
         (out / f"candidate-seed{args.seed}.json").write_text(json.dumps(candidate_stats.to_dict()))
         log(f"decision log and candidate statistics in {out}")
-    plot_curves({n: r for n, r in runs.items()}, png)
+    plot_curves(runs, png)
 
-    print(f"seed {args.seed}, {args.nodes} nodes, {args.hours} h each, {len(arms)} arms ({arms_from}); machine loaded")
-    print(f"{'policy':14} {'regret':>9} {'reward':>7} {'maxT':>6} {'s>85':>6} {'s>90':>5} {'J/inf':>7} "
-          f"{'acc':>6} {'SLO':>5} {'to90%':>6} {'to95%':>6}")
     summaries = {n: r.summary() for n, r in runs.items()}
-    for n, r in runs.items():
-        s = summaries[n]
-        print(f"{n:14} {regret[n]:9.1f} {s['mean_reward']:7.3f} {s['max_temp_c']:6.1f} {s['seconds_above_85']:6.0f} "
-              f"{s['seconds_above_90']:5.0f} {s['energy_j_per_inference']:7.3f} {s['accuracy_served']:6.3f} "
-              f"{s['slo_violation_epochs']:5d} {str(to90[n]):>6} {str(to95[n]):>6}")
+    print_table(args, arms_from, len(arms), runs, regret, summaries, to90, to95)
     print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
           + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
-    print(f"decide() samples/s: rli {rate['rli']:.0f}, rules {rate['rules']:.0f} (plain loop, not the flow)")
+    print(f"control flow, 1 worker, no Kafka ({50 * 400} events): agent on {rate['rli']:.0f} events/s, "
+          f"rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}")
     print(f"learning curves: {png}")
 
-    n90, p90, d90 = to90["rli"], to90["rli+peers"], to90["rli+peers+dp"]
-    speedup = n90 / p90 if n90 and p90 else None
-    dp_speedup = n90 / d90 if n90 and d90 else None
-    n95, p95, d95 = to95["rli"], to95["rli+peers"], to95["rli+peers+dp"]
-    speedup95 = n95 / p95 if n95 and p95 else None
-    dp_speedup95 = n95 / d95 if n95 and d95 else None
+    n90, p90, d90, speedup, kept = speedups(to90)
+    n95, p95, d95, speedup95, kept95 = speedups(to95)
+    rli, rules = summaries["rli"], summaries["rules"]
     result = {
         "seed": args.seed, "nodes": args.nodes, "hours": args.hours, "arms": len(arms),
         "regret_rli": round(regret["rli"], 2), "regret_rules": round(regret["rules"], 2),
         "regret_static": round(regret["static"], 2),
         "regret_rli_peers": round(regret["rli+peers"], 2), "regret_rli_peers_dp": round(regret["rli+peers+dp"], 2),
         "regret_ratio_rli_to_rules": round(regret["rli"] / regret["rules"], 4) if regret["rules"] else None,
-        "max_temp_c_rli": summaries["rli"]["max_temp_c"], "max_temp_c_rules": summaries["rules"]["max_temp_c"],
-        "seconds_above_90_rli": summaries["rli"]["seconds_above_90"],
-        "seconds_above_90_rules": summaries["rules"]["seconds_above_90"],
-        "seconds_above_85_rli": summaries["rli"]["seconds_above_85"],
-        "seconds_above_85_rules": summaries["rules"]["seconds_above_85"],
+        "max_temp_c_rli": rli["max_temp_c"], "max_temp_c_rules": rules["max_temp_c"],
+        "seconds_above_90_rli": rli["seconds_above_90"], "seconds_above_90_rules": rules["seconds_above_90"],
+        "seconds_above_85_rli": rli["seconds_above_85"], "seconds_above_85_rules": rules["seconds_above_85"],
         "decisions_to_90pct_no_peers": n90, "decisions_to_90pct_peers": p90, "decisions_to_90pct_peers_dp": d90,
-        "peer_speedup": round(speedup, 3) if speedup else None,
-        "dp_gain_retained": round((dp_speedup - 1) / (speedup - 1), 3) if speedup and dp_speedup and speedup > 1
-        else None,
+        "peer_speedup": speedup, "dp_gain_retained": kept,
         "decisions_to_95pct_no_peers": n95, "decisions_to_95pct_peers": p95, "decisions_to_95pct_peers_dp": d95,
-        "peer_speedup_95": round(speedup95, 3) if speedup95 else None,
-        "dp_gain_retained_95": round((dp_speedup95 - 1) / (speedup95 - 1), 3)
-        if speedup95 and dp_speedup95 and speedup95 > 1 else None,
+        "peer_speedup_95": speedup95, "dp_gain_retained_95": kept95,
         "ope_true_value": round(true_value, 4),
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
         "ope_relative_error_ips": round(abs(estimates["ips"] - true_value) / abs(true_value), 4),
         "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
-        "events_per_s_measured_in": "plain decide() loop, not the Bytewax control flow",
+        "events_per_s_ratio": round(rate["rli"] / rate["rules"], 3),
+        "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
         "summaries": summaries,
     }
     print(json.dumps(result))

@@ -171,9 +171,35 @@ def _report(scores: np.ndarray, tensor: np.ndarray, reference: np.ndarray, confi
     return json.dumps(report, sort_keys=True, separators=(",", ":")).encode()
 
 
+@dataclass
+class PipelineMode:
+    """Which optional stages run; a morph command's ``pipeline`` sets it while runs go on.
+
+    ``skip-preprocess`` feeds the frames to the model without the flat-field
+    correction: no calibration fetch and no division, at some accuracy on
+    vignetted frames (the learned agent's pipeline-modification action).
+
+    >>> mode = PipelineMode()
+    >>> mode.set("skip-preprocess"); mode.skip_preprocess, mode.name
+    (True, 'skip-preprocess')
+    """
+
+    skip_preprocess: bool = False
+
+    @property
+    def name(self) -> str:
+        return "skip-preprocess" if self.skip_preprocess else "full"
+
+    def set(self, name: str) -> None:
+        if name not in ("full", "skip-preprocess"):
+            raise ValueError(f"unknown pipeline mode {name!r}: full or skip-preprocess")
+        self.skip_preprocess = name == "skip-preprocess"
+
+
 def inspection_workflow(model: Classifier, *, costs: InspectionCosts = InspectionCosts(),
                         confidence_floor: float = 0.8, max_low_share: float = 1 / 16,
-                        workflow_id: str = "inspection", light_model: Classifier | None = None) -> WorkflowSpec:
+                        workflow_id: str = "inspection", light_model: Classifier | None = None,
+                        pipeline: PipelineMode | None = None) -> WorkflowSpec:
     """The seed's inspection pipeline, with a data-dependent branch.
 
     ``ingest → preprocess → inference → quality_gate → [reinspect →] postprocess → output``
@@ -209,9 +235,13 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
         ctx.sleep(costs.calibration_fetch_ms)
         return _VIGNETTE
 
+    mode = pipeline or PipelineMode()
+
     def preprocess(ctx):
-        frames, flat = ctx.inputs["frames"], ctx.data("flatfield")
-        return {"tensor": np.clip(frames / flat, 0.0, 1.0).astype(np.float32)}
+        frames = ctx.inputs["frames"]
+        if mode.skip_preprocess:  # no flat-field: nothing fetched, nothing divided
+            return {"tensor": np.clip(frames, 0.0, 1.0).astype(np.float32)}
+        return {"tensor": np.clip(frames / ctx.data("flatfield"), 0.0, 1.0).astype(np.float32)}
 
     def inference(ctx):
         return {"scores": _softmax(model(ctx.inputs["tensor"]))}
@@ -267,7 +297,7 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
     return WorkflowSpec(workflow_id, (
         Step("ingest", ingest, inputs=("lot",), outputs=("frames",), resources={"cpu": 0.1}, uses=("input",)),
         Step("preprocess", preprocess, inputs=("frames",), outputs=("tensor",), fetch={"flatfield": fetch_flatfield},
-             resources={"cpu": 0.5}, uses=("dep:config", "network"),
+             environment=lambda: mode.name, resources={"cpu": 0.5}, uses=("dep:config", "network"),
              alternatives=(Alternative("cached-flatfield", cached_flatfield),)),
         Step("inference", inference, inputs=("tensor",), outputs=("scores",),
              environment=lambda: model.identity, resources={"cpu": 1.0}, uses=("accelerator",), alternatives=light),

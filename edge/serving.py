@@ -45,6 +45,7 @@ from typing import Callable
 
 import numpy as np
 
+from edge.result_cache import ResultCache
 from morph.ladder import PRECISIONS, VARIANTS
 from morph.zoo import runtime
 from morph.zoo.data import DriftingFrames, InspectionSplit, load_split
@@ -268,6 +269,7 @@ class LoadStats:
     max_latency_ms: float   # since the start
     elapsed_s: float
     recent_accuracy: float | None = None  # of labelled requests served in the last second (None: none served)
+    cache_hit_rate: float = 0.0  # share of requests answered by the result cache (while it was on)
 
     @property
     def accuracy(self) -> float:
@@ -308,6 +310,8 @@ class RequestLoad:
         self._recent: collections.deque = collections.deque()   # (done, served, latency_sum, correct)
         self._seconds: dict[int, list] = {}                      # second -> [served, dropped, variant, precision]
         self._log: list[RequestRecord] = []
+        self._cache: ResultCache | None = None   # kept when switched off, so its hit rate stays readable
+        self._cache_on = False
 
     # -- control ------------------------------------------------------------
     def start(self) -> RequestLoad:
@@ -349,7 +353,8 @@ class RequestLoad:
                 per_model={k: replace(v) for k, v in self._per_model.items()},
                 throughput_rps=float(recent_n), mean_latency_ms=mean_s * 1e3,
                 max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0,
-                recent_accuracy=recent_correct / recent_n if recent_n else None)
+                recent_accuracy=recent_correct / recent_n if recent_n else None,
+                cache_hit_rate=self._cache.hit_rate if self._cache is not None else 0.0)
 
     def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
         """Served requests by latency: ``([(upper bound s, cumulative count), ..., (inf, served)], latency sum s)``."""
@@ -392,6 +397,26 @@ class RequestLoad:
             raise ValueError(f"unknown preprocessing stage {stage!r}; choose one of {', '.join(PREPROCESSING)}")
         self.preprocessing = stage
 
+    def set_cache(self, enabled: bool) -> None:
+        """Answer repeated and near-duplicate inputs from the result cache (a morph command's ``cache``)."""
+        if enabled and self._cache is None:
+            self._cache = ResultCache()
+        self._cache_on = bool(enabled)
+
+    def _serve(self, batch: np.ndarray) -> Predictions:
+        cache = self._cache if self._cache_on else None
+        if cache is None:
+            return self.server.infer(batch)
+        labels, hit = cache.lookup(batch)
+        if hit.all():
+            current = self.server.current
+            return Predictions(labels, np.zeros((len(batch), 0), np.float32), current.variant, current.precision,
+                               current.sha256)
+        pred = self.server.infer(batch[~hit])
+        labels[~hit] = pred.labels
+        cache.store(batch[~hit], pred.labels)
+        return Predictions(labels, np.zeros((len(batch), 0), np.float32), pred.variant, pred.precision, pred.sha256)
+
     def _run(self) -> None:
         arrived, cursor = self._t0, 0
         while not self._stop.is_set():
@@ -410,7 +435,7 @@ class RequestLoad:
             stage = PREPROCESSING[self.preprocessing]
             try:
                 batch = self.inputs.x[idx]
-                pred = self.server.infer(batch if stage is None else stage(batch))
+                pred = self._serve(batch if stage is None else stage(batch))
             except Exception:
                 pred = None
             self._record(first_id, idx, arrived, time.monotonic(), pred)

@@ -32,7 +32,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from edge.autonomy import LocalSafety
-from edge.inspection import ServedClassifier, inspection_lots, inspection_workflow
+from edge.inspection import PipelineMode, ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
 from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
 from edge.records import ExecutionStore
@@ -62,6 +62,7 @@ class EdgeNode:
     applied: list = field(default_factory=list)   # (command, ack) of every handled command
     executor: object = None   # edge.shadow.ShadowExecutor, when the node runs workflows
     sync: object = None       # edge.sync.SyncManager of its execution store, when it runs workflows
+    pipeline: PipelineMode = field(default_factory=PipelineMode)  # optional inspection stages, set by commands
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
     recovery: object = None   # prediction.recovery.PolicyRecovery: the latest published policy, or the static retrier
 
@@ -245,6 +246,9 @@ class EdgeWorker:
                     node.load.set_preprocessing(stage)
                 elif stage is not None:
                     self.log(f"{node.node_id}: unknown preprocessing stage {stage!r} ignored")
+                node.load.set_cache(bool(command.get("cache")))
+                if command.get("pipeline"):
+                    node.pipeline.set(command["pipeline"])
             ack = {
                 "command_id": command["command_id"], "node_id": node.node_id, "kind": "MORPH",
                 "status": {"applied": "APPLIED", "rejected": "REJECTED"}.get(result.status, "FAILED"),
@@ -300,7 +304,7 @@ class EdgeWorker:
         self._publish("WorkflowSignal", self.topics.signals, signal["workflow_id"], signal, signal["signal_id"])
 
     def _run_workflows(self, node: EdgeNode) -> None:
-        spec = inspection_workflow(ServedClassifier(node.server))
+        spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline)
         lots = inspection_lots(64, seed=self.workflow_seed)
         i = 0
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):

@@ -90,6 +90,8 @@ class AgentState(Versioned):
     last_decision_ms: Optional[int] = None
     decisions: int = 0
     last_context: Optional[NodeContext] = None   # what peers' experience is translated into
+    peer_features: dict = field(default_factory=dict)  # bucket -> Φ in last_context (derived, per decision)
+    slope: float = 0.0                                  # dT/dt over the recent samples, °C/s
     version: int = STATE_VERSION
 
 
@@ -140,7 +142,8 @@ class RliAgent:
         state.epoch.add(sample, self.config.constraints)
         state.temps.append(sample["gpu_temp_c"])
         state.times.append(sample["ts_ms"] / 1000.0)
-        state.thermal.observe(sample["gpu_temp_c"], _slope(state), sample["power_w"])
+        state.slope = _slope(state)
+        state.thermal.observe(sample["gpu_temp_c"], state.slope, sample["power_w"])
         current = None if state.current is None else self.arms[state.current]
         if current is None or current.variant != sample["variant"] or current.precision != sample["precision"]:
             # the node serves something else than believed (another controller, a refused swap)
@@ -149,7 +152,7 @@ class RliAgent:
 
     def context(self, state: AgentState, sample: dict) -> NodeContext:
         return NodeContext(
-            temp_c=sample["gpu_temp_c"], slope_c_per_s=_slope(state), power_w=sample["power_w"],
+            temp_c=sample["gpu_temp_c"], slope_c_per_s=state.slope, power_w=sample["power_w"],
             power_cap_w=sample["power_cap_w"], mem_used_frac=sample["mem_used_frac"],
             offered_rps=sample.get("offered_rps", sample["throughput_rps"]), served_rps=sample["throughput_rps"],
             util=sample.get("gpu_util", 1.0), latency_ms=sample["latency_ms"], net_ms=sample.get("net_ms", 0.0),
@@ -174,7 +177,7 @@ class RliAgent:
         c = self.config
         if state.current == self.fallback or ts - state.last_decision_ms < c.early_gap_s * 1000:
             return False
-        temp, slope = sample["gpu_temp_c"], _slope(state)
+        temp, slope = sample["gpu_temp_c"], state.slope
         if temp < c.shield.hot_c - c.shield.margin_c and temp + c.shield.tau_s * slope < c.shield.hot_c - c.shield.margin_c:
             return False  # the cheap check: neither hot nor heading there
         ctx = self.context(state, sample)
@@ -198,6 +201,7 @@ class RliAgent:
         state.pending = PendingDecision(arm, phi[arm].copy(), propensity, bucket, switched, ts)
         state.last_decision_ms = ts
         state.last_context = ctx
+        state.peer_features = {}
         state.decisions += 1
         command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
         state.current = arm

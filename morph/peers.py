@@ -158,8 +158,13 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
         arm = agent.arm_by_name(experience["arm"])
     except KeyError:
         return 0.0  # an arm this workflow does not have (another zoo): nothing to learn
-    ctx = bucket_context(bucket, like, c.max_latency_ms, c.max_gpu_temp_c)
-    phi, _, _ = agent.featurizer.features(ctx, state.thermal.r_c_per_w())
+    cached = like is state.last_context
+    phi = state.peer_features.get(bucket) if cached else None
+    if phi is None:
+        ctx = bucket_context(bucket, like, c.max_latency_ms, c.max_gpu_temp_c)
+        phi, _, _ = agent.featurizer.features(ctx, state.thermal.r_c_per_w())
+        if cached:  # many peers' experience falls in few buckets: translate each once per decision
+            state.peer_features[bucket] = phi
     n = experience["count"]
     noise_var = 2.0 * experience["noise_scale"] ** 2
     weight = (config.peer_weight * similarity(bucket, like.bucket(c), config.similarity_scale)

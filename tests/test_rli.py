@@ -219,3 +219,15 @@ def test_on_the_simulated_fleet_the_agent_stays_below_90_and_beats_the_static_tr
     served = sum(nd.served_total for nd in learned) / sum(nd.energy_j for nd in learned)
     assert served > sum(nd.served_total for nd in static) / sum(nd.energy_j for nd in static)
     assert statistics.fmean(rewards[-50:]) > statistics.fmean(rewards[:20]) - 0.05
+
+
+def test_a_version_1_control_state_snapshot_migrates_and_a_newer_one_is_refused():
+    from morph.policy import NodeState
+    from operators.control import ControlState
+
+    v1 = {"node": NodeState.new("edge-1"), "models": None, "version": 1}
+    restored = ControlState.__new__(ControlState)
+    restored.__setstate__(dict(v1))
+    assert restored.agent is None and restored.sharer is None and restored.version == ControlState.STATE_VERSION
+    with pytest.raises(StateVersionError, match="ControlState snapshot has state version 3"):
+        ControlState.__new__(ControlState).__setstate__({**v1, "version": 3})
