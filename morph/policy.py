@@ -337,6 +337,7 @@ class MorphPolicy:
             "propensity": None, "arm": None, "pipeline": None,  # the learned agent's fields: rules are deterministic
             # Unsigned here: the control flow signs what it emits (edge.signing).
             "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
+            "preprocessing": None,  # the rules leave the node's preprocessing stage as it is
             "reason": f"{why}: {'; '.join(moves)}",
             "evidence": {
                 "resource_score": round(mean_score, 4),
