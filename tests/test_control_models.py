@@ -124,7 +124,7 @@ def test_end_of_input_flushes_and_snapshots_restore_with_their_version_checked()
     assert closed["samples"] >= 1 and closed["end_ts_ms"] is not None
     assert step.build(None).on_eof() == ([], ControlLogic.RETAIN)   # nothing to flush for a fresh node
     with pytest.raises(StateVersionError):
-        ControlState.__new__(ControlState).__setstate__(dict(vars(logic.snapshot()), version=2))
+        ControlState.__new__(ControlState).__setstate__(dict(vars(logic.snapshot()), version=ControlState.STATE_VERSION + 1))
 
 
 def test_the_flow_publishes_the_opening_alert_and_flushes_it_when_its_input_ends():

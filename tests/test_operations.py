@@ -230,10 +230,15 @@ def test_simulated_nodes_differ_unless_asked_to_be_identical(kafka):
 
     from deploy.topics import ensure_topics
 
+    def largest_spread(by_node: dict) -> float:
+        """The widest gap between the nodes' temperatures at any one sample."""
+        return max(max(at) - min(at) for at in zip(*by_node.values()))
+
     topic = "fleet.varied"
     ensure_topics(kafka, [topic, "fleet.identical"], partitions=1)
     varied = temperatures()
-    assert len(varied) == 3 and len({tuple(v) for v in varied.values()}) == 3
     topic = "fleet.identical"
     identical = temperatures("--identical")
-    assert len(identical) == 3 and len({tuple(v) for v in identical.values()}) == 1
+    assert len(varied) == len(identical) == 3
+    # identical nodes differ only by their sensors' noise (sigma 0.2 degC); varied ones by their air, fan and cap
+    assert largest_spread(identical) <= 1.5 and largest_spread(varied) >= 3.0
