@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import pickle
 import random
-import time
 
 import pytest
 
@@ -189,20 +188,6 @@ def test_a_deliberate_model_swap_is_not_an_anomaly():
     _, flags_same, _ = replay_telemetry(same_variant)
     assert sum(flags_swap[800:830]) == 0
     assert sum(flags_same[800:830]) > 0   # the same step with no known cause is an anomaly
-
-
-def test_update_costs_a_few_microseconds():
-    records = normal_telemetry(n=6000, seed=12)
-    best = math.inf
-    for attempt in range(3):
-        models = TelemetryModels.for_node("node-0")
-        batch = [dict(r, ts_ms=r["ts_ms"]) for r in records]
-        t0 = time.perf_counter()
-        for r in batch:
-            models.score_then_learn_one(r)
-        best = min(best, (time.perf_counter() - t0) / len(batch))
-    # Budget ~20 µs on an idle core; 60 leaves room for a busy shared machine.
-    assert best * 1e6 < 60.0, f"{best * 1e6:.1f} µs per sample"
 
 
 def test_a_snapshot_of_a_newer_release_is_refused():
