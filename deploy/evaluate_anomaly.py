@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timezone
 
+from deploy.errors import UsageError
+
 DESCRIPTION = """\
 Replay a CSV series through the onset detector (prediction.onset.OnsetDetector:
 a seasonal level prediction per --value-col, an anomaly likelihood of the recent
@@ -46,8 +48,11 @@ def _time_text(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.cli import UsageError
-    from prediction.evaluate_anomaly import DEFAULT_THRESHOLD, SeriesError, evaluate_anomaly
+    from prediction.evaluate_anomaly import (
+        DEFAULT_THRESHOLD,
+        SeriesError,
+        evaluate_anomaly,
+    )
 
     try:
         scored, report = evaluate_anomaly(args.csv, args.time_col, args.value_cols, args.out,

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from deploy.errors import UsageError
+
 DESCRIPTION = """\
 Replay an event log in global timestamp order through the next-step predictor
 the workflow flow uses, and score it prequentially: each prediction is made from
@@ -76,7 +78,6 @@ def add_log_arguments(p: argparse.ArgumentParser, required: bool) -> None:
 
 def log_signals(args: argparse.Namespace, workflow_id: str | None = None, workflow_col: str | None = None):
     """The log's signals; bad input becomes a `UsageError` when iteration starts."""
-    from deploy.cli import UsageError
     from fingerprint.traces import TraceError, read_event_log
 
     path = Path(args.log)
@@ -100,7 +101,6 @@ def log_signals(args: argparse.Namespace, workflow_id: str | None = None, workfl
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.cli import UsageError
     from fingerprint.temporal import Window
     from prediction.evaluate_nextstep import evaluate_next_step
     from prediction.nextstep import NextStepPredictor

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from deploy.errors import UsageError
 from deploy.evaluate_nextstep import add_log_arguments, log_signals
 
 DESCRIPTION = """\
@@ -59,8 +60,6 @@ def register(tree) -> None:
 
 
 def _signals(args: argparse.Namespace):
-    from deploy.cli import UsageError
-
     sources = [name for name in ("log", "store", "wfcommons") if getattr(args, name)]
     if len(sources) != 1:
         raise UsageError("give exactly one of --log, --store, --wfcommons")
@@ -106,7 +105,6 @@ def show_failures(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.cli import UsageError
     from fingerprint.temporal import Fingerprint, Window
 
     if args.failures:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
+from deploy.errors import UsageError
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from edge.thermal import SCENARIOS, Scenario
 from schemas.kafka import produce_waiting
@@ -30,8 +31,8 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
     """
     from confluent_kafka import Producer
 
-    from edge.listener import CommandListener
     from edge.fleet import NodeProfile, SimulatedNode
+    from edge.listener import CommandListener
     from schemas.codec import Codec
 
     codec = codec or Codec()
@@ -88,8 +89,6 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
 
 
 def _telemetry(args) -> int:
-    from deploy.cli import UsageError
-
     if args.nodes < 1 or args.interval <= 0 or args.speed < 0:
         raise UsageError("need --nodes >= 1, --interval > 0 and --speed >= 0")
     settings = settings_from_args(args)
@@ -163,7 +162,6 @@ def produce_signals(settings, topic: str, signals, speed: float = 0.0, progress=
 
 
 def _signals(args) -> int:
-    from deploy.cli import UsageError
     from deploy.evaluate_nextstep import log_signals
     from schemas import TopicNames
 
