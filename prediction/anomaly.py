@@ -162,6 +162,46 @@ class _Feature:
         self.out = 0.0              # leaky count of intervals spent beyond the clip
         self.stuck_out = 0.0        # intervals spent in a flagged stuck run
 
+    def learn(self, value: float, r: float, z: float, repeated: bool, run: int, warm: bool, stuck_run: bool,
+              steps: float, a_slow: float, a_fast: float, clip: float, adopt_after: float) -> None:
+        """Fold in ``value`` (its residual ``r`` and deviation ``z`` as just scored), ``steps`` intervals on."""
+        k = self.k = self.k + 1
+        inv = 1.0 / k
+        a = a_slow if a_slow > inv else inv
+        af = a_fast if a_fast > inv else inv
+        if not repeated:
+            d = value - self.prev
+            if d < 0.0:
+                d = -d
+            if d < self.resolution:
+                self.resolution = d
+        fr = value - self.fast_mean
+        self.fast_mean += af * fr
+        self.fast_scale += af * ((fr if fr >= 0.0 else -fr) * _MAD_TO_SIGMA - self.fast_scale)
+        if warm and (z > clip or z < -clip):
+            self.out += steps
+            if self.out >= adopt_after:  # a sustained shift: the recent level is the new normal
+                self.mean = self.fast_mean
+                if self.fast_scale > self.scale:
+                    self.scale = self.fast_scale
+                self.out = 0.0
+        else:
+            if self.out > 0.0:
+                self.out = self.out - steps if self.out > steps else 0.0
+            if not stuck_run:
+                self.mean += a * r
+                if k > 2 or self.scale > 0.0:  # k == 2: r is the first spread we can see
+                    self.scale += a * ((r if r >= 0.0 else -r) * _MAD_TO_SIGMA - self.scale)
+                else:
+                    self.scale = (r if r >= 0.0 else -r) * _MAD_TO_SIGMA
+        if stuck_run:  # learn nothing from a stuck sensor: not its level, not its repeat rate
+            self.stuck_out += steps
+        else:
+            self.stuck_out = 0.0
+            self.repeat += a * (repeated - self.repeat)
+        self.prev = value
+        self.run = run
+
     def __getstate__(self):
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -269,8 +309,12 @@ class AnomalyDetector(Versioned):
         m = self.min_scale
         return float(m.get(name, 1e-9)) if isinstance(m, Mapping) else float(m)
 
-    def _step(self, x: Mapping[str, float], t: Optional[float], learn: bool) -> AnomalyResult:
-        # Steps: how many typical intervals this sample covers (weights every update).
+    def _advance(self, t: Optional[float], learn: bool) -> tuple[float, float, bool]:
+        """``(t, steps, learn)``: how many typical intervals this sample covers (weights every update).
+
+        A sample at or before the last learned time is a duplicate or a replay: it is
+        scored, never learned twice.
+        """
         last = self._t
         if t is None:
             t = 0.0 if last is None else last + (self._spacing or 1.0)
@@ -279,22 +323,24 @@ class AnomalyDetector(Versioned):
         else:
             dt = t - last
             if dt <= 0.0:
-                learn = False  # a duplicate or a replay: score it, never learn it twice
-                steps = 0.0
-            else:
-                spacing = self._spacing
-                if learn:
-                    n = self._spacings = self._spacings + 1
-                    if spacing <= 0.0:
-                        spacing = dt
-                    else:  # gaps are clipped so they do not inflate the typical interval
-                        spacing += max(1.0 / n, 0.01) * (min(dt, 4.0 * spacing) - spacing)
-                    self._spacing = spacing
-                steps = dt / spacing if spacing > 0.0 else 1.0
-                if steps > self.max_gap:
-                    steps = self.max_gap
+                return t, 0.0, False
+            spacing = self._spacing
+            if learn:
+                n = self._spacings = self._spacings + 1
+                if spacing <= 0.0:
+                    spacing = dt
+                else:  # gaps are clipped so they do not inflate the typical interval
+                    spacing += max(1.0 / n, 0.01) * (min(dt, 4.0 * spacing) - spacing)
+                self._spacing = spacing
+            steps = dt / spacing if spacing > 0.0 else 1.0
+            if steps > self.max_gap:
+                steps = self.max_gap
         if learn:
             self._t = t
+        return t, steps, learn
+
+    def _step(self, x: Mapping[str, float], t: Optional[float], learn: bool) -> AnomalyResult:
+        t, steps, learn = self._advance(t, learn)
         a_slow = 1.0 - math.exp(-steps * _LN2 / self.half_life)
         a_fast = 1.0 - math.exp(-steps * 4.0 * _LN2 / self.adopt_after)
 
@@ -355,44 +401,7 @@ class AnomalyDetector(Versioned):
             if not learn:
                 continue
 
-            # ---- learn
-            k = f.k = f.k + 1
-            inv = 1.0 / k
-            a = a_slow if a_slow > inv else inv
-            af = a_fast if a_fast > inv else inv
-            if not repeated:
-                d = value - f.prev
-                if d < 0.0:
-                    d = -d
-                if d < f.resolution:
-                    f.resolution = d
-            fr = value - f.fast_mean
-            f.fast_mean += af * fr
-            f.fast_scale += af * ((fr if fr >= 0.0 else -fr) * _MAD_TO_SIGMA - f.fast_scale)
-            stuck_run = p_run < stuck_gate
-            if warm and (z > clip or z < -clip):
-                f.out += steps
-                if f.out >= adopt_after:  # a sustained shift: the recent level is the new normal
-                    f.mean = f.fast_mean
-                    if f.fast_scale > f.scale:
-                        f.scale = f.fast_scale
-                    f.out = 0.0
-            else:
-                if f.out > 0.0:
-                    f.out = f.out - steps if f.out > steps else 0.0
-                if not stuck_run:
-                    f.mean += a * r
-                    if k > 2 or f.scale > 0.0:  # k == 2: r is the first spread we can see
-                        f.scale += a * ((r if r >= 0.0 else -r) * _MAD_TO_SIGMA - f.scale)
-                    else:
-                        f.scale = (r if r >= 0.0 else -r) * _MAD_TO_SIGMA
-            if stuck_run:  # learn nothing from a stuck sensor: not its level, not its repeat rate
-                f.stuck_out += steps
-            else:
-                f.stuck_out = 0.0
-                f.repeat += a * (repeated - f.repeat)
-            f.prev = value
-            f.run = run
+            f.learn(value, r, z, repeated, run, warm, p_run < stuck_gate, steps, a_slow, a_fast, clip, adopt_after)
 
         if tests == 0:
             return AnomalyResult(0.0, False, contributions, True)
