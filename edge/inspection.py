@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Protocol
 
 import numpy as np
@@ -19,7 +20,6 @@ import numpy as np
 from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
 from morph.zoo import runtime
 from morph.zoo.data import N_CLASSES, input_shape, load_split
-
 
 
 class Classifier(Protocol):
@@ -196,6 +196,75 @@ class PipelineMode:
         self.skip_preprocess = name == "skip-preprocess"
 
 
+def _ingest(costs: InspectionCosts, ctx):
+    ctx.sleep(costs.camera_read_ms)
+    return {"frames": ctx.inputs["lot"].astype(np.float32) / 255.0}
+
+
+def _fetch_flatfield(costs: InspectionCosts, ctx):
+    ctx.sleep(costs.calibration_fetch_ms)
+    return _VIGNETTE
+
+
+def _reinspect(model: Classifier, confidence_floor: float, ctx):
+    """Re-score the low-confidence images with test-time augmentation on a replica of the model serving now."""
+    tensor, scores = ctx.inputs["tensor"], ctx.inputs["scores"]
+    replica = ctx.resource()
+    if replica.identity != model.identity:  # the node morphed since the replica was opened
+        replica = model.replica()
+    tta = _test_time_augmented(replica, tensor)
+    low = scores.max(axis=1) < confidence_floor
+    return {"scores": np.where(low[:, None], tta, scores).astype(np.float32)}
+
+
+def _fetch_reference(costs: InspectionCosts, ctx):
+    ctx.sleep(costs.reference_fetch_ms)
+    return _class_references()
+
+
+def _output(costs: InspectionCosts, ctx):
+    ctx.sleep(costs.sink_write_ms)
+    ctx.emit(ctx.inputs["report"])
+    return {"receipt": hashlib.sha256(ctx.inputs["report"]).hexdigest().encode()}
+
+
+def _alternatives(costs: InspectionCosts, confidence_floor: float, quality_gate,
+                  light_model: Classifier | None) -> dict[str, tuple[Alternative, ...]]:
+    """What recovery may switch each step to, where it makes sense.
+
+    The flat-field and the reference images from the node's cache, a backup
+    replica of the validation service (slower), and ``light_model`` (a lighter
+    morph variant) for inference. ``output`` has none: it appends to the results
+    store and is not idempotent, so it is never executed twice; its fallback
+    branch (`_spool`) keeps the report on the node for later delivery.
+    """
+
+    def cached_flatfield(ctx):
+        return {"tensor": np.clip(ctx.inputs["frames"] / _VIGNETTE, 0.0, 1.0).astype(np.float32)}
+
+    def backup_gate(ctx):
+        ctx.sleep(2 * costs.validation_ms)  # the backup replica is farther away
+        return quality_gate(ctx)
+
+    def light_inference(ctx):
+        return {"scores": _softmax(light_model(ctx.inputs["tensor"]))}
+
+    def cached_postprocess(ctx):
+        report = _report(ctx.inputs["scores"], ctx.inputs["tensor"], _class_references(), confidence_floor)
+        ctx.sleep(costs.render_ms)
+        return {"report": report}
+
+    light = (Alternative("light-model", light_inference, ("accelerator-light",)),) if light_model is not None else ()
+    return {"preprocess": (Alternative("cached-flatfield", cached_flatfield),), "inference": light,
+            "quality_gate": (Alternative("backup-validation", backup_gate, ("dep:validation-backup", "network")),),
+            "postprocess": (Alternative("cached-reference", cached_postprocess),)}
+
+
+def _spool(ctx):
+    """The results store is unreachable: keep the report on the node, deliver it later (a degraded completion)."""
+    return {"receipt": b"spooled:" + hashlib.sha256(ctx.inputs["report"]).hexdigest().encode()}
+
+
 def inspection_workflow(model: Classifier, *, costs: InspectionCosts = InspectionCosts(),
                         confidence_floor: float = 0.8, max_low_share: float = 1 / 16,
                         workflow_id: str = "inspection", light_model: Classifier | None = None,
@@ -218,22 +287,9 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
 
     For recovery, each step says what it ``uses`` (the config, validation and
     product-database services, the results store ``dep:storage`` that other
-    workflows share, the network, the accelerator, the camera's input) and
-    has alternatives where they make sense: the flat-field and the reference
-    images from the node's cache, a backup replica of the validation service
-    (slower), and ``light_model`` (a lighter morph variant) for inference.
-    ``output`` appends to the results store: it is not idempotent, so it is
-    never executed twice; its fallback branch spools the report on the node
-    for later delivery (a degraded completion).
+    workflows share, the network, the accelerator, the camera's input) and has
+    the alternatives `_alternatives` gives it.
     """
-
-    def ingest(ctx):
-        ctx.sleep(costs.camera_read_ms)
-        return {"frames": ctx.inputs["lot"].astype(np.float32) / 255.0}
-
-    def fetch_flatfield(ctx):
-        ctx.sleep(costs.calibration_fetch_ms)
-        return _VIGNETTE
 
     mode = pipeline or PipelineMode()
 
@@ -251,65 +307,32 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
         low = ctx.inputs["scores"].max(axis=1) < confidence_floor
         return {"verdict": b"reinspect" if low.mean() > max_low_share else b"pass"}
 
-    def reinspect(ctx):
-        tensor, scores = ctx.inputs["tensor"], ctx.inputs["scores"]
-        replica = ctx.resource()
-        if replica.identity != model.identity:  # the node morphed since the replica was opened
-            replica = model.replica()
-        tta = _test_time_augmented(replica, tensor)
-        low = scores.max(axis=1) < confidence_floor
-        return {"scores": np.where(low[:, None], tta, scores).astype(np.float32)}
-
-    def fetch_reference(ctx):
-        ctx.sleep(costs.reference_fetch_ms)
-        return _class_references()
-
     def postprocess(ctx):
         report = _report(ctx.inputs["scores"], ctx.inputs["tensor"], ctx.data("reference"), confidence_floor)
         ctx.sleep(costs.render_ms)
         return {"report": report}
 
-    def output(ctx):
-        ctx.sleep(costs.sink_write_ms)
-        ctx.emit(ctx.inputs["report"])
-        return {"receipt": hashlib.sha256(ctx.inputs["report"]).hexdigest().encode()}
-
-    def cached_flatfield(ctx):
-        return {"tensor": np.clip(ctx.inputs["frames"] / _VIGNETTE, 0.0, 1.0).astype(np.float32)}
-
-    def backup_gate(ctx):
-        ctx.sleep(2 * costs.validation_ms)  # the backup replica is farther away
-        return quality_gate(ctx)
-
-    def light_inference(ctx):
-        return {"scores": _softmax(light_model(ctx.inputs["tensor"]))}
-
-    def cached_postprocess(ctx):
-        report = _report(ctx.inputs["scores"], ctx.inputs["tensor"], _class_references(), confidence_floor)
-        ctx.sleep(costs.render_ms)
-        return {"report": report}
-
-    def spool(ctx):  # the results store is unreachable: keep the report on the node, deliver it later
-        return {"receipt": b"spooled:" + hashlib.sha256(ctx.inputs["report"]).hexdigest().encode()}
-
-    light = (Alternative("light-model", light_inference, ("accelerator-light",)),) if light_model is not None else ()
+    alternatives = _alternatives(costs, confidence_floor, quality_gate, light_model)
 
     return WorkflowSpec(workflow_id, (
-        Step("ingest", ingest, inputs=("lot",), outputs=("frames",), resources={"cpu": 0.1}, uses=("input",)),
-        Step("preprocess", preprocess, inputs=("frames",), outputs=("tensor",), fetch={"flatfield": fetch_flatfield},
-             environment=lambda: mode.name, resources={"cpu": 0.5}, uses=("dep:config", "network"),
-             alternatives=(Alternative("cached-flatfield", cached_flatfield),)),
+        Step("ingest", partial(_ingest, costs), inputs=("lot",), outputs=("frames",), resources={"cpu": 0.1},
+             uses=("input",)),
+        Step("preprocess", preprocess, inputs=("frames",), outputs=("tensor",),
+             fetch={"flatfield": partial(_fetch_flatfield, costs)}, environment=lambda: mode.name,
+             resources={"cpu": 0.5}, uses=("dep:config", "network"), alternatives=alternatives["preprocess"]),
         Step("inference", inference, inputs=("tensor",), outputs=("scores",),
-             environment=lambda: model.identity, resources={"cpu": 1.0}, uses=("accelerator",), alternatives=light),
+             environment=lambda: model.identity, resources={"cpu": 1.0}, uses=("accelerator",),
+             alternatives=alternatives["inference"]),
         Step("quality_gate", quality_gate, inputs=("scores",), outputs=("verdict",), critical=True,
              resources={"cpu": 0.1}, uses=("dep:validation", "network"),
-             alternatives=(Alternative("backup-validation", backup_gate, ("dep:validation-backup", "network")),)),
-        Step("reinspect", reinspect, inputs=("tensor", "scores"), outputs=("scores",), after=("quality_gate",),
+             alternatives=alternatives["quality_gate"]),
+        Step("reinspect", partial(_reinspect, model, confidence_floor), inputs=("tensor", "scores"),
+             outputs=("scores",), after=("quality_gate",),
              when=lambda artifacts: artifacts["verdict"].value == b"reinspect", resource=ReplicaResource(model),
              environment=lambda: model.identity, resources={"cpu": 1.0}, uses=("accelerator",)),
         Step("postprocess", postprocess, inputs=("scores", "tensor"), outputs=("report",),
-             after=("quality_gate", "reinspect"), fetch={"reference": fetch_reference}, resources={"cpu": 0.5},
-             uses=("dep:product-db", "network"), alternatives=(Alternative("cached-reference", cached_postprocess),)),
-        Step("output", output, inputs=("report",), outputs=("receipt",), critical=True, resources={"cpu": 0.1},
-             idempotent=False, uses=("dep:storage", "network"), fallback=spool),
+             after=("quality_gate", "reinspect"), fetch={"reference": partial(_fetch_reference, costs)},
+             resources={"cpu": 0.5}, uses=("dep:product-db", "network"), alternatives=alternatives["postprocess"]),
+        Step("output", partial(_output, costs), inputs=("report",), outputs=("receipt",), critical=True,
+             resources={"cpu": 0.1}, idempotent=False, uses=("dep:storage", "network"), fallback=_spool),
     ))
