@@ -37,12 +37,12 @@ sys.path.insert(0, str(ROOT))
 from deploy.broker import EmbeddedBroker  # noqa: E402
 from deploy.demo import Monitor  # noqa: E402
 from deploy.topics import ensure_topics  # noqa: E402
+from edge.thermal import Scenario  # noqa: E402
 from edge.worker import EdgeWorker  # noqa: E402
 from morph.policy import PolicyConfig  # noqa: E402
-from edge.thermal import Scenario  # noqa: E402
 from morph.zoo import build_zoo  # noqa: E402
-from schemas.kafka import KafkaSettings  # noqa: E402
 from schemas import TopicNames  # noqa: E402
+from schemas.kafka import KafkaSettings  # noqa: E402
 
 
 def pct(values, q):

@@ -18,16 +18,12 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from anomaly_quality import cost, detection  # noqa: E402
-from control_throughput import encoded_fleet, flow_rate  # noqa: E402
-from nab import DEFAULT_NAB, nab_figures  # noqa: E402
+from _bench import emit_result
+from anomaly_quality import cost, detection
+from control_throughput import encoded_fleet, flow_rate
+from nab import DEFAULT_NAB, nab_figures
 
 
 def main() -> int:
@@ -59,7 +55,7 @@ def main() -> int:
     except FileNotFoundError as err:
         print(f"NAB score skipped: {err}")
         results.update(nab_score=None, nab_score_windowed_gaussian=None, nab_files=0)
-    print(json.dumps(results))
+    emit_result(results)
     return 0
 
 

@@ -13,16 +13,12 @@ from __future__ import annotations
 import argparse
 import bisect
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from prediction.evaluate_anomaly import grade, replay_telemetry  # noqa: E402
-from prediction.forecast import TemperatureForecaster  # noqa: E402
-from prediction.synthetic import anomaly_suite, normal_telemetry, thermal_ramp  # noqa: E402
-from prediction.telemetry_models import TelemetryModels  # noqa: E402
+from prediction.evaluate_anomaly import grade, replay_telemetry
+from prediction.forecast import TemperatureForecaster
+from prediction.synthetic import anomaly_suite, normal_telemetry, thermal_ramp
+from prediction.telemetry_models import TelemetryModels
 
 
 def detection(seeds: int) -> dict:

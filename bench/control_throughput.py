@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, emit_result
+from _bench import ROOT, emit_result
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from deploy.broker import EmbeddedBroker

@@ -35,11 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _bench import ROOT, emit_result
 
-from fingerprint.temporal import Fingerprint, Window  # noqa: E402
-from fingerprint.traces import read_wfcommons  # noqa: E402
+from fingerprint.temporal import Fingerprint, Window
+from fingerprint.traces import read_wfcommons
 
 _ID = re.compile(r"_ID\d+$")
 
@@ -211,7 +210,7 @@ def main() -> None:
               "per_instance": [{"file": r["file"], **{k: {m: (round(v, 4) if isinstance(v, float) else v)
                                                          for m, v in r[k].items()}
                                                      for k in ("lineage", "timing")}} for r in rows]}
-    print(json.dumps(result))
+    emit_result(result)
 
 
 if __name__ == "__main__":

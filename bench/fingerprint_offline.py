@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import emit_result
+from _bench import emit_result
 
 from fingerprint.temporal import Fingerprint
 from fingerprint.traces import MarkovProcess

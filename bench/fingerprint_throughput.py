@@ -18,7 +18,7 @@ import argparse
 import sys
 import time
 
-from common import emit_result
+from _bench import emit_result
 from control_throughput import flow_rate
 from fingerprint_offline import bench_process
 

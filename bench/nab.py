@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _bench import ROOT, emit_result
 
-from prediction.evaluate_anomaly import parse_time, score_rows  # noqa: E402
-from prediction.nab import corpus_score, load_corpus, windowed_gaussian_scores  # noqa: E402
+from prediction.evaluate_anomaly import parse_time, score_rows
+from prediction.nab import corpus_score, load_corpus, windowed_gaussian_scores
 
 DEFAULT_NAB = ROOT.parent / "shared" / "data" / "nab"
 
@@ -112,7 +110,7 @@ def main() -> int:
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(figures))
+    emit_result(figures)
     return 0
 
 

@@ -46,16 +46,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+from _bench import ROOT
+from fingerprint_offline import bench_process
 
-from fingerprint_offline import bench_process  # noqa: E402
-
-from fingerprint.temporal import Fingerprint  # noqa: E402
-from fingerprint.traces import categorical_columns, read_event_log  # noqa: E402
-from prediction.evaluate_nextstep import evaluate_next_step  # noqa: E402
-from prediction.nextstep import NextStepPredictor  # noqa: E402
+from fingerprint.temporal import Fingerprint
+from fingerprint.traces import categorical_columns, read_event_log
+from prediction.evaluate_nextstep import evaluate_next_step
+from prediction.nextstep import NextStepPredictor
 
 
 def say(message: str) -> None:

@@ -32,7 +32,6 @@ The model zoo must be built (``liquid zoo build``) or given with ``--zoo``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -41,23 +40,21 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _bench import ROOT, emit_result
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition  # noqa: E402
-
-from deploy.broker import EmbeddedBroker  # noqa: E402
-from deploy.demo import PHASES, RUN_S, SCENARIO_S  # noqa: E402
-from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys  # noqa: E402
-from deploy.topics import ensure_topics  # noqa: E402
-from edge.outbox import TELEMETRY, Outbox  # noqa: E402
-from edge.sync import CentralExecutions  # noqa: E402
-from edge.thermal import Scenario  # noqa: E402
-from edge.worker import EdgeWorker  # noqa: E402
-from morph.policy import MorphPolicy, PolicyConfig  # noqa: E402
-from schemas import TopicNames  # noqa: E402
-from schemas.codec import Codec, DecodeError  # noqa: E402
-from schemas.kafka import KafkaSettings  # noqa: E402
+from deploy.broker import EmbeddedBroker
+from deploy.demo import PHASES, RUN_S, SCENARIO_S
+from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
+from deploy.topics import ensure_topics
+from edge.outbox import TELEMETRY, Outbox
+from edge.sync import CentralExecutions
+from edge.thermal import Scenario
+from edge.worker import EdgeWorker
+from morph.policy import MorphPolicy, PolicyConfig
+from schemas import TopicNames
+from schemas.codec import Codec, DecodeError
+from schemas.kafka import KafkaSettings
 
 TOPICS = TopicNames()
 WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions, TOPICS.commands)
@@ -235,7 +232,7 @@ class Run:
 
 def accepted_injections(run: dict) -> dict[str, int]:
     acks = [r for s, r in run["read"] if s == "CommandAck"]
-    applied = lambda cid: sum(1 for a in acks if a["command_id"] == cid and a["status"] == "APPLIED")  # noqa: E731
+    applied = lambda cid: sum(1 for a in acks if a["command_id"] == cid and a["status"] == "APPLIED")
     return {"replayed": sum(max(0, applied(c) - 1) for c in run["injected"]["replayed"]),
             "forged": sum(applied(c) for c in run["injected"]["forged"]),
             "unsigned": sum(applied(c) for c in run["injected"]["unsigned"])}
@@ -354,7 +351,7 @@ def report(args, results: dict, cost: dict) -> None:
     read_ids = {record_id(r) for s, r in out["read"] if s != "MorphCommand"}
     lost = set(out["written"]) - read_ids
     taken = {rid for rid in lost if ev["caught_up"] <= out["delivered"].get(rid, -1) <= ev["down"] + 0.05}
-    fan_ms = lambda run: run["events"]["start_ms"] + SCENARIO_S * FAN_FAILS / args.speed * 1000  # noqa: E731
+    fan_ms = lambda run: run["events"]["start_ms"] + SCENARIO_S * FAN_FAILS / args.speed * 1000
     window_ms = ev["up_ms"] - fan_ms(out)
     if lost:
         sample = sorted(lost)[:8]
@@ -385,7 +382,7 @@ def report(args, results: dict, cost: dict) -> None:
     }
     for key, value in figures.items():
         print(f"{key:34s} {value}")
-    print(json.dumps(figures))
+    emit_result(figures)
 
 
 if __name__ == "__main__":

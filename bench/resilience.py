@@ -65,16 +65,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _bench import emit_result
 
-from edge.faults import FALLBACK, NODE_LOST, FaultScenario, FaultSimulator, SimClock, SimulatedFaults  # noqa: E402
-from edge.inspection import InspectionCosts, inspection_lots, inspection_workflow  # noqa: E402
-from edge.runtime import PRIMARY, WorkflowRun  # noqa: E402
-from edge.wfcommons import wfcommons_tasks, wfcommons_workflow  # noqa: E402
-from fingerprint.failures import FailureGraph, edge_scores  # noqa: E402
-from prediction.recovery import (CircuitBreaker, FailureView, PolicyRecovery, QRecoveryAgent,  # noqa: E402
-                                 full_jitter, step_functions_default, temporal_default)
-from tests.support import CentroidClassifier  # noqa: E402
+from edge.faults import (
+    FALLBACK,
+    NODE_LOST,
+    FaultScenario,
+    FaultSimulator,
+    SimClock,
+    SimulatedFaults,
+)
+from edge.inspection import InspectionCosts, inspection_lots, inspection_workflow
+from edge.runtime import PRIMARY, WorkflowRun
+from edge.wfcommons import wfcommons_tasks, wfcommons_workflow
+from fingerprint.failures import FailureGraph, edge_scores
+from prediction.recovery import (
+    CircuitBreaker,
+    FailureView,
+    PolicyRecovery,
+    QRecoveryAgent,
+    full_jitter,
+    step_functions_default,
+    temporal_default,
+)
+from tests.support import CentroidClassifier
 
 NODES = ("edge-1", "edge-2", "edge-3")
 POLICIES = ("agent", "step-functions", "full-jitter", "temporal", "circuit-breaker")
@@ -485,7 +499,7 @@ def summarise(results: dict, args, note: str) -> dict:
           f"(ratio {summary['mttr_ratio_agent_vs_static']}); wasted attempts {agent['wasted_attempts']} vs "
           f"{static['wasted_attempts']}; MTTR on the {paired} incidents both recovered {agent_p} s vs {static_p} s; graph precision {precision:.2f}, recall {recall:.2f}; "
           f"node recovery {summary['node_recovery_rate']}")
-    print(json.dumps(summary))
+    emit_result(summary)
     return summary
 
 

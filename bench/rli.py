@@ -37,20 +37,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _bench import ROOT, emit_result
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from edge.heterogeneous import HeteroNode, fleet_specs  # noqa: E402
-from morph.agent import RliAgent, RliConfig  # noqa: E402
-from morph.arms import ArmSet  # noqa: E402
-from morph.bandit import LinearStats  # noqa: E402
-from morph.context import EpochTelemetry  # noqa: E402
-from morph.ope import LoggedDecision, direct_method, doubly_robust, ips, log_record, snips  # noqa: E402
-from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb  # noqa: E402
-from morph.policy import MorphPolicy, NodeState, PolicyConfig  # noqa: E402
-from morph.reward import reward  # noqa: E402
-from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest  # noqa: E402
+from edge.heterogeneous import HeteroNode, fleet_specs
+from morph.agent import RliAgent, RliConfig
+from morph.arms import ArmSet
+from morph.bandit import LinearStats
+from morph.context import EpochTelemetry
+from morph.ope import (
+    LoggedDecision,
+    direct_method,
+    doubly_robust,
+    ips,
+    log_record,
+    snips,
+)
+from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb
+from morph.policy import MorphPolicy, NodeState, PolicyConfig
+from morph.reward import reward
+from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest
 
 POLICIES = ("static", "rules", "rli", "rli+peers", "rli+peers+dp", "oracle")
 SMOOTH = 20  # epochs in the moving average of the learning curves
@@ -408,7 +413,7 @@ def main() -> int:
         "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
         "summaries": summaries,
     }
-    print(json.dumps(result))
+    emit_result(result)
     return 0
 
 

@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import ROOT, emit_result, progress
+from _bench import ROOT, emit_result, progress
 
 from deploy.broker import EmbeddedBroker, free_port
 from deploy.deploy_cmd import scrape_lag

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import emit_result
+from _bench import emit_result
 
 from edge.inspection import (
     InspectionCosts,

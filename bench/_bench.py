@@ -3,6 +3,7 @@
 Benchmarks run as scripts (``python bench/NAME.py``), so Python puts ``bench/``
 first on the import path; importing this module adds the project root once, here,
 so a script imports the project's packages (and ``tests.support``) like any module.
+Its name sorts before every other import, so it is always imported first.
 """
 
 from __future__ import annotations
