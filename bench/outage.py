@@ -36,12 +36,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from _bench import ROOT, emit_result
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from deploy.broker import EmbeddedBroker
 from deploy.demo import PHASES, RUN_S, SCENARIO_S
@@ -53,8 +52,9 @@ from edge.thermal import Scenario
 from edge.worker import EdgeWorker
 from morph.policy import MorphPolicy, PolicyConfig
 from schemas import TopicNames
-from schemas.codec import Codec, DecodeError
+from schemas.codec import Codec
 from schemas.kafka import KafkaSettings
+from tests.support import TopicCollector, record_id
 
 TOPICS = TopicNames()
 WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions, TOPICS.commands)
@@ -63,39 +63,6 @@ FAN_FAILS = next(lo for name, lo, _ in PHASES if name == "fan failure")
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-class Collector(threading.Thread):
-    """A consumer of the watched topics from their beginning: what the cluster finally holds."""
-
-    def __init__(self, settings: KafkaSettings):
-        super().__init__(daemon=True)
-        self.consumer = Consumer(settings.consumer("bench-outage", **{"log_level": "0"}))
-        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in WATCHED for p in range(2)])
-        self.records: list[tuple[str, dict, bytes]] = []
-        self.halt, self.codec = threading.Event(), Codec()
-
-    def run(self) -> None:
-        while not self.halt.is_set():
-            for msg in self.consumer.consume(500, timeout=0.02):
-                if msg.error() is None:
-                    try:
-                        decoded = self.codec.decode(msg.value())
-                    except DecodeError:
-                        continue
-                    self.records.append((decoded.schema_name, decoded.record, msg.value()))
-        self.consumer.close()
-
-    def ids(self) -> set[str]:
-        return {record_id(r) for s, r, _ in list(self.records) if s != "MorphCommand"}
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(10)
-
-
-def record_id(record: dict) -> str:
-    return record.get("record_id") or record.get("signal_id") or record["command_id"]
 
 
 class Run:
@@ -109,7 +76,7 @@ class Run:
         self.broker = EmbeddedBroker(log_path=work / "broker.log").start()
         self.settings = KafkaSettings(self.broker.bootstrap, {"log_level": "0"})
         ensure_topics(self.settings, TOPICS.all(), partitions=2)
-        self.collectors = [Collector(self.settings)]
+        self.collectors = [TopicCollector(self.settings, WATCHED, "bench-outage")]
         self.collectors[0].start()
         self.flow = self.start_flow()
         self.local_acks: list[dict] = []
@@ -197,7 +164,7 @@ class Run:
         self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.work / "broker2.log").start()
         self.events["up"], self.events["up_ms"] = time.monotonic(), time.time() * 1000
         ensure_topics(self.settings, TOPICS.all(), partitions=2)
-        self.collectors.append(Collector(self.settings))
+        self.collectors.append(TopicCollector(self.settings, WATCHED, "bench-outage"))
         self.collectors[-1].start()
         self.flow = self.start_flow()
         say(f"broker back after {self.events['up'] - self.events['down']:.1f} s; backlog {self.events['backlog']}")

@@ -3,7 +3,9 @@
 * `CentroidClassifier` — a real, tiny classifier for runs of the inspection
   workflow without the model zoo;
 * `LocalLoop` — what Kafka does between a node's shadow executor and the
-  workflow flow, in one process and in order (tests and ``bench/shadow.py``).
+  workflow flow, in one process and in order (tests and ``bench/shadow.py``);
+* `TopicCollector` — everything a set of topics holds, read from the beginning
+  (the outage test and ``bench/outage.py`` count what the cluster finally got).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import threading
 from typing import Callable
 
 import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from edge.artifacts import digest_of, freeze
 from edge.inspection import Replica
 from edge.shadow import ShadowExecutor
+from schemas.codec import Codec, DecodeError
 
 
 class CentroidClassifier:
@@ -84,3 +88,38 @@ class LocalLoop:
                 self.acks.append(ack)
             if self.learn_ack is not None:
                 self.learn_ack(ack)
+
+
+class TopicCollector(threading.Thread):
+    """Reads every decodable record of ``topics`` (2 partitions each) from the beginning until stopped."""
+
+    def __init__(self, settings, topics: tuple[str, ...], group: str = "collector"):
+        super().__init__(daemon=True)
+        self.consumer = Consumer(settings.consumer(group, **{"log_level": "0"}))
+        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(2)])
+        self.records: list[tuple[str, dict, bytes]] = []   # (schema name, record, raw bytes)
+        self.halt, self.codec = threading.Event(), Codec()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for msg in self.consumer.consume(500, timeout=0.02):
+                if msg.error() is None:
+                    try:
+                        decoded = self.codec.decode(msg.value())
+                    except DecodeError:
+                        continue
+                    self.records.append((decoded.schema_name, decoded.record, msg.value()))
+        self.consumer.close()
+
+    def ids(self) -> set[str]:
+        """The ids of what the nodes published (commands are the cluster's, not theirs)."""
+        return {record_id(r) for s, r, _ in list(self.records) if s != "MorphCommand"}
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(10)
+
+
+def record_id(record: dict) -> str:
+    """A published record's id: telemetry and acks carry ``record_id``, signals ``signal_id``."""
+    return record.get("record_id") or record.get("signal_id") or record["command_id"]

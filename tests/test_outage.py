@@ -14,12 +14,10 @@ few.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from deploy.broker import EmbeddedBroker
 from deploy.replay import read_topic
@@ -30,47 +28,13 @@ from morph.policy import MorphPolicy, PolicyConfig
 from operators.control import MorphStep
 from operators.events import Event
 from schemas import TopicNames
-from schemas.codec import Codec, DecodeError
 from schemas.kafka import KafkaSettings
+from tests.support import TopicCollector, record_id
 
 pytestmark = pytest.mark.broker
 TOPICS = TopicNames()
 WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions)
 SPEED = 10.0
-
-
-class Collector(threading.Thread):
-    """Reads every record of the watched topics from the beginning until stopped."""
-
-    def __init__(self, settings: KafkaSettings):
-        super().__init__(daemon=True)
-        self.consumer = Consumer(settings.consumer("outage-collector"))
-        self.consumer.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in WATCHED for p in range(2)])
-        self.records: list[tuple[str, dict]] = []
-        self.halt = threading.Event()
-        self.codec = Codec()
-
-    def ids(self) -> set[str]:
-        return {record_id(r) for _, r in list(self.records)}
-
-    def run(self):
-        while not self.halt.is_set():
-            for msg in self.consumer.consume(500, timeout=0.02):
-                if msg.error() is None:
-                    try:
-                        decoded = self.codec.decode(msg.value())
-                    except DecodeError:
-                        continue
-                    self.records.append((decoded.schema_name, decoded.record))
-        self.consumer.close()
-
-    def stop(self):
-        self.halt.set()
-        self.join(10)
-
-
-def record_id(record: dict) -> str:
-    return record.get("record_id") or record["signal_id"]
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +71,7 @@ def test_outage_with_a_worker_restart_loses_nothing_and_the_flows_count_nothing_
     try:
         settings = KafkaSettings(broker.bootstrap)
         ensure_topics(settings, TOPICS.all(), partitions=2)
-        collector = Collector(settings)
+        collector = TopicCollector(settings, WATCHED, "outage-collector")
         collector.start()
         first = make_worker(settings, zoo, tmp_path, written, delivered).start()
         time.sleep(1.0)
@@ -145,7 +109,7 @@ def test_outage_with_a_worker_restart_loses_nothing_and_the_flows_count_nothing_
     assert all(a["status"] == "APPLIED" for a in local_acks)
     assert local_acks[0]["from_variant"] == "transformer" and local_acks[-1]["to_variant"] in ("mobilenet", "snn")
     # Nothing lost: every record the node wrote was read, but for what the dead broker took with it.
-    read = collector.records + after
+    read = [(schema, record) for schema, record, _ in collector.records] + after
     read_ids = {record_id(r) for _, r in read}
     lost = set(written) - read_ids
     taken_by_broker = {rid for rid in lost if caught_up_at <= delivered.get(rid, -1) <= stopped_at + 0.05}
