@@ -160,7 +160,7 @@ def compare(spec, inputs: list[dict], *, warmup: int, slots: int, shadow_slots: 
         if i == warmup:
             executor.wait_idle()
             before = _snapshot(executor)
-        off = WorkflowRun(spec, f"off-{i}", node, on_signal=speculator.observe, slots=slots).execute(data)
+        off = WorkflowRun(spec, f"off-{i}", node, on_signal=speculator.learn_one, slots=slots).execute(data)
         on = WorkflowRun(spec, f"on-{i}", node, executor=executor, on_signal=loop, slots=slots).execute(data)
         if off.error or on.error:
             raise RuntimeError(f"run {i} failed: {off.error or on.error}")
