@@ -10,7 +10,7 @@ from schemas.codec import Codec, DecodeError
 TELEMETRY = {"node_id": "edge-1", "ts_ms": 1_700_000_000_000, "seq": 7, "gpu_temp_c": 71.5, "gpu_util": 0.9,
              "mem_used_frac": 0.5, "power_w": 240.0, "power_cap_w": 350.0, "latency_ms": 3.1,
              "throughput_rps": 410.0, "variant": "transformer", "precision": "fp32", "batch_size": 16,
-             "source": "simulator", "scenario": None}
+             "source": "simulator", "scenario": None, "accuracy": None, "preprocessing": None}
 SIGNAL = {"signal_id": "s1", "workflow_id": "wf", "run_id": "r1", "task": "ingest", "state": 0,
           "outcome": "SUCCESS", "ts_ms": 5, "tsa": [1, 5], "tsa_resolution_ms": 1, "intensity": 1.0,
           "node_id": "edge-1", "resources": {"cpu": 1.0}, "data_size_bytes": 1024, "run_ended": False,
