@@ -156,7 +156,7 @@ def test_cost_falls_strictly_down_the_ladder(zoo):
 
 def test_build_facts_are_recorded(zoo):
     info = zoo.info
-    assert 0 < info["build_seconds"] < 600 and info["build_cpu_seconds"] > 0
+    assert 0 < info["build_seconds"] < 1800 and 0 < info["build_cpu_seconds"] < 600
     assert info["versions"]["torch"] == torch.__version__
     assert info["versions"]["onnxruntime"] == onnxruntime.__version__
     rel = zoo.relative_cost("cpu_ms")

@@ -41,6 +41,8 @@ ACCURACY_FLOOR = 0.90
 SEEDS = {v: i for i, v in enumerate(VARIANTS)}
 #: Interleaved timing rounds (see `runtime.measure_interleaved`): 400 batch-1 and 80 batch-32 calls per model.
 ROUNDS, CALLS_B1, CALLS_B32 = 40, 10, 2
+#: The teacher's torch state_dict, beside the ONNX files.
+TEACHER_WEIGHTS = "teacher.pt"
 #: Frames of the training split the static int8 quantiser calibrates on.
 CALIBRATION_FRAMES = 256
 
@@ -237,6 +239,8 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
         say(f"zoo: generated the inspection task (seed {task.seed}, {task.size}x{task.size}): "
             f"{len(train)} train / {len(val)} val / {len(test)} test frames")
         models = _train_all(profile, train, val, say)
+        # The teacher's torch weights stay with the zoo, so students can be distilled again later.
+        teacher_pt = _atomic(root / TEACHER_WEIGHTS, lambda tmp: torch.save(models[TEACHER].state_dict(), tmp))
         paths, notes = _export_all(root, models, train, say)
         say(f"zoo: measuring {len(paths)} models, interleaved ({ROUNDS} rounds)")
         sessions = {key: runtime.open_session(path) for key, path in paths.items()}
@@ -256,6 +260,7 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
             say(f"zoo: ladder: {line}")
         manifest.info.update({
             **_task_facts(profile),
+            "teacher_weights": {"path": TEACHER_WEIGHTS, "sha256": sha256_file(teacher_pt)},
             "accuracy_floor": {"ratio": ACCURACY_FLOOR, "floor": floor, "below": below},
             "ladder": ladder,
             "lighting_drift": {"levels": "0 = day shift, 1 = night shift (morph.zoo.lighting)",
@@ -349,7 +354,7 @@ def _cpu_seconds() -> float:
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Write through a temporary file and rename, so a reader never opens half a model."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.onnx")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)
