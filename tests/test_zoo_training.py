@@ -30,22 +30,27 @@ def teacher(zoo):
     return model.eval()
 
 
-def test_distillation_improves_a_student_over_training_it_alone(teacher):
-    """The same student, seeds and epochs, with and without the teacher's logits and features
-    (small setting: the snn on the reduced zoo's training frames, a few epochs)."""
+def test_distilling_the_teachers_logits_improves_a_student_over_training_it_alone(teacher):
+    """The same student, seeds and epochs, with and without the teacher's softened logits (T = 2),
+    in a small setting: the reduced zoo's 1500 training frames, a few epochs.
+
+    (Measured in the same setting, adding the feature-matching term at the zoo's weight
+    gave mixed results: better or worse than alone depending on the seed.)"""
     torch.set_num_threads(1)
     train, val = load_split("train", REDUCED.task), load_split("val", REDUCED.task)
     test = load_split("test", InspectionTask(test=500))
     targets = teacher_targets(teacher, train)
-    recipe = Recipe(epochs=6, lr=1e-2)
-    gains = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        alone = fit(make_model("snn"), train, val, recipe, seed=seed).model
-        torch.manual_seed(seed)
-        taught = fit(make_model("snn"), train, val, recipe, teacher=targets, seed=seed).model
-        gains.append(accuracy(taught, test) - accuracy(alone, test))
-    assert min(gains) > 0 and np.mean(gains) > 0.02, gains
+    gains = {}
+    for variant, epochs in (("lstm", 5), ("snn", 12)):
+        recipe = Recipe(epochs=epochs, lr=1e-2)
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            alone = fit(make_model(variant), train, val, recipe, seed=seed).model
+            torch.manual_seed(seed)
+            taught = fit(make_model(variant), train, val, recipe, teacher=targets, seed=seed,
+                         match_features=False).model
+            gains[(variant, seed)] = accuracy(taught, test) - accuracy(alone, test)
+    assert min(gains.values()) > 0 and np.mean(list(gains.values())) > 0.02, gains
 
 
 def _torch_logits(model, x):
