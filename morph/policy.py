@@ -345,6 +345,7 @@ class MorphPolicy:
                 "forecast_c": None, "forecast_lower_c": None, "forecast_upper_c": None,
                 "forecast_horizon_s": None, "anomaly_score": None, "contributing_features": [],
             },
+            "preprocessing": None,  # the thermal rules leave the node's preprocessing stage as it is
         }
         if assessment is not None:
             record["evidence"].update(assessment.evidence())
