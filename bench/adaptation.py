@@ -78,8 +78,8 @@ def main() -> int:
     ap.add_argument("--speed", type=float, default=10.0, help="scenario time per wall-clock second")
     ap.add_argument("--cycles", type=int, default=9, help="hot spells per node (80 scenario seconds each)")
     ap.add_argument("--rate", type=float, default=50.0, help="requests/s per node")
-    ap.add_argument("--zoo", metavar="DIR", help="zoo directory (default: the full zoo's cache, built if missing, "
-                                                  "about 5 minutes)")
+    ap.add_argument("--zoo", metavar="DIR", help="zoo directory (default: the full zoo's cache; built first if missing, "
+                                                  "about 250 s of CPU)")
     args = ap.parse_args()
     zoo = build_zoo(args.zoo, progress=lambda m: print(m, file=sys.stderr, flush=True))
     duration = 80.0 * args.cycles

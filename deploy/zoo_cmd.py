@@ -92,9 +92,13 @@ def format_seed_table(manifest, precision: str = "fp32") -> str:
             for k, r in drift.items()))
     ladder = manifest.info.get("ladder", {})
     violations = ladder.get("violations", [])
-    lines.append(f"ladder ({precision}): " + ("cost falls strictly at every rung (params, FLOPs, b1, b32, CPU) and "
-                                             "accuracy does not rise beyond noise" if ladder and not violations
-                                             else "; ".join(violations) if violations else "not checked"))
+    own = [v for v in violations if v.startswith(f"{precision}:")]
+    lines.append(f"ladder ({precision}): " + ("not checked" if not ladder else "; ".join(own) if own else
+                                             "cost falls strictly at every rung (params, FLOPs, b1, b32, CPU) and "
+                                             "accuracy does not rise beyond noise"))
+    others = [v for v in violations if v not in own]
+    if others:
+        lines.append("other precisions: " + "; ".join(others))
     return "\n".join(lines)
 
 

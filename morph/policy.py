@@ -337,7 +337,6 @@ class MorphPolicy:
             "propensity": None, "arm": None, "pipeline": None,  # the learned agent's fields: rules are deterministic
             # Unsigned here: the control flow signs what it emits (edge.signing).
             "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
-            "preprocessing": None,  # the rules leave the node's preprocessing stage as it is
             "reason": f"{why}: {'; '.join(moves)}",
             "evidence": {
                 "resource_score": round(mean_score, 4),
@@ -349,6 +348,7 @@ class MorphPolicy:
                 "forecast_c": None, "forecast_lower_c": None, "forecast_upper_c": None,
                 "forecast_horizon_s": None, "anomaly_score": None, "contributing_features": [],
             },
+            "preprocessing": None,  # the thermal rules leave the node's preprocessing stage as it is
         }
         if assessment is not None:
             record["evidence"].update(assessment.evidence())

@@ -23,39 +23,41 @@ from schemas.codec import Codec, DecodeError
 
 
 class CentroidClassifier:
-    """Correlation with each class mean of the zoo's train split: a real, tiny classifier for tests without the zoo.
+    """Nearest class mean on the zoo's train split: a real, tiny classifier for tests without the zoo.
 
-    Logits are the correlation of the centred, unit-norm image with each centred,
-    unit-norm class mean, divided by ``temperature``. Sensor noise lowers every
-    correlation and so the confidence, as it does for a trained model: at the
-    default, about one clean lot in ten of `inspection_lots` needs re-inspection
-    and three noisy lots in ten. A replica shares the means (nothing to load).
+    Frames are reduced to 8x8 block means first (a frame's coarse shading, 64
+    features). Logits are ``-||f(x) - mean_c||² / temperature``; at the default
+    0.0005 (measured on `inspection_lots`: 13 % of clean lots and 32 % of noisy
+    ones go to re-inspection) about one lot in six needs re-inspection. A
+    replica shares the means (cheap: nothing to load).
     """
 
-    def __init__(self, temperature: float = 1e-4):
+    def __init__(self, temperature: float = 0.0005):
         from morph.zoo.data import N_CLASSES, load_split
 
         train = load_split("train")
-        x = train.x.reshape(len(train), -1).astype(np.float64)
-        self.means = _unit(np.stack([x[train.y == c].mean(axis=0) for c in range(N_CLASSES)]))
+        x = self._features(train.x)
+        self.means = np.stack([x[train.y == c].mean(axis=0) for c in range(N_CLASSES)])
         self.temperature = temperature
         self._identity = "centroid/" + digest_of(freeze(self.means.astype(np.float32)))[:16] + f"/t{temperature}"
+
+    @staticmethod
+    def _features(frames: np.ndarray) -> np.ndarray:
+        x = np.asarray(frames, dtype=np.float64)
+        n, h, w = x.shape
+        return x.reshape(n, 8, h // 8, 8, w // 8).mean(axis=(2, 4)).reshape(n, -1)
 
     @property
     def identity(self) -> str:
         return self._identity
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        x = _unit(np.asarray(batch, dtype=np.float64).reshape(len(batch), -1))
-        return (x @ self.means.T / self.temperature).astype(np.float32)
+        x = self._features(batch)
+        d2 = ((x[:, None, :] - self.means[None]) ** 2).sum(axis=2)
+        return (-d2 / self.temperature).astype(np.float32)
 
     def replica(self) -> Replica:
         return Replica(self.identity, self.__call__)
-
-
-def _unit(rows: np.ndarray) -> np.ndarray:
-    centred = rows - rows.mean(axis=1, keepdims=True)
-    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
 
 
 class LocalLoop:

@@ -152,5 +152,7 @@ def test_demo_short_mode_writes_plot_and_summary(zoo, tmp_path):
     assert applied and all(a["decision_to_applied_ms"] >= 0 for a in applied)
     assert any("threshold_crossing_to_applied_ms" in a for a in applied)
     for key, acc in n1["accuracy_by_variant"].items():
-        assert 0.9 < acc["live_accuracy"] <= 1.0, key
+        # Live requests come from the zoo's test split: each variant scores what the zoo measured
+        # (within sampling noise over the few hundred requests a short phase serves).
+        assert abs(acc["live_accuracy"] - acc["zoo_test_accuracy"]) < 0.06, (key, acc)
     assert summary["nodes"]["edge-2"]["variant_sequence"] == ["transformer"]

@@ -7,11 +7,10 @@ import time
 import pytest
 
 from edge.serving import InferenceServer, RequestLoad
-from morph.zoo import build_zoo
+from morph.zoo import build_zoo, runtime
 from morph.zoo.data import DriftingFrames
 from morph.zoo.lighting import ShiftChange, normalise_illumination
 from morph.zoo.robustness import lighting_robustness
-from morph.zoo import runtime
 
 
 @pytest.fixture(scope="module")

@@ -22,11 +22,18 @@ from typing import Callable
 
 import numpy as np
 
-from morph.ladder import PRECISIONS, VARIANTS
+from morph.ladder import VARIANTS
 from morph.zoo import data, runtime
 from morph.zoo.ladder_check import check_ladder
-from morph.zoo.manifest import FORMAT, ZooEntry, ZooManifest, default_zoo_dir, load_manifest, sha256_file, \
-    ZooMissingError
+from morph.zoo.manifest import (
+    FORMAT,
+    ZooEntry,
+    ZooManifest,
+    ZooMissingError,
+    default_zoo_dir,
+    load_manifest,
+    sha256_file,
+)
 
 TEACHER = "transformer"
 #: Every fp32 and fp16 student must keep this fraction of the teacher's accuracy.
@@ -34,6 +41,8 @@ ACCURACY_FLOOR = 0.90
 SEEDS = {v: i for i, v in enumerate(VARIANTS)}
 #: Interleaved timing rounds (see `runtime.measure_interleaved`): 400 batch-1 and 80 batch-32 calls per model.
 ROUNDS, CALLS_B1, CALLS_B32 = 40, 10, 2
+#: The teacher's torch state_dict, beside the ONNX files.
+TEACHER_WEIGHTS = "teacher.pt"
 #: Frames of the training split the static int8 quantiser calibrates on.
 CALIBRATION_FRAMES = 256
 
@@ -48,8 +57,8 @@ class ZooProfile:
 
 
 FULL = ZooProfile("full", data.TASK)
-#: Same test split and models as the full zoo; a quarter of the training frames, a third of the epochs.
-REDUCED = ZooProfile("reduced", data.InspectionTask(train=1500, val=500), epoch_factor=0.34)
+#: Same test split and models as the full zoo; 1500 training frames and half the epochs (about 80 s of CPU).
+REDUCED = ZooProfile("reduced", data.InspectionTask(train=1500, val=500), epoch_factor=0.5)
 PROFILES = {p.name: p for p in (FULL, REDUCED)}
 
 
@@ -217,11 +226,7 @@ def _quick_b1(candidate: Path, reference: Path, x1: np.ndarray) -> tuple[float, 
 
 
 def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooManifest:
-    import onnx
-    import onnxruntime
     import torch
-
-    from morph.zoo.models import count_flops, count_params
 
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     threads = torch.get_num_threads()
@@ -234,74 +239,101 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
         say(f"zoo: generated the inspection task (seed {task.seed}, {task.size}x{task.size}): "
             f"{len(train)} train / {len(val)} val / {len(test)} test frames")
         models = _train_all(profile, train, val, say)
+        # The teacher's torch weights stay with the zoo, so students can be distilled again later.
+        teacher_pt = _atomic(root / TEACHER_WEIGHTS, lambda tmp: torch.save(models[TEACHER].state_dict(), tmp))
         paths, notes = _export_all(root, models, train, say)
         say(f"zoo: measuring {len(paths)} models, interleaved ({ROUNDS} rounds)")
         sessions = {key: runtime.open_session(path) for key, path in paths.items()}
-        timing = runtime.measure_interleaved(sessions, test.x[:1], test.x[:32], ROUNDS, CALLS_B1, CALLS_B32)
-        entries = {}
-        reference = {v: _torch_logits(m, test.x) for v, m in models.items()}
-        for (variant, precision), path in paths.items():
-            note, kept = notes[(variant, precision)]
-            t = timing[(variant, precision)]
-            onnx_logits = runtime.logits(sessions[(variant, precision)], test.x)
-            entries[(variant, precision)] = ZooEntry(
-                variant=variant, precision=precision, path=path.relative_to(root).as_posix(),
-                sha256=sha256_file(path), params=count_params(models[variant]), size_bytes=path.stat().st_size,
-                accuracy=float((onnx_logits.argmax(axis=1) == test.y).mean()),
-                latency_ms_b1=round(t.latency_ms_b1, 4), latency_ms_b32=round(t.latency_ms_b32, 4),
-                flops=count_flops(models[variant]), cpu_ms=round(t.cpu_ms, 4), fp32_ops=kept, notes=note,
-                torch_max_abs_diff=round(float(np.abs(onnx_logits - reference[variant]).max()), 6),
-                torch_agreement=float((onnx_logits.argmax(axis=1) == reference[variant].argmax(axis=1)).mean()))
-        manifest = ZooManifest(root, entries, {})
+        manifest = ZooManifest(root, _measure_all(root, models, paths, notes, sessions, test), {})
         from morph.zoo.robustness import lighting_robustness
 
         drift = lighting_robustness({k: sessions[k] for k in paths if k[1] == "fp32"})
         say("zoo: night shift (fp32, accuracy day raw -> night raw -> night normalised): " + "; ".join(
             f"{k.split('/')[0]} {r['raw']['0.0']:.3f} -> {r['raw']['1.0']:.3f} -> {r['normalised']['1.0']:.3f}"
             for k, r in drift.items()))
-        floor = ACCURACY_FLOOR * entries[(TEACHER, "fp32")].accuracy
-        below = [f"{v}/{p}" for (v, p), e in entries.items() if p != "int8" and e.accuracy < floor]
+        floor = ACCURACY_FLOOR * manifest.entry(TEACHER, "fp32").accuracy
+        below = [f"{v}/{p}" for (v, p), e in manifest.entries.items() if p != "int8" and e.accuracy < floor]
         ladder = check_ladder(manifest, len(test))
         say(f"zoo: accuracy floor {ACCURACY_FLOOR} x teacher = {floor:.3f}: "
             + ("all fp32/fp16 models pass" if not below else f"BELOW FLOOR: {', '.join(below)}"))
         for line in ladder["violations"] or ["cost and accuracy follow the ladder"]:
             say(f"zoo: ladder: {line}")
-        from morph.zoo.train import RECIPES
-
         manifest.info.update({
-            "format": FORMAT,
-            "profile": profile.name,
-            "task": {**task.to_dict(), "input": {"name": runtime.INPUT, "shape": ["N", *data.input_shape(task)],
-                                                 "dtype": "float32", "range": [0.0, 1.0]},
-                     "output": {"name": "logits", "shape": ["N", data.N_CLASSES]},
-                     "lighting": "trained and scored on the day shift (morph.zoo.lighting.DAY_SHIFT)"},
-            "split": {"seed": task.seed, **{s: len(data.load_split(s, task)) for s in data.SPLITS}},
-            "teacher": TEACHER,
-            "distillation": {"temperature": RECIPES["lstm"].temperature, "alpha": RECIPES["lstm"].alpha,
-                             "feature_weight": RECIPES["lstm"].beta,
-                             "epochs": {v: RECIPES[v].scaled(profile.epoch_factor).epochs for v in VARIANTS}},
+            **_task_facts(profile),
+            "teacher_weights": {"path": TEACHER_WEIGHTS, "sha256": sha256_file(teacher_pt)},
             "accuracy_floor": {"ratio": ACCURACY_FLOOR, "floor": floor, "below": below},
             "ladder": ladder,
             "lighting_drift": {"levels": "0 = day shift, 1 = night shift (morph.zoo.lighting)",
                                "frames_per_level": 500, "models": drift},
-            "measured_with": {"intra_op_threads": 1, "rounds": ROUNDS, "calls_b1_per_round": CALLS_B1,
-                              "calls_b32_per_round": CALLS_B32, "statistic": "median",
-                              "cpu": "thread CPU time of the calling thread per batch-1 call"},
-            "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "build_seconds": round(time.perf_counter() - start, 1),
-            "build_cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
-            "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-                         "onnx": onnx.__version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
-            "machine": {"platform": platform.platform(), "processor": platform.machine(),
-                        "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg())},
+            **_machine_facts(start, cpu_start),
         })
         manifest.save()
-        say(f"zoo: wrote {root / 'manifest.json'}: {len(entries)} models in {manifest.info['build_seconds']:.0f} s "
-            f"({manifest.info['build_cpu_seconds']:.0f} s of CPU, probes included)")
+        say(f"zoo: wrote {root / 'manifest.json'}: {len(manifest.entries)} models in "
+            f"{manifest.info['build_seconds']:.0f} s ({manifest.info['build_cpu_seconds']:.0f} s of CPU, "
+            f"probes included)")
         return manifest
     finally:
         torch.set_num_threads(threads)
+
+
+def _measure_all(root: Path, models: dict, paths: dict, notes: dict, sessions: dict, test) -> dict:
+    """Every exported model's entry: checksum, cost (interleaved timing), accuracy, agreement with torch."""
+    from morph.zoo.models import count_flops, count_params
+
+    timing = runtime.measure_interleaved(sessions, test.x[:1], test.x[:32], ROUNDS, CALLS_B1, CALLS_B32)
+    reference = {v: _torch_logits(m, test.x) for v, m in models.items()}
+    entries = {}
+    for (variant, precision), path in paths.items():
+        note, kept = notes[(variant, precision)]
+        t = timing[(variant, precision)]
+        onnx_logits = runtime.logits(sessions[(variant, precision)], test.x)
+        entries[(variant, precision)] = ZooEntry(
+            variant=variant, precision=precision, path=path.relative_to(root).as_posix(),
+            sha256=sha256_file(path), params=count_params(models[variant]), size_bytes=path.stat().st_size,
+            accuracy=float((onnx_logits.argmax(axis=1) == test.y).mean()),
+            latency_ms_b1=round(t.latency_ms_b1, 4), latency_ms_b32=round(t.latency_ms_b32, 4),
+            flops=count_flops(models[variant]), cpu_ms=round(t.cpu_ms, 4), fp32_ops=kept, notes=note,
+            torch_max_abs_diff=round(float(np.abs(onnx_logits - reference[variant]).max()), 6),
+            torch_agreement=float((onnx_logits.argmax(axis=1) == reference[variant].argmax(axis=1)).mean()))
+    return entries
+
+
+def _task_facts(profile: ZooProfile) -> dict:
+    from morph.zoo.train import RECIPES
+
+    task = profile.task
+    return {
+        "format": FORMAT,
+        "profile": profile.name,
+        "task": {**task.to_dict(), "input": {"name": runtime.INPUT, "shape": ["N", *data.input_shape(task)],
+                                             "dtype": "float32", "range": [0.0, 1.0]},
+                 "output": {"name": "logits", "shape": ["N", data.N_CLASSES]},
+                 "lighting": "trained and scored on the day shift (morph.zoo.lighting.DAY_SHIFT)"},
+        "split": {"seed": task.seed, **{s: task.count(s) for s in data.SPLITS}},
+        "teacher": TEACHER,
+        "distillation": {"temperature": RECIPES["lstm"].temperature, "alpha": RECIPES["lstm"].alpha,
+                         "feature_weight": RECIPES["lstm"].beta,
+                         "epochs": {v: RECIPES[v].scaled(profile.epoch_factor).epochs for v in VARIANTS}},
+        "measured_with": {"intra_op_threads": 1, "rounds": ROUNDS, "calls_b1_per_round": CALLS_B1,
+                          "calls_b32_per_round": CALLS_B32, "statistic": "median",
+                          "cpu": "thread CPU time of the calling thread per batch-1 call"},
+    }
+
+
+def _machine_facts(start: float, cpu_start: float) -> dict:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "build_cpu_seconds": round(_cpu_seconds() - cpu_start, 1),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                     "onnx": onnx.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "machine": {"platform": platform.platform(), "processor": platform.machine(),
+                    "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+    }
 
 
 def _torch_logits(model, x: np.ndarray) -> np.ndarray:
@@ -322,7 +354,7 @@ def _cpu_seconds() -> float:
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Write through a temporary file and rename, so a reader never opens half a model."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.onnx")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
         os.replace(tmp, path)

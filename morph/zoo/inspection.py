@@ -32,7 +32,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from morph.zoo.lighting import DAY_SHIFT, Lighting, light_direction, sensor_reading
+from morph.zoo.lighting import DAY_SHIFT, Lighting, light_direction, sensor_reading  # noqa: F401  (DAY_SHIFT: doctest)
 
 CLASSES = ("none", "scratch", "dent", "stain", "crack")
 

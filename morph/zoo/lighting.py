@@ -76,8 +76,8 @@ class ShiftLighting:
 DAY_SHIFT = ShiftLighting(intensity=(1.0, 0.12), colour_temp_k=(5600.0, 600.0), azimuth_deg=(90.0, 180.0),
                           gradient=(0.08, 0.08))
 #: Fewer, warmer lamps along one wall: dimmer, tungsten-warm, a strong side gradient.
-NIGHT_SHIFT = ShiftLighting(intensity=(0.45, 0.05), colour_temp_k=(2900.0, 150.0), azimuth_deg=(20.0, 15.0),
-                            gradient=(0.45, 0.08))
+NIGHT_SHIFT = ShiftLighting(intensity=(0.6, 0.05), colour_temp_k=(3000.0, 150.0), azimuth_deg=(20.0, 15.0),
+                            gradient=(0.3, 0.08))
 
 
 def _lerp(a: tuple[float, float], b: tuple[float, float], t: float) -> tuple[float, float]:

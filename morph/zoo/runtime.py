@@ -127,8 +127,10 @@ def measure_interleaved(sessions: dict, x1: np.ndarray, x32: np.ndarray, rounds:
                 w = time.perf_counter()
                 session.run(None, feed32)
                 wall32[key].append(time.perf_counter() - w)
-    return {k: Timing(float(np.median(wall1[k]) * 1e3), float(np.median(wall32[k]) * 1e3),
-                      float(np.median(cpu1[k]) * 1e3)) for k in sessions}
+    def median_ms(values):
+        return float(np.median(values) * 1e3) if values else float("nan")
+
+    return {k: Timing(median_ms(wall1[k]), median_ms(wall32[k]), median_ms(cpu1[k])) for k in sessions}
 
 
 _PROBE = """
