@@ -32,6 +32,15 @@ def kafka(broker):
     return settings
 
 
+@pytest.fixture(scope="session")
+def zoo():
+    """The model zoo the tests serve: the reduced profile (the same code as ``liquid zoo build``, fewer
+    samples and epochs), built once into its cache (``.cache/zoo-reduced``) and reused across runs."""
+    from morph.zoo import build_zoo
+
+    return build_zoo(progress=None, profile="reduced")
+
+
 def liquid_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "deploy.cli", *map(str, args)]
 

@@ -54,12 +54,12 @@ def wait_for(port: int, check, timeout_s: float = 90.0) -> dict:
     raise AssertionError(f"metrics on :{port} never satisfied the check; last scrape: {sorted(scrape(port))[:40]}")
 
 
-def test_a_running_control_flow_and_worker_serve_metrics_that_move(kafka, tmp_path):
+def test_a_running_control_flow_and_worker_serve_metrics_that_move(kafka, zoo, tmp_path):
     flow_port, worker_port = free_port(), free_port()
     flow = start_liquid("flow", "run", "control", "--models", "--bootstrap", kafka.bootstrap,
                         "--metrics-port", flow_port, log=tmp_path / "flow.log")
-    worker = start_liquid("worker", "--node", "edge-9", "--rate", "50", "--interval", "0.5", "--bootstrap",
-                          kafka.bootstrap, "--metrics-port", worker_port, log=tmp_path / "worker.log")
+    worker = start_liquid("worker", "--node", "edge-9", "--zoo", zoo.root, "--rate", "50", "--interval", "0.5",
+                          "--bootstrap", kafka.bootstrap, "--metrics-port", worker_port, log=tmp_path / "worker.log")
     try:
         time.sleep(2.0)
         produce_telemetry(kafka, TopicNames(), ["edge-1"], Scenario("thermal-event", 150), speed=0,

@@ -37,13 +37,6 @@ WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions)
 SPEED = 10.0
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    from morph.zoo import build_zoo
-
-    return build_zoo(progress=lambda m: None)
-
-
 def make_worker(settings, zoo, tmp_path, written: list, delivered: dict) -> EdgeWorker:
     worker = EdgeWorker(settings, TOPICS, ["edge-1"], Scenario("fan-failure", duration_s=100.0), zoo_dir=zoo.root,
                         sensor="thermal", rate=50, interval_s=1.0 / SPEED, time_scale=SPEED,

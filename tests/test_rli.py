@@ -13,7 +13,7 @@ from morph.agent import AgentState, RliAgent, RliConfig
 from morph.arms import ArmSet
 from morph.ope import LoggedDecision, doubly_robust, ips
 from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb
-from morph.privacy import LaplaceMechanism, PrivacyBudget, laplace
+from morph.privacy import LaplaceMechanism, PrivacyBudget
 from schemas.codec import Codec
 from schemas.state import StateVersionError
 

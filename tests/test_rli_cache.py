@@ -9,7 +9,6 @@ import pytest
 
 from edge.result_cache import ResultCache
 from edge.serving import InferenceServer, RequestLoad
-from morph.zoo import build_zoo
 
 
 def test_the_cache_is_bounded_and_forgets_the_least_recently_used():
@@ -22,11 +21,6 @@ def test_the_cache_is_bounded_and_forgets_the_least_recently_used():
     assert len(cache) == 3 and hit.tolist() == [True, False, True, True] and labels[1] == -1
     _, far = cache.lookup(xs[4:] * 0 + 0.5)    # a different input misses
     assert not far.any()
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    return build_zoo(progress=None)
 
 
 def test_with_the_cache_on_repeated_inputs_are_served_from_it_with_the_models_answers(zoo):

@@ -19,13 +19,6 @@ TOPICS = TopicNames()
 RUNS = 40
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    from morph.zoo import build_zoo
-
-    return build_zoo(progress=lambda m: None)
-
-
 def run_worker(kafka, zoo, runs=RUNS):
     worker = EdgeWorker(kafka, TOPICS, ["edge-1"], Scenario("steady"), zoo_dir=zoo.root, sensor="thermal",
                         rate=20, interval_s=0.5, workflow="inspection", workflow_runs=runs).start()

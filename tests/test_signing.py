@@ -75,13 +75,6 @@ def test_replay_window_is_bounded_by_expiry():
     assert verifier.check({**cmds[2], "expires_ts_ms": cmds[2]["expires_ts_ms"]}, "MORPH", now_ms=5_000) is not None
 
 
-@pytest.fixture(scope="module")
-def zoo():
-    from morph.zoo import build_zoo
-
-    return build_zoo(progress=lambda m: None)
-
-
 @pytest.mark.broker
 def test_worker_rejects_forged_expired_replayed_and_unsigned_and_applies_after_rotation(kafka, zoo, tmp_path):
     from deploy.replay import read_topic

@@ -21,13 +21,6 @@ pytestmark = pytest.mark.broker
 TOPICS = TopicNames()
 
 
-@pytest.fixture(scope="session")
-def zoo():
-    from morph.zoo import build_zoo
-
-    return build_zoo(progress=lambda m: None)
-
-
 def command(node, n, variant, precision="fp32", sha=None, batch=16):
     return {"command_id": f"{node}-t{n}", "node_id": node, "decided_on_ts_ms": int(time.time() * 1000),
             "issued_ts_ms": int(time.time() * 1000), "trigger": "THRESHOLD", "from_variant": "?",
@@ -138,7 +131,7 @@ def test_worker_and_control_flow_walk_the_thermal_ladder_with_acks(kafka, zoo, t
 
 def test_demo_short_mode_writes_plot_and_summary(zoo, tmp_path):
     out = tmp_path / "demo"
-    proc = run_liquid("demo", "--short", "--out", out, timeout=240)
+    proc = run_liquid("demo", "--short", "--out", out, "--zoo", zoo.root, timeout=240)
     assert "edge-1 variants: transformer -> lstm -> cnn -> snn" in proc.stdout
     png = (out / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000

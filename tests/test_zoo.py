@@ -26,11 +26,6 @@ from morph.zoo.lighting import normalise_illumination
 from morph.zoo.manifest import sha256_file
 
 
-@pytest.fixture(scope="session")
-def zoo():
-    return build_zoo(progress=None, profile="reduced")
-
-
 # -- the task -------------------------------------------------------------------------------------
 
 

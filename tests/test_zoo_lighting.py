@@ -7,15 +7,10 @@ import time
 import pytest
 
 from edge.serving import InferenceServer, RequestLoad
-from morph.zoo import build_zoo, runtime
+from morph.zoo import runtime
 from morph.zoo.data import DriftingFrames
 from morph.zoo.lighting import ShiftChange, normalise_illumination
 from morph.zoo.robustness import lighting_robustness
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    return build_zoo(progress=None, profile="reduced")
 
 
 def test_the_build_records_the_night_shift_drop_and_what_normalisation_recovers(zoo):

@@ -6,18 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from morph.zoo import build_zoo, runtime
+from morph.zoo import runtime
 from morph.zoo.build import REDUCED, TEACHER_WEIGHTS
 from morph.zoo.data import InspectionTask, load_split
 from morph.zoo.export import to_fp16, to_int8, to_int8_static, to_onnx
 from morph.zoo.manifest import sha256_file
 from morph.zoo.models import make_model, no_fastpath
 from morph.zoo.train import Recipe, accuracy, fit, teacher_targets
-
-
-@pytest.fixture(scope="module")
-def zoo():
-    return build_zoo(progress=None, profile="reduced")
 
 
 @pytest.fixture(scope="module")
