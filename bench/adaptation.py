@@ -24,25 +24,22 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from _bench import ROOT, emit_result, progress
 
-from deploy.broker import EmbeddedBroker  # noqa: E402
-from deploy.demo import Monitor  # noqa: E402
-from deploy.topics import ensure_topics  # noqa: E402
-from edge.thermal import Scenario  # noqa: E402
-from edge.worker import EdgeWorker  # noqa: E402
-from morph.policy import PolicyConfig  # noqa: E402
-from morph.zoo import build_zoo  # noqa: E402
-from schemas import TopicNames  # noqa: E402
-from schemas.kafka import KafkaSettings  # noqa: E402
+from deploy.broker import EmbeddedBroker
+from deploy.demo import Monitor
+from deploy.topics import ensure_topics
+from edge.thermal import Scenario
+from edge.worker import EdgeWorker
+from morph.policy import PolicyConfig
+from morph.zoo import build_zoo
+from schemas import TopicNames
+from schemas.kafka import KafkaSettings
 
 
 def pct(values, q):
@@ -72,19 +69,10 @@ def broker_round_trip_ms(settings: KafkaSettings, n: int = 200) -> float:
     return statistics.median(rtts)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--nodes", type=int, default=6, help="edge nodes served by one worker process")
-    ap.add_argument("--speed", type=float, default=10.0, help="scenario time per wall-clock second")
-    ap.add_argument("--cycles", type=int, default=9, help="hot spells per node (80 scenario seconds each)")
-    ap.add_argument("--rate", type=float, default=50.0, help="requests/s per node")
-    ap.add_argument("--zoo", metavar="DIR", help="zoo directory (default: the full zoo's cache; built first if missing, "
-                                                  "about 250 s of CPU)")
-    args = ap.parse_args()
-    zoo = build_zoo(args.zoo, progress=lambda m: print(m, file=sys.stderr, flush=True))
+def run_fleet(args, zoo, policy: PolicyConfig, nodes: list[str]):
+    """The control flow and one worker serving ``nodes`` through the hot spells: what the monitor saw,
+    each node's per-second history and load start, the load stats, and the broker's round trip."""
     duration = 80.0 * args.cycles
-    policy = PolicyConfig().scaled(args.speed)
-    nodes = [f"edge-{i + 1}" for i in range(args.nodes)]
     with EmbeddedBroker() as broker:
         settings, topics = KafkaSettings(broker.bootstrap), TopicNames()
         ensure_topics(settings, topics.all(), partitions=2)
@@ -107,8 +95,7 @@ def main() -> int:
         t0 = time.monotonic()
         while time.monotonic() - t0 < wall:
             time.sleep(5)
-            print(f"  {time.monotonic() - t0:5.0f} s: {len(monitor.commands)} commands, {len(monitor.acks)} acks",
-                  file=sys.stderr, flush=True)
+            progress(f"  {time.monotonic() - t0:5.0f} s: {len(monitor.commands)} commands, {len(monitor.acks)} acks")
         histories = {n: node.load.history() for n, node in worker.nodes.items()}
         start_mono = {n: node.load._t0 for n, node in worker.nodes.items()}
         stats = worker.stop()
@@ -116,7 +103,12 @@ def main() -> int:
         monitor.stop()
         flow.terminate()
         flow.wait(10)
+    return monitor, histories, start_mono, stats, rtt
 
+
+def adaptation_times(monitor, policy: PolicyConfig, speed: float, nodes: list[str]):
+    """Decision -> applied (ms) of every applied command, reaction times (s) of threshold crossings, their
+    count, and the wall time of each node's swaps."""
     acks = {a["command_id"]: a for a in monitor.acks}
     decision_ms, reaction_s, crossings = [], [], 0
     swap_walls = {n: [] for n in nodes}
@@ -139,11 +131,17 @@ def main() -> int:
                 first = t["ts_ms"]
             if first is not None:
                 # Hysteresis in scenario time, plus the real (unscaled) decision-to-applied latency.
-                reaction_s.append((c["decided_on_ts_ms"] - first) / 1000 * args.speed
+                reaction_s.append((c["decided_on_ts_ms"] - first) / 1000 * speed
                                   + (ack["ts_ms"] - c["decided_on_ts_ms"]) / 1000)
-    # Throughput around swaps vs elsewhere, per node. The load offers the same rate every second
-    # and a request delayed past a second boundary is served (late) in the next one, so a swap is
-    # judged on the two seconds starting at its own.
+    return decision_ms, reaction_s, crossings, swap_walls
+
+
+def throughput_retained(histories: dict, start_mono: dict, swap_walls: dict) -> float | None:
+    """Throughput around swaps vs elsewhere, per node.
+
+    The load offers the same rate every second and a request delayed past a second boundary is
+    served (late) in the next one, so a swap is judged on the two seconds starting at its own.
+    """
     with_swap, without = [], []
     for n, hist in histories.items():
         epoch_wall_ms = (time.time() - (time.monotonic() - start_mono[n])) * 1000
@@ -158,7 +156,24 @@ def main() -> int:
                 with_swap.append(pair)
             elif not touched and sec - 1 not in swap_secs:
                 without.append(pair)
-    retained = (statistics.mean(with_swap) / statistics.mean(without)) if with_swap and without else None
+    return (statistics.mean(with_swap) / statistics.mean(without)) if with_swap and without else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", type=int, default=6, help="edge nodes served by one worker process")
+    ap.add_argument("--speed", type=float, default=10.0, help="scenario time per wall-clock second")
+    ap.add_argument("--cycles", type=int, default=9, help="hot spells per node (80 scenario seconds each)")
+    ap.add_argument("--rate", type=float, default=50.0, help="requests/s per node")
+    ap.add_argument("--zoo", metavar="DIR", help="zoo directory (default: the full zoo's cache; built first if missing, "
+                                                  "about 250 s of CPU)")
+    args = ap.parse_args()
+    zoo = build_zoo(args.zoo, progress=progress)
+    policy = PolicyConfig().scaled(args.speed)
+    nodes = [f"edge-{i + 1}" for i in range(args.nodes)]
+    monitor, histories, start_mono, stats, rtt = run_fleet(args, zoo, policy, nodes)
+    decision_ms, reaction_s, crossings, swap_walls = adaptation_times(monitor, policy, args.speed, nodes)
+    retained = throughput_retained(histories, start_mono, swap_walls)
     dropped = sum(s.dropped for s in stats.values())
     served = sum(s.served for s in stats.values())
     base = zoo.entry("transformer", "fp32").accuracy
@@ -188,7 +203,7 @@ def main() -> int:
     print(f"accuracy / transformer: min over fp32+fp16 {min_ratio} (target >= 0.90); snn {results['accuracy_ratio_snn']}; "
           f"{ratios}")
     print(f"zoo ladder: transformer / snn batch-1 latency {latency_ratio}x (target >= 8)")
-    print(json.dumps(results))
+    emit_result(results)
     return 0
 
 

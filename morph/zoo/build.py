@@ -251,13 +251,7 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
         say("zoo: night shift (fp32, accuracy day raw -> night raw -> night normalised): " + "; ".join(
             f"{k.split('/')[0]} {r['raw']['0.0']:.3f} -> {r['raw']['1.0']:.3f} -> {r['normalised']['1.0']:.3f}"
             for k, r in drift.items()))
-        floor = ACCURACY_FLOOR * manifest.entry(TEACHER, "fp32").accuracy
-        below = [f"{v}/{p}" for (v, p), e in manifest.entries.items() if p != "int8" and e.accuracy < floor]
-        ladder = check_ladder(manifest, len(test))
-        say(f"zoo: accuracy floor {ACCURACY_FLOOR} x teacher = {floor:.3f}: "
-            + ("all fp32/fp16 models pass" if not below else f"BELOW FLOOR: {', '.join(below)}"))
-        for line in ladder["violations"] or ["cost and accuracy follow the ladder"]:
-            say(f"zoo: ladder: {line}")
+        floor, below, ladder = _checks(manifest, len(test), say)
         manifest.info.update({
             **_task_facts(profile),
             "teacher_weights": {"path": TEACHER_WEIGHTS, "sha256": sha256_file(teacher_pt)},
@@ -274,6 +268,18 @@ def _build(root: Path, profile: ZooProfile, say: Callable[[str], None]) -> ZooMa
         return manifest
     finally:
         torch.set_num_threads(threads)
+
+
+def _checks(manifest: ZooManifest, test_size: int, say: Callable[[str], None]) -> tuple[float, list, dict]:
+    """The accuracy floor (fp32 and fp16 against the teacher) and the ladder's order, said as they are found."""
+    floor = ACCURACY_FLOOR * manifest.entry(TEACHER, "fp32").accuracy
+    below = [f"{v}/{p}" for (v, p), e in manifest.entries.items() if p != "int8" and e.accuracy < floor]
+    ladder = check_ladder(manifest, test_size)
+    say(f"zoo: accuracy floor {ACCURACY_FLOOR} x teacher = {floor:.3f}: "
+        + ("all fp32/fp16 models pass" if not below else f"BELOW FLOOR: {', '.join(below)}"))
+    for line in ladder["violations"] or ["cost and accuracy follow the ladder"]:
+        say(f"zoo: ladder: {line}")
+    return floor, below, ladder
 
 
 def _measure_all(root: Path, models: dict, paths: dict, notes: dict, sessions: dict, test) -> dict:
