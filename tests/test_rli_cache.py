@@ -24,13 +24,17 @@ def test_the_cache_is_bounded_and_forgets_the_least_recently_used():
 
 
 def test_with_the_cache_on_repeated_inputs_are_served_from_it_with_the_models_answers(zoo):
+    from morph.zoo.data import InspectionSplit, load_split
+
+    test = load_split("test")
+    inputs = InspectionSplit("test-head", test.x[:360], test.y[:360])  # small enough to come round in 2 s
     with InferenceServer(zoo, "transformer", "fp32") as server:
-        load = RequestLoad(server, rate=900, batch_size=8, deadline_ms=2000)
+        load = RequestLoad(server, rate=900, batch_size=8, deadline_ms=2000, inputs=inputs)
         load.set_cache(True)
         with load:
-            time.sleep(2.0)      # the 360 test inputs come round again: the second pass hits
+            time.sleep(2.0)      # the 360 inputs come round again: the second pass hits
         with_cache = load.stats()
-        plain = RequestLoad(server, rate=900, batch_size=8, deadline_ms=2000)
+        plain = RequestLoad(server, rate=900, batch_size=8, deadline_ms=2000, inputs=inputs)
         with plain:
             time.sleep(2.0)
         without = plain.stats()
