@@ -179,7 +179,7 @@ def worker_overhead(seconds: float, rate: float) -> dict:
     from edge.worker import EdgeWorker
     from morph.zoo import build_zoo
 
-    manifest = build_zoo(progress=lambda m: progress(f"zoo: {m}"))
+    manifest = build_zoo(progress=progress)
 
     def measure(run) -> float:
         t0 = time.process_time()
