@@ -37,7 +37,7 @@ from deploy.topics import ensure_topics
 from edge.thermal import Scenario
 from edge.worker import EdgeWorker
 from morph.policy import PolicyConfig
-from morph.zoo import build_zoo
+from morph.zoo import build_zoo, load_manifest
 from schemas import TopicNames
 from schemas.kafka import KafkaSettings
 
@@ -168,7 +168,7 @@ def main() -> int:
     ap.add_argument("--zoo", metavar="DIR", help="zoo directory (default: the full zoo's cache; built first if missing, "
                                                   "about 250 s of CPU)")
     args = ap.parse_args()
-    zoo = build_zoo(args.zoo, progress=progress)
+    zoo = load_manifest(args.zoo) if args.zoo else build_zoo(progress=progress)  # a named zoo is used as it is
     policy = PolicyConfig().scaled(args.speed)
     nodes = [f"edge-{i + 1}" for i in range(args.nodes)]
     monitor, histories, start_mono, stats, rtt = run_fleet(args, zoo, policy, nodes)

@@ -205,12 +205,13 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
     from deploy.broker import EmbeddedBroker
     from deploy.topics import ensure_topics
     from edge.worker import EdgeWorker
-    from morph.zoo import build_zoo
+    from morph.zoo import build_zoo, load_manifest
     from schemas import TopicNames
     from schemas.kafka import KafkaSettings
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = build_zoo(zoo_dir, progress=lambda m: say(f"zoo: {m}"))
+    # A zoo the caller names is used as it is (whatever its profile); the default one is built if missing.
+    manifest = load_manifest(zoo_dir) if zoo_dir else build_zoo(progress=say)
     policy = PolicyConfig().scaled(speed)
     keyring = None
     if signing:  # commands are signed by the control flow and checked by the worker
@@ -285,8 +286,13 @@ def _run(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     say = lambda m: print(m, flush=True)  # noqa: E731
     say(f"Liquid Workflow demo: thermal event at x{speed:g} speed, about {RUN_S / speed:.0f} s; Ctrl-C ends it early")
-    summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop,
-                       signing=not args.unsigned)
+    from morph.zoo import ZooMissingError
+
+    try:
+        summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop,
+                           signing=not args.unsigned)
+    except ZooMissingError as err:
+        raise UsageError(str(err)) from None
     n1 = summary["nodes"]["edge-1"]
     lat = [a["decision_to_applied_ms"] for a in n1["adaptations"] if "decision_to_applied_ms" in a]
     say("")
@@ -311,7 +317,7 @@ def register(tree) -> None:
                    help="scenario seconds per wall-clock second (default %(default)s: about 2 minutes)")
     p.add_argument("--short", action="store_true", help="run at x5 speed (about 35 s), for tests and a quick look")
     p.add_argument("--rate", type=float, default=100.0, help="requests/s each node serves (default %(default)s)")
-    p.add_argument("--zoo", help="model zoo directory (default: the built-in cache; built if missing)")
+    p.add_argument("--zoo", help="model zoo directory, used as it is (default: the built-in cache, built if missing)")
     p.add_argument("--unsigned", action="store_true",
                    help="commands unsigned (default: the control flow signs them with a key made in OUT/keys, "
                         "and the worker rejects any command that does not verify)")
