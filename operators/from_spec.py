@@ -6,7 +6,7 @@ flow reads the spec the same way (codec framing, start offsets, policy).
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
@@ -68,7 +68,20 @@ def agent_for(spec):
         if spec.zoo_dir:
             raise
         arms = ArmSet.nominal()  # no zoo built here: the thermal model's nominal figures
-    return RliAgent(arms, RliConfig(seed=int(spec.options.get("rli_seed", 0))))
+    return RliAgent(arms, RliConfig(constraints=constraints_for(spec), seed=int(spec.options.get("rli_seed", 0))))
+
+
+def constraints_for(spec):
+    """The workflow's constraints (an AdaptiveWorkflow's ``spec.constraints``) as the agent takes them."""
+    from morph.reward import WorkflowConstraints
+
+    given = spec.options.get("constraints") or {}
+    names = {"max_latency_ms": "max_latency_ms", "min_accuracy": "min_accuracy",
+             "max_gpu_temp_celsius": "max_gpu_temp_c", "max_power_watts": "max_power_w"}
+    constraints = WorkflowConstraints(**{names[k]: float(v) for k, v in given.items() if k in names})
+    if "max_gpu_temp_celsius" in given:  # the critical jump sits 5 degC above, as for the rules
+        constraints = replace(constraints, critical_temp_c=constraints.max_gpu_temp_c + 5.0)
+    return constraints
 
 
 def sharer_factory_for(spec):

@@ -121,3 +121,14 @@ def test_apply_is_idempotent_restarts_only_what_changed_and_status_scrapes_lag(b
     finally:
         delete("inspection", state_dir, say=said.append)
     assert not any(r["running"] for r in status(state_dir, say=said.append))
+
+
+def test_the_agent_takes_the_resources_constraints():
+    from operators.from_spec import constraints_for
+
+    wf = parse_workflow_spec(yaml.safe_dump(example(spec__adaptation__policy="rli")))
+    control = wf.flow_spec("control")
+    assert control.options["policy_kind"] == "rli"
+    c = constraints_for(control)
+    assert (c.max_latency_ms, c.min_accuracy, c.max_gpu_temp_c, c.max_power_w, c.critical_temp_c) == \
+        (100.0, 0.9, 85.0, 250.0, 90.0)
