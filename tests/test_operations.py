@@ -242,3 +242,9 @@ def test_simulated_nodes_differ_unless_asked_to_be_identical(kafka):
     assert len(varied) == len(identical) == 3
     # identical nodes differ only by their sensors' noise (sigma 0.2 degC); varied ones by their air, fan and cap
     assert largest_spread(identical) <= 1.5 and largest_spread(varied) >= 3.0
+
+
+def test_a_demo_given_a_missing_zoo_says_so_in_one_line(tmp_path):
+    proc = run_liquid("demo", "--zoo", tmp_path / "no-zoo", "--out", tmp_path / "out", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "no model zoo at" in proc.stderr and "liquid zoo build" in proc.stderr
