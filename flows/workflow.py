@@ -75,8 +75,10 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
                                                                      shadow_ack_by_workflow))
     step = NextStepStep(predictor_factory_for(spec), speculation_factory=speculation, signer=signer_for(spec),
                         log_metrics=bool(spec.options.get("log_metrics")))
-    # (workflow id | node id, (schema name, record)): predictions by workflow, shadow commands by node
-    outputs = op.map("shadow_commands_by_node", predict_next_steps("predict", events, step), key_by_node)
+    # (workflow id, (schema name, record)): predictions and metrics by workflow
+    outputs = predict_next_steps("predict", events, step)
+    if speculation is not None:  # shadow commands go by node: a step per output only when there are any
+        outputs = op.map("shadow_commands_by_node", outputs, key_by_node)
     if spec.options.get("resilience"):
         # (workflow id, ("RecoveryPolicy", record)): the policy learned from every node's failures
         policies = op.stateful_flat_map("recovery", signals, RecoveryStep(int(spec.options.get("publish_every", 20))))

@@ -134,17 +134,20 @@ def add_chain(probs: dict[str, float], chain: list, weight: float) -> float:
     >>> round(left, 2), {k: round(v, 2) for k, v in probs.items()}
     (0.4, {'b': 0.4, 'c': 0.2})
     """
-    seen = []
+    m = 0  # the seen prefix: a longer context that extends an unseen one is unseen too
     for entry in chain:
         if entry is None or not entry[0]:
             break
-        seen.append(entry)
+        m += 1
     left = weight
-    for n, followers in reversed(seen):
+    get = probs.get
+    while m:  # longest first
+        m -= 1
+        n, followers = chain[m]
         lam = n / (n + len(followers))
         scale = left * lam / n
         for task, k in followers.items():
-            probs[task] = probs.get(task, 0.0) + k * scale
+            probs[task] = get(task, 0.0) + k * scale
         left *= 1.0 - lam
     return left
 

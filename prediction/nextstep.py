@@ -48,7 +48,7 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import itemgetter, mul
 from typing import ClassVar
 
 from fingerprint.signals import END, START, optional_attributes
@@ -381,7 +381,7 @@ class NextStepPredictor(Versioned):
         """The mixture's prediction: every chain shares the base, so only its own followers are touched."""
         get = self.counts.table.get
         root, first = get(()), get((last,))
-        entries = [[get(k) for k in chain] for chain in chains]
+        entries = [list(map(get, chain)) for chain in chains]
         if root is None or not root[0]:
             return _Pending(last, chains, entries, root, first, {}, [])
         probs, on_base = {}, 0.0
@@ -402,7 +402,8 @@ class NextStepPredictor(Versioned):
         """Score a prediction against what happened (test), then learn from it (train)."""
         probs, first = pending.probs, pending.first
         markov_top = max(first[1], key=first[1].get) if first and first[1] else None
-        sum_sq = sum([v * v for v in probs.values()])
+        p = list(probs.values())
+        sum_sq = sum(map(mul, p, p))
         self.metrics.update(y, pending.ranked, probs.get(y, 0.0), sum_sq, markov_top)
         self._learn(pending, y)
 
