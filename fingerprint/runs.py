@@ -74,7 +74,11 @@ class Run:
               inputs: tuple[str, ...] | None = None) -> None:
         self.started.append(task)
         self.start_times.append(ts_ms)
-        self.running.setdefault(task, []).append(len(self.executions))
+        open_ = self.running.get(task)
+        if open_ is None:
+            self.running[task] = [len(self.executions)]
+        else:
+            open_.append(len(self.executions))
         self.executions.append(Execution(task, ts_ms, None, None, resources, in_bytes, None, inputs))
         if ts_ms > self.last_ms:
             self.last_ms = ts_ms

@@ -204,7 +204,8 @@ class Fingerprint(Versioned):
             self._issue("out_of_order")
         if ended:
             self._close(run, ts, ended=True)
-        self._evict_open()
+        if len(open_runs) > self.max_open_runs or self.idle_timeout_ms is not None:
+            self._evict_open()
         self.accepted += 1
         return Observed(kind, run, task, ts, ended)
 

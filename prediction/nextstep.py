@@ -260,8 +260,8 @@ class NextStepPredictor(Versioned):
             view = self._runs[run.run_id] = _RunView()
             if len(self._runs) > self.fingerprint.max_open_runs + 64:
                 self._prune()
-        attributes = optional_attributes(signal.get("attributes"))
-        if attributes:
+        attributes = signal.get("attributes")
+        if attributes and (attributes := optional_attributes(attributes)):
             self._note_attributes(view, attributes)
         if obs.kind != "start":
             if obs.ended:

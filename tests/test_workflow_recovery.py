@@ -1,0 +1,47 @@
+"""The workflow flow resumes its per-workflow state from a Bytewax recovery store.
+
+The flow stops after three runs (the input's EOF), restarts on the same
+recovery store and carries on: its predictions for the fourth run are those of
+a flow that never stopped, which it could not make from a fresh state.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, TestingSource, run_main
+
+from fingerprint.traces import run_signals
+from flows.spec import FlowSpec
+from flows.workflow import build
+
+
+def _runs(first: int, last: int) -> list:
+    return [("WorkflowSignal", s) for r in range(first, last)
+            for s in run_signals("inspect", f"r{r}", [("ingest", 0, 10), ("infer", 10, 30)], t0_ms=100 * r)]
+
+
+def _predictions(out: list, run_id: str) -> list:
+    return [p for _, (name, p) in out if name == "NextStepPrediction" and p["run_id"] == run_id]
+
+
+def _run(items: list, recovery_dir=None) -> list:
+    out: list = []
+    flow = build(FlowSpec("workflow", bootstrap="unused:9092"), source=TestingSource(items), sink=TestingSink(out))
+    config = RecoveryConfig(str(recovery_dir)) if recovery_dir is not None else None
+    run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
+    return out
+
+
+def test_a_restarted_flow_resumes_each_workflows_state(tmp_path):
+    init_db_dir(tmp_path, 1)
+    items = [*_runs(0, 3), TestingSource.EOF(), *_runs(3, 4)]
+    first = _run(items, tmp_path)
+    assert not _predictions(first, "r3")  # stopped at the EOF
+    resumed = _run(items, tmp_path)
+    uninterrupted = _run([*_runs(0, 3), *_runs(3, 4)])
+    fresh = _run(_runs(3, 4))
+    assert _predictions(resumed, "r3") == _predictions(uninterrupted, "r3")
+    assert _predictions(resumed, "r3")[0]["candidates"][0]["task"] == "infer"
+    assert _predictions(fresh, "r3")[0]["candidates"] != _predictions(resumed, "r3")[0]["candidates"]
