@@ -68,8 +68,9 @@ class NextStepStep:
             predictions, commands = state.predictor.predict_then_learn_one(record), ()
         if issues != (issues_before or {}):
             self._report_issue(record, issues_before or {}, issues)
-        outputs = [("NextStepPrediction", p) for p in predictions]
-        outputs += [("ShadowCommand", self.signer.sign(c) if self.signer else c) for c in commands]
+        outputs = [("NextStepPrediction", p) for p in predictions] if predictions else []
+        if commands:
+            outputs += [("ShadowCommand", self.signer.sign(c) if self.signer else c) for c in commands]
         running = state.predictor.publish_metrics(record["ts_ms"])
         if running is not None:
             outputs.append(("NextStepMetrics", running))

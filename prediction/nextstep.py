@@ -251,7 +251,7 @@ class NextStepPredictor(Versioned):
 
     def predict_then_learn_one(self, signal: dict) -> list[dict]:
         """`learn_one`, returning the NextStepPrediction records to emit (one per task start, else none)."""
-        obs = self._observe(signal)
+        obs = self.fingerprint.observe_one(signal)
         if obs is None:
             return []
         run = obs.run
@@ -336,10 +336,6 @@ class NextStepPredictor(Versioned):
         return {self.views[i]: w for i, w in sorted(self.mixture.weights(None, k, top=k))}
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _observe(self, signal: dict):
-        """The fingerprint's observation of a signal (None if it dropped it)."""
-        return self.fingerprint.observe_one(signal)
 
     def _note_attributes(self, view: _RunView, attributes: dict) -> None:
         view.attributes.update(attributes)
