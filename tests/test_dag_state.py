@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import copy
+import copyreg
+import io
 import pickle
 
 import pytest
 
+from fingerprint.runs import Execution, Run
 from fingerprint.temporal import FORMAT_VERSION, Fingerprint, Observed, Window
 from fingerprint.traces import run_signals
 from schemas.state import StateVersionError
@@ -51,6 +54,27 @@ def test_a_version_1_snapshot_is_migrated_on_restore():
     # without lineage the edge is still there, now inferred from timing
     assert [(e.source, e.target, e.evidence) for e in restored.dag().edges] == [("a", "b", "handover")]
     assert [(e.source, e.target, e.evidence) for e in fp.dag().edges] == [("a", "b", "lineage")]
+
+
+class _GenericRunPickler(pickle.Pickler):
+    """Pickles runs and executions in the generic slots form the previous release wrote."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (Run, Execution)):
+            return copyreg.__newobj__, (type(obj),), obj.__getstate__()
+        return NotImplemented
+
+
+def test_runs_pickle_positionally_and_snapshots_in_the_generic_form_still_load():
+    fp = learned()
+    fp.learn_one(lineage_run(9, 9000)[0])  # an open run with a running execution
+    restored = pickle.loads(pickle.dumps(fp))
+    assert restored.to_dict() == fp.to_dict()
+    assert list(restored.runs) == list(fp.runs) and restored.open_runs == fp.open_runs
+    out = io.BytesIO()
+    _GenericRunPickler(out, protocol=5).dump(fp)
+    assert out.getvalue() != pickle.dumps(fp, protocol=5)  # really another form
+    assert pickle.loads(out.getvalue()).to_dict() == fp.to_dict()
 
 
 def test_a_snapshot_of_a_newer_release_is_refused():
