@@ -270,9 +270,9 @@ class AnomalyLikelihood(Versioned):
         return z
 
 
-def graded(z: float) -> float:
-    """The score of a likelihood z: 0 at or below the long-run mean, 0.5 at `SCORE_HALF_Z`, < 1 always."""
-    return z / (z + SCORE_HALF_Z) if z > 0.0 else 0.0
+def graded(z: float, half_z: float = SCORE_HALF_Z) -> float:
+    """The score of a likelihood z: 0 at or below the long-run mean, 0.5 at ``half_z``, < 1 always."""
+    return z / (z + half_z) if z > 0.0 else 0.0
 
 
 @dataclass
@@ -293,19 +293,27 @@ class OnsetDetector(Versioned):
         Bins of the day of the time-of-day profile.
     average
         Samples whose mean error the likelihood looks at.
+    onset_z
+        The z of the recent error level that scores 0.5 (`SCORE_HALF_Z`).
+    spike_z
+        The z of one sample's error that scores 0.5 (`SPIKE_HALF_Z`).
     warmup
         Samples before anything is scored (the score is 0 and ``warming_up`` True).
     """
 
-    STATE_VERSION = 2
+    STATE_VERSION = 3
     # Version 1 had no spike view: it starts cold and counts once it has seen ``warmup`` errors.
-    MIGRATIONS = {1: lambda state: {**state, "spike": AnomalyLikelihood(average=1)}}
+    # Version 2 had the scales of the score as module constants: it keeps the values it ran with.
+    MIGRATIONS = {1: lambda state: {**state, "spike": AnomalyLikelihood(average=1)},
+                  2: lambda state: {"onset_z": 5.0, "spike_z": 16.0, **state}}
     threshold: float = DEFAULT_THRESHOLD
     quiet_s: float = _DAY_S
     release_after: int = 36
     bins: int = 48
     weekly: bool = True
     average: int = 10
+    onset_z: float = SCORE_HALF_Z
+    spike_z: float = SPIKE_HALF_Z
     warmup: int = 30
     features: dict = field(default_factory=dict)          # name -> SeasonalLevel
     likelihood: AnomalyLikelihood = None
@@ -319,6 +327,8 @@ class OnsetDetector(Versioned):
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
+        if not (self.onset_z > 0.0 and self.spike_z > 0.0):
+            raise ValueError("onset_z and spike_z must be positive")
         if self.likelihood is None:
             self.likelihood = AnomalyLikelihood(average=self.average)
         if self.spike is None:
@@ -338,13 +348,13 @@ class OnsetDetector(Versioned):
         """The z that is scored: the recent error level's, one sample's on the `SPIKE_HALF_Z` scale
         (once the spike view has seen ``warmup`` errors), or the range excursion's."""
         if self.spike.n >= self.warmup:
-            single *= SCORE_HALF_Z / SPIKE_HALF_Z
+            single *= self.onset_z / self.spike_z
             if single > recent:
                 recent = single
         return novelty if novelty > recent else recent
 
     def _onset_score(self, z: float, t: float) -> float:
-        return 0.0 if t < self.quiet_until else graded(z)
+        return 0.0 if t < self.quiet_until else graded(z, self.onset_z)
 
     def _release(self, z: float, t: float) -> None:
         """End the quiet once the recent error level has been back to normal for ``release_after`` samples."""
@@ -408,7 +418,7 @@ class OnsetDetector(Versioned):
                 raw = z
             excess = feature.range_excess(value)
             if excess > RANGE_TOLERANCE:  # beyond the range ever seen: a score of 0.5 and up
-                z = SCORE_HALF_Z * (1.0 + excess)
+                z = self.onset_z * (1.0 + excess)
                 if z > novelty:
                     novelty = z
         return contributions, min(raw, 20.0), novelty
