@@ -81,6 +81,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from prediction.anomaly import _MAX_REPEAT_RATE, _MIN_REPEAT_RATE, AnomalyResult, _sigma_of_tail
+from prediction.shift import NULL_SD, DistributionShift
 from schemas.state import Versioned
 
 _LN2 = math.log(2.0)
@@ -95,12 +96,15 @@ DEFAULT_THRESHOLD = 0.5
 #: ``average`` errors dilutes it; the one-sample bursts of a count series, whose single errors
 #: vary widely, stay far below it.
 SPIKE_HALF_Z = 16.0
+#: The z of the distributional-shift statistic (`prediction.shift`) at which the score is 0.5.
+SHIFT_HALF_Z = 6.5
 #: The recent error level counts as back to normal within this many σ of its long-run mean.
 RELEASE_Z = 1.0
 #: A value beyond the range of all values seen by more than this fraction of it scores at least 0.5:
 #: NAB's HTM detector's "spatial anomaly" tolerance (people label values larger than any seen before).
 RANGE_TOLERANCE = 0.05
 RANGE_WARMUP = 100
+_SHIFT_WINDOW = DistributionShift.window
 
 
 def _alpha(half_life: float) -> float:
@@ -297,15 +301,19 @@ class OnsetDetector(Versioned):
         The z of the recent error level that scores 0.5 (`SCORE_HALF_Z`).
     spike_z
         The z of one sample's error that scores 0.5 (`SPIKE_HALF_Z`).
+    shift_z
+        The z of the last 52 values' distributional shift that scores 0.5 (`SHIFT_HALF_Z`).
     warmup
         Samples before anything is scored (the score is 0 and ``warming_up`` True).
     """
 
     STATE_VERSION = 3
     # Version 1 had no spike view: it starts cold and counts once it has seen ``warmup`` errors.
-    # Version 2 had the scales of the score as module constants: it keeps the values it ran with.
+    # Version 2 had the scales of the score as module constants (it keeps the values it ran with) and
+    # no shift view: that starts cold, and scores once it has seen two windows of statistics.
     MIGRATIONS = {1: lambda state: {**state, "spike": AnomalyLikelihood(average=1)},
-                  2: lambda state: {"onset_z": 5.0, "spike_z": 16.0, **state}}
+                  2: lambda state: {"onset_z": 5.0, "spike_z": 16.0, "shift_z": SHIFT_HALF_Z, "shifts": {},
+                                    "shift_likelihood": AnomalyLikelihood(average=1), **state}}
     threshold: float = DEFAULT_THRESHOLD
     quiet_s: float = _DAY_S
     release_after: int = 36
@@ -314,10 +322,13 @@ class OnsetDetector(Versioned):
     average: int = 10
     onset_z: float = SCORE_HALF_Z
     spike_z: float = SPIKE_HALF_Z
+    shift_z: float = SHIFT_HALF_Z
     warmup: int = 30
     features: dict = field(default_factory=dict)          # name -> SeasonalLevel
     likelihood: AnomalyLikelihood = None
     spike: AnomalyLikelihood = None      # the same likelihood of single errors
+    shifts: dict = field(default_factory=dict)            # name -> DistributionShift
+    shift_likelihood: AnomalyLikelihood = None            # the long-run distribution of the shift statistic
     quiet_until: float = -_INF
     calm: int = 0                 # samples in a row back to normal since the last onset
     samples: int = 0
@@ -327,17 +338,19 @@ class OnsetDetector(Versioned):
     def __post_init__(self):
         if not 0.0 < self.threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
-        if not (self.onset_z > 0.0 and self.spike_z > 0.0):
-            raise ValueError("onset_z and spike_z must be positive")
+        if not (self.onset_z > 0.0 and self.spike_z > 0.0 and self.shift_z > 0.0):
+            raise ValueError("onset_z, spike_z and shift_z must be positive")
         if self.likelihood is None:
             self.likelihood = AnomalyLikelihood(average=self.average)
         if self.spike is None:
             self.spike = AnomalyLikelihood(average=1)
+        if self.shift_likelihood is None:
+            self.shift_likelihood = AnomalyLikelihood(average=1)
 
     def score_one(self, x: Mapping[str, float], t: Optional[float] = None) -> AnomalyResult:
         """The score of ``x`` at ``t`` (seconds), changing nothing."""
         t = self._time(t)
-        contributions, raw, novelty = self._errors(x, t)
+        contributions, raw, novelty, _ = self._errors(x, t)
         if self.samples < self.warmup or not contributions:
             return AnomalyResult(0.0, False, contributions, True)
         z = self._combined(self.likelihood.score_one(raw), self.spike.score_one(raw), novelty)
@@ -374,8 +387,10 @@ class OnsetDetector(Versioned):
         t = self._time(t)
         if self.t is not None and t <= self.t:
             return self.score_one(x, t)
-        contributions, raw, novelty = self._errors(x, t)
+        contributions, raw, novelty, shift = self._errors(x, t)
         warming = self.samples < self.warmup or not contributions
+        if shift is not None:
+            self.shift_likelihood.learn_one(shift)
         if contributions:
             z = self._combined(self.likelihood.score_one(raw), self.spike.score_one(raw), novelty)
             self.likelihood.learn_one(raw)
@@ -396,6 +411,10 @@ class OnsetDetector(Versioned):
             if feature is None:
                 feature = self.features[name] = SeasonalLevel(bins=self.bins, weekly=self.weekly)
             feature.learn_one(value, t)
+            view = self.shifts.get(name)
+            if view is None:  # a new feature, or one restored from a snapshot without a shift view
+                view = self.shifts[name] = DistributionShift()
+            view.learn_one(value)
         self.samples += 1
         self.t = t
         return AnomalyResult(score, anomaly, contributions, warming)
@@ -403,11 +422,13 @@ class OnsetDetector(Versioned):
     def _time(self, t: Optional[float]) -> float:
         return (self.t or 0.0) + 1.0 if t is None else float(t)
 
-    def _errors(self, x: Mapping[str, float], t: float) -> tuple[dict, float, float]:
+    def _errors(self, x: Mapping[str, float], t: float) -> tuple[dict, float, float, Optional[float]]:
         """Each feature's standardised prediction error; the largest (capped: one wild sample moves
-        the recent mean, it does not own it); the z of the largest excursion beyond the range seen."""
+        the recent mean, it does not own it); the z of the largest excursion beyond the range seen or
+        of the largest distributional shift, on the onset scale; that largest shift statistic."""
         contributions = {}
         raw = novelty = 0.0
+        shift = None
         for name, value in x.items():
             feature = self.features.get(name)
             if feature is None or value is None or not -_INF < value < _INF:
@@ -421,4 +442,21 @@ class OnsetDetector(Versioned):
                 z = self.onset_z * (1.0 + excess)
                 if z > novelty:
                     novelty = z
-        return contributions, min(raw, 20.0), novelty
+            view = self.shifts.get(name)
+            g = view.statistic(value) if view is not None else None
+            if g is not None and (shift is None or g > shift):
+                shift = g
+        if shift is not None:
+            z = self._shift_z(shift)
+            if z > novelty:
+                novelty = z
+        return contributions, min(raw, 20.0), novelty, shift
+
+    def _shift_z(self, g: float) -> float:
+        """The z of a shift statistic against its long-run distribution (its spread floored at that of
+        independent samples), on the onset scale; 0 until two windows of statistics have been seen."""
+        likelihood = self.shift_likelihood
+        if likelihood.n < 2 * _SHIFT_WINDOW:
+            return 0.0
+        sd = math.sqrt(likelihood.var)
+        return (g - likelihood.mean) / (sd if sd > NULL_SD else NULL_SD) * self.onset_z / self.shift_z
