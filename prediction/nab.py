@@ -44,12 +44,13 @@ Numenta Anomaly Benchmark. IEEE ICMLA. https://github.com/numenta/NAB
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -144,8 +145,10 @@ class CorpusScore(NamedTuple):
     false_positives: int  # scored detections outside windows at that threshold
 
 
-def corpus_score(files: Sequence[tuple[FileLayout, Sequence[float]]]) -> CorpusScore:
-    """NAB's normalised score of ``(layout, scores)`` pairs, with one threshold swept over all of them."""
+def corpus_score(files: Sequence[tuple[FileLayout, Sequence[float]]],
+                 threshold: Optional[float] = None) -> CorpusScore:
+    """NAB's normalised score of ``(layout, scores)`` pairs, with one threshold swept over all of them
+    (NAB's definition), or at the given ``threshold`` (one carried over from other files)."""
     if not files:
         raise ValueError("no files to score")
     profile = files[0][0].profile
@@ -154,8 +157,11 @@ def corpus_score(files: Sequence[tuple[FileLayout, Sequence[float]]]) -> CorpusS
     for (layout, _), scores in zip(files, arrays):
         if len(scores) != len(layout.window):
             raise ValueError(f"{len(scores)} scores for {len(layout.window)} rows")
-    thresholds = np.unique(np.concatenate([s[l.scored] for (l, _), s in zip(files, arrays)]))[::-1]
-    thresholds = np.append(thresholds, np.inf)  # above every score: the null detector
+    if threshold is None:
+        thresholds = np.unique(np.concatenate([s[l.scored] for (l, _), s in zip(files, arrays)]))[::-1]
+        thresholds = np.append(thresholds, np.inf)  # above every score: the null detector
+    else:
+        thresholds = np.array([float(threshold)])
     # Every total below is a function of the threshold, evaluated at all candidates at once.
     total = np.zeros(len(thresholds))
     detected = np.zeros(len(thresholds))
@@ -180,7 +186,9 @@ def corpus_score(files: Sequence[tuple[FileLayout, Sequence[float]]]) -> CorpusS
             detected += hit
     best = int(np.argmax(total))
     raw = float(total[best])
-    return CorpusScore(100.0 * (raw - null) / (perfect - null), float(thresholds[best]), raw,
+    # Files without a window have no normalised score of their own (null = perfect): NaN.
+    score = 100.0 * (raw - null) / (perfect - null) if perfect > null else math.nan
+    return CorpusScore(score, float(thresholds[best]), raw,
                        int(detected[best]), int(perfect / tp_w), int(false_pos[best]))
 
 
@@ -192,6 +200,39 @@ def _descending(scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np
 def _count_at_least(descending: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """For each threshold, how many of the descending scores are at or above it."""
     return np.searchsorted(-descending, -thresholds, side="right")
+
+
+# -- a fixed two-fold split of the corpus ---------------------------------------------------------
+
+FOLDS = ("A", "B")
+
+
+def category(name: str) -> str:
+    """NAB's category of a series: its folder under ``data/`` (``realTweets``, ``artificialNoAnomaly``...)."""
+    return name.replace("\\", "/").split("/")[0]
+
+
+def name_hash(name: str) -> str:
+    """The split's key for one series: the SHA-256 of its path under ``data/``."""
+    return hashlib.sha256(name.replace("\\", "/").encode("utf-8")).hexdigest()
+
+
+def fold_of(names: Iterable[str]) -> dict[str, str]:
+    """Each series' fold, ``A`` or ``B``: within each category, the series ordered by `name_hash`
+    alternate A, B, A..., so every category is split evenly (an odd one gives A the extra series)
+    and a series' fold depends only on its name and the other names of its category.
+
+    >>> fold_of(["realTweets/x.csv", "realTweets/y.csv", "artificialNoAnomaly/z.csv"])
+    {'artificialNoAnomaly/z.csv': 'A', 'realTweets/x.csv': 'B', 'realTweets/y.csv': 'A'}
+    """
+    by_category: dict[str, list] = {}
+    for name in names:
+        by_category.setdefault(category(name), []).append(name)
+    out = {}
+    for members in by_category.values():
+        for i, name in enumerate(sorted(members, key=name_hash)):
+            out[name] = FOLDS[i % 2]
+    return dict(sorted(out.items()))
 
 
 # -- the corpus on disk --------------------------------------------------------------------------

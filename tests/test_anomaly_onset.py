@@ -177,3 +177,20 @@ def test_a_version_1_snapshot_gains_a_cold_spike_view_and_raises_no_onset_for_it
              for t, v in zip(s.times_s[2000:2100], s.values[2000:2100])]
     assert not any(flags)      # a cold spike view (no variance yet) must not fire
     assert restored.spike.n == 100
+
+
+def test_a_version_2_snapshot_keeps_its_scales_and_gains_a_cold_shift_view():
+    s = metric_series("normal", 2)
+    detector = OnsetDetector()
+    for t, v in zip(s.times_s[:2000], s.values[:2000]):
+        detector.score_then_learn_one({"value": v}, t)
+    new_fields = {"onset_z", "spike_z", "shift_z", "shifts", "shift_likelihood"}
+    state = {k: v for k, v in detector.__dict__.items() if k not in new_fields}
+    restored = OnsetDetector.__new__(OnsetDetector)
+    restored.__setstate__(dict(state, version=2))
+    assert restored.version == OnsetDetector.STATE_VERSION == 3
+    assert (restored.onset_z, restored.spike_z, restored.shifts) == (5.0, 16.0, {})
+    flags = [restored.score_then_learn_one({"value": v}, t).is_anomaly
+             for t, v in zip(s.times_s[2000:2300], s.values[2000:2300])]
+    assert not any(flags)                      # a cold shift view must not fire
+    assert restored.shifts["value"].n == 300 and restored.shift_likelihood.n > 0
