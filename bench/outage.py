@@ -47,9 +47,9 @@ from deploy.demo import PHASES, RUN_S, SCENARIO_S
 from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
 from deploy.topics import ensure_topics
 from edge.outbox import TELEMETRY, Outbox
-from edge.sync import CentralExecutions
 from edge.thermal import Scenario
 from edge.worker import EdgeWorker
+from fingerprint.store import CentralExecutions
 from morph.policy import MorphPolicy, PolicyConfig
 from schemas import TopicNames
 from schemas.codec import Codec

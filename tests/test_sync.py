@@ -9,7 +9,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from edge.outbox import SIGNAL, Outbox, idempotent_producer_config
 from edge.records import ExecutionStore
-from edge.sync import CentralExecutions, SyncManager
+from edge.sync import SyncManager
+from fingerprint.store import CentralExecutions
 from schemas import TopicNames
 from schemas.codec import Codec
 
@@ -90,7 +91,7 @@ def test_sync_through_the_broker_is_batched_prioritised_resumable_and_idempotent
         pass
     assert box.flush(20)
     box.close()
-    assert store.counts() == {"synced": 60}
+    assert store.counts() == {"sent": 60}
     consumer = Consumer(kafka.consumer("sync-test"))
     consumer.assign([TopicPartition(TOPICS.executions, p, OFFSET_BEGINNING) for p in range(2)])
     records, deadline = [], time.monotonic() + 20
