@@ -13,8 +13,24 @@ from edge.sync import SyncManager
 from fingerprint.store import CentralExecutions
 from schemas import TopicNames
 from schemas.codec import Codec
+from tests.test_postgres_store import postgres_dsn  # noqa: F401  (the PostgreSQL server fixture)
 
 TOPICS = TopicNames()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def central_target(request, tmp_path):
+    """A fresh central store: a SQLite file, or a new database on the test's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "central.db")
+    import psycopg
+
+    dsn = request.getfixturevalue("postgres_dsn")
+    name = f"central_{abs(hash(request.node.nodeid)) % 10**9}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    return dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
 def synced_into(central: CentralExecutions, store: ExecutionStore) -> list[str]:
@@ -32,9 +48,10 @@ def synced_into(central: CentralExecutions, store: ExecutionStore) -> list[str]:
     ("last_modified", "retried", "conflict: edge won"),      # the node's change came after the operator's
     ("manual", "reviewed", "conflict: held for review"),
 ])
-def test_each_strategy_resolves_a_real_conflict_as_configured(tmp_path, strategy, expected_status, expected_outcome):
+def test_each_strategy_resolves_a_real_conflict_as_configured(tmp_path, central_target, strategy, expected_status,
+                                                             expected_outcome):
     store = ExecutionStore(tmp_path / "node.db", "edge-1")
-    central = CentralExecutions(tmp_path / "central.db", strategies={"execution": strategy})
+    central = CentralExecutions(central_target, strategies={"execution": strategy})
     store.upsert("execution", "run-1", "run-1", "inspection", "failed", {"error": "camera timeout"})
     store.upsert("step", "run-1/0/capture", "run-1", "inspection", "failed", {"step": "capture"})
     assert synced_into(central, store) == ["applied", "applied"]
@@ -52,9 +69,9 @@ def test_each_strategy_resolves_a_real_conflict_as_configured(tmp_path, strategy
         assert central.get("execution", "run-1")["status"] == "retried" and not central.open_conflicts()
 
 
-def test_last_modified_keeps_the_later_central_change(tmp_path):
+def test_last_modified_keeps_the_later_central_change(tmp_path, central_target):
     store = ExecutionStore(tmp_path / "node.db", "edge-1")
-    central = CentralExecutions(tmp_path / "central.db")                     # last_modified by default
+    central = CentralExecutions(central_target)                              # last_modified by default
     store.upsert("execution", "run-1", "run-1", "w", "failed", {})
     synced_into(central, store)
     store.upsert("execution", "run-1", "run-1", "w", "retried", {})         # the node's change first...
@@ -103,3 +120,100 @@ def test_sync_through_the_broker_is_batched_prioritised_resumable_and_idempotent
     assert {central.apply(r) for r in records} == {"applied"}
     assert {central.apply(r) for r in records} == {"duplicate"}          # a redelivery changes nothing
     assert central.get("execution", "run-7")["fields"]["latency_ms"] == "7"
+
+
+def test_redelivery_repeats_the_answer_and_an_older_version_gets_none(central_target):
+    central = CentralExecutions(central_target, strategies={"execution": "central_wins"})
+    v1 = {"record_id": "execution:r@1", "entity": "execution", "entity_id": "r", "execution_id": "r",
+          "workflow_id": "w", "node_id": "edge-1", "status": "running", "modified_ms": 1, "edge_version": 1,
+          "central_seen_ms": 0, "fields": {}}
+    v2 = {**v1, "record_id": "execution:r@2", "status": "failed", "modified_ms": 2, "edge_version": 2}
+    first = central.apply_many([v1, v2])
+    assert [(r.kind, r.outcome["outcome"]) for r in first] == [("applied", "ACCEPTED"), ("applied", "ACCEPTED")]
+    again = central.apply_many([v1, v2])                       # a resumed flow reads them again
+    assert [r.kind for r in again] == ["duplicate", "duplicate"]
+    assert again[0].outcome is None and again[1].outcome["record_id"] == "execution:r@2"
+    central.edit("execution", "r", "reviewed")
+    v3 = {**v2, "record_id": "execution:r@3", "status": "retried", "modified_ms": 3, "edge_version": 3}
+    assert central.apply(v3) == "conflict: central kept"
+    repeated = central.apply_many([v3])[0]                      # the node missed the answer and sent it again
+    assert repeated.kind == "duplicate" and repeated.outcome["outcome"] == "SUPERSEDED"
+    assert repeated.outcome["central_status"] == "reviewed"
+    assert central.conflict_counts() == {"central_wins: central kept": 1}
+
+
+def test_a_node_that_took_the_central_version_changes_it_without_conflict(tmp_path, central_target):
+    store = ExecutionStore(tmp_path / "node.db", "edge-1")
+    central = CentralExecutions(central_target, strategies={"execution": "central_wins"})
+    manager = SyncManager(store, lambda r: answers.append(central.apply_many([r])[0].outcome) is None)
+    answers = []
+    store.upsert("execution", "run-1", "run-1", "w", "failed", {})
+    manager.sync_once()
+    central.edit("execution", "run-1", "reviewed", {"by": "ops"})
+    store.upsert("execution", "run-1", "run-1", "w", "retried", {})       # made without seeing the review
+    manager.sync_once()
+    assert [a["outcome"] for a in answers] == ["ACCEPTED", "SUPERSEDED"]
+    assert not manager.answer(answers[0])        # for version 1: the node has moved past it
+    assert manager.answer(answers[1])
+    assert store.get("execution", "run-1")["status"] == "reviewed"
+    store.upsert("execution", "run-1", "run-1", "w", "archived", {})      # made after seeing it
+    manager.sync_once()
+    assert answers[-1]["outcome"] == "ACCEPTED" and central.get("execution", "run-1")["status"] == "archived"
+    assert central.conflict_counts() == {"central_wins: central kept": 1}
+    assert manager.answer(answers[-1]) and sorted(manager.answers.items()) == [("ACCEPTED", 1), ("SUPERSEDED", 1)]
+
+
+def test_unanswered_records_are_sent_again_answered_ones_never(tmp_path):
+    store = ExecutionStore(tmp_path / "node.db", "edge-1")
+    sent = []
+    manager = SyncManager(store, lambda r: sent.append(r["record_id"]) is None)
+    store.upsert("execution", "a", "a", "w", "completed", {})
+    store.upsert("execution", "b", "b", "w", "completed", {})
+    manager.sync_once()
+    manager.delivered("execution:a@1")
+    manager.delivered("execution:b@1")
+    manager.answer({"outcome": "ACCEPTED", "entity": "execution", "entity_id": "a", "edge_version": 1,
+                    "record_id": "execution:a@1"})
+    manager.delivered("execution:a@1")                     # a late delivery report does not undo the answer
+    assert store.counts() == {"accepted": 1, "sent": 1}
+    assert store.resend_unanswered(after_s=60) == 0        # not yet
+    time.sleep(0.01)
+    assert store.resend_unanswered(after_s=0.005) == 1     # b had no answer: it goes out again
+    manager.sync_once()
+    assert sent == ["execution:a@1", "execution:b@1", "execution:b@1"]
+
+
+def test_a_batch_is_durable_in_the_outbox_before_it_is_marked_queued(tmp_path):
+    import sqlite3
+
+    store = ExecutionStore(tmp_path / "node.db", "edge-1")
+    box = Outbox(tmp_path / "outbox.db")          # no drain thread: only the SyncManager's commit makes it durable
+    codec = Codec()
+    manager = SyncManager(store, lambda r: box.put(TOPICS.executions, b"edge-1",
+                                                   codec.encode("ExecutionRecord", r), SIGNAL, r["record_id"]),
+                          commit=box.commit)
+    for i in range(5):
+        store.upsert("execution", f"run-{i}", f"run-{i}", "w", "completed", {})
+    assert manager.sync_once() == 5
+    # Another process (a restarted worker) sees every queued record in the outbox file.
+    other = sqlite3.connect(str(tmp_path / "outbox.db"))
+    assert other.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 5
+    assert store.counts() == {"queued": 5}
+    other.close()
+    box.close()
+
+
+def test_a_node_store_of_the_first_release_is_upgraded_on_open(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(str(tmp_path / "node.db"))
+    old.executescript("""CREATE TABLE records (entity TEXT NOT NULL, entity_id TEXT NOT NULL,
+        execution_id TEXT NOT NULL, workflow_id TEXT NOT NULL, status TEXT NOT NULL, fields TEXT NOT NULL,
+        modified_ms INTEGER NOT NULL, edge_version INTEGER NOT NULL, sync_status TEXT NOT NULL,
+        PRIMARY KEY (entity, entity_id));
+        INSERT INTO records VALUES ('execution', 'r', 'r', 'w', 'completed', '{}', 5, 1, 'pending');""")
+    old.commit()
+    old.close()
+    store = ExecutionStore(tmp_path / "node.db", "edge-1")
+    assert [r["central_seen_ms"] for r in store.pending(5)] == [0]
+    assert store.upsert("execution", "r", "r", "w", "archived", {}) == 2
