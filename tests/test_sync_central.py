@@ -163,3 +163,33 @@ def test_node_ignores_forged_and_unsigned_answers(kafka, tmp_path):
         node.wait_for("execution", "run-1", "accepted")
     finally:
         node.close()
+
+
+def wait_until(condition, timeout_s: float = 30) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+def test_an_edge_worker_learns_the_central_answer_for_every_run_it_synced(kafka, zoo, tmp_path):
+    from edge.thermal import Scenario
+    from edge.worker import EdgeWorker
+
+    generate_keys(tmp_path / "keys")
+    worker = EdgeWorker(kafka, TOPICS, ["edge-1"], Scenario("steady", 100.0), zoo_dir=zoo.root, sensor="thermal",
+                        rate=20, interval_s=0.5, keyring=tmp_path / "keys" / KEYRING,
+                        outbox_path=tmp_path / "outbox.db", workflow="inspection", workflow_runs=3,
+                        silent_after_s=None).start()
+    try:
+        assert worker.wait_runs(120)
+        sync = worker.nodes["edge-1"].sync
+        assert wait_until(lambda: set(sync.store.counts()) == {"sent"})
+        run_sync_flow(kafka, tmp_path, "manual")
+        assert wait_until(lambda: set(sync.store.counts()) == {"accepted"}), sync.store.counts()
+        assert sync.answers["ACCEPTED"] == sum(sync.store.counts().values()) >= 3 * 2
+        assert len(sync.round_trips_ms) == sync.answers["ACCEPTED"]
+    finally:
+        worker.stop()
