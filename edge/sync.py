@@ -66,13 +66,18 @@ class SyncManager:
     batch_size, interval_s
         Records per batch, and seconds between batches.
     resend_after_s
-        A record sent and not answered by the central side this long is sent again.
+        A record sent and not answered by the central side this long is sent again; while
+        resends get no answer at all (no sync flow runs), the wait doubles, up to
+        ``max_resend_s``, so a cluster without a central store is not flooded.
     """
 
     def __init__(self, store, publish, commit=None, batch_size: int = 200, interval_s: float = 1.0,
-                 resend_after_s: float = 60.0):
+                 resend_after_s: float = 60.0, max_resend_s: float = 3600.0):
         self.store, self.publish, self.commit = store, publish, commit
         self.batch_size, self.interval_s, self.resend_after_s = batch_size, interval_s, resend_after_s
+        self.max_resend_s = max_resend_s
+        self._backoff = 1.0               # doubles while resends go unanswered; 1 again at the next answer
+        self._answered_since_resend = True
         self.answers: dict[str, int] = {}          # answers recorded, by outcome
         self.round_trips_ms: list[float] = []      # queued → answered, of versions queued by this process
         self._queued_at: dict[str, float] = {}
@@ -105,24 +110,39 @@ class SyncManager:
         """A SyncOutcome from the central store (already verified); False when the version is not the row's."""
         taken = self.store.answer(outcome)
         if taken:
+            self._backoff, self._answered_since_resend = 1.0, True
             self.answers[outcome["outcome"]] = self.answers.get(outcome["outcome"], 0) + 1
             queued_at = self._queued_at.pop(outcome["record_id"], None)
             if queued_at is not None:
                 self.round_trips_ms.append((time.monotonic() - queued_at) * 1000)
         return taken
 
-    def start(self) -> "SyncManager":
+    def start(self) -> SyncManager:
         self._thread = threading.Thread(target=self._loop, name="execution-sync", daemon=True)
         self._thread.start()
         return self
 
     def _loop(self) -> None:
         while not self._halt.wait(self.interval_s):
-            resent = self.store.resend_unanswered(self.resend_after_s)
-            if resent:
-                self.store.log("resend", resent, "no central answer")
+            self.resend_unanswered()
             while self.sync_once() == self.batch_size and not self._halt.is_set():
                 pass  # a backlog: keep going batch after batch
+
+    @property
+    def resend_wait_s(self) -> float:
+        """How long a sent record waits for its answer before it is sent again, now."""
+        return min(self.resend_after_s * self._backoff, self.max_resend_s)
+
+    def resend_unanswered(self) -> int:
+        """Put records sent and unanswered for the current resend wait back to pending; how many."""
+        wait_s = self.resend_wait_s
+        resent = self.store.resend_unanswered(wait_s)
+        if resent:
+            if not self._answered_since_resend:
+                self._backoff *= 2
+            self._answered_since_resend = False
+            self.store.log("resend", resent, f"no central answer in {wait_s:.0f} s")
+        return resent
 
     def stop(self) -> None:
         self._halt.set()

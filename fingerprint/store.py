@@ -338,7 +338,7 @@ class CentralExecutions:
         """Apply one version; what happened (applied, duplicate, conflict: ...)."""
         return self.apply_many([record])[0].kind
 
-    def apply_many(self, records: list[dict]) -> list["SyncResult"]:
+    def apply_many(self, records: list[dict]) -> list[SyncResult]:
         """Apply a batch of edge versions in one transaction, in order; one `SyncResult` each."""
         self._begin()
         try:
@@ -349,7 +349,7 @@ class CentralExecutions:
             raise
         return results
 
-    def _apply_one(self, record: dict) -> "SyncResult":
+    def _apply_one(self, record: dict) -> SyncResult:
         row = self._row(record["entity"], record["entity_id"])
         now_ms = int(time.time() * 1000)
         if row is not None and record["edge_version"] <= row[3]:

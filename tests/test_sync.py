@@ -183,37 +183,19 @@ def test_unanswered_records_are_sent_again_answered_ones_never(tmp_path):
     assert sent == ["execution:a@1", "execution:b@1", "execution:b@1"]
 
 
-def test_a_batch_is_durable_in_the_outbox_before_it_is_marked_queued(tmp_path):
-    import sqlite3
-
+def test_resends_back_off_while_nothing_answers(tmp_path):
     store = ExecutionStore(tmp_path / "node.db", "edge-1")
-    box = Outbox(tmp_path / "outbox.db")          # no drain thread: only the SyncManager's commit makes it durable
-    codec = Codec()
-    manager = SyncManager(store, lambda r: box.put(TOPICS.executions, b"edge-1",
-                                                   codec.encode("ExecutionRecord", r), SIGNAL, r["record_id"]),
-                          commit=box.commit)
-    for i in range(5):
-        store.upsert("execution", f"run-{i}", f"run-{i}", "w", "completed", {})
-    assert manager.sync_once() == 5
-    # Another process (a restarted worker) sees every queued record in the outbox file.
-    other = sqlite3.connect(str(tmp_path / "outbox.db"))
-    assert other.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 5
-    assert store.counts() == {"queued": 5}
-    other.close()
-    box.close()
-
-
-def test_a_node_store_of_the_first_release_is_upgraded_on_open(tmp_path):
-    import sqlite3
-
-    old = sqlite3.connect(str(tmp_path / "node.db"))
-    old.executescript("""CREATE TABLE records (entity TEXT NOT NULL, entity_id TEXT NOT NULL,
-        execution_id TEXT NOT NULL, workflow_id TEXT NOT NULL, status TEXT NOT NULL, fields TEXT NOT NULL,
-        modified_ms INTEGER NOT NULL, edge_version INTEGER NOT NULL, sync_status TEXT NOT NULL,
-        PRIMARY KEY (entity, entity_id));
-        INSERT INTO records VALUES ('execution', 'r', 'r', 'w', 'completed', '{}', 5, 1, 'pending');""")
-    old.commit()
-    old.close()
-    store = ExecutionStore(tmp_path / "node.db", "edge-1")
-    assert [r["central_seen_ms"] for r in store.pending(5)] == [0]
-    assert store.upsert("execution", "r", "r", "w", "archived", {}) == 2
+    manager = SyncManager(store, lambda r: True, resend_after_s=0.001, max_resend_s=0.004)
+    store.upsert("execution", "a", "a", "w", "completed", {})
+    waits = []
+    for _ in range(5):
+        manager.sync_once()
+        manager.delivered("execution:a@1")
+        waits.append(manager.resend_wait_s)
+        while not manager.resend_unanswered():
+            time.sleep(0.001)
+    # The first resend may just be a slow answer; after that the wait doubles, up to the cap.
+    assert waits == [0.001, 0.001, 0.002, 0.004, 0.004]
+    manager.answer({"outcome": "ACCEPTED", "entity": "execution", "entity_id": "a", "edge_version": 1,
+                    "record_id": "execution:a@1"})
+    assert manager.resend_wait_s == 0.001 and store.counts() == {"accepted": 1}
