@@ -61,7 +61,7 @@ from collections import Counter
 from pathlib import Path
 
 from _bench import ROOT, emit_result
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from deploy.broker import EmbeddedBroker
 from deploy.demo import PHASES, RUN_S, SCENARIO_S
@@ -105,6 +105,7 @@ class Run:
         self.strategies = SYNC_STRATEGIES["outage" if outage else "connected"]
         self.flow = self.start_flow()
         self.sync_flow = self.start_sync_flow()
+        self.wait_sync_ready()
         self.local_acks: list[dict] = []
         self.events: dict[str, float] = {}
         self.sync = {"answers": Counter(), "round_trips_ms": [], "conflicts_made": 0}
@@ -129,6 +130,28 @@ class Run:
         return subprocess.Popen(cmd, stdout=open(self.work / "sync-flow.log", "a"), stderr=subprocess.STDOUT,
                                 cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
 
+    def wait_sync_ready(self, timeout_s: float = 90.0) -> None:
+        """Wait until the sync flow answers (a probe node's record): on a loaded machine a Bytewax process
+        takes seconds to start, and the conflicts of the outage run need runs answered before the outage."""
+        codec, t = Codec(), time.monotonic()
+        probe = {"record_id": "execution:probe@1", "entity": "execution", "entity_id": "probe",
+                 "execution_id": "probe", "workflow_id": "probe", "node_id": "bench-probe", "status": "completed",
+                 "modified_ms": int(time.time() * 1000), "edge_version": 1, "central_seen_ms": 0, "fields": {}}
+        producer = Producer(self.settings.producer())
+        producer.produce(TOPICS.executions, key=b"bench-probe", value=codec.encode("ExecutionRecord", probe))
+        producer.flush(10)
+        consumer = Consumer(self.settings.consumer("bench-probe", **{"log_level": "0"}))
+        consumer.assign([TopicPartition(TOPICS.sync, p, OFFSET_BEGINNING) for p in range(2)])
+        try:
+            while time.monotonic() - t < timeout_s:
+                for msg in consumer.consume(100, timeout=0.2):
+                    if msg.error() is None and codec.decode(msg.value()).record["node_id"] == "bench-probe":
+                        say(f"sync flow answering after {time.monotonic() - t:.1f} s")
+                        return
+            raise RuntimeError(f"the sync flow did not answer in {timeout_s:.0f} s: see {self.work / 'sync-flow.log'}")
+        finally:
+            consumer.close()
+
     def make_conflicts(self, worker: EdgeWorker, per_entity: int = 3) -> None:
         """Real conflicts: an operator reviews runs and steps centrally, and the node, not knowing, audits
         the same ones (offline, in the outage run)."""
@@ -138,10 +161,13 @@ class Run:
         for entity in ("execution", "step"):
             for row in [r for r in answered if r["entity"] == entity][:per_entity]:
                 central.edit(entity, row["entity_id"], "reviewed", {"by": "operator"})
+                time.sleep(0.002)  # the node's change comes after the operator's (a tie keeps the central one)
                 store.upsert(entity, row["entity_id"], row["execution_id"], row["workflow_id"], "audited",
                              {"audit": "node"})
                 self.sync["conflicts_made"] += 1
         central.close()
+        say(f"conflicts made on {self.sync['conflicts_made']} records ({len(answered)} answered; "
+            f"edge-1's records {store.counts()})")
 
     def resolve_held(self) -> None:
         """The operator settles what ``manual`` held, with the CLI (the central version stays)."""
@@ -194,10 +220,13 @@ class Run:
         self.events["start_ms"] = time.time() * 1000
         down_at = SCENARIO_S * FAN_FAILS / speed - 4.0
         wall_s = RUN_S / speed
-        time.sleep(max(0.0, down_at - (time.monotonic() - t0)))
         if self.outage:
+            time.sleep(max(0.0, down_at - (time.monotonic() - t0)))
             worker = self.outage_with_restart(worker)
         else:
+            # When the outage run has its link back: the node has had time to have runs answered
+            # (its first runs wait for the inspection lots to be generated).
+            time.sleep(max(0.0, down_at + self.args.outage_s - (time.monotonic() - t0)))
             self.make_conflicts(worker)
         time.sleep(max(0.0, wall_s - (time.monotonic() - t0)))
         self.inject_commands(worker)

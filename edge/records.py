@@ -80,6 +80,10 @@ class ExecutionStore:
         self.node_id = node_id
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # As the outbox: durable against a crash of the worker, no fsync per commit (a delivery report or
+        # an answer lost to a power cut only makes the record go out again, and the central side
+        # deduplicates it); with the default (FULL) each of them cost an fsync, in the drain thread.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         present = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         for column, sql_type in LATER_COLUMNS.items():
@@ -147,7 +151,8 @@ class ExecutionStore:
         return n
 
     def answer(self, outcome: dict) -> bool:
-        """The central store's answer (a SyncOutcome) for one version; False when the row has moved on.
+        """The central store's answer (a SyncOutcome) for one version; False when the row has moved on
+        or already has this answer (answers are repeated for redelivered records).
 
         SUPERSEDED and CONFLICT carry the central version: on SUPERSEDED the node
         takes it (status, fields) and its time as the central change it has seen.
@@ -158,9 +163,10 @@ class ExecutionStore:
         with self._lock:
             if outcome["outcome"] != "SUPERSEDED":
                 return self._db.execute("UPDATE records SET sync_status = ?, sync_ms = ? WHERE entity = ? "
-                                        "AND entity_id = ? AND edge_version = ?", (sync_status, now, *key)).rowcount > 0
-            row = self._db.execute("SELECT fields FROM records WHERE entity = ? AND entity_id = ? AND edge_version = ?",
-                                   key).fetchone()
+                                        "AND entity_id = ? AND edge_version = ? AND sync_status != ?",
+                                        (sync_status, now, *key, sync_status)).rowcount > 0
+            row = self._db.execute("SELECT fields FROM records WHERE entity = ? AND entity_id = ? AND edge_version = ? "
+                                   "AND sync_status != ?", (*key, sync_status)).fetchone()
             if row is None:
                 return False
             fields = {**json.loads(row[0]), **(outcome.get("central_fields") or {})}

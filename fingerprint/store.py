@@ -261,7 +261,7 @@ class CentralExecutions:
     knowing. The strategies are the seed's:
 
     * ``last_modified`` — the later change wins (the node's ``modified_ms``
-      against the central change's time);
+      against the central change's time; a tie keeps the central version);
     * ``central_wins`` — the central version stays, and goes back to the node;
     * ``edge_wins`` — the node's version replaces it;
     * ``manual`` — the central version stays and the node's is held in

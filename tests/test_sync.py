@@ -199,3 +199,15 @@ def test_resends_back_off_while_nothing_answers(tmp_path):
     manager.answer({"outcome": "ACCEPTED", "entity": "execution", "entity_id": "a", "edge_version": 1,
                     "record_id": "execution:a@1"})
     assert manager.resend_wait_s == 0.001 and store.counts() == {"accepted": 1}
+
+
+def test_a_repeated_answer_changes_nothing_and_is_not_counted_again(tmp_path):
+    store = ExecutionStore(tmp_path / "node.db", "edge-1")
+    manager = SyncManager(store, lambda r: True)
+    store.upsert("execution", "a", "a", "w", "completed", {})
+    manager.sync_once()
+    answer = {"outcome": "SUPERSEDED", "entity": "execution", "entity_id": "a", "edge_version": 1,
+              "record_id": "execution:a@1", "central_status": "reviewed", "central_fields": {},
+              "central_modified_ms": 7}
+    assert manager.answer(answer) and not manager.answer(answer)
+    assert manager.answers == {"SUPERSEDED": 1}
