@@ -82,9 +82,12 @@ def test_sync_flow_keeps_the_nodes_records_in_postgres_and_answers_each_once_app
             node.store.upsert("execution", f"run-{i}", f"run-{i}", "inspection", "completed", {"latency_ms": str(i)})
             node.store.upsert("step", f"run-{i}/0/capture", f"run-{i}", "inspection", "ok", {})
         assert node.send() == 80
-        for _ in range(2):   # the second run reads everything again (no recovery): duplicates, answered again
-            run_liquid("flow", "run", "sync", "--until-end", "--store", postgres_dsn, "--conflict", "default=manual",
-                       "--signing-key", tmp_path / "keys" / PRIVATE, "--bootstrap", kafka.bootstrap)
+        # The second run reads everything again (no recovery), on two workers with a connection each:
+        # duplicates, answered again, changing nothing.
+        for workers in ("1", "2"):
+            run_liquid("flow", "run", "sync", "-w", workers, "--until-end", "--store", postgres_dsn,
+                       "--conflict", "default=manual", "--signing-key", tmp_path / "keys" / PRIVATE,
+                       "--bootstrap", kafka.bootstrap)
         node.wait_for("step", "run-39/0/capture", "accepted")
         assert node.store.counts() == {"accepted": 80}
         central = CentralExecutions(postgres_dsn)

@@ -211,3 +211,10 @@ def test_a_repeated_answer_changes_nothing_and_is_not_counted_again(tmp_path):
               "central_modified_ms": 7}
     assert manager.answer(answer) and not manager.answer(answer)
     assert manager.answers == {"SUPERSEDED": 1}
+
+
+def test_the_sync_flow_without_a_store_is_a_one_line_error():
+    from tests.conftest import run_liquid
+
+    proc = run_liquid("flow", "run", "sync", "--bootstrap", "127.0.0.1:9", check=False)
+    assert proc.returncode == 2 and "needs --store" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
