@@ -23,6 +23,25 @@ the drain rate after reconnecting against the rate of production during the
 outage; and forged, replayed and unsigned commands injected into each run
 (accepted = acknowledged APPLIED).
 
+The outbox's write cost is the median of ``--repeats`` repetitions, by how often
+it commits (64 records a commit: the drain thread's group commit under a
+backlog; 2: a telemetry tick of two nodes; 1: every record durable before
+``put`` returns; and the same with an fsync per commit), wall and CPU time,
+beside the rate the node produced at during the outage (see
+`outbox_write_cost` for what is on disk when).
+
+Sync: both runs also run the sync flow (``liquid flow run sync``) into a SQLite
+central store, with two of the four conflict strategies each (connected:
+executions ``last_modified``, steps ``edge_wins``; outage: executions
+``manual``, steps ``central_wins``). Real conflicts are made in each: an
+operator reviews three runs and three steps of edge-1 centrally while the node
+(offline, in the outage run) audits the same ones; what ``manual`` holds is
+resolved with ``liquid sync resolve --keep central`` at the end. Reported:
+records answered by the central store and left unanswered, conflicts by
+strategy and resolution, and the round trip from a record queued on the node to
+the central answer applied there (p50 / p95 with the link up; in the outage run
+it includes the outage).
+
     python bench/outage.py [--speed 2] [--outage-s 30] [--seed 0] [--zoo DIR]
 
 Figures go to stdout, progress to stderr; the last line is one JSON object.
@@ -33,23 +52,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from _bench import ROOT, emit_result
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from deploy.broker import EmbeddedBroker
 from deploy.demo import PHASES, RUN_S, SCENARIO_S
 from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
 from deploy.topics import ensure_topics
 from edge.outbox import TELEMETRY, Outbox
-from edge.sync import CentralExecutions
 from edge.thermal import Scenario
 from edge.worker import EdgeWorker
+from fingerprint.store import CentralExecutions
 from morph.policy import MorphPolicy, PolicyConfig
 from schemas import TopicNames
 from schemas.codec import Codec
@@ -59,6 +80,9 @@ from tests.support import TopicCollector, record_id
 TOPICS = TopicNames()
 WATCHED = (TOPICS.telemetry, TOPICS.acks, TOPICS.signals, TOPICS.executions, TOPICS.commands)
 FAN_FAILS = next(lo for name, lo, _ in PHASES if name == "fan failure")
+#: Conflict strategy per entity type of the sync flow in each run: the four strategies, two per run.
+SYNC_STRATEGIES = {"connected": {"execution": "last_modified", "step": "edge_wins"},
+                   "outage": {"execution": "manual", "step": "central_wins"}}
 
 
 def say(message: str) -> None:
@@ -78,9 +102,13 @@ class Run:
         ensure_topics(self.settings, TOPICS.all(), partitions=2)
         self.collectors = [TopicCollector(self.settings, WATCHED, "bench-outage")]
         self.collectors[0].start()
+        self.strategies = SYNC_STRATEGIES["outage" if outage else "connected"]
         self.flow = self.start_flow()
+        self.sync_flow = self.start_sync_flow()
+        self.wait_sync_ready()
         self.local_acks: list[dict] = []
         self.events: dict[str, float] = {}
+        self.sync = {"answers": Counter(), "round_trips_ms": [], "conflicts_made": 0}
 
     def start_flow(self) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", "control", "--bootstrap", self.broker.bootstrap,
@@ -92,6 +120,75 @@ class Run:
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
         time.sleep(2.0)  # the flow assigns its partitions before telemetry flows
         return flow
+
+    def start_sync_flow(self) -> subprocess.Popen:
+        """The central side: ``liquid flow run sync`` into a SQLite central store that outlives the broker."""
+        cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", "sync", "--bootstrap", self.broker.bootstrap,
+               "--store", str(self.work / "central.db"), "--signing-key", str(self.work.parent / "keys" / PRIVATE)]
+        for entity, strategy in self.strategies.items():
+            cmd += ["--conflict", f"{entity}={strategy}"]
+        return subprocess.Popen(cmd, stdout=open(self.work / "sync-flow.log", "a"), stderr=subprocess.STDOUT,
+                                cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)})
+
+    def wait_sync_ready(self, timeout_s: float = 90.0) -> None:
+        """Wait until the sync flow answers (a probe node's record): on a loaded machine a Bytewax process
+        takes seconds to start, and the conflicts of the outage run need runs answered before the outage."""
+        codec, t = Codec(), time.monotonic()
+        probe = {"record_id": "execution:probe@1", "entity": "execution", "entity_id": "probe",
+                 "execution_id": "probe", "workflow_id": "probe", "node_id": "bench-probe", "status": "completed",
+                 "modified_ms": int(time.time() * 1000), "edge_version": 1, "central_seen_ms": 0, "fields": {}}
+        producer = Producer(self.settings.producer())
+        producer.produce(TOPICS.executions, key=b"bench-probe", value=codec.encode("ExecutionRecord", probe))
+        producer.flush(10)
+        consumer = Consumer(self.settings.consumer("bench-probe", **{"log_level": "0"}))
+        consumer.assign([TopicPartition(TOPICS.sync, p, OFFSET_BEGINNING) for p in range(2)])
+        try:
+            while time.monotonic() - t < timeout_s:
+                for msg in consumer.consume(100, timeout=0.2):
+                    if msg.error() is None and codec.decode(msg.value()).record["node_id"] == "bench-probe":
+                        say(f"sync flow answering after {time.monotonic() - t:.1f} s")
+                        return
+            raise RuntimeError(f"the sync flow did not answer in {timeout_s:.0f} s: see {self.work / 'sync-flow.log'}")
+        finally:
+            consumer.close()
+
+    def make_conflicts(self, worker: EdgeWorker, per_entity: int = 3) -> None:
+        """Real conflicts: an operator reviews runs and steps centrally, and the node, not knowing, audits
+        the same ones (offline, in the outage run)."""
+        store = worker.nodes["edge-1"].sync.store
+        answered = store.pending(500, ("accepted",))
+        central = CentralExecutions(self.work / "central.db")
+        for entity in ("execution", "step"):
+            for row in [r for r in answered if r["entity"] == entity][:per_entity]:
+                central.edit(entity, row["entity_id"], "reviewed", {"by": "operator"})
+                time.sleep(0.002)  # the node's change comes after the operator's (a tie keeps the central one)
+                store.upsert(entity, row["entity_id"], row["execution_id"], row["workflow_id"], "audited",
+                             {"audit": "node"})
+                self.sync["conflicts_made"] += 1
+        central.close()
+        say(f"conflicts made on {self.sync['conflicts_made']} records ({len(answered)} answered; "
+            f"edge-1's records {store.counts()})")
+
+    def resolve_held(self) -> None:
+        """The operator settles what ``manual`` held, with the CLI (the central version stays)."""
+        for held in CentralExecutions(self.work / "central.db").open_conflicts():
+            subprocess.run([sys.executable, "-m", "deploy.cli", "sync", "resolve", held["entity"], held["entity_id"],
+                            "--keep", "central", "--store", str(self.work / "central.db"), "--bootstrap",
+                            self.broker.bootstrap, "--signing-key", str(self.work.parent / "keys" / PRIVATE)],
+                           cwd=ROOT, capture_output=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def wait_answered(self, worker: EdgeWorker, timeout_s: float = 40.0) -> None:
+        stores = [n.sync.store for n in worker.nodes.values() if n.sync is not None]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(set(s.counts()) & {"pending", "queued", "sent"} for s in stores):
+            time.sleep(0.2)
+
+    def collect_sync(self, worker: EdgeWorker) -> None:
+        for node in worker.nodes.values():
+            if node.sync is not None:
+                self.sync["answers"].update(node.sync.answers)
+                self.sync["round_trips_ms"] += node.sync.round_trips_ms
 
     def worker(self) -> EdgeWorker:
         speed = self.args.speed
@@ -113,6 +210,8 @@ class Run:
             on_delivered(rid)
 
         worker.outbox.put, worker.outbox.on_delivered = recording_put, recording_delivered
+        for node in worker.nodes.values():
+            node.sync.resend_after_s = self.args.sync_resend_s
         return worker
 
     def execute(self) -> dict:
@@ -124,17 +223,31 @@ class Run:
         if self.outage:
             time.sleep(max(0.0, down_at - (time.monotonic() - t0)))
             worker = self.outage_with_restart(worker)
+        else:
+            # When the outage run has its link back: the node has had time to have runs answered
+            # (its first runs wait for the inspection lots to be generated).
+            time.sleep(max(0.0, down_at + self.args.outage_s - (time.monotonic() - t0)))
+            self.make_conflicts(worker)
         time.sleep(max(0.0, wall_s - (time.monotonic() - t0)))
         self.inject_commands(worker)
         time.sleep(3.0)
         worker.outbox.flush(30)
+        self.resolve_held()
+        self.wait_answered(worker)
+        self.collect_sync(worker)
+        counts = Counter()
+        for node in worker.nodes.values():
+            counts.update(node.sync.store.counts())
+        self.sync["status_counts"] = dict(counts)
+        self.sync["conflicts"] = CentralExecutions(self.work / "central.db").conflict_counts()
         worker.stop()
         self.local_acks += [a for n in worker.nodes.values() for _, a in n.applied if a.get("origin") == "local"]
         time.sleep(1.0)
         for c in self.collectors:
             c.stop()
-        self.flow.terminate()
-        self.flow.wait(10)
+        for flow in (self.flow, self.sync_flow):
+            flow.terminate()
+            flow.wait(10)
         self.broker.stop()
         return self.summary()
 
@@ -148,9 +261,12 @@ class Run:
         self.events["down"], self.events["down_ms"] = time.monotonic(), time.time() * 1000
         self.collectors[0].stop()
         self.flow.terminate()
+        self.sync_flow.terminate()
+        self.make_conflicts(worker)   # the node audits runs offline that an operator reviews centrally
         say(f"broker stopped; down for {self.args.outage_s:.0f} s; the worker restarts in the middle")
         time.sleep(self.args.outage_s / 2)
         worker.stop(flush_timeout_s=0)
+        self.collect_sync(worker)
         self.local_acks += [a for n in worker.nodes.values() for _, a in n.applied if a.get("origin") == "local"]
         self.pre_restart_commands = [raw for s, _, raw in self.collectors[0].records if s == "MorphCommand"]
         restarted = self.worker()
@@ -167,6 +283,7 @@ class Run:
         self.collectors.append(TopicCollector(self.settings, WATCHED, "bench-outage"))
         self.collectors[-1].start()
         self.flow = self.start_flow()
+        self.sync_flow = self.start_sync_flow()
         say(f"broker back after {self.events['up'] - self.events['down']:.1f} s; backlog {self.events['backlog']}")
         return worker
 
@@ -194,7 +311,8 @@ class Run:
     def summary(self) -> dict:
         read = [(s, r) for c in self.collectors for s, r, _ in c.records]
         return {"read": read, "written": list(self.written), "delivered": dict(self.delivered),
-                "events": dict(self.events), "local_acks": list(self.local_acks), "injected": self.injected}
+                "events": dict(self.events), "local_acks": list(self.local_acks), "injected": self.injected,
+                "sync": self.sync}
 
 
 def accepted_injections(run: dict) -> dict[str, int]:
@@ -228,7 +346,7 @@ def double_counted(read: list) -> int:
     with tempfile.TemporaryDirectory() as d:
         central = CentralExecutions(Path(d) / "central.db")
         executions = [r for s, r in read if s == "ExecutionRecord"]
-        applied = sum(central.apply(r) == "applied" for r in executions)
+        applied = sum(central.apply(r) != "duplicate" for r in executions)
     return (taken - len(control)) + (accepted - len({s["signal_id"] for s in signals})) \
         + (applied - len({r["record_id"] for r in executions}))
 
@@ -239,37 +357,62 @@ def max_temp(read: list, start_ms: float, end_ms: float) -> float:
     return max(temps) if temps else float("nan")
 
 
-def outbox_write_cost(n: int = 20_000) -> dict[str, float]:
-    """µs per record: `Outbox.put` with its group commit (64 records a commit, a backlog's pace), the
-    caller's share alone (`put`), a commit per record (a slow trickle), and the baseline: librdkafka's
-    ``produce()`` into its memory queue, what the worker paid before the outbox."""
+#: How often the outbox commits, in the cost measurement: (name, records a commit, synchronous, share of n).
+COMMIT_MODES = (("grouped", 64, "NORMAL", 1.0),       # the drain thread's group commit under a backlog; a sync batch
+                ("tick", 2, "NORMAL", 0.25),          # one telemetry tick of the bench's two nodes
+                ("each", 1, "NORMAL", 0.25),          # put(wait=True): durable before put returns
+                ("grouped_full", 64, "FULL", 0.25),   # an fsync per commit: power-loss safe
+                ("each_full", 1, "FULL", 0.05))
+
+
+def outbox_write_cost(repeats: int = 7, n: int = 4000) -> dict[str, float]:
+    """µs per record writing into the outbox, the median of ``repeats`` repetitions (fresh file each), wall
+    and CPU (this process's), for each `COMMIT_MODES` entry; the caller's share alone (``put``); and the
+    baseline: librdkafka's ``produce()`` into its memory queue, what the worker paid before the outbox.
+
+    What is on disk when: ``put`` stages the record in memory; a commit appends the staged records to
+    the WAL in one transaction (``write()``, no fsync with ``synchronous=NORMAL``: durable against a crash
+    of the worker process, which is what a restart is; with ``FULL`` the WAL is fsynced at every commit,
+    durable against power loss). SQLite fsyncs the WAL before each checkpoint in both modes."""
     codec, now = Codec(), int(time.time() * 1000)
     sample = {"node_id": "edge-1", "ts_ms": now, "seq": 1, "gpu_temp_c": 80.0, "gpu_util": 0.9, "mem_used_frac": 0.4,
               "power_w": 250.0, "power_cap_w": 350.0, "latency_ms": 5.0, "throughput_rps": 100.0,
               "variant": "cnn", "precision": "fp32", "batch_size": 16, "source": "thermal-model",
               "scenario": "thermal-event", "record_id": "edge-1-x-1"}
     value = codec.encode("Telemetry", sample)
-    figures = {}
-    for name, every, count in (("grouped", 64, n), ("single", 1, n // 10)):
-        with tempfile.TemporaryDirectory() as d:
-            box = Outbox(Path(d) / "o.db")
-            put_s, t = 0.0, time.perf_counter()
-            for i in range(count):
-                a = time.perf_counter()
-                box.put(TOPICS.telemetry, b"edge-1", value, TELEMETRY, f"edge-1-x-{i}")
-                put_s += time.perf_counter() - a
-                if i % every == every - 1:
-                    box.commit()  # what the drain thread does every few ms in a worker
-            box.commit()
-            figures[name] = (time.perf_counter() - t) / count * 1e6
-            figures[f"{name}_put"] = put_s / count * 1e6
-            box.close()
-    producer = Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": "0", "queue.buffering.max.messages": n + 1})
-    t = time.perf_counter()
-    for i in range(n):
-        producer.produce(TOPICS.telemetry, key=b"edge-1", value=value)
-    figures["produce"] = (time.perf_counter() - t) / n * 1e6
-    producer.purge()
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name, *_ in COMMIT_MODES}
+    for _ in range(repeats):
+        for name, every, synchronous, share in COMMIT_MODES:
+            count = max(every, int(n * share))
+            with tempfile.TemporaryDirectory() as d:
+                box = Outbox(Path(d) / "o.db", synchronous=synchronous)
+                put_s, t, cpu = 0.0, time.perf_counter(), time.process_time()
+                for i in range(count):
+                    a = time.perf_counter()
+                    box.put(TOPICS.telemetry, b"edge-1", value, TELEMETRY, f"edge-1-x-{i}")
+                    put_s += time.perf_counter() - a
+                    if i % every == every - 1:
+                        box.commit()
+                box.commit()
+                runs[name].append(((time.perf_counter() - t) / count * 1e6, (time.process_time() - cpu) / count * 1e6,
+                                   put_s / count * 1e6))
+                box.close()
+    figures = {"repeats": repeats}
+    for name, values in runs.items():
+        figures[name] = statistics.median(v[0] for v in values)
+        figures[f"{name}_cpu"] = statistics.median(v[1] for v in values)
+        figures[f"{name}_put"] = statistics.median(v[2] for v in values)
+        figures[f"{name}_range"] = [round(min(v[0] for v in values), 2), round(max(v[0] for v in values), 2)]
+    produce = []
+    for _ in range(repeats):
+        producer = Producer({"bootstrap.servers": "127.0.0.1:9", "log_level": "0",
+                             "queue.buffering.max.messages": n + 1})
+        t = time.perf_counter()
+        for i in range(n):
+            producer.produce(TOPICS.telemetry, key=b"edge-1", value=value)
+        produce.append((time.perf_counter() - t) / n * 1e6)
+        producer.purge()
+    figures["produce"] = statistics.median(produce)
     return figures
 
 
@@ -294,6 +437,11 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="requests/s each node serves (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the nodes and the workflow lots")
     parser.add_argument("--zoo", type=Path, help="model zoo directory (default: the built-in cache)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="repetitions of the outbox write-cost measurement; the median is reported (default 7)")
+    parser.add_argument("--sync-resend-s", type=float, default=10.0,
+                        help="seconds a node waits for the central answer to a synced record before sending it "
+                             "again (default 10; the worker's default is 60)")
     args = parser.parse_args()
     from morph.zoo import load_manifest
 
@@ -301,15 +449,40 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-outage-") as tmp:
         work = Path(tmp)
         generate_keys(work / "keys")
-        cost = outbox_write_cost()
-        say(f"outbox write {cost['grouped']:.1f} µs/record (64 a commit), {cost['single']:.1f} (one a commit); "
-            f"librdkafka produce() {cost['produce']:.1f} µs/record")
+        cost = outbox_write_cost(args.repeats)
+        say(f"outbox write, median of {args.repeats}: {cost['grouped']:.1f} µs/record (64 a commit), "
+            f"{cost['tick']:.1f} (2 a commit), {cost['each']:.1f} (one a commit), {cost['each_full']:.1f} "
+            f"(one a commit, fsync); librdkafka produce() {cost['produce']:.1f} µs/record")
         results = {}
         for name, outage in (("connected", False), ("outage", True)):
             (work / name).mkdir()
             say(f"run {name}: about {RUN_S / args.speed + (5 if outage else 0):.0f} s")
             results[name] = Run(args, work / name, outage).execute()
     report(args, results, cost)
+
+
+def sync_figures(con: dict, out: dict) -> dict:
+    """Execution records synced through the sync flow, conflicts by strategy, node → central → node latency."""
+    def percentile(values, q):
+        return round(statistics.quantiles(values, n=100)[q - 1], 1) if len(values) >= 2 else None
+
+    answered = lambda run: sum(run["sync"]["answers"].values())
+    unanswered = lambda run: sum(v for k, v in run["sync"]["status_counts"].items()
+                                 if k in ("pending", "queued", "sent"))
+    conflicts = Counter()
+    for run in (con, out):
+        conflicts.update(run["sync"]["conflicts"])
+    return {
+        "sync_records_answered": answered(con) + answered(out),
+        "sync_answers": dict(con["sync"]["answers"] + out["sync"]["answers"]),
+        "sync_records_unanswered": unanswered(con) + unanswered(out),
+        "sync_conflicts_made": con["sync"]["conflicts_made"] + out["sync"]["conflicts_made"],
+        "sync_conflicts_by_strategy": dict(sorted(conflicts.items())),
+        "sync_round_trip_ms_p50": percentile(con["sync"]["round_trips_ms"], 50),
+        "sync_round_trip_ms_p95": percentile(con["sync"]["round_trips_ms"], 95),
+        "sync_round_trip_ms_p50_outage_run": percentile(out["sync"]["round_trips_ms"], 50),
+        "sync_round_trip_ms_max_outage_run": round(max(out["sync"]["round_trips_ms"], default=float("nan")), 1),
+    }
 
 
 def report(args, results: dict, cost: dict) -> None:
@@ -336,7 +509,14 @@ def report(args, results: dict, cost: dict) -> None:
         "local_decision_path": [f"{a['from_variant']}->{a['to_variant']}" for a in out["local_acks"]],
         "max_temp_c_outage": round(t_out, 2), "max_temp_c_connected": round(t_con, 2),
         "outbox_us_per_record": round(cost["grouped"], 2), "outbox_put_us_per_record": round(cost["grouped_put"], 2),
-        "outbox_us_per_record_one_per_commit": round(cost["single"], 2),
+        "outbox_cpu_us_per_record": round(cost["grouped_cpu"], 2),
+        "outbox_us_per_record_range": cost["grouped_range"], "outbox_repeats": cost["repeats"],
+        "outbox_us_per_record_two_per_commit": round(cost["tick"], 2),
+        "outbox_us_per_record_one_per_commit": round(cost["each"], 2),
+        "outbox_cpu_us_per_record_one_per_commit": round(cost["each_cpu"], 2),
+        "outbox_us_per_record_fsync_grouped": round(cost["grouped_full"], 2),
+        "outbox_us_per_record_fsync_one_per_commit": round(cost["each_full"], 2),
+        "outbox_core_share_at_production_one_per_commit": round(produced * cost["each"] / 1e6, 5),
         "produce_us_per_record_baseline": round(cost["produce"], 2),
         "outbox_vs_produce_ratio": round(cost["grouped"] / cost["produce"], 2),
         "drain_records_per_s": round(drain, 1), "production_records_per_s": round(produced, 2),
@@ -345,6 +525,7 @@ def report(args, results: dict, cost: dict) -> None:
         "forged_commands_accepted": injected["forged"], "replayed_commands_accepted": injected["replayed"],
         "unsigned_commands_accepted": injected["unsigned"],
         "commands_injected": sum(len(v) for r in (con, out) for v in r["injected"].values()),
+        **sync_figures(con, out),
         "speed": args.speed, "seed": args.seed, "machine": "2 cores shared, loaded (timings noisy)",
     }
     for key, value in figures.items():

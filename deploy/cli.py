@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "deploy.zoo_cmd",
     "deploy.worker",
     "deploy.keys_cmd",
+    "deploy.sync_cmd",
     "deploy.demo",
     "deploy.evaluate_nextstep",
     "deploy.evaluate_anomaly",
@@ -112,6 +113,7 @@ GROUP_HELP = {
     "fingerprint": "inspect workflow fingerprints",
     "deploy": "run an AdaptiveWorkflow resource here, or render it for Kubernetes",
     "keys": "the keys that sign commands: generate, rotate",
+    "sync": "the central store of execution records: conflicts held for an operator, resolve, edit",
 }
 
 

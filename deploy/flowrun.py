@@ -12,6 +12,7 @@ where the last snapshot left off.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -26,9 +27,9 @@ from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from flows.spec import ENV_VAR, FlowSpec
 
 #: Flow name -> module with ``build(spec)`` and ``from_env()``.
-FLOWS = {"control": "flows.control", "workflow": "flows.workflow"}
+FLOWS = {"control": "flows.control", "workflow": "flows.workflow", "sync": "flows.sync"}
 #: Topics each flow reads (checked before starting, for a clear error).
-FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals",)}
+FLOW_INPUTS = {"control": ("telemetry", "acks"), "workflow": ("signals",), "sync": ("executions",)}
 POLICY_KINDS = ("rules", "rli")
 
 
@@ -136,7 +137,8 @@ def spec_from_args(name: str, args) -> FlowSpec:
                                                 if getattr(args, "idle_timeout", None) else None),
                                                ("metrics_interval_ms", int(args.metrics_interval * 1000)
                                                 if getattr(args, "metrics_interval", None) else None),
-                                               ("log_metrics", getattr(args, "log_metrics", False))) if v})
+                                               ("log_metrics", getattr(args, "log_metrics", False)),
+                                               ("conflicts", dict(getattr(args, "conflict", None) or []))) if v})
 
 
 def _run(args) -> int:
@@ -147,6 +149,8 @@ def _run(args) -> int:
     else:
         spec = spec_from_args(args.flow, args)
     flow_module(spec.name)
+    if spec.name == "sync" and not spec.options.get("store"):
+        raise UsageError("the sync flow needs --store PATH|DSN: the central store of execution records")
     inputs = FLOW_INPUTS[spec.name] + (("experience",) if spec.options.get("policy_kind") == "rli"
                                        and not spec.options.get("no_peers") else ())
     require_topics(spec.kafka, [getattr(spec.topic_names, t) for t in inputs])
@@ -175,7 +179,12 @@ def add_flow_args(p) -> None:
     p.add_argument("--zoo", type=Path, help="model zoo directory: commands carry each model's sha256 from its manifest")
     p.add_argument("--models", action="store_true", help="control flow: online anomaly and forecast models on")
     p.add_argument("--store", metavar="PATH|DSN",
-                   help="workflow flow: persist every signal to this history store (SQLite file, or postgresql://...)")
+                   help="workflow flow: persist every signal to this history store (SQLite file, or postgresql://...); "
+                        "sync flow: the central store the nodes' execution records go to (required)")
+    p.add_argument("--conflict", metavar="ENTITY=STRATEGY", action="append", type=parse_conflict,
+                   help="sync flow: conflict strategy of an entity type (execution, step, or default for the others): "
+                        "last_modified (the default), central_wins, edge_wins or manual (held for `liquid sync "
+                        "conflicts`); repeatable")
     p.add_argument("--speculation", action="store_true",
                    help="workflow flow: send shadow pre-execution commands for predicted steps (and learn from their acks)")
     p.add_argument("--resilience", action="store_true",
@@ -205,8 +214,19 @@ def add_flow_args(p) -> None:
                    help="--policy rli: ε of the Laplace mechanism per experience release (default %(default)s)")
 
 
+def parse_conflict(text: str) -> tuple[str, str]:
+    """``ENTITY=STRATEGY`` of ``--conflict``, checked."""
+    from fingerprint.store import STRATEGIES
+
+    entity, _, strategy = text.partition("=")
+    if not entity or strategy not in STRATEGIES:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected ENTITY=STRATEGY with a strategy among "
+                                         f"{', '.join(STRATEGIES)}")
+    return entity, strategy
+
+
 def register(tree) -> None:
-    p = tree.command("flow run", "run a dataflow (control | workflow) on Bytewax workers", _run, description=__doc__)
+    p = tree.command("flow run", "run a dataflow (control | workflow | sync) on Bytewax workers", _run, description=__doc__)
     p.add_argument("flow", help=f"which flow: {', '.join(FLOWS)}")
     p.add_argument("-w", "--workers", type=int, default=1, help="worker threads per process (default %(default)s)")
     p.add_argument("-p", "--processes", type=int, default=1, help="processes on this machine (default %(default)s)")

@@ -8,9 +8,18 @@ record id, which every record carries).
 
 * **Write-ahead, always.** Records are not sent straight to librdkafka and
   buffered only on failure: librdkafka's memory queue is exactly what is lost on
-  a restart. `Outbox.put` is one INSERT and one commit (WAL with
-  ``synchronous=NORMAL``: durable against a crash of the process; with
-  ``synchronous="FULL"`` also against power loss, at an fsync per record).
+  a restart. What is on disk when: `Outbox.put` stages the record in memory and
+  wakes the drain thread, which commits everything staged in one transaction
+  before it reads the next batch (within a few ms; under a backlog one commit
+  carries many records). A commit appends to the WAL with ``write()`` and, with
+  ``synchronous=NORMAL``, no fsync: durable against a crash of the process (the
+  kernel has the pages), not against power loss since the last checkpoint (SQLite
+  fsyncs the WAL before each checkpoint); ``synchronous="FULL"`` fsyncs the WAL at
+  every commit (power-loss safe; ``bench/outage.py`` measures both). A process
+  crash can lose only what was staged and not yet committed; callers that must
+  not lose a record commit at once (``put(wait=True)``: acks of local decisions)
+  or call `Outbox.commit` before they act on it (an execution-record batch before
+  it is marked queued), and `close` commits what is staged.
 * **Bounded by count, bytes and age.** At ``max_records`` or ``max_bytes`` the priorities decide:
   telemetry (the lowest class) is thinned — every second buffered telemetry
   record of the older half is deleted, the oldest kept, so the outage stays

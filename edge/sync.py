@@ -1,75 +1,44 @@
-"""Sync of execution records: from a node's store, through Kafka, into the central store.
+"""Sync of execution records, node side: out through the outbox, answers back from the central store.
 
-Node side, `SyncManager`: every ``interval_s`` it takes up to ``batch_size``
-pending records from the node's `edge.records.ExecutionStore` (executions
-before steps, oldest change first), publishes each as an ``ExecutionRecord``
-through the worker's durable outbox and marks it ``queued``; the outbox's
-delivery report marks it ``synced``. Nothing is lost to an outage or a restart:
-pending rows are taken again, queued ones are in the outbox file.
+`SyncManager`: every ``interval_s`` it takes up to ``batch_size`` pending
+records from the node's `edge.records.ExecutionStore` (executions before steps,
+oldest change first), puts each as an ``ExecutionRecord`` into the worker's
+durable outbox, commits the outbox, and only then marks them ``queued`` (a
+crash in between sends them again; never loses them). The outbox's delivery
+report marks a record ``sent``. The central side (``liquid flow run sync``:
+`flows.sync` over `fingerprint.store.CentralExecutions`) answers each version
+with a signed ``SyncOutcome`` on ``edge.sync``; `SyncOutcomeListener` checks
+the signature like a command's and `SyncManager.answer` records it: the row
+becomes ``accepted``, ``superseded`` (with the central values) or
+``conflict``. A version sent and not answered within ``resend_after_s`` goes
+out again (the central side deduplicates it and repeats its answer): a broker
+that lost records, or an answer that was lost, costs a resend, not the record.
 
-Central side, `CentralExecutions` (SQLite, the same kind of file as the signal
-store): applies each record with the conflict strategy configured for its
-entity type. A conflict is an edge change to a record that the central side
-has changed since it last took the node's version (an operator marked a run
-reviewed, say, while the node, offline, retried it). The strategies are the
-seed's:
-
-* ``last_modified`` — the later change wins (node and central clocks compared);
-* ``central_wins`` — the central version stays;
-* ``edge_wins`` — the node's version replaces it;
-* ``manual`` — the central version stays and the node's is kept in
-  ``conflicts`` until someone resolves it (`CentralExecutions.resolve`).
-
-A redelivered or older edge version changes nothing. The central side does not
-send its versions back to the node (there is no central → edge channel yet).
-
->>> import tempfile, os
->>> central = CentralExecutions(os.path.join(tempfile.mkdtemp(), "central.db"),
-...                             strategies={"execution": "central_wins"})
->>> rec = {"record_id": "execution:r1@1", "entity": "execution", "entity_id": "r1", "execution_id": "r1",
-...        "workflow_id": "w", "node_id": "n1", "status": "failed", "modified_ms": 1_000, "edge_version": 1,
-...        "fields": {}}
->>> central.apply(rec)
-'applied'
->>> central.edit("execution", "r1", "reviewed", now_ms=2_000)   # an operator, centrally
->>> central.apply({**rec, "record_id": "execution:r1@2", "status": "retried", "modified_ms": 3_000,
-...                "edge_version": 2})
-'conflict: central kept'
->>> central.get("execution", "r1")["status"]
-'reviewed'
+>>> import os, tempfile
+>>> from edge.records import ExecutionStore
+>>> store = ExecutionStore(os.path.join(tempfile.mkdtemp(), "records.db"), "edge-1")
+>>> _ = store.upsert("execution", "run-1", "run-1", "inspection", "failed", {"error": "camera timeout"})
+>>> outbox = []
+>>> manager = SyncManager(store, lambda record: outbox.append(record) is None)
+>>> manager.sync_once(), [r["record_id"] for r in outbox]
+(1, ['execution:run-1@1'])
+>>> manager.delivered("execution:run-1@1")                       # the broker has it
+>>> manager.answer({"outcome": "SUPERSEDED", "entity": "execution", "entity_id": "run-1", "edge_version": 1,
+...                 "record_id": "execution:run-1@1", "central_status": "reviewed", "central_fields": {},
+...                 "central_modified_ms": 5_000})
+True
+>>> {k: store.get("execution", "run-1")[k] for k in ("status", "sync_status", "central_seen_ms")}
+{'status': 'reviewed', 'sync_status': 'superseded', 'central_seen_ms': 5000}
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
+import sys
 import threading
 import time
-from pathlib import Path
 
-STRATEGIES = ("last_modified", "central_wins", "edge_wins", "manual")
-
-CENTRAL_SCHEMA = """
-CREATE TABLE IF NOT EXISTS executions (
-    entity TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    record TEXT NOT NULL,
-    status TEXT NOT NULL,
-    modified_ms INTEGER NOT NULL,
-    edge_version INTEGER NOT NULL,
-    central_dirty INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (entity, entity_id)
-);
-CREATE TABLE IF NOT EXISTS conflicts (
-    entity TEXT NOT NULL,
-    entity_id TEXT NOT NULL,
-    edge_record TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    ts_ms INTEGER NOT NULL
-);
-"""
+from edge.listener import CommandListener
+from schemas.codec import DecodeError
 
 
 def sync_record_id(entity: str, entity_id: str, edge_version: int) -> str:
@@ -91,13 +60,27 @@ class SyncManager:
         The node's `edge.records.ExecutionStore`.
     publish
         ``(ExecutionRecord dict) -> bool``: into the outbox (False when it refused).
+    commit
+        ``() -> None``: makes what ``publish`` stored durable (``Outbox.commit``); called
+        before a batch is marked ``queued``.
     batch_size, interval_s
         Records per batch, and seconds between batches.
+    resend_after_s
+        A record sent and not answered by the central side this long is sent again; while
+        resends get no answer at all (no sync flow runs), the wait doubles, up to
+        ``max_resend_s``, so a cluster without a central store is not flooded.
     """
 
-    def __init__(self, store, publish, batch_size: int = 200, interval_s: float = 1.0):
-        self.store, self.publish = store, publish
-        self.batch_size, self.interval_s = batch_size, interval_s
+    def __init__(self, store, publish, commit=None, batch_size: int = 200, interval_s: float = 1.0,
+                 resend_after_s: float = 60.0, max_resend_s: float = 3600.0):
+        self.store, self.publish, self.commit = store, publish, commit
+        self.batch_size, self.interval_s, self.resend_after_s = batch_size, interval_s, resend_after_s
+        self.max_resend_s = max_resend_s
+        self._backoff = 1.0               # doubles while resends go unanswered; 1 again at the next answer
+        self._answered_since_resend = True
+        self.answers: dict[str, int] = {}          # answers recorded, by outcome
+        self.round_trips_ms: list[float] = []      # queued → answered, of versions queued by this process
+        self._queued_at: dict[str, float] = {}
         self._halt = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -111,23 +94,55 @@ class SyncManager:
                 break  # the outbox is full of more urgent records: resume from here next time
             queued.append((row["entity"], row["entity_id"], row["edge_version"]))
         if queued:
+            if self.commit is not None:
+                self.commit()  # durable in the outbox before the store stops offering them
+            now = time.monotonic()
+            self._queued_at.update((sync_record_id(*key), now) for key in queued)
             self.store.mark(queued, "queued")
             self.store.log("queued", len(queued))
         return len(queued)
 
     def delivered(self, record_id: str) -> None:
         """The outbox's delivery report for an ExecutionRecord: the broker has it."""
-        self.store.mark([parse_sync_record_id(record_id)], "synced")
+        self.store.mark([parse_sync_record_id(record_id)], "sent", only_from="queued")
 
-    def start(self) -> "SyncManager":
+    def answer(self, outcome: dict) -> bool:
+        """A SyncOutcome from the central store (already verified); False when the version is not the row's."""
+        taken = self.store.answer(outcome)
+        if taken:
+            self._backoff, self._answered_since_resend = 1.0, True
+            self.answers[outcome["outcome"]] = self.answers.get(outcome["outcome"], 0) + 1
+            queued_at = self._queued_at.pop(outcome["record_id"], None)
+            if queued_at is not None:
+                self.round_trips_ms.append((time.monotonic() - queued_at) * 1000)
+        return taken
+
+    def start(self) -> SyncManager:
         self._thread = threading.Thread(target=self._loop, name="execution-sync", daemon=True)
         self._thread.start()
         return self
 
     def _loop(self) -> None:
         while not self._halt.wait(self.interval_s):
+            self.resend_unanswered()
             while self.sync_once() == self.batch_size and not self._halt.is_set():
                 pass  # a backlog: keep going batch after batch
+
+    @property
+    def resend_wait_s(self) -> float:
+        """How long a sent record waits for its answer before it is sent again, now."""
+        return min(self.resend_after_s * self._backoff, self.max_resend_s)
+
+    def resend_unanswered(self) -> int:
+        """Put records sent and unanswered for the current resend wait back to pending; how many."""
+        wait_s = self.resend_wait_s
+        resent = self.store.resend_unanswered(wait_s)
+        if resent:
+            if not self._answered_since_resend:
+                self._backoff *= 2
+            self._answered_since_resend = False
+            self.store.log("resend", resent, f"no central answer in {wait_s:.0f} s")
+        return resent
 
     def stop(self) -> None:
         self._halt.set()
@@ -136,90 +151,36 @@ class SyncManager:
         self.sync_once()
 
 
-class CentralExecutions:
-    """The central store of execution records, resolving conflicts per entity type.
+class SyncOutcomeListener(CommandListener):
+    """The central store's answers for this worker's nodes (``edge.sync``), checked like commands.
 
-    Parameters
-    ----------
-    path
-        SQLite file.
-    strategies
-        ``{entity type: strategy}``; types not named use ``default``.
-    default
-        Strategy for the other types (``last_modified``).
+    Read from the beginning of the topic at every start (answers are idempotent:
+    one for a version the node has moved past changes nothing), with
+    ``auto.offset.reset=earliest`` so a broker that lost its log is read from its
+    new start. With a ``verify`` (the worker's keyring), an unsigned, forged,
+    expired or replayed answer is counted in ``rejected`` and ignored: it is not a
+    command, so nothing is acknowledged; an unanswered record is sent again later.
     """
 
-    def __init__(self, path, strategies: dict[str, str] | None = None, default: str = "last_modified"):
-        self.strategies = dict(strategies or {})
-        for strategy in [*self.strategies.values(), default]:
-            if strategy not in STRATEGIES:
-                raise ValueError(f"unknown conflict strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
-        self.default = default
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.executescript(CENTRAL_SCHEMA)
+    def __init__(self, settings, topic: str, nodes: set[str], on_outcome, codec=None, verify=None):
+        from schemas.kafka import KafkaSettings
 
-    def get(self, entity: str, entity_id: str) -> dict | None:
-        row = self._db.execute("SELECT record, status FROM executions WHERE entity = ? AND entity_id = ?",
-                               (entity, entity_id)).fetchone()
-        return None if row is None else {**json.loads(row[0]), "status": row[1]}
+        earliest = KafkaSettings(settings.bootstrap, {**settings.config, "auto.offset.reset": "earliest"})
+        super().__init__(earliest, topic, "", nodes, on_outcome, codec, schema_name="SyncOutcome",
+                         from_beginning=True, verify=verify, publish_ack=lambda ack: None)
+        self.kind = "SYNC"
 
-    def edit(self, entity: str, entity_id: str, status: str, now_ms: int | None = None) -> None:
-        """A change made centrally (an operator's): the next edge change to this record is a conflict."""
-        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        self._db.execute("UPDATE executions SET status = ?, modified_ms = ?, central_dirty = 1 "
-                         "WHERE entity = ? AND entity_id = ?", (status, now_ms, entity, entity_id))
-
-    def apply(self, record: dict) -> str:
-        """Apply one edge version; returns what happened (applied, duplicate, conflict: ...)."""
-        key = (record["entity"], record["entity_id"])
-        row = self._db.execute("SELECT modified_ms, edge_version, central_dirty FROM executions "
-                               "WHERE entity = ? AND entity_id = ?", key).fetchone()
-        if row is not None and record["edge_version"] <= row[1]:
-            return "duplicate"
-        if row is None or not row[2]:
-            self._store(record)
-            return "applied"
-        strategy = self.strategies.get(record["entity"], self.default)
-        edge_wins = strategy == "edge_wins" or (strategy == "last_modified" and record["modified_ms"] > row[0])
-        if edge_wins:
-            self._store(record)
-            outcome = "edge won"
-        else:
-            # The central version stays; the edge version is taken as seen (so a redelivery
-            # is a duplicate), and kept for a person to decide under "manual".
-            self._db.execute("UPDATE executions SET edge_version = ? WHERE entity = ? AND entity_id = ?",
-                             (record["edge_version"], *key))
-            outcome = "held for review" if strategy == "manual" else "central kept"
-        self._db.execute("INSERT INTO conflicts VALUES (?, ?, ?, ?, ?, ?)",
-                         (*key, json.dumps(record), strategy, outcome, int(time.time() * 1000)))
-        return f"conflict: {outcome}"
-
-    def _store(self, record: dict) -> None:
-        self._db.execute(
-            "INSERT INTO executions VALUES (?, ?, ?, ?, ?, ?, ?, 0) ON CONFLICT (entity, entity_id) DO UPDATE SET "
-            "record = excluded.record, status = excluded.status, modified_ms = excluded.modified_ms, "
-            "edge_version = excluded.edge_version, central_dirty = 0",
-            (record["entity"], record["entity_id"], record["node_id"], json.dumps(record), record["status"],
-             record["modified_ms"], record["edge_version"]))
-
-    def open_conflicts(self) -> list[dict]:
-        """Edge versions held under the ``manual`` strategy, oldest first."""
-        rows = self._db.execute("SELECT edge_record FROM conflicts WHERE outcome = 'held for review' "
-                                "ORDER BY ts_ms").fetchall()
-        return [json.loads(r[0]) for r in rows]
-
-    def resolve(self, entity: str, entity_id: str, keep: str) -> None:
-        """Settle a held conflict: ``keep='edge'`` takes the node's latest held version, ``'central'`` keeps ours."""
-        if keep not in ("edge", "central"):
-            raise ValueError("keep is 'edge' or 'central'")
-        held = [r for r in self.open_conflicts() if (r["entity"], r["entity_id"]) == (entity, entity_id)]
-        if not held:
-            raise ValueError(f"no open conflict for {entity} {entity_id}")
-        if keep == "edge":
-            self._store(held[-1])
-        else:
-            self._db.execute("UPDATE executions SET central_dirty = 0 WHERE entity = ? AND entity_id = ?",
-                             (entity, entity_id))
-        self._db.execute("UPDATE conflicts SET outcome = ? WHERE entity = ? AND entity_id = ? "
-                         "AND outcome = 'held for review'", (f"resolved: {keep} kept", entity, entity_id))
+    def _handle(self, raw: bytes) -> None:
+        try:
+            outcome = self.codec.decode(raw, expect="SyncOutcome").record
+        except DecodeError as err:
+            self.undecodable += 1
+            print(f"liquid: ignoring an undecodable sync outcome: {err}", file=sys.stderr)
+            return
+        if outcome["node_id"] not in self.nodes:
+            return
+        if self.verify is not None and self.verify(outcome, self.kind) is not None:
+            self.rejected += 1
+            return
+        self.received += 1
+        self.on_command(outcome)

@@ -41,7 +41,7 @@ from edge.sensors import open_sensor
 from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.signing import CommandVerifier
-from edge.sync import SyncManager
+from edge.sync import SyncManager, SyncOutcomeListener
 from edge.thermal import Scenario
 from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
@@ -133,7 +133,7 @@ class EdgeWorker:
         # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
-        self.shadow_listener = self.policy_listener = None
+        self.shadow_listener = self.policy_listener = self.sync_listener = None
         self._runners: list[threading.Thread] = []
         if workflow is not None:
             if workflow != "inspection":
@@ -142,13 +142,16 @@ class EdgeWorker:
                 node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
                 store = ExecutionStore(self.outbox_path.with_name(f"{self.outbox_path.stem}-{node.node_id}-records.db"),
                                        node.node_id)
-                node.sync = SyncManager(store, self._publish_execution_record)
+                node.sync = SyncManager(store, self._publish_execution_record, commit=self.outbox.commit)
                 node.recovery = PolicyRecovery(FailureView(), seed=seed)
             self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
                                                   from_beginning=True)
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand",
                                                    verify=verify, publish_ack=self._publish_ack, on_contact=contact)
+            # The central store's answers to the nodes' execution records, signed like commands.
+            self.sync_listener = SyncOutcomeListener(settings, topics.sync, set(node_ids), self._on_sync_outcome,
+                                                     self.codec, verify=verify)
             self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
                                               name=f"runs-{node.node_id}") for node in self.nodes.values()]
         self.last_telemetry: dict[str, dict] = {}
@@ -165,6 +168,8 @@ class EdgeWorker:
             self.shadow_listener.start()
         if self.policy_listener is not None:
             self.policy_listener.start()
+        if self.sync_listener is not None:
+            self.sync_listener.start()
         # Telemetry does not wait for the broker: a node (re)started during an outage keeps
         # measuring into its outbox, and its local policy keeps it safe.
         self._telemetry.start()
@@ -197,6 +202,8 @@ class EdgeWorker:
             self.shadow_listener.stop()
         if self.policy_listener is not None:
             self.policy_listener.stop()
+        if self.sync_listener is not None:
+            self.sync_listener.stop()
         self._telemetry.join(timeout=5)
         stats = {}
         for node_id, node in self.nodes.items():
@@ -294,6 +301,9 @@ class EdgeWorker:
         return self.outbox.put(self.topics.executions, record["node_id"].encode(),
                                self.codec.encode("ExecutionRecord", record), PRIORITY_OF_SCHEMA["ExecutionRecord"],
                                record["record_id"])
+
+    def _on_sync_outcome(self, outcome: dict) -> None:
+        self.nodes[outcome["node_id"]].sync.answer(outcome)
 
     def _on_policy(self, record: dict) -> None:
         table = RecoveryPolicyTable.from_record(record)

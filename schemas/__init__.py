@@ -28,6 +28,7 @@ SCHEMA_FILES = {
     "NextStepMetrics": "next_step_metrics",
     "ExecutionRecord": "execution_record",
     "RecoveryPolicy": "recovery_policy",
+    "SyncOutcome": "sync_outcome",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -44,6 +45,7 @@ TOPICS = {
     "NextStepMetrics": "workflow.metrics",
     "ExecutionRecord": "edge.executions",
     "RecoveryPolicy": "workflow.policy",
+    "SyncOutcome": "edge.sync",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -80,6 +82,7 @@ class TopicNames:
     metrics: str = TOPICS["NextStepMetrics"]
     executions: str = TOPICS["ExecutionRecord"]
     policy: str = TOPICS["RecoveryPolicy"]
+    sync: str = TOPICS["SyncOutcome"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -91,5 +94,5 @@ class TopicNames:
             "Telemetry": self.telemetry, "WorkflowSignal": self.signals, "MorphCommand": self.commands,
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
             "NextStepPrediction": self.predictions, "Experience": self.experience, "NextStepMetrics": self.metrics,
-            "ExecutionRecord": self.executions, "RecoveryPolicy": self.policy,
+            "ExecutionRecord": self.executions, "RecoveryPolicy": self.policy, "SyncOutcome": self.sync,
         }[schema_name]

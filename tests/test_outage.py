@@ -132,7 +132,7 @@ def test_outage_with_a_worker_restart_loses_nothing_and_the_flows_count_nothing_
     for signal in signals:
         fingerprint.learn_one(signal)
     assert fingerprint.accepted == len({s["signal_id"] for s in signals})
-    from edge.sync import CentralExecutions
+    from fingerprint.store import CentralExecutions
 
     central = CentralExecutions(tmp_path / "central.db")
     executions = [r for s, r in read if s == "ExecutionRecord"]

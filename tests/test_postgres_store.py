@@ -67,3 +67,31 @@ def test_workflow_flow_persists_to_postgres_and_rebuilds_the_same_fingerprint(ka
     from_pg = run_liquid("fingerprint", "show", "claims", "--store", postgres_dsn, "--format", "json").stdout
     from_log = run_liquid("fingerprint", "show", "claims", "--log", log, *LOG_ARGS, "--format", "json").stdout
     assert json.loads(from_pg) == json.loads(from_log)
+
+
+@pytest.mark.broker
+def test_sync_flow_keeps_the_nodes_records_in_postgres_and_answers_each_once_applied(kafka, tmp_path, postgres_dsn):
+    from deploy.keys_cmd import PRIVATE, generate_keys
+    from fingerprint.store import CentralExecutions
+    from tests.test_sync_central import Node
+
+    generate_keys(tmp_path / "keys")
+    node = Node(kafka, tmp_path)
+    try:
+        for i in range(40):
+            node.store.upsert("execution", f"run-{i}", f"run-{i}", "inspection", "completed", {"latency_ms": str(i)})
+            node.store.upsert("step", f"run-{i}/0/capture", f"run-{i}", "inspection", "ok", {})
+        assert node.send() == 80
+        # The second run reads everything again (no recovery), on two workers with a connection each:
+        # duplicates, answered again, changing nothing.
+        for workers in ("1", "2"):
+            run_liquid("flow", "run", "sync", "-w", workers, "--until-end", "--store", postgres_dsn,
+                       "--conflict", "default=manual", "--signing-key", tmp_path / "keys" / PRIVATE,
+                       "--bootstrap", kafka.bootstrap)
+        node.wait_for("step", "run-39/0/capture", "accepted")
+        assert node.store.counts() == {"accepted": 80}
+        central = CentralExecutions(postgres_dsn)
+        assert central.get("execution", "run-7")["fields"]["latency_ms"] == "7"
+        assert central.conflict_counts() == {}
+    finally:
+        node.close()
