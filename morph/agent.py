@@ -226,8 +226,11 @@ class RliAgent:
         return out
 
     def exploration(self, state: AgentState) -> float:
+        """ε shrinks with the evidence the model holds (own decisions and peers' weighted experience,
+        discounted alike), not with the node's own decision count: a node that joins a fleet whose
+        experience it absorbs explores less than one that starts alone."""
         c = self.config
-        return max(c.epsilon_min, c.epsilon / (1.0 + state.decisions / c.epsilon_decay))
+        return max(c.epsilon_min, c.epsilon / (1.0 + state.bandit.stats.count / c.epsilon_decay))
 
     def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
         allowed = np.flatnonzero(safe)
