@@ -197,20 +197,24 @@ def reward_series(tele: list, constraints, weights, speed: float) -> list[tuple[
     return out
 
 
-def calibrate_rate(manifest, say=print, seconds: float = 1.0) -> tuple[float, dict]:
+def calibrate_rate(manifest, say=print, nodes: int = 2, seconds: float = 1.0) -> tuple[float, dict]:
     """(offered load near the lighter variants' capacity, each variant's measured capacity in req/s).
 
-    Each variant serves a load it cannot keep up with for ``seconds``, on this machine, as the worker
-    serves (fp32, batch 16); the demo then offers 80 % of the cnn's capacity."""
+    Each variant serves, on ``nodes`` loads at once as the demo's worker does (fp32, batch 16), more than
+    it can keep up with for ``seconds`` on this machine; the demo then offers 80 % of the cnn's capacity."""
     from edge.serving import InferenceServer, RequestLoad
 
     capacity = {}
     for variant in VARIANTS:
         with InferenceServer(manifest, variant, "fp32") as server:
-            load = RequestLoad(server, rate=50_000.0, batch_size=16, deadline_ms=60_000)
-            with load:
-                time.sleep(seconds)
-                capacity[variant] = round(load.stats().capacity_rps or 0.0, 1)
+            loads = [RequestLoad(server, rate=50_000.0, batch_size=16, deadline_ms=60_000) for _ in range(nodes)]
+            for load in loads:
+                load.start()
+            time.sleep(seconds)
+            measured = [load.stats().capacity_rps or 0.0 for load in loads]
+            for load in loads:
+                load.stop()
+            capacity[variant] = round(sum(measured) / nodes, 1)
     say("measured capacity (req/s, fp32, batch 16): " + ", ".join(f"{v} {c:.0f}" for v, c in capacity.items()))
     return round(0.8 * capacity["cnn"], 1), capacity
 

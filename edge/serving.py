@@ -438,6 +438,12 @@ class RequestLoad:
                 first_id = self._submitted
                 self._submitted += n
                 self._in_flight = n
+            if time.monotonic() - arrived > self.deadline_s:
+                # Already past its deadline: shed unserved, so an overload's backlog drains instead of
+                # making every later request late too (and the compute goes to requests that can still make it).
+                self._shed(n, time.monotonic())
+                arrived += n / self.rate
+                continue
             if self.lighting is not None:
                 self.inputs = self.lighting.at((time.monotonic() - self._t0) * self.time_scale)
             stage = PREPROCESSING[self.preprocessing]
@@ -488,6 +494,12 @@ class RequestLoad:
                         first_id + i, arrived, done, served, pred.variant if pred else None,
                         pred.precision if pred else None, int(labels[i]),
                         int(pred.labels[i]) if pred is not None else None))
+
+    def _shed(self, n: int, now: float) -> None:
+        with self._lock:
+            self._in_flight = 0
+            self._late += n
+            self._seconds.setdefault(int(now - self._t0), [0, 0, None, None])[1] += n
 
     def _prune(self, now: float) -> None:
         while self._recent and self._recent[0][0] < now - 1.0:
