@@ -315,9 +315,8 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_d
     # A zoo the caller names is used as it is (whatever its profile); the default one is built if missing.
     manifest = load_manifest(zoo_dir) if zoo_dir else build_zoo(progress=say)
     policy = PolicyConfig().scaled(speed)
-    capacity = None
-    if rate is None:
-        rate, capacity = calibrate_rate(manifest, say) if policy_kind == "rli" else (100.0, None)
+    rate, capacity = (rate, None) if rate is not None else \
+        calibrate_rate(manifest, say) if policy_kind == "rli" else (100.0, None)
     keyring = None
     if signing:  # commands are signed by the control flow and checked by the worker
         from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
@@ -334,8 +333,7 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_d
             flow_cmd += ["--policy", f"{key}={getattr(policy, key)}"]
         if signing:
             flow_cmd += ["--signing-key", str(out_dir / "keys" / PRIVATE)]
-        if policy_kind == "rli":
-            flow_cmd += ["--policy", "rli"]
+        flow_cmd += ["--policy", "rli"] if policy_kind == "rli" else []
         flow = subprocess.Popen(flow_cmd, stdout=open(out_dir / "flow.log", "w"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         monitor = Monitor(settings, topics).start()
