@@ -19,7 +19,7 @@ def test_under_an_offered_load_above_capacity_the_queue_grows_and_capacity_is_wh
             calm = light.stats()
         capacity = calm.capacity_rps
         assert calm.offered_rps == 50 and capacity is not None and capacity > 50
-        heavy = RequestLoad(server, rate=3 * capacity, batch_size=4, deadline_ms=60_000)
+        heavy = RequestLoad(server, rate=10 * capacity, batch_size=4, deadline_ms=60_000)
         with heavy:
             time.sleep(1.0)
             early = heavy.stats()
