@@ -438,9 +438,9 @@ class RequestLoad:
                 first_id = self._submitted
                 self._submitted += n
                 self._in_flight = n
-            if time.monotonic() - arrived > self.deadline_s:
-                # Already past its deadline: shed unserved, so an overload's backlog drains instead of
-                # making every later request late too (and the compute goes to requests that can still make it).
+            if time.monotonic() - arrived > max(1.0, 4 * self.deadline_s):
+                # Far past its deadline (an overload, not one slow batch): shed unserved, so the backlog
+                # drains instead of making every later request late too once the node can keep up again.
                 self._shed(n, time.monotonic())
                 arrived += n / self.rate
                 continue
