@@ -28,7 +28,8 @@ def test_under_an_offered_load_above_capacity_the_queue_grows_and_capacity_is_wh
     assert calm.queue_len <= 4
     assert late.queue_len > early.queue_len > 0             # arrivals outrun serving: the backlog grows
     assert late.throughput_rps < late.offered_rps            # it serves less than is offered ...
-    assert late.capacity_rps == pytest.approx(capacity, rel=0.6)  # ... at about the speed it can serve
+    # ... and, busy all the time, what it serves per second is what it can serve per second of serving
+    assert late.throughput_rps == pytest.approx(late.capacity_rps, rel=0.5)
 
 
 def test_energy_per_inference_is_power_over_throughput_and_the_fields_fit_the_schema():
