@@ -14,6 +14,21 @@ balanced weights) over the same 10 s epochs:
   epoch earns the most (myopic, like the bandit's objective); regret is measured
   against it.
 
+Peer learning (the seed's Figure 3) is measured on a cold start, because on a fleet
+that starts at once the first arm already earns ~0.87 of the oracle's reward and
+every learner "reaches 90 %" in its first decisions. On a second fleet
+(``--cold-nodes``, same seed) a random half starts the run and the other half
+joins one node at a time, evenly spaced from a quarter of the run to
+``--horizon`` decisions before its end; rli alone, rli+peers (a newcomer is sent
+its group's archive of released experience when it joins), rli+peers+dp and the
+oracle run it. Per newcomer, from its own first decision, mean over newcomers,
+moving mean over ``--window`` decisions: decisions to 90 % / 95 % of the
+oracle's reward, and to close 50 % / 70 % of the gap between a uniformly random
+allowed arm and the oracle; not reached within the horizon counts as horizon + 1.
+peer_speedup = decisions alone / with peers (at 90 %; the other levels beside
+it); dp_gain_retained = (DP speedup − 1) / (speedup − 1). Also the newcomers'
+regret over their first 10, 30 and ``--horizon`` decisions.
+
 Also measured: off-policy evaluation — the rli run's logged decisions estimate
 the value of a frozen greedy policy trained on a different fleet (``--seed``
 + 1000), compared with that policy's true value on the same states (the
@@ -32,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -52,7 +68,13 @@ from morph.ope import (
     log_record,
     snips,
 )
-from morph.peers import ExperienceSharer, PeerNetwork, SharingConfig, absorb
+from morph.peers import (
+    ExperienceSharer,
+    GroupArchive,
+    PeerNetwork,
+    SharingConfig,
+    absorb,
+)
 from morph.policy import MorphPolicy, NodeState, PolicyConfig
 from morph.reward import reward
 from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest
@@ -75,21 +97,30 @@ def load_arms(zoo: str | None, cost_metric: str) -> tuple[ArmSet, str]:
 
 
 class Run:
-    """One policy over the fleet: the per-epoch rewards and what the nodes went through."""
+    """One policy over the fleet: the per-epoch rewards and what the nodes went through.
 
-    def __init__(self, name: str, specs, arms: ArmSet, config: RliConfig, seconds: int):
+    Node n joins the fleet ``join_s[n]`` seconds into the run (0 for all in the
+    main comparison) and lives on its own clock from then: its epoch k holds
+    its own seconds 10k+2 .. 10k+11, and epochs after the run's end are NaN.
+    """
+
+    def __init__(self, name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, join_s=None):
         self.name, self.arms, self.config = name, arms, config
         self.nodes = [HeteroNode(s, arms) for s in specs]
+        self.join_s = [int(j) for j in (join_s or [0] * len(specs))]
+        for node, j in zip(self.nodes, self.join_s):
+            node.clock_offset_s = float(j)  # a newcomer's telemetry is stamped in fleet time
         self.epochs = int((seconds - 1) // config.epoch_s)
         self.seconds = self.epochs * int(config.epoch_s) + 1
-        self.rewards = np.zeros((len(specs), self.epochs))
+        self.rewards = np.full((len(specs), self.epochs), np.nan)
+        self.floor = np.full((len(specs), self.epochs), np.nan)  # oracle runs: a uniformly random allowed arm
         self.slo_violations = 0
         self.accuracy_sum = 0.0
         self._meters = [EpochTelemetry() for _ in specs]
         self._switched = np.zeros((len(specs), self.epochs + 1), dtype=bool)
 
     def account(self, n: int, i: int, sample: dict) -> None:
-        """Score second ``i`` of node ``n`` into its epoch (epoch k holds seconds 10k+2 .. 10k+11)."""
+        """Score second ``i`` of node ``n``'s own clock into its epoch."""
         if i < 2:
             return
         e = int(self.config.epoch_s)
@@ -111,19 +142,20 @@ class Run:
         nodes = self.nodes
         served = sum(nd.served_total for nd in nodes)
         return {
-            "mean_reward": round(float(self.rewards.mean()), 4),
+            "mean_reward": round(float(np.nanmean(self.rewards)), 4),
             "max_temp_c": round(max(nd.max_temp_c for nd in nodes), 2),
             "seconds_above_85": sum(nd.seconds_above[85.0] for nd in nodes),
             "seconds_above_90": sum(nd.seconds_above[90.0] for nd in nodes),
             "energy_j_per_inference": round(sum(nd.energy_j for nd in nodes) / max(served, 1.0), 4),
-            "accuracy_served": round(self.accuracy_sum / max(self.rewards.size, 1), 4),
+            "accuracy_served": round(self.accuracy_sum / max(int(np.isfinite(self.rewards).sum()), 1), 4),
             "slo_violation_epochs": int(self.slo_violations),
         }
 
 
-def oracle_pick(node: HeteroNode, arms: ArmSet, config: RliConfig, allowed: list[int]) -> tuple[int, float]:
-    """The arm whose next epoch earns the most, from the simulator's true state; (index, reward)."""
-    best, best_r = allowed[0], -1e9
+def oracle_pick(node: HeteroNode, arms: ArmSet, config: RliConfig, allowed: list[int]) -> tuple[int, float, float]:
+    """The arm whose next epoch earns the most, from the simulator's true state; (index, its reward,
+    the mean reward of the allowed arms: what a uniformly random choice would earn)."""
+    best, best_r, total = allowed[0], -1e9, 0.0
     current = (node.variant, node.precision, node.batch, node.cache, node.pipeline)
     for a in allowed:
         arm = arms[a]
@@ -131,9 +163,10 @@ def oracle_pick(node: HeteroNode, arms: ArmSet, config: RliConfig, allowed: list
                "cache": arm.cache, "pipeline": arm.pipeline}
         r = preview_reward(node, cmd, config, (arm.variant, arm.precision, arm.batch, arm.cache, arm.pipeline)
                            != current)
+        total += r
         if r > best_r:
             best, best_r = a, r
-    return best, best_r
+    return best, best_r, total / len(allowed)
 
 
 def preview_reward(node: HeteroNode, cmd: dict, config: RliConfig, switched: bool) -> float:
@@ -144,64 +177,95 @@ def preview_reward(node: HeteroNode, cmd: dict, config: RliConfig, switched: boo
 
 
 def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sharing: SharingConfig | None = None,
-             group_size: int = 50, ope=None) -> Run:
-    """Run policy ``name`` over the fleet; ``ope`` (candidate, log list) logs decisions of an rli run."""
-    run = Run(name, specs, arms, config, seconds)
-    nodes, n_nodes = run.nodes, len(specs)
-    allowed = [i for i, a in enumerate(arms) if a.fallback or
-               arms.profile(a).accuracy >= config.constraints.min_accuracy]
+             group_size: int = 50, ope=None, join_s=None) -> Run:
+    """Run policy ``name`` over the fleet; ``ope`` (candidate, log list) logs decisions of an rli run;
+    ``join_s`` (seconds into the run at which each node joins; all at 0 by default) staggers the fleet."""
+    run = Run(name, specs, arms, config, seconds, join_s)
+    nodes = run.nodes
     policy, agent = MorphPolicy(PolicyConfig()), RliAgent(arms, config)
     states = [NodeState.new(s.node_id) if name == "rules" else agent.new_state(s.node_id) for s in specs]
-    index = {s.node_id: n for n, s in enumerate(specs)}
-    sharers, network, contexts = None, None, [None] * n_nodes
-    if sharing is not None:
-        network = PeerNetwork([s.node_id for s in specs], group_size=group_size, ttl=sharing.ttl, seed=config.seed)
-        import random
-        sharers = [ExperienceSharer(s.node_id, network.group_of[s.node_id], sharing,
-                                    random.Random(f"dp-{config.seed}-{s.node_id}")) for s in specs]
-    pending_log = [None] * n_nodes
-    e = int(config.epoch_s)
-    for i in range(1, run.seconds + 1):
+    peers = Peers(specs, sharing, group_size, config.seed) if sharing is not None else None
+    pending_log = [None] * len(specs)
+    for t in range(1, run.seconds + 1):
         for n, node in enumerate(nodes):
+            i = t - run.join_s[n]  # the node's own clock
+            if i < 1:
+                continue
             sample = node.step(1.0)
             run.account(n, i, sample)
-            if name == "static":
-                continue
-            if name == "oracle":
-                if (i - 1) % e == 0:
-                    a, _ = oracle_pick(node, arms, config, allowed)
-                    arm = arms[a]
-                    if (arm.variant, arm.precision, arm.batch, arm.cache, arm.pipeline) != \
-                            (node.variant, node.precision, node.batch, node.cache, node.pipeline):
-                        node.apply({"to_variant": arm.variant, "to_precision": arm.precision,
-                                    "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline})
-                        run.switched(n, i)
-                continue
-            if name == "rules":
-                cmd = policy.decide(states[n], sample)
-                if cmd is not None:
-                    node.apply(cmd)
-                    run.switched(n, i)
+            if name in ("static", "oracle", "rules"):
+                _fixed_policy_step(run, name, n, i, node, sample, policy, states[n])
                 continue
             d = agent.decide(states[n], sample)
             if d is None:
                 continue
-            contexts[n] = d.context
             if d.command is not None:
                 node.apply(d.command)
                 run.switched(n, i)
             if ope is not None:
                 _log_decision(ope, pending_log, n, d, node, arms, config)
-            if sharers is not None and d.previous_reward is not None:
-                exp = sharers[n].record(d.previous_bucket, arms[d.previous_arm].name, d.previous_reward, d.ts_ms)
-                for receiver, hops in (network.deliver(exp) if exp else ()):
-                    r = index[receiver]
-                    if contexts[r] is not None:
-                        absorb(agent, states[r], exp, hops, contexts[r], sharing)
-        if i % 1800 == 0:
-            log(f"  {name}: {i / 3600:.1f} h simulated, mean reward so far {run.rewards[:, :(i - 2) // e].mean():.3f}")
+            if peers is not None:
+                peers.share(agent, states, n, d)
+        if t % 1800 == 0:
+            log(f"  {name}: {t / 3600:.1f} h simulated, mean reward so far {np.nanmean(run.rewards):.3f}")
     run.states, run.agent = states, agent
     return run
+
+
+def _fixed_policy_step(run: Run, name: str, n: int, i: int, node: HeteroNode, sample: dict, policy, state) -> None:
+    """One second of a policy that does not learn: static, the rules, or the oracle."""
+    if name == "rules":
+        cmd = policy.decide(state, sample)
+        if cmd is not None:
+            node.apply(cmd)
+            run.switched(n, i)
+        return
+    e, config, arms = int(run.config.epoch_s), run.config, run.arms
+    if name != "oracle" or (i - 1) % e != 0:
+        return
+    allowed = [k for k, a in enumerate(arms) if a.fallback or arms.profile(a).accuracy >= config.constraints.min_accuracy]
+    a, _, mean_r = oracle_pick(node, arms, config, allowed)
+    k = (i - 1) // e
+    if k < run.epochs:
+        run.floor[n, k] = mean_r
+    arm = arms[a]
+    if (arm.variant, arm.precision, arm.batch, arm.cache, arm.pipeline) != \
+            (node.variant, node.precision, node.batch, node.cache, node.pipeline):
+        node.apply({"to_variant": arm.variant, "to_precision": arm.precision,
+                    "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline})
+        run.switched(n, i)
+
+
+class Peers:
+    """The peer network of one run: each node's sharer, the groups, and every node's latest context."""
+
+    def __init__(self, specs, sharing: SharingConfig, group_size: int, seed: int):
+        self.sharing = sharing
+        self.index = {s.node_id: n for n, s in enumerate(specs)}
+        self.network = PeerNetwork([s.node_id for s in specs], group_size=group_size, ttl=sharing.ttl, seed=seed)
+        self.sharers = [ExperienceSharer(s.node_id, self.network.group_of[s.node_id], sharing,
+                                         random.Random(f"dp-{seed}-{s.node_id}")) for s in specs]
+        self.contexts = [None] * len(specs)
+        self.archives = {g: GroupArchive(sharing.archive) for g in self.network.groups}
+
+    def share(self, agent: RliAgent, states: list, n: int, d) -> None:
+        """Node ``n`` decided ``d``: a node that just joined catches up on its group's archive; its closed
+        decision is released and peers that have started absorb it."""
+        group = self.network.group_of[self.sharers[n].node_id]
+        if self.contexts[n] is None:
+            self.contexts[n] = d.context
+            for exp in self.archives[group].records():
+                absorb(agent, states[n], exp, 1, d.context, self.sharing)
+        self.contexts[n] = d.context
+        if d.previous_reward is None:
+            return
+        exp = self.sharers[n].record(d.previous_bucket, agent.arms[d.previous_arm].name, d.previous_reward, d.ts_ms)
+        if exp:
+            self.archives[group].add(exp)
+        for receiver, hops in (self.network.deliver(exp) if exp else ()):
+            r = self.index[receiver]
+            if self.contexts[r] is not None:
+                absorb(agent, states[r], exp, hops, self.contexts[r], self.sharing)
 
 
 def _log_decision(ope, pending_log, n, d, node, arms, config) -> None:
@@ -229,11 +293,77 @@ def moving_mean(curve: np.ndarray, window: int = SMOOTH) -> np.ndarray:
     return (c[k] - c[lo]) / (k - lo)
 
 
-def decisions_to(fraction: float, run: Run, oracle: Run) -> int | None:
-    """First decision (epoch) at which the fleet's smoothed mean reward reaches ``fraction`` of the oracle's."""
-    mine, best = moving_mean(run.rewards.mean(axis=0)), moving_mean(oracle.rewards.mean(axis=0))
-    hit = np.flatnonzero(mine[SMOOTH - 1:] >= fraction * best[SMOOTH - 1:])  # full windows only
-    return int(hit[0]) + SMOOTH if len(hit) else None
+def sharing_for(name: str, args) -> SharingConfig | None:
+    if name == "rli+peers":
+        return SharingConfig()
+    if name == "rli+peers+dp":
+        return SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
+    return None
+
+
+def join_times(seed: int, nodes: int, seconds: int, horizon: int, epoch_s: float) -> tuple[list[int], list[int]]:
+    """(join second of every node, the newcomers): a random half starts the fleet, the other half joins
+    one at a time, evenly spaced from a quarter of the run to ``horizon`` decisions before its end."""
+    order = list(range(nodes))
+    random.Random(f"join-{seed}").shuffle(order)
+    newcomers = sorted(order[nodes // 2:])
+    lo, hi = seconds // 4, seconds - int(horizon * epoch_s) - 2 * int(epoch_s)
+    join = [0] * nodes
+    for j, n in enumerate(newcomers):
+        join[n] = int(lo + (hi - lo) * j / max(len(newcomers) - 1, 1))
+    return join, newcomers
+
+
+def cold_start(args, arms: ArmSet, config: RliConfig, seconds: int) -> dict:
+    """The peer-learning protocol: rli alone, with peers, with peers under DP, and the oracle on a fleet
+    that newcomers join one by one; each newcomer's rewards counted from its own first decision."""
+    specs = fleet_specs(args.seed, args.cold_nodes, seconds)
+    join, newcomers = join_times(args.seed, args.cold_nodes, seconds, args.horizon, config.epoch_s)
+    curves = {}
+    for name in ("rli", "rli+peers", "rli+peers+dp", "oracle"):
+        t0 = time.perf_counter()
+        run = simulate(name, specs, arms, config, seconds, sharing_for(name, args), args.group_size, join_s=join)
+        curves[name] = run.rewards[newcomers, :args.horizon]
+        if name == "oracle":
+            curves["random"] = run.floor[newcomers, :args.horizon]
+        log(f"cold start, {name}: {time.perf_counter() - t0:.0f} s wall")
+    return curves
+
+
+def decisions_to(fraction: float, mine: np.ndarray, oracle: np.ndarray, window: int) -> int | None:
+    """First own decision at which the newcomers' mean reward (moving mean over ``window`` decisions)
+    reaches ``fraction`` of the oracle's over the same nodes and decisions; None within the horizon."""
+    hit = np.flatnonzero(moving_mean(mine.mean(axis=0), window) >= fraction * moving_mean(oracle.mean(axis=0), window))
+    return int(hit[0]) + 1 if len(hit) else None
+
+
+def gap_closed_at(fraction: float, mine: np.ndarray, curves: dict, window: int) -> int | None:
+    """First own decision at which the newcomers have closed ``fraction`` of the gap between a uniformly
+    random allowed arm and the oracle (the normalisation of Atari's human-normalised scores)."""
+    sm = {k: moving_mean(v.mean(axis=0), window) for k, v in (("p", mine), ("o", curves["oracle"]),
+                                                               ("r", curves["random"]))}
+    hit = np.flatnonzero(sm["p"] - sm["r"] >= fraction * (sm["o"] - sm["r"]))
+    return int(hit[0]) + 1 if len(hit) else None
+
+
+def peer_figures(curves: dict, window: int) -> dict:
+    """Decisions to each fraction per learner, the speedups, early regret: the JSON's peer-learning part."""
+    out, h = {}, curves["oracle"].shape[1]
+    learners = {"no_peers": "rli", "peers": "rli+peers", "peers_dp": "rli+peers+dp"}
+    for pct in (90, 95):
+        to = {k: decisions_to(pct / 100, curves[v], curves["oracle"], window) for k, v in learners.items()}
+        out.update({f"decisions_to_{pct}pct_{k}": v for k, v in to.items()})
+        sp, kept = speedups(to, h)
+        suffix = "" if pct == 90 else f"_{pct}"
+        out[f"peer_speedup{suffix}"], out[f"dp_gain_retained{suffix}"] = sp, kept
+    for pct in (50, 70):
+        to = {k: gap_closed_at(pct / 100, curves[v], curves, window) for k, v in learners.items()}
+        out.update({f"decisions_to_close_{pct}pct_gap_{k}": v for k, v in to.items()})
+        out[f"peer_speedup_gap{pct}"], out[f"dp_gain_retained_gap{pct}"] = speedups(to, h)
+    for k in (10, 30, h):
+        regrets = {n: float(np.nansum(curves["oracle"][:, :k] - curves[v][:, :k])) for n, v in learners.items()}
+        out[f"newcomer_regret_first_{k}"] = {n: round(r, 2) for n, r in regrets.items()}
+    return out
 
 
 def frozen_greedy(run: Run):
@@ -277,32 +407,49 @@ def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400) -> dict:
     return out
 
 
-def plot_curves(runs: dict, path: Path) -> None:
+def plot_curves(runs: dict, curves: dict, window: int, path: Path) -> None:
+    """Left: the fleet's mean reward per decision, every policy. Right (the seed's Figure 3): newcomers'
+    mean reward against their own decisions since joining, alone, with peers, with peers under DP."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(14, 5))
     for name, run in runs.items():
-        ax.plot(np.arange(1, run.epochs + 1), moving_mean(run.rewards.mean(axis=0)), label=name)
+        ax.plot(np.arange(1, run.epochs + 1), moving_mean(np.nanmean(run.rewards, axis=0)), label=name)
     ax.set_xlabel("decisions per node (10 s epochs)")
     ax.set_ylabel(f"fleet mean reward (moving mean over {SMOOTH} decisions)")
-    ax.set_title("Learning curves on the same simulated fleet (measured)")
+    ax.set_title("Whole fleet, all nodes from the start")
     ax.legend()
+    for name in ("rli", "rli+peers", "rli+peers+dp", "oracle", "random"):
+        c = curves[name]
+        bx.plot(np.arange(1, c.shape[1] + 1), moving_mean(c.mean(axis=0), window),
+                label={"random": "a random allowed arm"}.get(name, name), ls="--" if name in ("oracle", "random") else "-")
+    bx.set_xlabel("decisions since the node joined the fleet")
+    bx.set_ylabel(f"newcomers' mean reward (moving mean over {window})")
+    bx.set_title(f"Cold start: {curves['rli'].shape[0]} nodes join a running fleet (measured)")
+    bx.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def parse_args():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Prints per-policy figures; the last stdout line is one JSON object.")
     ap.add_argument("--seed", type=int, default=0, help="node heterogeneity, sensor noise, event timing (default 0)")
     ap.add_argument("--nodes", type=int, default=16, help="simulated nodes (default 16)")
     ap.add_argument("--hours", type=float, default=2.0, help="simulated hours per policy (default 2)")
     ap.add_argument("--epsilon", type=float, default=1.0, help="DP ε per release for rli+peers+dp (default 1)")
-    ap.add_argument("--dp-batch", type=int, default=5, help="rewards averaged per DP release (default 5)")
+    ap.add_argument("--dp-batch", type=int, default=20,
+                    help="rewards averaged per DP release (default 20: a release's noise variance falls as 1/batch²)")
     ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
+    ap.add_argument("--cold-nodes", type=int, default=32,
+                    help="nodes in the cold-start (peer learning) fleet; half of them join it one by one (default 32)")
+    ap.add_argument("--horizon", type=int, default=60,
+                    help="decisions per newcomer measured from its own start (default 60, 10 min)")
+    ap.add_argument("--window", type=int, default=5,
+                    help="moving mean (decisions) of the newcomers' learning curves (default 5)")
     ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
     ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
@@ -318,35 +465,49 @@ def run_policies(args, arms: ArmSet, config: RliConfig, seconds: int, ope) -> di
     runs = {}
     for name in POLICIES:
         t0 = time.perf_counter()
-        sharing = None
-        if name == "rli+peers":
-            sharing = SharingConfig()
-        elif name == "rli+peers+dp":
-            sharing = SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
-        runs[name] = simulate(name, specs, arms, config, seconds, sharing, args.group_size,
+        runs[name] = simulate(name, specs, arms, config, seconds, sharing_for(name, args), args.group_size,
                               ope=ope if name == "rli" else None)
         log(f"{name}: {time.perf_counter() - t0:.0f} s wall")
     return runs
 
 
-def speedups(to: dict) -> tuple:
-    """(decisions without peers, with, with DP, peer speedup, share of the speedup DP keeps)."""
-    n, p, d = to["rli"], to["rli+peers"], to["rli+peers+dp"]
-    speedup = n / p if n and p else None
-    dp_speedup = n / d if n and d else None
-    kept = (dp_speedup - 1) / (speedup - 1) if speedup and dp_speedup and speedup > 1 else None
-    return n, p, d, round(speedup, 3) if speedup else None, round(kept, 3) if kept is not None else None
+def speedups(to: dict, horizon: int) -> tuple:
+    """(peer speedup, share of it DP keeps) from decisions to a level without peers, with, with DP.
+
+    A learner that does not reach the level within the horizon is counted at horizon + 1 (a lower bound
+    on its decisions, so a speedup over it is a lower bound too)."""
+    n, p, d = (to[k] or horizon + 1 for k in ("no_peers", "peers", "peers_dp"))
+    speedup, dp_speedup = n / p, n / d
+    kept = (dp_speedup - 1) / (speedup - 1) if speedup > 1 else None
+    return round(speedup, 3), round(kept, 3) if kept is not None else None
 
 
-def print_table(args, arms_from, n_arms, runs, regret, summaries, to90, to95) -> None:
+def print_table(args, arms_from, n_arms, runs, regret, summaries) -> None:
     print(f"seed {args.seed}, {args.nodes} nodes, {args.hours} h each, {n_arms} arms ({arms_from}); machine loaded")
     print(f"{'policy':14} {'regret':>9} {'reward':>7} {'maxT':>6} {'s>85':>6} {'s>90':>5} {'J/inf':>7} "
-          f"{'acc':>6} {'SLO':>5} {'to90%':>6} {'to95%':>6}")
+          f"{'acc':>6} {'SLO':>5}")
     for n in runs:
         s = summaries[n]
         print(f"{n:14} {regret[n]:9.1f} {s['mean_reward']:7.3f} {s['max_temp_c']:6.1f} {s['seconds_above_85']:6.0f} "
               f"{s['seconds_above_90']:5.0f} {s['energy_j_per_inference']:7.3f} {s['accuracy_served']:6.3f} "
-              f"{s['slo_violation_epochs']:5d} {str(to90[n]):>6} {str(to95[n]):>6}")
+              f"{s['slo_violation_epochs']:5d}")
+
+
+def print_peer_table(args, peer: dict) -> None:
+    n_new = args.cold_nodes - args.cold_nodes // 2
+    print(f"cold start: {n_new} of {args.cold_nodes} nodes join a running fleet one by one; decisions counted from "
+          f"each newcomer's own start, mean over newcomers, moving mean over {args.window}, horizon {args.horizon}")
+    print(f"{'learner':10} {'to90%':>6} {'to95%':>6} {'gap50%':>7} {'gap70%':>7} {'regret@10':>10} {'@30':>7} "
+          f"{'@' + str(args.horizon):>7}")
+    for k in ("no_peers", "peers", "peers_dp"):
+        r = [peer[f"newcomer_regret_first_{h}"][k] for h in (10, 30, args.horizon)]
+        print(f"{k:10} {peer[f'decisions_to_90pct_{k}']!s:>6} {peer[f'decisions_to_95pct_{k}']!s:>6} "
+              f"{peer[f'decisions_to_close_50pct_gap_{k}']!s:>7} {peer[f'decisions_to_close_70pct_gap_{k}']!s:>7} "
+              f"{r[0]:10.1f} {r[1]:7.1f} {r[2]:7.1f}")
+    print(f"peer speedup {peer['peer_speedup']} at 90 %, {peer['peer_speedup_95']} at 95 %, "
+          f"{peer['peer_speedup_gap50']} / {peer['peer_speedup_gap70']} at 50 / 70 % of the gap; DP keeps "
+          f"{peer['dp_gain_retained']} / {peer['dp_gain_retained_95']} / {peer['dp_gain_retained_gap50']} / "
+          f"{peer['dp_gain_retained_gap70']} of it")
 
 
 def main() -> int:
@@ -361,11 +522,11 @@ def main() -> int:
     candidate, candidate_stats = frozen_greedy(trained)
     ope_logs, ope_truth, records = [], [], [] if args.log_out else None
     runs = run_policies(args, arms, config, seconds, (candidate, ope_logs, ope_truth, records))
+    curves = cold_start(args, arms, config, seconds)
+    peer = peer_figures(curves, args.window)
 
     oracle = runs["oracle"]
-    regret = {n: float((oracle.rewards - r.rewards).sum()) for n, r in runs.items()}
-    to90 = {n: decisions_to(0.9, r, oracle) for n, r in runs.items()}
-    to95 = {n: decisions_to(0.95, r, oracle) for n, r in runs.items()}
+    regret = {n: float(np.nansum(oracle.rewards - r.rewards)) for n, r in runs.items()}
     true_value = float(np.mean(ope_truth))
     estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
                  "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
@@ -378,21 +539,24 @@ def main() -> int:
             f.writelines(json.dumps(r) + "\n" for r in records)
         (out / f"candidate-seed{args.seed}.json").write_text(json.dumps(candidate_stats.to_dict()))
         log(f"decision log and candidate statistics in {out}")
-    plot_curves(runs, png)
+    plot_curves(runs, curves, args.window, png)
 
     summaries = {n: r.summary() for n, r in runs.items()}
-    print_table(args, arms_from, len(arms), runs, regret, summaries, to90, to95)
+    print_table(args, arms_from, len(arms), runs, regret, summaries)
+    print_peer_table(args, peer)
     print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
           + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
     print(f"control flow, 1 worker, no Kafka ({50 * 400} events): agent on {rate['rli']:.0f} events/s, "
           f"rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}")
     print(f"learning curves: {png}")
+    emit_result(result_json(args, len(arms), regret, summaries, peer, true_value, estimates, rate))
+    return 0
 
-    n90, p90, d90, speedup, kept = speedups(to90)
-    n95, p95, d95, speedup95, kept95 = speedups(to95)
+
+def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, rate) -> dict:
     rli, rules = summaries["rli"], summaries["rules"]
-    result = {
-        "seed": args.seed, "nodes": args.nodes, "hours": args.hours, "arms": len(arms),
+    return {
+        "seed": args.seed, "nodes": args.nodes, "hours": args.hours, "arms": n_arms,
         "regret_rli": round(regret["rli"], 2), "regret_rules": round(regret["rules"], 2),
         "regret_static": round(regret["static"], 2),
         "regret_rli_peers": round(regret["rli+peers"], 2), "regret_rli_peers_dp": round(regret["rli+peers+dp"], 2),
@@ -400,10 +564,10 @@ def main() -> int:
         "max_temp_c_rli": rli["max_temp_c"], "max_temp_c_rules": rules["max_temp_c"],
         "seconds_above_90_rli": rli["seconds_above_90"], "seconds_above_90_rules": rules["seconds_above_90"],
         "seconds_above_85_rli": rli["seconds_above_85"], "seconds_above_85_rules": rules["seconds_above_85"],
-        "decisions_to_90pct_no_peers": n90, "decisions_to_90pct_peers": p90, "decisions_to_90pct_peers_dp": d90,
-        "peer_speedup": speedup, "dp_gain_retained": kept,
-        "decisions_to_95pct_no_peers": n95, "decisions_to_95pct_peers": p95, "decisions_to_95pct_peers_dp": d95,
-        "peer_speedup_95": speedup95, "dp_gain_retained_95": kept95,
+        **peer,
+        "peer_protocol": f"cold start: {args.cold_nodes - args.cold_nodes // 2} of {args.cold_nodes} nodes join one "
+                         f"by one; own decisions, mean over newcomers, moving mean {args.window}, "
+                         f"horizon {args.horizon}",
         "ope_true_value": round(true_value, 4),
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
@@ -413,8 +577,6 @@ def main() -> int:
         "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
         "summaries": summaries,
     }
-    emit_result(result)
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,16 @@ variant, precision, throughput and last decision. It ends by itself and writes
 ``timeline.png`` (temperature, variant and throughput over time) and
 ``summary.json`` (throughput per phase, each adaptation's latency, requests
 served and dropped, swaps, accuracy of every variant used).
+
+``--policy rli`` lets the learned agent decide instead of the rules. Its
+trade-off only shows under a load some variants cannot serve, so by default
+the rli demo first measures what each variant serves on this machine and offers
+80 % of the cnn's capacity (the transformer and lstm fall behind, the lighter
+variants keep up). Both policies report, per node, the maximum temperature, the
+seconds above 85 and 90 °C, the energy per inference, the accuracy served, the
+seconds that broke the workflow's SLO and the reward the agent optimises
+(`morph.reward`, measured from the telemetry over 10 s windows); the timeline
+gains accuracy, power / energy and reward panels.
 """
 
 from __future__ import annotations
@@ -118,7 +128,7 @@ def summarise(monitor: Monitor, worker_stats: dict, histories: dict, manifest, p
             ack = acks.get(c["command_id"])
             entry = {"command_id": c["command_id"], "trigger": c["trigger"], "from": c["from_variant"],
                      "to": c["to_variant"], "precision": c["to_precision"], "reason": c["reason"],
-                     "status": ack["status"] if ack else "NO_ACK"}
+                     "status": ack["status"] if ack else "NO_ACK", "propensity": c.get("propensity")}
             if ack:
                 entry["decision_to_applied_ms"] = ack["ts_ms"] - c["decided_on_ts_ms"]
                 entry["swap_ms"] = ack["swap_ms"]
@@ -135,10 +145,78 @@ def summarise(monitor: Monitor, worker_stats: dict, histories: dict, manifest, p
             "requests_submitted": stats.submitted, "requests_served": stats.served,
             "requests_dropped": stats.dropped, "swaps": sum(1 for a in adaptations if a["status"] == "APPLIED"
                                                             and a["from"] != a["to"]),
-            "variant_sequence": sequence, "max_temp_c": max((t["gpu_temp_c"] for t in tele), default=None),
+            "variant_sequence": sequence,
             "throughput_by_phase": phases, "adaptations": adaptations, "accuracy_by_variant": accuracy,
+            **outcome_figures(tele, stats, speed),
         }
     return summary
+
+
+REWARD_WINDOW_S = 10.0      # scenario seconds per reward window (the agent's decision epoch)
+
+
+def outcome_figures(tele: list, stats, speed: float) -> dict:
+    """What the node went through, for comparing policies: temperatures, energy, accuracy, SLO, reward."""
+    from morph.reward import RewardWeights, WorkflowConstraints
+
+    c = WorkflowConstraints()
+    served = sum(t["throughput_rps"] for t in tele)
+    slo = sum(1 for t in tele if t["latency_ms"] > c.max_latency_ms
+              or (t.get("accuracy") is not None and t["accuracy"] < c.min_accuracy))
+    rewards = reward_series(tele, c, RewardWeights(), speed)
+    return {
+        "max_temp_c": max((t["gpu_temp_c"] for t in tele), default=None),
+        # one sample per scenario second (the worker's interval is 1 / speed)
+        "seconds_above_85": sum(1 for t in tele if t["gpu_temp_c"] >= 85.0),
+        "seconds_above_90": sum(1 for t in tele if t["gpu_temp_c"] >= 90.0),
+        "energy_j_per_inference": round(sum(t["power_w"] for t in tele) / served, 5) if served else None,
+        "accuracy_served": round(stats.accuracy, 4),
+        "slo_violation_seconds": slo,
+        "mean_reward": round(sum(r for _, r in rewards) / len(rewards), 4) if rewards else None,
+        "reward_by_window": [(round(x, 1), round(r, 4)) for x, r in rewards],
+    }
+
+
+def reward_series(tele: list, constraints, weights, speed: float) -> list[tuple[float, float]]:
+    """(scenario second at the window's end, reward) over consecutive windows of REWARD_WINDOW_S."""
+    from morph.context import EpochTelemetry
+    from morph.reward import reward
+
+    if not tele:
+        return []
+    out, meter, start = [], EpochTelemetry(), tele[0]["ts_ms"]
+    window_ms = REWARD_WINDOW_S / speed * 1000
+    edge = start + window_ms
+    for t in tele:
+        if t["ts_ms"] >= edge and meter.n:
+            m = meter.measurement(t.get("accuracy") or 0.0)
+            out.append(((edge - start) / 1000 * speed, reward(m, constraints, weights)))
+            meter.reset()
+            edge += window_ms
+        meter.add(t, constraints)
+    return out
+
+
+def calibrate_rate(manifest, say=print, nodes: int = 2, seconds: float = 1.0) -> tuple[float, dict]:
+    """(offered load near the lighter variants' capacity, each variant's measured capacity in req/s).
+
+    Each variant serves, on ``nodes`` loads at once as the demo's worker does (fp32, batch 16), more than
+    it can keep up with for ``seconds`` on this machine; the demo then offers 80 % of the cnn's capacity."""
+    from edge.serving import InferenceServer, RequestLoad
+
+    capacity = {}
+    for variant in VARIANTS:
+        with InferenceServer(manifest, variant, "fp32") as server:
+            loads = [RequestLoad(server, rate=50_000.0, batch_size=16, deadline_ms=60_000) for _ in range(nodes)]
+            for load in loads:
+                load.start()
+            time.sleep(seconds)
+            measured = [load.stats().capacity_rps or 0.0 for load in loads]
+            for load in loads:
+                load.stop()
+            capacity[variant] = round(sum(measured) / nodes, 1)
+    say("measured capacity (req/s, fp32, batch 16): " + ", ".join(f"{v} {c:.0f}" for v, c in capacity.items()))
+    return round(0.8 * capacity["cnn"], 1), capacity
 
 
 def _crossing(tele: list, command: dict, policy: PolicyConfig):
@@ -162,12 +240,15 @@ def _crossing(tele: list, command: dict, policy: PolicyConfig):
 
 
 def plot(monitor: Monitor, histories: dict, summary: dict, path: Path, start_ms: int, speed: float) -> None:
+    """Temperature, variant, throughput (and the offered load), accuracy, power and energy per inference,
+    and the reward, over scenario time, per node."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_v, ax_r) = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
+    fig, (ax_t, ax_v, ax_r, ax_a, ax_p, ax_w) = plt.subplots(6, 1, figsize=(11, 14), sharex=True)
+    ax_e = ax_p.twinx()
     colours = {"edge-1": "tab:red", "edge-2": "tab:blue"}
     for node_id in histories:
         tele = sorted((t for t in monitor.telemetry if t["node_id"] == node_id), key=lambda t: t["ts_ms"])
@@ -177,6 +258,19 @@ def plot(monitor: Monitor, histories: dict, summary: dict, path: Path, start_ms:
         ax_v.step(xs, [VARIANTS.index(t["variant"]) for t in tele], where="post", color=c, label=node_id)
         h = histories[node_id]
         ax_r.plot([s.second * speed for s in h], [s.served for s in h], color=c, label=node_id)
+        offered = [(x, t["offered_rps"]) for x, t in zip(xs, tele) if t.get("offered_rps")]
+        if offered:
+            ax_r.plot(*zip(*offered), color=c, ls=":", lw=0.9, label=f"{node_id} offered")
+        accuracy = [(x, t["accuracy"]) for x, t in zip(xs, tele) if t.get("accuracy") is not None]
+        if accuracy:
+            ax_a.plot(*zip(*accuracy), color=c, label=node_id)
+        ax_p.plot(xs, [t["power_w"] for t in tele], color=c, label=f"{node_id} power")
+        energy = [(x, t["energy_j_per_inference"]) for x, t in zip(xs, tele) if t.get("energy_j_per_inference")]
+        if energy:
+            ax_e.plot(*zip(*energy), color=c, ls="--", lw=0.9, label=f"{node_id} J/inference")
+        rewards = summary["nodes"].get(node_id, {}).get("reward_by_window", [])
+        if rewards:
+            ax_w.step(*zip(*rewards), where="post", color=c, label=node_id)
         for cmd in (x for x in monitor.commands if x["node_id"] == node_id and x["to_variant"] != x["from_variant"]):
             ax_v.axvline((cmd["decided_on_ts_ms"] - start_ms) / 1000 * speed, color=c, alpha=0.25, lw=0.8)
     for y, label in ((85, "85 °C: step down"), (90, "90 °C: jump to snn")):
@@ -187,21 +281,29 @@ def plot(monitor: Monitor, histories: dict, summary: dict, path: Path, start_ms:
     ax_v.invert_yaxis()
     ax_v.set_ylabel("variant serving")
     ax_r.set_ylabel("requests served / s")
-    ax_r.set_xlabel("scenario time (s)")
     ax_r.set_ylim(bottom=0)
-    for ax in (ax_t, ax_v, ax_r):
+    ax_a.set_ylabel("accuracy served")
+    ax_p.set_ylabel("power W")
+    ax_e.set_ylabel("J / inference")
+    ax_e.legend(loc="upper left", fontsize=8)
+    ax_w.set_ylabel(f"reward ({REWARD_WINDOW_S:.0f} s windows)")
+    ax_w.set_xlabel("scenario time (s)")
+    for ax in (ax_t, ax_v, ax_r, ax_a, ax_p, ax_w):
         ax.legend(loc="upper right", fontsize=8)
         ax.grid(alpha=0.3)
     n1 = summary["nodes"].get("edge-1", {})
-    fig.suptitle("Thermal event, measured: " + " → ".join(n1.get("variant_sequence", [])) +
+    fig.suptitle(f"Thermal event, measured ({summary.get('policy', 'rules')}, {summary.get('rate_rps', '?')} req/s "
+                 "offered): " + " → ".join(n1.get("variant_sequence", [])) +
                  f"  (dropped {n1.get('requests_dropped', '?')})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=None, say=print,
-             live: bool = True, stop: threading.Event | None = None, signing: bool = True) -> dict:
+def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_dir=None, say=print,
+             live: bool = True, stop: threading.Event | None = None, signing: bool = True,
+             policy_kind: str = "rules") -> dict:
+    """Run the demo; ``rate`` None: 100 req/s under the rules, a calibrated load under rli (module docstring)."""
     from deploy.broker import EmbeddedBroker
     from deploy.topics import ensure_topics
     from edge.worker import EdgeWorker
@@ -213,6 +315,8 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
     # A zoo the caller names is used as it is (whatever its profile); the default one is built if missing.
     manifest = load_manifest(zoo_dir) if zoo_dir else build_zoo(progress=say)
     policy = PolicyConfig().scaled(speed)
+    rate, capacity = (rate, None) if rate is not None else \
+        calibrate_rate(manifest, say) if policy_kind == "rli" else (100.0, None)
     keyring = None
     if signing:  # commands are signed by the control flow and checked by the worker
         from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
@@ -229,6 +333,7 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
             flow_cmd += ["--policy", f"{key}={getattr(policy, key)}"]
         if signing:
             flow_cmd += ["--signing-key", str(out_dir / "keys" / PRIVATE)]
+        flow_cmd += ["--policy", "rli"] if policy_kind == "rli" else []
         flow = subprocess.Popen(flow_cmd, stdout=open(out_dir / "flow.log", "w"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         monitor = Monitor(settings, topics).start()
@@ -270,6 +375,7 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
             except subprocess.TimeoutExpired:
                 flow.kill()
     summary = summarise(monitor, stats, histories, manifest, policy, start_ms, speed)
+    summary.update({"policy": policy_kind, "rate_rps": rate, "measured_capacity_rps": capacity})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(monitor, histories, summary, out_dir / "timeline.png", start_ms, speed)
     return summary
@@ -278,7 +384,7 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
 def _run(args) -> int:
     import signal
 
-    if args.speed <= 0 or args.rate <= 0:
+    if args.speed <= 0 or (args.rate is not None and args.rate <= 0):
         raise UsageError("--speed and --rate must be positive")
     speed = 5.0 if args.short else args.speed
     stop = threading.Event()
@@ -290,7 +396,7 @@ def _run(args) -> int:
 
     try:
         summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop,
-                           signing=not args.unsigned)
+                           signing=not args.unsigned, policy_kind=args.policy)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     n1 = summary["nodes"]["edge-1"]
@@ -301,6 +407,13 @@ def _run(args) -> int:
         say(f"  {name:<12} {p['mean_rps']:7.1f} req/s (min {p['min_rps']:.0f}), dropped {p['dropped']}")
     if lat:
         say(f"  decision -> applied: median {sorted(lat)[len(lat) // 2]} ms, max {max(lat)} ms over {len(lat)} commands")
+    say(f"policy {summary['policy']}, {summary['rate_rps']:g} req/s offered per node:")
+    say(f"  {'node':<8}{'max °C':>8}{'s>85':>6}{'s>90':>6}{'J/inf':>9}{'acc':>7}{'SLO s':>7}{'reward':>8}")
+    for node_id, n in summary["nodes"].items():
+        energy = "-" if n["energy_j_per_inference"] is None else f"{n['energy_j_per_inference']:.4f}"
+        reward = "-" if n["mean_reward"] is None else f"{n['mean_reward']:.3f}"
+        say(f"  {node_id:<8}{n['max_temp_c'] or 0:>8.1f}{n['seconds_above_85']:>6}{n['seconds_above_90']:>6}"
+            f"{energy:>9}{n['accuracy_served']:>7.3f}{n['slo_violation_seconds']:>7}{reward:>8}")
     total_served = sum(n["requests_served"] for n in summary["nodes"].values())
     total_dropped = sum(n["requests_dropped"] for n in summary["nodes"].values())
     say(f"requests served {total_served}, dropped {total_dropped}; wrote {args.out / 'timeline.png'} and "
@@ -316,7 +429,11 @@ def register(tree) -> None:
     p.add_argument("--speed", type=float, default=1.5,
                    help="scenario seconds per wall-clock second (default %(default)s: about 2 minutes)")
     p.add_argument("--short", action="store_true", help="run at x5 speed (about 35 s), for tests and a quick look")
-    p.add_argument("--rate", type=float, default=100.0, help="requests/s each node serves (default %(default)s)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="requests/s offered to each node (default: 100 with the rules; with --policy rli 80 %% of "
+                        "the cnn's capacity, measured on this machine at the start)")
+    p.add_argument("--policy", choices=("rules", "rli"), default="rules",
+                   help="who decides: the rules (default) or the learned agent (rli)")
     p.add_argument("--zoo", help="model zoo directory, used as it is (default: the built-in cache, built if missing)")
     p.add_argument("--unsigned", action="store_true",
                    help="commands unsigned (default: the control flow signs them with a key made in OUT/keys, "

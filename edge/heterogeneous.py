@@ -105,6 +105,7 @@ class HeteroNode:
     max_temp_c: float = -1e9
     energy_j: float = 0.0
     served_total: float = 0.0
+    clock_offset_s: float = 0.0   # fleet time at which the node started: its telemetry's clock
 
     def __post_init__(self):
         self.rng = random.Random(self.spec.noise_seed)
@@ -182,7 +183,7 @@ class HeteroNode:
         self.served_total += ph["served"] * dt_s
         self.seq += 1
         reading = self.temp_c + (self.rng.gauss(0, 0.2) if noise else 0.0)
-        return {"node_id": self.spec.node_id, "ts_ms": int(self.elapsed_s * 1000), "seq": self.seq,
+        return {"node_id": self.spec.node_id, "ts_ms": int((self.clock_offset_s + self.elapsed_s) * 1000), "seq": self.seq,
                 "gpu_temp_c": round(reading, 2), "gpu_util": round(ph["util"], 4),
                 "mem_used_frac": round(0.35 + 0.1 * self.arms.profile_of(self.variant, self.precision, 1).cost
                                        + self.batch / 400 + (0.1 if self.cache else 0.0), 3),

@@ -38,6 +38,13 @@ class WorkerCollector(Collector):
         power = GaugeMetricFamily("liquid_node_power_watts", "Accelerator power draw", labels=["node"])
         shadows = CounterMetricFamily("liquid_node_shadows", "Shadow pre-executions ended, by outcome",
                                       labels=["node", "outcome"])
+        # what the learned agent's reward is computed from, as the node's last telemetry reported it
+        load = {key: GaugeMetricFamily(name, doc, labels=["node"]) for key, name, doc in (
+            ("offered_rps", "liquid_node_offered_requests_per_second", "Requests arriving per second"),
+            ("queue_len", "liquid_node_queue_length", "Requests arrived but not yet started"),
+            ("capacity_rps", "liquid_node_capacity_requests_per_second",
+             "Requests per second of serving time: what the current configuration could serve"),
+            ("energy_j_per_inference", "liquid_node_energy_joules_per_inference", "Energy per served request"))}
         for node_id, node in self.worker.nodes.items():
             stats = node.load.stats()
             served.add_metric([node_id], stats.served)
@@ -52,11 +59,14 @@ class WorkerCollector(Collector):
             if last is not None:
                 temperature.add_metric([node_id], last["gpu_temp_c"])
                 power.add_metric([node_id], last["power_w"])
+                for key, gauge in load.items():
+                    if last.get(key) is not None:
+                        gauge.add_metric([node_id], last[key])
             if node.executor is not None:
                 shadow_stats = node.executor.stats
                 shadows.add_metric([node_id, "committed"], shadow_stats.committed)
                 shadows.add_metric([node_id, "rolled_back"], sum(shadow_stats.rolled_back.values()))
-        yield from (served, dropped, latency, swaps, variant, temperature, power, shadows)
+        yield from (served, dropped, latency, swaps, variant, temperature, power, shadows, *load.values())
 
 
 def _le(bound: float) -> str:

@@ -270,6 +270,9 @@ class LoadStats:
     elapsed_s: float
     recent_accuracy: float | None = None  # of labelled requests served in the last second (None: none served)
     cache_hit_rate: float = 0.0  # share of requests answered by the result cache (while it was on)
+    offered_rps: float = 0.0     # requests arriving per second (the offered load)
+    queue_len: int = 0           # requests arrived but not yet started (how far serving lags the arrivals)
+    capacity_rps: float | None = None  # requests per second of serving time over the last second: what it could serve
 
     @property
     def accuracy(self) -> float:
@@ -308,6 +311,7 @@ class RequestLoad:
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # served requests per latency bucket (+Inf last)
         self._per_model: dict[tuple[str, str], ModelCounts] = {}
         self._recent: collections.deque = collections.deque()   # (done, served, latency_sum, correct)
+        self._busy: collections.deque = collections.deque()     # (done, requests, serving seconds) per batch
         self._seconds: dict[int, list] = {}                      # second -> [served, dropped, variant, precision]
         self._log: list[RequestRecord] = []
         self._cache: ResultCache | None = None   # kept when switched off, so its hit rate stays readable
@@ -347,7 +351,11 @@ class RequestLoad:
             recent_lat = sum(r[2] for r in self._recent)
             recent_correct = sum(r[3] for r in self._recent)
             mean_s = recent_lat / recent_n if recent_n else (self._latency_sum / self._served if self._served else 0.0)
+            busy_n, busy_s = sum(b[1] for b in self._busy), sum(b[2] for b in self._busy)
+            arrived = int((now - self._t0) * self.rate) if self._t0 else 0
             return LoadStats(
+                offered_rps=float(self.rate), queue_len=max(0, arrived - self._submitted),
+                capacity_rps=busy_n / busy_s if busy_s > 0 else None,
                 submitted=self._submitted, served=self._served, dropped=self._late + self._errors,
                 late=self._late, errors=self._errors, in_flight=self._in_flight, correct=self._correct,
                 per_model={k: replace(v) for k, v in self._per_model.items()},
@@ -430,15 +438,25 @@ class RequestLoad:
                 first_id = self._submitted
                 self._submitted += n
                 self._in_flight = n
+            if time.monotonic() - arrived > max(1.0, 4 * self.deadline_s):
+                # Far past its deadline (an overload, not one slow batch): shed unserved, so the backlog
+                # drains instead of making every later request late too once the node can keep up again.
+                self._shed(n, time.monotonic())
+                arrived += n / self.rate
+                continue
             if self.lighting is not None:
                 self.inputs = self.lighting.at((time.monotonic() - self._t0) * self.time_scale)
             stage = PREPROCESSING[self.preprocessing]
+            started = time.monotonic()
             try:
                 batch = self.inputs.x[idx]
                 pred = self._serve(batch if stage is None else stage(batch))
             except Exception:
                 pred = None
-            self._record(first_id, idx, arrived, time.monotonic(), pred)
+            done = time.monotonic()
+            with self._lock:
+                self._busy.append((done, n, done - started))
+            self._record(first_id, idx, arrived, done, pred)
             arrived += n / self.rate  # the next batch arrives once n more requests' worth of time has passed
 
     def _record(self, first_id: int, idx: np.ndarray, arrived: float, done: float, pred: Predictions | None):
@@ -477,6 +495,14 @@ class RequestLoad:
                         pred.precision if pred else None, int(labels[i]),
                         int(pred.labels[i]) if pred is not None else None))
 
+    def _shed(self, n: int, now: float) -> None:
+        with self._lock:
+            self._in_flight = 0
+            self._late += n
+            self._seconds.setdefault(int(now - self._t0), [0, 0, None, None])[1] += n
+
     def _prune(self, now: float) -> None:
         while self._recent and self._recent[0][0] < now - 1.0:
             self._recent.popleft()
+        while self._busy and self._busy[0][0] < now - 1.0:
+            self._busy.popleft()

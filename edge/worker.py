@@ -342,6 +342,7 @@ class EdgeWorker:
         return {"node_id": node.node_id, "ts_ms": now_ms, "seq": node.seq, **readings,
                 "record_id": f"{node.node_id}-{self.boot}-{node.seq}",
                 "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
+                **load_figures(stats, readings["power_w"]),
                 "accuracy": None if stats.recent_accuracy is None else round(stats.recent_accuracy, 4),
                 "preprocessing": node.load.preprocessing,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
@@ -362,3 +363,12 @@ class EdgeWorker:
                     self._apply(node, local, "local")
             next_at += self.interval_s
             self._halt.wait(max(0.0, next_at - time.monotonic()))
+
+
+def load_figures(stats, power_w: float) -> dict:
+    """What the learned agent's reward needs beyond the resource readings: the offered load, the queue,
+    the capacity the current configuration serves at, and the energy per request served."""
+    served = stats.throughput_rps
+    return {"offered_rps": round(stats.offered_rps, 2), "queue_len": int(stats.queue_len),
+            "capacity_rps": None if stats.capacity_rps is None else round(stats.capacity_rps, 2),
+            "energy_j_per_inference": round(power_w / served, 5) if served > 0 else None}

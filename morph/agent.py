@@ -154,8 +154,8 @@ class RliAgent:
         return NodeContext(
             temp_c=sample["gpu_temp_c"], slope_c_per_s=state.slope, power_w=sample["power_w"],
             power_cap_w=sample["power_cap_w"], mem_used_frac=sample["mem_used_frac"],
-            offered_rps=sample.get("offered_rps", sample["throughput_rps"]), served_rps=sample["throughput_rps"],
-            util=sample.get("gpu_util", 1.0), latency_ms=sample["latency_ms"], net_ms=sample.get("net_ms", 0.0),
+            offered_rps=sample.get("offered_rps") or sample["throughput_rps"], served_rps=sample["throughput_rps"],
+            util=sample.get("gpu_util", 1.0), latency_ms=sample["latency_ms"], net_ms=sample.get("net_ms") or 0.0,
             current=self.arms[state.current], recent_temps=tuple(state.temps))
 
     # -- decisions ---------------------------------------------------------
@@ -226,8 +226,11 @@ class RliAgent:
         return out
 
     def exploration(self, state: AgentState) -> float:
+        """ε shrinks with the evidence the model holds (own decisions and peers' weighted experience,
+        discounted alike), not with the node's own decision count: a node that joins a fleet whose
+        experience it absorbs explores less than one that starts alone."""
         c = self.config
-        return max(c.epsilon_min, c.epsilon / (1.0 + state.decisions / c.epsilon_decay))
+        return max(c.epsilon_min, c.epsilon / (1.0 + state.bandit.stats.count / c.epsilon_decay))
 
     def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
         allowed = np.flatnonzero(safe)

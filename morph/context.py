@@ -97,7 +97,7 @@ class EpochTelemetry:
         self.above_critical_s += dt if t >= constraints.critical_temp_c else 0.0
         self.power_sum += sample["power_w"]
         self.served_sum += sample["throughput_rps"]
-        self.offered_sum += sample.get("offered_rps", sample["throughput_rps"])
+        self.offered_sum += sample.get("offered_rps") or sample["throughput_rps"]
         self.latency_sum += sample["latency_ms"]
         if sample.get("accuracy") is not None:  # accuracy served, where the node measures it
             self.accuracy_sum += sample["accuracy"]

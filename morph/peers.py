@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -49,6 +50,7 @@ class SharingConfig:
     hop_decay: float = 0.7
     similarity_scale: float = 1.0   # bucket distance at which similarity falls to e^-1/2
     reward_variance: float = 0.01   # typical variance of one reward, for inverse-variance weights
+    archive: int = 500              # released records a group keeps for nodes that join it
 
 
 @dataclass
@@ -150,8 +152,13 @@ def similarity(a: tuple, b: tuple, scale: float) -> float:
     return math.exp(-d2 / (2.0 * scale ** 2))
 
 
-def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config: SharingConfig) -> float:
-    """Add a peer's experience to the receiving node's bandit; returns the weight it got."""
+def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config: SharingConfig,
+           now_ms: Optional[int] = None) -> float:
+    """Add a peer's experience to the receiving node's bandit; returns the weight it got.
+
+    Experience is aged like the node's own evidence: discounted by the bandit's γ per decision epoch
+    between its release and ``now_ms`` (by default the receiver's last decision), which matters for
+    records replayed from a group's archive to a node that joins (`GroupArchive`)."""
     c = agent.config.constraints
     bucket = (experience["temp_level"], experience["load_level"], experience["power_capped"], experience["congested"])
     try:
@@ -169,6 +176,37 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
     noise_var = 2.0 * experience["noise_scale"] ** 2
     weight = (config.peer_weight * similarity(bucket, like.bucket(c), config.similarity_scale)
               * config.hop_decay ** max(hops - 1, 0) * n / (1.0 + n * noise_var / config.reward_variance))
+    now_ms = state.last_decision_ms if now_ms is None else now_ms
+    if now_ms is not None and experience.get("ts_ms") is not None:
+        age_epochs = max(now_ms - experience["ts_ms"], 0) / 1000.0 / agent.config.epoch_s
+        weight *= agent.config.gamma ** age_epochs
     if weight > 1e-6:
         state.bandit.learn_one(phi[arm], experience["reward"], weight)
     return weight
+
+
+@dataclass
+class GroupArchive(Versioned):
+    """A group's most recent released experience, replayed to a node when it joins.
+
+    Replaying a release costs no privacy: it is post-processing of an output
+    that was already ε-DP (Dwork & Roth 2014, Prop. 2.1), so a newcomer can
+    start from its group's experience instead of only what is released after
+    it joined. Bounded: the ``size`` most recent records.
+    """
+
+    STATE_VERSION: ClassVar[int] = 1
+
+    size: int = 500
+    recent: deque = None
+    version: int = STATE_VERSION
+
+    def __post_init__(self):
+        if self.recent is None:
+            self.recent = deque(maxlen=self.size)
+
+    def add(self, experience: dict) -> None:
+        self.recent.append(experience)
+
+    def records(self) -> list[dict]:
+        return list(self.recent)
