@@ -217,7 +217,7 @@ class AgentFleet:
     def publish(self, specs: dict, now: float) -> None:
         self.graph_feed.until(now)
         for wf, spec in specs.items():
-            parents = {f"{wf}/{s.name}": self.graph.parents(f"{wf}/{s.name}") for s in spec.steps}
+            parents = self.graph.recovery_parents([f"{wf}/{s.name}" for s in spec.steps])
             table = self.agent.policy(wf, parents, explore=self.explore)
             for node in self.nodes.values():
                 node.apply(table)
