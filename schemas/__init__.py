@@ -28,6 +28,7 @@ SCHEMA_FILES = {
     "NextStepMetrics": "next_step_metrics",
     "ExecutionRecord": "execution_record",
     "RecoveryPolicy": "recovery_policy",
+    "RunCheckpoint": "run_checkpoint",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -44,6 +45,7 @@ TOPICS = {
     "NextStepMetrics": "workflow.metrics",
     "ExecutionRecord": "edge.executions",
     "RecoveryPolicy": "workflow.policy",
+    "RunCheckpoint": "workflow.checkpoints",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -80,6 +82,7 @@ class TopicNames:
     metrics: str = TOPICS["NextStepMetrics"]
     executions: str = TOPICS["ExecutionRecord"]
     policy: str = TOPICS["RecoveryPolicy"]
+    checkpoints: str = TOPICS["RunCheckpoint"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -92,4 +95,5 @@ class TopicNames:
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
             "NextStepPrediction": self.predictions, "Experience": self.experience, "NextStepMetrics": self.metrics,
             "ExecutionRecord": self.executions, "RecoveryPolicy": self.policy,
+            "RunCheckpoint": self.checkpoints,
         }[schema_name]
