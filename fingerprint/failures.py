@@ -110,6 +110,15 @@ class FailureGraph(Versioned):
             self._event(task, ts, None)  # a task's failures can matter fleet-wide (a shared dependency)
         self._advance(ts)
 
+    def declare_uses(self, task: str, uses) -> None:
+        """What ``task``'s primary implementation uses, from the workflow's declaration (its signals may say later).
+
+        A task that never failed says nothing of its resources in its signals;
+        the workflow's spec (`edge.runtime.Step.uses`) does, so its links
+        through shared resources are found before its first failure.
+        """
+        self.primary_uses.setdefault(task, ",".join(uses))
+
     def observe(self, source: str, ts_s: float, node: str | None = None) -> None:
         """An alert at ``ts_s`` (``node`` scopes it to the attempts on that node; None: fleet-wide)."""
         self._event(source, ts_s, node)
@@ -200,9 +209,10 @@ class FailureGraph(Versioned):
         For each alert source the resources are tested greedily, each among the
         attempts that use none of the resources already linked to the alert (a
         storage outage also fails attempts that use the network, but only
-        through storage); then each resource keeps only the alerts still
-        significant among its attempts not exposed to the alerts kept before
-        (explaining away, as for tasks). Computed on demand, cached until the
+        through storage); then, for each resource, every alert competes to
+        explain its attempts' failures greedily, each tested among the
+        attempts not exposed to the alerts kept before (explaining away, as
+        for tasks), and the resource keeps those of its candidates that stay. Computed on demand, cached until the
         next signal or alert.
         """
         key = (self.latest_s, sum(map(len, self.attempts.values())), sum(map(len, self.events.values())))
@@ -228,24 +238,31 @@ class FailureGraph(Versioned):
             for alert in alerts:
                 covered = np.zeros(len(rows), bool)
                 for resource in self._greedy(resources, lambda u: (exposures[alert], uses[u] & ~covered),
-                                             failed, z_needed):
+                                             failed, z_needed, by=0):
                     candidates.setdefault(resource[0], []).append(alert)
                     covered |= uses[resource[0]]
             for resource, linked in candidates.items():
+                # every alert competes to explain the resource's failures (an outage of another service
+                # that overlapped this one's alerts), but only the candidates become links
                 free = uses[resource].copy()
                 kept = []
-                for alert, (p1, p0, f1, conf, z) in self._greedy(linked, lambda a: (exposures[a], free), failed,
+                for alert, (p1, p0, f1, conf, z) in self._greedy(alerts, lambda a: (exposures[a], free), failed,
                                                                  z_needed):
-                    kept.append(FailureEdge(alert, resource, round(p1, 4), round(p0, 4), f1, round(conf, 4),
-                                            round(z, 2), resource))
+                    if alert in linked:
+                        kept.append(FailureEdge(alert, resource, round(p1, 4), round(p0, 4), f1, round(conf, 4),
+                                                round(z, 2), resource))
                     free &= ~exposures[alert]
                 if kept:
                     links[resource] = kept
         object.__setattr__(self, "_links", (key, links))
         return links
 
-    def _greedy(self, candidates: list[str], masks, failed: np.ndarray, z_needed: float):
-        """Yield (candidate, test) best first, re-testing the rest after each (``masks(c)``: exposure, free)."""
+    def _greedy(self, candidates: list[str], masks, failed: np.ndarray, z_needed: float, by: int = 4):
+        """Yield (candidate, test) best first, re-testing the rest after each (``masks(c)``: exposure, free).
+
+        "Best" is the highest z (``by`` 4) or the highest failure rate when exposed (``by`` 0: among nested
+        candidates, a specific resource with a strong effect before a broad one that only dilutes it).
+        """
         left = list(candidates)
         while left:
             scored = []
@@ -256,7 +273,7 @@ class FailureGraph(Versioned):
                     scored.append((result, candidate))
             if not scored:
                 return
-            result, best = max(scored, key=lambda rc: rc[0][4])
+            result, best = max(scored, key=lambda rc: rc[0][by])
             left.remove(best)
             yield best, result
 

@@ -18,7 +18,7 @@ recent failure rate (< 0.1, < 0.5, more), whether one of its causal parents
 the same failing storage is not), whether the node raised an anomaly alert,
 and whether it is under pressure. Every transition also updates a coarse state
 without the rate, anomaly and pressure (`coarse_key`), which a node uses where
-the fine one was never visited. Actions: retry after 1, 5, 15, 30 or 60 s,
+the fine one was never visited. Actions: retry at once or after 1, 5, 15, 30 or 60 s,
 switch to an alternative, take the fallback branch, fail fast.
 
 Reward, as in the seed: +1 for a success, −1 for a failure (a degraded success
@@ -46,8 +46,8 @@ Examples
 ...     agent.learn_transition(s, "ALTERNATIVE", 1.0, None)
 ...     agent.learn_transition(s, "RETRY 1s", -1.0, None)
 >>> agent.predict_one(s)  # never tried, so optimistically worth the best reward: it is tried next
-'RETRY 5s'
->>> for action in valid_actions(s)[1:]:
+'RETRY 0s'
+>>> for action in valid_actions(s):
 ...     if action != "ALTERNATIVE":
 ...         agent.learn_transition(s, action, -1.0, None)
 >>> agent.predict_one(s)
@@ -63,7 +63,7 @@ from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure
 from fingerprint.failures import FailureGraph
 from schemas.state import Versioned
 
-DELAYS_S = (1.0, 5.0, 15.0, 30.0, 60.0)
+DELAYS_S = (0.0, 1.0, 5.0, 15.0, 30.0, 60.0)  # 0: at once (right for an independent transient)
 ACTIONS = tuple(f"RETRY {d:g}s" for d in DELAYS_S) + (ALTERNATIVE, FALLBACK, FAIL)
 
 

@@ -276,7 +276,7 @@ def test_the_flows_recovery_state_snapshots_and_refuses_a_newer_version():
     state, out = step(None, Event("WorkflowSignal", signal, "workflow.signals", 0, 0))
     assert out[0][1]["version"] == 1 and state.agent.q["---|TIMEOUT|1|0|0|0|0|0"] == {"FAIL": -1.0}
     # untried, so optimistically next; the coarse state learned the same transition
-    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0|0": "RETRY 1s", "---|TIMEOUT|1|*|0|0|*|*": "RETRY 1s"}
+    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0|0": "RETRY 0s", "---|TIMEOUT|1|*|0|0|*|*": "RETRY 0s"}
     restored = pickle.loads(pickle.dumps(state))
     assert restored.agent.q == state.agent.q and restored.steps == {"load"}
     with pytest.raises(StateVersionError, match="RecoveryState snapshot has state version 2"):
