@@ -149,9 +149,15 @@ class QRecoveryAgent(Versioned):
     score_rate
         λ of the seed's per-step score V ← V + λ(R − V).
     time_cost_s
-        Seconds of recovery that cost as much as one failure.
+        Seconds of recovery that cost as much as one failure. At 60 s the
+        agent waited out most outages (completion up, MTTR three times Step
+        Functions'); 20 s makes it take a way out or give up instead
+        (`bench/resilience.py`, chosen on one seed, checked on two others).
     min_visits
         Visits of a state before the published table holds an action for it.
+    shrinkage
+        Visits of a fine state's action that weigh as much as its coarse
+        state's value (`estimate`).
     optimism
         Value of an action not tried yet in a state: optimistic (the best
         reward), so the greedy policy tries every allowed action of a state
@@ -166,9 +172,10 @@ class QRecoveryAgent(Versioned):
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
-    time_cost_s: float = 60.0
+    time_cost_s: float = 20.0
     min_visits: int = 1
     optimism: float = 1.0
+    shrinkage: float = 5.0
     q: dict[str, dict[str, float]] = field(default_factory=dict)
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float] = field(default_factory=dict)
@@ -244,8 +251,26 @@ class QRecoveryAgent(Versioned):
         tried = self.visits.get(state, {})
         if sum(tried.values()) < self.min_visits:
             return None
-        actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried]
-        return max(actions, key=lambda a: self._value(state, a))
+        coarse = self.q.get(coarse_key(state), {}) if coarse_key(state) != state else {}
+        actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried or a in coarse]
+        return max(actions, key=lambda a: self.estimate(state, a))
+
+    def estimate(self, state: str, action: str) -> float:
+        """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
+
+        A fine state seen a few times has noisy values (one long outage makes a
+        retry look bad); its coarse state pools all its siblings' transitions.
+        ``k`` = ``shrinkage`` visits. An action never tried in the fine state
+        takes the coarse value, one tried in neither the optimistic value.
+        """
+        coarse = coarse_key(state)
+        fine, pooled = self.q.get(state, {}).get(action), self.q.get(coarse, {}).get(action)
+        if coarse == state or pooled is None:
+            return self._value(state, action)
+        if fine is None:
+            return pooled
+        n = self.visits[state][action]
+        return (n * fine + self.shrinkage * pooled) / (n + self.shrinkage)
 
     def policy(self, workflow_id: str, parents: dict[str, list[str]] | None = None,
                explore: bool = True) -> RecoveryPolicyTable:
