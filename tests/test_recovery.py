@@ -326,3 +326,27 @@ def test_checkpoints_through_the_codec_rebuild_a_run_that_resumes_from_its_last_
         fresh.learn_checkpoint(r)
     fresh.learn_heartbeat("n9", 100.0)
     assert fresh.orphans(100.0, {"n9"}) == []  # ended: nothing to resume
+
+
+def test_bootstrapping_uses_tried_actions_only_so_a_hopeless_retry_is_not_made_to_look_good():
+    # a poisoned input: every retry fails; in the next state only FAIL was ever tried (-1)
+    s1, s2 = "---|BAD_INPUT|1|0|0|0|0|0", "---|BAD_INPUT|2|0|0|0|0|0"
+    agent = QRecoveryAgent(gamma=0.9)
+    agent.learn_transition(s2, FAIL, -1.0, None)
+    for _ in range(5):
+        agent.learn_transition(s1, "RETRY 1s", -1.0, s2)
+        agent.learn_transition(s1, FAIL, -1.0, None)
+    # -1 + 0.9 x (-1), not -1 + 0.9 x (the optimistic +1 of the actions s2 never tried)
+    assert agent.q[s1]["RETRY 1s"] == pytest.approx(-1.9) and agent.predict_one(s1, explore=False) == FAIL
+
+
+def test_a_rarely_seen_state_leans_on_its_coarse_state():
+    agent = QRecoveryAgent()
+    fine, sibling = "a-i|RESOURCE_EXHAUSTED|1|2|1|1|1|1", "a-i|RESOURCE_EXHAUSTED|1|0|1|1|0|0"
+    for _ in range(20):  # the sibling states teach the coarse one that the way out works
+        agent._learn_both(sibling, "ALTERNATIVE", 1.0, None)
+        agent._learn_both(sibling, "RETRY 1s", -1.0, None)
+    agent._learn_both(fine, "RETRY 1s", 0.5, None)  # one lucky retry in the rare state
+    assert agent.estimate(fine, "RETRY 1s") == pytest.approx((0.5 + 5 * agent.q["a-i|RESOURCE_EXHAUSTED|1|*|1|1|*|*"][
+        "RETRY 1s"]) / 6)
+    assert agent.predict_one(fine, explore=False) == "ALTERNATIVE"  # never tried here, known good in the coarse state
