@@ -194,8 +194,8 @@ class FailureGraph(Versioned):
         z_needed = self._z_needed(len(alerts) + len(tasks))
         for group in (alerts, tasks):  # exogenous alerts first, then what failures of other tasks still explain
             exposures = {s: self._exposure(s, times, nodes) for s in group}
-            for source, (p1, p0, f1, conf, z) in self._greedy(group, lambda s: (exposures[s], free), failed,
-                                                                z_needed):
+            for source, (p1, p0, f1, conf, z) in self._greedy(group, lambda s, e=exposures, f=free: (e[s], f),
+                                                                failed, z_needed):
                 kept.append(FailureEdge(source, task, round(p1, 4), round(p0, 4), f1, round(conf, 4), round(z, 2)))
                 free &= ~exposures[source]
         return kept
@@ -237,8 +237,8 @@ class FailureGraph(Versioned):
             candidates: dict[str, list[str]] = {}
             for alert in alerts:
                 covered = np.zeros(len(rows), bool)
-                for resource in self._greedy(resources, lambda u: (exposures[alert], uses[u] & ~covered),
-                                             failed, z_needed, by=0):
+                for resource in self._greedy(
+                        resources, lambda u, a=exposures[alert], c=covered: (a, uses[u] & ~c), failed, z_needed, by=0):
                     candidates.setdefault(resource[0], []).append(alert)
                     covered |= uses[resource[0]]
             for resource, linked in candidates.items():
@@ -246,8 +246,8 @@ class FailureGraph(Versioned):
                 # that overlapped this one's alerts), but only the candidates become links
                 free = uses[resource].copy()
                 kept = []
-                for alert, (p1, p0, f1, conf, z) in self._greedy(alerts, lambda a: (exposures[a], free), failed,
-                                                                 z_needed):
+                for alert, (p1, p0, f1, conf, z) in self._greedy(alerts, lambda a, f=free: (exposures[a], f),
+                                                                 failed, z_needed):
                     if alert in linked:
                         kept.append(FailureEdge(alert, resource, round(p1, 4), round(p0, 4), f1, round(conf, 4),
                                                 round(z, 2), resource))

@@ -150,9 +150,10 @@ class QRecoveryAgent(Versioned):
         λ of the seed's per-step score V ← V + λ(R − V).
     time_cost_s
         Seconds of recovery that cost as much as one failure. At 60 s the
-        agent waited out most outages (completion up, MTTR three times Step
-        Functions'); 20 s makes it take a way out or give up instead
-        (`bench/resilience.py`, chosen on one seed, checked on two others).
+        agent waited out most outages (completion up, MTTR three to four
+        times Step Functions'); at 10 s it takes a way out or gives up
+        instead (`bench/resilience.py`: chosen on one seed, checked on two
+        others).
     min_visits
         Visits of a state before the published table holds an action for it.
     shrinkage
@@ -172,7 +173,7 @@ class QRecoveryAgent(Versioned):
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
-    time_cost_s: float = 20.0
+    time_cost_s: float = 10.0
     min_visits: int = 1
     optimism: float = 1.0
     shrinkage: float = 5.0
