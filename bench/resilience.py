@@ -55,7 +55,7 @@ recovery rate: runs hit by a node loss (in flight on it, or sent to it before
 its loss was detected) that completed on another node, leaving out the runs
 whose input is poisoned (no node can complete them; counted apart).
 
-    .venv/bin/python bench/resilience.py --seed 1            # ~3 min on 2 shared cores
+    .venv/bin/python bench/resilience.py --seed 1            # ~5 min on 2 loaded shared cores
     .venv/bin/python bench/resilience.py --seed 1 --quick    # fewer runs, ~1 min
 
 WfCommons instances are read from ``--data`` (default /work/shared/data/wfinstances;
