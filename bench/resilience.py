@@ -35,18 +35,27 @@ tried, and states it has not seen get the static retrier.
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
-counts it), MTTR (mean time from a step's first failure to its successful
-end, over recovered incidents; node losses excluded; ``unrecovered`` counts
-the rest; a policy that recovers long outages the others give up on has a
-longer MTTR for it, so ``paired_mttr_s`` also compares the incidents both the
-agent and Step Functions recovered), wasted attempts (failed attempts after an incident's first
-failure), task failure rate (failed / all attempts), resource use (attempt
-seconds). The causal graph (`fingerprint.failures`, fed with every signal and
-alert of the agent's runs) is scored against the simulator's true edges;
-precision and recall pool the causal scenarios. Node recovery rate: runs hit
-by a node loss that completed on another node.
+counts it). MTTR: the mean, over every incident (a step's first failure in a
+run; node losses excluded), of the time from that failure to the step's
+success, or to the run's end when the step never succeeded (the time the
+failure held the run before it was given up). Until 2026-12-02 the bench
+averaged over recovered incidents only, which is still printed as
+``mttr_recovered_s``: that figure leaves out every incident a policy gives up
+on, so it rewards giving up and penalises recovering hard incidents;
+``paired_mttr_s`` compares the incidents both the agent and Step Functions
+recovered. Wasted attempts: failed attempts after an incident's first
+failure. Task failure rate: failed / all attempts; resource use: attempt
+seconds. The causal graph (`fingerprint.failures`, fed with every signal and
+alert of the agent's runs and the workflows' declared resources) is scored
+against the simulator's true causal structure: every (alert of a cause, task
+the cause can fail) pair, whether or not the cause happened to fail that task
+in these runs (``edge_recall_manifested``: only the pairs that did, at least
+``min_support`` times); precision and recall pool the causal scenarios. Node
+recovery rate: runs hit by a node loss (in flight on it, or sent to it before
+its loss was detected) that completed on another node, leaving out the runs
+whose input is poisoned (no node can complete them; counted apart).
 
-    .venv/bin/python bench/resilience.py --seed 1            # ~3 min on 2 shared cores
+    .venv/bin/python bench/resilience.py --seed 1            # ~5 min on 2 loaded shared cores
     .venv/bin/python bench/resilience.py --seed 1 --quick    # fewer runs, ~1 min
 
 WfCommons instances are read from ``--data`` (default /work/shared/data/wfinstances;
@@ -179,7 +188,7 @@ class AgentFleet:
     of failure, then decides from its latest table (or the static retrier).
     """
 
-    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 60.0):
+    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 10.0):
         # one learner for the fleet: the state is a step's recovery profile, not its name, so what a
         # dependency outage teaches on one workflow's step applies to every workflow's
         self.agent = QRecoveryAgent(time_cost_s=time_cost_s)
@@ -217,7 +226,9 @@ class AgentFleet:
     def publish(self, specs: dict, now: float) -> None:
         self.graph_feed.until(now)
         for wf, spec in specs.items():
-            parents = {f"{wf}/{s.name}": self.graph.parents(f"{wf}/{s.name}") for s in spec.steps}
+            for step in spec.steps:
+                self.graph.declare_uses(f"{wf}/{step.name}", step.uses)
+            parents = self.graph.recovery_parents([f"{wf}/{s.name}" for s in spec.steps])
             table = self.agent.policy(wf, parents, explore=self.explore)
             for node in self.nodes.values():
                 node.apply(table)
@@ -269,7 +280,7 @@ def replay(sim: FaultSimulator, workload: Workload, args, policies: dict | None 
             hops += 1
             clock.advance(args.detect_s)  # the heartbeat times out, then the run resumes on a healthy node
             node = healthy(sim, clock(), node)
-        stats.run(result, hops)
+        stats.run(result, hops, run_id, clock(), sim.bad_input(run_id))
         stats.attempt_s += faults.attempt_s
         for key, count in faults.caused.items():
             stats.caused[key] = stats.caused.get(key, 0) + count
@@ -300,6 +311,8 @@ class Stats:
     completed_incl_fallback: int = 0
     lost_runs: int = 0
     lost_completed: int = 0
+    lost_poisoned: int = 0
+    unrecovered_s: list = field(default_factory=list)  # first failure -> the run's end, for incidents never repaired
     attempts: int = 0
     failed_attempts: int = 0
     wasted: int = 0
@@ -324,22 +337,28 @@ class Stats:
             self.repairs.append(t - self.first_failure.pop(key))
             self.repaired[key] = self.repairs[-1]
 
-    def run(self, result, hops: int) -> None:
+    def run(self, result, hops: int, run_id: str, end_s: float, poisoned: bool) -> None:
         self.runs += 1
         ok = result.error is None
         self.completed += ok and not result.degraded
         self.completed_incl_fallback += ok
-        if hops:
+        for key in [k for k in self.first_failure if k[0] == run_id]:
+            self.unrecovered_s.append(end_s - self.first_failure[key])
+        if hops and poisoned:  # its input fails every attempt anywhere: no node could complete it
+            self.lost_poisoned += 1
+        elif hops:
             self.lost_runs += 1
             self.lost_completed += ok
 
     def figures(self) -> dict:
         return {"runs": self.runs, "completion_rate": round(self.completed / self.runs, 4),
                 "completion_incl_fallback": round(self.completed_incl_fallback / self.runs, 4),
-                "mttr_s": round(statistics.fmean(self.repairs), 2) if self.repairs else 0.0,
+                "mttr_s": round(statistics.fmean(self.repairs + self.unrecovered_s), 2) if self.repairs else 0.0,
+                "mttr_recovered_s": round(statistics.fmean(self.repairs), 2) if self.repairs else 0.0,
                 "recovered": len(self.repairs), "unrecovered": len(self.first_failure),
                 "wasted_attempts": self.wasted, "task_failure_rate": round(self.failed_attempts / self.attempts, 4),
                 "attempt_s": round(self.attempt_s, 1), "runs_hit_by_node_loss": self.lost_runs,
+                "runs_hit_by_node_loss_poisoned": self.lost_poisoned,
                 "node_recovery_rate": round(self.lost_completed / self.lost_runs, 4) if self.lost_runs else None}
 
 
@@ -375,7 +394,10 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
         out[name]["paired_mttr_s_agent"] = round(statistics.fmean(agent_stats.repaired[k] for k in both),
                                                  2) if both else None
     fleet.graph_feed.until(horizon)
-    placement = {wf: NODES for wf in measured.specs}
+    # where each workflow's runs went: a cause on a node can only fail the tasks of workflows that run there
+    placement: dict[str, set] = {}
+    for _, wf, _, node, _ in warm.runs + measured.runs:
+        placement.setdefault(wf, set()).add(node)
     structure = sim.true_edges(placement, measured.uses()) | warm_sim.true_edges(placement, measured.uses())
     # the edges the data can show: the cause made the task fail at least min_support times in the graph's runs
     caused = {k: warm_stats.caused.get(k, 0) + agent_stats.caused.get(k, 0)
@@ -383,21 +405,26 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     truth = {(f"alert:{c}", task) for (c, task), k in caused.items()
              if k >= fleet.graph.min_support and (f"alert:{c}", task) in structure}
     found = {(e.source, e.target) for e in fleet.graph.edges()}
-    precision, recall = edge_scores(found, truth)
+    precision, recall = edge_scores(found, structure)
     print(f"[{scenario.name}] {time.perf_counter() - t0:.1f} s wall; graph: {len(found)} edges, "
-          f"{len(found & truth)} of {len(truth)} manifested true edges ({len(structure)} in the structure)",
+          f"{len(found & structure)} of {len(structure)} true edges ({len(found & truth)} of the {len(truth)} that "
+          "manifested)",
           file=sys.stderr)
     return {"policies": out, "found": sorted(found), "truth": sorted(truth), "structure": sorted(structure),
             "edge_precision": round(precision, 4), "edge_recall": round(recall, 4),
-            "edge_recall_structure": round(edge_scores(found, structure)[1], 4), "episodes": len(sim.episodes)}
+            "edge_recall_manifested": round(edge_scores(found, truth)[1], 4), "episodes": len(sim.episodes)}
 
 
 def pooled(results: dict, names, policy: str) -> dict:
     figs = [results[n]["policies"][policy] for n in names]
     runs = sum(f["runs"] for f in figs)
     recovered = sum(f["recovered"] for f in figs)
+    incidents = recovered + sum(f["unrecovered"] for f in figs)
     return {"completion_rate": round(sum(f["completion_rate"] * f["runs"] for f in figs) / runs, 4),
-            "mttr_s": round(sum(f["mttr_s"] * f["recovered"] for f in figs) / recovered, 2) if recovered else 0.0,
+            "mttr_s": round(sum(f["mttr_s"] * (f["recovered"] + f["unrecovered"]) for f in figs) / incidents, 2)
+            if incidents else 0.0,
+            "mttr_recovered_s": round(sum(f["mttr_recovered_s"] * f["recovered"] for f in figs) / recovered, 2)
+            if recovered else 0.0,
             "wasted_attempts": sum(f["wasted_attempts"] for f in figs)}
 
 
@@ -434,8 +461,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-scale", type=float, default=10.0,
                     help="WfCommons recorded runtimes are divided by this in event time (default 10)")
     ap.add_argument("--detect-s", type=float, default=30.0, help="heartbeat timeout before a lost node's runs move")
-    ap.add_argument("--time-cost-s", type=float, default=60.0,
-                    help="the agent's reward: seconds of recovery that cost as much as one failure (default 60)")
+    ap.add_argument("--time-cost-s", type=float, default=10.0,
+                    help="the agent's reward: seconds of recovery that cost as much as one failure (default 10, "
+                         "chosen on --seed 3 among 10 and 20; seeds 1 and 2 are the held-out figures)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -469,24 +497,26 @@ def summarise(results: dict, args, note: str) -> dict:
     static_p = round(sum((f["paired_mttr_s"] or 0) * f["paired_incidents"] for f in sf) / paired, 2) if paired else None
     found = {(n, *e) for n, r in results.items() for e in r["found"]}
     truth = {(n, *e) for n, r in results.items() for e in r["truth"]}
-    precision, recall = edge_scores(found, truth)
     structure = {(n, *e) for n, r in results.items() for e in r["structure"]}
+    precision, recall = edge_scores(found, structure)
     loss = results["node-loss"]["policies"]
     summary = {
         "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
         "workloads": note, "pooled_over": list(CAUSAL),
         "completion_rate_agent": agent["completion_rate"], "completion_rate_static": static["completion_rate"],
         "mttr_s_agent": agent["mttr_s"], "mttr_s_static": static["mttr_s"],
+        "mttr_recovered_s_agent": agent["mttr_recovered_s"], "mttr_recovered_s_static": static["mttr_recovered_s"],
         "paired_mttr_s_agent": agent_p, "paired_mttr_s_static": static_p,
         "mttr_ratio_agent_vs_static": round(agent["mttr_s"] / static["mttr_s"], 3) if static["mttr_s"] else None,
         "wasted_attempts_agent": agent["wasted_attempts"], "wasted_attempts_static": static["wasted_attempts"],
         "edge_precision": round(precision, 4), "edge_recall": round(recall, 4),
-        "edge_recall_structure": round(edge_scores(found, structure)[1], 4),
+        "edge_recall_manifested": round(edge_scores(found, truth)[1], 4),
         "node_recovery_rate": loss["agent"]["node_recovery_rate"],
         "node_recovery_rate_static": loss["step-functions"]["node_recovery_rate"],
         "runs_hit_by_node_loss": loss["agent"]["runs_hit_by_node_loss"],
+        "runs_hit_by_node_loss_poisoned": loss["agent"]["runs_hit_by_node_loss_poisoned"],
         "scenarios": {n: {**{f"{k}_{p}": r["policies"][p][k] for p in POLICIES
-                             for k in ("completion_rate", "mttr_s", "wasted_attempts")},
+                             for k in ("completion_rate", "mttr_s", "mttr_recovered_s", "wasted_attempts")},
                           "completion_rate_static": r["policies"]["step-functions"]["completion_rate"],
                           "mttr_s_static": r["policies"]["step-functions"]["mttr_s"],
                           "wasted_attempts_static": r["policies"]["step-functions"]["wasted_attempts"],

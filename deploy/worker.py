@@ -27,7 +27,8 @@ def _run(args) -> int:
     settings = settings_from_args(args)
     topics = TopicNames()
     require_topics(settings, [topics.commands, topics.acks, topics.telemetry]
-                   + ([topics.signals, topics.shadow, topics.executions] if args.workflow else []))
+                   + ([topics.signals, topics.shadow, topics.executions] if args.workflow else [])
+                   + ([topics.checkpoints] if args.workflow and args.takeover_after else []))
     try:
         worker = EdgeWorker(settings, topics, args.node, Scenario(args.scenario, duration_s=args.duration),
                             zoo_dir=args.zoo, sensor=args.sensor, rate=args.rate, interval_s=args.interval,
@@ -36,7 +37,9 @@ def _run(args) -> int:
                             workflow=args.workflow, workflow_runs=args.workflow_runs,
                             outbox_path=args.outbox or Path(".cache/edge") / f"outbox-{'-'.join(args.node)}.db",
                             keyring=args.keyring, silent_after_s=args.silent_after or None,
-                            lighting=ShiftChange() if args.lighting == "shift-change" else None)
+                            lighting=ShiftChange() if args.lighting == "shift-change" else None,
+                            workflow_gap_s=args.workflow_gap, takeover_after_s=args.takeover_after or None,
+                            workflow_cost_scale=args.workflow_cost_scale)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     stop = threading.Event()
@@ -87,6 +90,15 @@ def register(tree) -> None:
                    help="also execute workflow runs (the inspection pipeline) back to back on every node, emitting "
                         "their signals and applying shadow pre-execution commands")
     p.add_argument("--workflow-runs", type=int, help="stop after this many runs per node (default: until stopped)")
+    p.add_argument("--workflow-gap", type=float, default=0.0, metavar="S",
+                   help="seconds between two runs on a node (default %(default)s)")
+    p.add_argument("--workflow-cost-scale", type=float, default=1.0, metavar="X",
+                   help="multiply the inspection's I/O costs (camera, services, results store) by X, e.g. to stand "
+                        "for slower services (default %(default)s)")
+    p.add_argument("--takeover-after", type=float, metavar="S",
+                   help="with --workflow: publish each run's committed steps (workflow.checkpoints) and resume the "
+                        "unfinished runs of any node silent (no telemetry, no checkpoint) for S seconds, from their "
+                        "last committed step (default: off)")
     p.add_argument("--run-for", type=float, help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics (requests, latency, swaps, variant, temperature, power) on this port")

@@ -90,6 +90,8 @@ class Failure:
     idempotent: bool = True
     alternatives: tuple[str, ...] = ()   # alternatives not tried yet in this run
     has_fallback: bool = False
+    uses: tuple[str, ...] = ()           # what the failed implementation depends on
+    alternative_uses: tuple[tuple[str, ...], ...] = ()   # what each of ``alternatives`` depends on
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ from pathlib import Path
 
 #: Priority classes, most urgent first (lower drains first, higher is thinned first).
 ACK, SIGNAL, TELEMETRY = 0, 1, 2
-PRIORITY_OF_SCHEMA = {"CommandAck": ACK, "WorkflowSignal": SIGNAL, "ExecutionRecord": SIGNAL, "Telemetry": TELEMETRY}
+PRIORITY_OF_SCHEMA = {"CommandAck": ACK, "WorkflowSignal": SIGNAL, "ExecutionRecord": SIGNAL, "Telemetry": TELEMETRY,
+                      "RunCheckpoint": ACK}  # what another node resumes from: before the signals
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (

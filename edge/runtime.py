@@ -353,11 +353,13 @@ class WorkflowRun:
                  executor: ShadowSource | None = None, on_signal: Callable[[dict], None] | None = None,
                  sink: Callable[[str, Any], None] | None = None, slots: int = 1,
                  clock: Callable[[], float] = time.time, recovery=None, faults=None,
-                 wait: Callable[[float], None] = time.sleep, max_attempts: int = 10):
+                 wait: Callable[[float], None] = time.sleep, max_attempts: int = 10,
+                 on_commit: Callable[[str, dict[str, Any]], None] | None = None):
         """``recovery`` decides after a failed attempt (``decide(Failure) -> Decision``, e.g. a
         `prediction.recovery` policy); without one a failing step fails the run. ``faults``
         (``before_attempt(run, step, implementation, uses, attempt)``) may fail an attempt before
-        its body runs (`edge.faults.SimulatedFaults`); ``wait`` waits out a retry delay."""
+        its body runs (`edge.faults.SimulatedFaults`); ``wait`` waits out a retry delay. ``on_commit(step,
+        {artifact: value})`` hears of every step that commits, with what it wrote (`edge.takeover`)."""
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.spec, self.run_id, self.node_id = spec, run_id, node_id
@@ -373,6 +375,7 @@ class WorkflowRun:
         self._tsa: dict[str, list[int]] = {}
         self._seq = 0
         self.recovery, self.faults, self._wait, self.max_attempts = recovery, faults, wait, max_attempts
+        self.on_commit = on_commit
         self._signal_lock = threading.Lock()   # retried attempts signal from the pool's threads
         self._recoveries: list[RecoveryRecord] = []
         self._decisions: dict[str, Decision] = {}
@@ -468,9 +471,11 @@ class WorkflowRun:
             return None
         tried = self._tried.setdefault(step.name, {PRIMARY})
         tried.add(record.implementation)
+        left = tuple(a for a in step.alternatives if a.name not in tried)
         failure = Failure(self.workflow_id, self.run_id, step.name, self.node_id, classify(exc), record.attempts,
                           self.clock(), record.implementation, step.critical, step.idempotent,
-                          tuple(a.name for a in step.alternatives if a.name not in tried), step.fallback is not None)
+                          tuple(a.name for a in left), step.fallback is not None,
+                          step.implementation(record.implementation)[1], tuple(a.uses for a in left))
         try:
             decision = self.recovery.decide(failure)
         except Exception as e:  # a broken policy must not break the run: fail the step with the reason
@@ -482,7 +487,8 @@ class WorkflowRun:
             return None
         ts = max(self._now_ms(), self._tsa[step.name][-1])
         self._tsa[step.name].append(ts)
-        self._signal(step, 0, ts, "FAILURE", 0, False, failure=(failure.error_class, failure.attempt, decision))
+        self._signal(step, 0, ts, "FAILURE", 0, False, failure=(failure.error_class, failure.attempt, decision),
+                     implementation=record.implementation)
         implementation = {ALTERNATIVE: decision.alternative, FALLBACK: FALLBACK}.get(decision.action,
                                                                                       record.implementation)
         return record.attempts + 1, implementation, decision.delay_s if decision.action == RETRY else 0.0
@@ -572,18 +578,21 @@ class WorkflowRun:
             return Handover()
 
     def _finish(self, step: Step, outputs, record: StepRecord, err, running: int, failed: bool) -> list[Step]:
-        size, written = 0, []
+        size, written, values = 0, [], {}
         if err is None:
             for name in step.outputs:
                 artifact = self.store.put(name, outputs[name])
                 size += artifact.size_bytes
                 written.append(lineage_id(artifact))
+                values[name] = artifact.value
             if record.committed:
                 with self._lock:
                     self.committed[step.name] += 1
         self.store.end_writing(step.outputs)
         with self._lock:
             self._state[step.name] = DONE if err is None else FAILED
+        if err is None and self.on_commit is not None:
+            self.on_commit(step.name, values)
         self._records.append(record)
         ready = self._ready(failed)
         ts = max(self._now_ms(), self._tsa[step.name][0])
@@ -591,7 +600,8 @@ class WorkflowRun:
         decision = self._decisions.pop(step.name, None) or Decision(FAIL)
         self._signal(step, 0, ts, "SUCCESS" if err is None else "FAILURE", size, not ready and not running,
                      outputs=written, attempt=record.attempts,
-                     failure=None if err is None else (classify(err), record.attempts, decision))
+                     failure=None if err is None else (classify(err), record.attempts, decision),
+                     implementation=record.implementation)
         return ready
 
     def _restart_signal(self, step: Step, attempt: int) -> None:
@@ -612,18 +622,25 @@ class WorkflowRun:
 
     def _signal(self, step: Step, state: int, ts: int, outcome, size: int, ended: bool, *,
                 inputs: list[str] | None = None, outputs: list[str] | None = None, attempt: int | None = None,
-                failure: tuple[str, int, Decision] | None = None) -> None:
+                failure: tuple[str, int, Decision] | None = None, implementation: str | None = None) -> None:
         if self.on_signal is None:
             return
         if failure is not None:
             attempt = failure[1]
         suffix = f"/a{attempt}" if attempt and attempt > 1 else ""
+        attributes = {"recovery.state": failure[2].state} if failure and failure[2].state else None
+        if implementation is not None and (failure is not None or attempt and attempt > 1):
+            # what the attempt depended on, so the failure graph can link causes to shared resources;
+            # only on failures and recovery attempts: a first attempt's success says its primary's
+            attributes = dict(attributes or {}, **{"recovery.uses": ",".join(step.implementation(implementation)[1]),
+                                                   "recovery.implementation": implementation})
         with self._signal_lock:
             self._seq += 1
             self.on_signal(self._signal_record(step, state, ts, outcome, size, ended, inputs, outputs, suffix,
-                                               attempt, failure))
+                                               attempt, failure, attributes))
 
-    def _signal_record(self, step, state, ts, outcome, size, ended, inputs, outputs, suffix, attempt, failure):
+    def _signal_record(self, step, state, ts, outcome, size, ended, inputs, outputs, suffix, attempt, failure,
+                       attributes):
         return {
             "signal_id": f"{self.workflow_id}/{self.run_id}/{step.name}/{state}{suffix}",
             "workflow_id": self.workflow_id, "run_id": self.run_id, "task": step.name, "state": state,
@@ -631,7 +648,7 @@ class WorkflowRun:
             "intensity": 0.0 if state == 1 else 1.0, "node_id": self.node_id,
             "resources": dict(step.resources) if step.resources else None,
             "data_size_bytes": size, "run_ended": ended, "inputs": inputs, "outputs": outputs,
-            "attributes": {"recovery.state": failure[2].state} if failure and failure[2].state else None,
+            "attributes": attributes,
             "error_class": failure[0] if failure else None,
             "attempt": attempt or (1 if self.recovery is not None else None),
             "recovery": failure[2].describe() if failure else None,

@@ -16,6 +16,9 @@ and is drained in order once the broker is back, each record with an id for
 consumers to deduplicate. With a keyring, every command must be signed
 (`edge.signing`); a rejected one is acknowledged with the reason. When the
 control plane is silent, the node's own policy keeps it safe (`edge.autonomy`).
+With ``takeover_after_s`` (``--takeover-after``), workflow runs publish their
+committed steps and the worker resumes the runs of nodes silent that long
+(`edge.takeover`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 from confluent_kafka import Producer
 
 from edge.autonomy import LocalSafety
-from edge.inspection import PipelineMode, ServedClassifier, inspection_lots, inspection_workflow
+from edge.inspection import InspectionCosts, PipelineMode, ServedClassifier, inspection_lots, inspection_workflow
 from edge.listener import CommandListener
 from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
 from edge.records import ExecutionStore
@@ -42,6 +45,7 @@ from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.signing import CommandVerifier
 from edge.sync import SyncManager, SyncOutcomeListener
+from edge.takeover import COMMITTED, ENDED, STARTED, Takeover, checkpoint_record
 from edge.thermal import Scenario
 from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
@@ -65,20 +69,28 @@ class EdgeNode:
     pipeline: PipelineMode = field(default_factory=PipelineMode)  # optional inspection stages, set by commands
     runs: list = field(default_factory=list)      # edge.runtime.RunResult of every finished run
     recovery: object = None   # prediction.recovery.PolicyRecovery: the latest published policy, or the static retrier
+    spec: object = None       # the workflow it runs (edge.runtime.WorkflowSpec)
 
 
-class PolicyListener(CommandListener):
-    """The published recovery policies (``workflow.policy``), read from the beginning: a node starts with the latest."""
+class RecordListener(CommandListener):
+    """Every record of a topic, decoded as ``schema_name``, handed to the callback: no node filter, no ack."""
 
     def _handle(self, raw: bytes) -> None:
         try:
-            record = self.codec.decode(raw, expect="RecoveryPolicy").record
+            record = self.codec.decode(raw, expect=self.schema_name).record
         except DecodeError as err:
             self.undecodable += 1
-            print(f"liquid: ignoring an undecodable recovery policy: {err}", file=sys.stderr)
+            print(f"liquid: ignoring an undecodable {self.schema_name}: {err}", file=sys.stderr)
             return
         self.received += 1
         self.on_command(record)
+
+
+class PolicyListener(RecordListener):
+    """The published recovery policies (``workflow.policy``), read from the beginning: a node starts with the latest."""
+
+    def __init__(self, settings, topic, ack_topic, nodes, on_command, codec=None, **options):
+        super().__init__(settings, topic, ack_topic, nodes, on_command, codec, schema_name="RecoveryPolicy", **options)
 
 
 class EdgeWorker:
@@ -90,7 +102,8 @@ class EdgeWorker:
                  power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
                  workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
                  local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
-                 outbox_options: dict | None = None, codec: Codec | None = None, lighting=None):
+                 outbox_options: dict | None = None, codec: Codec | None = None, lighting=None,
+                 takeover_after_s: float | None = None, workflow_cost_scale: float = 1.0):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
         self.manifest = load_manifest(zoo_dir)
         self.codec = codec or Codec()  # a registry's codec writes the Confluent framing
@@ -134,6 +147,8 @@ class EdgeWorker:
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
         self.shadow_listener = self.policy_listener = self.sync_listener = None
+        self.takeover = None
+        self._watchers: list = []
         self._runners: list[threading.Thread] = []
         if workflow is not None:
             if workflow != "inspection":
@@ -144,8 +159,19 @@ class EdgeWorker:
                                        node.node_id)
                 node.sync = SyncManager(store, self._publish_execution_record, commit=self.outbox.commit)
                 node.recovery = PolicyRecovery(FailureView(), seed=seed)
+                node.spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline,
+                                                costs=InspectionCosts().scaled(workflow_cost_scale))
             self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
                                                   from_beginning=True)
+            if takeover_after_s:
+                self.takeover = Takeover(takeover_after_s)
+                self._takeover_lock = threading.Lock()
+                self._watchers = [
+                    RecordListener(settings, topics.checkpoints, None, set(), self._on_checkpoint, self.codec,
+                                   schema_name="RunCheckpoint", from_beginning=True),
+                    RecordListener(settings, topics.telemetry, None, set(), self._on_heartbeat, self.codec,
+                                   schema_name="Telemetry"),
+                    threading.Thread(target=self._adopt_orphans, daemon=True, name="takeover")]
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand",
                                                    verify=verify, publish_ack=self._publish_ack, on_contact=contact)
@@ -178,6 +204,10 @@ class EdgeWorker:
             self.shadow_listener.wait_ready(ready_timeout_s)
         if self.policy_listener is not None:
             self.policy_listener.wait_ready(ready_timeout_s)
+        for watcher in self._watchers:
+            watcher.start()
+        for watcher in self._watchers[:2]:
+            watcher.wait_ready(ready_timeout_s)
         for runner in self._runners:
             runner.start()
         for node in self.nodes.values():
@@ -198,6 +228,8 @@ class EdgeWorker:
         self.listener.stop()
         for runner in self._runners:
             runner.join(timeout=30)
+        for watcher in self._watchers:
+            watcher.stop() if hasattr(watcher, "stop") else watcher.join(timeout=30)
         if self.shadow_listener is not None:
             self.shadow_listener.stop()
         if self.policy_listener is not None:
@@ -314,19 +346,58 @@ class EdgeWorker:
         self._publish("WorkflowSignal", self.topics.signals, signal["workflow_id"], signal, signal["signal_id"])
 
     def _run_workflows(self, node: EdgeNode) -> None:
-        spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline)
         lots = inspection_lots(64, seed=self.workflow_seed)
         i = 0
         while not self._halt.is_set() and (self.workflow_runs is None or i < self.workflow_runs):
             # The boot in the run id: a restarted worker's runs are new runs, not duplicates of old ones.
-            run = WorkflowRun(spec, f"{node.node_id}-{self.boot}-run-{i}", node.node_id, executor=node.executor,
-                              on_signal=lambda s, node=node: self._node_signal(node, s), recovery=node.recovery)
-            result = run.execute(lots[i % len(lots)])
-            node.runs.append(result)
-            node.sync.store.record_run(spec.workflow_id, result)
+            self._execute(node, f"{node.node_id}-{self.boot}-run-{i}", lots[i % len(lots)])
             i += 1
             if self.workflow_gap_s:
                 self._halt.wait(self.workflow_gap_s)
+
+    def _execute(self, node: EdgeNode, run_id: str, inputs=None, resume=None) -> None:
+        """One run on ``node`` (``resume``: a lost node's, from its checkpoint); with takeover, its checkpoints too."""
+        wf = node.spec.workflow_id
+        checkpoint = None
+        if self.takeover is not None:
+            def checkpoint(status, step=None, artifacts=None, error=None):
+                record = checkpoint_record(run_id, wf, node.node_id, time.time() * 1000, status, step, artifacts, error)
+                self._publish("RunCheckpoint", self.topics.checkpoints, run_id, record,
+                              f"checkpoint:{run_id}:{node.node_id}:{status}:{step}")
+            if resume is None:
+                checkpoint(STARTED, artifacts=inputs)
+            else:  # claim the run at once: the other watchers see it has a live node again
+                checkpoint(STARTED)
+        run = WorkflowRun(node.spec, run_id, node.node_id, executor=node.executor,
+                          on_signal=lambda s, node=node: self._node_signal(node, s), recovery=node.recovery,
+                          on_commit=None if checkpoint is None else lambda step, out: checkpoint(COMMITTED, step, out))
+        result = run.execute(inputs) if resume is None else run.execute(resume=resume)
+        if checkpoint is not None:
+            checkpoint(ENDED, error=result.error)
+        node.runs.append(result)
+        node.sync.store.record_run(wf, result)
+
+    def _on_checkpoint(self, record: dict) -> None:
+        with self._takeover_lock:
+            self.takeover.learn_checkpoint(record)
+
+    def _on_heartbeat(self, record: dict) -> None:
+        with self._takeover_lock:
+            self.takeover.learn_heartbeat(record["node_id"], record["ts_ms"] / 1000.0)
+
+    def _adopt_orphans(self) -> None:
+        """Resume, each in its own thread, the runs of lost nodes that fall to one of this worker's nodes."""
+        while not self._halt.wait(0.5):
+            with self._takeover_lock:
+                orphans = self.takeover.orphans(time.time(), set(self.nodes))
+                self.takeover.forget_ended()
+            for node_id, resume in orphans:
+                self.log(f"{node_id}: resuming run {resume.run_id} of lost node {resume.node_id} after "
+                         f"{sorted(resume.done) or 'no step'}")
+                thread = threading.Thread(target=self._execute, args=(self.nodes[node_id], resume.run_id),
+                                          kwargs={"resume": resume}, daemon=True, name=f"resume-{resume.run_id}")
+                thread.start()
+                self._runners.append(thread)
 
     def _node_signal(self, node: EdgeNode, signal: dict) -> None:
         node.recovery.view.graph.learn_one(signal)  # the node's own recent failures, for its policy's state

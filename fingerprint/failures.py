@@ -66,21 +66,27 @@ class FailureEdge:
     support: int         # failures of target exposed to source
     confidence: float    # Wilson lower bound (95 %) of weight
     z: float
+    via: str = ""        # the shared resource whose pooled attempts show the link ('' : the task's own attempts)
 
 
 @dataclass
 class FailureGraph(Versioned):
     """The online causal failure graph (see the module docstring); snapshotted state of the workflow flow."""
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
+    # version 1 kept no attempt's resources: its attempts count as their task's primary
+    MIGRATIONS = {1: lambda s: {**s, "attempts": {t: [(*a, None) for a in v] for t, v in s["attempts"].items()},
+                                "primary_uses": {}}}
     window_s: float = 24 * 3600.0
     lag_s: float = 30.0
     alert_lead_s: float = 10.0
     min_support: int = 5
     z_min: float = 3.0
     min_lift: float = 2.0
-    # task -> [(ts_s, node, failed)]: every finished attempt
-    attempts: dict[str, list[tuple[float, str, bool]]] = field(default_factory=dict)
+    # task -> [(ts_s, node, failed, uses)]: every finished attempt; uses None: the task's primary implementation's
+    attempts: dict[str, list[tuple[float, str, bool, str | None]]] = field(default_factory=dict)
+    # task -> what its primary implementation uses (comma-joined), as its failure signals said
+    primary_uses: dict[str, str] = field(default_factory=dict)
     # source -> [(ts_s, node or None)]: task failures and alerts, in time order
     events: dict[str, list[tuple[float, str | None]]] = field(default_factory=dict)
     latest_s: float = 0.0
@@ -94,10 +100,24 @@ class FailureGraph(Versioned):
             return
         task = f"{signal['workflow_id']}/{signal['task']}"
         ts, failed = signal["ts_ms"] / 1000.0, signal["outcome"] == "FAILURE"
-        self.attempts.setdefault(task, []).append((ts, signal.get("node_id", ""), failed))
+        attributes = signal.get("attributes") or {}
+        uses = attributes.get("recovery.uses")
+        if uses is not None and attributes.get("recovery.implementation", "primary") == "primary":
+            self.primary_uses[task] = uses
+            uses = None
+        self.attempts.setdefault(task, []).append((ts, signal.get("node_id", ""), failed, uses))
         if failed:
             self._event(task, ts, None)  # a task's failures can matter fleet-wide (a shared dependency)
         self._advance(ts)
+
+    def declare_uses(self, task: str, uses) -> None:
+        """What ``task``'s primary implementation uses, from the workflow's declaration (its signals may say later).
+
+        A task that never failed says nothing of its resources in its signals;
+        the workflow's spec (`edge.runtime.Step.uses`) does, so its links
+        through shared resources are found before its first failure.
+        """
+        self.primary_uses.setdefault(task, ",".join(uses))
 
     def observe(self, source: str, ts_s: float, node: str | None = None) -> None:
         """An alert at ``ts_s`` (``node`` scopes it to the attempts on that node; None: fleet-wide)."""
@@ -174,22 +194,133 @@ class FailureGraph(Versioned):
         z_needed = self._z_needed(len(alerts) + len(tasks))
         for group in (alerts, tasks):  # exogenous alerts first, then what failures of other tasks still explain
             exposures = {s: self._exposure(s, times, nodes) for s in group}
-            while True:
-                scored = [(r, s) for s in group if s not in {e.source for e in kept}
-                          for r in [self._test(exposures[s], failed, free, z_needed)] if r is not None]
-                if not scored:
-                    break
-                (p1, p0, f1, conf, z), source = max(scored, key=lambda rs: rs[0][4])
+            for source, (p1, p0, f1, conf, z) in self._greedy(group, lambda s, e=exposures, f=free: (e[s], f),
+                                                                failed, z_needed):
                 kept.append(FailureEdge(source, task, round(p1, 4), round(p0, 4), f1, round(conf, 4), round(z, 2)))
                 free &= ~exposures[source]
         return kept
 
+    def resource_links(self) -> dict[str, list[FailureEdge]]:
+        """Alerts linked to the resources attempts use ('dep:storage', 'accelerator', ...), pooled over every task.
+
+        A cause acts on what an attempt depends on, so the attempts of all tasks
+        (of every workflow) that use a resource are pooled: tasks that rarely
+        fail, or run rarely, get their parents from the evidence of the others.
+        For each alert source the resources are tested greedily, each among the
+        attempts that use none of the resources already linked to the alert (a
+        storage outage also fails attempts that use the network, but only
+        through storage); then, for each resource, every alert competes to
+        explain its attempts' failures greedily, each tested among the
+        attempts not exposed to the alerts kept before (explaining away, as
+        for tasks), and the resource keeps those of its candidates that stay. Computed on demand, cached until the
+        next signal or alert.
+        """
+        key = (self.latest_s, sum(map(len, self.attempts.values())), sum(map(len, self.events.values())))
+        cached = getattr(self, "_links", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        rows = [(a[0], a[1], a[2], a[3] if a[3] is not None else self.primary_uses.get(task))
+                for task, items in self.attempts.items() for a in items]
+        rows = [r for r in rows if r[3] is not None]
+        alerts = sorted(s for s in self.events if s.startswith("alert:"))
+        links: dict[str, list[FailureEdge]] = {}
+        if rows and alerts:
+            times = np.array([r[0] for r in rows])
+            nodes = np.array([r[1] for r in rows], object)
+            failed = np.array([r[2] for r in rows], bool)
+            kinds = sorted({r[3] for r in rows})  # few distinct resource sets: test membership once per set
+            kind = np.array([kinds.index(r[3]) for r in rows]) if len(kinds) > 1 else np.zeros(len(rows), int)
+            resources = sorted({u for k in kinds for u in k.split(",") if u})
+            uses = {u: np.isin(kind, [i for i, k in enumerate(kinds) if u in k.split(",")]) for u in resources}
+            z_needed = self._z_needed(len(alerts) * len(resources))
+            exposures = {a: self._exposure(a, times, nodes) for a in alerts}
+            candidates: dict[str, list[str]] = {}
+            for alert in alerts:
+                covered = np.zeros(len(rows), bool)
+                for resource in self._greedy(
+                        resources, lambda u, a=exposures[alert], c=covered: (a, uses[u] & ~c), failed, z_needed, by=0):
+                    candidates.setdefault(resource[0], []).append(alert)
+                    covered |= uses[resource[0]]
+            for resource, linked in candidates.items():
+                # every alert competes to explain the resource's failures (an outage of another service
+                # that overlapped this one's alerts), but only the candidates become links
+                free = uses[resource].copy()
+                kept = []
+                for alert, (p1, p0, f1, conf, z) in self._greedy(alerts, lambda a, f=free: (exposures[a], f),
+                                                                 failed, z_needed):
+                    if alert in linked:
+                        kept.append(FailureEdge(alert, resource, round(p1, 4), round(p0, 4), f1, round(conf, 4),
+                                                round(z, 2), resource))
+                    free &= ~exposures[alert]
+                if kept:
+                    links[resource] = kept
+        object.__setattr__(self, "_links", (key, links))
+        return links
+
+    def _greedy(self, candidates: list[str], masks, failed: np.ndarray, z_needed: float, by: int = 4):
+        """Yield (candidate, test) best first, re-testing the rest after each (``masks(c)``: exposure, free).
+
+        "Best" is the highest z (``by`` 4) or the highest failure rate when exposed (``by`` 0: among nested
+        candidates, a specific resource with a strong effect before a broad one that only dilutes it).
+        """
+        left = list(candidates)
+        while left:
+            scored = []
+            for candidate in left:
+                exposed, free = masks(candidate)
+                result = self._test(exposed, failed, free, z_needed)
+                if result is not None:
+                    scored.append((result, candidate))
+            if not scored:
+                return
+            result, best = max(scored, key=lambda rc: rc[0][by])
+            left.remove(best)
+            yield best, result
+
+    def __getstate__(self):
+        return {k: v for k, v in vars(self).items() if k != "_links"}
+
+    def _edges_of(self, task: str) -> list[FailureEdge]:
+        """The task's own edges, then those its primary implementation's resources give it.
+
+        A link through a resource from a node-scoped alert applies only if the
+        task ran on that node in the window.
+        """
+        own = self._parents_of(task)
+        uses = [u for u in self.primary_uses.get(task, "").split(",") if u]
+        if not uses:
+            return own
+        links = self.resource_links()
+        seen = {e.source for e in own}
+        ran_on = {a[1] for a in self.attempts.get(task, ())}
+        out = list(own)
+        for resource in uses:
+            for link in links.get(resource, ()):
+                scope = {n for _, n in self.events.get(link.source, ())}
+                if link.source in seen or (None not in scope and not scope & ran_on):
+                    continue
+                seen.add(link.source)
+                out.append(FailureEdge(link.source, task, link.weight, link.base, link.support, link.confidence,
+                                       link.z, resource))
+        return out
+
     def edges(self) -> list[FailureEdge]:
         """Every edge of the graph over the current window (computed on demand)."""
-        return [e for task in sorted(self.attempts) for e in self._parents_of(task)]
+        return [e for task in sorted(self.attempts) for e in self._edges_of(task)]
 
     def parents(self, task: str) -> list[str]:
-        return [e.source for e in self._parents_of(task)]
+        return [e.source for e in self._edges_of(task)]
+
+    def recovery_parents(self, tasks) -> dict[str, list[str]]:
+        """What a published recovery policy carries: each task's parents, and each resource's ('@<resource>').
+
+        A node checks the resources' parents for the implementations it could
+        switch to: an alternative whose resources have an active parent is no
+        way out.
+        """
+        out = {task: self.parents(task) for task in tasks}
+        out.update({f"@{u}": [e.source for e in links] for u, links in sorted(self.resource_links().items())})
+        return out
 
     def active(self, source: str, ts_s: float, node: str | None = None) -> bool:
         """Whether ``source`` had an event within the lag before ``ts_s`` (in ``node``'s scope)."""

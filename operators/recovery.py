@@ -63,6 +63,6 @@ class RecoveryStep:
             return state, []
         state.failures_since_publish = 0
         wf = record["workflow_id"]
-        parents = {f"{wf}/{s}": state.graph.parents(f"{wf}/{s}") for s in sorted(state.steps)}
+        parents = state.graph.recovery_parents([f"{wf}/{s}" for s in sorted(state.steps)])
         table = state.agent.policy(wf, parents)
         return state, [("RecoveryPolicy", table.to_record(record["ts_ms"]))]

@@ -13,9 +13,13 @@ fallback branch, whether it may be re-executed) — rather than its name, so wha
 is learned on one step carries over to the steps of large WfCommons workflows
 that fail rarely —, the error class, the attempt (1, 2, 3, 4+), the step's
 recent failure rate (< 0.1, < 0.5, more), whether one of its causal parents
-(`fingerprint.failures`) is active now, whether the node raised an anomaly
-alert, and whether it is under pressure. Actions: retry after 1, 5, 15, 30 or
-60 s, switch to an alternative, take the fallback branch, fail fast.
+(`fingerprint.failures`) is active now, whether an alternative is a *way out*
+(one whose resources have no active causal parent: a backup replica that reads
+the same failing storage is not), whether the node raised an anomaly alert,
+and whether it is under pressure. Every transition also updates a coarse state
+without the rate, anomaly and pressure (`coarse_key`), which a node uses where
+the fine one was never visited. Actions: retry at once or after 1, 5, 15, 30 or 60 s,
+switch to an alternative, take the fallback branch, fail fast.
 
 Reward, as in the seed: +1 for a success, −1 for a failure (a degraded success
 through the fallback branch counts 0), minus the time the recovery took in
@@ -37,13 +41,13 @@ Examples
 >>> agent = QRecoveryAgent(alpha=0.5)
 >>> s = state_key(Failure("wf", "r1", "load", "n1", TIMEOUT, 1, 0.0, alternatives=("cached",)), NodeContext())
 >>> s
-'a-i|TIMEOUT|1|0|0|0|0'
+'a-i|TIMEOUT|1|0|0|1|0|0'
 >>> for _ in range(20):
 ...     agent.learn_transition(s, "ALTERNATIVE", 1.0, None)
 ...     agent.learn_transition(s, "RETRY 1s", -1.0, None)
 >>> agent.predict_one(s)  # never tried, so optimistically worth the best reward: it is tried next
-'RETRY 5s'
->>> for action in valid_actions(s)[1:]:
+'RETRY 0s'
+>>> for action in valid_actions(s):
 ...     if action != "ALTERNATIVE":
 ...         agent.learn_transition(s, action, -1.0, None)
 >>> agent.predict_one(s)
@@ -59,18 +63,23 @@ from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure
 from fingerprint.failures import FailureGraph
 from schemas.state import Versioned
 
-DELAYS_S = (1.0, 5.0, 15.0, 30.0, 60.0)
+DELAYS_S = (0.0, 1.0, 5.0, 15.0, 30.0, 60.0)  # 0: at once (right for an independent transient)
 ACTIONS = tuple(f"RETRY {d:g}s" for d in DELAYS_S) + (ALTERNATIVE, FALLBACK, FAIL)
 
 
 @dataclass(frozen=True)
 class NodeContext:
-    """What the node knows locally when a step fails (see `FailureView`)."""
+    """What the node knows locally when a step fails (see `FailureView`).
+
+    ``way_out``: an alternative left whose resources have no active causal
+    parent (None: the step has no alternative left to judge).
+    """
 
     step_rate: float = 0.0
     parent_active: bool = False
     anomaly: bool = False
     pressure: float = 0.0
+    way_out: bool | None = None
 
 
 def state_key(failure: Failure, ctx: NodeContext) -> str:
@@ -78,8 +87,23 @@ def state_key(failure: Failure, ctx: NodeContext) -> str:
     profile = (("a" if failure.alternatives else "-") + ("f" if failure.has_fallback else "-")
                + ("n" if failure.critical and not failure.idempotent else "i"))
     rate = 0 if ctx.step_rate < 0.1 else 1 if ctx.step_rate < 0.5 else 2
+    way_out = int(bool(failure.alternatives) if ctx.way_out is None else ctx.way_out)
     return (f"{profile}|{failure.error_class}|{min(failure.attempt, 4)}|{rate}|{int(ctx.parent_active)}"
-            f"|{int(ctx.anomaly)}|{int(ctx.pressure >= 0.8)}")
+            f"|{way_out}|{int(ctx.anomaly)}|{int(ctx.pressure >= 0.8)}")
+
+
+def coarse_key(state: str) -> str:
+    """The state without the step's failure rate, the anomaly and the pressure bits: what a node falls back on.
+
+    The fine table fragments quickly (3 x 2 x 2 variants of each coarse state);
+    the coarse one is learned from the same transitions and answers where the
+    fine one has not been visited yet.
+
+    >>> coarse_key("a-i|TIMEOUT|1|2|1|0|1|0")
+    'a-i|TIMEOUT|1|*|1|0|*|*'
+    """
+    f = state.split("|")
+    return "|".join(f[:3] + ["*"] + f[4:6] + ["*", "*"]) if len(f) == 8 else state
 
 
 def valid_actions(state: str) -> list[str]:
@@ -125,9 +149,16 @@ class QRecoveryAgent(Versioned):
     score_rate
         λ of the seed's per-step score V ← V + λ(R − V).
     time_cost_s
-        Seconds of recovery that cost as much as one failure.
+        Seconds of recovery that cost as much as one failure. At 60 s the
+        agent waited out most outages (completion up, MTTR three to four
+        times Step Functions'); at 10 s it takes a way out or gives up
+        instead (`bench/resilience.py`: chosen on one seed, checked on two
+        others).
     min_visits
         Visits of a state before the published table holds an action for it.
+    shrinkage
+        Visits of a fine state's action that weigh as much as its coarse
+        state's value (`estimate`).
     optimism
         Value of an action not tried yet in a state: optimistic (the best
         reward), so the greedy policy tries every allowed action of a state
@@ -135,13 +166,17 @@ class QRecoveryAgent(Versioned):
         nodes' data would otherwise only hold what the static retrier did.
     """
 
-    STATE_VERSION = 1
+    STATE_VERSION = 2
+    # version 1's state keys had no way-out bit: its table is not carried over (relearned); its
+    # publication count is, so the nodes take the next tables as newer
+    MIGRATIONS = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}}}
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
-    time_cost_s: float = 60.0
+    time_cost_s: float = 10.0
     min_visits: int = 1
     optimism: float = 1.0
+    shrinkage: float = 5.0
     q: dict[str, dict[str, float]] = field(default_factory=dict)
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float] = field(default_factory=dict)
@@ -153,12 +188,31 @@ class QRecoveryAgent(Versioned):
         """One Q-learning update (``next_state`` None: the episode ended)."""
         row = self.q.setdefault(state, {})
         target = reward
-        if next_state is not None and next_state in self.q:
-            target += self.gamma * max(self._value(next_state, a) for a in valid_actions(next_state))
+        if next_state is not None:
+            target += self.gamma * self._tried_value(next_state)
         counts = self.visits.setdefault(state, {})
         counts[action] = counts.get(action, 0) + 1
         rate = max(self.alpha, 1.0 / counts[action])  # the first sample replaces the optimistic start
         row[action] = self._value(state, action) + rate * (target - self._value(state, action))
+
+    def _learn_both(self, state: str, action: str, reward: float, next_state: str | None) -> None:
+        """The transition in the fine table and in the coarse one (`coarse_key`)."""
+        self.learn_transition(state, action, reward, next_state)
+        if coarse_key(state) != state:
+            self.learn_transition(coarse_key(state), action, reward,
+                                  None if next_state is None else coarse_key(next_state))
+
+    def _tried_value(self, state: str) -> float:
+        """The best value among actions tried in ``state`` (else in its coarse state, else 0).
+
+        Bootstrapping from untried actions' optimistic values would make any
+        action that leads to a rarely seen state look good for ever (a poisoned
+        input retried ten times); the optimism is for choosing, not for valuing.
+        """
+        for key in (state, coarse_key(state)):
+            if self.q.get(key):
+                return max(self.q[key].values())
+        return 0.0
 
     def _value(self, state: str, action: str) -> float:
         return self.q.get(state, {}).get(action, self.optimism)
@@ -176,12 +230,13 @@ class QRecoveryAgent(Versioned):
             s, a, t0 = opened
             cost = (ts - t0) / self.time_cost_s
             outcome = -1.0 if failed else (0.0 if a == FALLBACK else 1.0)
-            self.learn_transition(s, a, outcome - cost, state if failed and state else None)
+            following = state if failed and state else None
+            self._learn_both(s, a, outcome - cost, following)
             self.score[step] = self.score.get(step, 0.0) + self.score_rate * (outcome - self.score.get(step, 0.0))
         action = action_of(signal.get("recovery"))
         if failed and state and action is not None:
             if action == FAIL:
-                self.learn_transition(state, FAIL, -1.0, None)
+                self._learn_both(state, FAIL, -1.0, None)
             else:
                 self.pending[key] = (state, action, ts)
         if signal.get("run_ended"):
@@ -197,8 +252,26 @@ class QRecoveryAgent(Versioned):
         tried = self.visits.get(state, {})
         if sum(tried.values()) < self.min_visits:
             return None
-        actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried]
-        return max(actions, key=lambda a: self._value(state, a))
+        coarse = self.q.get(coarse_key(state), {}) if coarse_key(state) != state else {}
+        actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried or a in coarse]
+        return max(actions, key=lambda a: self.estimate(state, a))
+
+    def estimate(self, state: str, action: str) -> float:
+        """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
+
+        A fine state seen a few times has noisy values (one long outage makes a
+        retry look bad); its coarse state pools all its siblings' transitions.
+        ``k`` = ``shrinkage`` visits. An action never tried in the fine state
+        takes the coarse value, one tried in neither the optimistic value.
+        """
+        coarse = coarse_key(state)
+        fine, pooled = self.q.get(state, {}).get(action), self.q.get(coarse, {}).get(action)
+        if coarse == state or pooled is None:
+            return self._value(state, action)
+        if fine is None:
+            return pooled
+        n = self.visits[state][action]
+        return (n * fine + self.shrinkage * pooled) / (n + self.shrinkage)
 
     def policy(self, workflow_id: str, parents: dict[str, list[str]] | None = None,
                explore: bool = True) -> RecoveryPolicyTable:
@@ -243,14 +316,19 @@ class FailureView:
         self.graph = FailureGraph(window_s=window_s, lag_s=lag_s)
         self.pressure = pressure or (lambda node, ts: 0.0)
 
-    def context(self, failure: Failure, parents: list[str]) -> NodeContext:
-        task, t = f"{failure.workflow_id}/{failure.step}", failure.ts_s
+    def context(self, failure: Failure, parents: dict[str, list[str]]) -> NodeContext:
+        """``parents``: a published table's (each task's causal parents, and each resource's as '@<resource>')."""
+        task, t, node = f"{failure.workflow_id}/{failure.step}", failure.ts_s, failure.node_id
         local_alerts = [s for s, ev in self.graph.events.items()
-                        if s.startswith("alert:") and any(n == failure.node_id for _, n in ev[-20:])]
+                        if s.startswith("alert:") and any(n == node for _, n in ev[-20:])]
+
+        def blocked(uses) -> bool:
+            return any(self.graph.active(p, t, node) for u in uses for p in parents.get(f"@{u}", ()))
+        way_out = any(not blocked(uses) for uses in failure.alternative_uses) if failure.alternative_uses else None
         return NodeContext(self.graph.failure_rate(task, t),
-                           any(self.graph.active(p, t, failure.node_id) for p in parents),
-                           any(self.graph.active(s, t, failure.node_id) for s in local_alerts),
-                           self.pressure(failure.node_id, t))
+                           any(self.graph.active(p, t, node) for p in parents.get(task, ())),
+                           any(self.graph.active(s, t, node) for s in local_alerts),
+                           self.pressure(node, t), way_out)
 
 
 class PolicyRecovery:
@@ -275,10 +353,9 @@ class PolicyRecovery:
 
     def decide(self, failure: Failure) -> Decision:
         table = self.tables.get(failure.workflow_id)
-        parents = table.parents.get(f"{failure.workflow_id}/{failure.step}", []) if table else []
-        state = state_key(failure, self.view.context(failure, parents))
+        state = state_key(failure, self.view.context(failure, table.parents if table else {}))
         version = table.version if table else 0
-        action = table.actions.get(state) if table else None
+        action = (table.actions.get(state) or table.actions.get(coarse_key(state))) if table else None
         if action is None and self.explore and self.rng.random() < self.explore:
             return decision_of(self.rng.choice(valid_actions(state)), failure, version, state, "explore")
         if action is None:

@@ -29,6 +29,7 @@ SCHEMA_FILES = {
     "ExecutionRecord": "execution_record",
     "RecoveryPolicy": "recovery_policy",
     "SyncOutcome": "sync_outcome",
+    "RunCheckpoint": "run_checkpoint",
 }
 SCHEMA_NAMES = tuple(SCHEMA_FILES)
 
@@ -46,6 +47,7 @@ TOPICS = {
     "ExecutionRecord": "edge.executions",
     "RecoveryPolicy": "workflow.policy",
     "SyncOutcome": "edge.sync",
+    "RunCheckpoint": "workflow.checkpoints",
 }
 DEADLETTER_TOPIC = "liquid.deadletter"
 
@@ -83,6 +85,7 @@ class TopicNames:
     executions: str = TOPICS["ExecutionRecord"]
     policy: str = TOPICS["RecoveryPolicy"]
     sync: str = TOPICS["SyncOutcome"]
+    checkpoints: str = TOPICS["RunCheckpoint"]
     deadletter: str = DEADLETTER_TOPIC
 
     def all(self) -> list[str]:
@@ -95,4 +98,5 @@ class TopicNames:
             "ShadowCommand": self.shadow, "CommandAck": self.acks, "Alert": self.alerts,
             "NextStepPrediction": self.predictions, "Experience": self.experience, "NextStepMetrics": self.metrics,
             "ExecutionRecord": self.executions, "RecoveryPolicy": self.policy, "SyncOutcome": self.sync,
+            "RunCheckpoint": self.checkpoints,
         }[schema_name]

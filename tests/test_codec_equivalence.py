@@ -24,7 +24,7 @@ STRINGS = ["", "a", "edge-1", "ünïcödé ✓", "x" * 70, "\U0001F600", "a\x00b
 def value(rng, t):
     if isinstance(t, list):
         return value(rng, rng.choice(t))
-    if isinstance(t, dict) and t["type"] in ("null", "boolean", "int", "long", "double", "string"):
+    if isinstance(t, dict) and t["type"] in ("null", "boolean", "int", "long", "double", "string", "bytes"):
         t = t["type"]
     if t == "null":
         return None
@@ -38,6 +38,8 @@ def value(rng, t):
         return rng.choice([0.0, -0.0, 1.5, -1e300, 1e-310, float("inf"), float("-inf"), float("nan"), rng.random()])
     if t == "string":
         return rng.choice(STRINGS + [f"s{rng.randint(0, 10**9)}"])
+    if t == "bytes":
+        return rng.choice([b"", b"\x00", bytes(range(256)), rng.randbytes(rng.randint(1, 300))])
     kind = t["type"]
     if kind == "enum":
         return rng.choice(t["symbols"])

@@ -132,10 +132,45 @@ def test_snapshot_round_trip_and_refusal_of_a_newer_version():
     g = FailureGraph()
     g.learn_one(finish("wf/load", 1.0, True))
     restored = pickle.loads(pickle.dumps(g))
-    assert restored.attempts == g.attempts and restored.version == 1
-    state = dict(vars(g), version=2)
-    with pytest.raises(StateVersionError, match="FailureGraph snapshot has state version 2"):
+    assert restored.attempts == g.attempts and restored.version == 2
+    state = dict(vars(g), version=3)
+    with pytest.raises(StateVersionError, match="FailureGraph snapshot has state version 3"):
         FailureGraph.__new__(FailureGraph).__setstate__(state)
+
+
+def test_a_version_1_snapshot_is_migrated_its_attempts_counted_as_their_primary():
+    old = {"window_s": 86400.0, "lag_s": 30.0, "alert_lead_s": 10.0, "min_support": 5, "z_min": 3.0, "min_lift": 2.0,
+           "attempts": {"wf/load": [(1.0, "n1", True)]}, "events": {"wf/load": [(1.0, None)]}, "latest_s": 1.0,
+           "version": 1}
+    g = FailureGraph.__new__(FailureGraph)
+    g.__setstate__(old)
+    assert g.version == 2 and g.attempts == {"wf/load": [(1.0, "n1", True, None)]} and g.primary_uses == {}
+    g.learn_one(finish("wf/load", 2.0, False))
+    assert g.failure_rate("wf/load", 2.0) == 0.5
+
+
+def test_a_shared_resource_links_an_alert_to_tasks_too_rare_to_show_it_alone():
+    """Storage outages: 'busy' runs often and shows the link; 'rare' uses storage too, fails 3 times in all."""
+    g = FailureGraph(lag_s=20.0, min_support=5)
+    for k in range(400):
+        t = 10.0 * k
+        outage = (k // 10) % 5 == 0
+        if outage:
+            g.observe("alert:dep:storage", t - 1)
+        attrs = {"recovery.uses": "dep:storage,network", "recovery.implementation": "primary"}
+        g.learn_one(dict(finish("wf/busy", t, outage), attributes=attrs if outage else None))
+        g.learn_one(dict(finish("wf/cpu", t, k % 50 == 27),  # fails on its own now and then, never with storage
+                         attributes={"recovery.uses": "accelerator,network", "recovery.implementation": "primary"}
+                         if k % 50 == 27 else None))
+        if k % 40 == 0:
+            failed = outage and k < 300
+            g.learn_one(dict(finish("other/rare", t + 1, failed), attributes=attrs if failed else None))
+    assert set(g.resource_links()) == {"dep:storage"}     # not 'network': storage explains those failures
+    assert g.parents("other/rare") == ["alert:dep:storage"] and not g._parents_of("other/rare")
+    assert g.parents("wf/cpu") == [] and g.recovery_parents(["wf/busy"]) == {
+        "wf/busy": ["alert:dep:storage"], "@dep:storage": ["alert:dep:storage"]}
+    rare = next(e for e in g.edges() if e.target == "other/rare")
+    assert rare.via == "dep:storage" and rare.weight > 0.8
 
 
 def test_failed_signal_round_trips_through_the_codec():

@@ -149,7 +149,7 @@ def test_a_lost_nodes_run_resumes_elsewhere_from_its_last_committed_step():
 def test_q_learning_converges_to_the_optimal_actions_of_a_known_mdp():
     # s0 --RETRY--> s1 (reward -1); s1 --RETRY--> success (+1); ALTERNATIVE: +0.5 from either; FAIL: -1.
     # With gamma 0.9: Q*(s0,RETRY) = -1 + 0.9 = -0.1 < Q*(s0,ALT) = 0.5; Q*(s1,RETRY) = 1 > 0.5.
-    s0, s1 = "a-i|TIMEOUT|1|0|0|0|0", "a-i|TIMEOUT|2|0|0|0|0"
+    s0, s1 = "a-i|TIMEOUT|1|0|0|1|0|0", "a-i|TIMEOUT|2|0|0|1|0|0"
     rng, retry, alt = random.Random(0), "RETRY 1s", "ALTERNATIVE"
     agent = QRecoveryAgent(alpha=0.2, gamma=0.9, optimism=-1.0)  # the MDP has only these three actions
     for _ in range(3000):
@@ -187,7 +187,7 @@ def test_agent_learns_from_signals_and_a_node_applies_the_published_policy():
         WorkflowRun(spec, f"r{k}", "n1", recovery=node, wait=wait, on_signal=signal,
                     clock=lambda: clock["t"]).execute({"x": np.arange(2)})
     table = agent.policy("wf")
-    state = "a-i|DEPENDENCY_UNAVAILABLE|1|2|0|0|0"
+    state = "a-i|DEPENDENCY_UNAVAILABLE|1|2|0|1|0|0"
     assert table.actions[state] == "ALTERNATIVE" and table.version == 1
     worker = PolicyRecovery(FailureView())
     worker.apply(RecoveryPolicyTable.from_record(table.to_record(0)))
@@ -202,10 +202,31 @@ def test_agent_learns_from_signals_and_a_node_applies_the_published_policy():
 
 def test_agent_state_snapshot_and_refusal():
     agent = QRecoveryAgent()
-    agent.learn_transition("---|TIMEOUT|1|0|0|0|0", "FAIL", -1.0, None)
+    agent.learn_transition("---|TIMEOUT|1|0|0|0|0|0", "FAIL", -1.0, None)
     assert pickle.loads(pickle.dumps(agent)).q == agent.q
     with pytest.raises(StateVersionError):
         QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=7))
+    # version 1's keys had no way-out bit: its table is dropped, its publication count kept
+    old = QRecoveryAgent.__new__(QRecoveryAgent)
+    old.__setstate__(dict(vars(agent), q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
+    assert old.version == 2 and old.q == {} and old.published == 5
+    assert old.policy("wf").version == 6
+
+
+def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
+    view = FailureView()
+    view.graph.observe("alert:dep:storage", 95.0)
+    parents = {"wf/load": ["alert:dep:storage"], "@dep:storage": ["alert:dep:storage"]}
+
+    def ctx(*alternative_uses):
+        f = Failure("wf", "r", "load", "n1", DEPENDENCY_UNAVAILABLE, 1, 100.0, alternatives=("x",) * len(
+            alternative_uses), uses=("dep:storage",), alternative_uses=alternative_uses)
+        return view.context(f, parents)
+    replica_on_same_storage, cached = ("dep:storage", "network"), ()
+    assert ctx(replica_on_same_storage).parent_active and ctx(replica_on_same_storage).way_out is False
+    assert ctx(replica_on_same_storage, cached).way_out is True and ctx().way_out is None
+    assert view.context(Failure("wf", "r", "load", "n1", TIMEOUT, 1, 500.0, alternatives=("x",),
+                                alternative_uses=(replica_on_same_storage,)), parents).way_out is True
 
 
 def test_baseline_schedules():
@@ -239,7 +260,7 @@ def test_circuit_breaker_opens_at_half_failures_over_100_calls_for_60_s():
 def test_published_policy_round_trips_through_the_codec():
     from schemas.codec import Codec
 
-    table = RecoveryPolicyTable("wf", 4, {"a-i|TIMEOUT|1|0|0|0|0": "ALTERNATIVE"}, {"wf/load": ["alert:dep:db"]})
+    table = RecoveryPolicyTable("wf", 4, {"a-i|TIMEOUT|1|0|0|1|0|0": "ALTERNATIVE"}, {"wf/load": ["alert:dep:db"]})
     codec = Codec()
     assert RecoveryPolicyTable.from_record(codec.decode(codec.encode("RecoveryPolicy", table.to_record(7))).record) \
         == table
@@ -250,12 +271,82 @@ def test_the_flows_recovery_state_snapshots_and_refuses_a_newer_version():
 
     step = RecoveryStep(publish_every=1)
     signal = {"workflow_id": "wf", "run_id": "r1", "task": "load", "state": 0, "outcome": "FAILURE", "ts_ms": 1000,
-              "node_id": "n1", "recovery": "FAIL", "attributes": {"recovery.state": "---|TIMEOUT|1|0|0|0|0"}}
+              "node_id": "n1", "recovery": "FAIL", "attributes": {"recovery.state": "---|TIMEOUT|1|0|0|0|0|0"}}
     from operators.events import Event
     state, out = step(None, Event("WorkflowSignal", signal, "workflow.signals", 0, 0))
-    assert out[0][1]["version"] == 1 and state.agent.q["---|TIMEOUT|1|0|0|0|0"] == {"FAIL": -1.0}
-    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0": "RETRY 1s"}  # untried, so optimistically next
+    assert out[0][1]["version"] == 1 and state.agent.q["---|TIMEOUT|1|0|0|0|0|0"] == {"FAIL": -1.0}
+    # untried, so optimistically next; the coarse state learned the same transition
+    assert out[0][1]["actions"] == {"---|TIMEOUT|1|0|0|0|0|0": "RETRY 0s", "---|TIMEOUT|1|*|0|0|*|*": "RETRY 0s"}
     restored = pickle.loads(pickle.dumps(state))
     assert restored.agent.q == state.agent.q and restored.steps == {"load"}
     with pytest.raises(StateVersionError, match="RecoveryState snapshot has state version 2"):
         RecoveryState.__new__(RecoveryState).__setstate__(dict(vars(state), version=2))
+
+
+def test_checkpoints_through_the_codec_rebuild_a_run_that_resumes_from_its_last_committed_step():
+    from edge.takeover import COMMITTED, ENDED, STARTED, Takeover, checkpoint_record
+    from schemas.codec import Codec
+
+    codec, records = Codec(), []
+    spec = WorkflowSpec("wf", (Step("a", lambda ctx: {"a": ctx.inputs["x"] + 1}, inputs=("x",), outputs=("a",)),
+                               Step("b", lambda ctx: {"b": bytes(ctx.inputs["a"].tobytes())}, inputs=("a",),
+                                    outputs=("b",)),
+                               Step("c", lambda ctx: {"c": ctx.inputs["b"] + b"!"}, inputs=("b",), outputs=("c",))))
+    reference = WorkflowRun(spec, "r1").execute({"x": np.arange(3)})
+
+    def publish(node, status, step=None, artifacts=None):
+        records.append(codec.decode(codec.encode("RunCheckpoint", checkpoint_record(
+            "r1", "wf", node, 1000 * (len(records) + 1), status, step, artifacts))).record)
+    publish("n1", STARTED, artifacts={"x": np.arange(3)})
+    lost = WorkflowRun(spec, "r1", "n1", faults=LoseNodeAt("c", "n1"), recovery=step_functions_default(),
+                       on_commit=lambda step, out: publish("n1", COMMITTED, step, out)).execute({"x": np.arange(3)})
+    assert lost.node_lost and [r["step"] for r in records] == [None, "a", "b"]
+    watchers = [Takeover(detect_s=5.0) for _ in range(2)]
+    for w in watchers:
+        for r in records:
+            w.learn_checkpoint(r)
+        for node in ("n2", "n3"):
+            w.learn_heartbeat(node, 20.0)
+    assert watchers[0].orphans(4.0, {"n2", "n3"}) == []   # n1 not silent long enough yet
+    picked = [w.orphans(20.0, {"n2", "n3"}) for w in watchers]
+    assert picked[0][0][0] == picked[1][0][0]              # every watcher picks the same adopter
+    adopter, checkpoint = picked[0][0]
+    assert checkpoint.done == {"a", "b"} and watchers[0].orphans(20.0, {"n2", "n3"}) == []
+    resumed = WorkflowRun(spec, "r1", adopter).execute(resume=checkpoint)
+    assert resumed.path == ["c"] and resumed.fingerprint() == reference.fingerprint()
+    publish(adopter, COMMITTED, "c", {"c": resumed.outputs["c"].value})
+    fresh = Takeover(detect_s=5.0)
+    for r in records:
+        fresh.learn_checkpoint(r)
+    fresh.learn_heartbeat("n9", 100.0)
+    assert [c.done for _, c in fresh.orphans(100.0, {"n9"})] == [{"a", "b", "c"}]  # the adopter lost in turn
+    publish(adopter, ENDED)
+    fresh = Takeover(detect_s=5.0)
+    for r in records:
+        fresh.learn_checkpoint(r)
+    fresh.learn_heartbeat("n9", 100.0)
+    assert fresh.orphans(100.0, {"n9"}) == []  # ended: nothing to resume
+
+
+def test_bootstrapping_uses_tried_actions_only_so_a_hopeless_retry_is_not_made_to_look_good():
+    # a poisoned input: every retry fails; in the next state only FAIL was ever tried (-1)
+    s1, s2 = "---|BAD_INPUT|1|0|0|0|0|0", "---|BAD_INPUT|2|0|0|0|0|0"
+    agent = QRecoveryAgent(gamma=0.9)
+    agent.learn_transition(s2, FAIL, -1.0, None)
+    for _ in range(5):
+        agent.learn_transition(s1, "RETRY 1s", -1.0, s2)
+        agent.learn_transition(s1, FAIL, -1.0, None)
+    # -1 + 0.9 x (-1), not -1 + 0.9 x (the optimistic +1 of the actions s2 never tried)
+    assert agent.q[s1]["RETRY 1s"] == pytest.approx(-1.9) and agent.predict_one(s1, explore=False) == FAIL
+
+
+def test_a_rarely_seen_state_leans_on_its_coarse_state():
+    agent = QRecoveryAgent()
+    fine, sibling = "a-i|RESOURCE_EXHAUSTED|1|2|1|1|1|1", "a-i|RESOURCE_EXHAUSTED|1|0|1|1|0|0"
+    for _ in range(20):  # the sibling states teach the coarse one that the way out works
+        agent._learn_both(sibling, "ALTERNATIVE", 1.0, None)
+        agent._learn_both(sibling, "RETRY 1s", -1.0, None)
+    agent._learn_both(fine, "RETRY 1s", 0.5, None)  # one lucky retry in the rare state
+    assert agent.estimate(fine, "RETRY 1s") == pytest.approx((0.5 + 5 * agent.q["a-i|RESOURCE_EXHAUSTED|1|*|1|1|*|*"][
+        "RETRY 1s"]) / 6)
+    assert agent.predict_one(fine, explore=False) == "ALTERNATIVE"  # never tried here, known good in the coarse state

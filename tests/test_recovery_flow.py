@@ -67,4 +67,4 @@ def test_failed_signals_reach_the_graph_and_the_published_policy_reaches_a_worke
                               alternatives=("cached",)))
     assert d.policy_version == latest["version"]
     # once the step fails often (rate bucket 2), the alternative, the only action that ever helped, is the policy
-    assert latest["actions"]["a-i|DEPENDENCY_UNAVAILABLE|1|2|0|0|0"] == "ALTERNATIVE"
+    assert latest["actions"]["a-i|DEPENDENCY_UNAVAILABLE|1|2|0|1|0|0"] == "ALTERNATIVE"
