@@ -33,7 +33,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from flows.spec import FlowSpec
-from operators.control import MorphStep
+from operators.control import MorphStep, single_threaded_blas
 from operators.events import keyed_input
 from operators.from_spec import agent_for, codec_for, models_factory_for, policy_for, sharer_factory_for, signer_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
@@ -58,6 +58,8 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
                                                   "Experience": "group"})
     # (node id, (schema name, record)): the commands and alerts the node's state decides
     agent, sharers = agent_for(spec), sharer_factory_for(spec)
+    if agent is not None:
+        single_threaded_blas()
     if sharers is not None:
         # peers' experience (keyed by group) reaches every member node's agent
         if source is None:
