@@ -174,7 +174,7 @@ def test_pickled_state_continues_identically():
         a, _ = models.score_then_learn_one(r)
         b, _ = clone.score_then_learn_one(r)
         assert a.anomaly.score == b.anomaly.score and a.forecasts == b.forecasts
-    assert clone.version == 1 and clone.detector.detector.version == 1
+    assert clone.version == 1 and clone.detector.detector.version == AnomalyDetector.STATE_VERSION == 2
 
 
 def test_a_deliberate_model_swap_is_not_an_anomaly():
