@@ -66,8 +66,8 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
             shared = kafka_input(flow, spec, codec_for(spec), {topics.experience: "Experience"}, key_field="group",
                                  step_id="peers_kafka")
         else:
-            shared = op.filter("experience_only", events, lambda kv: kv[1].schema_name == "Experience")
-            events = op.filter("node_events", events, lambda kv: kv[1].schema_name != "Experience")
+            split = op.branch("experience_or_node", events, lambda kv: kv[1].schema_name == "Experience")
+            shared, events = split.trues, split.falses
         forwarded = op.stateful_flat_map("peer_groups", shared, forward_to_members)
         events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,

@@ -269,6 +269,25 @@ class _Feature:
         self.prev = value
         self.run = run
 
+    def onset_evidence(self, value: float, s: float, az: float, onset: int, report_z: float, clip: float,
+                       learn: bool) -> float:
+        """|z| that counts for a sample ``az`` σ from the normal (beyond the clip), in onset mode.
+
+        During the onset (its first ``onset`` reported samples) the deviation from
+        the normal counts, and reported samples are counted; past it, only the
+        departure from the excursion's own level, and a departure beyond the clip
+        starts a new onset.
+        """
+        if self.excursion_n < onset:
+            if learn and az >= report_z:
+                self.excursion_n += 1
+            return az
+        ze = (value - self.excursion) / s
+        ze = ze if ze >= 0.0 else -ze
+        if ze > clip and learn:  # worse than the excursion so far: a new onset
+            self.excursion, self.excursion_n = math.nan, 0
+        return ze if ze < az else az
+
     def __getstate__(self):
         return {name: getattr(self, name) for name in self.__slots__}
 
@@ -323,6 +342,7 @@ class AnomalyDetector(Versioned):
 
     # 2: onset_samples, and each feature's excursion level (a version-1 snapshot scored whole excursions).
     STATE_VERSION = 2
+    _rates: tuple = (None, 0.0, 0.0)   # (steps, a_slow, a_fast) of the last sample: derived, recomputed
     MIGRATIONS = {1: lambda state: {**state, "onset_samples": None}}
 
     def __init__(self, threshold: float = 0.9999, half_life: float = 300.0, adopt_after: float = 60.0,
@@ -351,6 +371,12 @@ class AnomalyDetector(Versioned):
         self._spacings = 0
         # A stuck run is "flagged" (not learned from) at the same tail probability as learn_clip.
         self._stuck_gate = math.erfc(learn_clip / _SQRT2)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_rates", None)        # derived caches: recomputed, and no part of what was learned
+        state.pop("_report_zs", None)
+        return state
 
     # -- the River-style protocol ---------------------------------------------------------
 
@@ -434,8 +460,11 @@ class AnomalyDetector(Versioned):
 
     def _step(self, x: Mapping[str, float], t: Optional[float], learn: bool) -> AnomalyResult:
         t, steps, learn = self._advance(t, learn)
-        a_slow = 1.0 - math.exp(-steps * _LN2 / self.half_life)
-        a_fast = 1.0 - math.exp(-steps * 4.0 * _LN2 / self.adopt_after)
+        rates = self._rates
+        if rates[0] != steps:  # evenly spaced samples repeat the same two exponentials
+            rates = self._rates = (steps, 1.0 - math.exp(-steps * _LN2 / self.half_life),
+                                   1.0 - math.exp(-steps * 4.0 * _LN2 / self.adopt_after))
+        _, a_slow, a_fast = rates
 
         clip = self.learn_clip
         adopt_after = self.adopt_after
@@ -481,16 +510,7 @@ class AnomalyDetector(Versioned):
                 contributions[name] = z
                 az = z if z >= 0.0 else -z
                 if onset and az > clip:
-                    if f.excursion_n < onset:  # the onset: counted while its samples are reported
-                        if learn and az >= report_z:
-                            f.excursion_n += 1
-                    else:  # past its onset, an excursion is news only where it departs from its own level
-                        ze = (value - f.excursion) / s
-                        ze = ze if ze >= 0.0 else -ze
-                        if ze < az:
-                            az = ze
-                        if ze > clip and learn:  # worse than the excursion so far: a new onset
-                            f.excursion, f.excursion_n = math.nan, 0
+                    az = f.onset_evidence(value, s, az, onset, report_z, clip, learn)
                 if az > zmax:
                     zmax = az
                 if stuck and repeated and f.repeat < _MAX_REPEAT_RATE:
