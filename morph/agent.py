@@ -229,12 +229,15 @@ class RliAgent:
         return max(c.epsilon_min, c.epsilon / (1.0 + state.decisions / c.epsilon_decay))
 
     def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
-        allowed = np.flatnonzero(safe)
-        scores = state.bandit.ucb(phi[allowed])
-        greedy = int(allowed[int(np.argmax(scores))])
-        eps = self.exploration(state) if len(allowed) > 1 else 0.0
-        arm = int(allowed[state.rng.randrange(len(allowed))]) if state.rng.random() < eps else greedy
-        propensity = eps / len(allowed) + (1.0 - eps if arm == greedy else 0.0)
+        # every arm's bound in one solve, the masked ones out of the running (no copy of the allowed rows)
+        n_allowed = int(np.count_nonzero(safe))
+        greedy = int(np.argmax(np.where(safe, state.bandit.ucb(phi), -np.inf)))
+        eps = self.exploration(state) if n_allowed > 1 else 0.0
+        if state.rng.random() < eps:
+            arm = int(np.flatnonzero(safe)[state.rng.randrange(n_allowed)])
+        else:
+            arm = greedy
+        propensity = eps / n_allowed + (1.0 - eps if arm == greedy else 0.0)
         return arm, propensity
 
     def greedy(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> int:

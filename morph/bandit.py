@@ -59,7 +59,8 @@ class LinearStats(Versioned):
         return cls(np.zeros((dim, dim)), np.zeros(dim))
 
     def add(self, phi: np.ndarray, reward: float, weight: float = 1.0) -> None:
-        self.gram += (weight * phi)[:, None] * phi  # np.outer's wrapper costs more than the product here
+        # np.outer's wrapper costs more than the product at this size
+        self.gram += (phi if weight == 1.0 else weight * phi)[:, None] * phi
         self.moment += (weight * reward) * phi
         self.count += weight
 
@@ -154,7 +155,8 @@ class DiscountedLinUCB(Versioned):
         per-call checks, once per decision.
         """
         if self._cache is None:
-            v = self.stats.gram + self.ridge * np.eye(self.dim)
+            v = self.stats.gram.copy()
+            v.reshape(-1)[::self.dim + 1] += self.ridge   # + λI on the diagonal, without building I
             factor, info = _potrf(v, lower=1, clean=1, overwrite_a=1)
             if info != 0:  # not positive definite: only from corrupt statistics
                 raise np.linalg.LinAlgError(f"bandit statistics are not positive definite (dpotrf info {info})")
@@ -175,4 +177,10 @@ class DiscountedLinUCB(Versioned):
         return np.sqrt((solved * solved).sum(axis=0))
 
     def ucb(self, phi: np.ndarray) -> np.ndarray:
-        return self.predict(phi) + self.alpha * self.width(phi)
+        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi``."""
+        theta, factor = self._solve()
+        phi = np.asarray(phi, dtype=float)
+        if phi.ndim == 1:
+            phi = phi[None, :]
+        solved, _ = _trtrs(factor, phi.T, lower=1)
+        return phi @ theta + self.alpha * np.sqrt((solved * solved).sum(axis=0))
