@@ -247,12 +247,14 @@ class _Feature:
                     self.scale = self.fast_scale
                 self.out = 0.0
         else:
-            d = value - self.excursion
-            if (d if d >= 0.0 else -d) < (r if r >= 0.0 else -r):
-                # nearer the excursion's level than the normal: a dip of the noise, not its end
-                self.excursion += af * d
-            elif self.excursion == self.excursion:
-                self.excursion, self.excursion_n = math.nan, 0
+            excursion = self.excursion
+            if excursion == excursion:  # one under way (not NaN)
+                d = value - excursion
+                if (d if d >= 0.0 else -d) < (r if r >= 0.0 else -r):
+                    # nearer the excursion's level than the normal: a dip of the noise, not its end
+                    self.excursion = excursion + af * d
+                else:
+                    self.excursion, self.excursion_n = math.nan, 0
             if self.out > 0.0:
                 self.out = self.out - steps if self.out > steps else 0.0
             if not stuck_run:

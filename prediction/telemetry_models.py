@@ -299,16 +299,21 @@ class TelemetryModels(Versioned):
 
     @classmethod
     def for_node(cls, node_id: str, threshold: float = 0.9999, horizon_s: float = 30.0,
-                 features: tuple = TELEMETRY_FEATURES) -> "TelemetryModels":
+                 features: tuple = TELEMETRY_FEATURES, forecasts: tuple = FORECAST_METRICS) -> "TelemetryModels":
         """Fresh models for a node (the control flow's ``models_factory``); ``features`` picks the
-        anomaly features (a subset of `TELEMETRY_FEATURES`)."""
+        anomaly features (a subset of `TELEMETRY_FEATURES`), ``forecasts`` the metrics forecast
+        (a subset of `FORECAST_METRICS`: a forecaster costs a few µs per sample, so a consumer
+        that reads only the temperature forecast, as the morph policy does, keeps only that one)."""
         unknown = set(features) - set(TELEMETRY_FEATURES)
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {TELEMETRY_FEATURES}; unknown: {sorted(unknown)}")
+        if not set(forecasts) <= set(FORECAST_METRICS):
+            raise ValueError(f"forecasts must be a subset of {FORECAST_METRICS}, not {forecasts}")
         detector = TelemetryAnomalyDetector(AnomalyDetector(threshold=threshold, min_scale=DEFAULT_MIN_SCALE,
                                                             onset_samples=ONSET_SAMPLES), features=features)
         close = max(0.0, 1.0 - 10.0 * (1.0 - threshold))  # hysteresis: ten times the open tail
-        return cls(node_id, detector, episodes=EpisodeDetector(node_id, close_threshold=close),
+        forecasters = {metric: f for metric, f in default_forecasters().items() if metric in forecasts}
+        return cls(node_id, detector, forecasters, episodes=EpisodeDetector(node_id, close_threshold=close),
                    horizon_s=horizon_s)
 
     def score_then_learn_one(self, sample: Mapping) -> tuple[Assessment, list[dict]]:
