@@ -86,21 +86,29 @@ class EpochTelemetry:
 
     def add(self, sample: dict, constraints: WorkflowConstraints) -> None:
         ts = sample["ts_ms"]
-        dt = 1.0 if self.last_ts_ms is None else max((ts - self.last_ts_ms) / 1000.0, 0.0)
+        last = self.last_ts_ms
+        dt = 1.0 if last is None else (ts - last) / 1000.0
+        if dt < 0.0:
+            dt = 0.0
         self.last_ts_ms = ts
         t = sample["gpu_temp_c"]
         self.n += 1
         self.seconds += dt
         self.temp_sum += t
-        self.max_temp_c = max(self.max_temp_c, t)
-        self.above_hot_s += dt if t >= constraints.max_gpu_temp_c else 0.0
-        self.above_critical_s += dt if t >= constraints.critical_temp_c else 0.0
+        if t > self.max_temp_c:
+            self.max_temp_c = t
+        if t >= constraints.max_gpu_temp_c:
+            self.above_hot_s += dt
+        if t >= constraints.critical_temp_c:
+            self.above_critical_s += dt
         self.power_sum += sample["power_w"]
-        self.served_sum += sample["throughput_rps"]
-        self.offered_sum += sample.get("offered_rps", sample["throughput_rps"])
+        served = sample["throughput_rps"]
+        self.served_sum += served
+        self.offered_sum += sample.get("offered_rps", served)
         self.latency_sum += sample["latency_ms"]
-        if sample.get("accuracy") is not None:  # accuracy served, where the node measures it
-            self.accuracy_sum += sample["accuracy"]
+        accuracy = sample.get("accuracy")
+        if accuracy is not None:  # accuracy served, where the node measures it
+            self.accuracy_sum += accuracy
             self.accuracy_n += 1
 
     def measurement(self, accuracy: float) -> EpochMeasurement:
@@ -165,8 +173,10 @@ class Featurizer:
         x = np.array(self._context_values(ctx, cur))
         shield = self.shield
         offered = ctx.offered_rps
+        n, k = len(self._cost), self._k
+        phi = np.empty((n, self.dim))
         capacity = (_capacity(ctx) * self._item_ms[cur]) / self.item_ms
-        served = np.minimum(capacity / max(offered, 1e-6), 1.0)
+        np.minimum(capacity / max(offered, 1e-6), 1.0, out=phi[:, k])   # the share of the load served
         util = np.minimum(offered / np.maximum(capacity, 1e-6), 1.0)
         power = predicted_power(ctx.power_w, self._cost[cur] * max(ctx.util, 1e-3), self.cost * util,
                                 shield.idle_w, ctx.power_cap_w)
@@ -174,12 +184,12 @@ class Featurizer:
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
         # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power
         predicted = (r * (1.0 - self._decay)) * power + (ctx.temp_c * self._decay + t_now * (1.0 - self._decay))
-        margin = np.minimum(np.maximum((self.constraints.max_gpu_temp_c - predicted) / 10.0, -2.0), 1.0)
-        n, k = len(self._cost), self._k
-        phi = np.empty((n, self.dim))
+        margin = phi[:, k + 1]   # the predicted temperature margin, written in place
+        np.subtract(self.constraints.max_gpu_temp_c, predicted, out=margin)
+        np.divide(margin, 10.0, out=margin)
+        np.maximum(margin, -2.0, out=margin)
+        np.minimum(margin, 1.0, out=margin)
         np.multiply(self._arm_features_t, x[:, None], out=phi[:, :k].reshape(n, len(x), -1))
-        phi[:, k] = served
-        phi[:, k + 1] = margin
         phi[:, k + 2] = 1.0
         phi[cur, k + 2] = 0.0
         return phi, predicted, power
