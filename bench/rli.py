@@ -32,6 +32,7 @@ project's zoo); without a built zoo the thermal model's nominal figures are used
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -271,6 +272,10 @@ def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400, repeats: int
     nodes = [HeteroNode(s, arms) for s in specs]
     items = [("Telemetry", nd.step(1.0)) for _ in range(seconds) for nd in nodes]
     out = {}
+    # The simulations before leave a large heap (runs, decision logs): frozen, the garbage collector
+    # does not walk it on every collection the flow triggers, as it would not in a flow process.
+    gc.collect()
+    gc.freeze()
     for _ in range(repeats):
         for name, options in (("rules", {}), ("rli", {"policy_kind": "rli"})):
             sink = []
@@ -282,6 +287,7 @@ def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400, repeats: int
             out[name] = max(out.get(name, 0.0), len(items) / wall)
             out[f"{name}_cpu"] = max(out.get(f"{name}_cpu", 0.0), len(items) / cpu)
             out[f"{name}_commands"] = sum(1 for _, (kind, _) in sink if kind == "MorphCommand")
+    gc.unfreeze()
     return out
 
 
