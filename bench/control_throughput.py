@@ -9,6 +9,12 @@ The ceiling is the broker's own rate: a plain consumer reading the same N
 records, measured in the same run.
 
     python bench/control_throughput.py [--events 200000] [--nodes 200]
+    python bench/control_throughput.py --step     # the per-node step alone: CPU µs per event
+
+``--step`` measures what the flows' rates depend on without a broker: the
+control step's CPU time per event for the rules, the rules with the online
+models and the learned agent (one thread, best of three), a figure that moves
+little with the machine's load.
 
 The last line is one JSON object with every figure.
 """
@@ -16,6 +22,7 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import time
@@ -78,17 +85,30 @@ def run_flow(bootstrap: str, *args: str, flow: str = "control") -> float:
     return elapsed
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: bool = False,
               flow: str = "control", topic: str | None = None) -> dict:
     """Run a flow over ``messages`` on a fresh broker: events/s net of start-up, what it emitted.
 
     With ``startup_s=None`` the start-up cost is measured first, on an empty topic.
+    Beside the wall-clock rate, ``events_per_cpu_s`` divides by the flow process's
+    own CPU time (net of its start-up's): on a machine shared with other work it
+    moves far less than the wall-clock rate, which also counts the time the flow
+    waited for a core.
     """
     out = {}
+    startup_cpu_s = None
     if startup_s is None:
         with EmbeddedBroker() as broker:
             ensure_topics(KafkaSettings(broker.bootstrap), TopicNames().all(), partitions=PARTITIONS)
+            cpu0 = children_cpu_s()
             startup_s = run_flow(broker.bootstrap, *args, flow=flow)
+            startup_cpu_s = children_cpu_s() - cpu0
     out["startup_s"] = startup_s
     with EmbeddedBroker() as broker:
         settings, topics = KafkaSettings(broker.bootstrap), TopicNames()
@@ -97,9 +117,15 @@ def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: boo
         out["produce_per_s"] = produce(settings, topic, messages)
         if ceiling:
             out["consume_per_s"] = consume_rate(settings, topic, len(messages))
+        cpu0 = children_cpu_s()
         elapsed = run_flow(broker.bootstrap, *args, flow=flow)
+        cpu_s = children_cpu_s() - cpu0
         out["elapsed_s"] = elapsed
         out["events_per_s"] = len(messages) / max(elapsed - startup_s, 1e-3)
+        out["cpu_s"] = cpu_s
+        if startup_cpu_s is not None:
+            out["startup_cpu_s"] = startup_cpu_s
+            out["events_per_cpu_s"] = len(messages) / max(cpu_s - startup_cpu_s, 1e-3)
         out["commands"] = sum(1 for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand")
         out["alerts"] = sum(1 for r in read_topic(settings, topics.alerts) if r.get("_schema") == "Alert")
         out["predictions"] = sum(1 for r in read_topic(settings, topics.predictions)
@@ -107,11 +133,58 @@ def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: boo
     return out
 
 
+def step_costs(events: int, nodes: int, repeats: int = 3) -> dict:
+    """CPU µs per event of the control flow's per-node step alone (`operators.control.MorphStep`, no
+    Bytewax, no Kafka), best of ``repeats``: the rules, the rules with the online models (the fleet in
+    a heat wave), and the learned agent with peers and DP (50 heterogeneous nodes over 400 s, as
+    bench/rli.py measures the flow). One thread, CPU time: a figure to compare across machines and loads."""
+    from edge.heterogeneous import HeteroNode, fleet_specs
+    from flows.spec import FlowSpec
+    from morph.arms import ArmSet
+    from operators.control import MorphStep, single_threaded_blas
+    from operators.events import Event
+    from operators.from_spec import agent_for, models_factory_for, policy_for, sharer_factory_for
+
+    single_threaded_blas()
+    codec = Codec()
+    heat = [codec.decode(value).record for _, value in encoded_fleet(events, nodes)]
+    arms = ArmSet.nominal()
+    hetero_nodes = [HeteroNode(spec, arms) for spec in fleet_specs(0, 50, 400)]
+    hetero = [nd.step(1.0) for _ in range(400) for nd in hetero_nodes]
+    paths = {"rules": ({}, False, heat), "rules_models": ({}, True, heat), "agent": ({"policy_kind": "rli"}, False, hetero)}
+    out = {}
+    for name, (options, models, records) in paths.items():
+        spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, models=models, options=options)
+        best = float("inf")
+        for _ in range(repeats):
+            step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=False,
+                             agent=agent_for(spec), sharer_factory=sharer_factory_for(spec))
+            states, start = {}, time.process_time()
+            for record in records:
+                key = record["node_id"]
+                states[key], _ = step(states.get(key), Event("Telemetry", record, "bench", 0, -1))
+            best = min(best, (time.process_time() - start) / len(records) * 1e6)
+        out[f"step_us_per_event_{name}"] = round(best, 2)
+        print(f"{name:>13}: {best:.2f} µs per event (CPU time, best of {repeats}, {len(records)} events)", flush=True)
+    rules = out["step_us_per_event_rules"]
+    out["step_cost_vs_rules_models"] = round(out["step_us_per_event_rules_models"] / rules, 3)
+    out["step_cost_vs_rules_agent"] = round(out["step_us_per_event_agent"] / rules, 3)
+    print(f"cost against the rules' step in the same run: with the models x{out['step_cost_vs_rules_models']:.2f}, "
+          f"the agent x{out['step_cost_vs_rules_agent']:.2f} (a flow adds its own per-event cost to each)")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--nodes", type=int, default=200)
+    ap.add_argument("--step", action="store_true",
+                    help="only the per-node step's CPU cost per event (rules, with the models, the agent): "
+                         "no broker, one thread, steady under load")
     args = ap.parse_args()
+    if args.step:
+        emit_result(step_costs(min(args.events, 40_000), args.nodes))
+        return 0
     messages = encoded_fleet(args.events, args.nodes)
     n = len(messages)
     results = {"events": n, "nodes": args.nodes}

@@ -33,7 +33,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from flows.spec import FlowSpec
-from operators.control import MorphStep
+from operators.control import MorphStep, single_threaded_blas
 from operators.events import keyed_input
 from operators.from_spec import agent_for, codec_for, models_factory_for, policy_for, sharer_factory_for, signer_for
 from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
@@ -58,14 +58,16 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
                                                   "Experience": "group"})
     # (node id, (schema name, record)): the commands and alerts the node's state decides
     agent, sharers = agent_for(spec), sharer_factory_for(spec)
+    if agent is not None:
+        single_threaded_blas()
     if sharers is not None:
         # peers' experience (keyed by group) reaches every member node's agent
         if source is None:
             shared = kafka_input(flow, spec, codec_for(spec), {topics.experience: "Experience"}, key_field="group",
                                  step_id="peers_kafka")
         else:
-            shared = op.filter("experience_only", events, lambda kv: kv[1].schema_name == "Experience")
-            events = op.filter("node_events", events, lambda kv: kv[1].schema_name != "Experience")
+            split = op.branch("experience_or_node", events, lambda kv: kv[1].schema_name == "Experience")
+            shared, events = split.trues, split.falses
         forwarded = op.stateful_flat_map("peer_groups", shared, forward_to_members)
         events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,

@@ -164,12 +164,11 @@ class RliAgent:
         self.observe(state, sample)
         ts = sample["ts_ms"]
         c = self.config
-        critical = len(state.temps) >= 3 and all(t >= c.constraints.critical_temp_c for t in list(state.temps)[-3:])
-        due = state.last_decision_ms is None or ts - state.last_decision_ms >= c.epoch_s * 1000
-        if not due and not (critical and state.current != self.fallback) \
-                and not self._current_unsafe(state, sample, ts):
-            return None
-        return self._decide_now(state, sample, ts)
+        if state.last_decision_ms is None or ts - state.last_decision_ms >= c.epoch_s * 1000 \
+                or (state.current != self.fallback and _critical(state.temps, c.constraints.critical_temp_c)) \
+                or self._current_unsafe(state, sample, ts):
+            return self._decide_now(state, sample, ts)
+        return None
 
     def _current_unsafe(self, state: AgentState, sample: dict, ts: int) -> bool:
         """Between epochs the shield still watches every sample: when the arm being served would
@@ -233,12 +232,15 @@ class RliAgent:
         return max(c.epsilon_min, c.epsilon / (1.0 + state.bandit.stats.count / c.epsilon_decay))
 
     def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
-        allowed = np.flatnonzero(safe)
-        scores = state.bandit.ucb(phi[allowed])
-        greedy = int(allowed[int(np.argmax(scores))])
-        eps = self.exploration(state) if len(allowed) > 1 else 0.0
-        arm = int(allowed[state.rng.randrange(len(allowed))]) if state.rng.random() < eps else greedy
-        propensity = eps / len(allowed) + (1.0 - eps if arm == greedy else 0.0)
+        # every arm's bound in one solve, the masked ones out of the running (no copy of the allowed rows)
+        n_allowed = int(np.count_nonzero(safe))
+        greedy = int(np.argmax(np.where(safe, state.bandit.ucb(phi), -np.inf)))
+        eps = self.exploration(state) if n_allowed > 1 else 0.0
+        if state.rng.random() < eps:
+            arm = int(np.flatnonzero(safe)[state.rng.randrange(n_allowed)])
+        else:
+            arm = greedy
+        propensity = eps / n_allowed + (1.0 - eps if arm == greedy else 0.0)
         return arm, propensity
 
     def greedy(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> int:
@@ -283,15 +285,29 @@ class RliAgent:
         }
 
 
+def _critical(temps: deque, critical_c: float, samples: int = 3) -> bool:
+    """The last ``samples`` temperatures all at or above ``critical_c`` (no copy of the window)."""
+    n = len(temps)
+    if n < samples:
+        return False
+    for i in range(n - samples, n):
+        if temps[i] < critical_c:
+            return False
+    return True
+
+
 def _slope(state: AgentState) -> float:
     """dT/dt over the recent samples (least squares), °C/s; plain Python: six points, every sample."""
-    n = len(state.times)
+    times, temps = state.times, state.temps
+    n = len(times)
     if n < 2:
         return 0.0
-    times, temps = state.times, list(state.temps)[-n:]
+    if len(temps) != n:
+        temps = list(temps)[-n:]
     tm, ym = sum(times) / n, sum(temps) / n
     num = den = 0.0
     for t, y in zip(times, temps):
-        num += (t - tm) * (y - ym)
-        den += (t - tm) ** 2
+        d = t - tm
+        num += d * (y - ym)
+        den += d * d
     return num / den if den > 0 else 0.0

@@ -86,21 +86,29 @@ class EpochTelemetry:
 
     def add(self, sample: dict, constraints: WorkflowConstraints) -> None:
         ts = sample["ts_ms"]
-        dt = 1.0 if self.last_ts_ms is None else max((ts - self.last_ts_ms) / 1000.0, 0.0)
+        last = self.last_ts_ms
+        dt = 1.0 if last is None else (ts - last) / 1000.0
+        if dt < 0.0:
+            dt = 0.0
         self.last_ts_ms = ts
         t = sample["gpu_temp_c"]
         self.n += 1
         self.seconds += dt
         self.temp_sum += t
-        self.max_temp_c = max(self.max_temp_c, t)
-        self.above_hot_s += dt if t >= constraints.max_gpu_temp_c else 0.0
-        self.above_critical_s += dt if t >= constraints.critical_temp_c else 0.0
+        if t > self.max_temp_c:
+            self.max_temp_c = t
+        if t >= constraints.max_gpu_temp_c:
+            self.above_hot_s += dt
+        if t >= constraints.critical_temp_c:
+            self.above_critical_s += dt
         self.power_sum += sample["power_w"]
-        self.served_sum += sample["throughput_rps"]
-        self.offered_sum += sample.get("offered_rps") or sample["throughput_rps"]
+        served = sample["throughput_rps"]
+        self.served_sum += served
+        self.offered_sum += sample.get("offered_rps") or served  # null from nodes without the load figures
         self.latency_sum += sample["latency_ms"]
-        if sample.get("accuracy") is not None:  # accuracy served, where the node measures it
-            self.accuracy_sum += sample["accuracy"]
+        accuracy = sample.get("accuracy")
+        if accuracy is not None:  # accuracy served, where the node measures it
+            self.accuracy_sum += accuracy
             self.accuracy_n += 1
 
     def measurement(self, accuracy: float) -> EpochMeasurement:
@@ -137,19 +145,24 @@ class Featurizer:
             np.ones(len(arms)), self.cost, self.item_ms / self.item_ms.max(), acc,
             [1.0 if a.cache else 0.0 for a in arms], [1.0 if a.pipeline != "full" else 0.0 for a in arms]])
         self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
+        # Per-decision constants, so `features` is a handful of vector operations on the arms.
+        self._k = len(CONTEXT_FEATURES) * len(ARM_FEATURES)
+        self._arm_features_t = self.arm_features[:, None, :]   # broadcast against the context: (arm, ctx, arm feature)
+        self._item_ms = self.item_ms.tolist()
+        self._cost = self.cost.tolist()
+        self._decay = float(np.exp(-shield.horizon_s / shield.tau_s))
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
+        return np.array(self._context_values(ctx, self.arms.index(ctx.current)))
+
+    def _context_values(self, ctx: NodeContext, cur: int) -> list[float]:
+        # scalars clipped in Python: np.clip on one number costs more than the whole row
         c = self.constraints
-        cur = self.arms.index(ctx.current)
-        capacity = _capacity(ctx)
-        return np.array([
-            1.0,
-            min(ctx.offered_rps / max(capacity * self.item_ms[cur], 1e-6) / 2.0, 1.5),
-            np.clip((c.max_gpu_temp_c - ctx.temp_c) / 20.0, -1.0, 1.0),
-            np.clip(1.0 - ctx.power_w / max(min(ctx.power_cap_w, c.max_power_w), 1.0), -1.0, 1.0),
-            min(ctx.net_ms / c.max_latency_ms, 2.0),
-            min(ctx.latency_ms / c.max_latency_ms, 2.0),
-        ])
+        load = ctx.offered_rps / max(_capacity(ctx) * self._item_ms[cur], 1e-6) / 2.0
+        temp = (c.max_gpu_temp_c - ctx.temp_c) / 20.0
+        power = 1.0 - ctx.power_w / max(min(ctx.power_cap_w, c.max_power_w), 1.0)
+        return [1.0, min(load, 1.5), _clamp(temp, -1.0, 1.0), _clamp(power, -1.0, 1.0),
+                min(ctx.net_ms / c.max_latency_ms, 2.0), min(ctx.latency_ms / c.max_latency_ms, 2.0)]
 
     def features(self, ctx: NodeContext, r_c_per_w: float | None = None):
         """(Φ, predicted temperature of each arm, predicted power of each arm).
@@ -157,27 +170,33 @@ class Featurizer:
         ``r_c_per_w`` is the node's estimated thermal resistance
         (`ThermalEstimate.r_c_per_w`); the shield's prior without one."""
         cur = self.arms.index(ctx.current)
-        x = self.context_vector(ctx)
-        capacity_at_unit = _capacity(ctx) * self.item_ms[cur]
-        capacity = capacity_at_unit / self.item_ms
-        served = np.minimum(1.0, capacity / max(ctx.offered_rps, 1e-6))
-        util = np.minimum(1.0, ctx.offered_rps / np.maximum(capacity, 1e-6))
-        power = predicted_power(ctx.power_w, self.cost[cur] * max(ctx.util, 1e-3), self.cost * util,
-                                self.shield.idle_w, ctx.power_cap_w)
-        r = self.shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
-        t_ss = ctx.temp_c + self.shield.tau_s * ctx.slope_c_per_s + r * (power - ctx.power_w)
-        decay = np.exp(-self.shield.horizon_s / self.shield.tau_s)
-        predicted = t_ss + (ctx.temp_c - t_ss) * decay
-        margin = np.clip((self.constraints.max_gpu_temp_c - predicted) / 10.0, -2.0, 1.0)
-        switch = np.ones(len(self.arms))
-        switch[cur] = 0.0
-        phi = np.empty((len(self.arms), self.dim))
-        k = len(CONTEXT_FEATURES) * len(ARM_FEATURES)
-        phi[:, :k] = (self.arm_features[:, None, :] * x[None, :, None]).reshape(len(self.arms), k)
-        phi[:, k] = served
-        phi[:, k + 1] = margin
-        phi[:, k + 2] = switch
+        x = np.array(self._context_values(ctx, cur))
+        shield = self.shield
+        offered = ctx.offered_rps
+        n, k = len(self._cost), self._k
+        phi = np.empty((n, self.dim))
+        capacity = (_capacity(ctx) * self._item_ms[cur]) / self.item_ms
+        np.minimum(capacity / max(offered, 1e-6), 1.0, out=phi[:, k])   # the share of the load served
+        util = np.minimum(offered / np.maximum(capacity, 1e-6), 1.0)
+        power = predicted_power(ctx.power_w, self._cost[cur] * max(ctx.util, 1e-3), self.cost * util,
+                                shield.idle_w, ctx.power_cap_w)
+        r = shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
+        t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
+        # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power
+        predicted = (r * (1.0 - self._decay)) * power + (ctx.temp_c * self._decay + t_now * (1.0 - self._decay))
+        margin = phi[:, k + 1]   # the predicted temperature margin, written in place
+        np.subtract(self.constraints.max_gpu_temp_c, predicted, out=margin)
+        np.divide(margin, 10.0, out=margin)
+        np.maximum(margin, -2.0, out=margin)
+        np.minimum(margin, 1.0, out=margin)
+        np.multiply(self._arm_features_t, x[:, None], out=phi[:, :k].reshape(n, len(x), -1))
+        phi[:, k + 2] = 1.0
+        phi[cur, k + 2] = 0.0
         return phi, predicted, power
+
+
+def _clamp(v: float, lo: float, hi: float) -> float:
+    return lo if v < lo else hi if v > hi else v
 
 
 def _capacity(ctx: NodeContext) -> float:

@@ -190,6 +190,23 @@ class MorphStep:
         return False
 
 
+def single_threaded_blas() -> None:
+    """One BLAS thread in this process: the learned agent's algebra is on 39 × 39 matrices.
+
+    At that size a multi-threaded OpenBLAS gains nothing, and on a loaded machine
+    its threads are descheduled while the caller waits for them: a triangular
+    solve that takes 7 µs on one thread averaged 1 ms with the default threads
+    (measured on the 2-core machine under load). Bytewax workers are the flow's
+    parallelism, not BLAS threads.
+    """
+    # Loaded first, so that their BLAS libraries (numpy's and scipy's own) are the ones limited.
+    import numpy  # noqa: F401
+    import scipy.linalg.lapack  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def _count_alerts(outputs: list) -> list:
     for name, record in outputs:
         if name == "Alert":

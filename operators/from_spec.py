@@ -126,7 +126,10 @@ def models_factory_for(spec):
 
     from prediction.telemetry_models import TelemetryModels
 
-    return partial(TelemetryModels.for_node, horizon_s=policy_config_for(spec).forecast_horizon_s)
+    # The policy reads the temperature forecast only: power and latency forecasters would cost
+    # per sample for nothing the flow emits.
+    return partial(TelemetryModels.for_node, horizon_s=policy_config_for(spec).forecast_horizon_s,
+                   forecasts=("gpu_temp_c",))
 
 
 

@@ -109,6 +109,12 @@ _MIN_REPEAT_RATE = 0.02  # a feature that changes every sample still repeats now
 _MAX_REPEAT_RATE = 0.5   # above this a repeat is no evidence of a stuck sensor
 _NORMAL = NormalDist()
 _INF = math.inf
+_LN10 = math.log(10.0)
+_SQRT_PI = math.sqrt(math.pi)
+#: Combined tail probability down to which the score is exactly 1 - q (calibrated); see `combined_score`.
+EXACT_TAIL = 1e-6
+#: Decades of tail probability beyond EXACT_TAIL the graded score can still express.
+GRADED_DECADES = 6.0
 
 
 def _sigma_of_tail(p: float) -> float:
@@ -116,6 +122,54 @@ def _sigma_of_tail(p: float) -> float:
     if p <= 1e-300:
         return 37.0
     return -_NORMAL.inv_cdf(min(p, 1.0) / 2.0)
+
+
+def _log10_tail(z: float) -> float:
+    """log10 of the two-sided Gaussian tail P(|Z| >= z), also where ``erfc`` underflows (z > 37)."""
+    x = z / _SQRT2
+    if x < 26.0:
+        return math.log10(math.erfc(x))
+    # erfc(x) = e^(-x²) / (x √π) · (1 - 1/(2x²) + ...)
+    return (-x * x - math.log(x * _SQRT_PI) + math.log1p(-0.5 / (x * x))) / _LN10
+
+
+def combined_score(zmax: float, p_stuck: float, tests: int) -> float:
+    """The Šidák-combined score ``(1 - p) ** tests`` of the most extreme test, graded at the top.
+
+    ``p`` is the smaller of the level tests' tail at ``zmax`` and ``p_stuck``.
+    Where the combined tail ``q = 1 - (1 - p) ** tests`` is at least
+    `EXACT_TAIL` the score is exactly ``1 - q`` (so ``P(score >= t) = 1 - t``
+    for any threshold up to ``1 - EXACT_TAIL``). Further out ``1 - q`` would
+    round to 1.0 in floating point from about 8σ on, and every stronger
+    anomaly would score the same; there the decades of ``q`` beyond
+    `EXACT_TAIL` are compressed smoothly (``d ↦ D·d / (d + D)``, D =
+    `GRADED_DECADES`) so the score keeps rising with the evidence and stays
+    below ``1 - EXACT_TAIL · 10^-D``.
+
+    >>> [round(1.0 - combined_score(z, 1.0, 6), 14) for z in (3.0, 8.0, 20.0, 60.0)] == sorted(
+    ...     [round(1.0 - combined_score(z, 1.0, 6), 14) for z in (3.0, 8.0, 20.0, 60.0)], reverse=True)
+    True
+    >>> combined_score(60.0, 1.0, 6) < combined_score(80.0, 1.0, 6) < 1.0
+    True
+    """
+    if tests == 0:
+        return 0.0
+    if zmax < 4.8 and p_stuck >= EXACT_TAIL:  # the common case: q >= p >= EXACT_TAIL
+        p = math.erfc(zmax / _SQRT2)
+        if p_stuck < p:
+            p = p_stuck
+        return math.exp(tests * math.log1p(-p)) if p < 1.0 else 0.0
+    log_p = _log10_tail(zmax)
+    if p_stuck < 1.0:
+        log_p = min(log_p, math.log10(p_stuck) if p_stuck > 0.0 else -math.inf)
+    p = 10.0 ** log_p
+    q = -math.expm1(tests * math.log1p(-p)) if p > 1e-12 else tests * p   # q ~ tests·p for tiny p
+    if q >= EXACT_TAIL:
+        return 1.0 - q
+    decades = math.log10(EXACT_TAIL) - (math.log10(tests) + log_p if q == 0.0 else math.log10(q))
+    if decades == math.inf:
+        return 1.0 - EXACT_TAIL * 10.0 ** -GRADED_DECADES
+    return 1.0 - EXACT_TAIL * 10.0 ** (-GRADED_DECADES * decades / (decades + GRADED_DECADES))
 
 
 @dataclass(slots=True)
@@ -145,7 +199,7 @@ class _Feature:
     """Running estimates of one feature (plain slots: cheap to touch, cheap to pickle)."""
 
     __slots__ = ("mean", "scale", "fast_mean", "fast_scale", "repeat", "resolution",
-                 "floor", "prev", "run", "k", "warm_after", "out", "stuck_out")
+                 "floor", "prev", "run", "k", "warm_after", "out", "stuck_out", "excursion", "excursion_n")
 
     def __init__(self, value: float, floor: float):
         self.mean = value
@@ -161,6 +215,8 @@ class _Feature:
         self.warm_after = 0         # set by the detector
         self.out = 0.0              # leaky count of intervals spent beyond the clip
         self.stuck_out = 0.0        # intervals spent in a flagged stuck run
+        self.excursion = math.nan   # level of the excursion under way beyond the clip (NaN: none)
+        self.excursion_n = 0        # its samples reported so far (onset mode)
 
     def learn(self, value: float, r: float, z: float, repeated: bool, run: int, warm: bool, stuck_run: bool,
               steps: float, a_slow: float, a_fast: float, clip: float, adopt_after: float) -> None:
@@ -179,13 +235,26 @@ class _Feature:
         self.fast_mean += af * fr
         self.fast_scale += af * ((fr if fr >= 0.0 else -fr) * _MAD_TO_SIGMA - self.fast_scale)
         if warm and (z > clip or z < -clip):
+            if self.excursion != self.excursion:  # NaN: none under way, this sample starts one
+                self.excursion = value
+            else:  # the excursion's own level, as fast as the fast estimates
+                self.excursion += af * (value - self.excursion)
             self.out += steps
             if self.out >= adopt_after:  # a sustained shift: the recent level is the new normal
+                self.excursion, self.excursion_n = math.nan, 0
                 self.mean = self.fast_mean
                 if self.fast_scale > self.scale:
                     self.scale = self.fast_scale
                 self.out = 0.0
         else:
+            excursion = self.excursion
+            if excursion == excursion:  # one under way (not NaN)
+                d = value - excursion
+                if (d if d >= 0.0 else -d) < (r if r >= 0.0 else -r):
+                    # nearer the excursion's level than the normal: a dip of the noise, not its end
+                    self.excursion = excursion + af * d
+                else:
+                    self.excursion, self.excursion_n = math.nan, 0
             if self.out > 0.0:
                 self.out = self.out - steps if self.out > steps else 0.0
             if not stuck_run:
@@ -202,10 +271,30 @@ class _Feature:
         self.prev = value
         self.run = run
 
+    def onset_evidence(self, value: float, s: float, az: float, onset: int, report_z: float, clip: float,
+                       learn: bool) -> float:
+        """|z| that counts for a sample ``az`` σ from the normal (beyond the clip), in onset mode.
+
+        During the onset (its first ``onset`` reported samples) the deviation from
+        the normal counts, and reported samples are counted; past it, only the
+        departure from the excursion's own level, and a departure beyond the clip
+        starts a new onset.
+        """
+        if self.excursion_n < onset:
+            if learn and az >= report_z:
+                self.excursion_n += 1
+            return az
+        ze = (value - self.excursion) / s
+        ze = ze if ze >= 0.0 else -ze
+        if ze > clip and learn:  # worse than the excursion so far: a new onset
+            self.excursion, self.excursion_n = math.nan, 0
+        return ze if ze < az else az
+
     def __getstate__(self):
         return {name: getattr(self, name) for name in self.__slots__}
 
     def __setstate__(self, state):
+        self.excursion, self.excursion_n = math.nan, 0   # absent before state version 2
         for name, value in state.items():
             setattr(self, name, value)
 
@@ -235,6 +324,14 @@ class AnomalyDetector(Versioned):
         by name); the resolution learned from the data bounds it too.
     stuck
         Test for stuck sensors (runs of exact repeats).
+    onset_samples
+        Report the *onset* of an excursion rather than its duration: after a feature
+        has been beyond ``learn_clip`` for this many samples in a row, its level test
+        measures the departure from the excursion's own running level instead (the
+        smaller of the two deviations counts), so a persisting shift stops scoring
+        high until it is adopted or returns, while a further jump is a new onset.
+        ``None`` (the default): a sample is scored against the normal for the whole
+        excursion. ``contributions`` report the deviation from the normal either way.
 
     Examples
     --------
@@ -245,15 +342,21 @@ class AnomalyDetector(Versioned):
     (False, True)
     """
 
-    STATE_VERSION = 1
+    # 2: onset_samples, and each feature's excursion level (a version-1 snapshot scored whole excursions).
+    STATE_VERSION = 2
+    _rates: tuple = (None, 0.0, 0.0)   # (steps, a_slow, a_fast) of the last sample: derived, recomputed
+    MIGRATIONS = {1: lambda state: {**state, "onset_samples": None}}
 
     def __init__(self, threshold: float = 0.9999, half_life: float = 300.0, adopt_after: float = 60.0,
                  warmup: int = 30, learn_clip: float = 4.0, max_gap: float = 5.0,
-                 min_scale: float | Mapping[str, float] = 1e-9, stuck: bool = True):
+                 min_scale: float | Mapping[str, float] = 1e-9, stuck: bool = True,
+                 onset_samples: Optional[int] = None):
         if not 0.0 < threshold < 1.0:
             raise ValueError("threshold must be in (0, 1)")
         if half_life <= 0 or adopt_after <= 0 or warmup < 1 or learn_clip <= 0 or max_gap < 1:
             raise ValueError("half_life, adopt_after, learn_clip > 0; warmup, max_gap >= 1")
+        if onset_samples is not None and onset_samples < 1:
+            raise ValueError("onset_samples must be >= 1 (or None)")
         self.threshold = threshold
         self.half_life = half_life
         self.adopt_after = adopt_after
@@ -262,6 +365,7 @@ class AnomalyDetector(Versioned):
         self.max_gap = max_gap
         self.min_scale = min_scale
         self.stuck = stuck
+        self.onset_samples = onset_samples
         self.version = self.STATE_VERSION
         self._features: dict[str, _Feature] = {}
         self._t: Optional[float] = None   # time of the last learned sample
@@ -269,6 +373,12 @@ class AnomalyDetector(Versioned):
         self._spacings = 0
         # A stuck run is "flagged" (not learned from) at the same tail probability as learn_clip.
         self._stuck_gate = math.erfc(learn_clip / _SQRT2)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_rates", None)        # derived caches: recomputed, and no part of what was learned
+        state.pop("_report_zs", None)
+        return state
 
     # -- the River-style protocol ---------------------------------------------------------
 
@@ -298,12 +408,23 @@ class AnomalyDetector(Versioned):
                 f.warm_after = max(1, self.warmup // 3)
                 f.out = f.stuck_out = 0.0
                 f.run = 0
+                f.excursion, f.excursion_n = math.nan, 0
 
     @property
     def features(self) -> tuple[str, ...]:
         return tuple(self._features)
 
     # -- the work ---------------------------------------------------------------------------
+
+    def _report_z(self, tests: int) -> float:
+        """|z| at which one level test alone reaches the threshold among ``tests`` (an excursion's
+        samples at or beyond it count toward its onset)."""
+        cache = self.__dict__.setdefault("_report_zs", {})
+        z = cache.get(tests)
+        if z is None:
+            p = -math.expm1(math.log(self.threshold) / max(tests, 1))
+            z = cache[tests] = -_NORMAL.inv_cdf(p / 2.0)
+        return z
 
     def _floor(self, name: str) -> float:
         m = self.min_scale
@@ -341,11 +462,16 @@ class AnomalyDetector(Versioned):
 
     def _step(self, x: Mapping[str, float], t: Optional[float], learn: bool) -> AnomalyResult:
         t, steps, learn = self._advance(t, learn)
-        a_slow = 1.0 - math.exp(-steps * _LN2 / self.half_life)
-        a_fast = 1.0 - math.exp(-steps * 4.0 * _LN2 / self.adopt_after)
+        rates = self._rates
+        if rates[0] != steps:  # evenly spaced samples repeat the same two exponentials
+            rates = self._rates = (steps, 1.0 - math.exp(-steps * _LN2 / self.half_life),
+                                   1.0 - math.exp(-steps * 4.0 * _LN2 / self.adopt_after))
+        _, a_slow, a_fast = rates
 
         clip = self.learn_clip
         adopt_after = self.adopt_after
+        onset = self.onset_samples or 0
+        report_z = self._report_z(len(self._features)) if onset else 0.0
         stuck = self.stuck
         stuck_gate = self._stuck_gate
         features = self._features
@@ -385,6 +511,8 @@ class AnomalyDetector(Versioned):
                 tests += 1
                 contributions[name] = z
                 az = z if z >= 0.0 else -z
+                if onset and az > clip:
+                    az = f.onset_evidence(value, s, az, onset, report_z, clip, learn)
                 if az > zmax:
                     zmax = az
                 if stuck and repeated and f.repeat < _MAX_REPEAT_RATE:
@@ -405,10 +533,7 @@ class AnomalyDetector(Versioned):
 
         if tests == 0:
             return AnomalyResult(0.0, False, contributions, True)
-        p = math.erfc(zmax / _SQRT2)
-        if p_stuck < p:
-            p = p_stuck
-        score = math.exp(tests * math.log1p(-p)) if p < 1.0 else 0.0
+        score = combined_score(zmax, p_stuck, tests)
         if stuck_names:
             for name, p_run in stuck_names:
                 contributions[name + ":stuck"] = _sigma_of_tail(p_run)

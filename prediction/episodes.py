@@ -53,12 +53,16 @@ class AnomalyEpisode:
     samples: int = 1
     peak_contributions: dict = field(default_factory=dict)   # feature -> σ at the peak, top first
 
-    def add(self, ts_ms: int, score: float, contributions: dict, top: list[str]) -> None:
+    def add(self, ts_ms: int, result, top_features: int = 3) -> None:
+        """One more sample of the episode (an `AnomalyResult`); its features are ranked only at a new peak."""
         self.samples += 1
         self.last_ts_ms = ts_ms
+        score = result.score
         if score > self.peak_score:
+            contributions = result.contributions
             self.peak_score, self.peak_ts_ms = score, ts_ms
-            self.peak_contributions = {name: contributions[name] for name in top if name in contributions}
+            self.peak_contributions = {name: contributions[name] for name in result.top_features(top_features)
+                                       if name in contributions}
 
     def opening_alert(self) -> dict:
         """The Alert record published when the episode opens (``end_ts_ms`` null: still open)."""
@@ -127,7 +131,7 @@ class EpisodeDetector(Versioned):
             self.open = ep = None
         if ep is not None:
             if result.is_anomaly or result.score >= self.close_threshold:
-                ep.add(ts_ms, result.score, result.contributions, result.top_features(self.top_features))
+                ep.add(ts_ms, result, self.top_features)
         elif result.is_anomaly:
             top = result.top_features(self.top_features)
             self.open = AnomalyEpisode(self.node_id, ts_ms, ts_ms, result.score, ts_ms,

@@ -97,6 +97,9 @@ class TrendForecaster(Versioned):
     """
 
     STATE_VERSION = 1
+    # The last update's coefficients (derived, so class defaults: snapshots without them just recompute).
+    _coef_dt: Optional[float] = None
+    _coef: tuple = ()
 
     def __init__(self, level_time_s: float = 3.0, trend_time_s: float = 8.0, damping_time_s: float = 30.0,
                  coverage: float = 0.9, horizons_s: Sequence[float] = (10.0, 30.0, 60.0),
@@ -161,19 +164,15 @@ class TrendForecaster(Versioned):
         if t >= self._next_due:
             self._learn_errors(y, t)
 
-        tau = self.damping_time_s
-        if tau == math.inf:  # Holt's linear trend
-            level, trend = self.level + self.trend * dt, self.trend
-        else:
-            decay = math.exp(-dt / tau)
-            level = self.level + self.trend * tau * (1.0 - decay)
-            trend = self.trend * decay
+        if dt != self._coef_dt:  # telemetry is mostly evenly spaced: the three exponentials repeat
+            self._coef_dt, self._coef = dt, self._coefficients(dt)
+        carry, decay, a, b = self._coef
+        level = self.level + self.trend * carry
+        trend = self.trend * decay
         e = y - level
-        step = dt if dt < self.max_step_s else self.max_step_s
-        a = 1.0 - math.exp(-step / self.level_time_s)
         self.level = level + a * e
         # The level correction spread over the real elapsed time is the slope it implies.
-        self.trend = trend + (1.0 - math.exp(-step / self.trend_time_s)) * a * e / dt
+        self.trend = trend + b * e
         self.t = t
         n = self._n = self._n + 1
         w = 1.0 / n if n < 100 else 0.01
@@ -183,6 +182,18 @@ class TrendForecaster(Versioned):
 
         if t >= self._next_record and n > 3:
             self._file_forecasts(t)
+
+    def _coefficients(self, dt: float) -> tuple[float, float, float, float]:
+        """(how far the trend carries the level, trend decay, level gain, trend gain per error) over ``dt``."""
+        tau = self.damping_time_s
+        if tau == math.inf:  # Holt's linear trend
+            carry, decay = dt, 1.0
+        else:
+            decay = math.exp(-dt / tau)
+            carry = tau * (1.0 - decay)
+        step = dt if dt < self.max_step_s else self.max_step_s
+        a = 1.0 - math.exp(-step / self.level_time_s)
+        return carry, decay, a, (1.0 - math.exp(-step / self.trend_time_s)) * a / dt
 
     def _file_forecasts(self, t: float) -> None:
         self._next_record = t + self.record_every_s

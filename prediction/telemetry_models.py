@@ -13,11 +13,12 @@ closed (see `prediction.episodes`). Other horizons: ``models.forecast("gpu_temp_
 
 What the forecasters learn
 --------------------------
-The power and latency forecasters do not learn a sample whose feature the
-detector flags (beyond its ``learn_clip``): a latency spike or a power glitch
-would otherwise bend the trend they extrapolate, and the forecast after the
-incident would chase it; a lasting shift is learned once the detector adopts
-it as the new normal and stops flagging it. The temperature forecaster learns every sample on
+The power and latency forecasters do not learn a sample whose feature lies
+beyond the detector's ``learn_clip`` from its normal, whether or not the
+sample is still flagged (the detector reports an excursion's onset, then calms
+down while it lasts): a latency spike or a power glitch would otherwise bend
+the trend they extrapolate, and the forecast after the incident would chase
+it; a lasting shift is learned once the detector adopts it as the new normal. The temperature forecaster learns every sample on
 purpose: temperature follows physics, a thermal excursion is scored anomalous
 yet is exactly what the policy must see coming (its 85 °C rule acts on the
 forecast), so the forecast has to track it.
@@ -77,7 +78,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 from prediction.anomaly import AnomalyDetector, AnomalyResult
 from prediction.episodes import EpisodeDetector
@@ -96,6 +98,9 @@ FORECAST_METRICS = ("gpu_temp_c", "power_w", "latency_ms")
 #: The anomaly feature of each forecast metric whose flagged samples that forecaster does not learn.
 FORECAST_GUARDED_BY = {"power_w": "power_headroom", "latency_ms": "latency_ms"}
 MAX_RATE_GAP_S = 10.0
+#: Samples an excursion scores against the normal before only its further departures count
+#: (`AnomalyDetector.onset_samples`): enough for the policy's 3-in-a-row anomaly rule to see it.
+ONSET_SAMPLES = 5
 
 
 def _number(value) -> float:
@@ -108,7 +113,8 @@ class TelemetryAnomalyDetector(Versioned):
     Parameters
     ----------
     detector
-        The generic detector (default: threshold 0.9999, `DEFAULT_MIN_SCALE`).
+        The generic detector (default: threshold 0.9999, `DEFAULT_MIN_SCALE`, onsets after
+        `ONSET_SAMPLES`).
     features
         Which of `TELEMETRY_FEATURES` to score.
     rebase_on_change
@@ -127,7 +133,7 @@ class TelemetryAnomalyDetector(Versioned):
 
     def __init__(self, detector: Optional[AnomalyDetector] = None, features: tuple = TELEMETRY_FEATURES,
                  rebase_on_change: tuple = CONFIG_SENSITIVE):
-        self.detector = detector or AnomalyDetector(min_scale=DEFAULT_MIN_SCALE)
+        self.detector = detector or AnomalyDetector(min_scale=DEFAULT_MIN_SCALE, onset_samples=ONSET_SAMPLES)
         self.features = tuple(features)
         self.rebase_on_change = tuple(rebase_on_change)
         self.version = self.STATE_VERSION
@@ -142,21 +148,23 @@ class TelemetryAnomalyDetector(Versioned):
 
     def featurize(self, sample: Mapping) -> dict:
         """The feature dict of one record, given the last learned one (no state change)."""
-        temp = _number(sample.get("gpu_temp_c"))
+        get = sample.get
+        temp = get("gpu_temp_c")
+        temp = math.nan if temp is None else float(temp)
         rate = math.nan
         if self._last_ts_ms is not None:
             dt = (sample["ts_ms"] - self._last_ts_ms) / 1000.0
             if 0.0 < dt <= MAX_RATE_GAP_S:
                 rate = (temp - self._last_temp) / dt
-        power, cap = _number(sample.get("power_w")), _number(sample.get("power_cap_w"))
-        latency, throughput = _number(sample.get("latency_ms")), _number(sample.get("throughput_rps"))
+        power, cap = get("power_w"), get("power_cap_w")
+        latency, throughput, mem = get("latency_ms"), get("throughput_rps"), get("mem_used_frac")
         x = {
             "gpu_temp_c": temp,
             "temp_rate_c_per_s": rate,
-            "power_headroom": 1.0 - power / cap if cap > 0.0 else math.nan,
-            "mem_used_frac": _number(sample.get("mem_used_frac")),
-            "latency_ms": math.log(latency) if latency > 0.0 else math.nan,
-            "throughput_rps": throughput,
+            "power_headroom": 1.0 - power / cap if power is not None and cap is not None and cap > 0.0 else math.nan,
+            "mem_used_frac": math.nan if mem is None else float(mem),
+            "latency_ms": math.log(latency) if latency is not None and latency > 0.0 else math.nan,
+            "throughput_rps": math.nan if throughput is None else float(throughput),
         }
         if len(self.features) != len(x):
             x = {name: x[name] for name in self.features}
@@ -188,6 +196,43 @@ class TelemetryAnomalyDetector(Versioned):
         self.score_then_learn_one(sample)
 
 
+class Forecasts(Mapping):
+    """Each forecaster's `Forecast` at the models' horizon, computed when first read.
+
+    The policy reads one of the three per sample, so the others are not computed
+    for nothing. They describe the models as they are after the sample they came
+    with: read them before the models learn the next sample (a later read raises
+    instead of answering for another time).
+    """
+
+    __slots__ = ("_models", "_stamp", "_values")
+
+    def __init__(self, models: "TelemetryModels"):
+        self._models = models
+        self._stamp = models._last_ts_ms
+        self._values = {}
+
+    def __getitem__(self, metric: str) -> Forecast:
+        value = self._values.get(metric)
+        if value is None:
+            models = self._models
+            forecaster = models.forecasters[metric]
+            if models._last_ts_ms != self._stamp:
+                raise RuntimeError(f"the {metric} forecast of the sample at {self._stamp} ms was read after the "
+                                   "models learned a later sample")
+            value = self._values[metric] = forecaster.forecast(models.horizon_s)
+        return value
+
+    def __iter__(self):
+        return iter(self._models.forecasters)
+
+    def __len__(self) -> int:
+        return len(self._models.forecasters)
+
+    def __repr__(self) -> str:
+        return f"Forecasts({dict(self)!r})"
+
+
 @dataclass
 class Assessment:
     """What the models say about one sample: its anomaly result and forecasts at ``horizon_s``."""
@@ -195,7 +240,7 @@ class Assessment:
     node_id: str
     ts_ms: int
     anomaly: AnomalyResult
-    forecasts: dict          # metric -> Forecast(value, lower, upper)
+    forecasts: Mapping       # metric -> Forecast(value, lower, upper) (a `Forecasts`, or any mapping)
     horizon_s: float
 
     def evidence(self, metric: str = "gpu_temp_c") -> dict:
@@ -254,16 +299,21 @@ class TelemetryModels(Versioned):
 
     @classmethod
     def for_node(cls, node_id: str, threshold: float = 0.9999, horizon_s: float = 30.0,
-                 features: tuple = TELEMETRY_FEATURES) -> "TelemetryModels":
+                 features: tuple = TELEMETRY_FEATURES, forecasts: tuple = FORECAST_METRICS) -> "TelemetryModels":
         """Fresh models for a node (the control flow's ``models_factory``); ``features`` picks the
-        anomaly features (a subset of `TELEMETRY_FEATURES`)."""
+        anomaly features (a subset of `TELEMETRY_FEATURES`), ``forecasts`` the metrics forecast
+        (a subset of `FORECAST_METRICS`: a forecaster costs a few µs per sample, so a consumer
+        that reads only the temperature forecast, as the morph policy does, keeps only that one)."""
         unknown = set(features) - set(TELEMETRY_FEATURES)
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {TELEMETRY_FEATURES}; unknown: {sorted(unknown)}")
-        detector = TelemetryAnomalyDetector(AnomalyDetector(threshold=threshold, min_scale=DEFAULT_MIN_SCALE),
-                                            features=features)
+        if not set(forecasts) <= set(FORECAST_METRICS):
+            raise ValueError(f"forecasts must be a subset of {FORECAST_METRICS}, not {forecasts}")
+        detector = TelemetryAnomalyDetector(AnomalyDetector(threshold=threshold, min_scale=DEFAULT_MIN_SCALE,
+                                                            onset_samples=ONSET_SAMPLES), features=features)
         close = max(0.0, 1.0 - 10.0 * (1.0 - threshold))  # hysteresis: ten times the open tail
-        return cls(node_id, detector, episodes=EpisodeDetector(node_id, close_threshold=close),
+        forecasters = {metric: f for metric, f in default_forecasters().items() if metric in forecasts}
+        return cls(node_id, detector, forecasters, episodes=EpisodeDetector(node_id, close_threshold=close),
                    horizon_s=horizon_s)
 
     def score_then_learn_one(self, sample: Mapping) -> tuple[Assessment, list[dict]]:
@@ -279,21 +329,20 @@ class TelemetryModels(Versioned):
                     if metric in forecasters:
                         forecasters[metric].rebase()
             t = ts_ms / 1000.0
-            flagged = anomaly.is_anomaly
+            # Not only flagged samples: past an excursion's onset the score calms down (the detector
+            # reports onsets), but the sample is still outside the feature's normal until it is adopted.
             clip = detector.detector.learn_clip
+            contributions = anomaly.contributions
             for metric, forecaster in forecasters.items():
-                if flagged:
-                    sigma = anomaly.contributions.get(FORECAST_GUARDED_BY.get(metric), 0.0)
+                guard = FORECAST_GUARDED_BY.get(metric)
+                if guard is not None:
+                    sigma = contributions.get(guard, 0.0)
                     if sigma > clip or sigma < -clip:
                         continue
                 forecaster.learn_one(sample.get(metric), t)
             self._last_ts_ms = ts_ms
-        h = self.horizon_s
-        forecasts = {}
-        for metric, forecaster in forecasters.items():
-            forecasts[metric] = forecaster.forecast(h)
         alerts = self.episodes.observe(ts_ms, anomaly) if fresh else []
-        return Assessment(self.node_id, ts_ms, anomaly, forecasts, h), alerts
+        return Assessment(self.node_id, ts_ms, anomaly, Forecasts(self), self.horizon_s), alerts
 
     def forecast(self, metric: str, horizon_s: float) -> Forecast:
         """``metric`` (gpu_temp_c, power_w, latency_ms) ``horizon_s`` seconds after the last sample."""

@@ -8,10 +8,10 @@ import random
 
 import pytest
 
-from prediction.anomaly import AnomalyDetector
+from prediction.anomaly import AnomalyDetector, combined_score
 from prediction.evaluate_anomaly import grade, replay_telemetry
 from prediction.synthetic import anomaly_suite, inject, normal_telemetry
-from prediction.telemetry_models import TelemetryModels
+from prediction.telemetry_models import ONSET_SAMPLES, TelemetryModels
 
 SEEDS = range(4)
 #: Worst detection delay allowed per kind, seconds after the anomaly starts.
@@ -174,7 +174,7 @@ def test_pickled_state_continues_identically():
         a, _ = models.score_then_learn_one(r)
         b, _ = clone.score_then_learn_one(r)
         assert a.anomaly.score == b.anomaly.score and a.forecasts == b.forecasts
-    assert clone.version == 1 and clone.detector.detector.version == 1
+    assert clone.version == 1 and clone.detector.detector.version == AnomalyDetector.STATE_VERSION == 2
 
 
 def test_a_deliberate_model_swap_is_not_an_anomaly():
@@ -201,3 +201,85 @@ def test_a_snapshot_of_a_newer_release_is_refused():
         assert pickle.loads(pickle.dumps(part)).version == type(part).STATE_VERSION
         with pytest.raises(StateVersionError):
             type(part).__new__(type(part)).__setstate__(dict(vars(part), version=type(part).STATE_VERSION + 1))
+
+
+# -- graded at the top, onsets not durations (issue 13, item 3) ----------------------------------
+
+
+def _latency_incident(factor: float, at: int = 1500, length: int = 200, n: int = 2400, seed: int = 31):
+    """Normal telemetry whose latency is ``factor`` times higher for ``length`` samples from ``at``."""
+    records = normal_telemetry(n=n, seed=seed)
+    for r in records[at:at + length]:
+        r["latency_ms"] = r["latency_ms"] * factor
+    return records
+
+
+def test_the_score_stays_graded_at_the_top():
+    # 1 - score was exact down to ~1e-16 before and rounded to 1.0 from about 8 sigma on
+    scores = [combined_score(z, 1.0, 6) for z in (6.0, 8.0, 10.0, 15.0, 25.0, 40.0, 80.0, 200.0)]
+    assert all(s < 1.0 for s in scores)
+    assert all(a < b for a, b in zip(scores, scores[1:])), scores
+    # where the tail is representable the score is the calibrated Sidak score itself
+    p = math.erfc(4.0 / math.sqrt(2.0))
+    assert combined_score(4.0, 1.0, 6) == pytest.approx((1.0 - p) ** 6, rel=0, abs=1e-15)
+    # a stuck run whose tail underflows still scores below 1
+    assert combined_score(0.0, 0.0, 2) < 1.0
+
+
+def test_a_long_strong_incident_has_no_run_of_ones_and_is_reported_at_its_onset():
+    records = _latency_incident(factor=20.0)
+    models = TelemetryModels.for_node("node-0")
+    results = [models.score_then_learn_one(r)[0].anomaly for r in records]
+    incident = results[1500:1700]
+    assert max(r.score for r in results) < 1.0
+    flagged = [i for i, r in enumerate(incident) if r.is_anomaly]
+    assert flagged[0] == 0                                  # reported on its first sample
+    assert len(flagged) <= ONSET_SAMPLES + 2, flagged       # ... not for its 200 samples
+    # quiet while it lasts, though still far from its normal until adopted (after adopt_after samples)
+    assert all(r.contributions["latency_ms"] > 20 for r in incident[:50])
+
+
+def test_a_worse_step_during_an_excursion_is_a_new_onset():
+    records = _latency_incident(factor=4.0)
+    for r in records[1600:1700]:
+        r["latency_ms"] *= 4.0                   # the incident gets four times worse
+    models = TelemetryModels.for_node("node-0")
+    flags = [models.score_then_learn_one(r)[0].anomaly.is_anomaly for r in records]
+    assert flags[1500] and flags[1600]
+    assert sum(flags[1500:1700]) <= 2 * (ONSET_SAMPLES + 2)
+
+
+def test_forecasters_learn_the_incident_as_soon_as_the_detector_adopts_it():
+    records = _latency_incident(factor=3.0, length=900)
+    models = TelemetryModels.for_node("node-0")
+    for r in records[:1560]:
+        models.score_then_learn_one(r)
+    during = models.forecast("latency_ms", 10.0).value          # inside the excursion: not learned
+    for r in records[1560:2300]:
+        models.score_then_learn_one(r)
+    adopted = models.forecast("latency_ms", 10.0).value         # adopted as the new normal: learned
+    assert during == pytest.approx(5.0, rel=0.1) and adopted == pytest.approx(15.0, rel=0.1)
+
+
+def test_a_version_1_detector_snapshot_migrates_and_keeps_scoring_whole_excursions():
+    detector = AnomalyDetector(onset_samples=5)
+    for t in range(100):
+        detector.score_then_learn_one({"x": float(t % 3)}, float(t))
+    state = detector.__getstate__()
+    state.pop("onset_samples")
+    state["version"] = 1
+    features = {}
+    for name, f in state["_features"].items():      # version-1 features had no excursion fields
+        fs = f.__getstate__()
+        del fs["excursion"], fs["excursion_n"]
+        restored_f = type(f).__new__(type(f))
+        restored_f.__setstate__(fs)
+        features[name] = restored_f
+    state["_features"] = features
+    restored = AnomalyDetector.__new__(AnomalyDetector)
+    restored.__setstate__(state)
+    assert restored.version == 2 and restored.onset_samples is None
+    flags = [restored.score_then_learn_one({"x": 50.0}, 100.0 + t).is_anomaly for t in range(20)]
+    assert all(flags)                               # the old behaviour: the whole excursion scores
+    with pytest.raises(ValueError):
+        AnomalyDetector(onset_samples=0)

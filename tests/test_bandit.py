@@ -94,3 +94,35 @@ def test_a_snapshot_of_a_newer_state_version_is_refused():
     state = {**b.__dict__, "version": 7}
     with pytest.raises(StateVersionError):
         DiscountedLinUCB.__new__(DiscountedLinUCB).__setstate__(state)
+
+
+def test_the_cholesky_solution_equals_the_ridge_formula_with_an_explicit_inverse():
+    rng = np.random.default_rng(7)
+    bandit = DiscountedLinUCB(dim=39, gamma=0.995, ridge=1.0, alpha=0.3)
+    for _ in range(300):
+        bandit.tick()
+        bandit.learn_one(rng.normal(size=39), float(rng.normal()))
+    phi = rng.normal(size=(61, 39))
+    inv = np.linalg.inv(bandit.stats.gram + np.eye(39))
+    theta = inv @ bandit.stats.moment
+    np.testing.assert_allclose(bandit.predict(phi), phi @ theta, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(bandit.width(phi), np.sqrt(((phi @ inv) * phi).sum(axis=1)), rtol=1e-9)
+    np.testing.assert_allclose(bandit.ucb(phi[0]), phi[0] @ theta + 0.3 * np.sqrt(phi[0] @ inv @ phi[0]),
+                               rtol=1e-9)
+
+
+def test_corrupt_statistics_are_an_error_not_a_silent_answer():
+    bandit = DiscountedLinUCB(dim=2, ridge=1.0)
+    bandit.stats.gram[:] = -5.0 * np.eye(2)     # no Gram matrix is negative definite
+    with pytest.raises(np.linalg.LinAlgError):
+        bandit.predict(np.eye(2))
+
+
+def test_the_control_flow_runs_blas_on_one_thread():
+    from threadpoolctl import threadpool_info
+
+    from operators.control import single_threaded_blas
+
+    single_threaded_blas()
+    blas = [info for info in threadpool_info() if info["user_api"] == "blas"]
+    assert blas and all(info["num_threads"] == 1 for info in blas)

@@ -101,3 +101,26 @@ def test_telemetry_models_forecast_and_evidence():
     assert evidence["forecast_c"] == assessment.forecasts["gpu_temp_c"].value
     assert 0.0 <= evidence["anomaly_score"] <= 1.0 and evidence["contributing_features"] == []
     assert 0.0 <= models.prob_above("gpu_temp_c", 85.0, 30.0) < 0.01
+
+
+def test_the_assessment_forecasts_are_computed_when_read_and_never_answer_for_a_later_sample():
+    models = TelemetryModels.for_node("node-0", horizon_s=20.0)
+    records = normal_telemetry(n=200, seed=2)
+    for r in records[:199]:
+        assessment, _ = models.score_then_learn_one(r)
+    power = models.forecast("power_w", 20.0)
+    assert assessment.forecasts["power_w"] == power and len(assessment.forecasts) == 3
+    models.score_then_learn_one(records[199])
+    assert assessment.forecasts["power_w"] == power             # read before: kept as it was
+    with pytest.raises(RuntimeError, match="later sample"):
+        assessment.forecasts["latency_ms"]                       # never read before the next sample
+
+
+def test_models_keep_only_the_forecasters_asked_for():
+    models = TelemetryModels.for_node("node-0", forecasts=("gpu_temp_c",))   # what the control flow keeps
+    for r in normal_telemetry(n=100, seed=3):
+        assessment, _ = models.score_then_learn_one(r)
+    assert list(models.forecasters) == ["gpu_temp_c"] and list(assessment.forecasts) == ["gpu_temp_c"]
+    assert assessment.evidence()["forecast_c"] == models.forecast("gpu_temp_c", 30.0).value
+    with pytest.raises(ValueError):
+        TelemetryModels.for_node("node-0", forecasts=("fan_rpm",))
