@@ -33,6 +33,7 @@ from pathlib import Path
 
 from deploy.errors import UsageError
 from edge.thermal import Scenario
+from morph.agent import RliConfig
 from morph.ladder import VARIANTS
 from morph.policy import PolicyConfig
 
@@ -333,7 +334,8 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_d
             flow_cmd += ["--policy", f"{key}={getattr(policy, key)}"]
         if signing:
             flow_cmd += ["--signing-key", str(out_dir / "keys" / PRIVATE)]
-        flow_cmd += ["--policy", "rli"] if policy_kind == "rli" else []
+        if policy_kind == "rli":  # the agent's epoch follows the scenario clock, like the rules' cooldowns
+            flow_cmd += ["--policy", "rli", "--rli-epoch", f"{RliConfig.epoch_s / speed:g}"]
         flow = subprocess.Popen(flow_cmd, stdout=open(out_dir / "flow.log", "w"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         monitor = Monitor(settings, topics).start()

@@ -129,6 +129,7 @@ def spec_from_args(name: str, args) -> FlowSpec:
                                                ("no_peers", kind == "rli" and getattr(args, "no_peers", False)),
                                                ("no_dp", kind == "rli" and getattr(args, "no_dp", False)),
                                                ("dp_epsilon", kind == "rli" and getattr(args, "dp_epsilon", 1.0)),
+                                               ("rli_epoch_s", kind == "rli" and getattr(args, "rli_epoch", None)),
                                                ("speculation", getattr(args, "speculation", False)),
                                                ("signing_key", str(args.signing_key) if getattr(args, "signing_key", None)
                                                 else None),
@@ -212,6 +213,9 @@ def add_flow_args(p) -> None:
                    help="--policy rli: share experience without differential privacy (for comparison)")
     p.add_argument("--dp-epsilon", type=float, default=1.0,
                    help="--policy rli: ε of the Laplace mechanism per experience release (default %(default)s)")
+    p.add_argument("--rli-epoch", type=float, metavar="SECONDS",
+                   help="--policy rli: event time between the agent's decisions (default 10; the critical "
+                        "temperature rule acts on every sample in between)")
 
 
 def parse_conflict(text: str) -> tuple[str, str]:

@@ -68,7 +68,8 @@ def agent_for(spec):
         if spec.zoo_dir:
             raise
         arms = ArmSet.nominal()  # no zoo built here: the thermal model's nominal figures
-    return RliAgent(arms, RliConfig(constraints=constraints_for(spec), seed=int(spec.options.get("rli_seed", 0))))
+    return RliAgent(arms, RliConfig(constraints=constraints_for(spec), seed=int(spec.options.get("rli_seed", 0)),
+                                      epoch_s=float(spec.options.get("rli_epoch_s") or RliConfig.epoch_s)))
 
 
 def constraints_for(spec):
