@@ -254,7 +254,7 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
     with EmbeddedBroker(log_path=out_dir / "broker.log") as broker:
         spec, policy = demo_flow_spec(workflow, broker.bootstrap, speed, manifest.root, signing_key)
         settings, topics = spec.kafka, spec.topic_names
-        ensure_topics(settings, topics.all(), partitions=workflow.spec.get("topics", {}).get("partitions", 2))
+        ensure_topics(settings, topics.all(), partitions=workflow.partitions())
         say(f"{spec_path}: AdaptiveWorkflow {workflow.name!r}, step down at {policy.hot_c:g} °C, snn at "
             f"{policy.critical_c:g} °C, back up at {policy.recover_c:g} °C; broker at {broker.bootstrap}")
         flow = start_flow_process(spec, out_dir / "flow.log")

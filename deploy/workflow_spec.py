@@ -82,6 +82,21 @@ class AdaptiveWorkflow:
     def enabled_flows(self) -> list[str]:
         return [f for f in FLOW_NAMES if self.flow_settings(f)["enabled"]]
 
+    def partitions(self) -> int:
+        """Partitions per topic: ``topics.partitions``, or by default one per worker of the largest flow.
+
+        Each partition a flow reads is one Kafka consumer of its own polling the broker
+        (Bytewax's source), so partitions beyond the workers that read them add polling,
+        not parallelism: at 1,000 nodes, 4 partitions for one-worker flows cost the
+        embedded broker more CPU than the flows' own work (bench/scale.py). Partitions
+        cannot be removed later: give more when the flows will be scaled out.
+        """
+        given = self.spec.get("topics", {}).get("partitions")
+        if given is not None:
+            return given
+        return max((self.flow_settings(f)["workers"] * self.flow_settings(f)["replicas"] for f in self.enabled_flows()),
+                   default=1)
+
     def nodes(self) -> list[str]:
         return [n for g in self.spec.get("fleet", {}).get("groups", []) for n in g["nodes"]]
 

@@ -132,3 +132,15 @@ def test_the_agent_takes_the_resources_constraints():
     c = constraints_for(control)
     assert (c.max_latency_ms, c.min_accuracy, c.max_gpu_temp_c, c.max_power_w, c.critical_temp_c) == \
         (100.0, 0.9, 85.0, 250.0, 90.0)
+
+
+def test_partitions_default_to_one_per_worker_of_the_largest_flow():
+    """Bytewax reads each partition with a consumer of its own: more partitions than workers only add polling."""
+    bare = example()
+    del bare["spec"]["topics"]["partitions"]
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 1
+    bare["spec"]["flows"]["workflow"].update(workers=2, replicas=3)
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 6
+    bare["spec"]["flows"]["workflow"]["enabled"] = False  # a flow that does not run reads nothing
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 1
+    assert parse_workflow_spec(yaml.safe_dump(example())).partitions() == 4  # given: as given
