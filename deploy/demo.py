@@ -239,7 +239,6 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
     from deploy.workflow_spec import load_workflow_spec
     from edge.worker import EdgeWorker
     from morph.zoo import build_zoo, load_manifest
-    from schemas.kafka import KafkaSettings
 
     workflow = load_workflow_spec(spec_path)
     out_dir.mkdir(parents=True, exist_ok=True)
