@@ -24,7 +24,11 @@ Measured per scale:
 * control-plane CPU seconds per node-hour — user+system CPU of both flow
   processes over the window, per node and hour of event time; also net of the
   flows' idle cost (their CPU with no traffic, measured for a few seconds after
-  the window, scaled to it), which is the part that grows with the fleet;
+  the window, scaled to it), which is the part that grows with the fleet; and
+  that net CPU per event: per telemetry sample in the control flow, per signal
+  in the workflow flow (flat across scales = each event costs the same however
+  many nodes there are; the seed's table has 2.5 workflows per node at 10 nodes
+  and 5 at 1,000, so cost per node-hour cannot be flat when workflows are not);
 * decision latency p50 / p99 — for every command, the wall-clock time from the
   production of the telemetry sample it was decided on (``decided_on_ts_ms``)
   to the command's production by the control flow: both are the Kafka message
@@ -57,6 +61,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -175,11 +180,11 @@ def drain_seconds(ports: list[int], timeout_s: float = 120.0) -> float | None:
     return None
 
 
-def idle_cpu_share(flows: list) -> float:
-    """Cores the flows use with no traffic (after the window, lag drained): their fixed cost."""
-    before, t0 = sum(cpu_seconds(f.pid) for f in flows), time.monotonic()
+def idle_cpu_share(flows: list) -> list[float]:
+    """Cores each flow uses with no traffic (after the window, lag drained): its fixed cost."""
+    before, t0 = [cpu_seconds(f.pid) for f in flows], time.monotonic()
     time.sleep(IDLE_S)
-    return (sum(cpu_seconds(f.pid) for f in flows) - before) / (time.monotonic() - t0)
+    return [(cpu_seconds(f.pid) - b) / (time.monotonic() - t0) for f, b in zip(flows, before)]
 
 
 def lag_watch(ports: list[int], stop: threading.Event, samples: list) -> None:
@@ -222,7 +227,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             cpu["load_generator"] = time.process_time() - own0
             load_end = os.getloadavg()[0]  # the whole machine's, other users' jobs included
             drain_s = drain_seconds(ports)
-            idle_cpu_per_s = idle_cpu_share(flows)
+            idle = dict(zip(("control", "workflow"), idle_cpu_share(flows)))
         finally:
             for f in flows:
                 f.terminate()
@@ -240,15 +245,17 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
     third = max(1, len(lags) // 3)
     total_lag = [sum(sample) for sample in lags]
     flows_cpu = cpu["control"] + cpu["workflow"]
-    net = max(0.0, flows_cpu - idle_cpu_per_s * wall)
+    net = {flow: max(0.0, cpu[flow] - idle[flow] * wall) for flow in idle}
     return {
         "nodes": nodes, "workflows": workflows, "event_hours": round(hours, 4), "wall_s": round(wall, 1),
         "telemetry_sent": fleet["samples"], "signals_sent": signals.get("sent", 0), "commands": len(commands),
         "adaptations_per_hour": round(len(commands) / hours, 1),
         "cpu_s": round(flows_cpu, 2), "cpu_s_per_node_hour": round(flows_cpu / (nodes * hours), 3),
-        "net_cpu_s_per_node_hour": round(net / (nodes * hours), 3),
-        "flows_idle_cpu_share": round(idle_cpu_per_s, 3),
-        "control_cpu_us_per_telemetry": round(cpu["control"] / max(1, fleet["samples"]) * 1e6, 1),
+        "net_cpu_s_per_node_hour": round(sum(net.values()) / (nodes * hours), 3),
+        "flows_idle_cpu_share": round(sum(idle.values()), 3),
+        # per event, net of the idle cost: what each sample and each signal costs its flow
+        "control_net_us_per_sample": round(net["control"] / max(1, fleet["samples"]) * 1e6, 1),
+        "workflow_net_us_per_signal": round(net["workflow"] / max(1, signals.get("sent", 0)) * 1e6, 1),
         "cpu_share": {k: round(v / wall, 3) for k, v in cpu.items()},
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
         "max_lag": round(max(total_lag, default=0.0)), "lag_growth": round(
@@ -324,6 +331,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-scale", help="logs (default %(default)s)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so the flows and the broker this run started are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scales = []
     for item in args.scales.split(","):
         nodes, workflows = (int(x) for x in item.split(":"))
@@ -333,7 +342,8 @@ def main() -> int:
         print(f"{nodes:>5} nodes {workflows:>5} workflows: {row['adaptations_per_hour']:>8.0f} adaptations/h, "
               f"{row['cpu_s_per_node_hour']:.2f} CPU s/node-h ({row['net_cpu_s_per_node_hour']:.2f} net of idle), "
               f"decision p50 {row['decision_ms_p50']} ms p99 {row['decision_ms_p99']} ms, max lag {row['max_lag']} "
-              f"(growth x{row['lag_growth']}); control flow {row['control_cpu_us_per_telemetry']} us CPU/sample; "
+              f"(growth x{row['lag_growth']}); net CPU {row['control_net_us_per_sample']} us/sample (control), "
+              f"{row['workflow_net_us_per_signal']} us/signal (workflow); "
               f"CPU share {row['cpu_share']}", flush=True)
     per_node = [s["net_cpu_s_per_node_hour"] for s in scales]
     growth = round(per_node[-1] / per_node[0], 2) if len(per_node) > 1 and per_node[0] else None
