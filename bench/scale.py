@@ -1,21 +1,21 @@
 """The seed's scale table (§6.3), measured: 10 / 50 / 200 / 1,000 nodes with 25 / 150 / 800 / 5,000 workflows.
 
 For each scale, on a fresh embedded broker: the control flow and the workflow
-flow run as ``liquid flow run`` processes (one worker each, metrics on); a
-simulated fleet of varied nodes (`edge.fleet.NodeProfile`) streams Telemetry at
+flow run as "liquid flow run" processes (one worker each, metrics on); a
+simulated fleet of varied nodes (edge.fleet.NodeProfile) streams Telemetry at
 1 sample per node per second of event time and follows the commands (acks
 included), and the workflows stream WorkflowSignals: each workflow starts a run
-of the seven-step inspection pipeline every ``--run-every`` seconds (14 signals
+of the seven-step inspection pipeline every --run-every seconds (14 signals
 per run, workflows staggered over that period).
 
-Time: event time runs ``--speed`` times faster than the wall clock (default 1:
+Time: event time runs --speed times faster than the wall clock (default 1:
 real time, no compression: 1,000 nodes are 1,000 samples per wall second and
-5,000 workflows ~1,170 signals per wall second). ``--speed 2`` doubles every
+5,000 workflows ~1,170 signals per wall second). --speed 2 doubles every
 rate instead of shortening a fixed workload: it is a stress test, not the
-seed's rates. Each scale runs ``--window`` seconds of event time.
+seed's rates. Each scale runs --window seconds of event time.
 
 Each node samples at its own phase within the second (drawn from its id), as
-independent nodes' clocks do; ``--lockstep`` makes all nodes sample at the same
+independent nodes' clocks do; --lockstep makes all nodes sample at the same
 instant instead (a burst of N samples every second, the worst case for latency).
 
 Measured per scale:
@@ -30,12 +30,12 @@ Measured per scale:
   many nodes there are; the seed's table has 2.5 workflows per node at 10 nodes
   and 5 at 1,000, so cost per node-hour cannot be flat when workflows are not);
 * decision latency p50 / p99 — for every command, the wall-clock time from the
-  production of the telemetry sample it was decided on (``decided_on_ts_ms``)
+  production of the telemetry sample it was decided on (decided_on_ts_ms)
   to the command's production by the control flow: both are the Kafka message
   timestamps (CreateTime, stamped when the client's produce() is called), so it
   covers the broker hop to the flow, queueing in the flow, the decision itself
   and the flow's sink, but not the command's delivery to the node;
-* consumer lag — the flows' ``bytewax_kafka_consumer_lag`` scraped every
+* consumer lag — the flows' bytewax_kafka_consumer_lag scraped every
   second: the largest, whether it grows (mean of the last third of the window
   over the first third), and how long the flows took to catch up after the load
   stopped;
@@ -44,12 +44,14 @@ Measured per scale:
   flows, and a share near the core count means the figures are CPU-bound; and
   the machine's 1-minute load average at the end of the window (other users'
   jobs included: above the core count, every process here waits for a core).
-  ``cpu_cores_used`` sums them: what the scale needs from the machine.
+  cpu_cores_used sums them: what the scale needs from the machine.
 
-And once: the worker-side overhead — a real edge worker (``edge.worker``) serving
-one node on the zoo's models with telemetry at 1 Hz, its process CPU against the
-same serving with telemetry, command listening and acks off, measured in the same
-run: ``overhead = 1 - cpu_inference_only / cpu_with_everything``.
+And once: the worker-side overhead — a real edge worker (edge.worker) serving
+one node on the zoo's models with telemetry at 1 Hz, its process CPU per request
+served in its steady state (after a few seconds' warm-up) against the same
+serving with telemetry, command listening and acks off, measured in the same run: overhead = 1 - cpu_per_request_inference_only /
+cpu_per_request_with_everything; and the same in cores (it does not depend on
+the model's cost, the fraction does: a lighter zoo gives a larger fraction).
 
     python bench/scale.py [--scales 10:25,50:150,200:800,1000:5000] [--window 60] [--speed 1]
 
@@ -155,8 +157,8 @@ def wait_ready(ports: list[int], flows: list, settings: KafkaSettings, topics: T
     codec, producer = Codec(), Producer(settings.producer())
     probe = SimulatedNode("probe-0", Scenario("steady")).sample(int(time.time() * 1000), 1.0)
     producer.produce(topics.telemetry, key=b"probe-0", value=codec.encode("Telemetry", probe))
-    signal = run_signals("probe-wf", "r0", [("ingest", 0, 1)], t0_ms=int(time.time() * 1000))[0]
-    producer.produce(topics.signals, key=b"probe-wf", value=codec.encode("WorkflowSignal", signal))
+    probe_signal = run_signals("probe-wf", "r0", [("ingest", 0, 1)], t0_ms=int(time.time() * 1000))[0]
+    producer.produce(topics.signals, key=b"probe-wf", value=codec.encode("WorkflowSignal", probe_signal))
     producer.flush(10)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -227,6 +229,9 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             cpu["load_generator"] = time.process_time() - own0
             load_end = os.getloadavg()[0]  # the whole machine's, other users' jobs included
             drain_s = drain_seconds(ports)
+            # the flows' CPU until they caught up: a backlog at the window's end is work for its events too
+            caught_up = {flow: cpu_seconds(pids[flow]) - cpu0[flow] for flow in ("control", "workflow")}
+            wall_caught_up = time.monotonic() - wall0
             idle = dict(zip(("control", "workflow"), idle_cpu_share(flows)))
         finally:
             for f in flows:
@@ -245,7 +250,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
     third = max(1, len(lags) // 3)
     total_lag = [sum(sample) for sample in lags]
     flows_cpu = cpu["control"] + cpu["workflow"]
-    net = {flow: max(0.0, cpu[flow] - idle[flow] * wall) for flow in idle}
+    net = {flow: max(0.0, caught_up[flow] - idle[flow] * wall_caught_up) for flow in idle}
     return {
         "nodes": nodes, "workflows": workflows, "event_hours": round(hours, 4), "wall_s": round(wall, 1),
         "telemetry_sent": fleet["samples"], "signals_sent": signals.get("sent", 0), "commands": len(commands),
@@ -273,40 +278,56 @@ def _quantile(sorted_values: list, q: float) -> float | None:
     return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
-def worker_overhead(seconds: float, rate: float, zoo: Path | None = None) -> dict:
-    """Process CPU of a real worker with everything on vs inference alone, serving one node on the zoo."""
+def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0) -> dict:
+    """Process CPU per request served of a real worker with everything on vs inference alone, one node on the zoo.
+
+    Both are measured in their steady state, from ``warm_s`` after start to ``seconds`` later:
+    starting (imports, the test split, sessions, the broker connection) costs once, not per
+    sample. Per request served, not per run: on a loaded machine the two runs do not serve
+    the same number of requests (late ones are dropped).
+    """
     from edge.serving import InferenceServer, RequestLoad
     from edge.worker import EdgeWorker
     from morph.zoo import build_zoo, load_manifest
 
     manifest = load_manifest(zoo) if zoo else build_zoo(progress=progress)
 
-    def measure(run) -> float:
-        t0 = time.process_time()
-        run()
-        return time.process_time() - t0
+    def steady(loads) -> tuple[float, int]:
+        time.sleep(warm_s)
+        cpu0, served0 = time.process_time(), sum(load.stats().served for load in loads)
+        time.sleep(seconds)
+        return time.process_time() - cpu0, sum(load.stats().served for load in loads) - served0
 
-    def inference_only():
+    def inference_only() -> tuple[float, int]:
         server = InferenceServer(manifest, "transformer", "fp32")
         load = RequestLoad(server, rate=rate, seed=0)
         load.start()
-        time.sleep(seconds)
-        load.stop()
-        server.close()
+        try:
+            return steady([load])
+        finally:
+            load.stop()
+            server.close()
 
-    def everything():
+    def everything() -> tuple[float, int]:
         with EmbeddedBroker() as broker:
             settings = KafkaSettings(broker.bootstrap)
-            ensure_topics(settings, TopicNames().all(), partitions=2)
-            worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds), zoo_dir=manifest.root,
-                                sensor="thermal", rate=rate, interval_s=1.0)
+            ensure_topics(settings, TopicNames().all(), partitions=1)
+            worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds + 2 * warm_s),
+                                zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0)
             worker.start()
-            time.sleep(seconds)
-            worker.stop()
+            try:
+                return steady([node.load for node in worker.nodes.values()])
+            finally:
+                worker.stop()
 
-    base, full = measure(inference_only), measure(everything)
-    return {"cpu_s_inference_only": round(base, 3), "cpu_s_worker": round(full, 3),
-            "worker_overhead_fraction": round(max(0.0, 1.0 - base / full), 4) if full else None}
+    (base, base_served), (full, full_served) = inference_only(), everything()
+    per_base, per_full = base / max(1, base_served), full / max(1, full_served)
+    return {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
+            "cpu_s_worker": round(full, 3), "served_worker": full_served,
+            "worker_overhead_fraction": round(max(0.0, 1.0 - per_base / per_full), 4) if full_served else None,
+            # the same in cores: what everything but inference costs per second, whatever the model costs
+            "worker_overhead_cores": round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
+            "worker_zoo": str(manifest.root)}
 
 
 def main() -> int:
@@ -334,7 +355,7 @@ def main() -> int:
     # SIGTERM unwinds like Ctrl-C, so the flows and the broker this run started are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scales = []
-    for item in args.scales.split(","):
+    for item in filter(None, args.scales.split(",")):  # --scales "": the worker measurement alone
         nodes, workflows = (int(x) for x in item.split(":"))
         progress(f"scale {nodes} nodes / {workflows} workflows: {args.window:g} s of event time at x{args.speed:g}")
         row = run_scale(nodes, workflows, args)
@@ -352,8 +373,9 @@ def main() -> int:
     if args.worker_seconds > 0:
         progress("worker overhead: inference alone, then the whole worker")
         overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo)
-        print(f"worker: {overhead['cpu_s_worker']} CPU s with everything vs {overhead['cpu_s_inference_only']} "
-              f"inference alone -> overhead {overhead['worker_overhead_fraction']}")
+        print(f"worker: {overhead['cpu_s_worker']} CPU s for {overhead['served_worker']} requests with everything vs "
+              f"{overhead['cpu_s_inference_only']} for {overhead['served_inference_only']} inference alone -> overhead "
+              f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core)")
     emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
                  "partitions": args.partitions, "flow_args": args.flow_arg, **overhead,
