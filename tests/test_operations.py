@@ -283,3 +283,26 @@ def test_the_demo_runs_its_spec_and_stops_every_client_before_the_broker(zoo, tm
     # a client that outlives the broker logs these from its own threads, up to the summary and beyond
     stray = [line for line in proc.stdout.splitlines() if any(s in line for s in CLIENT_AFTER_BROKER)]
     assert not stray, stray
+
+
+@pytest.mark.broker
+def test_a_staggered_fleet_samples_each_node_at_its_own_phase(kafka):
+    """The scale benchmark's fleet: the same rate, each node at its own instant of each interval."""
+    from deploy.produce import produce_telemetry
+    from deploy.topics import ensure_topics
+    from edge.thermal import Scenario
+
+    topics = TopicNames(telemetry="fleet.staggered")
+    ensure_topics(kafka, [topics.telemetry], partitions=1)
+    nodes = [f"edge-{i}" for i in range(20)]
+    produce_telemetry(kafka, topics, nodes, Scenario("steady", 3), speed=20, follow_commands=False,
+                      start_ms=1_700_000_000_000, seed=3, staggered=True)
+    offsets: dict[str, list] = {}
+    for r in read_topic(kafka, topics.telemetry):
+        offsets.setdefault(r["node_id"], []).append(r["ts_ms"] - 1_700_000_000_000)
+    assert sorted(offsets) == sorted(nodes) and all(len(ts) == 3 for ts in offsets.values())
+    phases = {node: ts[0] for node, ts in offsets.items()}
+    # one sample per node per second, each node keeping its phase; the phases spread over the second
+    assert all(ts == [phases[n], phases[n] + 1000, phases[n] + 2000] for n, ts in offsets.items())
+    assert len(set(phases.values())) >= 15 and max(phases.values()) - min(phases.values()) > 500
+    assert all(0 <= p < 1000 for p in phases.values())
