@@ -108,8 +108,9 @@ def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s
                    run_every_s: float, stop: threading.Event) -> int:
     """Each workflow starts a run every ``run_every_s`` of event time (staggered); returns signals sent.
 
-    Runs already under way when the window opens are included (their signals from then on), so the
-    signal rate is the steady one from the first second; signals after the window are not sent.
+    Runs already under way when the window opens are included (their steps that start from then
+    on), so the signal rate is the steady one from the first second; signals after the window are
+    not sent.
     """
     from confluent_kafka import Producer
 
@@ -124,8 +125,9 @@ def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s
             start = int((r + w / workflows) * run_every_s * 1000)
             if start >= window_s * 1000:  # a window shorter than --run-every still starts the first runs
                 break
-            pending += run_signals(f"wf-{w}", f"r{r + 1}", executions, t0_ms=t0_ms + start,
-                                   node_id=f"edge-{w % 1000}")
+            # a run under way when the window opens: its steps from then on (no finish without its start)
+            steps = [e for e in executions if start + e[1] >= 0]
+            pending += run_signals(f"wf-{w}", f"r{r + 1}", steps, t0_ms=t0_ms + start, node_id=f"edge-{w % 1000}")
     pending = sorted((s for s in pending if t0_ms <= s["ts_ms"] < t0_ms + window_s * 1000), key=lambda s: s["ts_ms"])
     sent = 0
     for s in pending:
@@ -245,8 +247,9 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         commands = [r for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
         produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_topic(settings, topics.telemetry)
                        if r.get("_schema") == "Telemetry"}
-    latencies = sorted(c["_timestamp_ms"] - produced_at[(c["node_id"], c["decided_on_ts_ms"])] for c in commands
-                       if (c["node_id"], c["decided_on_ts_ms"]) in produced_at)
+    decisions = [(produced_at[(c["node_id"], c["decided_on_ts_ms"])], c["_timestamp_ms"]) for c in commands
+                 if (c["node_id"], c["decided_on_ts_ms"]) in produced_at]  # (sample produced, command produced)
+    latencies = sorted(done - produced for produced, done in decisions)
     hours = window_s / 3600.0
     third = max(1, len(lags) // 3)
     total_lag = [sum(sample) for sample in lags]
@@ -268,9 +271,22 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             (statistics.fmean(total_lag[-third:]) + 1) / (statistics.fmean(total_lag[:third]) + 1), 2) if lags else None,
         "max_lag_by_flow": {name: round(max((s[i] for s in lags), default=0.0))
                             for i, name in enumerate(("control", "workflow"))},
+        "lag_by_second": [list(map(round, sample)) for sample in lags],  # [control, workflow] each second
+        "decision_ms_p99_by_10s": _p99_by_window(decisions, 10_000),
         "catch_up_s": drain_s, "cpu_cores_used": round(sum(cpu.values()) / wall, 2),
         "load_average_1m": round(load_end, 2),
     }
+
+
+def _p99_by_window(decisions: list[tuple[int, int]], window_ms: int) -> list:
+    """Decision latency p99 per window of sample time: when in the run the slow decisions were."""
+    if not decisions:
+        return []
+    t0 = min(produced for produced, _ in decisions)
+    buckets: dict[int, list] = {}
+    for produced, done in decisions:
+        buckets.setdefault((produced - t0) // window_ms, []).append(done - produced)
+    return [_quantile(sorted(buckets.get(k, [])), 0.99) for k in range(max(buckets) + 1)]
 
 
 def _quantile(sorted_values: list, q: float) -> float | None:
