@@ -192,6 +192,20 @@ def idle_cpu_share(flows: list) -> list[float]:
     return [(cpu_seconds(f.pid) - b) / (time.monotonic() - t0) for f, b in zip(flows, before)]
 
 
+def read_within(settings: KafkaSettings, topic: str, timeout_s: float = 180.0) -> list[dict]:
+    """`read_topic`, or what it read by ``timeout_s`` ([] and a warning): a read that never reaches
+    the end it computed (seen once at 1,000 nodes, after a producer gave up 6,473 records) must not
+    hang the benchmark."""
+    result: list = []
+    reader = threading.Thread(target=lambda: result.extend(read_topic(settings, topic)), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if reader.is_alive():
+        progress(f"warning: reading {topic} back did not finish within {timeout_s:.0f} s; its figures are missing")
+        return []
+    return result
+
+
 def lag_watch(ports: list[int], stop: threading.Event, samples: list) -> None:
     """Every second, each flow's total consumer lag (one tuple per second, one entry per flow)."""
     while not stop.wait(1.0):
@@ -244,8 +258,8 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
                     f.wait(15)
                 except subprocess.TimeoutExpired:
                     f.kill()
-        commands = [r for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
-        produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_topic(settings, topics.telemetry)
+        commands = [r for r in read_within(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
+        produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_within(settings, topics.telemetry)
                        if r.get("_schema") == "Telemetry"}
     decisions = [(produced_at[(c["node_id"], c["decided_on_ts_ms"])], c["_timestamp_ms"]) for c in commands
                  if (c["node_id"], c["decided_on_ts_ms"]) in produced_at]  # (sample produced, command produced)
