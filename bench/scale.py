@@ -371,8 +371,8 @@ def main() -> int:
     ap.add_argument("--run-every", type=float, default=60.0, help="seconds between a workflow's runs (default %(default)s)")
     ap.add_argument("--lockstep", action="store_true",
                     help="every node samples at the same instant of each second (default: each at its own phase)")
-    ap.add_argument("--partitions", type=int, default=1,
-                    help="partitions per topic (default %(default)s: one per flow worker, as an AdaptiveWorkflow's default)")
+    ap.add_argument("--partitions", type=int, default=4,
+                    help="partitions per topic (default %(default)s, as an AdaptiveWorkflow's default)")
     ap.add_argument("--flow-arg", action="append", default=[], metavar="ARG",
                     help="extra `liquid flow run` argument for both flows, repeatable (e.g. --flow-arg=--batch-size=100)")
     ap.add_argument("--worker-seconds", type=float, default=20.0,
