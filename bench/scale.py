@@ -1,29 +1,58 @@
 """The seed's scale table (§6.3), measured: 10 / 50 / 200 / 1,000 nodes with 25 / 150 / 800 / 5,000 workflows.
 
 For each scale, on a fresh embedded broker: the control flow and the workflow
-flow run as ``liquid flow run`` processes (one worker each, metrics on); a
-simulated fleet of varied nodes (`edge.fleet.NodeProfile`) streams Telemetry at
+flow run as "liquid flow run" processes (one worker each, metrics on); a
+simulated fleet of varied nodes (edge.fleet.NodeProfile) streams Telemetry at
 1 sample per node per second of event time and follows the commands (acks
 included), and the workflows stream WorkflowSignals: each workflow starts a run
-of the seven-step inspection pipeline every ``--run-every`` seconds (14 signals
-per run). Time is compressed by ``--speed`` (event time runs that many times
-faster than the wall clock; 1 = real time) for ``--window`` seconds of event
-time per scale. Measured per scale:
+of the seven-step inspection pipeline every --run-every seconds (14 signals
+per run, workflows staggered over that period).
+
+Time: event time runs --speed times faster than the wall clock (default 1:
+real time, no compression: 1,000 nodes are 1,000 samples per wall second and
+5,000 workflows ~1,170 signals per wall second). --speed 2 doubles every
+rate instead of shortening a fixed workload: it is a stress test, not the
+seed's rates. Each scale runs --window seconds of event time.
+
+Each node samples at its own phase within the second (drawn from its id), as
+independent nodes' clocks do; --lockstep makes all nodes sample at the same
+instant instead (a burst of N samples every second, the worst case for latency).
+
+Measured per scale:
 
 * adaptations per hour — morph commands issued, per hour of event time;
 * control-plane CPU seconds per node-hour — user+system CPU of both flow
-  processes over the window, per node and hour of event time;
-* decision latency p50 / p99 — wall-clock time from a telemetry sample's
-  production to the production of the command it caused (both Kafka message
-  timestamps), over every command;
-* consumer lag — the flows' ``bytewax_kafka_consumer_lag`` scraped every
-  second: the largest, and whether it grows (mean of the last third of the
-  window over the first third).
+  processes over the window, per node and hour of event time; also net of the
+  flows' idle cost (their CPU with no traffic, measured for a few seconds after
+  the window, scaled to it), which is the part that grows with the fleet; and
+  the CPU per event until the flows caught up: per telemetry sample in the
+  control flow, per signal in the workflow flow (flat across scales = each
+  event costs the same however many nodes there are; the seed's table has 2.5
+  workflows per node at 10 nodes and 5 at 1,000, so cost per node-hour cannot
+  be flat when workflows are not; at small scales the idle polling dominates);
+* decision latency p50 / p99 — for every command, the wall-clock time from the
+  production of the telemetry sample it was decided on (decided_on_ts_ms)
+  to the command's production by the control flow: both are the Kafka message
+  timestamps (CreateTime, stamped when the client's produce() is called), so it
+  covers the broker hop to the flow, queueing in the flow, the decision itself
+  and the flow's sink, but not the command's delivery to the node;
+* consumer lag — the flows' bytewax_kafka_consumer_lag scraped every
+  second: the largest, whether it grows (mean of the last third of the window
+  over the first third), and how long the flows took to catch up after the load
+  stopped;
+* CPU share of every process on the machine's cores (broker, each flow, this
+  load generator): the load generator and the broker share the cores with the
+  flows, and a share near the core count means the figures are CPU-bound; and
+  the machine's 1-minute load average at the end of the window (other users'
+  jobs included: above the core count, every process here waits for a core).
+  cpu_cores_used sums them: what the scale needs from the machine.
 
-And once: the worker-side overhead — a real edge worker (``edge.worker``) serving
-one node on the zoo's models with telemetry at 1 Hz, its process CPU against the
-same serving with telemetry, command listening and acks off, measured in the same
-run: ``overhead = 1 - cpu_inference_only / cpu_with_everything``.
+And once: the worker-side overhead — a real edge worker (edge.worker) serving
+one node on the zoo's models with telemetry at 1 Hz, its process CPU per request
+served in its steady state (after a few seconds' warm-up) against the same
+serving with telemetry, command listening and acks off, measured in the same run: overhead = 1 - cpu_per_request_inference_only /
+cpu_per_request_with_everything; and the same in cores (it does not depend on
+the model's cost, the fraction does: a lighter zoo gives a larger fraction).
 
     python bench/scale.py [--scales 10:25,50:150,200:800,1000:5000] [--window 60] [--speed 1]
 
@@ -33,7 +62,9 @@ The last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -56,6 +87,7 @@ from schemas.kafka import KafkaSettings, produce_waiting
 
 INSPECTION_STEPS = ("ingest", "preprocess", "inference", "quality_gate", "postprocess", "output", "report")
 SEED_TABLE = {10: 25, 50: 150, 200: 800, 1000: 5000}
+IDLE_S = 3.0  # seconds the flows' idle CPU is measured over, after the load
 
 
 def cpu_seconds(pid: int) -> float:
@@ -65,29 +97,38 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def start_flow(name: str, bootstrap: str, port: int, log: Path) -> subprocess.Popen:
+def start_flow(name: str, bootstrap: str, port: int, log: Path, flow_args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", name, "--bootstrap", bootstrap, "--metrics-port",
-           str(port)] + (["--models"] if name == "control" else [])
+           str(port)] + (["--models"] if name == "control" else []) + flow_args
     return subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s: float, speed: float,
                    run_every_s: float, stop: threading.Event) -> int:
-    """Each workflow starts a run every ``run_every_s`` of event time (staggered); returns signals sent."""
+    """Each workflow starts a run every ``run_every_s`` of event time (staggered); returns signals sent.
+
+    Runs already under way when the window opens are included (their steps that start from then
+    on), so the signal rate is the steady one from the first second; signals after the window are
+    not sent.
+    """
     from confluent_kafka import Producer
 
     producer, codec = Producer(settings.producer()), Codec()
     step_ms = int(run_every_s * 1000 / (2 * len(INSPECTION_STEPS)))
     executions = [(s, 2 * i * step_ms, (2 * i + 1) * step_ms) for i, s in enumerate(INSPECTION_STEPS)]
     t0_ms, wall0 = int(time.time() * 1000), time.monotonic()
-    runs = int(window_s / run_every_s)
+    runs = math.ceil(window_s / run_every_s)
     pending = []
-    for r in range(runs):
+    for r in range(-1, runs):
         for w in range(workflows):
             start = int((r + w / workflows) * run_every_s * 1000)
-            pending += run_signals(f"wf-{w}", f"r{r}", executions, t0_ms=t0_ms + start, node_id=f"edge-{w % 1000}")
-    pending.sort(key=lambda s: s["ts_ms"])
+            if start >= window_s * 1000:  # a window shorter than --run-every still starts the first runs
+                break
+            # a run under way when the window opens: its steps from then on (no finish without its start)
+            steps = [e for e in executions if start + e[1] >= 0]
+            pending += run_signals(f"wf-{w}", f"r{r + 1}", steps, t0_ms=t0_ms + start, node_id=f"edge-{w % 1000}")
+    pending = sorted((s for s in pending if t0_ms <= s["ts_ms"] < t0_ms + window_s * 1000), key=lambda s: s["ts_ms"])
     sent = 0
     for s in pending:
         if stop.is_set():
@@ -104,42 +145,111 @@ def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s
     return sent
 
 
+def wait_ready(ports: list[int], flows: list, settings: KafkaSettings, topics: TopicNames,
+               timeout_s: float = 120.0) -> None:
+    """Until both flows consume: each has read a probe record (its lag gauge exists and is 0).
+
+    Bytewax's lag gauge has no sample for an empty partition, so one Telemetry record of a probe
+    node and one WorkflowSignal of a probe workflow are produced first (no command can follow one
+    sample, so the probes do not enter the figures).
+    """
+    from confluent_kafka import Producer
+
+    from edge.fleet import SimulatedNode
+
+    codec, producer = Codec(), Producer(settings.producer())
+    probe = SimulatedNode("probe-0", Scenario("steady")).sample(int(time.time() * 1000), 1.0)
+    producer.produce(topics.telemetry, key=b"probe-0", value=codec.encode("Telemetry", probe))
+    probe_signal = run_signals("probe-wf", "r0", [("ingest", 0, 1)], t0_ms=int(time.time() * 1000))[0]
+    producer.produce(topics.signals, key=b"probe-wf", value=codec.encode("WorkflowSignal", probe_signal))
+    producer.flush(10)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(f.poll() is not None for f in flows):
+            raise RuntimeError("a flow exited at start: see its log in --out")
+        lags = [scrape_lag(port, timeout_s=0.5) for port in ports]
+        if all(lags) and not any(sum(lag.values()) for lag in lags):
+            return
+        time.sleep(0.25)
+    raise RuntimeError(f"the flows did not consume a probe record within {timeout_s:.0f} s")
+
+
+def drain_seconds(ports: list[int], timeout_s: float = 120.0) -> float | None:
+    """Seconds until both flows have caught up (lag 0) after the load stopped; None if they did not."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        lags = [scrape_lag(port, timeout_s=0.5) or {} for port in ports]
+        if not any(sum(lag.values()) for lag in lags):
+            return round(time.monotonic() - t0, 1)
+        time.sleep(0.5)
+    return None
+
+
+def idle_cpu_share(flows: list) -> list[float]:
+    """Cores each flow uses with no traffic (after the window, lag drained): its fixed cost."""
+    before, t0 = [cpu_seconds(f.pid) for f in flows], time.monotonic()
+    time.sleep(IDLE_S)
+    return [(cpu_seconds(f.pid) - b) / (time.monotonic() - t0) for f, b in zip(flows, before)]
+
+
+def read_within(settings: KafkaSettings, topic: str, timeout_s: float = 180.0) -> list[dict]:
+    """`read_topic`, or what it read by ``timeout_s`` ([] and a warning): a read that never reaches
+    the end it computed (seen once at 1,000 nodes, after a producer gave up 6,473 records) must not
+    hang the benchmark."""
+    result: list = []
+    reader = threading.Thread(target=lambda: result.extend(read_topic(settings, topic)), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    if reader.is_alive():
+        progress(f"warning: reading {topic} back did not finish within {timeout_s:.0f} s; its figures are missing")
+        return []
+    return result
+
+
 def lag_watch(ports: list[int], stop: threading.Event, samples: list) -> None:
+    """Every second, each flow's total consumer lag (one tuple per second, one entry per flow)."""
     while not stop.wait(1.0):
-        total = 0.0
-        for port in ports:
-            lag = scrape_lag(port, timeout_s=0.5) or {}
-            total += sum(lag.values())
-        samples.append(total)
+        samples.append(tuple(sum((scrape_lag(port, timeout_s=0.5) or {}).values()) for port in ports))
 
 
-def run_scale(nodes: int, workflows: int, window_s: float, speed: float, run_every_s: float, out_dir: Path) -> dict:
+def run_scale(nodes: int, workflows: int, args) -> dict:
+    window_s, speed = args.window, args.speed
     topics = TopicNames()
-    with EmbeddedBroker(log_path=out_dir / f"broker-{nodes}.log") as broker:
+    with EmbeddedBroker(log_path=args.out / f"broker-{nodes}.log") as broker:
         settings = KafkaSettings(broker.bootstrap)
-        ensure_topics(settings, topics.all(), partitions=4)
+        ensure_topics(settings, topics.all(), partitions=args.partitions)
         ports = [free_port(), free_port()]
-        flows = [start_flow(name, broker.bootstrap, port, out_dir / f"{name}-{nodes}.log")
+        flows = [start_flow(name, broker.bootstrap, port, args.out / f"{name}-{nodes}.log", args.flow_arg)
                  for name, port in zip(("control", "workflow"), ports)]
         try:
-            time.sleep(3.0)  # both flows assign their partitions
-            cpu0 = [cpu_seconds(f.pid) for f in flows]
+            wait_ready(ports, flows, settings, topics)
+            pids = {"broker": broker.pid, "control": flows[0].pid, "workflow": flows[1].pid}
+            cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            own0 = time.process_time()
             stop, lags = threading.Event(), []
             watcher = threading.Thread(target=lag_watch, args=(ports, stop, lags), daemon=True)
             watcher.start()
             signals = {}
             streamer = threading.Thread(target=lambda: signals.update(sent=stream_signals(
-                settings, topics.signals, workflows, window_s, speed, run_every_s, stop)), daemon=True)
+                settings, topics.signals, workflows, window_s, speed, args.run_every, stop)), daemon=True)
             streamer.start()
             wall0 = time.monotonic()
             fleet = produce_telemetry(settings, topics, [f"edge-{i}" for i in range(nodes)],
-                                      Scenario("cycles", duration_s=window_s), speed=speed, seed=nodes, varied=True)
+                                      Scenario("cycles", duration_s=window_s), speed=speed, seed=nodes, varied=True,
+                                      staggered=not args.lockstep)
             streamer.join(timeout=window_s / speed + 60)
             time.sleep(2.0)  # the last commands
             wall = time.monotonic() - wall0
             stop.set()
             watcher.join(timeout=5)
-            cpu = sum(cpu_seconds(f.pid) for f in flows) - sum(cpu0)
+            cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+            cpu["load_generator"] = time.process_time() - own0
+            load_end = os.getloadavg()[0]  # the whole machine's, other users' jobs included
+            drain_s = drain_seconds(ports)
+            # the flows' CPU until they caught up: a backlog at the window's end is work for its events too
+            caught_up = {flow: cpu_seconds(pids[flow]) - cpu0[flow] for flow in ("control", "workflow")}
+            wall_caught_up = time.monotonic() - wall0
+            idle = dict(zip(("control", "workflow"), idle_cpu_share(flows)))
         finally:
             for f in flows:
                 f.terminate()
@@ -148,23 +258,49 @@ def run_scale(nodes: int, workflows: int, window_s: float, speed: float, run_eve
                     f.wait(15)
                 except subprocess.TimeoutExpired:
                     f.kill()
-        commands = [r for r in read_topic(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
-        produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_topic(settings, topics.telemetry)
+        commands = [r for r in read_within(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
+        produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_within(settings, topics.telemetry)
                        if r.get("_schema") == "Telemetry"}
-    # wall clock, both ends stamped when produced: the sample by the fleet, the command by the flow
-    latencies = sorted(c["_timestamp_ms"] - produced_at[(c["node_id"], c["decided_on_ts_ms"])] for c in commands
-                       if (c["node_id"], c["decided_on_ts_ms"]) in produced_at)
+    decisions = [(produced_at[(c["node_id"], c["decided_on_ts_ms"])], c["_timestamp_ms"]) for c in commands
+                 if (c["node_id"], c["decided_on_ts_ms"]) in produced_at]  # (sample produced, command produced)
+    latencies = sorted(done - produced for produced, done in decisions)
     hours = window_s / 3600.0
     third = max(1, len(lags) // 3)
+    total_lag = [sum(sample) for sample in lags]
+    flows_cpu = cpu["control"] + cpu["workflow"]
+    net = {flow: max(0.0, caught_up[flow] - idle[flow] * wall_caught_up) for flow in idle}
     return {
         "nodes": nodes, "workflows": workflows, "event_hours": round(hours, 4), "wall_s": round(wall, 1),
         "telemetry_sent": fleet["samples"], "signals_sent": signals.get("sent", 0), "commands": len(commands),
         "adaptations_per_hour": round(len(commands) / hours, 1),
-        "cpu_s": round(cpu, 2), "cpu_s_per_node_hour": round(cpu / (nodes * hours), 3),
+        "cpu_s": round(flows_cpu, 2), "cpu_s_per_node_hour": round(flows_cpu / (nodes * hours), 3),
+        "net_cpu_s_per_node_hour": round(sum(net.values()) / (nodes * hours), 3),
+        "flows_idle_cpu_share": round(sum(idle.values()), 3),
+        # per event, everything included (idle polling too: small once events arrive every millisecond)
+        "control_us_per_sample": round(caught_up["control"] / max(1, fleet["samples"]) * 1e6, 1),
+        "workflow_us_per_signal": round(caught_up["workflow"] / max(1, signals.get("sent", 0)) * 1e6, 1),
+        "cpu_share": {k: round(v / wall, 3) for k, v in cpu.items()},
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
-        "max_lag": round(max(lags, default=0.0)), "lag_growth": round(
-            (statistics.fmean(lags[-third:]) + 1) / (statistics.fmean(lags[:third]) + 1), 2) if lags else None,
+        "max_lag": round(max(total_lag, default=0.0)), "lag_growth": round(
+            (statistics.fmean(total_lag[-third:]) + 1) / (statistics.fmean(total_lag[:third]) + 1), 2) if lags else None,
+        "max_lag_by_flow": {name: round(max((s[i] for s in lags), default=0.0))
+                            for i, name in enumerate(("control", "workflow"))},
+        "lag_by_second": [list(map(round, sample)) for sample in lags],  # [control, workflow] each second
+        "decision_ms_p99_by_10s": _p99_by_window(decisions, 10_000),
+        "catch_up_s": drain_s, "cpu_cores_used": round(sum(cpu.values()) / wall, 2),
+        "load_average_1m": round(load_end, 2),
     }
+
+
+def _p99_by_window(decisions: list[tuple[int, int]], window_ms: int) -> list:
+    """Decision latency p99 per window of sample time: when in the run the slow decisions were."""
+    if not decisions:
+        return []
+    t0 = min(produced for produced, _ in decisions)
+    buckets: dict[int, list] = {}
+    for produced, done in decisions:
+        buckets.setdefault((produced - t0) // window_ms, []).append(done - produced)
+    return [_quantile(sorted(buckets.get(k, [])), 0.99) for k in range(max(buckets) + 1)]
 
 
 def _quantile(sorted_values: list, q: float) -> float | None:
@@ -173,71 +309,107 @@ def _quantile(sorted_values: list, q: float) -> float | None:
     return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
-def worker_overhead(seconds: float, rate: float) -> dict:
-    """Process CPU of a real worker with everything on vs inference alone, serving one node on the zoo."""
+def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0) -> dict:
+    """Process CPU per request served of a real worker with everything on vs inference alone, one node on the zoo.
+
+    Both are measured in their steady state, from ``warm_s`` after start to ``seconds`` later:
+    starting (imports, the test split, sessions, the broker connection) costs once, not per
+    sample. Per request served, not per run: on a loaded machine the two runs do not serve
+    the same number of requests (late ones are dropped).
+    """
     from edge.serving import InferenceServer, RequestLoad
     from edge.worker import EdgeWorker
-    from morph.zoo import build_zoo
+    from morph.zoo import build_zoo, load_manifest
 
-    manifest = build_zoo(progress=progress)
+    manifest = load_manifest(zoo) if zoo else build_zoo(progress=progress)
 
-    def measure(run) -> float:
-        t0 = time.process_time()
-        run()
-        return time.process_time() - t0
+    def steady(loads) -> tuple[float, int]:
+        time.sleep(warm_s)
+        cpu0, served0 = time.process_time(), sum(load.stats().served for load in loads)
+        time.sleep(seconds)
+        return time.process_time() - cpu0, sum(load.stats().served for load in loads) - served0
 
-    def inference_only():
+    def inference_only() -> tuple[float, int]:
         server = InferenceServer(manifest, "transformer", "fp32")
         load = RequestLoad(server, rate=rate, seed=0)
         load.start()
-        time.sleep(seconds)
-        load.stop()
-        server.close()
+        try:
+            return steady([load])
+        finally:
+            load.stop()
+            server.close()
 
-    def everything():
+    def everything() -> tuple[float, int]:
         with EmbeddedBroker() as broker:
             settings = KafkaSettings(broker.bootstrap)
-            ensure_topics(settings, TopicNames().all(), partitions=2)
-            worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds), zoo_dir=manifest.root,
-                                sensor="thermal", rate=rate, interval_s=1.0)
+            ensure_topics(settings, TopicNames().all(), partitions=1)
+            worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds + 2 * warm_s),
+                                zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0)
             worker.start()
-            time.sleep(seconds)
-            worker.stop()
+            try:
+                return steady([node.load for node in worker.nodes.values()])
+            finally:
+                worker.stop()
 
-    base, full = measure(inference_only), measure(everything)
-    return {"cpu_s_inference_only": round(base, 3), "cpu_s_worker": round(full, 3),
-            "worker_overhead_fraction": round(max(0.0, 1.0 - base / full), 4) if full else None}
+    (base, base_served), (full, full_served) = inference_only(), everything()
+    per_base, per_full = base / max(1, base_served), full / max(1, full_served)
+    return {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
+            "cpu_s_worker": round(full, 3), "served_worker": full_served,
+            "worker_overhead_fraction": round(max(0.0, 1.0 - per_base / per_full), 4) if full_served else None,
+            # the same in cores: what everything but inference costs per second, whatever the model costs
+            "worker_overhead_cores": round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
+            "worker_zoo": str(manifest.root)}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scales", default="10:25,50:150,200:800,1000:5000", help="nodes:workflows,... (default the seed's)")
     ap.add_argument("--window", type=float, default=60.0, help="seconds of event time per scale (default %(default)s)")
-    ap.add_argument("--speed", type=float, default=1.0, help="event time / wall time (default %(default)s: real time)")
+    ap.add_argument("--speed", type=float, default=1.0,
+                    help="event time / wall time; every rate is multiplied by it (default %(default)s: real time)")
     ap.add_argument("--run-every", type=float, default=60.0, help="seconds between a workflow's runs (default %(default)s)")
-    ap.add_argument("--worker-seconds", type=float, default=20.0, help="length of each worker measurement")
+    ap.add_argument("--lockstep", action="store_true",
+                    help="every node samples at the same instant of each second (default: each at its own phase)")
+    ap.add_argument("--partitions", type=int, default=4,
+                    help="partitions per topic (default %(default)s, as an AdaptiveWorkflow's default)")
+    ap.add_argument("--flow-arg", action="append", default=[], metavar="ARG",
+                    help="extra `liquid flow run` argument for both flows, repeatable (e.g. --flow-arg=--batch-size=100)")
+    ap.add_argument("--worker-seconds", type=float, default=20.0,
+                    help="length of each worker measurement (0: skip the worker measurement)")
     ap.add_argument("--worker-rate", type=float, default=100.0, help="requests/s the measured worker serves")
+    ap.add_argument("--zoo", type=Path, help="model zoo the measured worker serves, used as it is "
+                                             "(default: the built-in cache, built if missing)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-scale", help="logs (default %(default)s)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so the flows and the broker this run started are stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     scales = []
-    for item in args.scales.split(","):
+    for item in filter(None, args.scales.split(",")):  # --scales "": the worker measurement alone
         nodes, workflows = (int(x) for x in item.split(":"))
         progress(f"scale {nodes} nodes / {workflows} workflows: {args.window:g} s of event time at x{args.speed:g}")
-        row = run_scale(nodes, workflows, args.window, args.speed, args.run_every, args.out)
+        row = run_scale(nodes, workflows, args)
         scales.append(row)
         print(f"{nodes:>5} nodes {workflows:>5} workflows: {row['adaptations_per_hour']:>8.0f} adaptations/h, "
-              f"{row['cpu_s_per_node_hour']:.2f} CPU s/node-h, decision p50 {row['decision_ms_p50']} ms "
-              f"p99 {row['decision_ms_p99']} ms, max lag {row['max_lag']} (growth x{row['lag_growth']})", flush=True)
-    per_node = [s["cpu_s_per_node_hour"] for s in scales]
+              f"{row['cpu_s_per_node_hour']:.2f} CPU s/node-h ({row['net_cpu_s_per_node_hour']:.2f} net of idle), "
+              f"decision p50 {row['decision_ms_p50']} ms p99 {row['decision_ms_p99']} ms, max lag {row['max_lag']} "
+              f"(growth x{row['lag_growth']}); CPU {row['control_us_per_sample']} us/sample (control), "
+              f"{row['workflow_us_per_signal']} us/signal (workflow); "
+              f"CPU share {row['cpu_share']}", flush=True)
+    per_node = [s["net_cpu_s_per_node_hour"] for s in scales]
     growth = round(per_node[-1] / per_node[0], 2) if len(per_node) > 1 and per_node[0] else None
-    print(f"control-plane CPU per node-hour, largest scale / smallest: {growth} (flat = 1.0)")
-    progress("worker overhead: inference alone, then the whole worker")
-    overhead = worker_overhead(args.worker_seconds, args.worker_rate)
-    print(f"worker: {overhead['cpu_s_worker']} CPU s with everything vs {overhead['cpu_s_inference_only']} inference "
-          f"alone -> overhead {overhead['worker_overhead_fraction']}")
-    emit_result({"scales": scales, "cpu_per_node_hour_growth": growth, "window_event_s": args.window,
-                 "speed": args.speed, "run_every_s": args.run_every, **overhead,
+    print(f"control-plane CPU per node-hour net of idle, largest scale / smallest: {growth} (flat = 1.0)")
+    overhead = {}
+    if args.worker_seconds > 0:
+        progress("worker overhead: inference alone, then the whole worker")
+        overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo)
+        print(f"worker: {overhead['cpu_s_worker']} CPU s for {overhead['served_worker']} requests with everything vs "
+              f"{overhead['cpu_s_inference_only']} for {overhead['served_inference_only']} inference alone -> overhead "
+              f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core)")
+    emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
+                 "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
+                 "partitions": args.partitions, "flow_args": args.flow_arg, **overhead,
                  "targets": {"decision_ms_p99": 100, "worker_overhead_fraction": 0.02}})
     return 0
 

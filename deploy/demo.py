@@ -9,6 +9,12 @@ variant, precision, throughput and last decision. It ends by itself and writes
 ``summary.json`` (throughput per phase, each adaptation's latency, requests
 served and dropped, swaps, accuracy of every variant used).
 
+What it runs is an AdaptiveWorkflow resource: ``deploy/examples/demo.yaml`` by
+default, another one with ``--spec FILE``. Its constraints and adaptation
+settings drive the policy (the control flow's and the nodes' local one); the
+demo replaces its Kafka address with the embedded broker's and divides its
+cool-downs by ``--speed``.
+
 ``--policy rli`` lets the learned agent decide instead of the rules. Its
 trade-off only shows under a load some variants cannot serve, so by default
 the rli demo first measures what each variant serves on this machine and offers
@@ -37,6 +43,7 @@ from morph.agent import RliConfig
 from morph.ladder import VARIANTS
 from morph.policy import PolicyConfig
 
+DEMO_SPEC = Path(__file__).with_name("examples") / "demo.yaml"
 SCENARIO_S = 150.0          # length of the thermal event, in scenario seconds
 RUN_S = 165.0               # scenario seconds the demo runs (recovery ends by ~140 s)
 #: Phases of the thermal event as fractions of its length (see edge.thermal).
@@ -301,43 +308,67 @@ def plot(monitor: Monitor, histories: dict, summary: dict, path: Path, start_ms:
     plt.close(fig)
 
 
+def demo_flow_spec(workflow, bootstrap: str, speed: float, zoo_root, signing_key: Path | None,
+                   policy_kind: str | None = None):
+    """The control flow's `FlowSpec` from the resource, on the demo's broker and clock; and the policy it runs.
+
+    ``policy_kind`` (rules or rli) overrides the resource's ``adaptation.policy``."""
+    from dataclasses import replace
+
+    spec = workflow.flow_spec("control")
+    policy = PolicyConfig(**spec.policy).scaled(speed)
+    timing = {k: getattr(policy, k) for k in ("cooldown_s", "recover_cooldown_s", "pending_timeout_s",
+                                              "fallback_hold_s")}
+    options = {**spec.options, **({"signing_key": str(signing_key)} if signing_key else {})}
+    if policy_kind is not None:
+        options["policy_kind"] = policy_kind if policy_kind != "rules" else None
+    if options.get("policy_kind") == "rli":  # the agent's epoch follows the scenario clock, like the cool-downs
+        options["rli_epoch_s"] = RliConfig.epoch_s / speed
+    return replace(spec, bootstrap=bootstrap, zoo_dir=str(zoo_root), start="end", policy={**spec.policy, **timing},
+                   options=options), policy
+
+
+def start_flow_process(spec, log_path: Path) -> subprocess.Popen:
+    """``spec`` in a Bytewax process of its own (one worker), as ``liquid flow run`` would run it."""
+    from flows.spec import ENV_VAR
+
+    member = {"workers": 1, "process_id": None, "addresses": None, "recovery_dir": None,
+              "snapshot_interval_s": 10.0, "backup_interval_s": 0.0, "metrics_port": None}
+    return subprocess.Popen([sys.executable, "-m", "deploy.flowrun", json.dumps(member)],
+                            stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", ENV_VAR: spec.to_json()})
+
+
 def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_dir=None, say=print,
              live: bool = True, stop: threading.Event | None = None, signing: bool = True,
-             policy_kind: str = "rules") -> dict:
+             spec_path: Path = DEMO_SPEC, policy_kind: str | None = None) -> dict:
     """Run the demo; ``rate`` None: 100 req/s under the rules, a calibrated load under rli (module docstring)."""
     from deploy.broker import EmbeddedBroker
     from deploy.topics import ensure_topics
+    from deploy.workflow_spec import load_workflow_spec
     from edge.worker import EdgeWorker
     from morph.zoo import build_zoo, load_manifest
-    from schemas import TopicNames
-    from schemas.kafka import KafkaSettings
 
+    workflow = load_workflow_spec(spec_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A zoo the caller names is used as it is (whatever its profile); the default one is built if missing.
     manifest = load_manifest(zoo_dir) if zoo_dir else build_zoo(progress=say)
-    policy = PolicyConfig().scaled(speed)
-    rate, capacity = (rate, None) if rate is not None else \
-        calibrate_rate(manifest, say) if policy_kind == "rli" else (100.0, None)
-    keyring = None
+    keyring = signing_key = None
     if signing:  # commands are signed by the control flow and checked by the worker
         from deploy.keys_cmd import KEYRING, PRIVATE, generate_keys
 
         generate_keys(out_dir / "keys", force=True)
-        keyring = out_dir / "keys" / KEYRING
+        keyring, signing_key = out_dir / "keys" / KEYRING, out_dir / "keys" / PRIVATE
     with EmbeddedBroker(log_path=out_dir / "broker.log") as broker:
-        settings, topics = KafkaSettings(broker.bootstrap), TopicNames()
-        ensure_topics(settings, topics.all(), partitions=2)
-        say(f"broker at {broker.bootstrap}; topics ready; starting the control flow and the worker")
-        flow_cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", "control", "--bootstrap", broker.bootstrap,
-                    "--zoo", str(manifest.root), "--start", "end"]
-        for key in ("cooldown_s", "recover_cooldown_s", "pending_timeout_s"):
-            flow_cmd += ["--policy", f"{key}={getattr(policy, key)}"]
-        if signing:
-            flow_cmd += ["--signing-key", str(out_dir / "keys" / PRIVATE)]
-        if policy_kind == "rli":  # the agent's epoch follows the scenario clock, like the rules' cooldowns
-            flow_cmd += ["--policy", "rli", "--rli-epoch", f"{RliConfig.epoch_s / speed:g}"]
-        flow = subprocess.Popen(flow_cmd, stdout=open(out_dir / "flow.log", "w"), stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        spec, policy = demo_flow_spec(workflow, broker.bootstrap, speed, manifest.root, signing_key, policy_kind)
+        policy_kind = spec.options.get("policy_kind") or "rules"
+        rate, capacity = (rate, None) if rate is not None else \
+            calibrate_rate(manifest, say) if policy_kind == "rli" else (100.0, None)
+        settings, topics = spec.kafka, spec.topic_names
+        ensure_topics(settings, topics.all(), partitions=workflow.partitions())
+        say(f"{spec_path}: AdaptiveWorkflow {workflow.name!r}, step down at {policy.hot_c:g} °C, snn at "
+            f"{policy.critical_c:g} °C, back up at {policy.recover_c:g} °C; broker at {broker.bootstrap}")
+        flow = start_flow_process(spec, out_dir / "flow.log")
         monitor = Monitor(settings, topics).start()
         worker = None
         try:
@@ -398,7 +429,7 @@ def _run(args) -> int:
 
     try:
         summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop,
-                           signing=not args.unsigned, policy_kind=args.policy)
+                           signing=not args.unsigned, spec_path=args.spec, policy_kind=args.policy)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     n1 = summary["nodes"]["edge-1"]
@@ -434,9 +465,13 @@ def register(tree) -> None:
     p.add_argument("--rate", type=float, default=None,
                    help="requests/s offered to each node (default: 100 with the rules; with --policy rli 80 %% of "
                         "the cnn's capacity, measured on this machine at the start)")
-    p.add_argument("--policy", choices=("rules", "rli"), default="rules",
-                   help="who decides: the rules (default) or the learned agent (rli)")
+    p.add_argument("--policy", choices=("rules", "rli"),
+                   help="who decides: the rules or the learned agent (rli); default: the resource's "
+                        "adaptation.policy (rules in the shipped demo)")
     p.add_argument("--zoo", help="model zoo directory, used as it is (default: the built-in cache, built if missing)")
+    p.add_argument("--spec", type=Path, default=DEMO_SPEC, metavar="FILE",
+                   help="the AdaptiveWorkflow resource to run: its constraints and adaptation settings drive the "
+                        "policy (default: the shipped deploy/examples/demo.yaml)")
     p.add_argument("--unsigned", action="store_true",
                    help="commands unsigned (default: the control flow signs them with a key made in OUT/keys, "
                         "and the worker rejects any command that does not verify)")

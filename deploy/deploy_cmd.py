@@ -81,7 +81,7 @@ def apply(wf: AdaptiveWorkflow, state_dir: Path, say=print) -> dict:
     path = _state_path(state_dir, wf.name)
     state = json.loads(path.read_text()) if path.exists() else {"flows": {}}
     control = wf.flow_spec("control")
-    ensure_topics(control.kafka, control.topic_names.all(), partitions=wf.spec.get("topics", {}).get("partitions", 4))
+    ensure_topics(control.kafka, control.topic_names.all(), partitions=wf.partitions())
     if control.registry_url:
         from schemas.registry import register_all
 

@@ -253,8 +253,8 @@ def register(tree) -> None:
 
 
 if __name__ == "__main__":
-    # One process of a local cluster spawned by `_spawn_local_cluster`: the spec comes in the
-    # environment, this member's place in the cluster as JSON in argv[1].
+    # A flow process spawned with its spec in the environment and its place in the cluster as JSON
+    # in argv[1]: a member of a local cluster (`_spawn_local_cluster`), or the demo's control flow.
     member = json.loads(sys.argv[1])
     recovery = member.pop("recovery_dir")
     sys.exit(run_flow(FlowSpec.from_env(), recovery_dir=Path(recovery) if recovery else None, **member))

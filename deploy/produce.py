@@ -9,6 +9,7 @@ closing the loop, unless ``--open-loop`` is given.
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 
@@ -22,8 +23,13 @@ from schemas.registry import codec_for
 def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, interval_s: float = 1.0,
                       speed: float = 1.0, duration_s: float | None = None, follow_commands: bool = True,
                       start_ms: int | None = None, seed: int = 0, progress=None, stop=None,
-                      varied: bool = False, codec=None) -> dict:
+                      varied: bool = False, codec=None, staggered: bool = False) -> dict:
     """Run the fleet; returns counts. ``stop`` is an optional threading.Event.
+
+    By default every node samples at the same instant of each interval (a burst of
+    ``len(nodes)`` samples per tick). With ``staggered`` each node samples at its own
+    phase within the interval, drawn from its id and ``seed``, as independent nodes'
+    clocks do: the same rate, spread over the interval instead of in one burst.
 
     With ``varied`` each node gets its own `edge.fleet.NodeProfile` (air, fan, power cap) drawn from
     its id and ``seed``; otherwise every node is the nominal one. ``codec`` writes the Confluent
@@ -56,6 +62,8 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
     duration = duration_s if duration_s is not None else scenario.duration_s
     steps = int(duration / interval_s)
     t0_ms = int(time.time() * 1000) if start_ms is None else start_ms
+    phase = {n: (random.Random(f"phase-{seed}-{n}").random() if staggered else 0.0) * interval_s for n in nodes}
+    in_phase_order = sorted(fleet.values(), key=lambda node: phase[node.node_id])
     wall0 = time.monotonic()
     sent = 0
     last_report = wall0
@@ -63,9 +71,14 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
         for k in range(steps):
             if stop is not None and stop.is_set():
                 break
-            ts = t0_ms + int(k * interval_s * 1000)
-            for node in fleet.values():
-                record = node.sample(ts, interval_s)
+            for node in in_phase_order:
+                offset_s = k * interval_s + phase[node.node_id]
+                if staggered and speed > 0:
+                    wait = wall0 + offset_s / speed - time.monotonic()
+                    if wait > 0.001:
+                        producer.poll(0)
+                        time.sleep(wait)
+                record = node.sample(t0_ms + int(offset_s * 1000), interval_s)
                 produce_waiting(producer, topics.telemetry, node.node_id.encode(), codec.encode("Telemetry", record))
                 sent += 1
             producer.poll(0)

@@ -74,6 +74,9 @@ class CommandListener(threading.Thread):
             consumer.close()
             if self.producer is not None:
                 self.producer.flush(5)
+                # publish_ack is a bound method (a cycle): without this the client lives on until
+                # the garbage collector's next full pass, reconnecting to a broker that may be gone
+                self.producer = None
 
     def _wait_for_topic(self, consumer) -> dict | None:
         """The topic's partitions once the broker answers; a node may start during an outage."""

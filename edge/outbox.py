@@ -386,6 +386,9 @@ class Outbox:
             self.producer.poll(0)
             self._forget_delivered()
             self.producer.purge()  # what is not delivered stays in the file
+            # Drop the client now (librdkafka destroys it with its last reference): kept until the
+            # worker is collected, it went on reconnecting to a broker its owner had stopped.
+            self.producer = None
         with self._lock:
             self._commit_staged()
             self._db.close()

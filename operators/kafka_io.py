@@ -217,7 +217,7 @@ def kafka_input(flow, spec, codec, schema_by_topic: dict, key_field: str, step_i
     routed = op.branch(f"{step_id}_decodable", decoded, is_event)
     op.output(f"{step_id}_deadletter_out",
               op.map(f"{step_id}_dead_letter", routed.falses, dead_letter_message(spec.topic_names.deadletter)),
-              KafkaSink(kafka.brokers, None, add_config=kafka.producer_config()))
+              KafkaSink(kafka.brokers, None, add_config=kafka.sink_config()))
     return routed.trues
 
 
@@ -226,4 +226,4 @@ def kafka_output(stream, spec, codec, schema_names: tuple) -> None:
     topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
                        for name in schema_names}
     op.output("kafka_out", op.map("encode", stream, encoder(codec, topic_by_schema)),
-              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.producer_config()))
+              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.sink_config()))

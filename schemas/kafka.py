@@ -18,6 +18,12 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 #: fetch.wait.max.ms (500) adds ~100 ms per hop; 5 ms brings a hop to 2-3 ms.
 LOW_LATENCY_CONSUMER = {"fetch.wait.max.ms": "5", "fetch.min.bytes": "1"}
 
+#: A flow's sink: Bytewax's KafkaSink flushes after every output batch (so a batch is delivered
+#: before the next input, which keeps recovery at-least-once), and flush() waits out the linger
+#: first. librdkafka's default linger.ms (5) thus blocked the flow's worker ~5-6 ms per output
+#: batch; with 0 a flush is one broker round trip (~1 ms on loopback). Measured on the embedded broker.
+FLOW_SINK_PRODUCER = {"linger.ms": "0"}
+
 
 @dataclass(frozen=True)
 class KafkaSettings:
@@ -50,6 +56,10 @@ class KafkaSettings:
     def producer_config(self) -> dict:
         """A producer's settings without the bootstrap address (Bytewax's KafkaSink adds it)."""
         return self._for("producer")
+
+    def sink_config(self) -> dict:
+        """A flow sink's producer settings without the bootstrap address (`FLOW_SINK_PRODUCER`; given ones win)."""
+        return {**FLOW_SINK_PRODUCER, **self._for("producer")}
 
     def consumer_config(self) -> dict:
         """A consumer's settings without the bootstrap address (a flow's source partitions)."""

@@ -132,3 +132,11 @@ def test_the_agent_takes_the_resources_constraints():
     c = constraints_for(control)
     assert (c.max_latency_ms, c.min_accuracy, c.max_gpu_temp_c, c.max_power_w, c.critical_temp_c) == \
         (100.0, 0.9, 85.0, 250.0, 90.0)
+
+
+def test_partitions_are_as_given_or_the_default():
+    bare = example()
+    del bare["spec"]["topics"]["partitions"]
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 4
+    bare["spec"]["topics"]["partitions"] = 1
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 1

@@ -248,3 +248,61 @@ def test_a_demo_given_a_missing_zoo_says_so_in_one_line(tmp_path):
     proc = run_liquid("demo", "--zoo", tmp_path / "no-zoo", "--out", tmp_path / "out", check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "no model zoo at" in proc.stderr and "liquid zoo build" in proc.stderr
+
+
+#: librdkafka's lines when a client outlives the broker it talks to.
+CLIENT_AFTER_BROKER = ("Connection refused", "Disconnected", "Broker transport failure")
+
+
+@pytest.mark.broker
+def test_the_demo_runs_its_spec_and_stops_every_client_before_the_broker(zoo, tmp_path):
+    """A short demo on a resource that lowers the temperature limit: the limit drives the policy, and
+    nothing in the demo's process still talks to the broker once it is gone."""
+    import yaml
+
+    resource = yaml.safe_load((ROOT / "deploy" / "examples" / "demo.yaml").read_text())
+    resource["spec"]["constraints"]["max_gpu_temp_celsius"] = 80
+    spec = tmp_path / "cool.yaml"
+    spec.write_text(yaml.safe_dump(resource))
+    out = tmp_path / "demo"
+    # stdout and stderr in one stream, in the order they were written
+    proc = subprocess.run(liquid_cmd("demo", "--speed", "10", "--spec", spec, "--out", out, "--zoo", zoo.root,
+                                     "--unsigned"),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240, cwd=ROOT,
+                          env={**__import__("os").environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "step down at 80 °C, snn at 85 °C, back up at 73 °C" in proc.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    adaptations = summary["nodes"]["edge-1"]["adaptations"]
+    critical = [a for a in adaptations if a["trigger"] == "CRITICAL"]
+    recovery = [a for a in adaptations if a["trigger"] == "RECOVERY"]
+    # the default resource (85 °C) jumps at 90 °C and climbs back at 78 °C; this one 5 °C lower
+    assert critical and all(">= 85.0 °C" in a["reason"] for a in critical), adaptations
+    assert recovery and all("<= 73.0 °C" in a["reason"] for a in recovery), adaptations
+    assert "edge-1 variants:" in proc.stdout  # the summary was printed
+    # a client that outlives the broker logs these from its own threads, up to the summary and beyond
+    stray = [line for line in proc.stdout.splitlines() if any(s in line for s in CLIENT_AFTER_BROKER)]
+    assert not stray, stray
+
+
+@pytest.mark.broker
+def test_a_staggered_fleet_samples_each_node_at_its_own_phase(kafka):
+    """The scale benchmark's fleet: the same rate, each node at its own instant of each interval."""
+    from deploy.produce import produce_telemetry
+    from deploy.topics import ensure_topics
+    from edge.thermal import Scenario
+
+    topics = TopicNames(telemetry="fleet.staggered")
+    ensure_topics(kafka, [topics.telemetry], partitions=1)
+    nodes = [f"edge-{i}" for i in range(20)]
+    produce_telemetry(kafka, topics, nodes, Scenario("steady", 3), speed=20, follow_commands=False,
+                      start_ms=1_700_000_000_000, seed=3, staggered=True)
+    offsets: dict[str, list] = {}
+    for r in read_topic(kafka, topics.telemetry):
+        offsets.setdefault(r["node_id"], []).append(r["ts_ms"] - 1_700_000_000_000)
+    assert sorted(offsets) == sorted(nodes) and all(len(ts) == 3 for ts in offsets.values())
+    phases = {node: ts[0] for node, ts in offsets.items()}
+    # one sample per node per second, each node keeping its phase; the phases spread over the second
+    assert all(ts == [phases[n], phases[n] + 1000, phases[n] + 2000] for n, ts in offsets.items())
+    assert len(set(phases.values())) >= 15 and max(phases.values()) - min(phases.values()) > 500
+    assert all(0 <= p < 1000 for p in phases.values())
