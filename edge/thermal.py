@@ -98,6 +98,11 @@ class Scenario:
     base_ambient_c: float = 30.0
     power_cap_w: float = 350.0
     cycles: int = 6  # "cycles": how many hot spells in ``duration_s``
+    # thermal-event: how far the air heats, when the heating ends (fraction of the
+    # timeline; it starts at 0.08) and how much of its cooling the failing fan keeps.
+    event_rise_c: float = EVENT_AMBIENT_RISE_C
+    event_ramp_end: float = 0.25
+    event_fan: float = EVENT_FAN
 
     def at(self, t: float) -> Conditions:
         f = t / self.duration_s
@@ -113,9 +118,10 @@ class Scenario:
             # The seed's Figure 2 in two stages: hot air walks a transformer down
             # to cnn, which settles below 85 °C; then the fan fails and the
             # temperature rushes past 90 °C, which calls for the lightest variant.
-            amb = _ramp(f, 0.08, 0.25, amb, amb + EVENT_AMBIENT_RISE_C) if f < 0.6 else \
-                _ramp(f, 0.6, 0.7, amb + EVENT_AMBIENT_RISE_C, amb)
-            fan = EVENT_FAN if 0.4 <= f < 0.58 else 1.0
+            rise = self.event_rise_c
+            amb = _ramp(f, 0.08, self.event_ramp_end, amb, amb + rise) if f < 0.6 else \
+                _ramp(f, 0.6, 0.7, amb + rise, amb)
+            fan = self.event_fan if 0.4 <= f < 0.58 else 1.0
         elif self.name == "cycles":
             # Repeated hot spells (for benchmarks that need many threshold crossings in one run).
             phase = (f * self.cycles) % 1.0

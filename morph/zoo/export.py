@@ -13,7 +13,7 @@
   quantised at run time), which needs no calibration data; or static
   quantisation (`to_int8_static`: activations' ranges calibrated on training
   frames ahead of time, QOperator format, so int8 kernels run back to back
-  without re-quantising). The build uses static quantisation where the dynamic
+  without re-quantising; the first convolution and the head stay float). The build uses static quantisation where the dynamic
   model is slower than fp32 and says which it chose in the manifest.
 """
 
@@ -138,15 +138,32 @@ class _Frames:
         return None if batch is None else {INPUT: batch}
 
 
+def float_edge_layers(path: Path) -> list[str]:
+    """Names of the layers static quantisation leaves in float: the first convolution
+    (one input channel: int8 gains nothing there, and the frame's raw range is the
+    hardest to calibrate) and the classifier head (a handful of outputs, which the
+    logits' precision matters most for). Keeping the first and last layers in float is
+    the usual practice of integer-only inference (Jacob et al., 2018)."""
+    nodes = onnx.load(str(path)).graph.node
+    convs = [n.name for n in nodes if n.op_type == "Conv"]
+    heads = [n.name for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    return convs[:1] + heads[-1:]
+
+
 def to_int8_static(src: Path, dst: Path, calibration: np.ndarray) -> Path:
     """Static quantisation: int8 weights and activations, the activations' ranges
     calibrated (min/max) on ``calibration`` frames [N, H, W]; QOperator format
-    (QLinearConv, QLinearMatMul...), unsigned activations and signed weights."""
+    (QLinearConv, QLinearMatMul...), unsigned activations and signed weights;
+    the first convolution and the head stay float (`float_edge_layers`).
+
+    References: Jacob et al., "Quantization and Training of Neural Networks for
+    Efficient Integer-Arithmetic-Only Inference", 2018.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with _quiet_quantiser():
         quantize_static(str(src), str(dst), _Frames(calibration), quant_format=QuantFormat.QOperator,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
+                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=float_edge_layers(src),
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return dst
