@@ -116,3 +116,16 @@ def test_a_version_2_node_state_is_migrated_and_a_newer_one_refused():
     assert pickle.loads(pickle.dumps(restored)) == restored
     with pytest.raises(StateVersionError, match="reads 1 to 3"):
         NodeState.__new__(NodeState).__setstate__({**vars(state), "version": 4})
+
+
+def test_the_learned_agent_can_be_given_a_normalisation_arm():
+    from edge.inspection import PipelineMode
+    from morph.arms import LIGHTING, PIPELINES, ArmSet
+
+    arms = ArmSet.nominal(batches=(8,), cache=(False,), pipelines=PIPELINES + (LIGHTING,))
+    arm = arms.find("cnn", "fp32", 8, pipeline=LIGHTING)
+    assert arm.name == "cnn/fp32/b8/normalise" and arm.preprocessing == LIGHTING
+    assert arms.find("cnn", "fp32", 8).preprocessing is None
+    mode = PipelineMode()
+    mode.set(arm.pipeline)   # what the worker does with the command's pipeline field
+    assert mode.normalise and not mode.skip_preprocess
