@@ -71,9 +71,9 @@ class Recipe:
 RECIPES = {
     "transformer": Recipe(epochs=20, lr=4e-3),
     "lstm": Recipe(epochs=10, lr=8e-3),
-    "cnn": Recipe(epochs=10, lr=1e-2),
+    "cnn": Recipe(epochs=12, lr=8e-3),
     "mobilenet": Recipe(epochs=10, lr=1e-2),
-    "snn": Recipe(epochs=20, lr=1e-2),     # the cheapest to train, and the slowest to converge
+    "snn": Recipe(epochs=30, lr=1e-2),     # the cheapest to train, and the slowest to converge
 }
 
 
