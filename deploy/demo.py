@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.errors import UsageError
-from edge.thermal import MEASURED_COST_EVENT, Scenario
+from edge.thermal import Scenario
 from morph.ladder import VARIANTS
 from morph.policy import PolicyConfig
 
@@ -237,9 +237,10 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float = 100.0, zoo_dir=Non
             time.sleep(2.0)  # the flow assigns its partitions (at their end) before telemetry flows
             if flow.poll() is not None:
                 raise RuntimeError(f"the control flow exited at start: see {out_dir / 'flow.log'}")
-            # The nodes' power follows the zoo's measured cost (the worker's default), hence that event's physics.
-            event = Scenario("thermal-event", SCENARIO_S, **MEASURED_COST_EVENT)
-            worker = EdgeWorker(settings, topics, ["edge-1", "edge-2"], event,
+            # The GPU-like power profile: with the zoo's measured cost (the worker's default) and
+            # edge.thermal.MEASURED_COST_EVENT the walk holds in simulation but not yet live (see README).
+            worker = EdgeWorker(settings, topics, ["edge-1", "edge-2"], Scenario("thermal-event", SCENARIO_S),
+                                power_profile="gpu",
                                 zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0 / speed,
                                 time_scale=speed, scenarios={"edge-2": Scenario("steady", SCENARIO_S)},
                                 keyring=keyring, outbox_path=out_dir / "outbox.db", local_policy=policy)
