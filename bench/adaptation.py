@@ -9,9 +9,10 @@ scenario speed with the control flow's policy clock scaled to match. Measured:
 * reaction: first sample over the threshold -> applied, in scenario seconds (the
   hysteresis window, by design, plus the decision-to-applied latency);
 * requests dropped, and throughput retained in seconds that contain a swap;
-* each variant's accuracy as a fraction of the transformer's, and the
-  transformer's batch-1 latency as a multiple of the snn's (zoo manifest: the
-  full zoo, built first if missing).
+* each variant's accuracy as a fraction of the transformer's, the
+  transformer's batch-1 latency as a multiple of the snn's, and whether cost
+  falls strictly down the ladder at each precision (zoo manifest: the full
+  zoo, built first if missing).
 
 Baseline, same run: the broker's own produce -> consume round trip (what a
 message costs to cross Kafka once, with the same low-latency consumer settings).
@@ -189,6 +190,8 @@ def main() -> int:
         "throughput_retained": round(retained, 4) if retained else None,
         "accuracy_ratio_min": min_ratio, "accuracy_ratios": ratios,
         "latency_ratio_transformer_to_snn": latency_ratio, "accuracy_ratio_snn": round(snn.accuracy / base, 4),
+        "ladder_cost_strictly_decreasing": {p: r.get("cost_strictly_decreasing") for p, r in
+                                            zoo.info.get("ladder", {}).items() if p != "violations"},
         "zoo_profile": zoo.info.get("profile"), "zoo_task": "inspection",
         "broker_round_trip_ms_p50": round(rtt, 3),
         "ratio_decision_to_applied_p50_to_broker_rtt": round(pct(decision_ms, 0.5) / rtt, 2),
@@ -202,7 +205,8 @@ def main() -> int:
     print(f"requests served {served}, dropped {dropped}; throughput retained in swap seconds: {retained}")
     print(f"accuracy / transformer: min over fp32+fp16 {min_ratio} (target >= 0.90); snn {results['accuracy_ratio_snn']}; "
           f"{ratios}")
-    print(f"zoo ladder: transformer / snn batch-1 latency {latency_ratio}x (target >= 8)")
+    print(f"zoo ladder: transformer / snn batch-1 latency {latency_ratio}x (target >= 8); cost falls strictly at "
+          f"every rung: {results['ladder_cost_strictly_decreasing']}")
     emit_result(results)
     return 0
 

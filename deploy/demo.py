@@ -375,7 +375,10 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_d
             time.sleep(2.0)  # the flow assigns its partitions (at their end) before telemetry flows
             if flow.poll() is not None:
                 raise RuntimeError(f"the control flow exited at start: see {out_dir / 'flow.log'}")
+            # The GPU-like power profile: with the zoo's measured cost (the worker's default) and
+            # edge.thermal.MEASURED_COST_EVENT the walk holds in simulation but not yet live (see README).
             worker = EdgeWorker(settings, topics, ["edge-1", "edge-2"], Scenario("thermal-event", SCENARIO_S),
+                                power_profile="gpu",
                                 zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0 / speed,
                                 time_scale=speed, scenarios={"edge-2": Scenario("steady", SCENARIO_S)},
                                 keyring=keyring, outbox_path=out_dir / "outbox.db", local_policy=policy)

@@ -71,7 +71,7 @@ SEED_COLUMNS = ("variant (fp32)", "params", "FLOPs", "accuracy", "acc/transforme
 
 def format_seed_table(manifest, precision: str = "fp32") -> str:
     """The seed's §3.1 table, measured: one row per variant at ``precision``, with the seed's figures beside."""
-    from morph.ladder import VARIANTS
+    from morph.ladder import PRECISIONS, VARIANTS
 
     rungs = [manifest.entries[(v, precision)] for v in VARIANTS if (v, precision) in manifest]
     if not rungs:
@@ -92,13 +92,16 @@ def format_seed_table(manifest, precision: str = "fp32") -> str:
             for k, r in drift.items()))
     ladder = manifest.info.get("ladder", {})
     violations = ladder.get("violations", [])
-    own = [v for v in violations if v.startswith(f"{precision}:")]
-    lines.append(f"ladder ({precision}): " + ("not checked" if not ladder else "; ".join(own) if own else
-                                             "cost falls strictly at every rung (params, FLOPs, b1, b32, CPU) and "
-                                             "accuracy does not rise beyond noise"))
-    others = [v for v in violations if v not in own]
-    if others:
-        lines.append("other precisions: " + "; ".join(others))
+    for p in [precision] + [p for p in PRECISIONS if p != precision]:
+        own = [v.split(": ", 1)[1] for v in violations if v.startswith(f"{p}:")]
+        per = ladder.get(p)
+        lines.append(f"ladder ({p}): " + ("not checked" if per is None else "; ".join(own) if own else
+                                         "cost falls strictly at every rung (params, FLOPs, b1, b32, CPU) and "
+                                         f"accuracy does not rise beyond noise; b1 steps >= "
+                                         f"{per['min_step_ratio']['latency_ms_b1']}x"))
+    methods = [f"{e.variant} {e.notes.split(' quantisation')[0]}" for e in manifest if e.precision == "int8"]
+    if methods:
+        lines.append("int8 quantisation: " + ", ".join(methods))
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
 from morph.zoo import runtime
 from morph.zoo.data import N_CLASSES, input_shape, load_split
+from morph.zoo.lighting import normalise_illumination
 
 
 class Classifier(Protocol):
@@ -178,22 +179,32 @@ class PipelineMode:
     ``skip-preprocess`` feeds the frames to the model without the flat-field
     correction: no calibration fetch and no division, at some accuracy on
     vignetted frames (the learned agent's pipeline-modification action).
+    ``illumination-normalisation`` runs the full pipeline and then normalises
+    the frames' illumination (`morph.zoo.lighting.normalise_illumination`):
+    what wins back the accuracy the night shift's light costs.
 
     >>> mode = PipelineMode()
     >>> mode.set("skip-preprocess"); mode.skip_preprocess, mode.name
     (True, 'skip-preprocess')
+    >>> mode.set("illumination-normalisation"); mode.skip_preprocess, mode.normalise, mode.name
+    (False, True, 'illumination-normalisation')
     """
 
     skip_preprocess: bool = False
+    normalise: bool = False
+
+    MODES = ("full", "skip-preprocess", "illumination-normalisation")
 
     @property
     def name(self) -> str:
-        return "skip-preprocess" if self.skip_preprocess else "full"
+        return "skip-preprocess" if self.skip_preprocess else "illumination-normalisation" if self.normalise \
+            else "full"
 
     def set(self, name: str) -> None:
-        if name not in ("full", "skip-preprocess"):
-            raise ValueError(f"unknown pipeline mode {name!r}: full or skip-preprocess")
+        if name not in self.MODES:
+            raise ValueError(f"unknown pipeline mode {name!r}: {', '.join(self.MODES)}")
         self.skip_preprocess = name == "skip-preprocess"
+        self.normalise = name == "illumination-normalisation"
 
 
 def _ingest(costs: InspectionCosts, ctx):
@@ -297,7 +308,8 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
         frames = ctx.inputs["frames"]
         if mode.skip_preprocess:  # no flat-field: nothing fetched, nothing divided
             return {"tensor": np.clip(frames, 0.0, 1.0).astype(np.float32)}
-        return {"tensor": np.clip(frames / ctx.data("flatfield"), 0.0, 1.0).astype(np.float32)}
+        tensor = np.clip(frames / ctx.data("flatfield"), 0.0, 1.0).astype(np.float32)
+        return {"tensor": normalise_illumination(tensor) if mode.normalise else tensor}
 
     def inference(ctx):
         return {"scores": _softmax(model(ctx.inputs["tensor"]))}

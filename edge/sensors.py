@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from edge.fleet import SimulatedNode
-from edge.thermal import DEFAULT_VARIANT_POWER, Scenario
+from edge.thermal import Scenario, measured_variant_power
 
 
 class Sensor(Protocol):
@@ -59,12 +59,10 @@ class ThermalSensor:
     def for_node(cls, node_id: str, scenario: Scenario, relative_cost: dict | None = None,
                  seed: int = 0) -> "ThermalSensor":
         node = SimulatedNode(node_id, scenario, seed=seed)
+        if scenario.heat_capacity_j_per_c is not None:
+            node.thermal.c_j_per_c = scenario.heat_capacity_j_per_c
         if relative_cost:
-            # The measured cost per inference replaces the default power shares, but
-            # keeps the ladder's order and the transformer's full power.
-            power = dict(DEFAULT_VARIANT_POWER)
-            power.update({v: min(1.0, max(0.05, c)) for v, c in relative_cost.items()})
-            node.thermal.variant_power = power
+            node.thermal.variant_power = measured_variant_power(relative_cost)
         return cls(node)
 
     def read(self, dt_s: float, variant: str, precision: str, batch_size: int) -> dict:

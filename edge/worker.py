@@ -99,7 +99,7 @@ class EdgeWorker:
     def __init__(self, settings, topics, node_ids: list[str], scenario: Scenario, zoo_dir=None,
                  sensor: str = "auto", rate: float = 100.0, interval_s: float = 1.0, time_scale: float = 1.0,
                  deadline_ms: float = 250.0, scenarios: dict | None = None, seed: int = 0, log=None,
-                 power_profile: str = "default", workflow: str | None = None, workflow_runs: int | None = None,
+                 power_profile: str = "cpu", workflow: str | None = None, workflow_runs: int | None = None,
                  workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
                  local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
                  outbox_options: dict | None = None, codec: Codec | None = None, lighting=None,
@@ -108,10 +108,10 @@ class EdgeWorker:
         self.manifest = load_manifest(zoo_dir)
         self.codec = codec or Codec()  # a registry's codec writes the Confluent framing
         self.interval_s, self.time_scale = interval_s, time_scale
-        # The thermal model's power per variant: a GPU-like profile by default. The zoo's
-        # measured figures can drive it instead, but on this CPU they do not follow the
-        # ladder (batch-1 overhead makes the snn cost more CPU than the cnn): see README.
-        cost = None if power_profile == "default" else self.manifest.relative_cost(
+        # The thermal model's power per variant: the zoo's measured CPU time per inference
+        # (or FLOPs), so a node's temperature answers to the models it serves; "gpu" keeps
+        # the GPU-like profile of edge.thermal.DEFAULT_VARIANT_POWER.
+        cost = None if power_profile == "gpu" else self.manifest.relative_cost(
             {"flops": "flops", "cpu": "cpu_ms"}[power_profile])
         self.outbox_path = Path(outbox_path) if outbox_path else Path(tempfile.mkdtemp(prefix="liquid-outbox-")) / "outbox.db"
         # What each node served last, beside the outbox: a worker restarted while its node is

@@ -266,8 +266,9 @@ class RliAgent:
             "reason": f"{'critical temperature' if critical else 'learned (UCB among shielded arms)'}: "
                       f"{before.name} -> {arm.name}, predicted {predicted_c:.1f} °C",
             "evidence": self._evidence(state, sample, predicted_c),
-            # unsigned here (the control flow signs what it emits); preprocessing left as the node runs it
-            "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None, "preprocessing": None,
+            # unsigned here (the control flow signs what it emits); preprocessing: the lighting arm's stage, else left
+            "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
+            "preprocessing": arm.preprocessing,
         }
 
     def _evidence(self, state: AgentState, sample: dict, predicted_c: float) -> dict:

@@ -27,6 +27,9 @@ from edge.thermal import DEFAULT_VARIANT_LATENCY_MS, DEFAULT_VARIANT_POWER, PREC
 from morph.ladder import PRECISIONS, VARIANTS
 
 PIPELINES = ("full", "skip-preprocess")
+#: The full pipeline with its frames through illumination normalisation (the night shift's
+#: drift, `morph.zoo.lighting`): an arm the agent can be given, ``pipelines=PIPELINES + (LIGHTING,)``.
+LIGHTING = "illumination-normalisation"
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,14 @@ class Arm:
 
     @property
     def name(self) -> str:
-        extra = ("/cache" if self.cache else "") + ("/skip" if self.pipeline != "full" else "") + \
+        extra = ("/cache" if self.cache else "") + {"full": "", LIGHTING: "/normalise"}.get(self.pipeline, "/skip") + \
             ("/fallback" if self.fallback else "")
         return f"{self.variant}/{self.precision}/b{self.batch}{extra}"
+
+    @property
+    def preprocessing(self) -> str | None:
+        """The requests' preprocessing stage a command for this arm sets (None: leave it)."""
+        return LIGHTING if self.pipeline == LIGHTING else None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,12 @@ Rules, checked on every sample (event time, so a replay decides the same way):
   feature the thermal rules do not already watch: fall back to the lightest
   variant in int8. No recovery while the anomaly lasts, nor for
   ``fallback_hold_s`` after falling back;
+* **lighting** (with ``min_accuracy`` set: the workflow's) — the running
+  accuracy on labelled requests the node reports under ``min_accuracy`` on
+  ``accuracy_samples`` samples in a row, while the node serves its frames as
+  shot: switch the illumination-normalisation preprocessing stage on (the
+  night shift's drift, `morph.zoo.lighting`), same model. Thermal rules come
+  first; a lighter model would not win back accuracy lost to the light;
 * **resource score** — 0.4·temperature + 0.3·memory + 0.3·power headroom, each
   in [0,1], averaged over the window; tiers at 0.8/0.6/0.4/0.2 choose precision
   and batch size (with a margin before moving to a better tier).
@@ -51,12 +57,19 @@ from typing import ClassVar, Optional
 from morph.ladder import PRECISIONS, MorphLadder
 from schemas.state import Versioned
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+#: The preprocessing stage the lighting rule switches on (`morph.zoo.lighting.PREPROCESSING`).
+LIGHTING_STAGE = "illumination-normalisation"
 
 
 def _add_model_counters(state: dict) -> dict:
     """Version 1 -> 2: the online models' counters and the fallback hold, none set yet."""
     return {"forecast_hits": 0, "anomaly_hits": 0, "fallback": False, "fallback_since_ms": None, **state}
+
+
+def _add_accuracy_counter(state: dict) -> dict:
+    """Version 2 -> 3: the lighting rule's count of low-accuracy samples, none yet."""
+    return {"low_accuracy_hits": 0, **state}
 
 #: (minimum resource score, precision, batch size), best tier first.
 DEFAULT_TIERS = ((0.8, "fp32", 16), (0.6, "fp32", 8), (0.4, "fp16", 8), (0.2, "int8", 4), (0.0, "int8", 1))
@@ -95,6 +108,10 @@ class PolicyConfig:
     anomaly_ignore: tuple = ("gpu_temp_c", "temp_rate_c_per_s")
     #: sha256 of each (variant, precision) ONNX file, from the zoo manifest; sent in commands.
     model_sha256: tuple = ()
+    #: The workflow's minimum accuracy: under it on ``accuracy_samples`` samples in a row (the
+    #: running accuracy on labelled requests), illumination normalisation goes on. None: no lighting rule.
+    min_accuracy: Optional[float] = None
+    accuracy_samples: int = 3
 
     def __post_init__(self):
         if not (self.recover_c < self.hot_c <= self.critical_c):
@@ -127,7 +144,7 @@ class NodeState(Versioned):
     """Everything the policy remembers about one node; Bytewax snapshots it."""
 
     STATE_VERSION: ClassVar[int] = STATE_VERSION
-    MIGRATIONS: ClassVar[dict] = {1: _add_model_counters}
+    MIGRATIONS: ClassVar[dict] = {1: _add_model_counters, 2: _add_accuracy_counter}
 
     node_id: str
     version: int = STATE_VERSION
@@ -146,6 +163,7 @@ class NodeState(Versioned):
     anomaly_hits: int = 0       # consecutive samples anomalous beyond the fallback score
     fallback: bool = False
     fallback_since_ms: Optional[int] = None
+    low_accuracy_hits: int = 0  # consecutive samples whose reported accuracy is under min_accuracy
 
     @classmethod
     def new(cls, node_id: str) -> "NodeState":
@@ -222,6 +240,7 @@ class MorphPolicy:
             scores.popleft()
         self._sync_belief(state, sample, ts)
         p_hot = self._track_models(state, assessment)
+        self._track_accuracy(state, sample)
         if len(temps) < c.window:
             return None
 
@@ -266,6 +285,8 @@ class MorphPolicy:
             return self._command(state, sample, "RECOVERY", c.ladder.step_up(variant), 1.0,
                                  f"all {n} samples <= {c.recover_c} °C (max {max(temps):.1f} °C)"
                                  + ("" if since is None else f", {since:.0f} s since the last change"), assessment)
+        if state.low_accuracy_hits >= c.accuracy_samples and sample.get("preprocessing") in (None, "none"):
+            return self._lighting_command(state, sample)
         current = (state.precision, state.batch_size)
         tier = self.tier_for(sum(scores) / n, current)
         # A worse tier after the ordinary cool-down; a better one only after the recovery cool-down.
@@ -289,6 +310,25 @@ class MorphPolicy:
         state.anomaly_hits = state.anomaly_hits + 1 if driven else 0
         return p_hot
 
+    def _track_accuracy(self, state: NodeState, sample: dict) -> None:
+        """Count consecutive samples whose running accuracy (labelled requests) is under ``min_accuracy``."""
+        floor, accuracy = self.config.min_accuracy, sample.get("accuracy")
+        low = floor is not None and accuracy is not None and accuracy < floor
+        state.low_accuracy_hits = state.low_accuracy_hits + 1 if low else 0
+
+    def _lighting_command(self, state: NodeState, sample: dict) -> Optional[dict]:
+        """The same model, its requests through illumination normalisation (the lighting rule)."""
+        hits, floor = state.low_accuracy_hits, self.config.min_accuracy
+        state.low_accuracy_hits = 0
+        why = (f"accuracy {sample['accuracy']:.2f} < min_accuracy {floor:.2f} on {hits} samples while "
+               f"serving frames as shot (lighting drift)")
+        record = self._command(state, sample, "THRESHOLD", state.variant, 1.0, why,
+                               precision=state.precision, batch=state.batch_size, changes_stage=True)
+        if record is not None:
+            record["preprocessing"] = LIGHTING_STAGE
+            record["reason"] = f"{why}: {LIGHTING_STAGE} on, {state.variant}/{state.precision} kept"
+        return record
+
     def _sync_belief(self, state: NodeState, sample: dict, ts: int) -> None:
         reported = (sample["variant"], sample["precision"], sample["batch_size"])
         pending = state.pending
@@ -302,13 +342,15 @@ class MorphPolicy:
         state.variant, state.precision, state.batch_size = reported
 
     def _command(self, state: NodeState, sample: dict, trigger: str, to_variant: str,
-                 violation: float, why: str, assessment=None, precision: str | None = None) -> Optional[dict]:
+                 violation: float, why: str, assessment=None, precision: str | None = None,
+                 batch: int | None = None, changes_stage: bool = False) -> Optional[dict]:
         c = self.config
         n = len(state.temps)
         mean_score = sum(state.scores) / n
-        tier_precision, batch = self.tier_for(mean_score, (state.precision, state.batch_size))
-        precision = precision or tier_precision
-        if to_variant == state.variant and (precision, batch) == (state.precision, state.batch_size):
+        tier_precision, tier_batch = self.tier_for(mean_score, (state.precision, state.batch_size))
+        precision, batch = precision or tier_precision, batch or tier_batch
+        if not changes_stage and to_variant == state.variant and (precision, batch) == (state.precision,
+                                                                                           state.batch_size):
             return None
         ts = sample["ts_ms"]
         state.decisions += 1

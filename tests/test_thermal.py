@@ -55,3 +55,53 @@ def test_scenarios_return_to_normal(name):
 def test_unknown_scenario():
     with pytest.raises(ValueError, match="unknown scenario"):
         Scenario("volcano").at(1)
+
+
+def test_measured_power_follows_the_zoo_and_keeps_the_ladder_order(zoo):
+    from edge.thermal import MIN_POWER_SHARE, measured_variant_power
+    from morph.ladder import VARIANTS
+
+    power = measured_variant_power(zoo.relative_cost("cpu_ms"))
+    shares = [power[v] for v in VARIANTS]
+    assert shares[0] == 1.0 and shares == sorted(shares, reverse=True)
+    assert all(MIN_POWER_SHARE <= s <= 1.0 for s in shares)
+
+
+def _walk(shares: dict, seed: int, delay: int) -> tuple[list, list]:
+    """The demo's node (measured-cost power, its thermal event) under the rules, a command
+    applied ``delay`` samples after it was decided; the variants it walks and the triggers."""
+    from edge.fleet import SimulatedNode
+    from edge.thermal import MEASURED_COST_EVENT
+    from morph.policy import MorphPolicy, NodeState, PolicyConfig
+
+    event = Scenario("thermal-event", duration_s=150, **MEASURED_COST_EVENT)
+    node = SimulatedNode("n1", event, seed=seed)
+    node.thermal.variant_power, node.thermal.c_j_per_c = shares, event.heat_capacity_j_per_c
+    policy, state = MorphPolicy(PolicyConfig()), NodeState.new("n1")
+    seq, triggers, queue = ["transformer"], [], []
+    for t in range(165):
+        sample = node.sample(t * 1000, 1.0)
+        while queue and queue[0][0] <= t:
+            node.apply(queue.pop(0)[1])
+        cmd = policy.decide(state, sample)
+        if cmd:
+            queue.append((t + delay, cmd))
+            if cmd["to_variant"] != seq[-1]:
+                seq.append(cmd["to_variant"])
+                triggers.append(cmd["trigger"])
+    return seq, triggers
+
+
+def test_measured_cost_node_walks_figure_2(zoo):
+    """With the zoo's own cost as power, the demo's event still walks the seed's Figure 2:
+    down to cnn at 85 °C, straight to snn at 90 °C, back up to the transformer; for every
+    noise seed and a command applied at once, one or two samples late."""
+    from edge.thermal import measured_variant_power
+
+    shares = measured_variant_power(zoo.relative_cost("cpu_ms"))
+    for seed in range(5):
+        for delay in (0, 1, 2):
+            seq, triggers = _walk(shares, seed, delay)
+            assert seq[:4] == ["transformer", "lstm", "cnn", "snn"], (seed, delay, seq, shares)
+            assert triggers[:3] == ["THRESHOLD", "THRESHOLD", "CRITICAL"], (seed, delay, triggers)
+            assert seq[-1] == "transformer" and triggers[-1] == "RECOVERY", (seed, delay, seq)

@@ -57,3 +57,75 @@ def test_normalisation_is_per_frame_and_keeps_the_shape():
     out = normalise_illumination(frames)
     assert out.shape == frames.shape and out.dtype == frames.dtype
     assert (normalise_illumination(frames[:1]) == out[:1]).all()
+
+
+def _feed(policy, state, accuracies, preprocessing=None, temp_c=70.0):
+    """One telemetry sample a second from a node (cnn at first) that follows every command at once;
+    returns the commands that switched a preprocessing stage, with the second they came."""
+    cmds, serving = [], {"variant": "cnn", "precision": "fp32", "batch_size": 16}
+    for i, accuracy in enumerate(accuracies):
+        sample = {"node_id": "n1", "ts_ms": i * 1000, "gpu_temp_c": temp_c, "mem_used_frac": 0.4, "power_w": 150.0,
+                  "power_cap_w": 350.0, **serving, "accuracy": accuracy, "preprocessing": preprocessing}
+        cmd = policy.decide(state, sample)
+        if cmd is not None:
+            serving = {"variant": cmd["to_variant"], "precision": cmd["to_precision"], "batch_size": cmd["batch_size"]}
+            if cmd["preprocessing"] is not None or cmd["trigger"] == "CRITICAL":
+                cmds.append((i, cmd))
+            preprocessing = cmd["preprocessing"] or preprocessing
+    return cmds
+
+
+def test_the_rules_switch_normalisation_on_when_accuracy_stays_under_the_workflows_minimum():
+    from morph.policy import LIGHTING_STAGE, MorphPolicy, NodeState, PolicyConfig
+
+    policy = MorphPolicy(PolicyConfig(min_accuracy=0.8))
+    # Day (0.92), a noisy dip of two samples (no action), then the night (0.55) for good.
+    cmds = _feed(policy, NodeState.new("n1"), [0.92] * 8 + [0.7, 0.7, 0.9] + [0.55] * 10)
+    assert len(cmds) == 1, cmds
+    second, cmd = cmds[0]
+    assert second == 13   # the third night sample in a row
+    assert cmd["preprocessing"] == LIGHTING_STAGE
+    assert (cmd["to_variant"], cmd["to_precision"]) == (cmd["from_variant"], cmd["from_precision"])  # same model
+    assert "accuracy 0.55 < min_accuracy 0.80" in cmd["reason"]
+    # Already normalising, or no minimum given, or no labelled requests: nothing to do.
+    assert _feed(policy, NodeState.new("n1"), [0.55] * 12, preprocessing=LIGHTING_STAGE) == []
+    assert _feed(MorphPolicy(PolicyConfig()), NodeState.new("n1"), [0.55] * 12) == []
+    assert _feed(policy, NodeState.new("n1"), [None] * 12) == []
+
+
+def test_heat_comes_before_light():
+    from morph.policy import MorphPolicy, NodeState, PolicyConfig
+
+    cmds = _feed(MorphPolicy(PolicyConfig(min_accuracy=0.8)), NodeState.new("n1"), [0.5] * 8, temp_c=91.0)
+    assert cmds[0][1]["trigger"] == "CRITICAL" and cmds[0][1]["preprocessing"] is None
+
+
+def test_a_version_2_node_state_is_migrated_and_a_newer_one_refused():
+    import pickle
+
+    from morph.policy import NodeState
+    from schemas.state import StateVersionError
+
+    state = NodeState.new("n1")
+    state.decisions = 4
+    v2 = {k: v for k, v in vars(state).items() if k != "low_accuracy_hits"}
+    v2["version"] = 2
+    restored = NodeState.__new__(NodeState)
+    restored.__setstate__(v2)
+    assert (restored.version, restored.low_accuracy_hits, restored.decisions) == (3, 0, 4)
+    assert pickle.loads(pickle.dumps(restored)) == restored
+    with pytest.raises(StateVersionError, match="reads 1 to 3"):
+        NodeState.__new__(NodeState).__setstate__({**vars(state), "version": 4})
+
+
+def test_the_learned_agent_can_be_given_a_normalisation_arm():
+    from edge.inspection import PipelineMode
+    from morph.arms import LIGHTING, PIPELINES, ArmSet
+
+    arms = ArmSet.nominal(batches=(8,), cache=(False,), pipelines=PIPELINES + (LIGHTING,))
+    arm = arms.find("cnn", "fp32", 8, pipeline=LIGHTING)
+    assert arm.name == "cnn/fp32/b8/normalise" and arm.preprocessing == LIGHTING
+    assert arms.find("cnn", "fp32", 8).preprocessing is None
+    mode = PipelineMode()
+    mode.set(arm.pipeline)   # what the worker does with the command's pipeline field
+    assert mode.normalise and not mode.skip_preprocess
