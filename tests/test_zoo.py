@@ -119,11 +119,17 @@ def test_exported_models_agree_with_their_torch_originals_per_precision(zoo):
     rounding error away from the threshold spikes in one runtime and not in the
     other, so it is held to agreement on the predicted class only."""
     # int8: 0.94 or more on the full zoo; the reduced zoo's undertrained students have near-tied logits.
-    tolerance = {"fp32": (1e-3, 0.995), "fp16": (0.1, 0.98), "int8": (None, 0.85)}
+    # fp16 keeps ~3 significant digits, so its error is bounded relative to the logits' scale
+    # (1 % of the largest |logit|, measured on the fp32 export, which matches torch to 1e-3).
+    tolerance = {"fp32": (1e-3, 0.995), "fp16": (0.01, 0.98), "int8": (None, 0.85)}
+    split = load_split("test", zoo.task)
+    scale = {v: float(np.abs(runtime.logits(runtime.open_session(zoo.model_path(v, "fp32")), split.x)).max())
+             for v in VARIANTS}
     for e in zoo:
         max_diff, agreement = tolerance[e.precision]
         if max_diff is not None and e.variant != "snn":
-            assert e.torch_max_abs_diff <= max_diff, (e.variant, e.precision, e.torch_max_abs_diff)
+            bound = max_diff * scale[e.variant] if e.precision == "fp16" else max_diff
+            assert e.torch_max_abs_diff <= bound, (e.variant, e.precision, e.torch_max_abs_diff, bound)
         assert e.torch_agreement >= agreement, (e.variant, e.precision, e.torch_agreement)
 
 

@@ -36,7 +36,9 @@ def test_distilling_the_teachers_logits_improves_a_student_over_training_it_alon
     test = load_split("test", InspectionTask(test=500))
     targets = teacher_targets(teacher, train)
     gains = {}
-    for variant, epochs in (("lstm", 5), ("snn", 12)):
+    # The lstm's convolutional front needs ~10 epochs to leave chance on 1500 frames: at 5 both
+    # of its runs are still near chance, and noise decides which one is ahead.
+    for variant, epochs in (("lstm", 10), ("snn", 12)):
         recipe = Recipe(epochs=epochs, lr=1e-2)
         for seed in (1, 2):
             torch.manual_seed(seed)
