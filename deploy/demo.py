@@ -320,8 +320,10 @@ def demo_flow_spec(workflow, bootstrap: str, speed: float, zoo_root, signing_key
     timing = {k: getattr(policy, k) for k in ("cooldown_s", "recover_cooldown_s", "pending_timeout_s",
                                               "fallback_hold_s")}
     options = {**spec.options, **({"signing_key": str(signing_key)} if signing_key else {})}
-    if policy_kind is not None:
-        options["policy_kind"] = policy_kind if policy_kind != "rules" else None
+    if policy_kind == "rli":
+        options["policy_kind"] = "rli"
+    elif policy_kind == "rules":  # the flows' default: no option at all
+        options.pop("policy_kind", None)
     if options.get("policy_kind") == "rli":  # the agent's epoch follows the scenario clock, like the cool-downs
         options["rli_epoch_s"] = RliConfig.epoch_s / speed
     return replace(spec, bootstrap=bootstrap, zoo_dir=str(zoo_root), start="end", policy={**spec.policy, **timing},

@@ -29,3 +29,23 @@ def test_the_rli_demo_offers_a_calibrated_load_and_reports_what_the_policies_are
     assert "policy rli" in proc.stdout and "J/inf" in proc.stdout
     png = (out / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 40_000
+
+
+def test_demo_policy_overrides_the_resource_and_the_agents_epoch_follows_the_demo_clock():
+    from dataclasses import replace
+
+    from deploy.demo import DEMO_SPEC, demo_flow_spec
+    from deploy.workflow_spec import load_workflow_spec
+    from morph.agent import RliConfig
+    from operators.from_spec import agent_for, policy_kind
+
+    resource = load_workflow_spec(DEMO_SPEC)                                  # adaptation.policy: rules
+    for asked, expected in ((None, "rules"), ("rules", "rules"), ("rli", "rli")):
+        spec, _ = demo_flow_spec(resource, "127.0.0.1:1", 5.0, "/nonexistent-zoo", None, asked)
+        assert policy_kind(spec) == expected
+    spec, policy = demo_flow_spec(resource, "127.0.0.1:1", 5.0, "/nonexistent-zoo", None, "rli")
+    assert spec.options["rli_epoch_s"] == pytest.approx(RliConfig.epoch_s / 5.0)
+    rules_at_speed_1, _ = demo_flow_spec(resource, "127.0.0.1:1", 1.0, "/nonexistent-zoo", None, "rli")
+    assert spec.policy["cooldown_s"] < rules_at_speed_1.policy["cooldown_s"]   # both clocks scale alike
+    agent = agent_for(replace(spec, zoo_dir=None))   # the built zoo's arms, or nominal ones without it
+    assert agent.config.epoch_s == pytest.approx(RliConfig.epoch_s / 5.0)
