@@ -150,6 +150,8 @@ def _run(args) -> int:
     else:
         spec = spec_from_args(args.flow, args)
     flow_module(spec.name)
+    if getattr(args, "rli_epoch", None) is not None and args.rli_epoch <= 0:
+        raise UsageError("--rli-epoch must be positive (seconds of event time between the agent's decisions)")
     if spec.name == "sync" and not spec.options.get("store"):
         raise UsageError("the sync flow needs --store PATH|DSN: the central store of execution records")
     inputs = FLOW_INPUTS[spec.name] + (("experience",) if spec.options.get("policy_kind") == "rli"
