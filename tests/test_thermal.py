@@ -92,15 +92,16 @@ def _walk(shares: dict, seed: int, delay: int) -> tuple[list, list]:
     return seq, triggers
 
 
-def test_measured_cost_node_walks_figure_2(zoo):
-    """With the zoo's own cost as power, the demo's event walks the seed's Figure 2: a step down
-    at 85 °C, the jump to snn at 90 °C, back up to the transformer; for every noise seed and a
-    command applied at once, one or two samples late.
+def test_the_rules_keep_a_measured_cost_node_through_the_demos_event(zoo):
+    """With the zoo's own cost as power, the rules act on the demo's event: the first step down
+    leaves the transformer at 85 °C, every 90 °C jump lands on the snn, and the node ends back on
+    the transformer once the event is over; for every noise seed and a command applied at once,
+    one or two samples late.
 
-    Whether the second step (lstm → cnn) comes before the 90 °C jump depends on the measured
-    lstm/transformer cost ratio: with the full zoo's shares it does for every seed here; with a
-    reduced zoo measured at 0.34 one noise seed jumps from the lstm straight to the snn, so the
-    test holds the rules' own sequence, not that step."""
+    The exact Figure-2 walk (lstm, cnn, then the jump) is not asserted: it depends on the cost
+    ratios measured on the machine that built the zoo. On the full zoo's shares it holds for every
+    seed here; on reduced zoos built on other runs one seed jumped from the lstm straight to the
+    snn, or recovered to the lstm before the jump. That is why the demo keeps the GPU-like profile."""
     from edge.thermal import measured_variant_power
 
     shares = measured_variant_power(zoo.relative_cost("cpu_ms"))
@@ -108,6 +109,5 @@ def test_measured_cost_node_walks_figure_2(zoo):
         for delay in (0, 1, 2):
             seq, triggers = _walk(shares, seed, delay)
             assert seq[:2] == ["transformer", "lstm"] and triggers[0] == "THRESHOLD", (seed, delay, seq)
-            critical = triggers.index("CRITICAL")
-            assert seq[critical + 1] == "snn" and set(triggers[:critical]) == {"THRESHOLD"}, (seed, delay, seq)
-            assert seq[-1] == "transformer" and set(triggers[critical + 1:]) == {"RECOVERY"}, (seed, delay, seq)
+            assert all(seq[k + 1] == "snn" for k, t in enumerate(triggers) if t == "CRITICAL"), (seed, delay, seq)
+            assert seq[-1] == "transformer" and triggers[-1] == "RECOVERY", (seed, delay, seq)
