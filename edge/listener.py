@@ -90,14 +90,19 @@ class CommandListener(threading.Thread):
             self._halt.wait(0.5)
         return None
 
-    def _handle(self, raw: bytes) -> None:
+    def _own_record(self, raw: bytes, what: str) -> dict | None:
+        """The decoded record when it is addressed to one of this listener's nodes, else None."""
         try:
-            command = self.codec.decode(raw, expect=self.schema_name).record
+            record = self.codec.decode(raw, expect=self.schema_name).record
         except DecodeError as err:
             self.undecodable += 1
-            print(f"liquid: ignoring an undecodable command: {err}", file=sys.stderr)
-            return
-        if command["node_id"] not in self.nodes:
+            print(f"liquid: ignoring an undecodable {what}: {err}", file=sys.stderr)
+            return None
+        return record if record["node_id"] in self.nodes else None
+
+    def _handle(self, raw: bytes) -> None:
+        command = self._own_record(raw, "command")
+        if command is None:
             return
         if self.on_contact is not None:
             self.on_contact()

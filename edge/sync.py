@@ -33,12 +33,10 @@ True
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
 from edge.listener import CommandListener
-from schemas.codec import DecodeError
 
 
 def sync_record_id(entity: str, entity_id: str, edge_version: int) -> str:
@@ -171,13 +169,8 @@ class SyncOutcomeListener(CommandListener):
         self.kind = "SYNC"
 
     def _handle(self, raw: bytes) -> None:
-        try:
-            outcome = self.codec.decode(raw, expect="SyncOutcome").record
-        except DecodeError as err:
-            self.undecodable += 1
-            print(f"liquid: ignoring an undecodable sync outcome: {err}", file=sys.stderr)
-            return
-        if outcome["node_id"] not in self.nodes:
+        outcome = self._own_record(raw, "sync outcome")
+        if outcome is None:
             return
         if self.verify is not None and self.verify(outcome, self.kind) is not None:
             self.rejected += 1
