@@ -7,10 +7,22 @@ Rules, checked on every sample (event time, so a replay decides the same way):
   A safety rule, so its debounce is shorter than the window's;
 * **threshold** — at least ``sustain_fraction`` of the window at or above
   ``hot_c`` (85 °C) and ``cooldown_s`` since the last change: one rung down;
-* **recovery** — the whole window at or below ``recover_c`` and
-  ``recover_cooldown_s`` since the last change: one rung up. The gap between
-  ``hot_c`` and ``recover_c`` is the hysteresis band that stops a node from
-  oscillating around a threshold;
+* **recovery** — the whole window at or below ``recover_c``,
+  ``recover_cooldown_s`` since the last change, and the step up expected to
+  stay under ``hot_c``: one rung up. The gap between ``hot_c`` and
+  ``recover_c`` is the hysteresis band that stops a node from oscillating
+  around a threshold. A band of fixed width is not enough where one rung
+  carries much of the power (a CPU running the zoo's models: the lstm draws a
+  third of the transformer's dynamic power, so a step down cools the node by
+  far more than 7 °C even while the air keeps heating). So the policy watches
+  what each step down did: the fall from the window's peak to the lowest
+  reading within ``recover_cooldown_s`` of the node serving the lighter
+  variant (`StepDownWatch`; a jump's fall is shared evenly by the rungs it
+  skipped). Stepping back up is expected to undo that fall, and is held while
+  the window's maximum plus that fall reaches ``hot_c``.
+  The estimate is the node's own response, not a power model; a fall measured
+  while the air cooled overstates the rise (recovery waits longer), one while
+  the air heated understates it;
 * **forecast** (with the online models on) — the temperature forecast puts the
   node at or above ``hot_c`` within ``forecast_horizon_s`` with probability at
   least ``forecast_confidence``, on ``forecast_samples`` samples in a row: one
@@ -57,7 +69,7 @@ from typing import ClassVar, Optional
 from morph.ladder import PRECISIONS, MorphLadder
 from schemas.state import Versioned
 
-STATE_VERSION = 3
+STATE_VERSION = 4
 #: The preprocessing stage the lighting rule switches on (`morph.zoo.lighting.PREPROCESSING`).
 LIGHTING_STAGE = "illumination-normalisation"
 
@@ -70,6 +82,11 @@ def _add_model_counters(state: dict) -> dict:
 def _add_accuracy_counter(state: dict) -> dict:
     """Version 2 -> 3: the lighting rule's count of low-accuracy samples, none yet."""
     return {"low_accuracy_hits": 0, **state}
+
+
+def _add_step_down_watch(state: dict) -> dict:
+    """Version 3 -> 4: the recovery guard's memory of what each step down did, nothing watched yet."""
+    return {"rung_rise_c": {}, "step_down_watch": None, **state}
 
 #: (minimum resource score, precision, batch size), best tier first.
 DEFAULT_TIERS = ((0.8, "fp32", 16), (0.6, "fp32", 8), (0.4, "fp16", 8), (0.2, "int8", 4), (0.0, "int8", 1))
@@ -140,11 +157,27 @@ class Pending:
 
 
 @dataclass
+class StepDownWatch:
+    """One step down being watched: the variant left, the one stepped to, the hottest reading
+    before the node served it, the coolest since, and when the node first reported serving it."""
+
+    left: str
+    to: str
+    peak_c: float
+    trough_c: Optional[float] = None
+    serving_since_ms: Optional[int] = None
+
+    def fall_c(self) -> Optional[float]:
+        """The fall so far (None until the node serves the lighter variant)."""
+        return None if self.trough_c is None else max(0.0, self.peak_c - self.trough_c)
+
+
+@dataclass
 class NodeState(Versioned):
     """Everything the policy remembers about one node; Bytewax snapshots it."""
 
     STATE_VERSION: ClassVar[int] = STATE_VERSION
-    MIGRATIONS: ClassVar[dict] = {1: _add_model_counters, 2: _add_accuracy_counter}
+    MIGRATIONS: ClassVar[dict] = {1: _add_model_counters, 2: _add_accuracy_counter, 3: _add_step_down_watch}
 
     node_id: str
     version: int = STATE_VERSION
@@ -164,6 +197,10 @@ class NodeState(Versioned):
     fallback: bool = False
     fallback_since_ms: Optional[int] = None
     low_accuracy_hits: int = 0  # consecutive samples whose reported accuracy is under min_accuracy
+    #: Per variant: how far the node's temperature fell the last time it stepped down from it
+    #: (what stepping back up to it is expected to add).
+    rung_rise_c: dict = field(default_factory=dict)
+    step_down_watch: Optional[StepDownWatch] = None
 
     @classmethod
     def new(cls, node_id: str) -> "NodeState":
@@ -239,6 +276,7 @@ class MorphPolicy:
             temps.popleft()
             scores.popleft()
         self._sync_belief(state, sample, ts)
+        self._watch_step_down(state, sample)
         p_hot = self._track_models(state, assessment)
         self._track_accuracy(state, sample)
         if len(temps) < c.window:
@@ -281,10 +319,17 @@ class MorphPolicy:
         held = state.fallback and (ts - state.fallback_since_ms) / 1000.0 < c.fallback_hold_s
         if rung > 0 and hot == 0.0 and max(temps) <= c.recover_c and state.anomaly_hits == 0 and not held \
                 and (since is None or since >= c.recover_cooldown_s):
+            up = c.ladder.step_up(variant)
+            rise = self._expected_rise(state, up)
+            if rise is not None and max(temps) + rise >= c.hot_c:
+                return None  # stepping up would undo the step down: hold until the node is cooler
             state.fallback = False
-            return self._command(state, sample, "RECOVERY", c.ladder.step_up(variant), 1.0,
+            state.rung_rise_c.pop(up, None)  # used once: the next step down from it measures afresh
+            expected = "" if rise is None else f", +{rise:.1f} °C expected from stepping up"
+            return self._command(state, sample, "RECOVERY", up, 1.0,
                                  f"all {n} samples <= {c.recover_c} °C (max {max(temps):.1f} °C)"
-                                 + ("" if since is None else f", {since:.0f} s since the last change"), assessment)
+                                 + ("" if since is None else f", {since:.0f} s since the last change")
+                                 + expected, assessment)
         if state.low_accuracy_hits >= c.accuracy_samples and sample.get("preprocessing") in (None, "none"):
             return self._lighting_command(state, sample)
         current = (state.precision, state.batch_size)
@@ -295,6 +340,44 @@ class MorphPolicy:
             return self._command(state, sample, "RESOURCE_SCORE", variant, hot,
                                  f"mean resource score {sum(scores) / n:.2f} over {n} samples", assessment)
         return None
+
+    def _watch_step_down(self, state: NodeState, sample: dict) -> None:
+        """Follow the last step down: its peak until the node serves the lighter variant, then its
+        lowest reading for ``recover_cooldown_s``; then remember the fall for the variant it left."""
+        watch = state.step_down_watch
+        if watch is None:
+            return
+        temp, ts = sample["gpu_temp_c"], sample["ts_ms"]
+        if watch.serving_since_ms is None:
+            if sample["variant"] != watch.to:
+                watch.peak_c = max(watch.peak_c, temp)
+                return
+            watch.serving_since_ms, watch.trough_c = ts, temp
+        watch.trough_c = min(watch.trough_c, temp)
+        if ts - watch.serving_since_ms >= self.config.recover_cooldown_s * 1000:
+            self._remember_fall(state, watch)
+            state.step_down_watch = None
+
+    def _left_behind(self, watch: StepDownWatch) -> list[str]:
+        """The variants a step down left: the one it came from and any a jump skipped."""
+        variants = self.config.ladder.variants
+        return list(variants[variants.index(watch.left):variants.index(watch.to)])
+
+    def _remember_fall(self, state: NodeState, watch: StepDownWatch) -> None:
+        # A jump's fall is shared evenly by the rungs it skipped: each step back up adds its share
+        # (the node never ran the skipped ones here, so nothing better is known of them).
+        left = self._left_behind(watch)
+        for variant in left:
+            state.rung_rise_c[variant] = round(watch.fall_c() / len(left), 3)
+
+    def _expected_rise(self, state: NodeState, variant: str) -> Optional[float]:
+        """How much stepping up to ``variant`` is expected to heat the node: the fall its last step
+        down caused (the one still watched counts as far as it has gone; not yet served: no step up)."""
+        watch = state.step_down_watch
+        if watch is not None and variant in self._left_behind(watch):
+            fall = watch.fall_c()
+            return math.inf if fall is None else fall / len(self._left_behind(watch))
+        return state.rung_rise_c.get(variant)
 
     def _track_models(self, state: NodeState, assessment) -> float:
         """Count consecutive forecast and anomaly hits; returns P(temperature >= hot_c at the horizon)."""
@@ -328,6 +411,13 @@ class MorphPolicy:
             record["preprocessing"] = LIGHTING_STAGE
             record["reason"] = f"{why}: {LIGHTING_STAGE} on, {state.variant}/{state.precision} kept"
         return record
+
+    def _start_watch(self, state: NodeState, to_variant: str) -> None:
+        """Watch this step down; one still watched ends here with the fall it has seen."""
+        old = state.step_down_watch
+        if old is not None and old.fall_c() is not None:
+            self._remember_fall(state, old)
+        state.step_down_watch = StepDownWatch(state.variant, to_variant, max(state.temps))
 
     def _sync_belief(self, state: NodeState, sample: dict, ts: int) -> None:
         reported = (sample["variant"], sample["precision"], sample["batch_size"])
@@ -395,6 +485,8 @@ class MorphPolicy:
         if assessment is not None:
             record["evidence"].update(assessment.evidence())
         state.pending = Pending(command_id, to_variant, precision, batch, ts)
+        if c.ladder.rung(to_variant) > c.ladder.rung(state.variant):
+            self._start_watch(state, to_variant)
         state.variant, state.precision, state.batch_size = to_variant, precision, batch
         state.last_change_ms = ts
         if command_id in state.acked:

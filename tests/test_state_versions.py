@@ -28,11 +28,12 @@ def test_a_version_1_node_state_is_migrated_on_restore():
     current = NodeState.new("edge-1")
     current.decisions, current.variant = 7, "cnn"
     old = {k: v for k, v in vars(current).items()
-           if k not in ("forecast_hits", "anomaly_hits", "fallback", "fallback_since_ms", "low_accuracy_hits")}
+           if k not in ("forecast_hits", "anomaly_hits", "fallback", "fallback_since_ms", "low_accuracy_hits",
+                        "rung_rise_c", "step_down_watch")}
     old["version"] = 1
     restored = pickle.loads(snapshot_bytes(NodeState, old))
-    assert restored.version == NodeState.STATE_VERSION == 3   # 1 -> 2 -> 3, each step's fields added
-    assert restored.low_accuracy_hits == 0
+    assert restored.version == NodeState.STATE_VERSION == 4   # 1 -> 2 -> 3 -> 4, each step's fields added
+    assert restored.low_accuracy_hits == 0 and restored.rung_rise_c == {} and restored.step_down_watch is None
     assert (restored.decisions, restored.variant) == (7, "cnn")
     assert (restored.forecast_hits, restored.anomaly_hits, restored.fallback, restored.fallback_since_ms) == \
         (0, 0, False, None)
