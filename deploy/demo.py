@@ -15,6 +15,11 @@ settings drive the policy (the control flow's and the nodes' local one); the
 demo replaces its Kafka address with the embedded broker's and divides its
 cool-downs by ``--speed``.
 
+The nodes' power per variant is the zoo's measured CPU time per inference relative to the
+transformer's (``--power-profile cpu``, the default; ``flops`` uses FLOPs) under the thermal event
+stated for such a node (`edge.thermal.MEASURED_COST_EVENT`); ``--power-profile gpu`` runs the
+GPU-like profile and its own event.
+
 ``--policy rli`` lets the learned agent decide instead of the rules. Its
 trade-off only shows under a load some variants cannot serve, so by default
 the rli demo first measures what each variant serves on this machine and offers
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deploy.errors import UsageError
-from edge.thermal import Scenario
+from edge.thermal import POWER_PROFILES, Scenario, thermal_event
 from morph.agent import RliConfig
 from morph.ladder import VARIANTS
 from morph.policy import PolicyConfig
@@ -343,8 +348,9 @@ def start_flow_process(spec, log_path: Path) -> subprocess.Popen:
 
 def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_dir=None, say=print,
              live: bool = True, stop: threading.Event | None = None, signing: bool = True,
-             spec_path: Path = DEMO_SPEC, policy_kind: str | None = None) -> dict:
-    """Run the demo; ``rate`` None: 100 req/s under the rules, a calibrated load under rli (module docstring)."""
+             spec_path: Path = DEMO_SPEC, policy_kind: str | None = None, power_profile: str = "cpu") -> dict:
+    """Run the demo; ``rate`` None: 100 req/s under the rules, a calibrated load under rli (module docstring);
+    ``power_profile``: where the nodes' power per variant comes from (`edge.thermal.POWER_PROFILES`)."""
     from deploy.broker import EmbeddedBroker
     from deploy.topics import ensure_topics
     from deploy.workflow_spec import load_workflow_spec
@@ -377,10 +383,10 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_d
             time.sleep(2.0)  # the flow assigns its partitions (at their end) before telemetry flows
             if flow.poll() is not None:
                 raise RuntimeError(f"the control flow exited at start: see {out_dir / 'flow.log'}")
-            # The GPU-like power profile: with the zoo's measured cost (the worker's default) and
-            # edge.thermal.MEASURED_COST_EVENT the walk holds in simulation but not yet live (see README).
-            worker = EdgeWorker(settings, topics, ["edge-1", "edge-2"], Scenario("thermal-event", SCENARIO_S),
-                                power_profile="gpu",
+            # The nodes' power per variant follows the zoo's measured cost (or the GPU-like profile),
+            # and the event's physics is the one stated for that profile (edge.thermal.thermal_event).
+            worker = EdgeWorker(settings, topics, ["edge-1", "edge-2"], thermal_event(SCENARIO_S, power_profile),
+                                power_profile=power_profile,
                                 zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0 / speed,
                                 time_scale=speed, scenarios={"edge-2": Scenario("steady", SCENARIO_S)},
                                 keyring=keyring, outbox_path=out_dir / "outbox.db", local_policy=policy)
@@ -413,7 +419,8 @@ def run_demo(out_dir: Path, speed: float = 1.5, rate: float | None = None, zoo_d
             except subprocess.TimeoutExpired:
                 flow.kill()
     summary = summarise(monitor, stats, histories, manifest, policy, start_ms, speed)
-    summary.update({"policy": policy_kind, "rate_rps": rate, "measured_capacity_rps": capacity})
+    summary.update({"policy": policy_kind, "rate_rps": rate, "measured_capacity_rps": capacity,
+                    "power_profile": power_profile})
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(monitor, histories, summary, out_dir / "timeline.png", start_ms, speed)
     return summary
@@ -434,7 +441,8 @@ def _run(args) -> int:
 
     try:
         summary = run_demo(args.out, speed=speed, rate=args.rate, zoo_dir=args.zoo, say=say, stop=stop,
-                           signing=not args.unsigned, spec_path=args.spec, policy_kind=args.policy)
+                           signing=not args.unsigned, spec_path=args.spec, policy_kind=args.policy,
+                           power_profile=args.power_profile)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     n1 = summary["nodes"]["edge-1"]
@@ -445,7 +453,8 @@ def _run(args) -> int:
         say(f"  {name:<12} {p['mean_rps']:7.1f} req/s (min {p['min_rps']:.0f}), dropped {p['dropped']}")
     if lat:
         say(f"  decision -> applied: median {sorted(lat)[len(lat) // 2]} ms, max {max(lat)} ms over {len(lat)} commands")
-    say(f"policy {summary['policy']}, {summary['rate_rps']:g} req/s offered per node:")
+    say(f"policy {summary['policy']}, {summary['rate_rps']:g} req/s offered per node, "
+        f"power per variant from the {args.power_profile} profile:")
     say(f"  {'node':<8}{'max °C':>8}{'s>85':>6}{'s>90':>6}{'J/inf':>9}{'acc':>7}{'SLO s':>7}{'reward':>8}")
     for node_id, n in summary["nodes"].items():
         energy = "-" if n["energy_j_per_inference"] is None else f"{n['energy_j_per_inference']:.4f}"
@@ -473,6 +482,10 @@ def register(tree) -> None:
     p.add_argument("--policy", choices=("rules", "rli"),
                    help="who decides: the rules or the learned agent (rli); default: the resource's "
                         "adaptation.policy (rules in the shipped demo)")
+    p.add_argument("--power-profile", choices=POWER_PROFILES, default="cpu",
+                   help="where the nodes' power per variant comes from: the zoo's measured CPU time per inference "
+                        "(cpu, the default) or FLOPs, each with the thermal event stated for a measured-cost node "
+                        "(edge.thermal.MEASURED_COST_EVENT); gpu: the GPU-like profile and its own event")
     p.add_argument("--zoo", help="model zoo directory, used as it is (default: the built-in cache, built if missing)")
     p.add_argument("--spec", type=Path, default=DEMO_SPEC, metavar="FILE",
                    help="the AdaptiveWorkflow resource to run: its constraints and adaptation settings drive the "

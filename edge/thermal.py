@@ -58,6 +58,19 @@ MEASURED_COST_EVENT = {"event_rise_c": 35.0, "event_ramp_end": 0.36, "event_fan"
                        "heat_capacity_j_per_c": 35.0}
 
 
+def thermal_event(duration_s: float, power_profile: str = "cpu") -> "Scenario":
+    """The demo's thermal event for a node on ``power_profile``: `MEASURED_COST_EVENT` where the
+    power follows the zoo's measured cost (cpu, flops), the GPU-like profile's own event for gpu.
+
+    >>> thermal_event(150).event_rise_c, thermal_event(150, "gpu").event_rise_c
+    (35.0, 28.0)
+    """
+    if power_profile not in POWER_PROFILES:
+        raise ValueError(f"unknown power profile {power_profile!r}; known: {', '.join(POWER_PROFILES)}")
+    shape = {} if power_profile == "gpu" else MEASURED_COST_EVENT
+    return Scenario("thermal-event", duration_s, **shape)
+
+
 @dataclass(frozen=True)
 class Conditions:
     """What the environment imposes at one moment: air temperature, fan health, power cap, load."""

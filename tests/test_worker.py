@@ -135,14 +135,29 @@ def test_worker_and_control_flow_walk_the_thermal_ladder_with_acks(kafka, zoo, t
 
 def test_demo_short_mode_writes_plot_and_summary(zoo, tmp_path):
     out = tmp_path / "demo"
+    """The default demo: the nodes' power is the zoo's measured cost. The walk has Figure 2's shape: the
+    first step down at 85 °C, down only to the snn (every 90 °C jump lands on it), then up only, back
+    to the transformer. Whether the lstm -> cnn step comes before the jump depends on the cost ratios
+    measured where the zoo was built (tests/test_thermal.py), so it is not asserted."""
+    from morph.ladder import VARIANTS
+
     proc = run_liquid("demo", "--short", "--out", out, "--zoo", zoo.root, timeout=240)
-    assert "edge-1 variants: transformer -> lstm -> cnn -> snn" in proc.stdout
+    assert "edge-1 variants: transformer -> lstm -> " in proc.stdout
+    assert "power per variant from the cpu profile" in proc.stdout
     png = (out / "timeline.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["power_profile"] == "cpu"
     n1 = summary["nodes"]["edge-1"]
-    assert n1["variant_sequence"][:4] == ["transformer", "lstm", "cnn", "snn"]
-    assert n1["variant_sequence"][-1] == "transformer"
+    seq = n1["variant_sequence"]
+    rungs = [VARIANTS.index(v) for v in seq]
+    bottom = seq.index("snn")
+    assert seq[:2] == ["transformer", "lstm"] and seq[-1] == "transformer", seq
+    assert rungs[:bottom + 1] == sorted(rungs[:bottom + 1]) and rungs[bottom:] == sorted(rungs[bottom:], reverse=True), seq
+    moves = [a for a in n1["adaptations"] if a["status"] == "APPLIED" and a["from"] != a["to"]]
+    assert moves[0]["trigger"] == "THRESHOLD" and ">= 85.0 °C" in moves[0]["reason"], moves
+    assert any(a["trigger"] == "CRITICAL" for a in moves), moves
+    assert all(a["to"] == "snn" for a in moves if a["trigger"] == "CRITICAL"), moves
     assert n1["requests_dropped"] == 0 and n1["requests_served"] > 1000
     assert set(n1["throughput_by_phase"]) >= {"normal", "heat wave", "fan failure", "recovered"}
     applied = [a for a in n1["adaptations"] if a["status"] == "APPLIED"]
