@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from edge.runtime import Alternative, Step, StepContext, WorkflowSpec
+from edge.serving import softmax
 from morph.zoo import runtime
 from morph.zoo.data import N_CLASSES, input_shape, load_split
 from morph.zoo.lighting import normalise_illumination
@@ -140,16 +141,10 @@ def inspection_lots(n: int, seed: int = 0, batch: int = 16, noisy_share: float =
     return lots
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def _test_time_augmented(replica: Replica, tensor: np.ndarray) -> np.ndarray:
     """Class probabilities averaged over the frames and their one-pixel shifts (test-time augmentation)."""
     views = [tensor] + [np.roll(tensor, s, axis=a) for a in (1, 2) for s in (-1, 1)]
-    return _softmax(replica.run(np.concatenate(views))).reshape(len(views), len(tensor), -1).mean(axis=0)
+    return softmax(replica.run(np.concatenate(views))).reshape(len(views), len(tensor), -1).mean(axis=0)
 
 
 def _class_references() -> np.ndarray:
@@ -258,7 +253,7 @@ def _alternatives(costs: InspectionCosts, confidence_floor: float, quality_gate,
         return quality_gate(ctx)
 
     def light_inference(ctx):
-        return {"scores": _softmax(light_model(ctx.inputs["tensor"]))}
+        return {"scores": softmax(light_model(ctx.inputs["tensor"]))}
 
     def cached_postprocess(ctx):
         report = _report(ctx.inputs["scores"], ctx.inputs["tensor"], _class_references(), confidence_floor)
@@ -312,7 +307,7 @@ def inspection_workflow(model: Classifier, *, costs: InspectionCosts = Inspectio
         return {"tensor": normalise_illumination(tensor) if mode.normalise else tensor}
 
     def inference(ctx):
-        return {"scores": _softmax(model(ctx.inputs["tensor"]))}
+        return {"scores": softmax(model(ctx.inputs["tensor"]))}
 
     def quality_gate(ctx):
         ctx.sleep(costs.validation_ms)

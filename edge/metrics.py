@@ -44,7 +44,10 @@ class WorkerCollector(Collector):
             ("queue_len", "liquid_node_queue_length", "Requests arrived but not yet started"),
             ("capacity_rps", "liquid_node_capacity_requests_per_second",
              "Requests per second of serving time: what the current configuration could serve"),
-            ("energy_j_per_inference", "liquid_node_energy_joules_per_inference", "Energy per served request"))}
+            ("energy_j_per_inference", "liquid_node_energy_joules_per_inference", "Energy per served request"),
+            ("accuracy", "liquid_node_accuracy", "Share of the labelled requests served over the last second answered right"),
+            ("confidence", "liquid_node_confidence",
+             "Mean top-1 softmax probability over the last second's requests (a confidence proxy, no labels needed)"))}
         for node_id, node in self.worker.nodes.items():
             stats = node.load.stats()
             served.add_metric([node_id], stats.served)

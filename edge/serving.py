@@ -21,7 +21,9 @@ reloading, so a redelivered command is harmless.
 `RequestLoad` is the steady request stream the worker serves and reports on:
 requests arrive at a fixed rate in small batches, drawn from the zoo's test
 split, and each ends exactly once, served (within its deadline) or dropped
-(late or errored).
+(late or errored). Besides the accuracy on labelled requests it reports a
+confidence proxy that needs no labels: the mean top-1 softmax probability of
+the requests served over the last second.
 
 >>> r = SwapResult(REJECTED, "unknown variant 'gpt'", "cnn", "fp32", "gpt", "fp32", 0.1)
 >>> r.applied, r.status
@@ -29,6 +31,8 @@ split, and each ends exactly once, served (within its deadline) or dropped
 >>> c = ModelCounts(served=8, correct=6)
 >>> c.accuracy
 0.75
+>>> top1_probability(np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])).round(3)
+array([0.787, 0.333])
 """
 
 from __future__ import annotations
@@ -213,6 +217,19 @@ class InferenceServer:
         return LoadedModel(variant, precision, digest, session)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from a batch of logits (rows), float32."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def top1_probability(logits: np.ndarray) -> np.ndarray:
+    """Each row's largest softmax probability: how sure the model is of what it answered."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(z).sum(axis=1)
+
+
 # -- the request stream -------------------------------------------------------
 
 @dataclass
@@ -273,6 +290,9 @@ class LoadStats:
     offered_rps: float = 0.0     # requests arriving per second (the offered load)
     queue_len: int = 0           # requests arrived but not yet started (how far serving lags the arrivals)
     capacity_rps: float | None = None  # requests per second of serving time over the last second: what it could serve
+    #: Mean top-1 softmax probability of the requests the model answered over the last second (no labels
+    #: needed; a batch answered even partly from the result cache carries no logits and does not count).
+    recent_confidence: float | None = None
 
     @property
     def accuracy(self) -> float:
@@ -310,7 +330,8 @@ class RequestLoad:
         self._latency_sum = self._max_latency = 0.0
         self._latency_counts = [0] * (len(LATENCY_BUCKETS_S) + 1)  # served requests per latency bucket (+Inf last)
         self._per_model: dict[tuple[str, str], ModelCounts] = {}
-        self._recent: collections.deque = collections.deque()   # (done, served, latency_sum, correct)
+        # (done, served, latency_sum, correct, top-1 probability sum, requests with logits)
+        self._recent: collections.deque = collections.deque()
         self._busy: collections.deque = collections.deque()     # (done, requests, serving seconds) per batch
         self._seconds: dict[int, list] = {}                      # second -> [served, dropped, variant, precision]
         self._log: list[RequestRecord] = []
@@ -350,6 +371,7 @@ class RequestLoad:
             recent_n = sum(r[1] for r in self._recent)
             recent_lat = sum(r[2] for r in self._recent)
             recent_correct = sum(r[3] for r in self._recent)
+            confident_n = sum(r[5] for r in self._recent)
             mean_s = recent_lat / recent_n if recent_n else (self._latency_sum / self._served if self._served else 0.0)
             busy_n, busy_s = sum(b[1] for b in self._busy), sum(b[2] for b in self._busy)
             arrived = int((now - self._t0) * self.rate) if self._t0 else 0
@@ -362,6 +384,7 @@ class RequestLoad:
                 throughput_rps=float(recent_n), mean_latency_ms=mean_s * 1e3,
                 max_latency_ms=self._max_latency * 1e3, elapsed_s=(now - self._t0) if self._t0 else 0.0,
                 recent_accuracy=recent_correct / recent_n if recent_n else None,
+                recent_confidence=sum(r[4] for r in self._recent) / confident_n if confident_n else None,
                 cache_hit_rate=self._cache.hit_rate if self._cache is not None else 0.0)
 
     def latency_histogram(self) -> tuple[list[tuple[float, int]], float]:
@@ -416,6 +439,10 @@ class RequestLoad:
         if cache is None:
             return self.server.infer(batch)
         labels, hit = cache.lookup(batch)
+        if not hit.any():  # all the model's answers: they keep their logits (the confidence proxy reads them)
+            pred = self.server.infer(batch)
+            cache.store(batch, pred.labels)
+            return pred
         if hit.all():
             current = self.server.current
             return Predictions(labels, np.zeros((len(batch), 0), np.float32), current.variant, current.precision,
@@ -476,7 +503,9 @@ class RequestLoad:
                 counts.correct += correct
                 self._latency_sum += latency * n
                 self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS_S, latency)] += n
-                self._recent.append((done, n, latency * n, correct))
+                with_logits = pred.logits.ndim == 2 and pred.logits.shape[1] > 0
+                confidence = float(top1_probability(pred.logits).sum()) if with_logits else 0.0
+                self._recent.append((done, n, latency * n, correct, confidence, len(pred.logits) if with_logits else 0))
                 second[0] += n
             else:
                 if pred is None:

@@ -415,6 +415,7 @@ class EdgeWorker:
                 "latency_ms": round(stats.mean_latency_ms, 3), "throughput_rps": stats.throughput_rps,
                 **load_figures(stats, readings["power_w"]),
                 "accuracy": None if stats.recent_accuracy is None else round(stats.recent_accuracy, 4),
+                "confidence": None if stats.recent_confidence is None else round(stats.recent_confidence, 4),
                 "preprocessing": node.load.preprocessing,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
                 "source": node.sensor.source,

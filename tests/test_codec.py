@@ -12,7 +12,7 @@ TELEMETRY = {"node_id": "edge-1", "ts_ms": 1_700_000_000_000, "seq": 7, "gpu_tem
              "throughput_rps": 410.0, "variant": "transformer", "precision": "fp32", "batch_size": 16,
              "source": "simulator", "scenario": None, "record_id": "edge-1-18c9f-7", "accuracy": 0.97,
              "preprocessing": "none", "offered_rps": 420.0, "queue_len": 3, "capacity_rps": 500.0,
-             "energy_j_per_inference": 0.585}
+             "energy_j_per_inference": 0.585, "confidence": 0.91}
 SIGNAL = {"signal_id": "s1", "workflow_id": "wf", "run_id": "r1", "task": "ingest", "state": 0,
           "outcome": "SUCCESS", "ts_ms": 5, "tsa": [1, 5], "tsa_resolution_ms": 1, "intensity": 1.0,
           "node_id": "edge-1", "resources": {"cpu": 1.0}, "data_size_bytes": 1024, "run_ended": False,
