@@ -108,9 +108,10 @@ def test_worker_and_control_flow_walk_the_thermal_ladder_with_acks(kafka, zoo, t
                             cwd=ROOT, stdout=open(tmp_path / "flow.log", "w"), stderr=subprocess.STDOUT)
     try:
         time.sleep(2.0)
-        # The demo's node: its GPU-like power profile. With the zoo's measured cost (the worker's
-        # default) whether the lstm -> cnn step precedes the 90 °C jump depends on the cost ratio
-        # measured on the machine that built the zoo (tests/test_thermal.py, README).
+        # The GPU-like power profile (liquid demo --power-profile gpu): its walk includes the lstm -> cnn
+        # step. With the zoo's measured cost (the worker's and the demo's default) whether that step
+        # precedes the 90 °C jump depends on the cost ratio measured where the zoo was built
+        # (tests/test_thermal.py; the default demo's walk: test_demo_short_mode_writes_plot_and_summary).
         worker = EdgeWorker(kafka, TOPICS, ["edge-1"], Scenario("thermal-event", 150), zoo_dir=zoo.root,
                             sensor="thermal", rate=100, interval_s=1 / speed, time_scale=speed,
                             power_profile="gpu").start()
