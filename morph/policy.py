@@ -328,18 +328,8 @@ class MorphPolicy:
                                  f"on {state.forecast_hits} samples", assessment)
         held = state.fallback and (ts - state.fallback_since_ms) / 1000.0 < c.fallback_hold_s
         if rung > 0 and hot == 0.0 and max(temps) <= c.recover_c and state.anomaly_hits == 0 and not held \
-                and (since is None or since >= c.recover_cooldown_s):
-            up = c.ladder.step_up(variant)
-            rise = self._expected_rise(state, up)
-            if rise is not None and max(temps) + rise >= c.hot_c:
-                return None  # stepping up would undo the step down: hold until the node is cooler
-            state.fallback = False
-            state.rung_rise_c.pop(up, None)  # used once: the next step down from it measures afresh
-            expected = "" if rise is None else f", +{rise:.1f} °C expected from stepping up"
-            return self._command(state, sample, "RECOVERY", up, 1.0,
-                                 f"all {n} samples <= {c.recover_c} °C (max {max(temps):.1f} °C)"
-                                 + ("" if since is None else f", {since:.0f} s since the last change")
-                                 + expected, assessment)
+                and (since is None or since >= c.recover_cooldown_s) and self._stays_cool_one_rung_up(state):
+            return self._recovery_command(state, sample, since, assessment)
         if state.low_accuracy_hits >= c.accuracy_samples and sample.get("preprocessing") in (None, "none"):
             return self._lighting_command(state, sample)
         current = (state.precision, state.batch_size)
@@ -350,6 +340,23 @@ class MorphPolicy:
             return self._command(state, sample, "RESOURCE_SCORE", variant, hot,
                                  f"mean resource score {sum(scores) / n:.2f} over {n} samples", assessment)
         return None
+
+    def _stays_cool_one_rung_up(self, state: NodeState) -> bool:
+        """Whether the window's maximum plus the rise expected from stepping up stays under ``hot_c``
+        (a step up that would undo the step down waits until the node is cooler)."""
+        rise = self._expected_rise(state, self.config.ladder.step_up(state.variant))
+        return rise is None or max(state.temps) + rise < self.config.hot_c
+
+    def _recovery_command(self, state: NodeState, sample: dict, since: Optional[float], assessment) -> Optional[dict]:
+        c, temps = self.config, state.temps
+        up = c.ladder.step_up(state.variant)
+        rise = self._expected_rise(state, up)
+        state.fallback = False
+        state.rung_rise_c.pop(up, None)  # used once: the next step down from it measures afresh
+        return self._command(state, sample, "RECOVERY", up, 1.0,
+                             f"all {len(temps)} samples <= {c.recover_c} °C (max {max(temps):.1f} °C)"
+                             + ("" if since is None else f", {since:.0f} s since the last change")
+                             + ("" if rise is None else f", +{rise:.1f} °C expected from stepping up"), assessment)
 
     def _watch_step_down(self, state: NodeState, sample: dict) -> None:
         """Follow the last step down: its peak until the node serves the lighter variant, then its
