@@ -49,11 +49,12 @@ THROTTLE_C = 95.0
 EVENT_AMBIENT_RISE_C, EVENT_FAN = 28.0, 0.5  # thermal-event (tuned: Figure 2's ladder under noise and loop delay)
 #: The thermal event for a node whose power follows the zoo's measured cost (the demo's).
 #: That profile is steep (the lstm draws about a third of the transformer's dynamic power),
-#: so a step down cools the node far below the 78 °C recovery line unless the air is still
-#: heating: the air heats by 35 °C over 42 s (0.8 °C/s, slow enough that the 85 °C rule acts
-#: before 90 °C), the die and spreader hold 35 J/°C (tau 5 s), and the failing fan keeps 55 %
-#: of its cooling, so the cnn passes 90 °C and the snn stays under it. Simulated: see
-#: tests/test_thermal.py::test_measured_cost_node_walks_figure_2.
+#: so a step down cools the node far below the 78 °C recovery line (the policy holds the
+#: step back up while it would undo the step down: `morph.policy`). The air heats by 35 °C
+#: over 42 s (0.8 °C/s, slow enough that the 85 °C rule acts before 90 °C), the die and
+#: spreader hold 35 J/°C (tau 5 s), and the failing fan keeps 55 % of its cooling, so the
+#: lstm or cnn passes 90 °C and the snn stays under it. Simulated: see
+#: tests/test_thermal.py::test_the_rules_walk_a_measured_cost_node_down_and_back_up_once.
 MEASURED_COST_EVENT = {"event_rise_c": 35.0, "event_ramp_end": 0.36, "event_fan": 0.55,
                        "heat_capacity_j_per_c": 35.0}
 
