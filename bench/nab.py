@@ -85,7 +85,8 @@ def settings_grid() -> list[dict]:
 
 
 def detector_scores(corpus, times, settings: dict) -> tuple[list, int, float]:
-    """Per-file score lists of the onset detector with ``settings``, the rows and the seconds taken."""
+    """Per-file score lists of the onset detector with ``settings`` on the exact path of ``liquid
+    evaluate anomaly``, the rows and the seconds taken."""
     out, rows, elapsed = [], 0, 0.0
     for f, ts in zip(corpus, times):
         start = time.perf_counter()
@@ -94,6 +95,25 @@ def detector_scores(corpus, times, settings: dict) -> tuple[list, int, float]:
         rows += len(ts)
         out.append(scored.scores)
     return out, rows, elapsed
+
+
+def record_evidence(corpus, times) -> list:
+    """Per file, each row's (evidence, time, learned) from one pass of the detector's learning, which
+    no setting of `GRID` changes (`prediction.onset.OnsetDetector.decide_one`)."""
+    out = []
+    for f, ts in zip(corpus, times):
+        detector = OnsetDetector()
+        out.append([(*detector.evidence_then_learn_one({"value": v}, t)[::2], t) for t, v in zip(ts, f.values)])
+    return out
+
+
+def replayed_scores(evidence, settings: dict) -> list:
+    """Per-file score lists of the onset rule with ``settings`` on recorded evidence."""
+    out = []
+    for rows in evidence:
+        detector = OnsetDetector(**settings)
+        out.append([detector.decide_one(e, t, update=learned)[0] for e, learned, t in rows])
+    return out
 
 
 class Folds:
@@ -145,10 +165,15 @@ def select_argmax(table: list, fold: str) -> Trial:
     return max(table, key=lambda t: t.by_fold[fold].score)
 
 
-def run_grid(folds: Folds, times) -> list:
+def run_grid(folds: Folds, times, defaults_scores) -> list:
+    """Every setting of the grid, replayed on the evidence of one learning pass (checked against the
+    exact path: the defaults' replayed scores must equal ``defaults_scores``)."""
+    evidence = record_evidence(folds.corpus, times)
+    if replayed_scores(evidence, {}) != defaults_scores:
+        raise AssertionError("replaying the recorded evidence does not reproduce the detector's scores")
     table, grid = [], settings_grid()
     for i, settings in enumerate(grid):
-        scores, _, _ = detector_scores(folds.corpus, times, settings)
+        scores = replayed_scores(evidence, settings)
         by_fold = {fold: folds.score(scores, fold) for fold in FOLDS}
         by_sub = {(fold, sub): folds.score(scores, fold, sub=sub) for fold in FOLDS for sub in FOLDS
                   if folds.sub_names(fold, sub)}
@@ -160,9 +185,9 @@ def run_grid(folds: Folds, times) -> list:
     return table
 
 
-def tune(folds: Folds, times, tune_on) -> dict:
+def tune(folds: Folds, times, tune_on, defaults_scores) -> dict:
     """For each fold in ``tune_on``: each rule's setting there, and its score on the other fold."""
-    table = run_grid(folds, times)
+    table = run_grid(folds, times, defaults_scores)
 
     # Added after the argmax rule's figures were seen (so its held-out figures are not blind): the
     # setting whose grid neighbourhood (one step in any knob) scores best on average.
@@ -260,7 +285,7 @@ def nab_figures(root, scores_out=None, tune_on=()) -> dict:
                "nab_rows_per_s": round(rows / elapsed), "nab_us_per_row": round(elapsed / rows * 1e6, 2)}
     if tune_on:
         progress(f"two-fold tuning over {len(settings_grid())} settings of {sorted(GRID)}")
-        figures.update(_report_tuning(tune(folds, times, tune_on)))
+        figures.update(_report_tuning(tune(folds, times, tune_on, ours)))
     return figures
 
 

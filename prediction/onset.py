@@ -92,7 +92,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Mapping, NamedTuple, Optional
 
 from prediction.anomaly import _MAX_REPEAT_RATE, _MIN_REPEAT_RATE, AnomalyResult, _sigma_of_tail
 from prediction.shift import NULL_SD, DistributionShift
@@ -364,20 +364,22 @@ class OnsetDetector(Versioned):
     def score_one(self, x: Mapping[str, float], t: Optional[float] = None) -> AnomalyResult:
         """The score of ``x`` at ``t`` (seconds), changing nothing."""
         t = self._time(t)
-        contributions, raw, novelty, _ = self._errors(x, t)
-        if self.samples < self.warmup or not contributions:
-            return AnomalyResult(0.0, False, contributions, True)
-        z = self._combined(self.likelihood.score_one(raw), self.spike.score_one(raw), novelty)
-        score = self._onset_score(z, t)
-        return AnomalyResult(score, score >= self.threshold, contributions, False)
+        evidence, contributions, _ = self._evidence(x, t)
+        score, anomaly = self.decide_one(evidence, t, update=False)
+        return AnomalyResult(score, anomaly, contributions, evidence.warming(self.warmup))
 
-    def _combined(self, recent: float, single: float, novelty: float) -> float:
-        """The z that is scored: the recent error level's, one sample's on the `SPIKE_HALF_Z` scale
-        (once the spike view has seen ``warmup`` errors), or the range excursion's."""
-        if self.spike.n >= self.warmup:
-            single *= self.onset_z / self.spike_z
-            if single > recent:
-                recent = single
+    def _z(self, evidence: "Evidence") -> float:
+        """The z that is scored, on the onset scale: the recent error level's, one sample's on the
+        ``spike_z`` scale (once the spike view has seen ``warmup`` errors), the range excursion's, or
+        the distributional shift's on the ``shift_z`` scale, whichever is largest."""
+        novelty = max(0.0, evidence.shift * self.onset_z / self.shift_z)
+        if evidence.excess > RANGE_TOLERANCE:  # beyond the range ever seen: a score of 0.5 and up
+            novelty = max(novelty, self.onset_z * (1.0 + evidence.excess))
+        if not evidence.errors:
+            return novelty
+        recent = evidence.recent
+        if evidence.spike_n >= self.warmup:
+            recent = max(recent, evidence.single * (self.onset_z / self.spike_z))
         return novelty if novelty > recent else recent
 
     def _onset_score(self, z: float, t: float) -> float:
@@ -399,25 +401,44 @@ class OnsetDetector(Versioned):
     def score_then_learn_one(self, x: Mapping[str, float], t: Optional[float] = None) -> AnomalyResult:
         """Score ``x`` with the state before it, then learn it (a replayed time is only scored)."""
         t = self._time(t)
-        if self.t is not None and t <= self.t:
-            return self.score_one(x, t)
-        contributions, raw, novelty, shift = self._errors(x, t)
-        warming = self.samples < self.warmup or not contributions
-        if shift is not None:
-            self.shift_likelihood.learn_one(shift)
-        if contributions:
-            z = self._combined(self.likelihood.score_one(raw), self.spike.score_one(raw), novelty)
-            self.likelihood.learn_one(raw)
-            self.spike.learn_one(raw)
-        else:
-            z = novelty
-        score = 0.0 if warming else self._onset_score(z, t)
+        evidence, contributions, learned = self.evidence_then_learn_one(x, t)
+        score, anomaly = self.decide_one(evidence, t, update=learned)
+        return AnomalyResult(score, anomaly, contributions, evidence.warming(self.warmup))
+
+    def decide_one(self, evidence: "Evidence", t: float, update: bool = True) -> tuple[float, bool]:
+        """The onset rule: the score of one sample's ``evidence`` at ``t`` under this detector's settings
+        (scales, threshold, quiet), and whether it is an onset; with ``update``, start or end the quiet
+        period (a replayed time, which `score_then_learn_one` only scores, does not).
+
+        The evidence does not depend on those settings: deciding on the evidence another detector
+        recorded replays that series under these settings, which is how ``bench/nab.py`` scores a grid
+        of settings with one pass of learning."""
+        z = self._z(evidence)
+        score = 0.0 if evidence.warming(self.warmup) else self._onset_score(z, t)
         anomaly = score >= self.threshold
+        if not update:
+            return score, anomaly
         if anomaly:
             self.quiet_until = t + self.quiet_s
             self.calm = 0
         elif self.release_after:
             self._release(z, t)
+        return score, anomaly
+
+    def evidence_then_learn_one(self, x: Mapping[str, float],
+                                t: Optional[float] = None) -> tuple["Evidence", dict, bool]:
+        """What ``x`` at ``t`` tells the onset rule, with the state before it, and each feature's
+        standardised error; then learn ``x``, unless ``t`` is not after the last time learned (a
+        duplicate or a replay); the last item says whether it was learned."""
+        t = self._time(t)
+        evidence, contributions, shift = self._evidence(x, t)
+        if self.t is not None and t <= self.t:
+            return evidence, contributions, False
+        if shift is not None:
+            self.shift_likelihood.learn_one(shift)
+        if contributions:
+            self.likelihood.learn_one(evidence.raw)
+            self.spike.learn_one(evidence.raw)
         for name, value in x.items():
             if value is None or not -_INF < value < _INF:
                 continue
@@ -431,17 +452,16 @@ class OnsetDetector(Versioned):
             view.learn_one(value)
         self.samples += 1
         self.t = t
-        return AnomalyResult(score, anomaly, contributions, warming)
+        return evidence, contributions, True
 
     def _time(self, t: Optional[float]) -> float:
         return (self.t or 0.0) + 1.0 if t is None else float(t)
 
-    def _errors(self, x: Mapping[str, float], t: float) -> tuple[dict, float, float, Optional[float]]:
-        """Each feature's standardised prediction error; the largest (capped: one wild sample moves
-        the recent mean, it does not own it); the z of the largest excursion beyond the range seen or
-        of the largest distributional shift, on the onset scale; that largest shift statistic."""
+    def _evidence(self, x: Mapping[str, float], t: float) -> tuple["Evidence", dict, Optional[float]]:
+        """The evidence of ``x`` at ``t``, each feature's standardised prediction error, and the
+        largest distributional-shift statistic (what the shift likelihood learns)."""
         contributions = {}
-        raw = novelty = 0.0
+        raw = excess = 0.0
         shift = None
         for name, value in x.items():
             feature = self.features.get(name)
@@ -451,26 +471,41 @@ class OnsetDetector(Versioned):
             contributions[name] = z
             if z > raw:
                 raw = z
-            excess = feature.range_excess(value)
-            if excess > RANGE_TOLERANCE:  # beyond the range ever seen: a score of 0.5 and up
-                z = self.onset_z * (1.0 + excess)
-                if z > novelty:
-                    novelty = z
+            excess = max(excess, feature.range_excess(value))
             view = self.shifts.get(name)
             g = view.statistic(value) if view is not None else None
             if g is not None and (shift is None or g > shift):
                 shift = g
-        if shift is not None:
-            z = self._shift_z(shift)
-            if z > novelty:
-                novelty = z
-        return contributions, min(raw, 20.0), novelty, shift
+        # The largest error is capped: one wild sample moves the recent mean, it does not own it.
+        raw = min(raw, 20.0)
+        recent = self.likelihood.score_one(raw) if contributions else 0.0
+        single = self.spike.score_one(raw) if contributions else 0.0
+        evidence = Evidence(raw, recent, single, excess, self._shift_z(shift) if shift is not None else 0.0,
+                            bool(contributions), self.samples, self.spike.n)
+        return evidence, contributions, shift
 
     def _shift_z(self, g: float) -> float:
         """The z of a shift statistic against its long-run distribution (its spread floored at that of
-        independent samples), on the onset scale; 0 until two windows of statistics have been seen."""
+        independent samples); 0 until two windows of statistics have been seen."""
         likelihood = self.shift_likelihood
         if likelihood.n < 2 * _SHIFT_WINDOW:
             return 0.0
         sd = math.sqrt(likelihood.var)
-        return (g - likelihood.mean) / (sd if sd > NULL_SD else NULL_SD) * self.onset_z / self.shift_z
+        return (g - likelihood.mean) / (sd if sd > NULL_SD else NULL_SD)
+
+
+class Evidence(NamedTuple):
+    """What one sample tells `OnsetDetector`'s onset rule, before any of the rule's settings apply:
+    the z's of each view in their own units, and how warm the detector was."""
+
+    raw: float          # the largest standardised prediction error over the features (capped)
+    recent: float       # z of the recent error level (the mean of the last ``average`` errors)
+    single: float       # z of this sample's error alone
+    excess: float       # how far beyond the range ever seen, as a fraction of it
+    shift: float        # z of the distributional-shift statistic (0 until its likelihood is warm)
+    errors: bool        # whether any feature had a prediction to err from
+    samples: int        # samples learned before this one
+    spike_n: int        # errors the single-sample likelihood had learned before this one
+
+    def warming(self, warmup: int) -> bool:
+        return self.samples < warmup or not self.errors
