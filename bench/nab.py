@@ -50,9 +50,12 @@ Protocol (what the figures can be trusted for)
 at https://github.com/numenta/NAB (``data/`` and ``labels/combined_windows.json``,
 MIT licence). ``--scores-out`` writes the defaults' per-row scores, one
 ``timestamp,score`` CSV per series (same relative path), for an independent
-scorer. The grid takes about ``len(GRID)`` times the defaults' run (a few
-seconds each: about 4 minutes on a quiet machine, 20 on a loaded one). Progress goes to stderr; the last line of stdout is one JSON
-object with every figure.
+scorer. The defaults run on the exact path above; the grid learns each series
+once (`prediction.onset.OnsetDetector.evidence_then_learn_one`) and replays
+every setting's onset rule on the recorded evidence (`decide_one`), after
+checking that the replay reproduces the defaults' scores exactly: a minute or
+two on a quiet machine. Progress goes to stderr; the last line of stdout is
+one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ DEFAULT_NAB = ROOT.parent / "shared" / "data" / "nab"
 #: The knobs tuned by the two-fold protocol, and the values tried (3 x 3 x 3 x 2 settings): each around
 #: the value of the first design (5σ, 16σ, 6.5σ), the release at about the likelihood's 10-sample
 #: average or three times it.
-GRID = {"onset_z": (4.5, 5.0, 5.5), "spike_z": (12.0, 16.0, 24.0), "shift_z": (5.0, 6.5, 8.0), "release_after": (12, 36)}
+GRID = {"onset_z": (4.5, 5.0, 5.5), "spike_z": (12.0, 16.0, 24.0), "shift_z": (5.0, 6.5, 8.0),
+        "release_after": (12, 36)}
 
 
 def settings_grid() -> list[dict]:

@@ -112,7 +112,9 @@ class DistributionShift(Versioned):
                 self.spread = (ordered[-1] - ordered[0]) / len(QUANTILES)
                 self.seed = []
             return
-        a = max(1.0 / self.n, ew_weight(self.half_life))
+        a = ew_weight(self.half_life)
+        if 1.0 / self.n > a:
+            a = 1.0 / self.n
         k = self._bin(value)
         edges = self.edges
         middle = edges[len(edges) // 2]
