@@ -106,8 +106,11 @@ def record_evidence(corpus, times) -> list:
     no setting of `GRID` changes (`prediction.onset.OnsetDetector.decide_one`)."""
     out = []
     for f, ts in zip(corpus, times):
-        detector = OnsetDetector()
-        out.append([(*detector.evidence_then_learn_one({"value": v}, t)[::2], t) for t, v in zip(ts, f.values)])
+        detector, rows = OnsetDetector(), []
+        for t, v in zip(ts, f.values):
+            evidence, _, learned = detector.evidence_then_learn_one({"value": v}, t)
+            rows.append((evidence, learned, t))
+        out.append(rows)
     return out
 
 
