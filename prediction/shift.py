@@ -39,6 +39,7 @@ Statistical techniques for online anomaly detection in data centers. IFIP/IEEE I
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
@@ -55,6 +56,11 @@ _SEED = 20
 #: Each quantile moves by this fraction of the values' spread per value (stochastic approximation).
 _STEP = 0.05
 _LN2 = math.log(2.0)
+
+
+def ew_weight(half_life: float) -> float:
+    """The weight of a new sample in an exponentially weighted mean with this half-life (in samples)."""
+    return 1.0 - math.exp(-_LN2 / half_life)
 
 
 @dataclass
@@ -106,7 +112,9 @@ class DistributionShift(Versioned):
                 self.spread = (ordered[-1] - ordered[0]) / len(QUANTILES)
                 self.seed = []
             return
-        a = max(1.0 / self.n, 1.0 - math.exp(-_LN2 / self.half_life))
+        a = ew_weight(self.half_life)
+        if 1.0 / self.n > a:
+            a = 1.0 / self.n
         k = self._bin(value)
         edges = self.edges
         middle = edges[len(edges) // 2]
@@ -126,9 +134,5 @@ class DistributionShift(Versioned):
             self.counts[self.recent.popleft()] -= 1
 
     def _bin(self, value: float) -> int:
-        k = 0
-        for edge in self.edges:
-            if value <= edge:
-                break
-            k += 1
-        return k
+        """The bin of ``value``: the number of edges below it (a value on an edge is in the lower bin)."""
+        return bisect_left(self.edges, value)
