@@ -97,6 +97,21 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a core (Linux schedstat run_delay).
+
+    Beside its CPU seconds it says whether a slow process was busy or starved: on a
+    machine shared with other jobs a flow can wait longer for a core than it computes.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
+
+
 def start_flow(name: str, bootstrap: str, port: int, log: Path, flow_args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", name, "--bootstrap", bootstrap, "--metrics-port",
            str(port)] + (["--models"] if name == "control" else []) + flow_args
@@ -174,6 +189,54 @@ def wait_ready(ports: list[int], flows: list, settings: KafkaSettings, topics: T
     raise RuntimeError(f"the flows did not consume a probe record within {timeout_s:.0f} s")
 
 
+def scrape_requests(port: int) -> dict[str, float]:
+    """``{"Fetch": n, "Produce": n}``: the requests a flow's Kafka clients have sent so far (its librdkafka statistics)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "liquid_kafka_client_requests":
+            for sample in family.samples:
+                kind = sample.labels.get("request", "?")
+                totals[kind] = totals.get(kind, 0.0) + sample.value
+    return totals
+
+
+class RequestStats:
+    """The load generator's own clients' requests, from librdkafka's statistics callback (cumulative per client)."""
+
+    def __init__(self):
+        self.lock, self.by_client = threading.Lock(), {}
+
+    def __call__(self, stats_json: str) -> None:
+        """One statistics report of one of the load generator's clients (keyed by its name): a stats_cb."""
+        import json
+
+        stats = json.loads(stats_json)
+        counts: dict[str, int] = {}
+        for broker in stats.get("brokers", {}).values():
+            if broker.get("nodeid", -1) >= 0:  # not the bootstrap connection
+                for kind in ("Produce", "Fetch"):
+                    counts[kind] = counts.get(kind, 0) + broker.get("req", {}).get(kind, 0)
+        with self.lock:
+            self.by_client[stats.get("name", "?")] = counts
+
+    def totals(self) -> dict[str, int]:
+        with self.lock:
+            out: dict[str, int] = {}
+            for counts in self.by_client.values():
+                for kind, n in counts.items():
+                    out[kind] = out.get(kind, 0) + n
+            return out
+
+
 def drain_seconds(ports: list[int], timeout_s: float = 120.0) -> float | None:
     """Seconds until both flows have caught up (lag 0) after the load stopped; None if they did not."""
     t0 = time.monotonic()
@@ -215,8 +278,11 @@ def lag_watch(ports: list[int], stop: threading.Event, samples: list) -> None:
 def run_scale(nodes: int, workflows: int, args) -> dict:
     window_s, speed = args.window, args.speed
     topics = TopicNames()
+    generator_requests = RequestStats()
     with EmbeddedBroker(log_path=args.out / f"broker-{nodes}.log") as broker:
-        settings = KafkaSettings(broker.bootstrap)
+        # the load generator's clients: its producers batch for --linger-ms (it stands in for a whole fleet)
+        settings = KafkaSettings(broker.bootstrap, {"linger.ms": str(args.linger_ms), "statistics.interval.ms": "1000",
+                                                    "stats_cb": generator_requests})
         ensure_topics(settings, topics.all(), partitions=args.partitions)
         ports = [free_port(), free_port()]
         flows = [start_flow(name, broker.bootstrap, port, args.out / f"{name}-{nodes}.log", args.flow_arg)
@@ -225,7 +291,10 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             wait_ready(ports, flows, settings, topics)
             pids = {"broker": broker.pid, "control": flows[0].pid, "workflow": flows[1].pid}
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            waited0 = {k: run_queue_wait_s(pid) for k, pid in {**pids, "load_generator": os.getpid()}.items()}
             own0 = time.process_time()
+            requests0 = {"control": scrape_requests(ports[0]), "workflow": scrape_requests(ports[1]),
+                         "load_generator": generator_requests.totals()}
             stop, lags = threading.Event(), []
             watcher = threading.Thread(target=lag_watch, args=(ports, stop, lags), daemon=True)
             watcher.start()
@@ -243,6 +312,12 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             stop.set()
             watcher.join(timeout=5)
             cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+            waited = {k: run_queue_wait_s(pid) - waited0[k]
+                      for k, pid in {**pids, "load_generator": os.getpid()}.items()}
+            time.sleep(1.0)  # librdkafka reports its statistics every second
+            requests1 = {"control": scrape_requests(ports[0]), "workflow": scrape_requests(ports[1]),
+                         "load_generator": generator_requests.totals()}
+            wall_requests = time.monotonic() - wall0
             cpu["load_generator"] = time.process_time() - own0
             load_end = os.getloadavg()[0]  # the whole machine's, other users' jobs included
             drain_s = drain_seconds(ports)
@@ -268,6 +343,10 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
     third = max(1, len(lags) // 3)
     total_lag = [sum(sample) for sample in lags]
     flows_cpu = cpu["control"] + cpu["workflow"]
+    request_rates = {client: {kind: round((requests1[client].get(kind, 0) - requests0[client].get(kind, 0))
+                                          / wall_requests, 1) for kind in ("Produce", "Fetch")}
+                     for client in requests0}
+    broker_requests = sum(sum(rates.values()) for rates in request_rates.values())
     net = {flow: max(0.0, caught_up[flow] - idle[flow] * wall_caught_up) for flow in idle}
     return {
         "nodes": nodes, "workflows": workflows, "event_hours": round(hours, 4), "wall_s": round(wall, 1),
@@ -280,6 +359,11 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         "control_us_per_sample": round(caught_up["control"] / max(1, fleet["samples"]) * 1e6, 1),
         "workflow_us_per_signal": round(caught_up["workflow"] / max(1, signals.get("sent", 0)) * 1e6, 1),
         "cpu_share": {k: round(v / wall, 3) for k, v in cpu.items()},
+        # seconds per second each process's threads were ready to run but waited for a core (other jobs included)
+        "run_queue_wait_share": {k: round(v / wall, 3) for k, v in waited.items()},
+        # what every client asked of the broker (librdkafka statistics), and the broker's CPU per request
+        "requests_per_s": request_rates, "broker_requests_per_s": round(broker_requests, 1),
+        "broker_us_per_request": round(cpu["broker"] / max(1.0, broker_requests * wall) * 1e6, 1),
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
         "max_lag": round(max(total_lag, default=0.0)), "lag_growth": round(
             (statistics.fmean(total_lag[-third:]) + 1) / (statistics.fmean(total_lag[:third]) + 1), 2) if lags else None,
@@ -373,6 +457,9 @@ def main() -> int:
                     help="every node samples at the same instant of each second (default: each at its own phase)")
     ap.add_argument("--partitions", type=int, default=4,
                     help="partitions per topic (default %(default)s, as an AdaptiveWorkflow's default)")
+    ap.add_argument("--linger-ms", type=float, default=20.0,
+                    help="linger.ms of the load generator's producers (default %(default)s): it stands in for the "
+                         "whole fleet through one producer, and the embedded broker's cost is per request")
     ap.add_argument("--flow-arg", action="append", default=[], metavar="ARG",
                     help="extra `liquid flow run` argument for both flows, repeatable (e.g. --flow-arg=--batch-size=100)")
     ap.add_argument("--worker-seconds", type=float, default=20.0,
@@ -396,7 +483,8 @@ def main() -> int:
               f"decision p50 {row['decision_ms_p50']} ms p99 {row['decision_ms_p99']} ms, max lag {row['max_lag']} "
               f"(growth x{row['lag_growth']}); CPU {row['control_us_per_sample']} us/sample (control), "
               f"{row['workflow_us_per_signal']} us/signal (workflow); "
-              f"CPU share {row['cpu_share']}", flush=True)
+              f"CPU share {row['cpu_share']}, waiting for a core {row['run_queue_wait_share']}; broker {row['broker_requests_per_s']} requests/s at "
+              f"{row['broker_us_per_request']} us CPU each ({row['requests_per_s']})", flush=True)
     per_node = [s["net_cpu_s_per_node_hour"] for s in scales]
     growth = round(per_node[-1] / per_node[0], 2) if len(per_node) > 1 and per_node[0] else None
     print(f"control-plane CPU per node-hour net of idle, largest scale / smallest: {growth} (flat = 1.0)")
@@ -409,7 +497,7 @@ def main() -> int:
               f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core)")
     emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
-                 "partitions": args.partitions, "flow_args": args.flow_arg, **overhead,
+                 "partitions": args.partitions, "linger_ms": args.linger_ms, "flow_args": args.flow_arg, **overhead,
                  "targets": {"decision_ms_p99": 100, "worker_overhead_fraction": 0.02}})
     return 0
 
