@@ -18,6 +18,14 @@ Each node samples at its own phase within the second (drawn from its id), as
 independent nodes' clocks do; --lockstep makes all nodes sample at the same
 instant instead (a burst of N samples every second, the worst case for latency).
 
+The load generator stands in for the whole fleet and all the workflows through
+one producer each, as a site's gateway would: its producers batch for
+--linger-ms (default 20). The embedded broker's cost is per request and its
+fetches get dearer with every record batch a partition holds (bench/broker.py),
+so a load generator sending a request per record or two measured the broker's
+collapse, not the flows. Topics get --partitions (default 1, one per flow
+worker): each partition is one more consumer fetching from the broker.
+
 Measured per scale:
 
 * adaptations per hour — morph commands issued, per hour of event time;
@@ -45,7 +53,13 @@ Measured per scale:
   flows, and a share near the core count means the figures are CPU-bound; and
   the machine's 1-minute load average at the end of the window (other users'
   jobs included: above the core count, every process here waits for a core).
-  cpu_cores_used sums them: what the scale needs from the machine.
+  cpu_cores_used sums them: what the scale needs from the machine;
+* how long each process was ready to run but waited for a core (Linux
+  schedstat run_delay, summed over its threads, per wall second): a process
+  that waits longer than it computes was starved by the machine, not slow;
+* requests per second to the broker from every client (librdkafka statistics:
+  the flows' liquid_kafka_client_requests gauges, the load generator's own
+  clients' stats_cb), by kind (Fetch, Produce), and the broker's CPU per request.
 
 And once: the worker-side overhead — a real edge worker (edge.worker) serving
 one node on the zoo's models with telemetry at 1 Hz, its process CPU per request
@@ -189,17 +203,18 @@ def wait_ready(ports: list[int], flows: list, settings: KafkaSettings, topics: T
     raise RuntimeError(f"the flows did not consume a probe record within {timeout_s:.0f} s")
 
 
-def scrape_requests(port: int) -> dict[str, float]:
-    """``{"Fetch": n, "Produce": n}``: the requests a flow's Kafka clients have sent so far (its librdkafka statistics)."""
+def scrape_requests(port: int) -> dict[str, float] | None:
+    """``{"Fetch": n, "Produce": n}``: the requests a flow's Kafka clients have sent so far (its librdkafka
+    statistics); None when the flow does not answer (a starved flow can miss the timeout)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2.0) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10.0) as response:
             text = response.read().decode()
     except OSError:
-        return {}
+        return None
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         if family.name == "liquid_kafka_client_requests":
@@ -345,8 +360,10 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
     flows_cpu = cpu["control"] + cpu["workflow"]
     request_rates = {client: {kind: round((requests1[client].get(kind, 0) - requests0[client].get(kind, 0))
                                           / wall_requests, 1) for kind in ("Produce", "Fetch")}
-                     for client in requests0}
-    broker_requests = sum(sum(rates.values()) for rates in request_rates.values())
+                     for client in requests0 if requests0[client] is not None and requests1[client] is not None}
+    # None when a flow's count is missing: the broker's cost per request is then unknown
+    broker_requests = (sum(sum(rates.values()) for rates in request_rates.values())
+                       if len(request_rates) == len(requests0) else None)
     net = {flow: max(0.0, caught_up[flow] - idle[flow] * wall_caught_up) for flow in idle}
     return {
         "nodes": nodes, "workflows": workflows, "event_hours": round(hours, 4), "wall_s": round(wall, 1),
@@ -362,8 +379,10 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         # seconds per second each process's threads were ready to run but waited for a core (other jobs included)
         "run_queue_wait_share": {k: round(v / wall, 3) for k, v in waited.items()},
         # what every client asked of the broker (librdkafka statistics), and the broker's CPU per request
-        "requests_per_s": request_rates, "broker_requests_per_s": round(broker_requests, 1),
-        "broker_us_per_request": round(cpu["broker"] / max(1.0, broker_requests * wall) * 1e6, 1),
+        "requests_per_s": request_rates,
+        "broker_requests_per_s": None if broker_requests is None else round(broker_requests, 1),
+        "broker_us_per_request": None if broker_requests is None else round(
+            cpu["broker"] / max(1.0, broker_requests * wall) * 1e6, 1),
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
         "max_lag": round(max(total_lag, default=0.0)), "lag_growth": round(
             (statistics.fmean(total_lag[-third:]) + 1) / (statistics.fmean(total_lag[:third]) + 1), 2) if lags else None,
@@ -455,8 +474,9 @@ def main() -> int:
     ap.add_argument("--run-every", type=float, default=60.0, help="seconds between a workflow's runs (default %(default)s)")
     ap.add_argument("--lockstep", action="store_true",
                     help="every node samples at the same instant of each second (default: each at its own phase)")
-    ap.add_argument("--partitions", type=int, default=4,
-                    help="partitions per topic (default %(default)s, as an AdaptiveWorkflow's default)")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="partitions per topic (default %(default)s: one per flow worker, each flow runs one; "
+                         "every partition is one more consumer fetching from the broker)")
     ap.add_argument("--linger-ms", type=float, default=20.0,
                     help="linger.ms of the load generator's producers (default %(default)s): it stands in for the "
                          "whole fleet through one producer, and the embedded broker's cost is per request")
