@@ -129,8 +129,11 @@ def run_queue_wait_s(pid: int) -> float:
 def start_flow(name: str, bootstrap: str, port: int, log: Path, flow_args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", name, "--bootstrap", bootstrap, "--metrics-port",
            str(port)] + (["--models"] if name == "control" else []) + flow_args
+    # Its own session, as the broker has: with the kernel's autogroup scheduling (on by default) a
+    # session is one scheduling group, so flows started in this benchmark's session split one share
+    # of the machine with the load generator, where deployed flows are services of their own.
     return subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
 
 def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s: float, speed: float,

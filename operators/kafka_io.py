@@ -4,7 +4,8 @@ A message that does not decode becomes a `DeadLetter`; the flows route those to
 the dead-letter topic (original key and bytes, the reason and the origin in
 headers) and carry on. They are counted per source topic and reason kind in a
 Prometheus counter (`operators.metrics`) and in `DEAD_LETTERS`; so are the
-records read and published per topic.
+records read and published per topic, and the fetch and produce requests every
+Kafka client of the flow sends (`CLIENT_REQUESTS`, from librdkafka's statistics).
 """
 
 from __future__ import annotations
@@ -228,8 +229,8 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
         self._client = f"source/{self._topic}[{self._part_idx}]"
 
     def _process_stats(self, json_stats: str) -> None:
-        super()._process_stats(json_stats)  # Bytewax's lag gauge
         record_client_stats(self._client, json_stats)
+        super()._process_stats(json_stats)  # Bytewax's lag gauge
 
     def next_batch(self) -> list:
         if self._eof:
