@@ -293,6 +293,17 @@ def lag_watch(ports: list[int], stop: threading.Event, samples: list) -> None:
         samples.append(tuple(sum((scrape_lag(port, timeout_s=0.5) or {}).values()) for port in ports))
 
 
+def stop_flows(flows: list) -> None:
+    """SIGTERM to each flow (they stop their clients), SIGKILL to one that has not exited 15 s later."""
+    for f in flows:
+        f.terminate()
+    for f in flows:
+        try:
+            f.wait(15)
+        except subprocess.TimeoutExpired:
+            f.kill()
+
+
 def run_scale(nodes: int, workflows: int, args) -> dict:
     window_s, speed = args.window, args.speed
     topics = TopicNames()
@@ -309,10 +320,10 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             wait_ready(ports, flows, settings, topics)
             pids = {"broker": broker.pid, "control": flows[0].pid, "workflow": flows[1].pid}
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
-            waited0 = {k: run_queue_wait_s(pid) for k, pid in {**pids, "load_generator": os.getpid()}.items()}
+            watched = {**pids, "load_generator": os.getpid()}
+            waited0 = {k: run_queue_wait_s(pid) for k, pid in watched.items()}
             own0 = time.process_time()
-            requests0 = {"control": scrape_requests(ports[0]), "workflow": scrape_requests(ports[1]),
-                         "load_generator": generator_requests.totals()}
+            requests0 = requests_now(ports, generator_requests)
             stop, lags = threading.Event(), []
             watcher = threading.Thread(target=lag_watch, args=(ports, stop, lags), daemon=True)
             watcher.start()
@@ -330,12 +341,9 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             stop.set()
             watcher.join(timeout=5)
             cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
-            waited = {k: run_queue_wait_s(pid) - waited0[k]
-                      for k, pid in {**pids, "load_generator": os.getpid()}.items()}
+            waited = {k: run_queue_wait_s(pid) - waited0[k] for k, pid in watched.items()}
             time.sleep(1.0)  # librdkafka reports its statistics every second
-            requests1 = {"control": scrape_requests(ports[0]), "workflow": scrape_requests(ports[1]),
-                         "load_generator": generator_requests.totals()}
-            wall_requests = time.monotonic() - wall0
+            requests1, wall_requests = requests_now(ports, generator_requests), time.monotonic() - wall0
             cpu["load_generator"] = time.process_time() - own0
             load_end = os.getloadavg()[0]  # the whole machine's, other users' jobs included
             drain_s = drain_seconds(ports)
@@ -344,13 +352,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             wall_caught_up = time.monotonic() - wall0
             idle = dict(zip(("control", "workflow"), idle_cpu_share(flows)))
         finally:
-            for f in flows:
-                f.terminate()
-            for f in flows:
-                try:
-                    f.wait(15)
-                except subprocess.TimeoutExpired:
-                    f.kill()
+            stop_flows(flows)
         commands = [r for r in read_within(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
         produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_within(settings, topics.telemetry)
                        if r.get("_schema") == "Telemetry"}
@@ -358,15 +360,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
                  if (c["node_id"], c["decided_on_ts_ms"]) in produced_at]  # (sample produced, command produced)
     latencies = sorted(done - produced for produced, done in decisions)
     hours = window_s / 3600.0
-    third = max(1, len(lags) // 3)
-    total_lag = [sum(sample) for sample in lags]
     flows_cpu = cpu["control"] + cpu["workflow"]
-    request_rates = {client: {kind: round((requests1[client].get(kind, 0) - requests0[client].get(kind, 0))
-                                          / wall_requests, 1) for kind in ("Produce", "Fetch")}
-                     for client in requests0 if requests0[client] is not None and requests1[client] is not None}
-    # None when a flow's count is missing: the broker's cost per request is then unknown
-    broker_requests = (sum(sum(rates.values()) for rates in request_rates.values())
-                       if len(request_rates) == len(requests0) else None)
     net = {flow: max(0.0, caught_up[flow] - idle[flow] * wall_caught_up) for flow in idle}
     return {
         "nodes": nodes, "workflows": workflows, "event_hours": round(hours, 4), "wall_s": round(wall, 1),
@@ -381,21 +375,42 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         "cpu_share": {k: round(v / wall, 3) for k, v in cpu.items()},
         # seconds per second each process's threads were ready to run but waited for a core (other jobs included)
         "run_queue_wait_share": {k: round(v / wall, 3) for k, v in waited.items()},
-        # what every client asked of the broker (librdkafka statistics), and the broker's CPU per request
-        "requests_per_s": request_rates,
-        "broker_requests_per_s": None if broker_requests is None else round(broker_requests, 1),
-        "broker_us_per_request": None if broker_requests is None else round(
-            cpu["broker"] / max(1.0, broker_requests * wall) * 1e6, 1),
+        **request_figures(requests0, requests1, wall_requests, cpu["broker"] / wall),
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
-        "max_lag": round(max(total_lag, default=0.0)), "lag_growth": round(
-            (statistics.fmean(total_lag[-third:]) + 1) / (statistics.fmean(total_lag[:third]) + 1), 2) if lags else None,
-        "max_lag_by_flow": {name: round(max((s[i] for s in lags), default=0.0))
-                            for i, name in enumerate(("control", "workflow"))},
-        "lag_by_second": [list(map(round, sample)) for sample in lags],  # [control, workflow] each second
+        **lag_figures(lags),
         "decision_ms_p99_by_10s": _p99_by_window(decisions, 10_000),
         "catch_up_s": drain_s, "cpu_cores_used": round(sum(cpu.values()) / wall, 2),
         "load_average_1m": round(load_end, 2),
     }
+
+
+def requests_now(ports: list[int], generator: RequestStats) -> dict:
+    """Requests sent so far by each flow's clients and by the load generator's (None: a flow did not answer)."""
+    return {"control": scrape_requests(ports[0]), "workflow": scrape_requests(ports[1]),
+            "load_generator": generator.totals()}
+
+
+def request_figures(before: dict, after: dict, seconds: float, broker_cpu_share: float) -> dict:
+    """What every client asked of the broker per second (librdkafka statistics), and the broker's CPU per request."""
+    rates = {client: {kind: round((after[client].get(kind, 0) - before[client].get(kind, 0)) / seconds, 1)
+                      for kind in ("Produce", "Fetch")}
+             for client in before if before[client] is not None and after[client] is not None}
+    if len(rates) < len(before):  # a flow's count is missing: the broker's cost per request is unknown
+        return {"requests_per_s": rates, "broker_requests_per_s": None, "broker_us_per_request": None}
+    total = sum(sum(r.values()) for r in rates.values())
+    return {"requests_per_s": rates, "broker_requests_per_s": round(total, 1),
+            "broker_us_per_request": round(broker_cpu_share / max(1e-9, total) * 1e6, 1)}
+
+
+def lag_figures(lags: list[tuple]) -> dict:
+    """Largest total lag, its growth (last third of the window over the first), per flow, and each second's."""
+    total = [sum(sample) for sample in lags]
+    third = max(1, len(lags) // 3)
+    growth = round((statistics.fmean(total[-third:]) + 1) / (statistics.fmean(total[:third]) + 1), 2) if lags else None
+    return {"max_lag": round(max(total, default=0.0)), "lag_growth": growth,
+            "max_lag_by_flow": {name: round(max((s[i] for s in lags), default=0.0))
+                                for i, name in enumerate(("control", "workflow"))},
+            "lag_by_second": [list(map(round, sample)) for sample in lags]}  # [control, workflow] each second
 
 
 def _p99_by_window(decisions: list[tuple[int, int]], window_ms: int) -> list:
