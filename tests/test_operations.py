@@ -315,8 +315,13 @@ def test_a_flow_client_reports_its_fetch_and_produce_requests(kafka):
 
     from confluent_kafka import Consumer, Producer, TopicPartition
 
-    from operators.kafka_io import CLIENT_REQUESTS, record_client_stats
+    from prometheus_client import REGISTRY
+
+    from operators.kafka_io import record_client_stats
     from schemas.kafka import KafkaSettings
+
+    def requests(client, kind):
+        return REGISTRY.get_sample_value("liquid_kafka_client_requests", {"client": client, "request": kind}) or 0
 
     settings = KafkaSettings(kafka.bootstrap)
     producer = Producer(settings.producer(**{"statistics.interval.ms": "200",
@@ -328,17 +333,19 @@ def test_a_flow_client_reports_its_fetch_and_produce_requests(kafka):
                                                            "stats_cb": lambda s: record_client_stats("test-consumer", s)}))
     consumer.assign([TopicPartition(TOPICS.deadletter, 0, 0)])
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and CLIENT_REQUESTS.labels("test-consumer", "Fetch")._value.get() < 3:
+    while time.monotonic() < deadline and requests("test-consumer", "Fetch") < 3:
         consumer.poll(0.1)
         producer.poll(0)
     consumer.close()
-    assert CLIENT_REQUESTS.labels("test-producer", "Produce")._value.get() >= 5  # one flush, one request at least
-    assert CLIENT_REQUESTS.labels("test-consumer", "Fetch")._value.get() >= 3
+    assert requests("test-producer", "Produce") >= 5  # one flush, one request at least
+    assert requests("test-consumer", "Fetch") >= 3
 
 
 def test_client_statistics_skip_the_bootstrap_connection():
     """Only brokers' connections count (the bootstrap one carries metadata), summed over the brokers."""
-    from operators.kafka_io import CLIENT_REQUESTS, CLIENT_RTT, record_client_stats
+    from prometheus_client import REGISTRY
+
+    from operators.kafka_io import record_client_stats
 
     stats = {"name": "rdkafka#consumer-1", "brokers": {
         "127.0.0.1:9092/bootstrap": {"nodeid": -1, "req": {"Fetch": 0, "Metadata": 4}, "rtt": {"cnt": 0}},
@@ -346,6 +353,10 @@ def test_client_statistics_skip_the_bootstrap_connection():
                              "rtt": {"cnt": 10, "avg": 2500}},
         "127.0.0.1:9093/1": {"nodeid": 1, "req": {"Fetch": 30, "Produce": 7}, "rtt": {"cnt": 3, "avg": 9000}}}}
     record_client_stats("unit", json.dumps(stats))
-    assert CLIENT_REQUESTS.labels("unit", "Fetch")._value.get() == 150
-    assert CLIENT_REQUESTS.labels("unit", "Produce")._value.get() == 7
-    assert CLIENT_RTT.labels("unit")._value.get() == pytest.approx(0.009)  # the slowest broker's mean
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, {"client": "unit", **labels})
+
+    assert sample("liquid_kafka_client_requests", request="Fetch") == 150
+    assert sample("liquid_kafka_client_requests", request="Produce") == 7
+    assert sample("liquid_kafka_client_requests", request="Metadata") is None  # only fetches and produces
+    assert sample("liquid_kafka_client_rtt_seconds") == pytest.approx(0.009)  # the slowest broker's mean
