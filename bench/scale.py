@@ -18,6 +18,14 @@ Each node samples at its own phase within the second (drawn from its id), as
 independent nodes' clocks do; --lockstep makes all nodes sample at the same
 instant instead (a burst of N samples every second, the worst case for latency).
 
+The load generator stands in for the whole fleet and all the workflows through
+one producer each, as a site's gateway would: its producers batch for
+--linger-ms (default 20). The embedded broker's cost is per request and its
+fetches get dearer with every record batch a partition holds (bench/broker.py),
+so a load generator sending a request per record or two measured the broker's
+collapse, not the flows. Topics get --partitions (default 1, one per flow
+worker): each partition is one more consumer fetching from the broker.
+
 Measured per scale:
 
 * adaptations per hour — morph commands issued, per hour of event time;
@@ -45,7 +53,13 @@ Measured per scale:
   flows, and a share near the core count means the figures are CPU-bound; and
   the machine's 1-minute load average at the end of the window (other users'
   jobs included: above the core count, every process here waits for a core).
-  cpu_cores_used sums them: what the scale needs from the machine.
+  cpu_cores_used sums them: what the scale needs from the machine;
+* how long each process was ready to run but waited for a core (Linux
+  schedstat run_delay, summed over its threads, per wall second): a process
+  that waits longer than it computes was starved by the machine, not slow;
+* requests per second to the broker from every client (librdkafka statistics:
+  the flows' liquid_kafka_client_requests gauges, the load generator's own
+  clients' stats_cb), by kind (Fetch, Produce), and the broker's CPU per request.
 
 And once: the worker-side overhead — a real edge worker (edge.worker) serving
 one node on the zoo's models with telemetry at 1 Hz, its process CPU per request
@@ -97,11 +111,29 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue_wait_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a core (Linux schedstat run_delay).
+
+    Beside its CPU seconds it says whether a slow process was busy or starved: on a
+    machine shared with other jobs a flow can wait longer for a core than it computes.
+    """
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
+
+
 def start_flow(name: str, bootstrap: str, port: int, log: Path, flow_args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deploy.cli", "flow", "run", name, "--bootstrap", bootstrap, "--metrics-port",
            str(port)] + (["--models"] if name == "control" else []) + flow_args
+    # Its own session, as the broker has: with the kernel's autogroup scheduling (on by default) a
+    # session is one scheduling group, so flows started in this benchmark's session split one share
+    # of the machine with the load generator, where deployed flows are services of their own.
     return subprocess.Popen(cmd, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
 
 
 def stream_signals(settings: KafkaSettings, topic: str, workflows: int, window_s: float, speed: float,
@@ -174,6 +206,55 @@ def wait_ready(ports: list[int], flows: list, settings: KafkaSettings, topics: T
     raise RuntimeError(f"the flows did not consume a probe record within {timeout_s:.0f} s")
 
 
+def scrape_requests(port: int) -> dict[str, float] | None:
+    """``{"Fetch": n, "Produce": n}``: the requests a flow's Kafka clients have sent so far (its librdkafka
+    statistics); None when the flow does not answer (a starved flow can miss the timeout)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10.0) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "liquid_kafka_client_requests":
+            for sample in family.samples:
+                kind = sample.labels.get("request", "?")
+                totals[kind] = totals.get(kind, 0.0) + sample.value
+    return totals
+
+
+class RequestStats:
+    """The load generator's own clients' requests, from librdkafka's statistics callback (cumulative per client)."""
+
+    def __init__(self):
+        self.lock, self.by_client = threading.Lock(), {}
+
+    def __call__(self, stats_json: str) -> None:
+        """One statistics report of one of the load generator's clients (keyed by its name): a stats_cb."""
+        import json
+
+        stats = json.loads(stats_json)
+        counts: dict[str, int] = {}
+        for broker in stats.get("brokers", {}).values():
+            if broker.get("nodeid", -1) >= 0:  # not the bootstrap connection
+                for kind in ("Produce", "Fetch"):
+                    counts[kind] = counts.get(kind, 0) + broker.get("req", {}).get(kind, 0)
+        with self.lock:
+            self.by_client[stats.get("name", "?")] = counts
+
+    def totals(self) -> dict[str, int]:
+        with self.lock:
+            out: dict[str, int] = {}
+            for counts in self.by_client.values():
+                for kind, n in counts.items():
+                    out[kind] = out.get(kind, 0) + n
+            return out
+
+
 def drain_seconds(ports: list[int], timeout_s: float = 120.0) -> float | None:
     """Seconds until both flows have caught up (lag 0) after the load stopped; None if they did not."""
     t0 = time.monotonic()
@@ -212,11 +293,25 @@ def lag_watch(ports: list[int], stop: threading.Event, samples: list) -> None:
         samples.append(tuple(sum((scrape_lag(port, timeout_s=0.5) or {}).values()) for port in ports))
 
 
+def stop_flows(flows: list) -> None:
+    """SIGTERM to each flow (they stop their clients), SIGKILL to one that has not exited 15 s later."""
+    for f in flows:
+        f.terminate()
+    for f in flows:
+        try:
+            f.wait(15)
+        except subprocess.TimeoutExpired:
+            f.kill()
+
+
 def run_scale(nodes: int, workflows: int, args) -> dict:
     window_s, speed = args.window, args.speed
     topics = TopicNames()
+    generator_requests = RequestStats()
     with EmbeddedBroker(log_path=args.out / f"broker-{nodes}.log") as broker:
-        settings = KafkaSettings(broker.bootstrap)
+        # the load generator's clients: its producers batch for --linger-ms (it stands in for a whole fleet)
+        settings = KafkaSettings(broker.bootstrap, {"linger.ms": str(args.linger_ms), "statistics.interval.ms": "1000",
+                                                    "stats_cb": generator_requests})
         ensure_topics(settings, topics.all(), partitions=args.partitions)
         ports = [free_port(), free_port()]
         flows = [start_flow(name, broker.bootstrap, port, args.out / f"{name}-{nodes}.log", args.flow_arg)
@@ -225,7 +320,10 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             wait_ready(ports, flows, settings, topics)
             pids = {"broker": broker.pid, "control": flows[0].pid, "workflow": flows[1].pid}
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
+            watched = {**pids, "load_generator": os.getpid()}
+            waited0 = {k: run_queue_wait_s(pid) for k, pid in watched.items()}
             own0 = time.process_time()
+            requests0 = requests_now(ports, generator_requests)
             stop, lags = threading.Event(), []
             watcher = threading.Thread(target=lag_watch, args=(ports, stop, lags), daemon=True)
             watcher.start()
@@ -243,6 +341,9 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             stop.set()
             watcher.join(timeout=5)
             cpu = {k: cpu_seconds(pid) - cpu0[k] for k, pid in pids.items()}
+            waited = {k: run_queue_wait_s(pid) - waited0[k] for k, pid in watched.items()}
+            time.sleep(1.0)  # librdkafka reports its statistics every second
+            requests1, wall_requests = requests_now(ports, generator_requests), time.monotonic() - wall0
             cpu["load_generator"] = time.process_time() - own0
             load_end = os.getloadavg()[0]  # the whole machine's, other users' jobs included
             drain_s = drain_seconds(ports)
@@ -251,13 +352,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
             wall_caught_up = time.monotonic() - wall0
             idle = dict(zip(("control", "workflow"), idle_cpu_share(flows)))
         finally:
-            for f in flows:
-                f.terminate()
-            for f in flows:
-                try:
-                    f.wait(15)
-                except subprocess.TimeoutExpired:
-                    f.kill()
+            stop_flows(flows)
         commands = [r for r in read_within(settings, topics.commands) if r.get("_schema") == "MorphCommand"]
         produced_at = {(r["node_id"], r["ts_ms"]): r["_timestamp_ms"] for r in read_within(settings, topics.telemetry)
                        if r.get("_schema") == "Telemetry"}
@@ -265,8 +360,6 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
                  if (c["node_id"], c["decided_on_ts_ms"]) in produced_at]  # (sample produced, command produced)
     latencies = sorted(done - produced for produced, done in decisions)
     hours = window_s / 3600.0
-    third = max(1, len(lags) // 3)
-    total_lag = [sum(sample) for sample in lags]
     flows_cpu = cpu["control"] + cpu["workflow"]
     net = {flow: max(0.0, caught_up[flow] - idle[flow] * wall_caught_up) for flow in idle}
     return {
@@ -280,16 +373,44 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         "control_us_per_sample": round(caught_up["control"] / max(1, fleet["samples"]) * 1e6, 1),
         "workflow_us_per_signal": round(caught_up["workflow"] / max(1, signals.get("sent", 0)) * 1e6, 1),
         "cpu_share": {k: round(v / wall, 3) for k, v in cpu.items()},
+        # seconds per second each process's threads were ready to run but waited for a core (other jobs included)
+        "run_queue_wait_share": {k: round(v / wall, 3) for k, v in waited.items()},
+        **request_figures(requests0, requests1, wall_requests, cpu["broker"] / wall),
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
-        "max_lag": round(max(total_lag, default=0.0)), "lag_growth": round(
-            (statistics.fmean(total_lag[-third:]) + 1) / (statistics.fmean(total_lag[:third]) + 1), 2) if lags else None,
-        "max_lag_by_flow": {name: round(max((s[i] for s in lags), default=0.0))
-                            for i, name in enumerate(("control", "workflow"))},
-        "lag_by_second": [list(map(round, sample)) for sample in lags],  # [control, workflow] each second
+        **lag_figures(lags),
         "decision_ms_p99_by_10s": _p99_by_window(decisions, 10_000),
         "catch_up_s": drain_s, "cpu_cores_used": round(sum(cpu.values()) / wall, 2),
         "load_average_1m": round(load_end, 2),
     }
+
+
+def requests_now(ports: list[int], generator: RequestStats) -> dict:
+    """Requests sent so far by each flow's clients and by the load generator's (None: a flow did not answer)."""
+    return {"control": scrape_requests(ports[0]), "workflow": scrape_requests(ports[1]),
+            "load_generator": generator.totals()}
+
+
+def request_figures(before: dict, after: dict, seconds: float, broker_cpu_share: float) -> dict:
+    """What every client asked of the broker per second (librdkafka statistics), and the broker's CPU per request."""
+    rates = {client: {kind: round((after[client].get(kind, 0) - before[client].get(kind, 0)) / seconds, 1)
+                      for kind in ("Produce", "Fetch")}
+             for client in before if before[client] is not None and after[client] is not None}
+    if len(rates) < len(before):  # a flow's count is missing: the broker's cost per request is unknown
+        return {"requests_per_s": rates, "broker_requests_per_s": None, "broker_us_per_request": None}
+    total = sum(sum(r.values()) for r in rates.values())
+    return {"requests_per_s": rates, "broker_requests_per_s": round(total, 1),
+            "broker_us_per_request": round(broker_cpu_share / max(1e-9, total) * 1e6, 1)}
+
+
+def lag_figures(lags: list[tuple]) -> dict:
+    """Largest total lag, its growth (last third of the window over the first), per flow, and each second's."""
+    total = [sum(sample) for sample in lags]
+    third = max(1, len(lags) // 3)
+    growth = round((statistics.fmean(total[-third:]) + 1) / (statistics.fmean(total[:third]) + 1), 2) if lags else None
+    return {"max_lag": round(max(total, default=0.0)), "lag_growth": growth,
+            "max_lag_by_flow": {name: round(max((s[i] for s in lags), default=0.0))
+                                for i, name in enumerate(("control", "workflow"))},
+            "lag_by_second": [list(map(round, sample)) for sample in lags]}  # [control, workflow] each second
 
 
 def _p99_by_window(decisions: list[tuple[int, int]], window_ms: int) -> list:
@@ -371,8 +492,12 @@ def main() -> int:
     ap.add_argument("--run-every", type=float, default=60.0, help="seconds between a workflow's runs (default %(default)s)")
     ap.add_argument("--lockstep", action="store_true",
                     help="every node samples at the same instant of each second (default: each at its own phase)")
-    ap.add_argument("--partitions", type=int, default=4,
-                    help="partitions per topic (default %(default)s, as an AdaptiveWorkflow's default)")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="partitions per topic (default %(default)s: one per flow worker, each flow runs one; "
+                         "every partition is one more consumer fetching from the broker)")
+    ap.add_argument("--linger-ms", type=float, default=20.0,
+                    help="linger.ms of the load generator's producers (default %(default)s): it stands in for the "
+                         "whole fleet through one producer, and the embedded broker's cost is per request")
     ap.add_argument("--flow-arg", action="append", default=[], metavar="ARG",
                     help="extra `liquid flow run` argument for both flows, repeatable (e.g. --flow-arg=--batch-size=100)")
     ap.add_argument("--worker-seconds", type=float, default=20.0,
@@ -396,7 +521,8 @@ def main() -> int:
               f"decision p50 {row['decision_ms_p50']} ms p99 {row['decision_ms_p99']} ms, max lag {row['max_lag']} "
               f"(growth x{row['lag_growth']}); CPU {row['control_us_per_sample']} us/sample (control), "
               f"{row['workflow_us_per_signal']} us/signal (workflow); "
-              f"CPU share {row['cpu_share']}", flush=True)
+              f"CPU share {row['cpu_share']}, waiting for a core {row['run_queue_wait_share']}; broker {row['broker_requests_per_s']} requests/s at "
+              f"{row['broker_us_per_request']} us CPU each ({row['requests_per_s']})", flush=True)
     per_node = [s["net_cpu_s_per_node_hour"] for s in scales]
     growth = round(per_node[-1] / per_node[0], 2) if len(per_node) > 1 and per_node[0] else None
     print(f"control-plane CPU per node-hour net of idle, largest scale / smallest: {growth} (flat = 1.0)")
@@ -409,7 +535,7 @@ def main() -> int:
               f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core)")
     emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
-                 "partitions": args.partitions, "flow_args": args.flow_arg, **overhead,
+                 "partitions": args.partitions, "linger_ms": args.linger_ms, "flow_args": args.flow_arg, **overhead,
                  "targets": {"decision_ms_p99": 100, "worker_overhead_fraction": 0.02}})
     return 0
 

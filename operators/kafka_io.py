@@ -4,12 +4,14 @@ A message that does not decode becomes a `DeadLetter`; the flows route those to
 the dead-letter topic (original key and bytes, the reason and the origin in
 headers) and carry on. They are counted per source topic and reason kind in a
 Prometheus counter (`operators.metrics`) and in `DEAD_LETTERS`; so are the
-records read and published per topic.
+records read and published per topic, and the fetch and produce requests every
+Kafka client of the flow sends (`CLIENT_REQUESTS`, from librdkafka's statistics).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -20,9 +22,12 @@ from bytewax.connectors.kafka import (
     KafkaSink,
     KafkaSinkMessage,
     KafkaSource,
+    _KafkaSinkPartition,  # the sink's partition, built with a producer that reports statistics
     _KafkaSourcePartition,  # per-partition offsets need the partition class
 )
 from confluent_kafka import KafkaError as ConfluentKafkaError
+from confluent_kafka import Producer
+from prometheus_client import Gauge
 
 from operators import metrics
 from operators.events import Event
@@ -121,6 +126,51 @@ def encoder(codec: Codec, topic_by_schema: dict[str, str]):
     return encode
 
 
+#: What a flow's Kafka clients asked of the brokers, from librdkafka's statistics (``brokers.*.req``,
+#: cumulative per client): with ``rate()`` it shows how many fetch and produce requests a flow sends
+#: per second, the figure that decides what a broker spends on it (the embedded broker's cost is per
+#: request, not per record: see the README's operations section).
+CLIENT_REQUESTS = Gauge("liquid_kafka_client_requests", "Requests a flow's Kafka client sent, by kind (cumulative)",
+                        ["client", "request"])
+CLIENT_RTT = Gauge("liquid_kafka_client_rtt_seconds", "Mean broker round trip of a flow's Kafka client (last window)",
+                   ["client"])
+#: How often librdkafka reports statistics to the flows (Bytewax's lag gauge comes from them too).
+STATS_INTERVAL_MS = 1000
+
+
+def record_client_stats(client: str, stats_json: str) -> None:
+    """Put one librdkafka statistics report of ``client`` into `CLIENT_REQUESTS` and `CLIENT_RTT`."""
+    stats = json.loads(stats_json)
+    totals: Counter = Counter()
+    rtts = []
+    for broker in stats.get("brokers", {}).values():
+        if broker.get("nodeid", -1) < 0:  # the bootstrap connection: metadata only, counted on the broker's own
+            continue
+        totals.update({kind: n for kind, n in broker.get("req", {}).items() if kind in ("Produce", "Fetch")})
+        if broker.get("rtt", {}).get("cnt"):
+            rtts.append(broker["rtt"]["avg"] / 1e6)
+    for kind, n in totals.items():
+        CLIENT_REQUESTS.labels(client, kind).set(n)
+    if rtts:
+        CLIENT_RTT.labels(client).set(max(rtts))
+
+
+class StatsKafkaSink(KafkaSink):
+    """Bytewax's KafkaSink whose producer reports its requests (`record_client_stats`) as ``client``."""
+
+    def __init__(self, *args, client: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._client = client
+
+    def build(self, step_id: str, worker_index: int, worker_count: int):
+        # as KafkaSink.build, plus the statistics callback (a given statistics.interval.ms wins)
+        config = {"bootstrap.servers": ",".join(self._brokers), "statistics.interval.ms": STATS_INTERVAL_MS,
+                  **self._add_config}
+        client = f"{self._client}/{worker_index}"
+        producer = Producer({**config, "stats_cb": lambda stats: record_client_stats(client, stats)})
+        return _KafkaSinkPartition(producer, self._topic)
+
+
 class OffsetKafkaSource(KafkaSource):
     """KafkaSource whose partitions can each start at their own offset, and can decode as they read.
 
@@ -153,7 +203,7 @@ class OffsetKafkaSource(KafkaSource):
             "enable.auto.commit": "false",
             "bootstrap.servers": ",".join(self._brokers),
             "enable.partition.eof": str(not self._tail),
-            "statistics.interval.ms": 1000,
+            "statistics.interval.ms": STATS_INTERVAL_MS,
         }
         config.update(self._consumer_config)
         if self._decode is None:
@@ -176,6 +226,11 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
         super().__init__(*args, **kwargs)
         self._decode = decode
         self._read = metrics.EVENTS_IN.labels(self._topic)
+        self._client = f"source/{self._topic}[{self._part_idx}]"
+
+    def _process_stats(self, json_stats: str) -> None:
+        record_client_stats(self._client, json_stats)
+        super()._process_stats(json_stats)  # Bytewax's lag gauge
 
     def next_batch(self) -> list:
         if self._eof:
@@ -217,7 +272,7 @@ def kafka_input(flow, spec, codec, schema_by_topic: dict, key_field: str, step_i
     routed = op.branch(f"{step_id}_decodable", decoded, is_event)
     op.output(f"{step_id}_deadletter_out",
               op.map(f"{step_id}_dead_letter", routed.falses, dead_letter_message(spec.topic_names.deadletter)),
-              KafkaSink(kafka.brokers, None, add_config=kafka.sink_config()))
+              StatsKafkaSink(kafka.brokers, None, add_config=kafka.sink_config(), client=f"sink/{step_id}_deadletter"))
     return routed.trues
 
 
@@ -226,4 +281,4 @@ def kafka_output(stream, spec, codec, schema_names: tuple) -> None:
     topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
                        for name in schema_names}
     op.output("kafka_out", op.map("encode", stream, encoder(codec, topic_by_schema)),
-              KafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.sink_config()))
+              StatsKafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.sink_config(), client="sink/kafka_out"))

@@ -306,3 +306,57 @@ def test_a_staggered_fleet_samples_each_node_at_its_own_phase(kafka):
     assert all(ts == [phases[n], phases[n] + 1000, phases[n] + 2000] for n, ts in offsets.items())
     assert len(set(phases.values())) >= 15 and max(phases.values()) - min(phases.values()) > 500
     assert all(0 <= p < 1000 for p in phases.values())
+
+
+@pytest.mark.broker
+def test_a_flow_client_reports_its_fetch_and_produce_requests(kafka):
+    """librdkafka's statistics as the flows read them: a real producer's and consumer's requests reach the gauge."""
+    import time
+
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from prometheus_client import REGISTRY
+
+    from operators.kafka_io import record_client_stats
+    from schemas.kafka import KafkaSettings
+
+    def requests(client, kind):
+        return REGISTRY.get_sample_value("liquid_kafka_client_requests", {"client": client, "request": kind}) or 0
+
+    settings = KafkaSettings(kafka.bootstrap)
+    producer = Producer(settings.producer(**{"statistics.interval.ms": "200",
+                                             "stats_cb": lambda s: record_client_stats("test-producer", s)}))
+    for i in range(5):
+        producer.produce(TOPICS.deadletter, key=b"k", value=b"v%d" % i)
+        producer.flush(10)
+    consumer = Consumer(settings.consumer("test-stats", **{"statistics.interval.ms": "200",
+                                                           "stats_cb": lambda s: record_client_stats("test-consumer", s)}))
+    consumer.assign([TopicPartition(TOPICS.deadletter, 0, 0)])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and requests("test-consumer", "Fetch") < 3:
+        consumer.poll(0.1)
+        producer.poll(0)
+    consumer.close()
+    assert requests("test-producer", "Produce") >= 5  # one flush, one request at least
+    assert requests("test-consumer", "Fetch") >= 3
+
+
+def test_client_statistics_skip_the_bootstrap_connection():
+    """Only brokers' connections count (the bootstrap one carries metadata), summed over the brokers."""
+    from prometheus_client import REGISTRY
+
+    from operators.kafka_io import record_client_stats
+
+    stats = {"name": "rdkafka#consumer-1", "brokers": {
+        "127.0.0.1:9092/bootstrap": {"nodeid": -1, "req": {"Fetch": 0, "Metadata": 4}, "rtt": {"cnt": 0}},
+        "127.0.0.1:9092/0": {"nodeid": 0, "req": {"Fetch": 120, "Produce": 0, "Metadata": 2},
+                             "rtt": {"cnt": 10, "avg": 2500}},
+        "127.0.0.1:9093/1": {"nodeid": 1, "req": {"Fetch": 30, "Produce": 7}, "rtt": {"cnt": 3, "avg": 9000}}}}
+    record_client_stats("unit", json.dumps(stats))
+    def sample(name, **labels):
+        return REGISTRY.get_sample_value(name, {"client": "unit", **labels})
+
+    assert sample("liquid_kafka_client_requests", request="Fetch") == 150
+    assert sample("liquid_kafka_client_requests", request="Produce") == 7
+    assert sample("liquid_kafka_client_requests", request="Metadata") is None  # only fetches and produces
+    assert sample("liquid_kafka_client_rtt_seconds") == pytest.approx(0.009)  # the slowest broker's mean
