@@ -209,3 +209,12 @@ def test_apply_starts_updates_and_stops_the_sync_flow_with_the_resource(broker, 
         assert not _alive(pid)
     finally:
         delete("inspection", state_dir, say=said.append)
+
+
+def test_a_central_store_renders_a_sync_statefulset_too():
+    wf = parse_workflow_spec(yaml.safe_dump(example(spec__sync={"store": "postgresql://central/liquid"})))
+    manifests = render_kubernetes(wf, image="registry.example/liquid:0.1")
+    sync = next(m for m in manifests if m["kind"] == "StatefulSet" and m["metadata"]["name"] == "inspection-sync")
+    kubernetes_validate.validate(sync, KUBERNETES_VERSION, strict=True)
+    assert "flow run sync" in " ".join(sync["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert not any(m["metadata"]["name"] == "inspection-sync" for m in render_kubernetes(load_workflow_spec(EXAMPLE)))
