@@ -12,7 +12,7 @@ Used by the fleet simulator and by the edge worker.
 An idle listener must cost the node next to nothing (the worker-overhead part of
 ``bench/scale.py``): it blocks in librdkafka for up to `POLL_TIMEOUT_S` (poll()
 returns on the first message, so a command is not delayed by it), and its
-consumer asks the broker for data with `EDGE_FETCH_WAIT` rather than the flows'
+consumer asks the broker for data with `EDGE_FETCH_WAIT_MS` rather than the flows'
 5 ms long-poll, which kept librdkafka's broker thread busy 200 times a second.
 The Python client cannot interrupt a blocked poll from another thread (librdkafka's
 ``rd_kafka_queue_yield`` is swallowed by the client's own interruptible-poll loop),
@@ -41,8 +41,9 @@ POLL_TIMEOUT_S = 0.5
 #: log only a few times per wait. Measured on loopback Tansu, idle consumer CPU (librdkafka
 #: threads) and command hop latency p50 / p95: 5 ms: 13 ms/s, 3 / 16 ms; 100 ms: ~1 ms/s,
 #: 16 / 38 ms; 250-300 ms: < 1 ms/s (below the clock tick), 26 / 66-84 ms. A setting given
-#: in the KafkaSettings wins.
-EDGE_FETCH_WAIT = {"fetch.wait.max.ms": "250"}
+#: in the KafkaSettings wins; a listener whose records race something (shadow commands race
+#: the run's own steps) passes ``fetch_wait_ms=None`` and keeps the flows' 5 ms.
+EDGE_FETCH_WAIT_MS = 250
 
 
 class CommandListener(threading.Thread):
@@ -51,8 +52,9 @@ class CommandListener(threading.Thread):
                  schema_name: str = "MorphCommand", from_beginning: bool = False,
                  verify: Callable[[dict, str], str | None] | None = None,
                  publish_ack: Callable[[dict], None] | None = None,
-                 on_contact: Callable[[], None] | None = None):
+                 on_contact: Callable[[], None] | None = None, fetch_wait_ms: int | None = EDGE_FETCH_WAIT_MS):
         super().__init__(name=f"commands-{topic}", daemon=True)
+        self.fetch_wait_ms = fetch_wait_ms
         self.settings, self.topic, self.ack_topic = settings, topic, ack_topic
         self.nodes, self.on_command, self.schema_name = set(nodes), on_command, schema_name
         self.codec = codec or Codec()
@@ -69,7 +71,8 @@ class CommandListener(threading.Thread):
         self.publish_ack = publish_ack or self._produce_ack
 
     def run(self) -> None:
-        fetch = {} if "fetch.wait.max.ms" in self.settings.config else EDGE_FETCH_WAIT
+        given = "fetch.wait.max.ms" in self.settings.config or self.fetch_wait_ms is None
+        fetch = {} if given else {"fetch.wait.max.ms": str(self.fetch_wait_ms)}
         consumer = Consumer(self.settings.consumer("liquid-edge", **fetch))
         partitions = self._wait_for_topic(consumer)
         if partitions is None:

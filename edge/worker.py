@@ -172,9 +172,12 @@ class EdgeWorker:
                     RecordListener(settings, topics.telemetry, None, set(), self._on_heartbeat, self.codec,
                                    schema_name="Telemetry"),
                     threading.Thread(target=self._adopt_orphans, daemon=True, name="takeover")]
+            # A shadow is worth something only if it arrives before the run reaches its step: the
+            # flows' 5 ms fetch long-poll, not the edge listeners' 250 ms.
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand",
-                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact)
+                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact,
+                                                   fetch_wait_ms=None)
             # The central store's answers to the nodes' execution records, signed like commands.
             # Its read position beside the outbox: a restart resumes, not re-reads every answer.
             self.sync_listener = SyncOutcomeListener(
