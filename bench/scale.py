@@ -67,6 +67,13 @@ served in its steady state (after a few seconds' warm-up) against the same
 serving with telemetry, command listening and acks off, measured in the same run: overhead = 1 - cpu_per_request_inference_only /
 cpu_per_request_with_everything; and the same in cores (it does not depend on
 the model's cost, the fraction does: a lighter zoo gives a larger fraction).
+That difference of two runs moves by several per cent with the machine's load
+(the inference alone costs a few per cent more or less from one run to the
+next), so the same window is also split by thread (Linux schedstat, ns):
+worker_thread_overhead_fraction is the CPU of every thread but the serving ones
+(the request stream, the swap pool, ONNX Runtime's own threads) over the
+process's, with the split in worker_overhead_ms_per_s (outbox drain, telemetry,
+listeners, librdkafka's threads, the rest).
 
     python bench/scale.py [--scales 10:25,50:150,200:800,1000:5000] [--window 60] [--speed 1]
 
@@ -430,6 +437,36 @@ def _quantile(sorted_values: list, q: float) -> float | None:
     return float(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
+SERVING_THREADS = ("request-load", "ThreadPoolExecutor")  # the request stream and the swap pool
+
+
+def thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by role: serving, or the worker's other parts.
+
+    Threads Python started are known by name; librdkafka's are named ``rdk:*``; the
+    remaining native threads are ONNX Runtime's pools, counted as serving.
+    """
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+            comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+        except OSError:  # the thread ended in between
+            continue
+        name = names.get(int(tid))
+        if comm.startswith("rdk:"):
+            role = "librdkafka"
+        elif name is None or name.startswith(SERVING_THREADS):
+            role = "serving"
+        elif name.startswith("commands-"):
+            role = "listeners"
+        else:
+            role = {"outbox-drain": "outbox", "telemetry": "telemetry"}.get(name, "other")
+        out[role] = out.get(role, 0.0) + ns / 1e9
+    return out
+
+
 def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0) -> dict:
     """Process CPU per request served of a real worker with everything on vs inference alone, one node on the zoo.
 
@@ -444,11 +481,17 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
 
     manifest = load_manifest(zoo) if zoo else build_zoo(progress=progress)
 
+    split: dict[str, float] = {}
+
     def steady(loads) -> tuple[float, int]:
         time.sleep(warm_s)
+        threads0 = thread_cpu_seconds()
         cpu0, served0 = time.process_time(), sum(load.stats().served for load in loads)
         time.sleep(seconds)
-        return time.process_time() - cpu0, sum(load.stats().served for load in loads) - served0
+        cpu, served = time.process_time() - cpu0, sum(load.stats().served for load in loads) - served0
+        split.clear()
+        split.update({role: t - threads0.get(role, 0.0) for role, t in thread_cpu_seconds().items()})
+        return cpu, served
 
     def inference_only() -> tuple[float, int]:
         server = InferenceServer(manifest, "transformer", "fp32")
@@ -472,13 +515,19 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
             finally:
                 worker.stop()
 
-    (base, base_served), (full, full_served) = inference_only(), everything()
+    (base, base_served) = inference_only()
+    (full, full_served) = everything()  # leaves its thread split in `split`
     per_base, per_full = base / max(1, base_served), full / max(1, full_served)
+    threads_total = sum(split.values())
     return {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
             "cpu_s_worker": round(full, 3), "served_worker": full_served,
             "worker_overhead_fraction": round(max(0.0, 1.0 - per_base / per_full), 4) if full_served else None,
             # the same in cores: what everything but inference costs per second, whatever the model costs
             "worker_overhead_cores": round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
+            "worker_thread_overhead_fraction": round(1.0 - split.get("serving", 0.0) / threads_total, 4)
+            if threads_total else None,
+            "worker_overhead_ms_per_s": {role: round(t / seconds * 1000, 3) for role, t in sorted(split.items())
+                                         if role != "serving"},
             "worker_zoo": str(manifest.root)}
 
 
@@ -532,7 +581,9 @@ def main() -> int:
         overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo)
         print(f"worker: {overhead['cpu_s_worker']} CPU s for {overhead['served_worker']} requests with everything vs "
               f"{overhead['cpu_s_inference_only']} for {overhead['served_inference_only']} inference alone -> overhead "
-              f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core)")
+              f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core); by thread, "
+              f"everything but serving: {overhead['worker_thread_overhead_fraction']} of the worker's CPU, ms per s: "
+              f"{overhead['worker_overhead_ms_per_s']}")
     emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
                  "partitions": args.partitions, "linger_ms": args.linger_ms, "flow_args": args.flow_arg, **overhead,

@@ -7,6 +7,11 @@ it ``adaptation``-s, its ``constraints`` (``max_latency_ms``, ``min_accuracy``,
 shipped beside this module (``adaptive_workflow.schema.json``) is the contract;
 `load_workflow_spec` reports the first violation with its path.
 
+With a ``sync`` block naming a central ``store`` (SQLite path or PostgreSQL DSN),
+the resource also runs the sync flow (``liquid flow run sync --store ...``: the
+nodes' execution records kept centrally, each answered); without one, no sync
+flow runs and the nodes keep their records locally.
+
 The constraints reach the decisions: ``max_gpu_temp_celsius`` is the morph
 policy's step-down threshold (its 90 °C-style critical jump 5 °C above, recovery
 7 °C below), and all four travel to the flows in ``options["constraints"]`` for
@@ -23,6 +28,18 @@ the learned agent.
 >>> control = spec.flow_spec("control")
 >>> control.policy["hot_c"], control.policy["critical_c"], control.options["constraints"]["max_latency_ms"]
 (80.0, 85.0, 50)
+>>> spec.enabled_flows()
+['control', 'workflow']
+>>> with_store = parse_workflow_spec('''
+... apiVersion: liquid.workflow/v1
+... kind: AdaptiveWorkflow
+... metadata: {name: inspection}
+... spec:
+...   stages: [{name: ingest}]
+...   sync: {store: /var/lib/liquid/central.db, conflicts: {execution: manual}}
+... ''', source="inspection.yaml")
+>>> with_store.enabled_flows(), with_store.flow_spec("sync").options["store"]
+(['control', 'workflow', 'sync'], '/var/lib/liquid/central.db')
 >>> parse_workflow_spec("apiVersion: liquid.workflow/v1\\nkind: AdaptiveWorkflow\\nmetadata: {name: x}\\n"
 ...                     "spec: {stages: [{name: a}], constraints: {min_accuracy: 1.5}}", source="bad.yaml")
 Traceback (most recent call last):
@@ -45,7 +62,7 @@ from deploy.errors import UsageError
 from flows.spec import FlowSpec
 
 SCHEMA_PATH = Path(__file__).with_name("adaptive_workflow.schema.json")
-FLOW_NAMES = ("control", "workflow")
+FLOW_NAMES = ("control", "workflow", "sync")
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_PARTITIONS = 4
 
@@ -81,7 +98,13 @@ class AdaptiveWorkflow:
         return {**defaults, **self.spec.get("flows", {}).get(flow, {})}
 
     def enabled_flows(self) -> list[str]:
-        return [f for f in FLOW_NAMES if self.flow_settings(f)["enabled"]]
+        """The flows the resource runs: the sync flow only when it names a central store."""
+        return [f for f in FLOW_NAMES if self.flow_settings(f)["enabled"] and (f != "sync" or self.central_store)]
+
+    @property
+    def central_store(self) -> str | None:
+        """The central execution store (``spec.sync.store``), or None when the nodes keep their records."""
+        return self.spec.get("sync", {}).get("store")
 
     def partitions(self) -> int:
         """Partitions per topic: ``topics.partitions``, 4 by default.
@@ -118,6 +141,10 @@ class AdaptiveWorkflow:
             options["constraints"] = dict(self.spec.get("constraints", {}))
             if adaptation.get("policy", "rules") == "rli":
                 options.update(policy_kind="rli", peer_groups=max(1, len(self.spec.get("fleet", {}).get("groups", []))))
+        elif flow == "sync":
+            sync = self.spec.get("sync", {})
+            options.update({k: v for k, v in (("store", sync.get("store")), ("conflicts", sync.get("conflicts")),
+                                              ("signing_key", sync.get("signing_key"))) if v})
         elif adaptation.get("speculation"):
             options["speculation"] = True
         return FlowSpec(name=flow, bootstrap=kafka.get("bootstrap", DEFAULT_BOOTSTRAP),

@@ -8,6 +8,16 @@ skips commands it has seen (replays and resumes may repeat them), hands each to
 a callback that returns a CommandAck, and publishes the ack — through
 ``publish_ack`` when given (the edge worker's outbox), else its own producer.
 Used by the fleet simulator and by the edge worker.
+
+An idle listener must cost the node next to nothing (the worker-overhead part of
+``bench/scale.py``): it blocks in librdkafka for up to `POLL_TIMEOUT_S` (poll()
+returns on the first message, so a command is not delayed by it), and its
+consumer asks the broker for data with `EDGE_FETCH_WAIT_MS` rather than the flows'
+5 ms long-poll, which kept librdkafka's broker thread busy 200 times a second.
+The Python client cannot interrupt a blocked poll from another thread (librdkafka's
+``rd_kafka_queue_yield`` is swallowed by the client's own interruptible-poll loop),
+so stopping is two-phase: `halt` every listener first, then `stop` (join) them, and
+a worker's shutdown waits one poll timeout at most, not one per listener.
 """
 
 from __future__ import annotations
@@ -22,6 +32,19 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer
 from schemas.codec import Codec, DecodeError
 from schemas.kafka import KafkaSettings, partition_ends
 
+#: Seconds a listener blocks in librdkafka per poll when nothing arrives: how long a stop
+#: can take to be noticed (`CommandListener.halt`), not how long a command waits.
+POLL_TIMEOUT_S = 0.5
+
+#: The fetch long-poll of edge consumers. A Kafka broker answers a fetch as soon as a record
+#: arrives, so a long wait costs no latency there; the embedded broker (Tansu) re-checks its
+#: log only a few times per wait. Measured on loopback Tansu, idle consumer CPU (librdkafka
+#: threads) and command hop latency p50 / p95: 5 ms: 13 ms/s, 3 / 16 ms; 100 ms: ~1 ms/s,
+#: 16 / 38 ms; 250-300 ms: < 1 ms/s (below the clock tick), 26 / 66-84 ms. A setting given
+#: in the KafkaSettings wins; a listener whose records race something (shadow commands race
+#: the run's own steps) passes ``fetch_wait_ms=None`` and keeps the flows' 5 ms.
+EDGE_FETCH_WAIT_MS = 250
+
 
 class CommandListener(threading.Thread):
     def __init__(self, settings: KafkaSettings, topic: str, ack_topic: str, nodes: set[str],
@@ -29,8 +52,9 @@ class CommandListener(threading.Thread):
                  schema_name: str = "MorphCommand", from_beginning: bool = False,
                  verify: Callable[[dict, str], str | None] | None = None,
                  publish_ack: Callable[[dict], None] | None = None,
-                 on_contact: Callable[[], None] | None = None):
+                 on_contact: Callable[[], None] | None = None, fetch_wait_ms: int | None = EDGE_FETCH_WAIT_MS):
         super().__init__(name=f"commands-{topic}", daemon=True)
+        self.fetch_wait_ms = fetch_wait_ms
         self.settings, self.topic, self.ack_topic = settings, topic, ack_topic
         self.nodes, self.on_command, self.schema_name = set(nodes), on_command, schema_name
         self.codec = codec or Codec()
@@ -47,27 +71,27 @@ class CommandListener(threading.Thread):
         self.publish_ack = publish_ack or self._produce_ack
 
     def run(self) -> None:
-        consumer = Consumer(self.settings.consumer("liquid-edge"))
+        given = "fetch.wait.max.ms" in self.settings.config or self.fetch_wait_ms is None
+        fetch = {} if given else {"fetch.wait.max.ms": str(self.fetch_wait_ms)}
+        consumer = Consumer(self.settings.consumer("liquid-edge", **fetch))
         partitions = self._wait_for_topic(consumer)
         if partitions is None:
             consumer.close()
             return
-        # Explicit high watermarks rather than OFFSET_END, which resolves lazily: a
-        # command sent right after wait_ready() must not be skipped.
-        ends = partition_ends(consumer, self.topic, len(partitions))
-        starts = {p: OFFSET_BEGINNING if self.from_beginning else ends[p][1] for p in partitions}
+        starts = self._start_offsets(consumer, partitions)
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in starts.items()])
         self._ready.set()
         try:
             while not self._halt.is_set():
                 # poll() returns on the first message; consume(n, timeout) would wait out the
                 # timeout whenever fewer than n arrive, adding that much to every command.
-                first = consumer.poll(0.05)
+                first = consumer.poll(POLL_TIMEOUT_S)
                 if first is None:
                     continue
-                for msg in [first] + consumer.consume(100, timeout=0):
-                    if msg.error() is None:
-                        self._handle(msg.value())
+                batch = [msg for msg in [first] + consumer.consume(100, timeout=0) if msg.error() is None]
+                for msg in batch:
+                    self._handle(msg.value())
+                self._handled(batch)
                 if self.producer is not None:
                     self.producer.poll(0)
         finally:
@@ -77,6 +101,18 @@ class CommandListener(threading.Thread):
                 # publish_ack is a bound method (a cycle): without this the client lives on until
                 # the garbage collector's next full pass, reconnecting to a broker that may be gone
                 self.producer = None
+
+    def _start_offsets(self, consumer, partitions) -> dict[int, int]:
+        """Where each partition is read from: the beginning, or (commands) the end as of now."""
+        if self.from_beginning:
+            return {p: OFFSET_BEGINNING for p in partitions}
+        # Explicit high watermarks rather than OFFSET_END, which resolves lazily: a
+        # command sent right after wait_ready() must not be skipped.
+        ends = partition_ends(consumer, self.topic, len(partitions))
+        return {p: ends[p][1] for p in partitions}
+
+    def _handled(self, batch: list) -> None:
+        """Called after each batch of messages has been handled (a listener that keeps its position)."""
 
     def _wait_for_topic(self, consumer) -> dict | None:
         """The topic's partitions once the broker answers; a node may start during an outage."""
@@ -127,7 +163,12 @@ class CommandListener(threading.Thread):
     def wait_ready(self, timeout_s: float = 15.0) -> bool:
         return self._ready.wait(timeout_s)
 
+    def halt(self) -> None:
+        """Ask the listener to stop after its current poll, without waiting (see `stop`)."""
+        self._halt.set()
+
     def stop(self) -> None:
+        """Halt and wait until the consumer is closed (at most one poll timeout plus the close)."""
         self._halt.set()
         if self.is_alive():
             self.join(timeout=5)

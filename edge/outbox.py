@@ -152,8 +152,13 @@ class Outbox:
         self._in_flight: dict[int, tuple[str, int]] = {}   # seq -> (record id, bytes), handed to the producer
         self._delivered: list[tuple[int, int]] = []   # (seq, bytes) the broker acknowledged
         self._sent_upto: dict[int, int] = {}   # priority -> highest seq handed to the producer
+        # Whether rows may wait that were never handed to the producer (or must be resent): while
+        # records are in flight the drain loop turns every few ms, and without this each turn
+        # would query the database for a batch it already knows is empty.
+        self._unsent = True
         self._halt = threading.Event()
         self._wake = threading.Event()
+        self._expire_at = 0.0   # wall time of the next expiry check (0: at the first loop)
         self._thread: threading.Thread | None = None
         self.last_delivery_monotonic: float | None = None
 
@@ -174,6 +179,7 @@ class Outbox:
                     self._refused += 1
                     return False
             self._staged.append((record_id, topic, key, value, priority, now_ms))
+            self._unsent = True
             self._count += 1
             self._bytes += size
             if wait:
@@ -260,11 +266,19 @@ class Outbox:
         return self
 
     def _drain_loop(self) -> None:
+        """Send, collect delivery reports, expire; idle, it sleeps until a put or the next expiry.
+
+        With records in flight it polls the producer in short steps (their reports come within
+        a broker round trip, or it is an outage and the stall check must run); with nothing in
+        flight and nothing to send it waits on ``_wake`` until the oldest row's expiry, so an
+        idle node's outbox wakes once per record written, not on a timer.
+        """
         tokens, last = 0.0, time.monotonic()
         while not self._halt.is_set():
             now = time.monotonic()
             tokens = min(self.drain_rate, tokens + (now - last) * self.drain_rate)
             last = now
+            self._wake.clear()  # before reading: a put from here on wakes the next wait
             room = min(int(tokens), self.max_in_flight - len(self._in_flight))
             sent = self._send(self._next_batch(room)) if room > 0 else 0
             tokens -= sent
@@ -272,10 +286,14 @@ class Outbox:
             self._forget_delivered()
             if self._in_flight and now - self._progress_at > self.stall_s:
                 self._renew_producer()
-            if not sent and not self._in_flight:
-                self._wake.wait(0.05)
-                self._wake.clear()
-            self._expire()
+            if time.time() >= self._expire_at:
+                self._expire()
+            if sent or self._in_flight:
+                continue
+            if room <= 0 and self._count:
+                self._wake.wait(1.0 / self.drain_rate)  # rate-limited: until the bucket has a token
+            else:
+                self._wake.wait(max(0.0, self._expire_at - time.time()))
 
     def _renew_producer(self) -> None:
         """Start over with a fresh producer from the oldest undelivered record.
@@ -292,11 +310,14 @@ class Outbox:
         old.poll(0)
         self._in_flight.clear()
         self._sent_upto.clear()
+        self._unsent = True
         self._progress_at = time.monotonic()
         self.renewals += 1
 
     def _next_batch(self, n: int) -> list[OutboxRow]:
         with self._lock:
+            if not self._unsent:
+                return []
             self._commit_staged()
             rows = []
             for priority in (ACK, SIGNAL, TELEMETRY):
@@ -306,6 +327,7 @@ class Outbox:
                 rows += self._db.execute(
                     "SELECT seq, record_id, topic, key, value, priority, created_ms FROM outbox "
                     "WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?", (priority, after, n - len(rows))).fetchall()
+            self._unsent = len(rows) >= n  # fewer than asked for: every row is handed over
         return [OutboxRow(*r) for r in rows]
 
     def _send(self, rows: list[OutboxRow]) -> int:
@@ -334,6 +356,7 @@ class Outbox:
             # sent again and deduplicated downstream by its record id.
             self._delivery_errors += 1
             self._sent_upto[priority] = min(self._sent_upto.get(priority, 0), seq - 1)
+            self._unsent = True
         return done
 
     def _forget_delivered(self) -> None:
@@ -344,27 +367,37 @@ class Outbox:
             self._db.execute("BEGIN")
             self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in done])
             self._bump("delivered", len(done))
-            self._bump("delivery_errors", self._delivery_errors)
-            self._delivery_errors = 0
+            if self._delivery_errors:
+                self._bump("delivery_errors", self._delivery_errors)
+                self._delivery_errors = 0
             self._db.execute("COMMIT")
             self._count -= len(done)
             self._bytes -= sum(size for _, size in done)
 
     def _expire(self) -> None:
+        """Delete rows older than ``max_age_s`` (not in flight); set when the next one is due."""
         cutoff = int((time.time() - self.max_age_s) * 1000)
         with self._lock:
             oldest = self._db.execute("SELECT MIN(created_ms) FROM outbox").fetchone()[0]
-            if oldest is None or oldest >= cutoff:
-                return
-            where = "created_ms < ? AND seq NOT IN (%s)" % ",".join(str(seq) for seq in self._in_flight or {-1})
-            self._db.execute("BEGIN")
-            gone, size = self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(length(value) + COALESCE(length(key), 0)), 0) FROM outbox WHERE {where}",
-                                          (cutoff,)).fetchone()
-            self._db.execute(f"DELETE FROM outbox WHERE {where}", (cutoff,))
-            self._bump("expired", gone)
-            self._db.execute("COMMIT")
-            self._count -= gone
-            self._bytes -= size
+            if oldest is not None and oldest < cutoff:
+                where = "created_ms < ? AND seq NOT IN (%s)" % ",".join(str(seq) for seq in self._in_flight or {-1})
+                self._db.execute("BEGIN")
+                gone, size = self._db.execute(
+                    f"SELECT COUNT(*), COALESCE(SUM(length(value) + COALESCE(length(key), 0)), 0) FROM outbox "
+                    f"WHERE {where}", (cutoff,)).fetchone()
+                self._db.execute(f"DELETE FROM outbox WHERE {where}", (cutoff,))
+                self._bump("expired", gone)
+                self._db.execute("COMMIT")
+                self._count -= gone
+                self._bytes -= size
+                oldest = self._db.execute("SELECT MIN(created_ms) FROM outbox").fetchone()[0]
+            # No row expires before the oldest one does, and a row put later is younger still; a
+            # row kept because it was in flight is looked at again a second later.
+            now = time.time()
+            if oldest is None:
+                self._expire_at = now + self.max_age_s
+            else:
+                self._expire_at = oldest / 1000 + self.max_age_s if oldest >= cutoff else now + 1.0
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every stored record is delivered (True) or the timeout passes."""

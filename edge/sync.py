@@ -33,10 +33,14 @@ True
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 
+from confluent_kafka import OFFSET_BEGINNING
+
 from edge.listener import CommandListener
+from schemas.kafka import partition_ends
 
 
 def sync_record_id(entity: str, entity_id: str, edge_version: int) -> str:
@@ -149,24 +153,85 @@ class SyncManager:
         self.sync_once()
 
 
+class TopicPosition:
+    """Where a listener has read a topic to, per partition, in a small SQLite file of the node's.
+
+    The next offset to read is stored after each batch is handled, in one transaction: a
+    crash in between reads that batch again (answers are idempotent), never skips one.
+
+    >>> import os, tempfile
+    >>> position = TopicPosition(os.path.join(tempfile.mkdtemp(), "positions.db"), "edge.sync")
+    >>> position.load()
+    {}
+    >>> position.save({0: 17, 1: 4})
+    >>> position.save({1: 9})
+    >>> TopicPosition(position.path, "edge.sync").load()
+    {0: 17, 1: 9}
+    """
+
+    def __init__(self, path, topic: str):
+        self.path, self.topic = str(path), topic
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS position (topic TEXT NOT NULL, partition INTEGER NOT NULL, "
+                         "next_offset INTEGER NOT NULL, PRIMARY KEY (topic, partition))")
+
+    def load(self) -> dict[int, int]:
+        """``{partition: next offset}`` stored for the topic (empty at the first start)."""
+        return dict(self._db.execute("SELECT partition, next_offset FROM position WHERE topic = ?", (self.topic,)))
+
+    def save(self, next_offsets: dict[int, int]) -> None:
+        self._db.execute("BEGIN")
+        self._db.executemany("INSERT OR REPLACE INTO position VALUES (?, ?, ?)",
+                             [(self.topic, p, o) for p, o in next_offsets.items()])
+        self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class SyncOutcomeListener(CommandListener):
     """The central store's answers for this worker's nodes (``edge.sync``), checked like commands.
 
-    Read from the beginning of the topic at every start (answers are idempotent:
-    one for a version the node has moved past changes nothing), with
-    ``auto.offset.reset=earliest`` so a broker that lost its log is read from its
-    new start. With a ``verify`` (the worker's keyring), an unsigned, forged,
-    expired or replayed answer is counted in ``rejected`` and ignored: it is not a
-    command, so nothing is acknowledged; an unanswered record is sent again later.
+    With a ``position`` (`TopicPosition`), a restarted node resumes where it had read to:
+    the topic holds every node's answers, and re-reading all of them at every start
+    grows with the fleet's history. Without one, or for a partition with nothing stored,
+    it reads from the beginning (answers are idempotent: one for a version the node has
+    moved past changes nothing). A stored offset past the log's end or before its start
+    (a broker that lost its log, a topic recreated) is read from the log's start; a
+    recreated log that has grown past the stored offset by the restart is read from
+    there, and an answer skipped that way costs a resend (`SyncManager`), not the record. With a ``verify`` (the worker's keyring), an unsigned, forged, expired
+    or replayed answer is counted in ``rejected`` and ignored: it is not a command, so
+    nothing is acknowledged; an unanswered record is sent again later.
     """
 
-    def __init__(self, settings, topic: str, nodes: set[str], on_outcome, codec=None, verify=None):
+    def __init__(self, settings, topic: str, nodes: set[str], on_outcome, codec=None, verify=None,
+                 position: TopicPosition | None = None):
         from schemas.kafka import KafkaSettings
 
         earliest = KafkaSettings(settings.bootstrap, {**settings.config, "auto.offset.reset": "earliest"})
         super().__init__(earliest, topic, "", nodes, on_outcome, codec, schema_name="SyncOutcome",
                          from_beginning=True, verify=verify, publish_ack=lambda ack: None)
         self.kind = "SYNC"
+        self.position = position
+
+    def _start_offsets(self, consumer, partitions) -> dict[int, int]:
+        stored = self.position.load() if self.position is not None else {}
+        if not stored:
+            return {p: OFFSET_BEGINNING for p in partitions}
+        # A stored offset outside the log (a broker that lost its log, a recreated topic) is
+        # read from the start: not every broker answers it with OFFSET_OUT_OF_RANGE (Tansu
+        # returns nothing and the listener would wait there for ever).
+        ends = partition_ends(consumer, self.topic, len(partitions))
+        return {p: stored[p] if p in stored and ends[p][0] <= stored[p] <= ends[p][1] else OFFSET_BEGINNING
+                for p in partitions}
+
+    def _handled(self, batch: list) -> None:
+        if self.position is not None and batch:
+            next_offsets: dict[int, int] = {}
+            for msg in batch:
+                next_offsets[msg.partition()] = max(next_offsets.get(msg.partition(), 0), msg.offset() + 1)
+            self.position.save(next_offsets)
 
     def _handle(self, raw: bytes) -> None:
         outcome = self._own_record(raw, "sync outcome")

@@ -44,7 +44,7 @@ from edge.sensors import open_sensor
 from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.signing import CommandVerifier
-from edge.sync import SyncManager, SyncOutcomeListener
+from edge.sync import SyncManager, SyncOutcomeListener, TopicPosition
 from edge.takeover import COMMITTED, ENDED, STARTED, Takeover, checkpoint_record
 from edge.thermal import Scenario
 from morph.policy import PolicyConfig
@@ -172,12 +172,17 @@ class EdgeWorker:
                     RecordListener(settings, topics.telemetry, None, set(), self._on_heartbeat, self.codec,
                                    schema_name="Telemetry"),
                     threading.Thread(target=self._adopt_orphans, daemon=True, name="takeover")]
+            # A shadow is worth something only if it arrives before the run reaches its step: the
+            # flows' 5 ms fetch long-poll, not the edge listeners' 250 ms.
             self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
                                                    self._on_shadow_command, self.codec, schema_name="ShadowCommand",
-                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact)
+                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact,
+                                                   fetch_wait_ms=None)
             # The central store's answers to the nodes' execution records, signed like commands.
-            self.sync_listener = SyncOutcomeListener(settings, topics.sync, set(node_ids), self._on_sync_outcome,
-                                                     self.codec, verify=verify)
+            # Its read position beside the outbox: a restart resumes, not re-reads every answer.
+            self.sync_listener = SyncOutcomeListener(
+                settings, topics.sync, set(node_ids), self._on_sync_outcome, self.codec, verify=verify,
+                position=TopicPosition(self.outbox_path.with_name(f"{self.outbox_path.stem}-positions.db"), topics.sync))
             self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
                                               name=f"runs-{node.node_id}") for node in self.nodes.values()]
         self.last_telemetry: dict[str, dict] = {}
@@ -225,17 +230,21 @@ class EdgeWorker:
     def stop(self, flush_timeout_s: float = 10.0) -> dict:
         """Stop taking commands, drain the request streams, flush; returns per-node stats."""
         self._halt.set()
-        self.listener.stop()
+        self.listener.halt()  # no new commands; the runs still take their shadows until they end
         for runner in self._runners:
             runner.join(timeout=30)
+        # Halted together, then joined: each ends within one poll timeout, so the shutdown waits
+        # for that once rather than once per listener.
+        listeners = [self.listener, self.shadow_listener, self.policy_listener, self.sync_listener,
+                     *(w for w in self._watchers if isinstance(w, CommandListener))]
+        listeners = [listener for listener in listeners if listener is not None]
+        for listener in listeners:
+            listener.halt()
+        for listener in listeners:
+            listener.stop()
         for watcher in self._watchers:
-            watcher.stop() if hasattr(watcher, "stop") else watcher.join(timeout=30)
-        if self.shadow_listener is not None:
-            self.shadow_listener.stop()
-        if self.policy_listener is not None:
-            self.policy_listener.stop()
-        if self.sync_listener is not None:
-            self.sync_listener.stop()
+            if not isinstance(watcher, CommandListener):
+                watcher.join(timeout=30)
         self._telemetry.join(timeout=5)
         stats = {}
         for node_id, node in self.nodes.items():
@@ -250,6 +259,8 @@ class EdgeWorker:
         for node in self.nodes.values():
             if node.sync is not None:
                 node.sync.store.close()
+        if self.sync_listener is not None:
+            self.sync_listener.position.close()
         return stats
 
     def _remember_serving(self, node: EdgeNode, variant: str, precision: str) -> None:

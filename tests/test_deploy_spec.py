@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from deploy.deploy_cmd import apply, delete, scrape_lag, status
+from deploy.deploy_cmd import _alive, apply, delete, scrape_lag, status
 from deploy.errors import UsageError
 from deploy.kubernetes import render_kubernetes
 from deploy.workflow_spec import load_workflow_spec, parse_workflow_spec
@@ -140,3 +140,81 @@ def test_partitions_are_as_given_or_the_default():
     assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 4
     bare["spec"]["topics"]["partitions"] = 1
     assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 1
+
+
+@pytest.mark.parametrize("sync,error", [
+    ({"conflicts": {"execution": "manual"}}, "spec.sync: 'store' is a required property"),
+    ({"store": "c.db", "conflicts": {"execution": "newest"}}, "spec.sync.conflicts.execution: 'newest' is not one of"),
+    ({"store": "c.db", "conflicts": {"runs": "manual"}}, "spec.sync.conflicts: 'runs' is not one of"),
+])
+def test_a_bad_sync_block_is_refused_with_where(sync, error):
+    with pytest.raises(UsageError) as err:
+        parse_workflow_spec(yaml.safe_dump(example(spec__sync=sync)), source="bad.yaml")
+    assert error in str(err.value), str(err.value)
+
+
+def test_the_sync_flow_runs_only_with_a_central_store():
+    assert "sync" not in load_workflow_spec(EXAMPLE).enabled_flows()
+    wf = parse_workflow_spec(yaml.safe_dump(example(spec__sync={"store": "/data/central.db",
+                                                                  "conflicts": {"default": "central_wins"}})))
+    assert wf.enabled_flows() == ["control", "workflow", "sync"]
+    sync = wf.flow_spec("sync")
+    assert (sync.name, sync.options["store"], sync.options["conflicts"]) == ("sync", "/data/central.db",
+                                                                           {"default": "central_wins"})
+    off = parse_workflow_spec(yaml.safe_dump(example(spec__sync={"store": "/data/central.db"},
+                                                     spec__flows__sync={"enabled": False})))
+    assert "sync" not in off.enabled_flows()
+
+
+@pytest.mark.broker
+def test_apply_starts_updates_and_stops_the_sync_flow_with_the_resource(broker, tmp_path):
+    """Only the sync flow runs here (the others disabled), so the machine runs one Bytewax process."""
+    from confluent_kafka import Producer
+
+    from deploy.broker import free_port
+    from fingerprint.store import CentralExecutions
+    from schemas import TopicNames
+    from schemas.codec import Codec
+    from schemas.kafka import KafkaSettings
+
+    store = tmp_path / "central.db"
+    resource = example(spec__kafka__bootstrap=broker.bootstrap, spec__flows__control__enabled=False,
+                       spec__flows__workflow__enabled=False, spec__flows__sync__metrics_port=free_port(),
+                       spec__sync={"store": str(store)})
+    state_dir = tmp_path / "deployments"
+    said: list[str] = []
+    try:
+        wf = parse_workflow_spec(yaml.safe_dump(resource))
+        assert apply(wf, state_dir, say=said.append) == {"sync": "started"}
+        assert apply(wf, state_dir, say=said.append) == {"sync": "unchanged"}
+        # The running flow takes a node's execution record into the central store.
+        record = {"record_id": "execution:run-1@1", "entity": "execution", "entity_id": "run-1",
+                  "execution_id": "run-1", "workflow_id": "inspection", "node_id": "edge-1", "status": "failed",
+                  "modified_ms": 1, "edge_version": 1, "central_seen_ms": 0, "fields": {}}
+        producer = Producer(KafkaSettings(broker.bootstrap).producer())
+        producer.produce(TopicNames().executions, key=b"edge-1", value=Codec().encode("ExecutionRecord", record))
+        assert producer.flush(10) == 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (store.exists() and CentralExecutions(str(store)).get("execution", "run-1")):
+            time.sleep(0.5)
+        assert CentralExecutions(str(store)).get("execution", "run-1")["status"] == "failed"
+        resource["spec"]["sync"]["conflicts"] = {"execution": "manual"}
+        assert apply(parse_workflow_spec(yaml.safe_dump(resource)), state_dir, say=said.append) == {"sync": "restarted"}
+        state = json.loads((state_dir / "inspection" / "deployment.json").read_text())
+        assert json.loads(state["flows"]["sync"]["spec"])["options"]["conflicts"] == {"execution": "manual"}
+        pid = state["flows"]["sync"]["pid"]
+        del resource["spec"]["sync"]
+        assert apply(parse_workflow_spec(yaml.safe_dump(resource)), state_dir, say=said.append) == {"sync": "stopped"}
+        assert [r["flow"] for r in status(state_dir, say=said.append)] == []
+        assert not _alive(pid)
+    finally:
+        delete("inspection", state_dir, say=said.append)
+
+
+def test_a_central_store_renders_a_sync_statefulset_too():
+    wf = parse_workflow_spec(yaml.safe_dump(example(spec__sync={"store": "postgresql://central/liquid"})))
+    manifests = render_kubernetes(wf, image="registry.example/liquid:0.1")
+    sync = next(m for m in manifests if m["kind"] == "StatefulSet" and m["metadata"]["name"] == "inspection-sync")
+    kubernetes_validate.validate(sync, KUBERNETES_VERSION, strict=True)
+    assert "flow run sync" in " ".join(sync["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert not any(m["metadata"]["name"] == "inspection-sync" for m in render_kubernetes(load_workflow_spec(EXAMPLE)))
