@@ -27,20 +27,23 @@ units of ``time_cost_s`` (our addition: with ±1 alone the agent is indifferent
 to MTTR). Update: Q(s,a) ← Q(s,a) + α[R + γ·max Q(s',a') − Q(s,a)], and the
 seed's score per step V ← V + λ(R − V).
 
-Completion is not traded against time: one scalar reward prices a lost run as
-a fixed number of seconds, so under a slow cause (a congested link whose
-failing attempts take 10 s each) giving up at once looks cheaper than the
-retries that would have completed the run. The agent also learns, with the same
-update, C(s,a): the probability that the step eventually completes (not
-degraded) when ``a`` is taken in ``s`` and the policy is followed after, and
-chooses by a constraint: the best-rewarded action among those whose C is no
-lower than C of what Step Functions' retrier does in that state
-(`reference_action`). Maximising completion outright waits out every outage
-(MTTR three to four times Step Functions'); the constraint keeps the static
-retrier's completion as a floor where the retrier would persist, and leaves
-the agent free to be faster (retry at once, a way out) or to give up where
-retrying has been seen not to help (a poisoned input, or past the retrier's
-three retries).
+Completion is not traded against time at a fixed rate: one scalar reward
+prices a lost run as a fixed number of seconds, and under a slow cause (a
+congested link whose failing attempts take 10 s each) giving up at once then
+looks cheaper than the retries that would have completed the run — how much
+cheaper depends on the fleet's faults, so no one price holds on every fault
+sequence. The agent also learns, with the same update, C(s,a): the probability
+that the step eventually completes (not degraded) when ``a`` is taken in ``s``
+and the policy is followed after, and chooses by a constraint: complete at
+least as often as Step Functions' retrier would (C of `reference_action`, what
+the retrier does in the state), at the best reward. The constraint is the
+fleet's, priced by a Lagrange multiplier μ that dual ascent raises at each
+publication while the policy completes less often than the retrier would
+(`completion_gap`) and lowers while it completes more; the choice is
+argmax Q(s,a) + μ·C(s,a). Maximising completion outright waits out every
+outage (MTTR three to four times Step Functions'); holding the retrier's
+completion in every state spends as long as the retrier where completion is
+dear (MTTR 0.8 of Step Functions' on the tuning seed).
 
 References
 ----------
@@ -191,9 +194,17 @@ class QRecoveryAgent(Versioned):
         nodes' data would otherwise only hold what the static retrier did.
         An untried action's completion is optimistic too (1).
     completion_floor
-        Whether the choice is constrained to actions that complete at least as
-        often as the static retrier's in the state (`feasible`); False: the
-        scalar reward alone, as in the seed.
+        Whether the choice is constrained to complete, over the fleet's
+        failures, at least as often as the static retrier would (a Lagrange
+        multiplier, ``completion_price``, on the completion table; see
+        `choice_value`); False: the scalar reward alone, as in the seed.
+    price_rate
+        Step of the multiplier's update at each publication (`update_price`):
+        reward units per unit of completion shortfall.
+    completion_price
+        The multiplier: what one more completed step is worth in reward units,
+        on top of the reward's own +1 / −1. 0 until the agent completes less
+        often than the retrier would.
     """
 
     STATE_VERSION = 3
@@ -201,7 +212,8 @@ class QRecoveryAgent(Versioned):
     # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
     # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
     MIGRATIONS = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}},
-                  2: lambda s: {**s, "completion": {}, "completion_floor": True}}
+                  2: lambda s: {**s, "completion": {}, "completion_floor": True, "price_rate": 5.0,
+                                "completion_price": 0.0}}
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
@@ -210,6 +222,8 @@ class QRecoveryAgent(Versioned):
     optimism: float = 1.0
     shrinkage: float = 5.0
     completion_floor: bool = True
+    price_rate: float = 5.0
+    completion_price: float = 0.0
     q: dict[str, dict[str, float]] = field(default_factory=dict)
     completion: dict[str, dict[str, float]] = field(default_factory=dict)
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -303,7 +317,7 @@ class QRecoveryAgent(Versioned):
 
         With ``explore``, untried actions count with the optimistic value, so
         they come first; without, only actions tried in the state compete.
-        The greedy choice is among the `feasible` actions.
+        The greedy choice is by `choice_value`.
         """
         tried = self.visits.get(state, {})
         if sum(tried.values()) < (self.min_visits if min_visits is None else min_visits) or (
@@ -313,21 +327,45 @@ class QRecoveryAgent(Versioned):
         actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried or a in coarse]
         if not actions:
             return None
-        return max(self.feasible(state, actions), key=lambda a: self.estimate(state, a))
+        return max(actions, key=lambda a: self.choice_value(state, a))
 
-    def feasible(self, state: str, actions: list[str]) -> list[str]:
-        """The actions whose completion is no lower than the static retrier's in this state (all, if it is unknown).
+    def choice_value(self, state: str, action: str) -> float:
+        """Q(s,a) + μ·C(s,a): the reward plus the completion's price (the Lagrangian of the completion constraint).
 
-        The floor is C(s, `reference_action`): known only once the retrier's
-        action was tried in the state (or its coarse state); an action's C is
-        shrunk towards its coarse state's like its Q (`estimate`).
+        With μ = 0 this is the seed's greedy choice. The constraint is the
+        fleet's, not each state's: completion is bought where it is cheap (a
+        way out) before where it is dear (waiting out a congested link whose
+        failing attempts take 10 s each).
         """
-        reference = reference_action(state)
-        if not self.completion_floor or reference not in valid_actions(state) or not any(
-                reference in self.completion.get(k, {}) for k in (state, coarse_key(state))):
-            return actions
-        floor = self.estimate(state, reference, self.completion, 1.0)
-        return [a for a in actions if self.estimate(state, a, self.completion, 1.0) >= floor] or actions
+        value = self.estimate(state, action)
+        if self.completion_floor and self.completion_price:
+            value += self.completion_price * self.estimate(state, action, self.completion, 1.0)
+        return value
+
+    def completion_gap(self) -> float | None:
+        """Visit-weighted mean over the coarse states of C(s, policy) − C(s, `reference_action`) (None: unknown).
+
+        Below 0, the policy completes fewer failed steps than Step Functions'
+        retrier would in the same states (each state's continuation being the
+        policy's: a one-step comparison, as in the performance-difference
+        lemma).
+        """
+        total, weight = 0.0, 0
+        for state, counts in self.visits.items():
+            reference = reference_action(state)
+            if "*" not in state or reference not in self.completion.get(state, {}):
+                continue
+            chosen = self.predict_one(state, explore=False, min_visits=0)
+            n = sum(counts.values())
+            total += n * (self.completion[state].get(chosen, 0.0) - self.completion[state][reference])
+            weight += n
+        return total / weight if weight else None
+
+    def update_price(self) -> None:
+        """Dual ascent on the completion constraint: μ ← max(0, μ − rate · gap)."""
+        gap = self.completion_gap()
+        if self.completion_floor and gap is not None:
+            self.completion_price = max(0.0, self.completion_price - self.price_rate * gap)
 
     def estimate(self, state: str, action: str, table: dict | None = None, untried: float | None = None) -> float:
         """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
@@ -358,6 +396,7 @@ class QRecoveryAgent(Versioned):
         fleet that must exploit); the default lets the nodes try the untried ones.
         """
         self.published += 1
+        self.update_price()
         actions = {s: a for s in sorted(self.q) for a in [self.predict_one(s, explore)] if a is not None}
         return RecoveryPolicyTable(workflow_id, self.published, actions, dict(parents or {}))
 

@@ -358,23 +358,30 @@ def test_a_rarely_seen_state_leans_on_its_coarse_state():
     assert agent.predict_one(fine, explore=False) == "ALTERNATIVE"  # never tried here, known good in the coarse state
 
 
-def test_the_agent_does_not_give_up_where_the_static_retrier_would_complete():
+def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_static_retrier():
     # a congested link: a failing attempt takes 10 s; a retry completes half the time, 40 s later.
-    # The scalar reward prices that retry (-3 or -5) below failing at once (-1); the completion floor does not.
+    # The scalar reward prices that retry (-3 or -5) below failing at once (-1); the completion constraint does not.
     slow, poisoned, spent = "---|TIMEOUT|1|0|1|0|0|0", "---|BAD_INPUT|1|0|0|0|0|0", "---|TIMEOUT|4|0|1|0|0|0"
     rng = random.Random(0)
     for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
         agent = QRecoveryAgent(alpha=0.02, completion_floor=floor)
         for _ in range(200):
             ok = rng.random() < 0.5
-            agent.learn_transition(slow, "RETRY 1s", (1.0 if ok else -1.0) - 4.0, None, float(ok))
-            agent.learn_transition(slow, FAIL, -1.0, None, 0.0)
+            agent._learn_both(slow, "RETRY 1s", (1.0 if ok else -1.0) - 4.0, None, float(ok))
+            agent._learn_both(slow, FAIL, -1.0, None, 0.0)
             for state in (poisoned, spent):  # retrying never completes: giving up at once is right
-                agent.learn_transition(state, "RETRY 1s", -2.0, None, 0.0)
-                agent.learn_transition(state, FAIL, -1.0, None, 0.0)
+                agent._learn_both(state, "RETRY 1s", -2.0, None, 0.0)
+                agent._learn_both(state, FAIL, -1.0, None, 0.0)
         assert agent.completion[slow]["RETRY 1s"] == pytest.approx(0.5, abs=0.2)
+        assert agent.predict_one(slow, explore=False) == FAIL and agent.completion_gap() < 0
+        prices = [agent.policy("wf").version and agent.completion_price for _ in range(30)]
         assert agent.predict_one(slow, explore=False) == expected
         assert agent.predict_one(poisoned, explore=False) == FAIL and agent.predict_one(spent, explore=False) == FAIL
+        if floor:  # it rose while the gap was negative, then held: no price above what the constraint needs
+            assert prices[0] > 0 and prices[-1] == prices[-5] and agent.completion_gap() >= 0
+            assert prices[-1] < 2 * 3.0 / 0.5
+        else:
+            assert prices[-1] == 0.0
 
 
 def test_completion_is_bootstrapped_from_what_the_policy_does_next():
