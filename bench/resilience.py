@@ -31,7 +31,11 @@ same for every policy. During the warm-up the nodes explore (untried actions
 count as optimistic in the published tables, and unknown states get a random
 allowed action with probability 0.3); during the measured runs the agent keeps
 learning from every signal but the published tables hold only actions already
-tried, and states it has not seen get the static retrier.
+tried, and states it has not seen get the static retrier. The agent chooses by
+its reward under a completion constraint (complete at least as often as Step
+Functions' retrier would), priced by a multiplier it raises by dual ascent
+(`prediction.recovery`; printed as the completion price);
+``--no-completion-floor`` drops the constraint (the seed's reward alone).
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
@@ -50,8 +54,11 @@ alert of the agent's runs and the workflows' declared resources) is scored
 against the simulator's true causal structure: every (alert of a cause, task
 the cause can fail) pair, whether or not the cause happened to fail that task
 in these runs (``edge_recall_manifested``: only the pairs that did, at least
-``min_support`` times); precision and recall pool the causal scenarios. Node
-recovery rate: runs hit by a node loss (in flight on it, or sent to it before
+``min_support`` times); precision and recall pool the causal scenarios.
+Endings: for the agent and Step Functions, how each run that did not complete
+ended (the last failure's class; fail-fast, retries-exhausted,
+alternative-failed, fallback — a degraded run —; '(bad input)' when nothing
+could have completed it). Node recovery rate: runs hit by a node loss (in flight on it, or sent to it before
 its loss was detected) that completed on another node, leaving out the runs
 whose input is poisoned (no node can complete them; counted apart).
 
@@ -435,11 +442,11 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     precision, recall = edge_scores(found, structure)
     print(f"[{scenario.name}] {time.perf_counter() - t0:.1f} s wall; graph: {len(found)} edges, "
           f"{len(found & structure)} of {len(structure)} true edges ({len(found & truth)} of the {len(truth)} that "
-          "manifested)",
-          file=sys.stderr)
+          f"manifested); agent's completion price {fleet.agent.completion_price:.2f}", file=sys.stderr)
     return {"policies": out, "found": sorted(found), "truth": sorted(truth), "structure": sorted(structure),
             "edge_precision": round(precision, 4), "edge_recall": round(recall, 4),
-            "edge_recall_manifested": round(edge_scores(found, truth)[1], 4), "episodes": len(sim.episodes)}
+            "edge_recall_manifested": round(edge_scores(found, truth)[1], 4), "episodes": len(sim.episodes),
+            "completion_price": round(fleet.agent.completion_price, 3)}
 
 
 def pooled(results: dict, names, policy: str) -> dict:
@@ -554,6 +561,7 @@ def summarise(results: dict, args, note: str) -> dict:
                           "completion_rate_static": r["policies"]["step-functions"]["completion_rate"],
                           "mttr_s_static": r["policies"]["step-functions"]["mttr_s"],
                           "wasted_attempts_static": r["policies"]["step-functions"]["wasted_attempts"],
+                          "completion_price": r["completion_price"],
                           "endings_agent": r["policies"]["agent"]["endings"],
                           "endings_static": r["policies"]["step-functions"]["endings"],
                           "edge_precision": r["edge_precision"], "edge_recall": r["edge_recall"],

@@ -35,8 +35,9 @@ cheaper depends on the fleet's faults, so no one price holds on every fault
 sequence. The agent also learns, with the same update, C(s,a): the probability
 that the step eventually completes (not degraded) when ``a`` is taken in ``s``
 and the policy is followed after, and chooses by a constraint: complete at
-least as often as Step Functions' retrier would (C of `reference_action`, what
-the retrier does in the state), at the best reward. The constraint is the
+least as often as Step Functions' retrier would (learned from the transitions that
+took `reference_action`, what the retrier does in the state), at the best
+reward. The constraint is the
 fleet's, priced by a Lagrange multiplier μ that dual ascent raises at each
 publication while the policy completes less often than the retrier would
 (`completion_gap`) and lowers while it completes more; the choice is
@@ -212,8 +213,8 @@ class QRecoveryAgent(Versioned):
     # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
     # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
     MIGRATIONS = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}},
-                  2: lambda s: {**s, "completion": {}, "completion_floor": True, "price_rate": 5.0,
-                                "completion_price": 0.0}}
+                  2: lambda s: {**s, "completion": {}, "static_completion": {}, "completion_floor": True,
+                                "price_rate": 5.0, "completion_price": 0.0}}
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
@@ -226,6 +227,7 @@ class QRecoveryAgent(Versioned):
     completion_price: float = 0.0
     q: dict[str, dict[str, float]] = field(default_factory=dict)
     completion: dict[str, dict[str, float]] = field(default_factory=dict)
+    static_completion: dict[str, float] = field(default_factory=dict)
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float] = field(default_factory=dict)
     pending: dict[tuple[str, str], tuple[str, str, float]] = field(default_factory=dict)
@@ -254,6 +256,12 @@ class QRecoveryAgent(Versioned):
             c_row = self.completion.setdefault(state, {})
             old = c_row.get(action, 1.0)
             c_row[action] = old + rate * (c_target - old)
+            if action == reference_action(state):
+                # what the static retrier completes from here, its own continuation (not the policy's) included
+                s_target = completed if next_state is None else self.static_completion.get(
+                    next_state, self._followed_completion(next_state))
+                old = self.static_completion.get(state, s_target)
+                self.static_completion[state] = old + rate * (s_target - old)
 
     def _followed_completion(self, state: str) -> float:
         """C of the action the policy takes in ``state`` among those tried (fine, else coarse; none: 0)."""
@@ -343,21 +351,21 @@ class QRecoveryAgent(Versioned):
         return value
 
     def completion_gap(self) -> float | None:
-        """Visit-weighted mean over the coarse states of C(s, policy) − C(s, `reference_action`) (None: unknown).
+        """Per incident, how much more often the policy completes the step than the static retrier would (None: unknown).
 
-        Below 0, the policy completes fewer failed steps than Step Functions'
-        retrier would in the same states (each state's continuation being the
-        policy's: a one-step comparison, as in the performance-difference
-        lemma).
+        The visit-weighted mean, over the coarse states of a first failure
+        (where an incident starts, whatever the policy), of C(s, policy) minus
+        the retrier's own completion from s (``static_completion``: learned
+        from the transitions that took its action, with its continuation).
+        Below 0, the policy gives up runs the retrier would have completed.
         """
         total, weight = 0.0, 0
         for state, counts in self.visits.items():
-            reference = reference_action(state)
-            if "*" not in state or reference not in self.completion.get(state, {}):
+            if "*" not in state or state.split("|")[2] != "1" or state not in self.static_completion:
                 continue
             chosen = self.predict_one(state, explore=False, min_visits=0)
             n = sum(counts.values())
-            total += n * (self.completion[state].get(chosen, 0.0) - self.completion[state][reference])
+            total += n * (self.completion[state].get(chosen, 0.0) - self.static_completion[state])
             weight += n
         return total / weight if weight else None
 
