@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure
 from fingerprint.failures import FailureGraph
@@ -151,7 +152,9 @@ def action_of(recovery: str | None) -> str | None:
 
 
 def reference_action(state: str) -> str:
-    """What Step Functions' default retrier does in a state (its delay binned as `action_of` does): the completion floor.
+    """What Step Functions' default retrier does in a state (its delay binned as `action_of` does).
+
+    The agent's completion is held against the retrier's (`QRecoveryAgent.completion_gap`).
 
     >>> [reference_action(f"a-i|TIMEOUT|{k}|0|0|1|0|0") for k in (1, 2, 3, 4)]
     ['RETRY 1s', 'RETRY 1s', 'RETRY 5s', 'FAIL']
@@ -212,9 +215,10 @@ class QRecoveryAgent(Versioned):
     # version 1's state keys had no way-out bit: its table is not carried over (relearned); its
     # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
     # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
-    MIGRATIONS = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}},
-                  2: lambda s: {**s, "completion": {}, "static_completion": {}, "completion_floor": True,
-                                "price_rate": 5.0, "completion_price": 0.0}}
+    MIGRATIONS: ClassVar[dict] = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}},
+                                   2: lambda s: {**s, "completion": {}, "static_completion": {},
+                                                 "completion_floor": True, "price_rate": 5.0,
+                                                 "completion_price": 0.0}}
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
@@ -351,13 +355,14 @@ class QRecoveryAgent(Versioned):
         return value
 
     def completion_gap(self) -> float | None:
-        """Per incident, how much more often the policy completes the step than the static retrier would (None: unknown).
+        """Per incident, how much more often the policy completes the step than the static retrier would.
 
         The visit-weighted mean, over the coarse states of a first failure
         (where an incident starts, whatever the policy), of C(s, policy) minus
         the retrier's own completion from s (``static_completion``: learned
         from the transitions that took its action, with its continuation).
-        Below 0, the policy gives up runs the retrier would have completed.
+        Below 0, the policy gives up runs the retrier would have completed;
+        None: not known yet.
         """
         total, weight = 0.0, 0
         for state, counts in self.visits.items():

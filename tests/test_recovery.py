@@ -393,3 +393,16 @@ def test_completion_is_bootstrapped_from_what_the_policy_does_next():
         agent.learn_transition(s1, "RETRY 0s", -1.2, s2)          # the first always fails, then s2
     assert agent.predict_one(s2, explore=False) == "RETRY 1s"
     assert agent.completion[s1]["RETRY 0s"] == pytest.approx(1.0)
+
+
+def test_the_static_retriers_completion_follows_its_own_continuation_not_the_policys():
+    # the second retry completes half the time but is slow: the policy gives up there, the retrier would not
+    s1, s2 = "---|TIMEOUT|1|0|1|0|0|0", "---|TIMEOUT|2|0|1|0|0|0"
+    agent = QRecoveryAgent(alpha=0.02)
+    for k in range(300):
+        agent.learn_transition(s2, "RETRY 1s", (1.0 if k % 2 else -1.0) - 4.0, None, float(k % 2))
+        agent.learn_transition(s2, FAIL, -1.0, None, 0.0)
+        agent.learn_transition(s1, "RETRY 1s", -1.5, s2)
+    assert agent.predict_one(s2, explore=False) == FAIL
+    assert agent.completion[s1]["RETRY 1s"] == pytest.approx(0.0, abs=0.01)   # the policy's continuation
+    assert agent.static_completion[s1] == pytest.approx(0.5, abs=0.1)          # the retrier's
