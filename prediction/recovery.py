@@ -339,7 +339,23 @@ class QRecoveryAgent(Versioned):
         actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried or a in coarse]
         if not actions:
             return None
-        return max(actions, key=lambda a: self.choice_value(state, a))
+        return max(self.feasible(state, actions), key=lambda a: self.choice_value(state, a))
+
+    def feasible(self, state: str, actions: list[str]) -> list[str]:
+        """The actions allowed where no causal parent of the step is active (an independent failure).
+
+        There, giving the step up (fail fast, the fallback branch) is allowed
+        only where it completes no less often than the static retrier's own
+        completion from the state: an independent transient almost always
+        passes on a short retry, and the state's estimates are well sampled
+        (transients are the commonest failures). Under an active cause the
+        choice is left to the reward and the fleet's completion price.
+        """
+        if not self.completion_floor or state.split("|")[4] != "0" or state not in self.static_completion:
+            return actions
+        floor = self.static_completion[state]
+        return [a for a in actions
+                if a not in (FAIL, FALLBACK) or self.estimate(state, a, self.completion, 1.0) >= floor] or actions
 
     def choice_value(self, state: str, action: str) -> float:
         """Q(s,a) + μ·C(s,a): the reward plus the completion's price (the Lagrangian of the completion constraint).

@@ -406,3 +406,16 @@ def test_the_static_retriers_completion_follows_its_own_continuation_not_the_pol
     assert agent.predict_one(s2, explore=False) == FAIL
     assert agent.completion[s1]["RETRY 1s"] == pytest.approx(0.0, abs=0.01)   # the policy's continuation
     assert agent.static_completion[s1] == pytest.approx(0.5, abs=0.1)          # the retrier's
+
+
+def test_without_an_active_cause_the_agent_gives_up_no_sooner_than_the_static_retrier():
+    # an independent transient on a slow step: the retry completes but costs more reward than failing at once
+    independent, caused = "---|TIMEOUT|2|0|0|0|0|0", "---|TIMEOUT|2|0|1|0|0|0"
+    for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
+        agent = QRecoveryAgent(completion_floor=floor)
+        for _ in range(20):
+            for state in (independent, caused):
+                agent.learn_transition(state, "RETRY 1s", -1.5, None, 1.0)
+                agent.learn_transition(state, FAIL, -1.0, None, 0.0)
+        assert agent.predict_one(independent, explore=False) == expected
+        assert agent.predict_one(caused, explore=False) == FAIL   # an active cause: the reward decides
