@@ -502,8 +502,9 @@ def main(argv=None) -> dict:
                     help="the agent's reward: seconds of recovery that cost as much as one failure (default 10, "
                          "chosen on --seed 3 among 10 and 20; seeds 1 and 2 are the held-out figures)")
     ap.add_argument("--no-completion-floor", action="store_true",
-                    help="the agent chooses by its reward alone (the seed's), without the floor that lets it give a "
-                         "step up only where that completes as often as Step Functions' retrier would")
+                    help="the agent chooses by its reward alone (the seed's), without its completion constraint "
+                         "(on an independent failure, give a step up only where that completes as often as Step "
+                         "Functions' retrier would; under an active cause, the dual-ascent completion price)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
