@@ -31,7 +31,11 @@ same for every policy. During the warm-up the nodes explore (untried actions
 count as optimistic in the published tables, and unknown states get a random
 allowed action with probability 0.3); during the measured runs the agent keeps
 learning from every signal but the published tables hold only actions already
-tried, and states it has not seen get the static retrier.
+tried, and states it has not seen get the static retrier. The agent chooses by
+its reward under a completion constraint (complete at least as often as Step
+Functions' retrier would), priced by a multiplier it raises by dual ascent
+(`prediction.recovery`; printed as the completion price);
+``--no-completion-floor`` drops the constraint (the seed's reward alone).
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
@@ -50,8 +54,11 @@ alert of the agent's runs and the workflows' declared resources) is scored
 against the simulator's true causal structure: every (alert of a cause, task
 the cause can fail) pair, whether or not the cause happened to fail that task
 in these runs (``edge_recall_manifested``: only the pairs that did, at least
-``min_support`` times); precision and recall pool the causal scenarios. Node
-recovery rate: runs hit by a node loss (in flight on it, or sent to it before
+``min_support`` times); precision and recall pool the causal scenarios.
+Endings: for the agent and Step Functions, how each run that did not complete
+ended (the last failure's class; fail-fast, retries-exhausted,
+alternative-failed, fallback — a degraded run —; '(bad input)' when nothing
+could have completed it). Node recovery rate: runs hit by a node loss (in flight on it, or sent to it before
 its loss was detected) that completed on another node, leaving out the runs
 whose input is poisoned (no node can complete them; counted apart).
 
@@ -188,10 +195,11 @@ class AgentFleet:
     of failure, then decides from its latest table (or the static retrier).
     """
 
-    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 10.0):
+    def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 10.0,
+                 completion_floor: bool = True):
         # one learner for the fleet: the state is a step's recovery profile, not its name, so what a
         # dependency outage teaches on one workflow's step applies to every workflow's
-        self.agent = QRecoveryAgent(time_cost_s=time_cost_s)
+        self.agent = QRecoveryAgent(time_cost_s=time_cost_s, completion_floor=completion_floor)
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True
@@ -304,6 +312,27 @@ class CountingFaults(SimulatedFaults):
             self.attempt_s += self.clock() - t0
 
 
+def run_ending(result, poisoned: bool) -> str:
+    """How a run that did not complete ended: the last failure's class and what ended it.
+
+    'fail-fast' (given up at the first failure), 'retries-exhausted' (given up
+    after retrying), 'alternative-failed', 'fallback' (a degraded run), with
+    '(bad input)' for a poisoned run, which nothing could complete.
+    """
+    if not result.recoveries:
+        return "no recovery" + (" (bad input)" if poisoned else "")
+    last = result.recoveries[-1]
+    if result.error is None:
+        how = "fallback"
+    elif last.failure.attempt == 1:
+        how = "fail-fast"
+    elif last.failure.implementation != PRIMARY:
+        how = "alternative-failed" if last.failure.implementation != FALLBACK else "fallback-failed"
+    else:
+        how = "retries-exhausted"
+    return f"{last.failure.error_class}/{how}" + (" (bad input)" if poisoned else "")
+
+
 @dataclass
 class Stats:
     runs: int = 0
@@ -321,6 +350,7 @@ class Stats:
     repairs: list = field(default_factory=list)
     caused: dict = field(default_factory=dict)    # (cause, task) -> failures the simulator attributes to it
     repaired: dict = field(default_factory=dict)  # (run, task) -> time to repair, for paired comparisons
+    endings: dict = field(default_factory=dict)   # how the runs that did not complete ended (`run_ending`)
 
     def signal(self, s: dict) -> None:
         if s["state"] != 0 or s.get("error_class") == NODE_LOST:
@@ -342,6 +372,9 @@ class Stats:
         ok = result.error is None
         self.completed += ok and not result.degraded
         self.completed_incl_fallback += ok
+        if not ok or result.degraded:
+            key = run_ending(result, poisoned)
+            self.endings[key] = self.endings.get(key, 0) + 1
         for key in [k for k in self.first_failure if k[0] == run_id]:
             self.unrecovered_s.append(end_s - self.first_failure[key])
         if hops and poisoned:  # its input fails every attempt anywhere: no node could complete it
@@ -359,7 +392,8 @@ class Stats:
                 "wasted_attempts": self.wasted, "task_failure_rate": round(self.failed_attempts / self.attempts, 4),
                 "attempt_s": round(self.attempt_s, 1), "runs_hit_by_node_loss": self.lost_runs,
                 "runs_hit_by_node_loss_poisoned": self.lost_poisoned,
-                "node_recovery_rate": round(self.lost_completed / self.lost_runs, 4) if self.lost_runs else None}
+                "node_recovery_rate": round(self.lost_completed / self.lost_runs, 4) if self.lost_runs else None,
+                "endings": dict(sorted(self.endings.items()))}
 
 
 def run_scenario(scenario_of, args, instance_note: str) -> dict:
@@ -376,7 +410,7 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     out = {}
     t0 = time.perf_counter()
     fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3,
-                       time_cost_s=args.time_cost_s)
+                       time_cost_s=args.time_cost_s, completion_floor=not args.no_completion_floor)
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
     # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
@@ -408,11 +442,11 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     precision, recall = edge_scores(found, structure)
     print(f"[{scenario.name}] {time.perf_counter() - t0:.1f} s wall; graph: {len(found)} edges, "
           f"{len(found & structure)} of {len(structure)} true edges ({len(found & truth)} of the {len(truth)} that "
-          "manifested)",
-          file=sys.stderr)
+          f"manifested); agent's completion price {fleet.agent.completion_price:.2f}", file=sys.stderr)
     return {"policies": out, "found": sorted(found), "truth": sorted(truth), "structure": sorted(structure),
             "edge_precision": round(precision, 4), "edge_recall": round(recall, 4),
-            "edge_recall_manifested": round(edge_scores(found, truth)[1], 4), "episodes": len(sim.episodes)}
+            "edge_recall_manifested": round(edge_scores(found, truth)[1], 4), "episodes": len(sim.episodes),
+            "completion_price": round(fleet.agent.completion_price, 3)}
 
 
 def pooled(results: dict, names, policy: str) -> dict:
@@ -438,6 +472,9 @@ def print_table(results: dict) -> None:
                   f"{f['mttr_s']:>8.1f} {f['recovered']:>6} {f['unrecovered']:>6} {f['wasted_attempts']:>7} "
                   f"{f['task_failure_rate']:>9.3f} {f['attempt_s']:>10.0f} {node:>8}")
         print(f"{name:<11} causal graph: precision {r['edge_precision']:.2f}, recall {r['edge_recall']:.2f}")
+        for policy in ("agent", "step-functions"):
+            endings = ", ".join(f"{k} {v}" for k, v in r["policies"][policy]["endings"].items())
+            print(f"{name:<11} {policy} runs not completed: {endings or 'none'}")
 
 
 def find_instances(args) -> tuple[list[Path], str]:
@@ -464,6 +501,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-cost-s", type=float, default=10.0,
                     help="the agent's reward: seconds of recovery that cost as much as one failure (default 10, "
                          "chosen on --seed 3 among 10 and 20; seeds 1 and 2 are the held-out figures)")
+    ap.add_argument("--no-completion-floor", action="store_true",
+                    help="the agent chooses by its reward alone (the seed's), without its completion constraint "
+                         "(on an independent failure, give a step up only where that completes as often as Step "
+                         "Functions' retrier would; under an active cause, the dual-ascent completion price)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -501,7 +542,8 @@ def summarise(results: dict, args, note: str) -> dict:
     precision, recall = edge_scores(found, structure)
     loss = results["node-loss"]["policies"]
     summary = {
-        "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
+        "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s,
+        "completion_floor": not args.no_completion_floor, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
         "workloads": note, "pooled_over": list(CAUSAL),
         "completion_rate_agent": agent["completion_rate"], "completion_rate_static": static["completion_rate"],
         "mttr_s_agent": agent["mttr_s"], "mttr_s_static": static["mttr_s"],
@@ -520,6 +562,9 @@ def summarise(results: dict, args, note: str) -> dict:
                           "completion_rate_static": r["policies"]["step-functions"]["completion_rate"],
                           "mttr_s_static": r["policies"]["step-functions"]["mttr_s"],
                           "wasted_attempts_static": r["policies"]["step-functions"]["wasted_attempts"],
+                          "completion_price": r["completion_price"],
+                          "endings_agent": r["policies"]["agent"]["endings"],
+                          "endings_static": r["policies"]["step-functions"]["endings"],
                           "edge_precision": r["edge_precision"], "edge_recall": r["edge_recall"],
                           "node_recovery_rate": r["policies"]["agent"]["node_recovery_rate"]}
                       for n, r in results.items()},

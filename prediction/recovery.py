@@ -27,6 +27,25 @@ units of ``time_cost_s`` (our addition: with ±1 alone the agent is indifferent
 to MTTR). Update: Q(s,a) ← Q(s,a) + α[R + γ·max Q(s',a') − Q(s,a)], and the
 seed's score per step V ← V + λ(R − V).
 
+Completion is not traded against time at a fixed rate: one scalar reward
+prices a lost run as a fixed number of seconds, and under a slow cause (a
+congested link whose failing attempts take 10 s each) giving up at once then
+looks cheaper than the retries that would have completed the run — how much
+cheaper depends on the fleet's faults, so no one price holds on every fault
+sequence. The agent also learns, with the same update, C(s,a): the probability
+that the step eventually completes (not degraded) when ``a`` is taken in ``s``
+and the policy is followed after, and chooses by a constraint: complete at
+least as often as Step Functions' retrier would (learned from the transitions that
+took `reference_action`, what the retrier does in the state), at the best
+reward. The constraint is the
+fleet's, priced by a Lagrange multiplier μ that dual ascent raises at each
+publication while the policy completes less often than the retrier would
+(`completion_gap`) and lowers while it completes more; the choice is
+argmax Q(s,a) + μ·C(s,a). Maximising completion outright waits out every
+outage (MTTR three to four times Step Functions'); holding the retrier's
+completion in every state spends as long as the retrier where completion is
+dear (MTTR 0.8 of Step Functions' on the tuning seed).
+
 References
 ----------
 Watkins, C. J. C. H., Dayan, P. (1992). Q-learning. Machine Learning 8, 279–292.
@@ -58,6 +77,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure
 from fingerprint.failures import FailureGraph
@@ -131,6 +151,18 @@ def action_of(recovery: str | None) -> str | None:
     return recovery.split()[0]
 
 
+def reference_action(state: str) -> str:
+    """What Step Functions' default retrier does in a state (its delay binned as `action_of` does).
+
+    The agent's completion is held against the retrier's (`QRecoveryAgent.completion_gap`).
+
+    >>> [reference_action(f"a-i|TIMEOUT|{k}|0|0|1|0|0") for k in (1, 2, 3, 4)]
+    ['RETRY 1s', 'RETRY 1s', 'RETRY 5s', 'FAIL']
+    """
+    attempt = int(state.split("|")[2])
+    return action_of(step_functions_default().decide(Failure("", "", "", "", "", attempt, 0.0)).describe())
+
+
 def decision_of(action: str, failure: Failure, version: int, state: str, reason: str) -> Decision:
     if action.startswith(RETRY):
         return Decision(RETRY, float(action.split()[1].rstrip("s")), policy_version=version, reason=reason, state=state)
@@ -164,12 +196,29 @@ class QRecoveryAgent(Versioned):
         reward), so the greedy policy tries every allowed action of a state
         once before it settles ("optimism in the face of uncertainty"); the
         nodes' data would otherwise only hold what the static retrier did.
+        An untried action's completion is optimistic too (1).
+    completion_floor
+        Whether the choice is constrained to complete, over the fleet's
+        failures, at least as often as the static retrier would (a Lagrange
+        multiplier, ``completion_price``, on the completion table; see
+        `choice_value`); False: the scalar reward alone, as in the seed.
+    price_rate
+        Step of the multiplier's update at each publication (`update_price`):
+        reward units per unit of completion shortfall.
+    completion_price
+        The multiplier: what one more completed step is worth in reward units,
+        on top of the reward's own +1 / −1. 0 until the agent completes less
+        often than the retrier would.
     """
 
-    STATE_VERSION = 2
+    STATE_VERSION = 3
     # version 1's state keys had no way-out bit: its table is not carried over (relearned); its
-    # publication count is, so the nodes take the next tables as newer
-    MIGRATIONS = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}}}
+    # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
+    # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
+    MIGRATIONS: ClassVar[dict] = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}},
+                                   2: lambda s: {**s, "completion": {}, "static_completion": {},
+                                                 "completion_floor": True, "price_rate": 5.0,
+                                                 "completion_price": 0.0}}
     alpha: float = 0.1
     gamma: float = 0.9
     score_rate: float = 0.05
@@ -177,15 +226,26 @@ class QRecoveryAgent(Versioned):
     min_visits: int = 1
     optimism: float = 1.0
     shrinkage: float = 5.0
+    completion_floor: bool = True
+    price_rate: float = 5.0
+    completion_price: float = 0.0
     q: dict[str, dict[str, float]] = field(default_factory=dict)
+    completion: dict[str, dict[str, float]] = field(default_factory=dict)
+    static_completion: dict[str, float] = field(default_factory=dict)
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float] = field(default_factory=dict)
     pending: dict[tuple[str, str], tuple[str, str, float]] = field(default_factory=dict)
     published: int = 0
     version: int = STATE_VERSION
 
-    def learn_transition(self, state: str, action: str, reward: float, next_state: str | None) -> None:
-        """One Q-learning update (``next_state`` None: the episode ended)."""
+    def learn_transition(self, state: str, action: str, reward: float, next_state: str | None,
+                         completed: float | None = None) -> None:
+        """One Q-learning update (``next_state`` None: the episode ended).
+
+        ``completed`` (1 the step completed, 0 it failed or was degraded; with
+        a ``next_state``, ignored: the next state's completion is bootstrapped)
+        also updates the completion table; None leaves it alone.
+        """
         row = self.q.setdefault(state, {})
         target = reward
         if next_state is not None:
@@ -194,13 +254,34 @@ class QRecoveryAgent(Versioned):
         counts[action] = counts.get(action, 0) + 1
         rate = max(self.alpha, 1.0 / counts[action])  # the first sample replaces the optimistic start
         row[action] = self._value(state, action) + rate * (target - self._value(state, action))
+        if completed is not None or next_state is not None:
+            # undiscounted: the probability of completing, whenever it happens (time is the reward's business)
+            c_target = completed if next_state is None else self._followed_completion(next_state)
+            c_row = self.completion.setdefault(state, {})
+            old = c_row.get(action, 1.0)
+            c_row[action] = old + rate * (c_target - old)
+            if action == reference_action(state):
+                # what the static retrier completes from here, its own continuation (not the policy's) included
+                s_target = completed if next_state is None else self.static_completion.get(
+                    next_state, self._followed_completion(next_state))
+                old = self.static_completion.get(state, s_target)
+                self.static_completion[state] = old + rate * (s_target - old)
 
-    def _learn_both(self, state: str, action: str, reward: float, next_state: str | None) -> None:
+    def _followed_completion(self, state: str) -> float:
+        """C of the action the policy takes in ``state`` among those tried (fine, else coarse; none: 0)."""
+        action = self.predict_one(state, explore=False, min_visits=0)
+        if action is None:
+            return 0.0
+        value = self.estimate(state, action, self.completion, 1.0)
+        return value
+
+    def _learn_both(self, state: str, action: str, reward: float, next_state: str | None,
+                    completed: float | None = None) -> None:
         """The transition in the fine table and in the coarse one (`coarse_key`)."""
-        self.learn_transition(state, action, reward, next_state)
+        self.learn_transition(state, action, reward, next_state, completed)
         if coarse_key(state) != state:
             self.learn_transition(coarse_key(state), action, reward,
-                                  None if next_state is None else coarse_key(next_state))
+                                  None if next_state is None else coarse_key(next_state), completed)
 
     def _tried_value(self, state: str) -> float:
         """The best value among actions tried in ``state`` (else in its coarse state, else 0).
@@ -231,43 +312,106 @@ class QRecoveryAgent(Versioned):
             cost = (ts - t0) / self.time_cost_s
             outcome = -1.0 if failed else (0.0 if a == FALLBACK else 1.0)
             following = state if failed and state else None
-            self._learn_both(s, a, outcome - cost, following)
+            self._learn_both(s, a, outcome - cost, following, float(outcome > 0))
             self.score[step] = self.score.get(step, 0.0) + self.score_rate * (outcome - self.score.get(step, 0.0))
         action = action_of(signal.get("recovery"))
         if failed and state and action is not None:
             if action == FAIL:
-                self._learn_both(state, FAIL, -1.0, None)
+                self._learn_both(state, FAIL, -1.0, None, 0.0)
             else:
                 self.pending[key] = (state, action, ts)
         if signal.get("run_ended"):
             for k in [k for k in self.pending if k[0] == signal["run_id"] and k[1].startswith(signal["workflow_id"])]:
                 del self.pending[k]
 
-    def predict_one(self, state: str, explore: bool = True) -> str | None:
+    def predict_one(self, state: str, explore: bool = True, min_visits: int | None = None) -> str | None:
         """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).
 
         With ``explore``, untried actions count with the optimistic value, so
         they come first; without, only actions tried in the state compete.
+        The greedy choice is by `choice_value`.
         """
         tried = self.visits.get(state, {})
-        if sum(tried.values()) < self.min_visits:
+        if sum(tried.values()) < (self.min_visits if min_visits is None else min_visits) or (
+                not tried and not self.visits.get(coarse_key(state))):
             return None
         coarse = self.q.get(coarse_key(state), {}) if coarse_key(state) != state else {}
         actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried or a in coarse]
-        return max(actions, key=lambda a: self.estimate(state, a))
+        if not actions:
+            return None
+        return max(self.feasible(state, actions), key=lambda a: self.choice_value(state, a))
 
-    def estimate(self, state: str, action: str) -> float:
+    def feasible(self, state: str, actions: list[str]) -> list[str]:
+        """The actions allowed where no causal parent of the step is active (an independent failure).
+
+        There, giving the step up (fail fast, the fallback branch) is allowed
+        only where it completes no less often than the static retrier's own
+        completion from the state: an independent transient almost always
+        passes on a short retry, and the state's estimates are well sampled
+        (transients are the commonest failures). Under an active cause the
+        choice is left to the reward and the fleet's completion price.
+        """
+        if not self.completion_floor or state.split("|")[4] != "0" or state not in self.static_completion:
+            return actions
+        floor = self.static_completion[state]
+        return [a for a in actions
+                if a not in (FAIL, FALLBACK) or self.estimate(state, a, self.completion, 1.0) >= floor] or actions
+
+    def choice_value(self, state: str, action: str) -> float:
+        """Q(s,a) + μ·C(s,a): the reward plus the completion's price (the Lagrangian of the completion constraint).
+
+        With μ = 0 this is the seed's greedy choice. The constraint is the
+        fleet's, not each state's: completion is bought where it is cheap (a
+        way out) before where it is dear (waiting out a congested link whose
+        failing attempts take 10 s each).
+        """
+        value = self.estimate(state, action)
+        if self.completion_floor and self.completion_price:
+            value += self.completion_price * self.estimate(state, action, self.completion, 1.0)
+        return value
+
+    def completion_gap(self) -> float | None:
+        """Per incident, how much more often the policy completes the step than the static retrier would.
+
+        The visit-weighted mean, over the coarse states of a first failure
+        (where an incident starts, whatever the policy), of C(s, policy) minus
+        the retrier's own completion from s (``static_completion``: learned
+        from the transitions that took its action, with its continuation).
+        Below 0, the policy gives up runs the retrier would have completed;
+        None: not known yet.
+        """
+        total, weight = 0.0, 0
+        for state, counts in self.visits.items():
+            if "*" not in state or state.split("|")[2] != "1" or state not in self.static_completion:
+                continue
+            chosen = self.predict_one(state, explore=False, min_visits=0)
+            n = sum(counts.values())
+            total += n * (self.completion[state].get(chosen, 0.0) - self.static_completion[state])
+            weight += n
+        return total / weight if weight else None
+
+    def update_price(self) -> None:
+        """Dual ascent on the completion constraint: μ ← max(0, μ − rate · gap)."""
+        gap = self.completion_gap()
+        if self.completion_floor and gap is not None:
+            self.completion_price = max(0.0, self.completion_price - self.price_rate * gap)
+
+    def estimate(self, state: str, action: str, table: dict | None = None, untried: float | None = None) -> float:
         """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
 
         A fine state seen a few times has noisy values (one long outage makes a
         retry look bad); its coarse state pools all its siblings' transitions.
         ``k`` = ``shrinkage`` visits. An action never tried in the fine state
         takes the coarse value, one tried in neither the optimistic value.
+        ``table``: another table learned from the same visits (the completion
+        table), ``untried`` its optimistic value.
         """
+        table = self.q if table is None else table
+        untried = self.optimism if untried is None else untried
         coarse = coarse_key(state)
-        fine, pooled = self.q.get(state, {}).get(action), self.q.get(coarse, {}).get(action)
+        fine, pooled = table.get(state, {}).get(action), table.get(coarse, {}).get(action)
         if coarse == state or pooled is None:
-            return self._value(state, action)
+            return untried if fine is None else fine
         if fine is None:
             return pooled
         n = self.visits[state][action]
@@ -281,6 +425,7 @@ class QRecoveryAgent(Versioned):
         fleet that must exploit); the default lets the nodes try the untried ones.
         """
         self.published += 1
+        self.update_price()
         actions = {s: a for s in sorted(self.q) for a in [self.predict_one(s, explore)] if a is not None}
         return RecoveryPolicyTable(workflow_id, self.published, actions, dict(parents or {}))
 

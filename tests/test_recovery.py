@@ -207,10 +207,16 @@ def test_agent_state_snapshot_and_refusal():
     with pytest.raises(StateVersionError):
         QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=7))
     # version 1's keys had no way-out bit: its table is dropped, its publication count kept
+    v2 = {k: v for k, v in vars(agent).items() if k not in ("completion", "completion_floor")}
     old = QRecoveryAgent.__new__(QRecoveryAgent)
-    old.__setstate__(dict(vars(agent), q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
-    assert old.version == 2 and old.q == {} and old.published == 5
+    old.__setstate__(dict(v2, q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
+    assert old.version == 3 and old.q == {} and old.completion == {} and old.published == 5
     assert old.policy("wf").version == 6
+    # version 2 had no completion table: its Q table is kept, the floor binds once completions are learned
+    two = QRecoveryAgent.__new__(QRecoveryAgent)
+    two.__setstate__(dict(v2, version=2))
+    assert two.version == 3 and two.q == agent.q and two.completion == {} and two.completion_floor
+    assert two.predict_one("---|TIMEOUT|1|0|0|0|0|0", explore=False) == FAIL
 
 
 def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
@@ -350,3 +356,66 @@ def test_a_rarely_seen_state_leans_on_its_coarse_state():
     assert agent.estimate(fine, "RETRY 1s") == pytest.approx((0.5 + 5 * agent.q["a-i|RESOURCE_EXHAUSTED|1|*|1|1|*|*"][
         "RETRY 1s"]) / 6)
     assert agent.predict_one(fine, explore=False) == "ALTERNATIVE"  # never tried here, known good in the coarse state
+
+
+def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_static_retrier():
+    # a congested link: a failing attempt takes 10 s; a retry completes half the time, 40 s later.
+    # The scalar reward prices that retry (-3 or -5) below failing at once (-1); the completion constraint does not.
+    slow, poisoned, spent = "---|TIMEOUT|1|0|1|0|0|0", "---|BAD_INPUT|1|0|0|0|0|0", "---|TIMEOUT|4|0|1|0|0|0"
+    rng = random.Random(0)
+    for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
+        agent = QRecoveryAgent(alpha=0.02, completion_floor=floor)
+        for _ in range(200):
+            ok = rng.random() < 0.5
+            agent._learn_both(slow, "RETRY 1s", (1.0 if ok else -1.0) - 4.0, None, float(ok))
+            agent._learn_both(slow, FAIL, -1.0, None, 0.0)
+            for state in (poisoned, spent):  # retrying never completes: giving up at once is right
+                agent._learn_both(state, "RETRY 1s", -2.0, None, 0.0)
+                agent._learn_both(state, FAIL, -1.0, None, 0.0)
+        assert agent.completion[slow]["RETRY 1s"] == pytest.approx(0.5, abs=0.2)
+        assert agent.predict_one(slow, explore=False) == FAIL and agent.completion_gap() < 0
+        prices = [agent.policy("wf").version and agent.completion_price for _ in range(30)]
+        assert agent.predict_one(slow, explore=False) == expected
+        assert agent.predict_one(poisoned, explore=False) == FAIL and agent.predict_one(spent, explore=False) == FAIL
+        if floor:  # it rose while the gap was negative, then held: no price above what the constraint needs
+            assert prices[0] > 0 and prices[-1] == prices[-5] and agent.completion_gap() >= 0
+            assert prices[-1] < 2 * 3.0 / 0.5
+        else:
+            assert prices[-1] == 0.0
+
+
+def test_completion_is_bootstrapped_from_what_the_policy_does_next():
+    s1, s2 = "---|TIMEOUT|1|0|0|0|0|0", "---|TIMEOUT|2|0|0|0|0|0"
+    agent = QRecoveryAgent()
+    for _ in range(50):
+        agent.learn_transition(s2, "RETRY 1s", 0.5, None, 1.0)    # the second retry always completes
+        agent.learn_transition(s2, FAIL, -1.0, None, 0.0)
+        agent.learn_transition(s1, "RETRY 0s", -1.2, s2)          # the first always fails, then s2
+    assert agent.predict_one(s2, explore=False) == "RETRY 1s"
+    assert agent.completion[s1]["RETRY 0s"] == pytest.approx(1.0)
+
+
+def test_the_static_retriers_completion_follows_its_own_continuation_not_the_policys():
+    # the second retry completes half the time but is slow: the policy gives up there, the retrier would not
+    s1, s2 = "---|TIMEOUT|1|0|1|0|0|0", "---|TIMEOUT|2|0|1|0|0|0"
+    agent = QRecoveryAgent(alpha=0.02)
+    for k in range(300):
+        agent.learn_transition(s2, "RETRY 1s", (1.0 if k % 2 else -1.0) - 4.0, None, float(k % 2))
+        agent.learn_transition(s2, FAIL, -1.0, None, 0.0)
+        agent.learn_transition(s1, "RETRY 1s", -1.5, s2)
+    assert agent.predict_one(s2, explore=False) == FAIL
+    assert agent.completion[s1]["RETRY 1s"] == pytest.approx(0.0, abs=0.01)   # the policy's continuation
+    assert agent.static_completion[s1] == pytest.approx(0.5, abs=0.1)          # the retrier's
+
+
+def test_without_an_active_cause_the_agent_gives_up_no_sooner_than_the_static_retrier():
+    # an independent transient on a slow step: the retry completes but costs more reward than failing at once
+    independent, caused = "---|TIMEOUT|2|0|0|0|0|0", "---|TIMEOUT|2|0|1|0|0|0"
+    for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
+        agent = QRecoveryAgent(completion_floor=floor)
+        for _ in range(20):
+            for state in (independent, caused):
+                agent.learn_transition(state, "RETRY 1s", -1.5, None, 1.0)
+                agent.learn_transition(state, FAIL, -1.0, None, 0.0)
+        assert agent.predict_one(independent, explore=False) == expected
+        assert agent.predict_one(caused, explore=False) == FAIL   # an active cause: the reward decides
