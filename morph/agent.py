@@ -38,7 +38,7 @@ from morph.bandit import DiscountedLinUCB
 from morph.context import EpochTelemetry, Featurizer, NodeContext
 from morph.policy import MorphPolicy
 from morph.reward import RewardWeights, WorkflowConstraints, reward, reward_terms
-from morph.shield import ShieldConfig, ThermalEstimate, safe_mask
+from morph.shield import ShieldConfig, ThermalEstimate, critical_run, safe_mask
 from schemas.state import Versioned
 
 
@@ -174,7 +174,7 @@ class RliAgent:
         ts = sample["ts_ms"]
         last = state.last_decision_ms
         if last is None or ts - last >= self._epoch_ms \
-                or (state.current != self.fallback and _critical(state.temps, self._constraints.critical_temp_c)):
+                or (state.current != self.fallback and critical_run(state.temps, self._constraints.critical_temp_c)):
             return self._decide_now(state, sample, ts)
         shielded = self._current_unsafe(state, sample, ts)
         if shielded is not None:
@@ -200,7 +200,7 @@ class RliAgent:
         c = self.config
         ctx = self.context(state, sample)
         phi, predicted, power = self.featurizer.features(ctx, state.thermal.r_c_per_w())
-        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
+        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, state.temps,
                          ctx.power_w, c.constraints.min_accuracy, c.shield)
         return ctx, phi, predicted, power, safe
 
@@ -302,17 +302,6 @@ class RliAgent:
             "forecast_c": round(float(predicted_c), 2), "forecast_lower_c": None, "forecast_upper_c": None,
             "forecast_horizon_s": self.config.shield.horizon_s, "anomaly_score": None, "contributing_features": [],
         }
-
-
-def _critical(temps: deque, critical_c: float, samples: int = 3) -> bool:
-    """The last ``samples`` temperatures all at or above ``critical_c`` (no copy of the window)."""
-    n = len(temps)
-    if n < samples:
-        return False
-    for i in range(n - samples, n):
-        if temps[i] < critical_c:
-            return False
-    return True
 
 
 def _slope(state: AgentState) -> float:
