@@ -156,7 +156,8 @@ class DiscountedLinUCB(Versioned):
         if self._cache is None:
             v = self.stats.gram.copy()
             v.reshape(-1)[::self.dim + 1] += self.ridge   # + λI on the diagonal, without building I
-            factor, info = _potrf(v, lower=1, clean=1, overwrite_a=1)
+            # V is symmetric: its transpose is V in Fortran order, which LAPACK factors in place (no copy)
+            factor, info = _potrf(v.T, lower=1, clean=1, overwrite_a=1)
             if info != 0:  # not positive definite: only from corrupt statistics
                 raise np.linalg.LinAlgError(f"bandit statistics are not positive definite (dpotrf info {info})")
             self._cache = (factor, None)
@@ -194,7 +195,7 @@ class DiscountedLinUCB(Versioned):
         phi = np.asarray(phi, dtype=float)
         if phi.ndim == 1:
             phi = phi[None, :]
-        # rows: the arms, then the moment; transposed, the columns LAPACK solves for (Fortran order, no copy)
-        solved, _ = _trtrs(factor, np.concatenate((phi, self.stats.moment[None, :])).T, lower=1)
+        # rows: the arms, then the moment; transposed, the columns LAPACK solves for, in place (Fortran order)
+        solved, _ = _trtrs(factor, np.concatenate((phi, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
         y = solved[:, :-1]
         return solved[:, -1] @ y + self.alpha * np.sqrt(np.einsum("ij,ij->j", y, y))
