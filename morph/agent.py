@@ -38,7 +38,7 @@ from morph.bandit import DiscountedLinUCB
 from morph.context import EpochTelemetry, Featurizer, NodeContext
 from morph.policy import MorphPolicy
 from morph.reward import RewardWeights, WorkflowConstraints, reward, reward_terms
-from morph.shield import ShieldConfig, ThermalEstimate, safe_mask
+from morph.shield import ShieldConfig, ThermalEstimate, critical_run, safe_mask
 from schemas.state import Versioned
 
 
@@ -124,8 +124,16 @@ class RliAgent:
         self.config = config
         self.featurizer = Featurizer(arms, config.constraints, config.shield)
         self.fallback = arms.index(arms.fallback)
-        self._by_name = {a.name: i for i, a in enumerate(arms)}
+        self.arm_names = tuple(a.name for a in arms)  # built once: `Arm.name` formats a string per call
+        self._by_name = {name: i for i, name in enumerate(self.arm_names)}
         self._scorer = MorphPolicy()  # the rules' resource score, reported as evidence like theirs
+        # read on every sample: plain tuples and attributes, not the arm objects
+        self._served = tuple((a.variant, a.precision) for a in arms)
+        self._constraints = config.constraints
+        self._epoch_ms = config.epoch_s * 1000
+        self._early_gap_ms = config.early_gap_s * 1000
+        shield = config.shield
+        self._unsafe_above_c = shield.hot_c - shield.margin_c
 
     def arm_by_name(self, name: str) -> int:
         """The index of the arm called ``name`` (KeyError for an arm this set does not have)."""
@@ -139,13 +147,14 @@ class RliAgent:
     # -- observation -------------------------------------------------------
     def observe(self, state: AgentState, sample: dict) -> None:
         """Fold one telemetry sample into the node's state."""
-        state.epoch.add(sample, self.config.constraints)
-        state.temps.append(sample["gpu_temp_c"])
+        temp = sample["gpu_temp_c"]
+        state.epoch.add(sample, self._constraints)
+        state.temps.append(temp)
         state.times.append(sample["ts_ms"] / 1000.0)
-        state.slope = _slope(state)
-        state.thermal.observe(sample["gpu_temp_c"], state.slope, sample["power_w"])
-        current = None if state.current is None else self.arms[state.current]
-        if current is None or current.variant != sample["variant"] or current.precision != sample["precision"]:
+        slope = state.slope = _slope(state)
+        state.thermal.observe(temp, slope, sample["power_w"])
+        current = state.current
+        if current is None or self._served[current] != (sample["variant"], sample["precision"]):
             # the node serves something else than believed (another controller, a refused swap)
             state.current = self.arms.index(self.arms.nearest(sample["variant"], sample["precision"],
                                                               sample.get("batch_size")))
@@ -163,38 +172,46 @@ class RliAgent:
         """Observe ``sample``; at an epoch boundary (or a critical temperature) learn and choose."""
         self.observe(state, sample)
         ts = sample["ts_ms"]
-        c = self.config
-        if state.last_decision_ms is None or ts - state.last_decision_ms >= c.epoch_s * 1000 \
-                or (state.current != self.fallback and _critical(state.temps, c.constraints.critical_temp_c)) \
-                or self._current_unsafe(state, sample, ts):
+        last = state.last_decision_ms
+        if last is None or ts - last >= self._epoch_ms \
+                or (state.current != self.fallback and critical_run(state.temps, self._constraints.critical_temp_c)):
             return self._decide_now(state, sample, ts)
+        shielded = self._current_unsafe(state, sample, ts)
+        if shielded is not None:
+            return self._decide_now(state, sample, ts, shielded)
         return None
 
-    def _current_unsafe(self, state: AgentState, sample: dict, ts: int) -> bool:
+    def _current_unsafe(self, state: AgentState, sample: dict, ts: int):
         """Between epochs the shield still watches every sample: when the arm being served would
-        now be masked (the node heats toward ``hot_c``), decide at once instead of at the epoch's end."""
-        c = self.config
-        if state.current == self.fallback or ts - state.last_decision_ms < c.early_gap_s * 1000:
-            return False
-        temp, slope = sample["gpu_temp_c"], state.slope
-        if temp < c.shield.hot_c - c.shield.margin_c and temp + c.shield.tau_s * slope < c.shield.hot_c - c.shield.margin_c:
-            return False  # the cheap check: neither hot nor heading there
-        ctx = self.context(state, sample)
-        _, predicted, power = self.featurizer.features(ctx, state.thermal.r_c_per_w())
-        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
-                         ctx.power_w, c.constraints.min_accuracy, c.shield)
-        return not safe[state.current]
+        now be masked (the node heats toward ``hot_c``), decide at once instead of at the epoch's end.
 
-    def _decide_now(self, state: AgentState, sample: dict, ts: int) -> Decision:
+        What the shield computed when it does — (context, Φ, predicted temperatures, powers, mask),
+        the decision's own inputs on this sample — else None."""
+        if state.current == self.fallback or ts - state.last_decision_ms < self._early_gap_ms:
+            return None
+        temp, limit = sample["gpu_temp_c"], self._unsafe_above_c
+        if temp < limit and temp + self.config.shield.tau_s * state.slope < limit:
+            return None  # the cheap check: neither hot nor heading there
+        shielded = self._shield(state, sample)
+        return None if shielded[4][state.current] else shielded
+
+    def _shield(self, state: AgentState, sample: dict):
+        """(context, Φ, predicted temperature, predicted power, allowed arms) on ``sample``."""
         c = self.config
         ctx = self.context(state, sample)
+        phi, predicted, power = self.featurizer.features(ctx, state.thermal.r_c_per_w())
+        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, state.temps,
+                         ctx.power_w, c.constraints.min_accuracy, c.shield)
+        return ctx, phi, predicted, power, safe
+
+    def _decide_now(self, state: AgentState, sample: dict, ts: int, shielded=None) -> Decision:
+        c = self.config
+        # learning the last reward and ageing the evidence change the bandit only, not what the shield saw
+        ctx, phi, predicted, power, safe = shielded or self._shield(state, sample)
         bucket = ctx.bucket(c.constraints)
         prev = self._close_epoch(state)
         state.bandit.tick()
         thermal_r = state.thermal.r_c_per_w()
-        phi, predicted, power = self.featurizer.features(ctx, thermal_r)
-        safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, list(state.temps),
-                         ctx.power_w, c.constraints.min_accuracy, c.shield)
         arm, propensity = self._choose(state, phi, safe)
         switched = arm != state.current
         state.pending = PendingDecision(arm, phi[arm].copy(), propensity, bucket, switched, ts)
@@ -251,7 +268,8 @@ class RliAgent:
     def _command(self, state: AgentState, sample: dict, arm_index: int, propensity: float,
                  predicted_c: float) -> dict:
         arm, before = self.arms[arm_index], self.arms[state.current]
-        critical = arm.fallback and list(state.temps)[-1] >= self.config.constraints.critical_temp_c
+        name, before_name = self.arm_names[arm_index], self.arm_names[state.current]
+        critical = arm.fallback and state.temps[-1] >= self.config.constraints.critical_temp_c
         return {
             "command_id": f"{state.node_id}-rli{state.decisions}-{sample['ts_ms']}",
             "node_id": state.node_id,
@@ -261,10 +279,10 @@ class RliAgent:
             "from_variant": before.variant, "to_variant": arm.variant,
             "from_precision": before.precision, "to_precision": arm.precision,
             "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline,
-            "fallback": arm.fallback, "arm": arm.name, "propensity": round(propensity, 6),
+            "fallback": arm.fallback, "arm": name, "propensity": round(propensity, 6),
             "model_sha256": self.arms.sha256.get((arm.variant, arm.precision)),
             "reason": f"{'critical temperature' if critical else 'learned (UCB among shielded arms)'}: "
-                      f"{before.name} -> {arm.name}, predicted {predicted_c:.1f} °C",
+                      f"{before_name} -> {name}, predicted {predicted_c:.1f} °C",
             "evidence": self._evidence(state, sample, predicted_c),
             # unsigned here (the control flow signs what it emits); preprocessing: the lighting arm's stage, else left
             "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
@@ -284,17 +302,6 @@ class RliAgent:
             "forecast_c": round(float(predicted_c), 2), "forecast_lower_c": None, "forecast_upper_c": None,
             "forecast_horizon_s": self.config.shield.horizon_s, "anomaly_score": None, "contributing_features": [],
         }
-
-
-def _critical(temps: deque, critical_c: float, samples: int = 3) -> bool:
-    """The last ``samples`` temperatures all at or above ``critical_c`` (no copy of the window)."""
-    n = len(temps)
-    if n < samples:
-        return False
-    for i in range(n - samples, n):
-        if temps[i] < critical_c:
-            return False
-    return True
 
 
 def _slope(state: AgentState) -> float:

@@ -146,23 +146,31 @@ class DiscountedLinUCB(Versioned):
         self.stats = self.stats.merge(stats, weight)
         self._cache = None
 
-    def _solve(self) -> tuple[np.ndarray, np.ndarray]:
-        """(θ, lower Cholesky factor L of V = Σ w φφᵀ + λI), cached until the statistics change.
+    def _factor(self) -> np.ndarray:
+        """Lower Cholesky factor L of V = Σ w φφᵀ + λI, cached until the statistics change.
 
         V is symmetric positive definite (λ > 0), so a Cholesky factorisation
-        replaces the explicit inverse: on 39 features LAPACK's ``dpotrf`` and a
-        triangular solve cost a fraction of ``np.linalg.inv`` and of its
-        per-call checks, once per decision.
+        replaces the explicit inverse: on 39 features LAPACK's ``dpotrf`` costs a
+        fraction of ``np.linalg.inv`` and of its per-call checks, once per decision.
         """
         if self._cache is None:
             v = self.stats.gram.copy()
             v.reshape(-1)[::self.dim + 1] += self.ridge   # + λI on the diagonal, without building I
-            factor, info = _potrf(v, lower=1, clean=1, overwrite_a=1)
+            # V is symmetric: its transpose is V in Fortran order, which LAPACK factors in place (no copy)
+            factor, info = _potrf(v.T, lower=1, clean=1, overwrite_a=1)
             if info != 0:  # not positive definite: only from corrupt statistics
                 raise np.linalg.LinAlgError(f"bandit statistics are not positive definite (dpotrf info {info})")
-            theta, info = _potrs(factor, self.stats.moment, lower=1)
-            self._cache = (theta, factor)
-        return self._cache
+            self._cache = (factor, None)
+        return self._cache[0]
+
+    def _solve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(θ = V⁻¹ Σ w φ r, the factor L), cached until the statistics change."""
+        factor = self._factor()
+        theta = self._cache[1]
+        if theta is None:
+            theta, _ = _potrs(factor, self.stats.moment, lower=1)
+            self._cache = (factor, theta)
+        return theta, factor
 
     def predict(self, phi: np.ndarray) -> np.ndarray:
         """Estimated reward of each row of ``phi``."""
@@ -177,10 +185,17 @@ class DiscountedLinUCB(Versioned):
         return np.sqrt((solved * solved).sum(axis=0))
 
     def ucb(self, phi: np.ndarray) -> np.ndarray:
-        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi``."""
-        theta, factor = self._solve()
+        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi``.
+
+        One triangular solve serves both terms: with y = L⁻¹φ and z = L⁻¹ Σ w φ r,
+        θ·φ = z·y and φᵀ V⁻¹ φ = y·y, so the arms' bounds cost one LAPACK call on
+        [Φᵀ | Σ w φ r] after the factorisation, not a solve for θ and another for the widths.
+        """
+        factor = self._factor()
         phi = np.asarray(phi, dtype=float)
         if phi.ndim == 1:
             phi = phi[None, :]
-        solved, _ = _trtrs(factor, phi.T, lower=1)
-        return phi @ theta + self.alpha * np.sqrt((solved * solved).sum(axis=0))
+        # rows: the arms, then the moment; transposed, the columns LAPACK solves for, in place (Fortran order)
+        solved, _ = _trtrs(factor, np.concatenate((phi, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
+        y = solved[:, :-1]
+        return solved[:, -1] @ y + self.alpha * np.sqrt(np.einsum("ij,ij->j", y, y))

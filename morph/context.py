@@ -150,7 +150,11 @@ class Featurizer:
         self._arm_features_t = self.arm_features[:, None, :]   # broadcast against the context: (arm, ctx, arm feature)
         self._item_ms = self.item_ms.tolist()
         self._cost = self.cost.tolist()
+        self._max_item_ms = float(self.item_ms.max())
         self._decay = float(np.exp(-shield.horizon_s / shield.tau_s))
+        # Φ starts as a copy of this: the switch feature is 1 for every arm but the current one.
+        self._template = np.zeros((len(arms), self.dim))
+        self._template[:, self._k + 2] = 1.0
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
         return np.array(self._context_values(ctx, self.arms.index(ctx.current)))
@@ -174,10 +178,14 @@ class Featurizer:
         shield = self.shield
         offered = ctx.offered_rps
         n, k = len(self._cost), self._k
-        phi = np.empty((n, self.dim))
-        capacity = (_capacity(ctx) * self._item_ms[cur]) / self.item_ms
+        phi = self._template.copy()
+        phi[cur, k + 2] = 0.0
+        served_now = _capacity(ctx) * self._item_ms[cur]
+        capacity = served_now / self.item_ms
         np.minimum(capacity / max(offered, 1e-6), 1.0, out=phi[:, k])   # the share of the load served
-        util = np.minimum(offered / np.maximum(capacity, 1e-6), 1.0)
+        # every arm's capacity is at least the slowest arm's: the floor only matters below it
+        util = np.minimum(offered / (capacity if served_now / self._max_item_ms >= 1e-6
+                                     else np.maximum(capacity, 1e-6)), 1.0)
         power = predicted_power(ctx.power_w, self._cost[cur] * max(ctx.util, 1e-3), self.cost * util,
                                 shield.idle_w, ctx.power_cap_w)
         r = shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
@@ -190,8 +198,6 @@ class Featurizer:
         np.maximum(margin, -2.0, out=margin)
         np.minimum(margin, 1.0, out=margin)
         np.multiply(self._arm_features_t, x[:, None], out=phi[:, :k].reshape(n, len(x), -1))
-        phi[:, k + 2] = 1.0
-        phi[cur, k + 2] = 0.0
         return phi, predicted, power
 
 

@@ -24,6 +24,7 @@ The fallback is never masked, so there is always an arm to choose.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -91,16 +92,32 @@ def predicted_power(power_w: float, cur_cost_util: float, arm_cost_util: np.ndar
     return np.minimum(idle_w + dynamic * arm_cost_util, cap_w)
 
 
+def critical_run(temps: Sequence[float], critical_c: float, samples: int = 3) -> bool:
+    """The last ``samples`` temperatures all at or above ``critical_c`` (no copy of the window)."""
+    n = len(temps)
+    if n < samples:
+        return False
+    for i in range(n - samples, n):
+        if not temps[i] >= critical_c:
+            return False
+    return True
+
+
 def safe_mask(predicted_c: np.ndarray, arm_power_w: np.ndarray, accuracy: np.ndarray, fallback: int,
-              temp_c: float, recent_temps: list[float], current_power_w: float, min_accuracy: float,
+              temp_c: float, recent_temps: Sequence[float], current_power_w: float, min_accuracy: float,
               config: ShieldConfig, critical_samples: int = 3) -> np.ndarray:
-    """Boolean mask of the arms the agent may choose (see the module docstring)."""
+    """Boolean mask of the arms the agent may choose (see the module docstring).
+
+    ``recent_temps``: the node's latest temperatures, oldest first (any indexable sequence: the
+    agent passes its window as it keeps it, without a copy per decision).
+    """
     k = len(predicted_c)
-    if len(recent_temps) >= critical_samples and all(t >= config.critical_c for t in recent_temps[-critical_samples:]):
+    if critical_run(recent_temps, config.critical_c, critical_samples):
         mask = np.zeros(k, dtype=bool)
         mask[fallback] = True
         return mask
-    mask = (predicted_c < config.hot_c - config.margin_c) & (accuracy >= min_accuracy)
+    mask = predicted_c < config.hot_c - config.margin_c
+    mask &= accuracy >= min_accuracy
     if temp_c >= config.hot_c:
         mask &= arm_power_w < current_power_w - 1e-6
     mask[fallback] = True

@@ -15,7 +15,7 @@ left unpublished.
 
 from __future__ import annotations
 
-import copy
+import pickle
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -151,7 +151,7 @@ class MorphStep:
         if decision is None:
             return None
         if state.sharer is not None and decision.previous_reward is not None:
-            experience = state.sharer.record(decision.previous_bucket, self.agent.arms[decision.previous_arm].name,
+            experience = state.sharer.record(decision.previous_bucket, self.agent.arm_names[decision.previous_arm],
                                              decision.previous_reward, decision.ts_ms)
             if experience is not None:
                 outputs.append(("Experience", experience))
@@ -241,4 +241,8 @@ class ControlLogic(StatefulLogic):
         return self.flush_at
 
     def snapshot(self) -> Optional[ControlState]:
-        return copy.deepcopy(self.state)
+        # A copy that later events cannot change. Bytewax asks for one per key at every epoch
+        # (recovery or not); a pickle round trip copies in C what `copy.deepcopy` walks object by
+        # object in Python (the agent's state holds two random generators' 625-word states), and
+        # recovery pickles the snapshot anyway, so what it copies is what can be restored.
+        return pickle.loads(pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL))

@@ -186,7 +186,8 @@ class TelemetryAnomalyDetector(Versioned):
         result = self.detector.score_then_learn_one(x, ts_ms / 1000.0)
         if fresh:
             self._last_ts_ms = ts_ms
-            self._last_temp = x.get("gpu_temp_c", _number(sample.get("gpu_temp_c")))
+            temp = x.get("gpu_temp_c")
+            self._last_temp = _number(sample.get("gpu_temp_c")) if temp is None else temp
         return result
 
     def score_one(self, sample: Mapping) -> AnomalyResult:

@@ -111,6 +111,22 @@ def test_the_cholesky_solution_equals_the_ridge_formula_with_an_explicit_inverse
                                rtol=1e-9)
 
 
+def test_the_bounds_of_all_arms_from_one_solve_equal_the_mean_plus_the_width_also_after_a_restore():
+    rng = np.random.default_rng(11)
+    bandit = DiscountedLinUCB(dim=39, gamma=0.995, ridge=1.0, alpha=0.3)
+    phi = rng.normal(size=(61, 39))
+    for _ in range(200):
+        bandit.tick()
+        a = int(np.argmax(bandit.ucb(phi)))
+        bandit.learn_one(phi[a], float(rng.normal(loc=0.1 * a % 1.0)))
+    expected = bandit.predict(phi) + 0.3 * bandit.width(phi)
+    np.testing.assert_allclose(bandit.ucb(phi), expected, rtol=1e-9, atol=1e-12)
+    restored = pickle.loads(pickle.dumps(bandit))   # the factor is derived: recomputed after a restore
+    np.testing.assert_allclose(restored.ucb(phi), expected, rtol=1e-9, atol=1e-12)
+    bandit.learn_one(phi[0], 5.0)                    # new evidence invalidates the cached factor
+    assert bandit.ucb(phi)[0] > expected[0]
+
+
 def test_corrupt_statistics_are_an_error_not_a_silent_answer():
     bandit = DiscountedLinUCB(dim=2, ridge=1.0)
     bandit.stats.gram[:] = -5.0 * np.eye(2)     # no Gram matrix is negative definite

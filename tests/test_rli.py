@@ -113,6 +113,42 @@ def test_agent_state_survives_a_snapshot_and_decides_the_same_afterwards():
     assert [(d.arm_index, d.propensity) for d in a if d] == [(d.arm_index, d.propensity) for d in b if d]
 
 
+def test_a_control_snapshot_is_a_copy_that_later_events_do_not_change_and_resumes_the_same():
+    from flows.spec import FlowSpec
+    from operators.control import ControlLogic, MorphStep
+    from operators.events import Event
+    from operators.from_spec import agent_for, policy_for, sharer_factory_for
+
+    spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, options={"policy_kind": "rli"})
+    step = MorphStep(policy_for(spec), None, stamp_wall_clock=False, agent=agent_for(spec),
+                     sharer_factory=sharer_factory_for(spec))
+    events = [Event("Telemetry", sample(ts_ms=1000 * i, temp=70 + (i % 17)), "test", 0, -1) for i in range(80)]
+    logic = ControlLogic(step, None)
+    for e in events[:40]:
+        logic.on_item(e)
+    snap = logic.snapshot()
+    decisions = snap.agent.decisions
+    gram = snap.agent.bandit.stats.gram.copy()
+    original = [out for e in events[40:] for out in logic.on_item(e)[0] if out[0] == "MorphCommand"]
+    assert snap.agent.decisions == decisions < logic.state.agent.decisions
+    np.testing.assert_array_equal(snap.agent.bandit.stats.gram, gram)
+    resumed_logic = ControlLogic(step, snap)
+    resumed = [out for e in events[40:] for out in resumed_logic.on_item(e)[0] if out[0] == "MorphCommand"]
+    assert original and [(c["arm"], c["propensity"]) for _, c in resumed] == \
+        [(c["arm"], c["propensity"]) for _, c in original]
+
+
+def test_three_samples_in_a_row_at_the_critical_temperature_make_a_critical_run():
+    from collections import deque
+
+    from morph.shield import critical_run
+
+    assert critical_run(deque([80.0, 90.0, 90.5, 91.0], maxlen=6), 90.0)
+    assert not critical_run(deque([95.0, 90.0, 89.9, 91.0], maxlen=6), 90.0)
+    assert not critical_run([91.0, 92.0], 90.0)
+    assert not critical_run([91.0, float("nan"), 92.0], 90.0)   # a missing reading is no evidence
+
+
 def test_agent_state_of_a_newer_release_is_refused():
     state = RliAgent(ARMS).new_state("edge-1")
     data = {**state.__dict__, "version": AgentState.STATE_VERSION + 1}
