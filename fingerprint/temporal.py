@@ -184,8 +184,12 @@ class Fingerprint(Versioned):
         ended = signal.get("run_ended") is True
 
         if signal["state"] == STARTED:
-            run.start(task, ts, signal.get("node_id") or "", optional_resources(signal.get("resources")),
-                      optional_bytes(signal.get("data_size_bytes")), optional_artifacts(signal.get("inputs")))
+            # the optional fields are usually absent: checked only when present
+            resources, size, inputs = signal.get("resources"), signal.get("data_size_bytes"), signal.get("inputs")
+            run.start(task, ts, signal.get("node_id") or "",
+                      None if resources is None else optional_resources(resources),
+                      None if size is None else optional_bytes(size),
+                      None if inputs is None else optional_artifacts(inputs))
             self.sequences.learn_start(run.started, run.start_times)
             kind = "start"
         else:
