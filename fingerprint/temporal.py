@@ -45,6 +45,7 @@ True
 from __future__ import annotations
 
 import json
+from sys import intern
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
@@ -168,7 +169,9 @@ class Fingerprint(Versioned):
         if len(seen) > self.dedupe_capacity:
             seen.popitem(last=False)
 
-        run_id, task, ts = signal["run_id"], signal["task"], signal["ts_ms"]
+        # Interned: every decoded signal brings its own copy of the task name, and the window, the
+        # counts and the snapshots would otherwise hold (and compare, and pickle) one per signal.
+        run_id, task, ts = signal["run_id"], intern(signal["task"]), signal["ts_ms"]
         if ts > self.latest_ms:
             self.latest_ms = ts
         open_runs = self.open_runs
