@@ -25,7 +25,9 @@ lately; a prediction blends the ``blend_top`` heaviest experts of its context.
 Every prediction is kept until the run's next start (or end) resolves it: it is
 scored first (`NextStepMetrics`), then the weights and the counts learn from it.
 Memory per workflow is bounded: counts live in one `FollowerCounts` table of at
-most ``max_contexts`` contexts, with counts halved as they grow (forgetting).
+most ``max_contexts`` contexts, with counts halved as they grow (forgetting); a
+run's visited set is a bit mask over task ids given on first sight, at most
+`MAX_TASK_BITS` of them (later new tasks share one bit).
 
 `publish_metrics` turns the running metrics into a NextStepMetrics record
 (``schemas/next_step_metrics.avsc``, topic ``workflow.metrics``) once per

@@ -353,3 +353,17 @@ def test_cost_per_signal_stays_inside_the_flow_budget():
     # measured ~15-18 µs on this 2-core machine; the flow's share is ~25 µs. CPU time, with slack
     # for a machine shared with other jobs, so this catches regressions of several times, not noise
     assert per_signal < 60e-6
+
+
+def test_visited_sets_stay_bounded_however_many_task_names_appear(monkeypatch):
+    import prediction.nextstep as nextstep
+
+    monkeypatch.setattr(nextstep, "MAX_TASK_BITS", 4)
+    predictor = NextStepPredictor("w")
+    for i in range(30):  # every run brings two task names never seen before
+        for s in run_signals("w", f"r{i}", [(f"t{i}", 0, 5), (f"u{i}", 5, 9)], t0_ms=i * 100):
+            predictor.learn_one(s)
+    assert len(predictor.task_bits) == 4
+    masks = [k[-1] for k in predictor.counts.table if k and k[0] == "visited"]
+    assert masks and max(masks) < 1 << 5  # four own bits and the one the later tasks share
+    assert predictor.predict_proba_one(["t0", "never seen"])  # an unseen task still gets a prediction
