@@ -200,7 +200,7 @@ class ExpertMixture:
     context_losses: dict = field(default_factory=dict)  # last task -> discounted losses per expert
     # context -> (k, top, its weights) until the context's losses next change: with several runs in
     # flight, a context is often predicted in again before one of its predictions resolves
-    cached: dict = field(default_factory=dict, repr=False, compare=False)
+    cached: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not 0.0 < self.forgetting < 1.0:
