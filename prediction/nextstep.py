@@ -362,7 +362,9 @@ class NextStepPredictor(Versioned):
         for task in started:
             bit = bits.get(task)
             if bit is None:
-                return -1 if len(bits) < MAX_TASK_BITS else mask | 1 << MAX_TASK_BITS
+                if len(bits) < MAX_TASK_BITS:
+                    return -1
+                bit = 1 << MAX_TASK_BITS  # the bit that tasks beyond the bound share
             mask |= bit
         return mask
 
