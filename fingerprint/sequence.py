@@ -49,11 +49,10 @@ class SequenceModel:
 
     def _contexts(self, prefix: list[str], upto: int) -> list[tuple[str, ...]]:
         """Contexts of lengths 0..order ending at ``prefix[:upto]`` (``<start>`` pads the front)."""
-        out = [()]
-        for j in range(1, min(self.order, upto + 1) + 1):
-            # j == upto + 1: the context reaches back to before the first task
-            out.append(tuple(prefix[upto - j:upto]) if j <= upto else (START, *prefix[:upto]))
-        return out
+        # the last ``order`` tasks, or all of them after <start> when there are fewer
+        tail = prefix[upto - self.order:upto] if upto >= self.order else [START, *prefix[:upto]]
+        n = len(tail)
+        return [(), *[tuple(tail[n - j:]) for j in range(1, n + 1)]]
 
     def _bump(self, prefix: list[str], upto: int, nxt: str, by: int) -> None:
         counts, totals = self.counts, self.totals

@@ -45,6 +45,7 @@ True
 from __future__ import annotations
 
 import json
+from sys import intern
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple
@@ -168,7 +169,9 @@ class Fingerprint(Versioned):
         if len(seen) > self.dedupe_capacity:
             seen.popitem(last=False)
 
-        run_id, task, ts = signal["run_id"], signal["task"], signal["ts_ms"]
+        # Interned: every decoded signal brings its own copy of the task name, and the window, the
+        # counts and the snapshots would otherwise hold (and compare, and pickle) one per signal.
+        run_id, task, ts = signal["run_id"], intern(signal["task"]), signal["ts_ms"]
         if ts > self.latest_ms:
             self.latest_ms = ts
         open_runs = self.open_runs
@@ -184,8 +187,12 @@ class Fingerprint(Versioned):
         ended = signal.get("run_ended") is True
 
         if signal["state"] == STARTED:
-            run.start(task, ts, signal.get("node_id") or "", optional_resources(signal.get("resources")),
-                      optional_bytes(signal.get("data_size_bytes")), optional_artifacts(signal.get("inputs")))
+            # the optional fields are usually absent: checked only when present
+            resources, size, inputs = signal.get("resources"), signal.get("data_size_bytes"), signal.get("inputs")
+            run.start(task, ts, signal.get("node_id") or "",
+                      None if resources is None else optional_resources(resources),
+                      None if size is None else optional_bytes(size),
+                      None if inputs is None else optional_artifacts(inputs))
             self.sequences.learn_start(run.started, run.start_times)
             kind = "start"
         else:

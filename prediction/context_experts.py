@@ -158,6 +158,7 @@ def chain_losses(chains: list, p_base: float, nxt: str) -> list[float]:
     One loop for every expert: this runs on every resolved prediction.
     """
     losses = []
+    log = math.log
     for chain in chains:
         p = p_base
         for entry in chain:
@@ -166,7 +167,7 @@ def chain_losses(chains: list, p_base: float, nxt: str) -> list[float]:
             n, followers = entry
             lam = n / (n + len(followers))
             p = (1.0 - lam) * p + lam * followers.get(nxt, 0) / n
-        losses.append(-math.log(p) if p > P_FLOOR else _MAX_LOSS)
+        losses.append(-log(p) if p > P_FLOOR else _MAX_LOSS)
     return losses
 
 
@@ -197,12 +198,23 @@ class ExpertMixture:
     top: int = 4
     global_losses: list = field(default_factory=list)
     context_losses: dict = field(default_factory=dict)  # last task -> discounted losses per expert
+    # context -> (k, top, its weights) until the context's losses next change: with several runs in
+    # flight, a context is often predicted in again before one of its predictions resolves
+    cached: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not 0.0 < self.forgetting < 1.0:
             raise ValueError("forgetting must be in (0, 1)")
         if self.top < 1:
             raise ValueError("top must be at least 1")
+
+    def __getstate__(self) -> dict:
+        # the cache is derived from the losses: not part of a snapshot, so predicting changes no snapshot
+        return {name: value for name, value in self.__dict__.items() if name != "cached"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.cached = {}
 
     def losses(self, context: str | None, k: int) -> list:
         """The discounted losses of ``k`` experts in ``context`` (None: pooled), without storing anything."""
@@ -214,12 +226,20 @@ class ExpertMixture:
 
     def weights(self, context: str | None, k: int, top: int | None = None) -> list[tuple[int, float]]:
         """``(expert, weight)`` of the ``top`` heaviest of ``k`` experts in ``context``, heaviest first."""
+        top = top or self.top
+        cached = self.cached.get(context)
+        if cached is not None and cached[0] == k and cached[1] == top:
+            return cached[2]
         losses = self.losses(context, k)
-        order = sorted(range(k), key=losses.__getitem__)[:top or self.top]
+        order = sorted(range(k), key=losses.__getitem__)[:top]
         best = losses[order[0]]
-        w = [math.exp(best - losses[i]) for i in order]
+        exp = math.exp
+        w = [exp(best - losses[i]) for i in order]
         total = sum(w)
-        return [(i, x / total) for i, x in zip(order, w)]
+        weights = [(i, x / total) for i, x in zip(order, w)]
+        if context in self.context_losses:  # an unseen context follows the pooled losses: not cached
+            self.cached[context] = (k, top, weights)
+        return weights
 
     def update(self, context: str, losses: list[float]) -> None:
         """Fold in each expert's log-loss on one resolved prediction made in ``context``."""
@@ -228,6 +248,7 @@ class ExpertMixture:
         if mine is None or len(mine) < k:
             mine = self.losses(context, k)
         pooled = self.losses(None, k)
+        self.cached.pop(context, None)
         self.context_losses[context] = [keep * m + x for m, x in zip(mine, losses)]
         self.global_losses = [keep * g + x for g, x in zip(pooled, losses)]
 

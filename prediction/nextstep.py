@@ -25,7 +25,9 @@ lately; a prediction blends the ``blend_top`` heaviest experts of its context.
 Every prediction is kept until the run's next start (or end) resolves it: it is
 scored first (`NextStepMetrics`), then the weights and the counts learn from it.
 Memory per workflow is bounded: counts live in one `FollowerCounts` table of at
-most ``max_contexts`` contexts, with counts halved as they grow (forgetting).
+most ``max_contexts`` contexts, with counts halved as they grow (forgetting); a
+run's visited set is a bit mask over task ids given on first sight, at most
+`MAX_TASK_BITS` of them (later new tasks share one bit).
 
 `publish_metrics` turns the running metrics into a NextStepMetrics record
 (``schemas/next_step_metrics.avsc``, topic ``workflow.metrics``) once per
@@ -66,6 +68,8 @@ from schemas.state import Versioned
 #: The views every workflow has; attribute views (``attr:NAME``) are added as attributes appear.
 BUILTIN_VIEWS = ("history", "visited", "gap", "elapsed", "calendar")
 _MS_PER_HOUR = 3_600_000
+#: Tasks of a workflow that get their own bit in the ``visited`` view (bounds its keys and the task table).
+MAX_TASK_BITS = 4096
 _MS_PER_DAY = 86_400_000
 
 
@@ -159,7 +163,7 @@ class _RunView:
     """What the predictor remembers of an open run beyond the fingerprint's prefix."""
 
     attributes: dict = field(default_factory=dict)  # latest value of each case / event attribute
-    visited: frozenset = frozenset()
+    visited: int = 0  # the tasks the run has started, one bit per task id (`NextStepPredictor.task_bits`)
     pending: _Pending | None = None
 
 
@@ -204,7 +208,9 @@ class NextStepPredictor(Versioned):
     ('b', 1)
     """
 
-    STATE_VERSION: ClassVar[int] = 2  # 1 was the Markov + Hoeffding-tree blend: refused, not migrated
+    # 1 was the Markov + Hoeffding-tree blend: refused, not migrated; 2 held visited sets as frozensets
+    STATE_VERSION: ClassVar[int] = 3
+    MIGRATIONS: ClassVar[dict] = {2: lambda state: _visited_as_bits(state)}
 
     workflow_id: str
     order: int = 2
@@ -224,6 +230,9 @@ class NextStepPredictor(Versioned):
     version: int = STATE_VERSION
     _runs: dict = field(default_factory=dict, repr=False)  # run id -> _RunView, open runs only
     _last_metrics_ms: int | None = field(default=None, repr=False)
+    # task name -> its bit in a run's visited set: an int compares and hashes in one step where a
+    # frozenset key is compared element by element on every lookup of the counts table
+    task_bits: dict = field(default_factory=dict, repr=False)
     _seen_attributes: set = field(default_factory=set, repr=False)      # every attribute name met
     _attribute_views: list = field(default_factory=list, repr=False)   # (view, attribute name) of attr experts
 
@@ -254,7 +263,7 @@ class NextStepPredictor(Versioned):
         obs = self.fingerprint.observe_one(signal)
         if obs is None:
             return []
-        run = obs.run
+        kind, run, task, ts_ms, ended = obs
         view = self._runs.get(run.run_id)
         if view is None:
             view = self._runs[run.run_id] = _RunView()
@@ -263,25 +272,27 @@ class NextStepPredictor(Versioned):
         attributes = signal.get("attributes")
         if attributes and (attributes := optional_attributes(attributes)):
             self._note_attributes(view, attributes)
-        if obs.kind != "start":
-            if obs.ended:
+        if kind != "start":
+            if ended:
                 self._close(run.run_id, view)
             return []
-        task = obs.task
         if view.pending is not None:
             self._resolve(view.pending, task)
-        view.visited = view.visited | {task} if task not in view.visited else view.visited
+        bit = self.task_bits.get(task)
+        if bit is None:
+            bit = self._new_task_bit(task)
+        view.visited |= bit
         started = run.started
         pending = self._predict(started[-1], self._chains(started, run.start_times, view))
         if not pending.probs:  # nothing resolved yet: the fingerprint's sequence model has seen this start
             pending.probs = self.fingerprint.sequences.predict_proba(started)
             pending.ranked = sorted(pending.probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]
-        if obs.ended:  # a run closed by a start signal: nothing left to predict, but it did end here
+        if ended:  # a run closed by a start signal: nothing left to predict, but it did end here
             self._learn(pending, END)
             del self._runs[run.run_id]
             return []
         view.pending = pending
-        return [self._record(run, obs.ts_ms, pending.ranked)]
+        return [self._record(run, ts_ms, pending.ranked)]
 
     def predict_proba_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0,
                           attributes: dict | None = None, ts_ms: int = 0) -> dict[str, float]:
@@ -298,7 +309,7 @@ class NextStepPredictor(Versioned):
         times[-1] = int(ts_ms)
         if n > 1:
             times[-2] = int(ts_ms - gap_ms)
-        view = _RunView(dict(attributes or {}), frozenset(started))
+        view = _RunView(dict(attributes or {}), self._visited_bits(started))
         return self._predict(started[-1], self._chains(started, times, view)).probs
 
     def predict_one(self, started: list[str], elapsed_ms: float = 0.0, gap_ms: float = 0.0,
@@ -336,6 +347,26 @@ class NextStepPredictor(Versioned):
         return {self.views[i]: w for i, w in sorted(self.mixture.weights(None, k, top=k))}
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _new_task_bit(self, task: str) -> int:
+        """The visited-set bit of a task met for the first time (bounded: see `MAX_TASK_BITS`)."""
+        bits = self.task_bits
+        if len(bits) >= MAX_TASK_BITS:  # beyond, new tasks share one bit: the visited view blurs them
+            return 1 << MAX_TASK_BITS
+        bit = bits[task] = 1 << len(bits)
+        return bit
+
+    def _visited_bits(self, started: list[str]) -> int:
+        """The visited set of ``started`` as bits, without adding any task (-1: a task never seen)."""
+        bits, mask = self.task_bits, 0
+        for task in started:
+            bit = bits.get(task)
+            if bit is None:
+                if len(bits) < MAX_TASK_BITS:
+                    return -1
+                bit = 1 << MAX_TASK_BITS  # the bit that tasks beyond the bound share
+            mask |= bit
+        return mask
 
     def _note_attributes(self, view: _RunView, attributes: dict) -> None:
         view.attributes.update(attributes)
@@ -384,13 +415,14 @@ class NextStepPredictor(Versioned):
         for i, w in self.mixture.weights(last, len(chains)):
             on_base += add_chain(probs, entries[i], w)
         a, b = base_scales(root, first)  # the shared base: one pass over () and one over (last,)
+        get = probs.get
         scale = on_base * a
         for task, c in root[1].items():
-            probs[task] = probs.get(task, 0.0) + c * scale
+            probs[task] = get(task, 0.0) + c * scale
         if b:
             scale = on_base * b
             for task, c in first[1].items():
-                probs[task] = probs.get(task, 0.0) + c * scale
+                probs[task] = get(task, 0.0) + c * scale
         ranked = sorted(probs.items(), key=itemgetter(1), reverse=True)[:self.top_k]  # beats heapq for ~10 items
         return _Pending(last, chains, entries, root, first, probs, ranked)
 
@@ -431,6 +463,31 @@ class NextStepPredictor(Versioned):
     def _prune(self) -> None:
         open_runs = self.fingerprint.open_runs
         self._runs = {k: v for k, v in self._runs.items() if k in open_runs}
+
+
+def _visited_as_bits(state: dict) -> dict:
+    """Version 2 -> 3: ``visited`` sets (frozensets of task names) become bit masks over task ids."""
+    bits: dict = {}
+
+    def mask(tasks: frozenset) -> int:
+        m = 0
+        for task in sorted(tasks):
+            if task not in bits:
+                bits[task] = 1 << min(len(bits), MAX_TASK_BITS)
+            m |= bits[task]
+        return m
+
+    def key(k: tuple) -> tuple:
+        return (*k[:-1], mask(k[-1])) if k and k[0] == "visited" and isinstance(k[-1], frozenset) else k
+
+    counts = state["counts"]
+    counts.table = {key(k): entry for k, entry in counts.table.items()}
+    for view in state.get("_runs", {}).values():
+        view.visited = mask(view.visited)
+        if view.pending is not None:
+            view.pending.chains = [[key(k) for k in chain] for chain in view.pending.chains]
+    state["task_bits"] = {task: bit for task, bit in bits.items() if bit < 1 << MAX_TASK_BITS}
+    return state
 
 
 def render_metrics(record: dict) -> str:

@@ -14,6 +14,7 @@ from fingerprint.signals import END
 from fingerprint.temporal import Window
 from fingerprint.traces import MarkovProcess, run_signals
 from prediction.evaluate_nextstep import evaluate_next_step
+from prediction.context_experts import ExpertMixture
 from prediction.nextstep import NextStepPredictor
 from schemas.codec import Codec
 from schemas.state import StateVersionError
@@ -284,8 +285,62 @@ def test_a_snapshot_of_another_state_version_is_refused_with_a_one_line_reason(v
         predictor.learn_one(s)
     state = dict(vars(predictor), version=version)  # version 1: the Markov + Hoeffding-tree blend
     restored = NextStepPredictor.__new__(NextStepPredictor)
-    with pytest.raises(StateVersionError, match=f"state version {version}, this release reads 2 to 2"):
+    with pytest.raises(StateVersionError,
+                       match=f"state version {version}, this release reads 2 to {NextStepPredictor.STATE_VERSION}"):
         restored.__setstate__(state)
+
+
+def _as_version_2(predictor: NextStepPredictor) -> dict:
+    """The predictor's state as version 2 pickled it: visited sets as frozensets of task names."""
+    old = pickle.loads(pickle.dumps(predictor))
+    names = {bit: task for task, bit in old.task_bits.items()}
+
+    def tasks(mask: int) -> frozenset:
+        return frozenset(task for bit, task in names.items() if mask & bit)
+
+    def key(k: tuple) -> tuple:
+        return (*k[:-1], tasks(k[-1])) if k and k[0] == "visited" else k
+
+    old.counts.table = {key(k): entry for k, entry in old.counts.table.items()}
+    for view in old._runs.values():
+        view.visited = tasks(view.visited)
+        if view.pending is not None:
+            view.pending.chains = [[key(k) for k in chain] for chain in view.pending.chains]
+    state = dict(vars(old), version=2)
+    del state["task_bits"]
+    return state
+
+
+def test_a_version_2_snapshot_resumes_with_the_same_predictions_as_an_uninterrupted_run():
+    signals = list(FIRST_ORDER.signals(600, seed=23, concurrent=6))
+    cut = len(signals) // 2
+    straight = NextStepPredictor("w")
+    expected = [straight.predict_then_learn_one(s) for s in signals]
+    first = NextStepPredictor("w")
+    got = [first.predict_then_learn_one(s) for s in signals[:cut]]
+    state = _as_version_2(first)
+    assert any(isinstance(k[-1], frozenset) for k in state["counts"].table if k and k[0] == "visited")
+    assert any(view.pending is not None for view in state["_runs"].values())  # mid-run predictions migrate too
+    resumed = NextStepPredictor.__new__(NextStepPredictor)
+    resumed.__setstate__(state)
+    assert resumed.version == NextStepPredictor.STATE_VERSION
+    got += [resumed.predict_then_learn_one(s) for s in signals[cut:]]
+    assert got == expected
+    assert resumed.metrics.to_dict() == straight.metrics.to_dict()
+
+
+def test_weights_cached_per_context_are_the_weights_of_its_current_losses():
+    rng = random.Random(5)
+    mixture, fresh = ExpertMixture(forgetting=0.9, top=3), ExpertMixture(forgetting=0.9, top=3)
+    for _ in range(400):
+        context, k = rng.choice("abc"), rng.choice((5, 5, 6))
+        if rng.random() < 0.5:
+            losses = [rng.expovariate(1.0) for _ in range(k)]
+            mixture.update(context, losses)
+            fresh.update(context, losses)
+        fresh.cached.clear()
+        assert mixture.weights(context, k) == fresh.weights(context, k)
+    assert mixture.cached  # the cache was used, not bypassed
 
 
 def test_cost_per_signal_stays_inside_the_flow_budget():
@@ -298,3 +353,17 @@ def test_cost_per_signal_stays_inside_the_flow_budget():
     # measured ~15-18 µs on this 2-core machine; the flow's share is ~25 µs. CPU time, with slack
     # for a machine shared with other jobs, so this catches regressions of several times, not noise
     assert per_signal < 60e-6
+
+
+def test_visited_sets_stay_bounded_however_many_task_names_appear(monkeypatch):
+    import prediction.nextstep as nextstep
+
+    monkeypatch.setattr(nextstep, "MAX_TASK_BITS", 4)
+    predictor = NextStepPredictor("w")
+    for i in range(30):  # every run brings two task names never seen before
+        for s in run_signals("w", f"r{i}", [(f"t{i}", 0, 5), (f"u{i}", 5, 9)], t0_ms=i * 100):
+            predictor.learn_one(s)
+    assert len(predictor.task_bits) == 4
+    masks = [k[-1] for k in predictor.counts.table if k and k[0] == "visited"]
+    assert masks and max(masks) < 1 << 5  # four own bits and the one the later tasks share
+    assert predictor.predict_proba_one(["t0", "never seen"])  # an unseen task still gets a prediction
