@@ -71,6 +71,7 @@ from morph.ope import (
     snips,
 )
 from morph.peers import (
+    DP_WINDOW,
     ExperienceSharer,
     GroupArchive,
     PeerNetwork,
@@ -248,7 +249,7 @@ class Peers:
         self.sharers = [ExperienceSharer(s.node_id, self.network.group_of[s.node_id], sharing,
                                          random.Random(f"dp-{seed}-{s.node_id}")) for s in specs]
         self.contexts = [None] * len(specs)
-        self.archives = {g: GroupArchive(sharing.archive) for g in self.network.groups}
+        self.archives = {g: GroupArchive(sharing.archive, reward_variance=sharing.reward_variance) for g in self.network.groups}
 
     def share(self, agent: RliAgent, states: list, n: int, d) -> None:
         """Node ``n`` decided ``d``: a node that just joined catches up on its group's archive; its closed
@@ -261,13 +262,13 @@ class Peers:
         self.contexts[n] = d.context
         if d.previous_reward is None:
             return
-        exp = self.sharers[n].record(d.previous_bucket, agent.arms[d.previous_arm].name, d.previous_reward, d.ts_ms)
-        if exp:
+        for exp in self.sharers[n].record(d.previous_bucket, agent.arms[d.previous_arm].name, d.previous_reward,
+                                          d.ts_ms):
             self.archives[group].add(exp)
-        for receiver, hops in (self.network.deliver(exp) if exp else ()):
-            r = self.index[receiver]
-            if self.contexts[r] is not None:
-                absorb(agent, states[r], exp, hops, self.contexts[r], self.sharing)
+            for receiver, hops in self.network.deliver(exp):
+                r = self.index[receiver]
+                if self.contexts[r] is not None:
+                    absorb(agent, states[r], exp, hops, self.contexts[r], self.sharing)
 
 
 def _log_decision(ope, pending_log, n, d, node, arms, config) -> None:
@@ -299,7 +300,7 @@ def sharing_for(name: str, args) -> SharingConfig | None:
     if name == "rli+peers":
         return SharingConfig()
     if name == "rli+peers+dp":
-        return SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
+        return SharingConfig(epsilon=args.epsilon, window=args.dp_window, budget=1e9)
     return None
 
 
@@ -455,8 +456,9 @@ def parse_args():
     ap.add_argument("--nodes", type=int, default=16, help="simulated nodes (default 16)")
     ap.add_argument("--hours", type=float, default=2.0, help="simulated hours per policy (default 2)")
     ap.add_argument("--epsilon", type=float, default=1.0, help="DP ε per release for rli+peers+dp (default 1)")
-    ap.add_argument("--dp-batch", type=int, default=20,
-                    help="rewards averaged per DP release (default 20: a release's noise variance falls as 1/batch²)")
+    ap.add_argument("--dp-window", type=int, default=DP_WINDOW,
+                    help=f"decisions per DP release window: each window releases every (bucket, arm) cell's noised "
+                         f"reward sum and count at ε once (default {DP_WINDOW})")
     ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
     ap.add_argument("--cold-nodes", type=int, default=32,
                     help="nodes in the cold-start (peer learning) fleet; half of them join it one by one (default 32)")
