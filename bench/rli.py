@@ -9,7 +9,8 @@ balanced weights) over the same 10 s epochs:
 * rules: `MorphPolicy` as deployed (thresholds, hysteresis, resource-score tiers);
 * rli: the contextual-bandit agent, each node alone;
 * rli+peers: nodes share experience in groups (TTL 3 hops), no privacy noise;
-* rli+peers+dp: the same under the Laplace mechanism at ``--epsilon`` per release;
+* rli+peers+dp: the same under differential privacy: every ``--dp-window`` decisions a node releases
+  each (bucket, arm) cell's reward sum (clipped, Laplace-noised) and count, at ``--epsilon`` per window;
 * oracle: knows the simulator's state and picks, every epoch, the arm whose next
   epoch earns the most (myopic, like the bandit's objective); regret is measured
   against it.
@@ -37,7 +38,7 @@ through the control flow against the rules (one Bytewax worker, a testing
 source and sink: the flow's own cost, without Kafka; best of three alternating
 runs, by wall clock and per CPU second of the process).
 
-    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR]
+    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR] [--no-flow]
 
 Progress goes to stderr; the last line of stdout is one JSON object. The zoo
 manifest supplies each model's accuracy and cost (``--zoo``, default the
@@ -469,6 +470,8 @@ def parse_args():
     ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
     ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
+    ap.add_argument("--no-flow", dest="flow", action="store_false",
+                    help="skip the control-flow throughput part (its JSON figures are then null)")
     ap.add_argument("--log-out", action="store_true",
                     help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
                          "for `liquid evaluate policy`")
@@ -546,7 +549,7 @@ def main() -> int:
     true_value = float(np.mean(ope_truth))
     estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
                  "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
-    rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400))
+    rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400)) if args.flow else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"learning-curves-seed{args.seed}.png"
@@ -562,13 +565,29 @@ def main() -> int:
     print_peer_table(args, peer)
     print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
           + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
-    print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
-          f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
-          f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
-          f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
+    if rate is not None:
+        print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
+              f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
+              f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
+              f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
     print(f"learning curves: {png}")
     emit_result(result_json(args, len(arms), regret, summaries, peer, true_value, estimates, rate))
     return 0
+
+
+def flow_figures(rate: dict | None) -> dict:
+    """The JSON's control-flow part; null figures when ``--no-flow`` skipped it."""
+    if rate is None:
+        return {k: None for k in ("events_per_s_agent_on", "events_per_s_rules", "events_per_s_ratio",
+                                  "events_per_cpu_s_agent_on", "events_per_cpu_s_rules", "events_per_cpu_s_ratio")} | {
+            "events_per_s_measured_in": "not measured (--no-flow)"}
+    return {
+        "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
+        "events_per_s_ratio": round(rate["rli"] / rate["rules"], 3),
+        "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
+        "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
+        "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
+    }
 
 
 def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, rate) -> dict:
@@ -590,11 +609,7 @@ def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, ra
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
         "ope_relative_error_ips": round(abs(estimates["ips"] - true_value) / abs(true_value), 4),
-        "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
-        "events_per_s_ratio": round(rate["rli"] / rate["rules"], 3),
-        "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
-        "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
-        "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
+        **flow_figures(rate),
         "summaries": summaries,
     }
 
