@@ -49,7 +49,7 @@ from morph.privacy import LaplaceMechanism, PrivacyBudget
 from schemas.state import Versioned
 
 REWARD_VARIANCE = 0.01  # typical variance of one decision's reward (balanced weights, simulated fleet)
-DP_WINDOW = 60          # decisions per release window under DP (10 min at 10 s epochs)
+DP_WINDOW = 20          # decisions per release window under DP (200 s at 10 s epochs)
 
 
 @dataclass(frozen=True)
