@@ -9,7 +9,8 @@ balanced weights) over the same 10 s epochs:
 * rules: `MorphPolicy` as deployed (thresholds, hysteresis, resource-score tiers);
 * rli: the contextual-bandit agent, each node alone;
 * rli+peers: nodes share experience in groups (TTL 3 hops), no privacy noise;
-* rli+peers+dp: the same under the Laplace mechanism at ``--epsilon`` per release;
+* rli+peers+dp: the same under differential privacy: every ``--dp-window`` decisions a node releases
+  each (bucket, arm) cell's reward sum (clipped, Laplace-noised) and count, at ``--epsilon`` per window;
 * oracle: knows the simulator's state and picks, every epoch, the arm whose next
   epoch earns the most (myopic, like the bandit's objective); regret is measured
   against it.
@@ -37,7 +38,7 @@ through the control flow against the rules (one Bytewax worker, a testing
 source and sink: the flow's own cost, without Kafka; best of three alternating
 runs, by wall clock and per CPU second of the process).
 
-    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR]
+    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR] [--no-flow]
 
 Progress goes to stderr; the last line of stdout is one JSON object. The zoo
 manifest supplies each model's accuracy and cost (``--zoo``, default the
@@ -71,6 +72,7 @@ from morph.ope import (
     snips,
 )
 from morph.peers import (
+    DP_WINDOW,
     ExperienceSharer,
     GroupArchive,
     PeerNetwork,
@@ -248,7 +250,7 @@ class Peers:
         self.sharers = [ExperienceSharer(s.node_id, self.network.group_of[s.node_id], sharing,
                                          random.Random(f"dp-{seed}-{s.node_id}")) for s in specs]
         self.contexts = [None] * len(specs)
-        self.archives = {g: GroupArchive(sharing.archive) for g in self.network.groups}
+        self.archives = {g: GroupArchive(sharing.archive, reward_variance=sharing.reward_variance) for g in self.network.groups}
 
     def share(self, agent: RliAgent, states: list, n: int, d) -> None:
         """Node ``n`` decided ``d``: a node that just joined catches up on its group's archive; its closed
@@ -261,13 +263,13 @@ class Peers:
         self.contexts[n] = d.context
         if d.previous_reward is None:
             return
-        exp = self.sharers[n].record(d.previous_bucket, agent.arms[d.previous_arm].name, d.previous_reward, d.ts_ms)
-        if exp:
+        for exp in self.sharers[n].record(d.previous_bucket, agent.arms[d.previous_arm].name, d.previous_reward,
+                                          d.ts_ms):
             self.archives[group].add(exp)
-        for receiver, hops in (self.network.deliver(exp) if exp else ()):
-            r = self.index[receiver]
-            if self.contexts[r] is not None:
-                absorb(agent, states[r], exp, hops, self.contexts[r], self.sharing)
+            for receiver, hops in self.network.deliver(exp):
+                r = self.index[receiver]
+                if self.contexts[r] is not None:
+                    absorb(agent, states[r], exp, hops, self.contexts[r], self.sharing)
 
 
 def _log_decision(ope, pending_log, n, d, node, arms, config) -> None:
@@ -299,7 +301,7 @@ def sharing_for(name: str, args) -> SharingConfig | None:
     if name == "rli+peers":
         return SharingConfig()
     if name == "rli+peers+dp":
-        return SharingConfig(epsilon=args.epsilon, batch=args.dp_batch, budget=1e9)
+        return SharingConfig(epsilon=args.epsilon, window=args.dp_window, budget=1e9)
     return None
 
 
@@ -455,8 +457,9 @@ def parse_args():
     ap.add_argument("--nodes", type=int, default=16, help="simulated nodes (default 16)")
     ap.add_argument("--hours", type=float, default=2.0, help="simulated hours per policy (default 2)")
     ap.add_argument("--epsilon", type=float, default=1.0, help="DP ε per release for rli+peers+dp (default 1)")
-    ap.add_argument("--dp-batch", type=int, default=20,
-                    help="rewards averaged per DP release (default 20: a release's noise variance falls as 1/batch²)")
+    ap.add_argument("--dp-window", type=int, default=DP_WINDOW,
+                    help=f"decisions per DP release window: each window releases every (bucket, arm) cell's noised "
+                         f"reward sum and count at ε once (default {DP_WINDOW})")
     ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
     ap.add_argument("--cold-nodes", type=int, default=32,
                     help="nodes in the cold-start (peer learning) fleet; half of them join it one by one (default 32)")
@@ -467,6 +470,8 @@ def parse_args():
     ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
     ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
+    ap.add_argument("--no-flow", dest="flow", action="store_false",
+                    help="skip the control-flow throughput part (its JSON figures are then null)")
     ap.add_argument("--log-out", action="store_true",
                     help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
                          "for `liquid evaluate policy`")
@@ -544,7 +549,7 @@ def main() -> int:
     true_value = float(np.mean(ope_truth))
     estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
                  "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
-    rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400))
+    rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400)) if args.flow else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"learning-curves-seed{args.seed}.png"
@@ -560,13 +565,29 @@ def main() -> int:
     print_peer_table(args, peer)
     print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
           + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
-    print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
-          f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
-          f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
-          f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
+    if rate is not None:
+        print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
+              f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
+              f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
+              f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
     print(f"learning curves: {png}")
     emit_result(result_json(args, len(arms), regret, summaries, peer, true_value, estimates, rate))
     return 0
+
+
+def flow_figures(rate: dict | None) -> dict:
+    """The JSON's control-flow part; null figures when ``--no-flow`` skipped it."""
+    if rate is None:
+        return {k: None for k in ("events_per_s_agent_on", "events_per_s_rules", "events_per_s_ratio",
+                                  "events_per_cpu_s_agent_on", "events_per_cpu_s_rules", "events_per_cpu_s_ratio")} | {
+            "events_per_s_measured_in": "not measured (--no-flow)"}
+    return {
+        "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
+        "events_per_s_ratio": round(rate["rli"] / rate["rules"], 3),
+        "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
+        "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
+        "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
+    }
 
 
 def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, rate) -> dict:
@@ -588,11 +609,7 @@ def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, ra
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
         "ope_relative_error_ips": round(abs(estimates["ips"] - true_value) / abs(true_value), 4),
-        "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
-        "events_per_s_ratio": round(rate["rli"] / rate["rules"], 3),
-        "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
-        "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
-        "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
+        **flow_figures(rate),
         "summaries": summaries,
     }
 

@@ -1,11 +1,17 @@
 """Peer observation: nodes share sanitised experience and learn from each other's (seed §4.3, §7.3).
 
-Sender side (`ExperienceSharer`): each closed decision's reward is pooled
-per (coarse context bucket, arm); when a pool holds ``batch`` rewards its mean
-is released as one `Experience` record (schema ``Experience``, topic
-``liquid.experience``) — under differential privacy clipped and noised by
-`morph.privacy.LaplaceMechanism`, each release charged to the node's
-`PrivacyBudget`; when the budget is spent the node stops sharing.
+Sender side (`ExperienceSharer`): a node keeps, per (coarse context bucket,
+arm), the sufficient statistics of its closed decisions' rewards (their sum
+and count) over a release window of ``window`` decisions; at the window's end
+every cell with at least ``min_count`` decisions is released as one
+`Experience` record (schema ``Experience``, topic ``liquid.experience``: the
+mean, the count, the noise scale). Under differential privacy the sums are
+clipped and noised by `morph.privacy.LaplaceMechanism`; the cells hold
+disjoint decisions, so one window costs ε once however many cells it
+releases, charged to the node's `PrivacyBudget`; when the budget is spent the
+node stops sharing. Every pair with experience in a window gets a release, not
+only the pairs a node keeps choosing, and a long window lowers the noise per
+decision (the noise on a mean of n falls as 1/n).
 
 Network (`PeerNetwork`): nodes are split into groups of ``group_size`` (the
 seed finds 50–100 per group most efficient); inside a group each node has
@@ -15,8 +21,12 @@ TTL (3) runs out, each node keeping it once.
 Receiver side (`absorb`): the experience's bucket becomes a representative
 context *of the receiving node* (its own capacity and thermal estimate), and
 the arm's features there are added to the receiver's bandit statistics with
-weight similarity × hop decay × count / (1 + count·noise variance / reward
-variance) — inverse-variance weighting, so noisy (DP) experience counts less.
+weight similarity × hop decay × the record's `effective_count` (its count
+over 1 + count·noise variance / reward variance: inverse-variance weighting,
+so noisy (DP) experience counts less). A group's archive (`GroupArchive`)
+holds its most recent releases up to a fixed amount of that evidence, so a
+node that joins starts from the same amount of peer evidence with or without
+DP.
 
 >>> net = PeerNetwork([f"n{i}" for i in range(6)], group_size=3, degree=2, ttl=3, seed=1)
 >>> sorted(net.groups)
@@ -31,40 +41,63 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, Optional
 
 from morph.context import NodeContext
 from morph.privacy import LaplaceMechanism, PrivacyBudget
 from schemas.state import Versioned
 
+REWARD_VARIANCE = 0.01  # typical variance of one decision's reward (balanced weights, simulated fleet)
+DP_WINDOW = 20          # decisions per release window under DP (200 s at 10 s epochs)
+
 
 @dataclass(frozen=True)
 class SharingConfig:
-    batch: int = 1                  # rewards per release (DP: more rewards, less noise per release)
+    window: int = 1                 # decisions per release window (DP: longer windows, less noise per decision)
+    min_count: int = 1              # a cell with fewer decisions in a window is not released
     ttl: int = 3
-    epsilon: Optional[float] = None  # per release; None: no differential privacy
+    epsilon: Optional[float] = None  # per release window; None: no differential privacy
     budget: float = 100.0           # total ε a node may spend
     clip: tuple = (0.0, 1.0)         # rewards are mostly in [0, 1]: a tight range halves the noise
     peer_weight: float = 0.5        # weight of a peer's reward against one's own
     hop_decay: float = 0.7
     similarity_scale: float = 1.0   # bucket distance at which similarity falls to e^-1/2
-    reward_variance: float = 0.01   # typical variance of one reward, for inverse-variance weights
-    archive: int = 500              # released records a group keeps for nodes that join it
+    reward_variance: float = REWARD_VARIANCE  # for inverse-variance weights
+    archive: float = 500.0          # decisions' worth of evidence a group keeps for nodes that join
+
+
+def _config_from_v1(config) -> SharingConfig:
+    """A version-1 SharingConfig (``batch`` rewards per release) as a window of as many decisions."""
+    old = dict(vars(config))
+    old["window"] = old.pop("batch", 1)
+    return SharingConfig(**{f.name: old[f.name] for f in fields(SharingConfig) if f.name in old})
+
+
+def _sharer_from_v1(state: dict) -> dict:
+    """Version 1 pooled raw rewards per cell and released a cell when its pool was full."""
+    config = _config_from_v1(state["config"])
+    mech = LaplaceMechanism(config.epsilon, *config.clip) if config.epsilon is not None else None
+    cells = {key: [sum(mech.clip(r) if mech else r for r in pool), len(pool)]
+             for key, pool in state.pop("pools").items()}
+    pending = sum(count for _, count in cells.values())
+    return {**state, "config": config, "cells": cells, "pending": pending}
 
 
 @dataclass
 class ExperienceSharer(Versioned):
-    """Pools a node's rewards per (bucket, arm) and releases them as Experience records."""
+    """Per release window, a node's reward sums and counts per (bucket, arm), released as Experience records."""
 
-    STATE_VERSION: ClassVar[int] = 1
+    STATE_VERSION: ClassVar[int] = 2
+    MIGRATIONS: ClassVar[dict] = {1: _sharer_from_v1}
 
     node_id: str
     group: str
     config: SharingConfig
     rng: random.Random
     budget: PrivacyBudget = None
-    pools: dict = field(default_factory=dict)
+    cells: dict = field(default_factory=dict)   # (bucket, arm name) -> [sum of (clipped) rewards, count]
+    pending: int = 0                            # decisions in the current window
     released: int = 0
     version: int = STATE_VERSION
 
@@ -72,29 +105,43 @@ class ExperienceSharer(Versioned):
         if self.budget is None:
             self.budget = PrivacyBudget(self.config.budget)
 
-    def record(self, bucket: tuple, arm_name: str, reward: float, ts_ms: int) -> Optional[dict]:
-        """Add one closed decision; an Experience record when its pool is full, else None."""
+    @property
+    def mechanism(self) -> Optional[LaplaceMechanism]:
         c = self.config
-        if c.epsilon is not None and self.budget.exhausted:
-            return None
-        pool = self.pools.setdefault((bucket, arm_name), [])
-        pool.append(reward)
-        if len(pool) < c.batch:
-            return None
-        del self.pools[(bucket, arm_name)]
-        if c.epsilon is None:
-            value, scale = sum(pool) / len(pool), 0.0
-        else:
-            if not self.budget.spend(c.epsilon):
-                return None
-            mech = LaplaceMechanism(c.epsilon, *c.clip)
-            value, scale = mech.release_mean(pool, self.rng), mech.scale(len(pool))
-        self.released += 1
-        t, load, power, congested = bucket
-        return {"experience_id": f"{self.node_id}-{self.released}", "origin_node": self.node_id,
-                "group": self.group, "ts_ms": int(ts_ms), "temp_level": t, "load_level": load,
-                "power_capped": power, "congested": congested, "arm": arm_name, "reward": float(value),
-                "count": len(pool), "noise_scale": scale, "epsilon": c.epsilon, "ttl": c.ttl, "hops": 0}
+        return LaplaceMechanism(c.epsilon, *c.clip) if c.epsilon is not None else None
+
+    def record(self, bucket: tuple, arm_name: str, reward: float, ts_ms: int) -> list[dict]:
+        """Add one closed decision; the window's Experience records when it closes the window, else []."""
+        mech = self.mechanism
+        if mech is not None and self.budget.exhausted:
+            return []
+        cell = self.cells.setdefault((bucket, arm_name), [0.0, 0])
+        cell[0] += mech.clip(reward) if mech is not None else reward
+        cell[1] += 1
+        self.pending += 1
+        return self.release(ts_ms) if self.pending >= self.config.window else []
+
+    def release(self, ts_ms: int) -> list[dict]:
+        """Close the window: one record per cell with at least ``min_count`` decisions (ε spent once)."""
+        cells = [(key, total, count) for key, (total, count) in self.cells.items() if count >= self.config.min_count]
+        self.cells, self.pending = {}, 0
+        mech = self.mechanism
+        if not cells or (mech is not None and not self.budget.spend(self.config.epsilon)):
+            return []
+        out = []
+        for (bucket, arm_name), total, count in cells:
+            scale = 0.0
+            if mech is not None:
+                total, b = mech.release_sum(total, self.rng)
+                scale = b / count
+            self.released += 1
+            t, load, power, congested = bucket
+            out.append({"experience_id": f"{self.node_id}-{self.released}", "origin_node": self.node_id,
+                        "group": self.group, "ts_ms": int(ts_ms), "temp_level": t, "load_level": load,
+                        "power_capped": power, "congested": congested, "arm": arm_name,
+                        "reward": float(total / count), "count": count, "noise_scale": scale,
+                        "epsilon": self.config.epsilon, "ttl": self.config.ttl, "hops": 0})
+        return out
 
 
 class PeerNetwork:
@@ -146,6 +193,14 @@ def bucket_context(bucket: tuple, like: NodeContext, max_latency_ms: float, max_
                        current=like.current, recent_temps=())
 
 
+def effective_count(experience: dict, reward_variance: float = REWARD_VARIANCE) -> float:
+    """How many noise-free decisions a record's mean is worth: its count over 1 + count·noise variance /
+    reward variance (a Laplace scale b has variance 2b²), so the inverse of its mean's variance in units
+    of one decision's."""
+    n = experience["count"]
+    return n / (1.0 + n * 2.0 * experience["noise_scale"] ** 2 / reward_variance)
+
+
 def similarity(a: tuple, b: tuple, scale: float) -> float:
     """Gaussian kernel on the distance between two context buckets."""
     d2 = sum((x - y) ** 2 for x, y in zip(a, b))
@@ -172,10 +227,8 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
         phi, _, _ = agent.featurizer.features(ctx, state.thermal.r_c_per_w())
         if cached:  # many peers' experience falls in few buckets: translate each once per decision
             state.peer_features[bucket] = phi
-    n = experience["count"]
-    noise_var = 2.0 * experience["noise_scale"] ** 2
     weight = (config.peer_weight * similarity(bucket, like.bucket(c), config.similarity_scale)
-              * config.hop_decay ** max(hops - 1, 0) * n / (1.0 + n * noise_var / config.reward_variance))
+              * config.hop_decay ** max(hops - 1, 0) * effective_count(experience, config.reward_variance))
     now_ms = state.last_decision_ms if now_ms is None else now_ms
     if now_ms is not None and experience.get("ts_ms") is not None:
         age_epochs = max(now_ms - experience["ts_ms"], 0) / 1000.0 / agent.config.epoch_s
@@ -185,6 +238,13 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
     return weight
 
 
+def _archive_from_v1(state: dict) -> dict:
+    """Version 1 kept ``size`` records whatever they held: keep them, bounded by as many decisions' worth."""
+    recent = deque(state["recent"])  # without v1's maxlen, which would evict without counting
+    return {**state, "recent": recent, "evidence": float(state["size"]), "reward_variance": REWARD_VARIANCE,
+            "held": sum(effective_count(r) for r in recent)}
+
+
 @dataclass
 class GroupArchive(Versioned):
     """A group's most recent released experience, replayed to a node when it joins.
@@ -192,21 +252,44 @@ class GroupArchive(Versioned):
     Replaying a release costs no privacy: it is post-processing of an output
     that was already ε-DP (Dwork & Roth 2014, Prop. 2.1), so a newcomer can
     start from its group's experience instead of only what is released after
-    it joined. Bounded: the ``size`` most recent records.
+    it joined. Bounded by evidence: the most recent records worth ``evidence``
+    decisions (`effective_count`), so a newcomer is given the same amount of
+    peer evidence whether records are single clean rewards or noised window
+    statistics, however many records that takes (at most ``size``).
+
+    >>> archive = GroupArchive(evidence=3.0)
+    >>> for i in range(5):
+    ...     archive.add({"experience_id": f"a-{i}", "count": 1, "noise_scale": 0.0})
+    >>> [r["experience_id"] for r in archive.records()]
+    ['a-2', 'a-3', 'a-4']
+    >>> archive.add({"experience_id": "b-0", "count": 2, "noise_scale": 0.0})
+    >>> [r["experience_id"] for r in archive.records()], archive.held
+    (['a-4', 'b-0'], 3.0)
     """
 
-    STATE_VERSION: ClassVar[int] = 1
+    STATE_VERSION: ClassVar[int] = 2
+    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1}
 
-    size: int = 500
+    evidence: float = 500.0
+    size: int = 20_000
+    reward_variance: float = REWARD_VARIANCE
     recent: deque = None
+    held: float = 0.0
     version: int = STATE_VERSION
 
     def __post_init__(self):
         if self.recent is None:
-            self.recent = deque(maxlen=self.size)
+            self.recent = deque()
 
     def add(self, experience: dict) -> None:
         self.recent.append(experience)
+        self.held += effective_count(experience, self.reward_variance)
+        while len(self.recent) > 1 and (len(self.recent) > self.size or self.held - self._weight(0) >= self.evidence):
+            self.held -= self._weight(0)
+            self.recent.popleft()
+
+    def _weight(self, i: int) -> float:
+        return effective_count(self.recent[i], self.reward_variance)
 
     def records(self) -> list[dict]:
         return list(self.recent)

@@ -1,18 +1,30 @@
 """Differential privacy for shared experience: clipping, the Laplace mechanism, a budget.
 
-A node shares the mean reward of ``count`` of its decisions that fell in the
-same coarse context bucket and arm. Each reward is clipped to
-``[low, high]``, so one decision moves the mean by at most
-(high − low) / count: the sensitivity. Laplace noise of scale
-sensitivity / ε makes one release ε-differentially private with respect to
-any single decision's reward. The per-node `PrivacyBudget` adds up the ε of
-every release (sequential composition, the conservative bound) and refuses
-once the total is spent, after which the node stops sharing.
+A node releases, once per window of its decisions, the sufficient statistics
+of its rewards per coarse (context bucket, arm) cell: the sum of the clipped
+rewards and their count (`morph.peers.ExperienceSharer`). Each reward is
+clipped to ``[low, high]``, so replacing one decision's reward moves one
+cell's sum by at most ``high − low``: the sensitivity. Laplace noise of scale
+sensitivity / ε on every cell's sum makes the whole window's release ε-DP
+with respect to any single decision's reward, whatever the number of cells:
+the cells hold disjoint decisions (parallel composition). Released as a mean,
+a cell of ``count`` decisions carries noise of scale (high − low) / (count·ε).
+
+The per-node `PrivacyBudget` adds up the ε of every window (sequential
+composition over windows, the conservative bound) and refuses once the
+total is spent, after which the node stops sharing.
+
+The privacy unit is one decision's reward: the coarse bucket and the arm a
+node chose are released as they are (a coarse, per-window count), as are
+the counts.
 
 >>> import random
 >>> mech = LaplaceMechanism(epsilon=1.0, low=-1.0, high=1.0)
 >>> mech.scale(count=10)
 0.2
+>>> total, scale = mech.release_sum(sum(mech.clip(v) for v in [0.5, 0.7]), random.Random(0))
+>>> scale
+2.0
 >>> budget = PrivacyBudget(total=2.5)
 >>> [budget.spend(1.0) for _ in range(3)], budget.spent
 ([True, True, False], 2.0)
@@ -20,7 +32,8 @@ once the total is spent, after which the node stops sharing.
 References
 ----------
 Dwork, Roth (2014). The algorithmic foundations of differential privacy, §3.3
-(the Laplace mechanism) and §3.5 (composition).
+(the Laplace mechanism) and §3.5 (composition). McSherry (2009). Privacy
+integrated queries, §4.2 (parallel composition over disjoint partitions).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from schemas.state import Versioned
 
 @dataclass(frozen=True)
 class LaplaceMechanism:
-    """ε-DP release of a mean of clipped values."""
+    """ε-DP release of sums (and means) of clipped values."""
 
     epsilon: float
     low: float = -1.0
@@ -45,17 +58,27 @@ class LaplaceMechanism:
         if self.epsilon <= 0 or self.high <= self.low:
             raise ValueError("need epsilon > 0 and high > low")
 
+    @property
+    def sensitivity(self) -> float:
+        """How far one clipped value can move a sum."""
+        return self.high - self.low
+
     def clip(self, value: float) -> float:
         return min(max(value, self.low), self.high)
 
     def scale(self, count: int = 1) -> float:
         """Laplace scale b for a mean of ``count`` clipped values."""
-        return (self.high - self.low) / max(count, 1) / self.epsilon
+        return self.sensitivity / max(count, 1) / self.epsilon
+
+    def release_sum(self, clipped_sum: float, rng: random.Random) -> tuple[float, float]:
+        """(the noised sum, the Laplace scale of its noise) for a sum of clipped values."""
+        b = self.sensitivity / self.epsilon
+        return clipped_sum + laplace(rng, b), b
 
     def release_mean(self, values: list[float], rng: random.Random) -> float:
         """The noised mean of ``values`` (each clipped)."""
-        mean = sum(self.clip(v) for v in values) / len(values)
-        return mean + laplace(rng, self.scale(len(values)))
+        total, _ = self.release_sum(sum(self.clip(v) for v in values), rng)
+        return total / len(values)
 
 
 def laplace(rng: random.Random, scale: float) -> float:

@@ -151,9 +151,8 @@ class MorphStep:
         if decision is None:
             return None
         if state.sharer is not None and decision.previous_reward is not None:
-            experience = state.sharer.record(decision.previous_bucket, self.agent.arm_names[decision.previous_arm],
-                                             decision.previous_reward, decision.ts_ms)
-            if experience is not None:
+            for experience in state.sharer.record(decision.previous_bucket, self.agent.arm_names[decision.previous_arm],
+                                                  decision.previous_reward, decision.ts_ms):
                 outputs.append(("Experience", experience))
         return decision.command
 

@@ -96,11 +96,11 @@ def sharer_factory_for(spec):
     import random
     import zlib
 
-    from morph.peers import SharingConfig, ExperienceSharer
+    from morph.peers import DP_WINDOW, ExperienceSharer, SharingConfig
 
     groups = max(1, int(spec.options.get("peer_groups", 1)))
     epsilon = None if spec.options.get("no_dp") else float(spec.options.get("dp_epsilon", 1.0))
-    config = SharingConfig(epsilon=epsilon, batch=5 if epsilon is not None else 1)
+    config = SharingConfig(epsilon=epsilon, window=DP_WINDOW if epsilon is not None else 1)
 
     def sharer(node_id: str) -> ExperienceSharer:
         group = f"g{zlib.crc32(node_id.encode()) % groups}"

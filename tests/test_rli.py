@@ -170,20 +170,19 @@ def test_laplace_noise_has_the_scale_its_epsilon_implies():
 
 
 def test_the_privacy_budget_stops_sharing_when_spent():
-    cfg = SharingConfig(epsilon=1.0, batch=2, budget=3.0)
+    cfg = SharingConfig(epsilon=1.0, window=2, budget=3.0)
     sharer = ExperienceSharer("edge-1", "g0", cfg, random.Random(1))
-    released = [sharer.record((0, 1, 0, 0), "cnn/fp32/b8", 0.5, ts_ms=i) for i in range(20)]
-    out = [r for r in released if r is not None]
+    out = [r for i in range(20) for r in sharer.record((0, 1, 0, 0), "cnn/fp32/b8", 0.5, ts_ms=i)]
     assert len(out) == 3 and sharer.budget.exhausted and sharer.budget.spent == pytest.approx(3.0)
     assert all(r["noise_scale"] == pytest.approx(0.5) and r["count"] == 2 for r in out)  # range 1 / 2 / ε
-    no_dp = ExperienceSharer("edge-1", "g0", SharingConfig(batch=1), random.Random(1))
-    assert all(no_dp.record((0, 0, 0, 0), "cnn/fp32/b8", 0.5, i)["noise_scale"] == 0.0 for i in range(5))
+    no_dp = ExperienceSharer("edge-1", "g0", SharingConfig(window=1), random.Random(1))
+    assert all(no_dp.record((0, 0, 0, 0), "cnn/fp32/b8", 0.5, i)[0]["noise_scale"] == 0.0 for i in range(5))
     assert PrivacyBudget(1.0).spend(1.5) is False
 
 
 def test_experience_records_round_trip_through_the_avro_codec():
-    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(epsilon=1.0, batch=1), random.Random(2))
-    record = sharer.record((2, 1, 1, 0), "snn/int8/b1/fallback", 0.25, ts_ms=1234)
+    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(epsilon=1.0, window=1), random.Random(2))
+    [record] = sharer.record((2, 1, 1, 0), "snn/int8/b1/fallback", 0.25, ts_ms=1234)
     codec = Codec()
     decoded = codec.decode(codec.encode("Experience", record))
     assert decoded.schema_name == "Experience" and decoded.record == record

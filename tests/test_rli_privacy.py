@@ -1,0 +1,109 @@
+"""Experience released under DP as per-window sufficient statistics: one ε per window, every cell released."""
+
+import pickle
+import random
+import statistics
+from collections import deque
+
+import pytest
+
+from morph.peers import ExperienceSharer, GroupArchive, SharingConfig, effective_count
+from morph.privacy import LaplaceMechanism
+from schemas.state import StateVersionError
+
+GOOD, BAD = "cnn/fp32/b8", "transformer/fp32/b8"
+
+
+def window_of(sharer, decisions):
+    """Feed (bucket, arm, reward) decisions; every record released."""
+    return [r for i, (bucket, arm, reward) in enumerate(decisions) for r in sharer.record(bucket, arm, reward, i)]
+
+
+def test_a_window_releases_every_cell_it_saw_and_spends_epsilon_once():
+    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(epsilon=1.0, window=10, budget=5.0), random.Random(3))
+    decisions = [((0, 1, 0, 0), GOOD, 0.8)] * 7 + [((0, 1, 0, 0), BAD, 0.3)] * 2 + [((1, 1, 0, 0), GOOD, 0.6)]
+    out = window_of(sharer, decisions)
+    assert sorted((r["arm"], r["temp_level"], r["count"]) for r in out) == [(GOOD, 0, 7), (GOOD, 1, 1), (BAD, 0, 2)]
+    assert sharer.budget.spent == pytest.approx(1.0) and sharer.budget.releases == 1
+    # the noise on a cell's mean has the scale of one clipped reward's range over count · ε
+    assert all(r["noise_scale"] == pytest.approx(1.0 / r["count"]) for r in out)
+    assert len({r["experience_id"] for r in out}) == 3 and all(r["ts_ms"] == 9 for r in out)
+
+
+def test_cells_under_the_count_threshold_are_not_released():
+    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(epsilon=1.0, window=10, min_count=3), random.Random(3))
+    decisions = [((0, 1, 0, 0), GOOD, 0.8)] * 8 + [((0, 1, 0, 0), BAD, 0.3)] * 2
+    assert [(r["arm"], r["count"]) for r in window_of(sharer, decisions)] == [(GOOD, 8)]
+    below = ExperienceSharer("edge-2", "g0", SharingConfig(epsilon=1.0, window=2, min_count=3), random.Random(3))
+    assert window_of(below, [((0, 1, 0, 0), GOOD, 0.8)] * 2) == [] and below.budget.spent == 0.0
+
+
+def test_the_released_mean_is_the_clipped_mean_plus_laplace_noise_of_the_stated_scale():
+    means = []
+    for seed in range(4000):
+        sharer = ExperienceSharer("e", "g0", SharingConfig(epsilon=0.5, window=4), random.Random(seed))
+        [r] = window_of(sharer, [((0, 0, 0, 0), GOOD, v) for v in (0.2, 0.4, 1.7, -0.3)])  # clipped to [0, 1]
+        means.append(r["reward"])
+        assert r["noise_scale"] == pytest.approx(1.0 / 4 / 0.5)
+    clipped_mean = (0.2 + 0.4 + 1.0 + 0.0) / 4
+    assert statistics.median(means) == pytest.approx(clipped_mean, abs=0.03)
+    # Laplace(b): mean absolute deviation b
+    assert statistics.fmean(abs(m - clipped_mean) for m in means) == pytest.approx(0.5, rel=0.05)
+
+
+def test_without_dp_every_decision_is_released_as_it_is():
+    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(), random.Random(0))
+    out = window_of(sharer, [((0, 1, 0, 0), GOOD, 1.3), ((0, 1, 0, 0), BAD, 0.3)])
+    assert [(r["reward"], r["count"], r["noise_scale"], r["epsilon"]) for r in out] == [(1.3, 1, 0.0, None),
+                                                                                        (0.3, 1, 0.0, None)]
+
+
+def test_effective_count_falls_with_the_noise_and_grows_with_the_count():
+    clean = effective_count({"count": 20, "noise_scale": 0.0}, 0.01)
+    assert clean == 20
+    mech = LaplaceMechanism(1.0, 0.0, 1.0)
+    small, large = (effective_count({"count": n, "noise_scale": mech.scale(n)}, 0.01) for n in (20, 200))
+    assert small == pytest.approx(20 / 11) and large == pytest.approx(100.0)
+
+
+def test_the_archive_holds_the_same_evidence_for_clean_and_noisy_records():
+    clean, noisy = GroupArchive(evidence=100.0), GroupArchive(evidence=100.0)
+    for i in range(300):
+        clean.add({"experience_id": f"c{i}", "count": 1, "noise_scale": 0.0})
+        noisy.add({"experience_id": f"n{i}", "count": 100, "noise_scale": 0.01})   # worth 100 / 3 each
+    assert len(clean.records()) == 100 and clean.held == pytest.approx(100.0)
+    assert len(noisy.records()) == 3 and noisy.held == pytest.approx(100.0)
+    assert [r["experience_id"] for r in noisy.records()] == ["n297", "n298", "n299"]
+    capped = GroupArchive(evidence=100.0, size=10)
+    for i in range(30):
+        capped.add({"experience_id": f"c{i}", "count": 1, "noise_scale": 0.0})
+    assert len(capped.records()) == 10 and capped.held == pytest.approx(10.0)
+
+
+def test_a_version_1_sharer_snapshot_migrates_its_pools_and_a_newer_one_is_refused():
+    sharer = ExperienceSharer("edge-1", "g0", SharingConfig(epsilon=1.0, window=3), random.Random(0))
+    v1 = {**sharer.__dict__, "version": 1, "pools": {((0, 1, 0, 0), GOOD): [0.5, 1.5]}}
+    del v1["cells"], v1["pending"]
+    old_config = object.__new__(SharingConfig)
+    object.__setattr__(old_config, "__dict__", {k: v for k, v in vars(sharer.config).items() if k != "window"}
+                       | {"batch": 3})
+    v1["config"] = old_config
+    restored = ExperienceSharer.__new__(ExperienceSharer)
+    restored.__setstate__(v1)
+    assert restored.config.window == 3 and restored.pending == 2 and restored.version == 2
+    assert restored.cells == {((0, 1, 0, 0), GOOD): [1.5, 2]}     # 1.5 clipped to 1.0
+    [r] = restored.record((0, 1, 0, 0), GOOD, 0.5, 7)
+    assert r["count"] == 3
+    again = pickle.loads(pickle.dumps(restored))
+    assert again.cells == {} and again.budget.spent == pytest.approx(1.0)
+    with pytest.raises(StateVersionError, match="ExperienceSharer snapshot"):
+        ExperienceSharer.__new__(ExperienceSharer).__setstate__({**sharer.__dict__, "version": 3})
+
+
+def test_a_version_1_archive_migrates_to_an_evidence_bound():
+    records = deque([{"experience_id": f"a{i}", "count": 1, "noise_scale": 0.0} for i in range(5)], maxlen=5)
+    archive = GroupArchive.__new__(GroupArchive)
+    archive.__setstate__({"size": 5, "recent": records, "version": 1})
+    assert archive.version == 2 and archive.evidence == 5.0 and archive.held == 5.0
+    archive.add({"experience_id": "a5", "count": 1, "noise_scale": 0.0})
+    assert [r["experience_id"] for r in archive.records()] == [f"a{i}" for i in range(1, 6)]
