@@ -151,43 +151,49 @@ class EdgeWorker:
         self._watchers: list = []
         self._runners: list[threading.Thread] = []
         if workflow is not None:
-            if workflow != "inspection":
-                raise ValueError(f"unknown workflow {workflow!r}; shipped: inspection")
-            for node in self.nodes.values():
-                node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
-                store = ExecutionStore(self.outbox_path.with_name(f"{self.outbox_path.stem}-{node.node_id}-records.db"),
-                                       node.node_id)
-                node.sync = SyncManager(store, self._publish_execution_record, commit=self.outbox.commit)
-                node.recovery = PolicyRecovery(FailureView(), seed=seed)
-                node.spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline,
-                                                costs=InspectionCosts().scaled(workflow_cost_scale))
-            self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
-                                                  from_beginning=True)
-            if takeover_after_s:
-                self.takeover = Takeover(takeover_after_s)
-                self._takeover_lock = threading.Lock()
-                self._watchers = [
-                    RecordListener(settings, topics.checkpoints, None, set(), self._on_checkpoint, self.codec,
-                                   schema_name="RunCheckpoint", from_beginning=True),
-                    RecordListener(settings, topics.telemetry, None, set(), self._on_heartbeat, self.codec,
-                                   schema_name="Telemetry"),
-                    threading.Thread(target=self._adopt_orphans, daemon=True, name="takeover")]
-            # A shadow is worth something only if it arrives before the run reaches its step: the
-            # flows' 5 ms fetch long-poll, not the edge listeners' 250 ms.
-            self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
-                                                   self._on_shadow_command, self.codec, schema_name="ShadowCommand",
-                                                   verify=verify, publish_ack=self._publish_ack, on_contact=contact,
-                                                   fetch_wait_ms=None)
-            # The central store's answers to the nodes' execution records, signed like commands.
-            # Its read position beside the outbox: a restart resumes, not re-reads every answer.
-            self.sync_listener = SyncOutcomeListener(
-                settings, topics.sync, set(node_ids), self._on_sync_outcome, self.codec, verify=verify,
-                position=TopicPosition(self.outbox_path.with_name(f"{self.outbox_path.stem}-positions.db"), topics.sync))
-            self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
-                                              name=f"runs-{node.node_id}") for node in self.nodes.values()]
+            self._set_up_workflow(node_ids, seed, workflow_cost_scale, takeover_after_s, verify, contact)
         self.last_telemetry: dict[str, dict] = {}
         self._halt = threading.Event()
         self._telemetry = threading.Thread(target=self._publish_telemetry, name="telemetry", daemon=True)
+
+    def _set_up_workflow(self, node_ids, seed, cost_scale, takeover_after_s, verify, contact) -> None:
+        """Workflow runs with shadow pre-execution, failure recovery and sync on every node, and the
+        listeners they need (shadow commands, recovery policy, sync answers, takeover watchers)."""
+        settings, topics, workflow = self.settings, self.topics, self.workflow
+        if workflow != "inspection":
+            raise ValueError(f"unknown workflow {workflow!r}; shipped: inspection")
+        for node in self.nodes.values():
+            node.executor = ShadowExecutor(node.node_id, on_ack=self._publish_ack)
+            store = ExecutionStore(self.outbox_path.with_name(f"{self.outbox_path.stem}-{node.node_id}-records.db"),
+                                   node.node_id)
+            node.sync = SyncManager(store, self._publish_execution_record, commit=self.outbox.commit)
+            node.recovery = PolicyRecovery(FailureView(), seed=seed)
+            node.spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline,
+                                            costs=InspectionCosts().scaled(cost_scale))
+        self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
+                                              from_beginning=True)
+        if takeover_after_s:
+            self.takeover = Takeover(takeover_after_s)
+            self._takeover_lock = threading.Lock()
+            self._watchers = [
+                RecordListener(settings, topics.checkpoints, None, set(), self._on_checkpoint, self.codec,
+                               schema_name="RunCheckpoint", from_beginning=True),
+                RecordListener(settings, topics.telemetry, None, set(), self._on_heartbeat, self.codec,
+                               schema_name="Telemetry"),
+                threading.Thread(target=self._adopt_orphans, daemon=True, name="takeover")]
+        # A shadow is worth something only if it arrives before the run reaches its step: the
+        # flows' 5 ms fetch long-poll, not the edge listeners' EDGE_FETCH_WAIT_MS.
+        self.shadow_listener = CommandListener(settings, topics.shadow, topics.acks, set(node_ids),
+                                               self._on_shadow_command, self.codec, schema_name="ShadowCommand",
+                                               verify=verify, publish_ack=self._publish_ack, on_contact=contact,
+                                               fetch_wait_ms=None)
+        # The central store's answers to the nodes' execution records, signed like commands.
+        # Its read position beside the outbox: a restart resumes, not re-reads every answer.
+        self.sync_listener = SyncOutcomeListener(
+            settings, topics.sync, set(node_ids), self._on_sync_outcome, self.codec, verify=verify,
+            position=TopicPosition(self.outbox_path.with_name(f"{self.outbox_path.stem}-positions.db"), topics.sync))
+        self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
+                                          name=f"runs-{node.node_id}") for node in self.nodes.values()]
 
     # -- lifecycle ------------------------------------------------------------
     def start(self, ready_timeout_s: float = 15.0) -> "EdgeWorker":
