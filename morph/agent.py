@@ -37,7 +37,7 @@ from morph.arms import Arm, ArmSet
 from morph.bandit import DiscountedLinUCB
 from morph.context import EpochTelemetry, Featurizer, NodeContext
 from morph.policy import MorphPolicy
-from morph.reward import RewardWeights, WorkflowConstraints, reward, reward_terms
+from morph.reward import RewardWeights, WorkflowConstraints, reward_of_terms, reward_terms
 from morph.shield import ShieldConfig, ThermalEstimate, critical_run, safe_mask
 from schemas.state import Versioned
 
@@ -234,9 +234,10 @@ class RliAgent:
         if pending is not None and epoch.n > 0:
             c = self.config
             m = epoch.measurement(float(self.featurizer.accuracy[pending.arm]))
-            r = reward(m, c.constraints, c.weights, pending.switched)
+            terms = reward_terms(m, c.constraints, c.weights)
+            r = reward_of_terms(terms, c.weights, pending.switched)
             state.bandit.learn_one(pending.phi, r)
-            out = (r, pending.arm, reward_terms(m, c.constraints, c.weights), pending.bucket)
+            out = (r, pending.arm, terms, pending.bucket)
         state.pending = None
         epoch.reset()
         return out

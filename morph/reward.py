@@ -104,7 +104,11 @@ def reward_terms(m: EpochMeasurement, c: WorkflowConstraints, w: RewardWeights) 
 
 def reward(m: EpochMeasurement, c: WorkflowConstraints, w: RewardWeights, switched: bool = False) -> float:
     """The scalar reward of an epoch (see the module docstring)."""
-    t = reward_terms(m, c, w)
+    return reward_of_terms(reward_terms(m, c, w), w, switched)
+
+
+def reward_of_terms(t: dict[str, float], w: RewardWeights, switched: bool = False) -> float:
+    """The scalar reward from `reward_terms`' output (for a caller that keeps the terms as well)."""
     total = w.throughput + w.latency + w.accuracy + w.energy
     gain = (w.throughput * t["throughput"] + w.latency * t["latency"] + w.accuracy * t["accuracy"]
             + w.energy * t["energy"]) / total
