@@ -200,9 +200,11 @@ class SyncOutcomeListener(CommandListener):
     moved past changes nothing). A stored offset past the log's end or before its start
     (a broker that lost its log, a topic recreated) is read from the log's start; a
     recreated log that has grown past the stored offset by the restart is read from
-    there, and an answer skipped that way costs a resend (`SyncManager`), not the record. With a ``verify`` (the worker's keyring), an unsigned, forged, expired
-    or replayed answer is counted in ``rejected`` and ignored: it is not a command, so
-    nothing is acknowledged; an unanswered record is sent again later.
+    there, and an answer skipped that way costs a resend (`SyncManager`), not the record.
+
+    With a ``verify`` (the worker's keyring), an unsigned, forged, expired or replayed
+    answer is counted in ``rejected`` and ignored: it is not a command, so nothing is
+    acknowledged; an unanswered record is sent again later.
     """
 
     def __init__(self, settings, topic: str, nodes: set[str], on_outcome, codec=None, verify=None,

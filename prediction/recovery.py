@@ -272,8 +272,7 @@ class QRecoveryAgent(Versioned):
         action = self.predict_one(state, explore=False, min_visits=0)
         if action is None:
             return 0.0
-        value = self.estimate(state, action, self.completion, 1.0)
-        return value
+        return self.estimate(state, action, self.completion, 1.0)
 
     def _learn_both(self, state: str, action: str, reward: float, next_state: str | None,
                     completed: float | None = None) -> None:
