@@ -212,15 +212,17 @@ def category(name: str) -> str:
     return name.replace("\\", "/").split("/")[0]
 
 
-def name_hash(name: str) -> str:
-    """The split's key for one series: the SHA-256 of its path under ``data/``."""
-    return hashlib.sha256(name.replace("\\", "/").encode("utf-8")).hexdigest()
+def name_hash(name: str, salt: str = "") -> str:
+    """The split's key for one series: the SHA-256 of ``salt`` followed by its path under ``data/``."""
+    return hashlib.sha256((salt + name.replace("\\", "/")).encode("utf-8")).hexdigest()
 
 
-def fold_of(names: Iterable[str]) -> dict[str, str]:
+def fold_of(names: Iterable[str], salt: str = "") -> dict[str, str]:
     """Each series' fold, ``A`` or ``B``: within each category, the series ordered by `name_hash`
     alternate A, B, A..., so every category is split evenly (an odd one gives A the extra series)
-    and a series' fold depends only on its name and the other names of its category.
+    and a series' fold depends only on its name and the other names of its category. Another
+    ``salt`` gives another split of the same kind (the benchmark's check that a figure is not one
+    split's luck).
 
     >>> fold_of(["realTweets/x.csv", "realTweets/y.csv", "artificialNoAnomaly/z.csv"])
     {'artificialNoAnomaly/z.csv': 'A', 'realTweets/x.csv': 'B', 'realTweets/y.csv': 'A'}
@@ -230,7 +232,7 @@ def fold_of(names: Iterable[str]) -> dict[str, str]:
         by_category.setdefault(category(name), []).append(name)
     out = {}
     for members in by_category.values():
-        for i, name in enumerate(sorted(members, key=name_hash)):
+        for i, name in enumerate(sorted(members, key=lambda n: name_hash(n, salt))):
             out[name] = FOLDS[i % 2]
     return dict(sorted(out.items()))
 

@@ -30,6 +30,17 @@ def test_each_category_is_split_evenly_and_the_split_depends_on_names_only():
     assert set(folds.values()) == {"A", "B"}
 
 
+def test_a_salt_gives_another_split_of_the_same_kind():
+    assert fold_of(NAMES, "") == fold_of(NAMES)
+    others = [fold_of(NAMES, f"split{k}:") for k in range(1, 6)]
+    assert any(other != fold_of(NAMES) for other in others)
+    assert fold_of(list(reversed(NAMES)), "split1:") == others[0]
+    for other in others:
+        for cat in {category(n) for n in NAMES}:
+            members = [other[n] for n in NAMES if category(n) == cat]
+            assert members.count("A") - members.count("B") in (0, 1), (cat, members)
+
+
 def test_a_carried_threshold_scores_what_the_sweep_scores_there():
     rng = random.Random(2)
     stamps = [f"2024-01-01 {h:02d}:{m:02d}:00" for h in range(10) for m in range(60)]
@@ -71,11 +82,14 @@ def test_the_benchmark_tunes_on_one_fold_and_reports_the_other(tmp_path, monkeyp
     sys.modules.pop("nab", None)
     import nab as bench
     monkeypatch.setattr(bench, "GRID", {"warmup": (5000, 30)})   # warming up for 5000 rows: never scoring
-    figures = bench.nab_figures(tmp_path, tune_on=("A", "B"))
+    figures = bench.nab_figures(tmp_path, tune_on=("A", "B"), splits=2)
     sys.modules.pop("nab", None)
     assert figures["nab_files"] == 4 and figures["nab_score"] > 50.0
     for tuned, held in (("A", "B"), ("B", "A")):
         assert figures[f"nab_tuned_on_{tuned}_settings"] == {"warmup": 30}
         assert figures[f"nab_heldout_{held}_tuned_on_{tuned}"] > 50.0
         assert f"nab_heldout_{held}_tuned_on_{tuned}_carried_threshold" in figures
+    # Two other splits, each tuned on either fold: four held-out figures, beside the defaults' on the same folds.
+    assert len(figures["nab_resplit_heldout"]) == 4 and all(h > 50.0 for h in figures["nab_resplit_heldout"])
+    assert figures["nab_resplit_defaults_mean"] > 50.0
     assert "held-out" in capsys.readouterr().out
