@@ -21,11 +21,16 @@ without the rate, anomaly and pressure (`coarse_key`), which a node uses where
 the fine one was never visited. Actions: retry at once or after 1, 5, 15, 30 or 60 s,
 switch to an alternative, take the fallback branch, fail fast.
 
-Reward, as in the seed: +1 for a success, −1 for a failure (a degraded success
-through the fallback branch counts 0), minus the time the recovery took in
-units of ``time_cost_s`` (our addition: with ±1 alone the agent is indifferent
-to MTTR). Update: Q(s,a) ← Q(s,a) + α[R + γ·max Q(s',a') − Q(s,a)], and the
-seed's score per step V ← V + λ(R − V).
+Reward, as in the seed: +1 for a success, −1 for a failure, where what
+succeeds or fails is the run (an episode is a run: a step recovered under a
+lasting cause may only hand the run to the next step the cause fails, so a
+recovered step leads to the run's next incident, and +1 comes when the run
+completes, 0 when a fallback branch degraded it, −1 when it is given up);
+minus the time each recovery took in units of ``time_cost_s`` (our addition:
+with ±1 alone the agent is indifferent to MTTR) and ``attempt_cost`` per failed
+attempt (the resources a retry wastes). Update: Q(s,a) ← Q(s,a) + α[R +
+γ·max Q(s',a') − Q(s,a)], and the seed's score per step V ← V + λ(R − V) (R the
+attempt's ±1).
 
 Completion is not traded against time at a fixed rate: one scalar reward
 prices a lost run as a fixed number of seconds, and under a slow cause (a
@@ -33,7 +38,7 @@ congested link whose failing attempts take 10 s each) giving up at once then
 looks cheaper than the retries that would have completed the run — how much
 cheaper depends on the fleet's faults, so no one price holds on every fault
 sequence. The agent also learns, with the same update, C(s,a): the probability
-that the step eventually completes (not degraded) when ``a`` is taken in ``s``
+that the run eventually completes (not degraded) when ``a`` is taken in ``s``
 and the policy is followed after, and chooses by a constraint: complete at
 least as often as Step Functions' retrier would (learned from the transitions that
 took `reference_action`, what the retrier does in the state), at the best
@@ -79,7 +84,7 @@ import random
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure
+from edge.faults import ALTERNATIVE, FAIL, FALLBACK, NODE_LOST, RETRY, Decision, Failure
 from fingerprint.failures import FailureGraph
 from schemas.state import Versioned
 
@@ -177,7 +182,9 @@ class QRecoveryAgent(Versioned):
     Parameters
     ----------
     alpha, gamma
-        Learning rate and discount of the Q update.
+        Learning rate and discount of the Q update. Runs end, so γ is 1: below
+        1, putting off a given-up step's −1 by one more hopeless retry (a
+        poisoned input) would look better than giving up.
     score_rate
         λ of the seed's per-step score V ← V + λ(R − V).
     time_cost_s
@@ -186,6 +193,13 @@ class QRecoveryAgent(Versioned):
         times Step Functions'); at 10 s it takes a way out or gives up
         instead (`bench/resilience.py`: chosen on one seed, checked on two
         others).
+    attempt_cost
+        Reward a failed attempt costs besides its time. Under a lasting cause
+        a retry is a lottery (a thermal-throttled accelerator fails 80 % of
+        attempts, each in 2 s): at 0 the agent bought a few more completed
+        runs with 1.8 times Step Functions' wasted attempts, at 0.25 and more
+        it gave up the lottery and the runs with it (`bench/resilience.py`:
+        0.2 chosen on one seed among 0 to 1, checked on four others).
     min_visits
         Visits of a state before the published table holds an action for it.
     shrinkage
@@ -206,23 +220,26 @@ class QRecoveryAgent(Versioned):
         Step of the multiplier's update at each publication (`update_price`):
         reward units per unit of completion shortfall.
     completion_price
-        The multiplier: what one more completed step is worth in reward units,
+        The multiplier: what one more completed run is worth in reward units,
         on top of the reward's own +1 / −1. 0 until the agent completes less
         often than the retrier would.
     """
 
-    STATE_VERSION = 3
+    STATE_VERSION = 4
     # version 1's state keys had no way-out bit: its table is not carried over (relearned); its
     # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
     # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
     MIGRATIONS: ClassVar[dict] = {1: lambda s: {**s, "q": {}, "visits": {}, "pending": {}},
                                    2: lambda s: {**s, "completion": {}, "static_completion": {},
                                                  "completion_floor": True, "price_rate": 5.0,
-                                                 "completion_price": 0.0}}
+                                                 "completion_price": 0.0},
+                                   # version 3's episodes were steps: its tables are kept (relearned as runs go by)
+                                   3: lambda s: {**s, "recovered": {}, "run_outcome": {}}}
     alpha: float = 0.1
-    gamma: float = 0.9
+    gamma: float = 1.0
     score_rate: float = 0.05
     time_cost_s: float = 10.0
+    attempt_cost: float = 0.2
     min_visits: int = 1
     optimism: float = 1.0
     shrinkage: float = 5.0
@@ -235,6 +252,9 @@ class QRecoveryAgent(Versioned):
     visits: dict[str, dict[str, int]] = field(default_factory=dict)
     score: dict[str, float] = field(default_factory=dict)
     pending: dict[tuple[str, str], tuple[str, str, float]] = field(default_factory=dict)
+    # run -> its recovered steps' (state, action, reward so far), closed by its next incident or its end
+    recovered: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
+    run_outcome: dict[str, float] = field(default_factory=dict)   # run -> 0 degraded, -1 given up (absent: +1)
     published: int = 0
     version: int = STATE_VERSION
 
@@ -242,7 +262,7 @@ class QRecoveryAgent(Versioned):
                          completed: float | None = None) -> None:
         """One Q-learning update (``next_state`` None: the episode ended).
 
-        ``completed`` (1 the step completed, 0 it failed or was degraded; with
+        ``completed`` (1 the run completed, 0 it failed or was degraded; with
         a ``next_state``, ignored: the next state's completion is bootstrapped)
         also updates the completion table; None leaves it alone.
         """
@@ -298,11 +318,21 @@ class QRecoveryAgent(Versioned):
         return self.q.get(state, {}).get(action, self.optimism)
 
     def learn_one(self, signal: dict) -> None:
-        """Take a WorkflowSignal: a failed finish opens a transition, the step's next finish closes it."""
+        """Take a WorkflowSignal: a failed finish opens a transition, what follows in the run closes it.
+
+        An episode is the run, not the step: the completion that counts is the
+        run's, and under a lasting cause a step recovered by many retries may
+        only hand the run to the next step that the same cause fails. So a
+        failed attempt the step is recovered from next leads to the next
+        decision's state at the cost of its time; a recovered step leads to the
+        run's next incident (its first failure's state) at the cost of its
+        recovery time; +1 comes when the run ends complete (0 degraded by a
+        fallback branch) and −1 when it is given up (FAIL).
+        """
         if signal.get("state") != 0:
             return
-        step = f"{signal['workflow_id']}/{signal['task']}"
-        key, ts = (signal["run_id"], step), signal["ts_ms"] / 1000.0
+        run, step = signal["run_id"], f"{signal['workflow_id']}/{signal['task']}"
+        key, ts = (run, step), signal["ts_ms"] / 1000.0
         state = (signal.get("attributes") or {}).get("recovery.state")
         failed = signal.get("outcome") == "FAILURE"
         opened = self.pending.pop(key, None)
@@ -310,18 +340,36 @@ class QRecoveryAgent(Versioned):
             s, a, t0 = opened
             cost = (ts - t0) / self.time_cost_s
             outcome = -1.0 if failed else (0.0 if a == FALLBACK else 1.0)
-            following = state if failed and state else None
-            self._learn_both(s, a, outcome - cost, following, float(outcome > 0))
             self.score[step] = self.score.get(step, 0.0) + self.score_rate * (outcome - self.score.get(step, 0.0))
+            if failed and state:
+                self._learn_both(s, a, -cost - self.attempt_cost, state)
+            elif failed:  # no decision followed: the run failed here
+                self._learn_both(s, a, -1.0 - cost - self.attempt_cost, None, 0.0)
+                self.run_outcome[run] = -1.0
+            else:
+                self.recovered.setdefault(run, []).append((s, a, -cost))
+                if a == FALLBACK:
+                    self.run_outcome[run] = min(self.run_outcome.get(run, 1.0), 0.0)
         action = action_of(signal.get("recovery"))
         if failed and state and action is not None:
             if action == FAIL:
                 self._learn_both(state, FAIL, -1.0, None, 0.0)
+                self.run_outcome[run] = -1.0
             else:
                 self.pending[key] = (state, action, ts)
-        if signal.get("run_ended"):
-            for k in [k for k in self.pending if k[0] == signal["run_id"] and k[1].startswith(signal["workflow_id"])]:
-                del self.pending[k]
+        if opened is None and failed and state:  # the run's next incident: its earlier recoveries led here
+            for s, a, r in self.recovered.pop(run, ()):
+                self._learn_both(s, a, r, state)
+        if signal.get("run_ended") and signal.get("error_class") != NODE_LOST:  # a lost node's run resumes
+            self._end_run(run, signal["workflow_id"])
+
+    def _end_run(self, run: str, workflow_id: str) -> None:
+        """Close the run's recovered steps with its outcome (+1 complete, 0 degraded, −1 given up)."""
+        outcome = self.run_outcome.pop(run, 1.0)
+        for s, a, r in self.recovered.pop(run, ()):
+            self._learn_both(s, a, r + outcome, None, float(outcome > 0))
+        for k in [k for k in self.pending if k[0] == run and k[1].startswith(workflow_id)]:
+            del self.pending[k]
 
     def predict_one(self, state: str, explore: bool = True, min_visits: int | None = None) -> str | None:
         """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).

@@ -210,13 +210,17 @@ def test_agent_state_snapshot_and_refusal():
     v2 = {k: v for k, v in vars(agent).items() if k not in ("completion", "completion_floor")}
     old = QRecoveryAgent.__new__(QRecoveryAgent)
     old.__setstate__(dict(v2, q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
-    assert old.version == 3 and old.q == {} and old.completion == {} and old.published == 5
+    assert old.version == 4 and old.q == {} and old.completion == {} and old.published == 5
     assert old.policy("wf").version == 6
     # version 2 had no completion table: its Q table is kept, the floor binds once completions are learned
     two = QRecoveryAgent.__new__(QRecoveryAgent)
     two.__setstate__(dict(v2, version=2))
-    assert two.version == 3 and two.q == agent.q and two.completion == {} and two.completion_floor
+    assert two.version == 4 and two.q == agent.q and two.completion == {} and two.completion_floor
     assert two.predict_one("---|TIMEOUT|1|0|0|0|0|0", explore=False) == FAIL
+    # version 3 learned step-level episodes: its tables are kept, it starts with no run open
+    three = QRecoveryAgent.__new__(QRecoveryAgent)
+    three.__setstate__({k: v for k, v in vars(agent).items() if k not in ("recovered", "run_outcome")} | {"version": 3})
+    assert three.version == 4 and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
 
 
 def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
@@ -419,3 +423,24 @@ def test_without_an_active_cause_the_agent_gives_up_no_sooner_than_the_static_re
                 agent.learn_transition(state, FAIL, -1.0, None, 0.0)
         assert agent.predict_one(independent, explore=False) == expected
         assert agent.predict_one(caused, explore=False) == FAIL   # an active cause: the reward decides
+
+
+def test_an_episode_is_the_run_a_recovered_step_is_worth_what_the_run_then_becomes():
+    # the same retry recovers step a in both runs; in r1 the cause then fails step b and the run is given up
+    s, later = "---|RESOURCE_EXHAUSTED|1|0|1|0|0|0", "---|RESOURCE_EXHAUSTED|1|0|1|0|0|1"
+
+    def finish(run, task, t, recovery=None, state=None, ended=False):
+        return {"state": 0, "workflow_id": "wf", "run_id": run, "task": task, "ts_ms": int(t * 1000),
+                "outcome": "FAILURE" if recovery else "SUCCESS", "recovery": recovery, "run_ended": ended,
+                "attributes": {"recovery.state": state} if state else None}
+    agent = QRecoveryAgent(gamma=0.9, time_cost_s=10.0)
+    for signal in (finish("r1", "a", 0.0, "RETRY 0s", s), finish("r1", "a", 2.0),
+                   finish("r1", "b", 3.0, FAIL, later, ended=True)):
+        agent.learn_one(signal)
+    assert agent.q[s]["RETRY 0s"] == pytest.approx(-0.2 + 0.9 * -1.0)   # not +1: the run was lost after all
+    assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.0)
+    for signal in (finish("r2", "a", 10.0, "RETRY 0s", s), finish("r2", "a", 12.0, ended=True)):
+        agent.learn_one(signal)
+    assert agent.q[s]["RETRY 0s"] == pytest.approx((-1.1 + 0.8) / 2)   # the mean of the two runs' returns
+    assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.5)
+    assert not agent.recovered and not agent.run_outcome and not agent.pending
