@@ -12,7 +12,12 @@ as the run goes on and the topic grows.
 
 The baseline is the first window of the same run: the figures that matter are
 the last window against the first (does the broker's cost per request grow with
-what it stores?) and the broker's CPU share against a core.
+what it stores?) and the broker's CPU share against a core. Each window also
+says how many record batches a partition holds by then (produce requests so far
+per partition: exact with one partition, where each request carries one batch),
+and the run fits the broker's CPU per request to it (least squares over the
+windows): the cost of one more stored batch on every request, which says when
+a given request rate saturates a core.
 
     python bench/broker.py [--rate 2200] [--size 200] [--seconds 60] [--partitions 4]
            [-X fetch.wait.max.ms=5 ...]
@@ -131,6 +136,15 @@ def _quantile(values: list, q: float) -> float | None:
     return round(values[min(len(values) - 1, int(q * len(values)))], 1)
 
 
+def cost_per_stored_batch(windows: list[dict]) -> dict:
+    """Least-squares line of the broker's CPU per request against the batches a partition holds."""
+    points = [(w["stored_batches_per_partition"], w["broker_us_per_request"]) for w in windows]
+    if len(points) < 2 or len({x for x, _ in points}) < 2:
+        return {"us_per_request_at_empty": None, "us_per_request_per_1000_stored_batches": None}
+    slope, intercept = statistics.linear_regression([x for x, _ in points], [y for _, y in points])
+    return {"us_per_request_at_empty": round(intercept, 1), "us_per_request_per_1000_stored_batches": round(slope * 1000, 1)}
+
+
 def run(args) -> dict:
     topic = "bench.broker"
     with EmbeddedBroker() as broker:
@@ -154,7 +168,7 @@ def run(args) -> dict:
                                                     done.set()), daemon=True)
         windows = []
         cpu0, t0, req0 = cpu_seconds(broker.pid), time.monotonic(), stats.totals()
-        start = t0
+        start, produce0 = t0, req0.get("Produce", 0)
         producer.start()
         while not done.wait(args.report):
             cpu1, t1, req1 = cpu_seconds(broker.pid), time.monotonic(), stats.totals()
@@ -167,6 +181,7 @@ def run(args) -> dict:
             window = {"t_s": round(t1 - start, 1), "broker_cpu_share": round((cpu1 - cpu0) / dt, 3),
                       "delivered_per_s": round(len(lat) / dt), "produce_req_per_s": round(reqs["Produce"]),
                       "fetch_req_per_s": round(reqs["Fetch"]),
+                      "stored_batches_per_partition": round((req1.get("Produce", 0) - produce0) / args.partitions),
                       "broker_us_per_request": round((cpu1 - cpu0) / max(1.0, total_rps * dt) * 1e6, 1),
                       "rtt_ms_mean": round(statistics.fmean(rtt) / 1000, 2) if rtt else None,
                       "latency_ms_p50": _quantile(lat, 0.5), "latency_ms_p99": _quantile(lat, 0.99)}
@@ -178,6 +193,7 @@ def run(args) -> dict:
         for c in consumers:
             c.join(timeout=5)
     return {"rate": args.rate, "size": args.size, "partitions": args.partitions, "seconds": args.seconds,
+            **cost_per_stored_batch(windows),
             "kafka_settings": dict(args.kafka_settings), "produced": sent.get("n", 0),
             "broker_idle_cpu_share": round(idle_share, 3), "idle_fetch_req_per_s": round(idle_fetch),
             "windows": windows}
@@ -202,7 +218,8 @@ def main() -> int:
     print(f"broker CPU share: idle {result['broker_idle_cpu_share']}, first window {first['broker_cpu_share']}, "
           f"last {last['broker_cpu_share']}; CPU per request first {first['broker_us_per_request']} us, last "
           f"{last['broker_us_per_request']} us (x{ratio}); delivery p99 first {first['latency_ms_p99']} ms, last "
-          f"{last['latency_ms_p99']} ms")
+          f"{last['latency_ms_p99']} ms; fit: {result['us_per_request_at_empty']} us per request + "
+          f"{result['us_per_request_per_1000_stored_batches']} us per 1,000 batches a partition holds")
     emit_result({**result, "us_per_request_last_over_first": ratio})
     return 0
 

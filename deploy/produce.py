@@ -58,7 +58,7 @@ def produce_telemetry(settings, topics, nodes: list[str], scenario: Scenario, in
         listener = CommandListener(settings, topics.commands, topics.acks, set(nodes), apply, codec)
         listener.start()
         listener.wait_ready()
-    producer = Producer(settings.producer())
+    producer = Producer(settings.gateway_producer())  # one producer for the whole fleet
     duration = duration_s if duration_s is not None else scenario.duration_s
     steps = int(duration / interval_s)
     t0_ms = int(time.time() * 1000) if start_ms is None else start_ms
@@ -153,7 +153,7 @@ def produce_signals(settings, topic: str, signals, speed: float = 0.0, progress=
 
     from schemas.codec import Codec
 
-    codec, producer = codec or Codec(), Producer(settings.producer())
+    codec, producer = codec or Codec(), Producer(settings.gateway_producer())  # for every workflow of the log
     sent, first_ts, wall0, last_report = 0, None, time.monotonic(), time.monotonic()
     for signal in signals:
         if speed > 0:

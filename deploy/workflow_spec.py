@@ -64,7 +64,6 @@ from flows.spec import FlowSpec
 SCHEMA_PATH = Path(__file__).with_name("adaptive_workflow.schema.json")
 FLOW_NAMES = ("control", "workflow", "sync")
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
-DEFAULT_PARTITIONS = 4
 
 
 @lru_cache(maxsize=1)
@@ -107,15 +106,21 @@ class AdaptiveWorkflow:
         return self.spec.get("sync", {}).get("store")
 
     def partitions(self) -> int:
-        """Partitions per topic: ``topics.partitions``, 4 by default.
+        """Partitions per topic: ``topics.partitions``, or by default one per Bytewax worker of the
+        largest flow (``workers`` × ``replicas``), the most that can read a topic in parallel.
 
-        Fewer partitions than 4 for one-worker flows cut the consumers polling the broker
-        (Bytewax reads each partition with a consumer of its own), but measured on the
-        embedded broker at 200 nodes a single partition per topic made the decisions slower
-        as the run went on (decision p99 1,191 ms against 132 ms with 4, same machine load;
-        bench/scale.py --partitions), so the default stays at 4.
+        Bytewax reads every partition with a consumer of its own, fetching from the broker
+        whether or not records arrive: partitions beyond the workers add requests, not
+        parallelism. Measured with bench/scale.py at 200 nodes on the embedded broker: 1,231
+        requests/s with 4 partitions (928 of them the flows' fetches, the broker at 0.49 of a
+        core) against 430-518 with one (0.25-0.30 of a core). An earlier default of 4 rested on
+        decisions that slowed down with one partition; the cause was the producers' requests of
+        a record or two (README, scale notes), not the partition count.
         """
-        return self.spec.get("topics", {}).get("partitions", DEFAULT_PARTITIONS)
+        given = self.spec.get("topics", {}).get("partitions")
+        if given is not None:
+            return given
+        return max(self.flow_settings(f)["workers"] * self.flow_settings(f)["replicas"] for f in self.enabled_flows())
 
     def nodes(self) -> list[str]:
         return [n for g in self.spec.get("fleet", {}).get("groups", []) for n in g["nodes"]]

@@ -71,7 +71,7 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         forwarded = op.stateful_flat_map("peer_groups", shared, forward_to_members)
         events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,
-                     agent=agent, sharer_factory=sharers, signer=signer_for(spec))
+                     agent=agent, sharer_factory=sharers, signer=signer_for(spec), snapshots=spec.recovery)
     decisions = op.stateful("morph", events, step.build)
     if sharers is not None:  # experience is keyed by its group on the topic
         decisions = op.map("key_experience", decisions,

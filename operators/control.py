@@ -68,7 +68,7 @@ class MorphStep:
     def __init__(self, policy: MorphPolicy, models_factory: Optional[Callable[[str], Any]] = None,
                  stamp_wall_clock: bool = True, agent=None, sharer_factory: Optional[Callable[[str], Any]] = None,
                  signer=None, idle_flush_s: float = IDLE_FLUSH_S,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), snapshots: bool = True):
         self.policy = policy
         self.models_factory = models_factory
         # --policy rli: a morph.agent.RliAgent decides instead of the rules; peers' experience is absorbed
@@ -79,6 +79,8 @@ class MorphStep:
         self.signer = signer  # edge.signing.CommandSigner: every command leaves signed
         self.idle_flush = timedelta(seconds=idle_flush_s)
         self.clock = clock
+        # False when no recovery store keeps snapshots (`ControlLogic.snapshot`)
+        self.snapshots = snapshots
         # Wall-clock issue time of recent commands, for the round-trip metric (this process's commands only).
         self._issued: OrderedDict[str, int] = OrderedDict()
         self._decisions = {}  # trigger -> metric child
@@ -240,6 +242,10 @@ class ControlLogic(StatefulLogic):
         return self.flush_at
 
     def snapshot(self) -> Optional[ControlState]:
+        if not self.step.snapshots:
+            # No recovery store: Bytewax still asks at every epoch's end for every node seen in it, and
+            # copying them all stalls the worker at each epoch's end (see the README's scale notes).
+            return None
         # A copy that later events cannot change. Bytewax asks for one per key at every epoch
         # (recovery or not); a pickle round trip copies in C what `copy.deepcopy` walks object by
         # object in Python (the agent's state holds two random generators' 625-word states), and

@@ -127,6 +127,18 @@ def test_end_of_input_flushes_and_snapshots_restore_with_their_version_checked()
         ControlState.__new__(ControlState).__setstate__(dict(vars(logic.snapshot()), version=ControlState.STATE_VERSION + 1))
 
 
+def test_without_a_recovery_store_a_node_hands_bytewax_no_snapshot_to_copy():
+    clock, rng = _Clock(), random.Random(9)
+    step = MorphStep(MorphPolicy(), lambda node: TelemetryModels.for_node(node), stamp_wall_clock=False,
+                     clock=clock, snapshots=False)
+    logic = step.build(None)
+    _drive(logic, [1.0] * 50, rng)
+    assert logic.snapshot() is None and logic.state is not None   # the live state is kept, nothing copied
+    kept = _step(clock).build(None)
+    _drive(kept, [1.0] * 50, random.Random(9))
+    assert isinstance(kept.snapshot(), ControlState) and kept.snapshot() is not kept.state
+
+
 def test_the_flow_publishes_the_opening_alert_and_flushes_it_when_its_input_ends():
     from bytewax.testing import TestingSink, TestingSource, run_main
 

@@ -134,12 +134,17 @@ def test_the_agent_takes_the_resources_constraints():
         (100.0, 0.9, 85.0, 250.0, 90.0)
 
 
-def test_partitions_are_as_given_or_the_default():
+def test_partitions_are_as_given_or_one_per_worker_of_the_largest_flow():
     bare = example()
     del bare["spec"]["topics"]["partitions"]
-    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 4
-    bare["spec"]["topics"]["partitions"] = 1
+    bare["spec"]["flows"] = {"control": {"workers": 1}, "workflow": {"workers": 1}}
     assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 1
+    bare["spec"]["flows"]["workflow"] = {"workers": 2, "replicas": 3}
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 6
+    bare["spec"]["flows"]["workflow"]["enabled"] = False   # a flow that does not run reads nothing
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 1
+    bare["spec"]["topics"]["partitions"] = 4
+    assert parse_workflow_spec(yaml.safe_dump(bare)).partitions() == 4
 
 
 @pytest.mark.parametrize("sync,error", [

@@ -285,6 +285,16 @@ def test_the_demo_runs_its_spec_and_stops_every_client_before_the_broker(zoo, tm
     assert not stray, stray
 
 
+def test_a_producer_for_a_whole_fleet_batches_unless_told_otherwise():
+    """The fleet simulator and log replays send for many sources: 20 ms linger by default, a given -X wins."""
+    from schemas.kafka import KafkaSettings
+
+    assert KafkaSettings("b:1").gateway_producer()["linger.ms"] == "20"
+    assert KafkaSettings("b:1").producer()["linger.ms"] == "2"          # a single source's producer is unchanged
+    given = KafkaSettings("b:1", {"linger.ms": "3", "fetch.wait.max.ms": "7"}).gateway_producer()
+    assert given["linger.ms"] == "3" and "fetch.wait.max.ms" not in given
+
+
 @pytest.mark.broker
 def test_a_staggered_fleet_samples_each_node_at_its_own_phase(kafka):
     """The scale benchmark's fleet: the same rate, each node at its own instant of each interval."""

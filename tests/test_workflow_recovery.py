@@ -45,3 +45,30 @@ def test_a_restarted_flow_resumes_each_workflows_state(tmp_path):
     assert _predictions(resumed, "r3") == _predictions(uninterrupted, "r3")
     assert _predictions(resumed, "r3")[0]["candidates"][0]["task"] == "infer"
     assert _predictions(fresh, "r3")[0]["candidates"] != _predictions(resumed, "r3")[0]["candidates"]
+
+
+def test_a_flow_run_without_a_recovery_store_pickles_no_snapshots(monkeypatch):
+    """`run_flow` builds the flow with recovery off when no store is given: its workflows' snapshots are None."""
+    import bytewax.run
+
+    from deploy import flowrun
+    from operators.workflow import NextStepLogic
+
+    built, snapshots = [], []
+    real_snapshot = NextStepLogic.snapshot
+    monkeypatch.setattr(NextStepLogic, "snapshot", lambda self: snapshots.append(real_snapshot(self)) or snapshots[-1])
+
+    def run_here(flow, **kwargs):
+        run_main(flow, epoch_interval=timedelta(0))
+
+    class Workflow:
+        @staticmethod
+        def build(spec):
+            built.append(spec.recovery)
+            return build(spec, source=TestingSource(_runs(0, 2)), sink=TestingSink([]))
+
+    monkeypatch.setattr(flowrun, "flow_module", lambda name: Workflow)
+    monkeypatch.setattr(bytewax.run, "cli_main", run_here)
+    assert flowrun.run_flow(FlowSpec("workflow", bootstrap="unused:9092")) == 0
+    assert built == [False] and snapshots and all(s is None for s in snapshots)
+    assert real_snapshot(NextStepLogic(None, None)) is not None   # with a store (the default) it is a pickle
