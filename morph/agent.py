@@ -149,15 +149,15 @@ class RliAgent:
         """Fold one telemetry sample into the node's state."""
         temp = sample["gpu_temp_c"]
         state.epoch.add(sample, self._constraints)
-        state.temps.append(temp)
-        state.times.append(sample["ts_ms"] / 1000.0)
-        slope = state.slope = _slope(state)
+        temps, times = state.temps, state.times
+        temps.append(temp)
+        times.append(sample["ts_ms"] / 1000.0)
+        slope = state.slope = _slope(times, temps)
         state.thermal.observe(temp, slope, sample["power_w"])
         current = state.current
         if current is None or self._served[current] != (sample["variant"], sample["precision"]):
             # the node serves something else than believed (another controller, a refused swap)
-            state.current = self.arms.index(self.arms.nearest(sample["variant"], sample["precision"],
-                                                              sample.get("batch_size")))
+            state.current = self.arms.nearest_index(sample["variant"], sample["precision"], sample.get("batch_size"))
 
     def context(self, state: AgentState, sample: dict) -> NodeContext:
         return NodeContext(
@@ -173,8 +173,11 @@ class RliAgent:
         self.observe(state, sample)
         ts = sample["ts_ms"]
         last = state.last_decision_ms
-        if last is None or ts - last >= self._epoch_ms \
-                or (state.current != self.fallback and critical_run(state.temps, self._constraints.critical_temp_c)):
+        critical_c = self._constraints.critical_temp_c
+        # the run's last sample first: below critical (nearly always), the window need not be walked
+        if last is None or ts - last >= self._epoch_ms or (sample["gpu_temp_c"] >= critical_c
+                                                           and state.current != self.fallback
+                                                           and critical_run(state.temps, critical_c)):
             return self._decide_now(state, sample, ts)
         shielded = self._current_unsafe(state, sample, ts)
         if shielded is not None:
@@ -270,6 +273,7 @@ class RliAgent:
                  predicted_c: float) -> dict:
         arm, before = self.arms[arm_index], self.arms[state.current]
         name, before_name = self.arm_names[arm_index], self.arm_names[state.current]
+        predicted_c = float(predicted_c)  # a numpy scalar: converted once for the reason and the evidence
         critical = arm.fallback and state.temps[-1] >= self.config.constraints.critical_temp_c
         return {
             "command_id": f"{state.node_id}-rli{state.decisions}-{sample['ts_ms']}",
@@ -300,14 +304,13 @@ class RliAgent:
             "window_max_c": max(temps),
             "violation_fraction": round(sum(t >= hot for t in temps) / len(temps), 4),
             "window_size": len(temps),
-            "forecast_c": round(float(predicted_c), 2), "forecast_lower_c": None, "forecast_upper_c": None,
+            "forecast_c": round(predicted_c, 2), "forecast_lower_c": None, "forecast_upper_c": None,
             "forecast_horizon_s": self.config.shield.horizon_s, "anomaly_score": None, "contributing_features": [],
         }
 
 
-def _slope(state: AgentState) -> float:
+def _slope(times: deque, temps: deque) -> float:
     """dT/dt over the recent samples (least squares), °C/s; plain Python: six points, every sample."""
-    times, temps = state.times, state.temps
     n = len(times)
     if n < 2:
         return 0.0

@@ -88,6 +88,7 @@ class ArmSet:
         self._profiles = profiles
         self.costs: dict = {}  # (variant, precision) -> (cost, b1 ms, b32 ms, accuracy), as built
         self._derived: dict = {}
+        self._nearest: dict = {}  # (variant, precision, batch) -> the index `nearest_index` found
         self.sha256: dict = {}  # (variant, precision) -> the model file's sha256, from the manifest
         self._index = {a: i for i, a in enumerate(self.arms)}
 
@@ -128,11 +129,19 @@ class ArmSet:
 
     def nearest(self, variant: str, precision: str, batch: int | None) -> Arm:
         """The plain arm (no cache, full pipeline) closest to what a node reports serving."""
-        plain = [a for a in self.arms if not a.cache and a.pipeline == "full" and not a.fallback
-                 and a.variant == variant and a.precision == precision]
-        if not plain:
-            return self.fallback
-        return min(plain, key=lambda a: abs(a.batch - (batch or a.batch)))
+        return self.arms[self.nearest_index(variant, precision, batch)]
+
+    def nearest_index(self, variant: str, precision: str, batch: int | None) -> int:
+        """The index of `nearest`'s arm, remembered per report: the agent asks on every sample while a
+        node serves something else than it was told (a refused swap, another controller)."""
+        key = (variant, precision, batch)
+        found = self._nearest.get(key)
+        if found is None:
+            plain = [a for a in self.arms if not a.cache and a.pipeline == "full" and not a.fallback
+                     and a.variant == variant and a.precision == precision]
+            arm = min(plain, key=lambda a: abs(a.batch - (batch or a.batch))) if plain else self.fallback
+            found = self._nearest[key] = self._index[arm]
+        return found
 
     @classmethod
     def from_costs(cls, costs: dict[tuple[str, str], tuple[float, float, float, float]],

@@ -28,6 +28,7 @@ approach to personalized news article recommendation. WWW.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -86,6 +87,15 @@ class LinearStats(Versioned):
                                "moment": np.asarray(data["moment"], dtype=float),
                                "count": float(data["count"]), "version": data.get("version", 1)})
         return restored
+
+
+@functools.lru_cache(maxsize=8)
+def _ridge_identity(dim: int, ridge: float) -> np.ndarray:
+    """λI, built once per (dim, λ) and read-only: V = gram + λI adds 0.0 off the diagonal, which leaves
+    every element of the gram as it is (its entries are sums of products, never −0.0)."""
+    identity = ridge * np.eye(dim)
+    identity.flags.writeable = False
+    return identity
 
 
 @dataclass
@@ -154,8 +164,7 @@ class DiscountedLinUCB(Versioned):
         fraction of ``np.linalg.inv`` and of its per-call checks, once per decision.
         """
         if self._cache is None:
-            v = self.stats.gram.copy()
-            v.reshape(-1)[::self.dim + 1] += self.ridge   # + λI on the diagonal, without building I
+            v = self.stats.gram + _ridge_identity(self.dim, self.ridge)   # one addition into a new array
             # V is symmetric: its transpose is V in Fortran order, which LAPACK factors in place (no copy)
             factor, info = _potrf(v.T, lower=1, clean=1, overwrite_a=1)
             if info != 0:  # not positive definite: only from corrupt statistics
@@ -192,9 +201,8 @@ class DiscountedLinUCB(Versioned):
         [Φᵀ | Σ w φ r] after the factorisation, not a solve for θ and another for the widths.
         """
         factor = self._factor()
-        phi = np.asarray(phi, dtype=float)
-        if phi.ndim == 1:
-            phi = phi[None, :]
+        if type(phi) is not np.ndarray or phi.dtype != np.float64 or phi.ndim != 2:  # the agent's Φ skips this
+            phi = np.atleast_2d(np.asarray(phi, dtype=float))
         # rows: the arms, then the moment; transposed, the columns LAPACK solves for, in place (Fortran order)
         solved, _ = _trtrs(factor, np.concatenate((phi, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
         y = solved[:, :-1]

@@ -147,14 +147,18 @@ class Featurizer:
         self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
         # Per-decision constants, so `features` is a handful of vector operations on the arms.
         self._k = len(CONTEXT_FEATURES) * len(ARM_FEATURES)
-        self._arm_features_t = self.arm_features[:, None, :]   # broadcast against the context: (arm, ctx, arm feature)
         self._item_ms = self.item_ms.tolist()
         self._cost = self.cost.tolist()
         self._max_item_ms = float(self.item_ms.max())
         self._decay = float(np.exp(-shield.horizon_s / shield.tau_s))
-        # Φ starts as a copy of this: the switch feature is 1 for every arm but the current one.
+        # Φ is this times the context repeated per arm feature (one product per element, as the outer
+        # product has): column i·|arm features| + j holds arm feature j for context feature i; the
+        # switch column is 1 for every arm (0 then written for the current one), the other two model
+        # columns are written after the product.
         self._template = np.zeros((len(arms), self.dim))
+        self._template[:, :self._k] = np.tile(self.arm_features, len(CONTEXT_FEATURES))
         self._template[:, self._k + 2] = 1.0
+        self._repeat = len(ARM_FEATURES)
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
         return np.array(self._context_values(ctx, self.arms.index(ctx.current)))
@@ -174,11 +178,13 @@ class Featurizer:
         ``r_c_per_w`` is the node's estimated thermal resistance
         (`ThermalEstimate.r_c_per_w`); the shield's prior without one."""
         cur = self.arms.index(ctx.current)
-        x = np.array(self._context_values(ctx, cur))
         shield = self.shield
         offered = ctx.offered_rps
-        n, k = len(self._cost), self._k
-        phi = self._template.copy()
+        k, repeat = self._k, self._repeat
+        # one product over whole rows (numpy's inner loop runs over 39 elements, not over the 6 of a
+        # broadcast (arm, context, arm feature) product)
+        phi = self._template * np.array([v for v in self._context_values(ctx, cur) for _ in range(repeat)]
+                                        + [1.0] * len(MODEL_FEATURES))
         phi[cur, k + 2] = 0.0
         served_now = _capacity(ctx) * self._item_ms[cur]
         capacity = served_now / self.item_ms
@@ -197,7 +203,6 @@ class Featurizer:
         np.divide(margin, 10.0, out=margin)
         np.maximum(margin, -2.0, out=margin)
         np.minimum(margin, 1.0, out=margin)
-        np.multiply(self._arm_features_t, x[:, None], out=phi[:, :k].reshape(n, len(x), -1))
         return phi, predicted, power
 
 

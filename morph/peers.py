@@ -38,6 +38,7 @@ DP.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from collections import deque
@@ -84,6 +85,12 @@ def _sharer_from_v1(state: dict) -> dict:
     return {**state, "config": config, "cells": cells, "pending": pending}
 
 
+@functools.lru_cache(maxsize=32)
+def _mechanism(epsilon: float, clip: tuple) -> LaplaceMechanism:
+    """One (immutable) mechanism per setting: a sharer asks for it on every decision it records."""
+    return LaplaceMechanism(epsilon, *clip)
+
+
 @dataclass
 class ExperienceSharer(Versioned):
     """Per release window, a node's reward sums and counts per (bucket, arm), released as Experience records."""
@@ -108,7 +115,7 @@ class ExperienceSharer(Versioned):
     @property
     def mechanism(self) -> Optional[LaplaceMechanism]:
         c = self.config
-        return LaplaceMechanism(c.epsilon, *c.clip) if c.epsilon is not None else None
+        return _mechanism(c.epsilon, tuple(c.clip)) if c.epsilon is not None else None
 
     def record(self, bucket: tuple, arm_name: str, reward: float, ts_ms: int) -> list[dict]:
         """Add one closed decision; the window's Experience records when it closes the window, else []."""

@@ -63,6 +63,29 @@ def test_the_shield_never_lets_the_agent_pick_an_unsafe_arm():
         assert ARMS.profile(arm).cost >= lightest
 
 
+def test_features_are_the_context_arm_outer_product_then_the_model_features():
+    """Φ[a, i·6 + j] is context feature i times arm feature j, bit for bit (each one product, however Φ is
+    built); the switch feature is 0 for the current arm only."""
+    from morph.context import ARM_FEATURES, CONTEXT_FEATURES, NodeContext
+
+    f = RliAgent(ARMS).featurizer
+    rng = random.Random(3)
+    for _ in range(50):
+        current = rng.choice(list(ARMS))
+        ctx = NodeContext(temp_c=rng.uniform(40, 95), slope_c_per_s=rng.uniform(-0.5, 0.5),
+                          power_w=rng.uniform(80, 340), power_cap_w=350.0, mem_used_frac=0.4,
+                          offered_rps=rng.uniform(50, 900), served_rps=rng.uniform(50, 600),
+                          util=rng.uniform(0.1, 1.0), latency_ms=rng.uniform(5, 150),
+                          net_ms=rng.choice([0.0, 10.0, 120.0]), current=current)
+        phi, _, _ = f.features(ctx, rng.uniform(0.05, 0.3))
+        x, k = f.context_vector(ctx), len(CONTEXT_FEATURES) * len(ARM_FEATURES)
+        outer = (x[None, :, None] * f.arm_features[:, None, :]).reshape(len(ARMS), k)
+        assert np.array_equal(phi[:, :k], outer)
+        switch = phi[:, k + 2]
+        assert switch[ARMS.index(current)] == 0.0 and np.count_nonzero(switch) == len(ARMS) - 1
+        assert np.all((phi[:, k] > 0) & (phi[:, k] <= 1.0)) and np.all((phi[:, k + 1] >= -2.0) & (phi[:, k + 1] <= 1.0))
+
+
 def test_three_samples_at_90_force_the_fallback_between_epochs():
     agent = RliAgent(ARMS, RliConfig(epoch_s=60, early_gap_s=1e6))   # the critical rule alone
     state = agent.new_state("edge-1")
