@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def run_flow(spec: FlowSpec, workers: int = 1, processes: int = 1, process_id: i
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
-    flow = flow_module(spec.name).build(spec)
+    # Bytewax asks stateful steps for a snapshot every epoch, recovery or not: say when none is kept
+    flow = flow_module(spec.name).build(replace(spec, recovery=recovery_dir is not None))
     recovery = RecoveryConfig(str(recovery_dir), timedelta(seconds=backup_interval_s)) if recovery_dir else None
     cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
              epoch_interval=timedelta(seconds=snapshot_interval_s), recovery_config=recovery)

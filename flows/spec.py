@@ -34,6 +34,7 @@ class FlowSpec:
     models: bool = False                                   # control flow: online anomaly/forecast models
     policy: dict = field(default_factory=dict)             # PolicyConfig overrides (numbers)
     deterministic: bool = False                            # no wall-clock stamps (tests of replay)
+    recovery: bool = True                                  # False: no recovery store, nothing to snapshot
     options: dict = field(default_factory=dict)            # flow-specific extras
 
     @property

@@ -82,7 +82,7 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
     step = NextStepStep(predictor_factory_for(spec), speculation_factory=speculation, signer=signer_for(spec),
                         log_metrics=bool(spec.options.get("log_metrics")))
     # (workflow id, (schema name, record)): predictions and metrics by workflow
-    outputs = predict_next_steps("predict", events, step)
+    outputs = predict_next_steps("predict", events, step, snapshots=spec.recovery)
     if speculation is not None:  # shadow commands go by node: a step per output only when there are any
         outputs = op.map("shadow_commands_by_node", outputs, key_by_node)
     if spec.options.get("resilience"):

@@ -124,9 +124,10 @@ class NextStepLogic(StatefulBatchLogic):
     per-signal ``on_item`` layer in between.
     """
 
-    def __init__(self, step: NextStepStep, state: Optional[WorkflowState]):
+    def __init__(self, step: NextStepStep, state: Optional[WorkflowState], snapshots: bool = True):
         self.step = step
         self.state = state
+        self.snapshots = snapshots  # False without a recovery store: Bytewax drops the snapshot unread
 
     def on_batch(self, values: list):
         step, state = self.step, self.state
@@ -138,7 +139,9 @@ class NextStepLogic(StatefulBatchLogic):
         self.state = state
         return outputs, state is None  # discard when the step drops its state, as stateful_flat_map
 
-    def snapshot(self) -> PickledState:
+    def snapshot(self) -> Optional[PickledState]:
+        if not self.snapshots:
+            return None
         return PickledState(pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL))
 
 
@@ -149,16 +152,18 @@ def _stateful(step_id: str, up: KeyedStream[Event], builder) -> KeyedStream[tupl
 
 
 @operator
-def predict_next_steps(step_id: str, up: KeyedStream[Event], step: NextStepStep) -> KeyedStream[tuple]:
+def predict_next_steps(step_id: str, up: KeyedStream[Event], step: NextStepStep,
+                       snapshots: bool = True) -> KeyedStream[tuple]:
     """``stateful_flat_map(step_id, up, step)`` with `NextStepLogic`'s cheaper snapshots and batches.
 
     The inner steps are named ``stateful`` / ``stateful_batch`` as in
     ``stateful_flat_map``, so snapshots keep their step id and a recovery store
-    written before still resumes.
+    written before still resumes. With ``snapshots=False`` (the flow runs
+    without a recovery store) the state is not pickled at each epoch's end.
     """
 
     def builder(resume_state) -> NextStepLogic:
-        return NextStepLogic(step, thaw(resume_state))
+        return NextStepLogic(step, thaw(resume_state), snapshots)
 
     return _stateful("stateful", up, builder)
 

@@ -186,6 +186,26 @@ def test_spawned_processes_get_the_snapshot_interval_as_given(monkeypatch, tmp_p
     assert all(argv[1:3] == ["-m", "deploy.flowrun"] and len(m["addresses"]) == 2 for (argv, _), m in zip(started, members))
 
 
+def test_a_flow_without_a_recovery_store_is_built_to_skip_snapshots(monkeypatch, tmp_path):
+    """Bytewax asks for snapshots every epoch, recovery or not: the flow is told when nobody keeps them."""
+    import bytewax.run
+    import deploy.flowrun as flowrun
+    from flows.spec import FlowSpec
+    from operators.workflow import NextStepLogic, NextStepStep, WorkflowState
+    from prediction.nextstep import NextStepPredictor
+
+    built = []
+    monkeypatch.setattr(flowrun, "flow_module", lambda name: type("M", (), {"build": staticmethod(built.append)}))
+    monkeypatch.setattr(bytewax.run, "cli_main", lambda flow, **kwargs: None)
+    spec = FlowSpec("workflow", "127.0.0.1:1")
+    flowrun.run_flow(spec)
+    flowrun.run_flow(spec, recovery_dir=tmp_path / "r")
+    assert [s.recovery for s in built] == [False, True]
+    state = WorkflowState(NextStepPredictor("w"))
+    assert NextStepLogic(NextStepStep(), state, snapshots=False).snapshot() is None
+    assert NextStepLogic(NextStepStep(), state).snapshot().load().predictor.workflow_id == "w"
+
+
 @pytest.mark.broker
 def test_a_flow_gives_each_client_only_its_own_settings(kafka):
     """Consumer-only and producer-only -X settings reach only their kind of client: no librdkafka CONFWARN."""
