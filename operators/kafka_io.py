@@ -25,6 +25,7 @@ from bytewax.connectors.kafka import (
     _KafkaSinkPartition,  # the sink's partition, built with a producer that reports statistics
     _KafkaSourcePartition,  # per-partition offsets need the partition class
 )
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 from confluent_kafka import Producer
 from prometheus_client import Gauge
@@ -112,20 +113,6 @@ def dead_letter_message(deadletter_topic: str):
     return to_message
 
 
-def encoder(codec: Codec, topic_by_schema: dict[str, str]):
-    """A map function: (key, (schema name, record)) -> KafkaSinkMessage on that record type's topic."""
-
-    published = {name: metrics.EVENTS_OUT.labels(topic) for name, topic in topic_by_schema.items()}
-
-    def encode(item) -> KafkaSinkMessage:
-        key, (schema_name, record) = item
-        published[schema_name].inc()
-        return KafkaSinkMessage(key=key.encode(), value=codec.encode(schema_name, record),
-                                topic=topic_by_schema[schema_name])
-
-    return encode
-
-
 #: What a flow's Kafka clients asked of the brokers, from librdkafka's statistics (``brokers.*.req``,
 #: cumulative per client): with ``rate()`` it shows how many fetch and produce requests a flow sends
 #: per second, the figure that decides what a broker spends on it (the embedded broker's cost is per
@@ -155,6 +142,12 @@ def record_client_stats(client: str, stats_json: str) -> None:
         CLIENT_RTT.labels(client).set(max(rtts))
 
 
+def stats_producer(brokers: list[str], add_config: dict, client: str) -> Producer:
+    """A producer that reports its requests (`record_client_stats`) as ``client`` (a given statistics.interval.ms wins)."""
+    config = {"bootstrap.servers": ",".join(brokers), "statistics.interval.ms": STATS_INTERVAL_MS, **add_config}
+    return Producer({**config, "stats_cb": lambda stats: record_client_stats(client, stats)})
+
+
 class StatsKafkaSink(KafkaSink):
     """Bytewax's KafkaSink whose producer reports its requests (`record_client_stats`) as ``client``."""
 
@@ -163,12 +156,48 @@ class StatsKafkaSink(KafkaSink):
         self._client = client
 
     def build(self, step_id: str, worker_index: int, worker_count: int):
-        # as KafkaSink.build, plus the statistics callback (a given statistics.interval.ms wins)
-        config = {"bootstrap.servers": ",".join(self._brokers), "statistics.interval.ms": STATS_INTERVAL_MS,
-                  **self._add_config}
-        client = f"{self._client}/{worker_index}"
-        producer = Producer({**config, "stats_cb": lambda stats: record_client_stats(client, stats)})
-        return _KafkaSinkPartition(producer, self._topic)
+        # as KafkaSink.build, plus the statistics callback
+        return _KafkaSinkPartition(stats_producer(self._brokers, self._add_config, f"{self._client}/{worker_index}"),
+                                   self._topic)
+
+
+class _EncodingSinkPartition(StatelessSinkPartition):
+    def __init__(self, producer: Producer, codec: Codec, topic_by_schema: dict[str, str]):
+        self._producer, self._codec, self._topic_by_schema = producer, codec, topic_by_schema
+        self._published = {name: metrics.EVENTS_OUT.labels(topic) for name, topic in topic_by_schema.items()}
+
+    def write_batch(self, items) -> None:
+        produce, encode, topic_of = self._producer.produce, self._codec.encode, self._topic_by_schema
+        published = Counter()
+        for key, (schema_name, record) in items:
+            produce(topic_of[schema_name], encode(schema_name, record), key.encode())
+            published[schema_name] += 1
+        for schema_name, n in published.items():
+            self._published[schema_name].inc(n)
+        # delivered before the next input batch (what keeps recovery at-least-once, as Bytewax's KafkaSink)
+        self._producer.flush()
+
+    def close(self) -> None:
+        self._producer.flush()
+
+
+class EncodingKafkaSink(DynamicSink):
+    """Publishes ``(key, (schema name, record))`` items, each encoded onto its record type's topic.
+
+    What ``op.map(encoder) -> KafkaSink`` did in two steps, in the sink itself:
+    no step crossing and no `KafkaSinkMessage` per record, and one ``poll``
+    per batch (the flush) instead of one per message. Its producer reports its
+    requests (`record_client_stats`) as ``client``.
+    """
+
+    def __init__(self, brokers: list[str], codec: Codec, topic_by_schema: dict[str, str], add_config: dict,
+                 client: str):
+        self._brokers, self._codec, self._topic_by_schema = brokers, codec, topic_by_schema
+        self._add_config, self._client = add_config, client
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _EncodingSinkPartition:
+        producer = stats_producer(self._brokers, self._add_config, f"{self._client}/{worker_index}")
+        return _EncodingSinkPartition(producer, self._codec, self._topic_by_schema)
 
 
 class OffsetKafkaSource(KafkaSource):
@@ -280,5 +309,5 @@ def kafka_output(stream, spec, codec, schema_names: tuple) -> None:
     """Publish ``(key, (schema name, record))`` items, each on its record type's topic."""
     topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
                        for name in schema_names}
-    op.output("kafka_out", op.map("encode", stream, encoder(codec, topic_by_schema)),
-              StatsKafkaSink(spec.kafka.brokers, None, add_config=spec.kafka.sink_config(), client="sink/kafka_out"))
+    op.output("kafka_out", stream, EncodingKafkaSink(spec.kafka.brokers, codec, topic_by_schema,
+                                                     add_config=spec.kafka.sink_config(), client="sink/kafka_out"))

@@ -102,3 +102,18 @@ def test_corrupted_messages_decode_as_fastavro_would_or_fail_cleanly(name):
         expected = fastavro.schemaless_reader(stream, load_schema(name), load_schema(name))
         assert stream.tell() == len(raw) - 10
         assert typed(got.record) == typed(expected)
+
+
+def test_a_union_index_in_two_bytes_decodes_as_fastavro_reads_it():
+    # 0x80 0x00 is a valid (non-canonical) varint 0: the fast reader leaves it to fastavro
+    codec = Codec()
+    record = {"signal_id": "s1", "workflow_id": "w", "run_id": "r1", "task": "a", "state": 1, "outcome": None,
+              "ts_ms": 5, "tsa": [5], "tsa_resolution_ms": 1, "intensity": 0.5, "node_id": "n1",
+              "resources": None, "data_size_bytes": None, "run_ended": False, "inputs": None, "outputs": None,
+              "attributes": None, "error_class": None, "attempt": None, "recovery": None, "policy_version": None}
+    raw = codec.encode("WorkflowSignal", record)
+    at = 10 + sum(1 + len(record[f]) for f in ("signal_id", "workflow_id", "run_id", "task")) + 1
+    assert raw[at] == 0  # the outcome's branch index: null
+    stretched = raw[:at] + b"\x80\x00" + raw[at + 1:]
+    assert fastavro_read("WorkflowSignal", stretched[10:]) == record
+    assert codec.decode(stretched).record == record
