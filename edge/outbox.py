@@ -1,7 +1,8 @@
 """The node's durable outbox: everything the worker publishes is written here before Kafka sees it.
 
 A record is a row in a local SQLite database (WAL journal) until the broker has
-acknowledged it; only then is the row deleted. So a broker outage or a slow
+acknowledged it; only then is the row deleted (in the transaction of the next
+write, `FORGET_AFTER_S`: one commit per record). So a broker outage or a slow
 link costs nothing but disk, and a worker restart loses nothing: the new
 process finds the rows and sends them again (consumers deduplicate on the
 record id, which every record carries).
