@@ -1,7 +1,8 @@
 """The node's durable outbox: everything the worker publishes is written here before Kafka sees it.
 
 A record is a row in a local SQLite database (WAL journal) until the broker has
-acknowledged it; only then is the row deleted. So a broker outage or a slow
+acknowledged it; only then is the row deleted (in the transaction of the next
+write, `FORGET_AFTER_S`: one commit per record). So a broker outage or a slow
 link costs nothing but disk, and a worker restart loses nothing: the new
 process finds the rows and sends them again (consumers deduplicate on the
 record id, which every record carries).
@@ -80,6 +81,12 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_drain ON outbox (priority, seq);
 CREATE TABLE IF NOT EXISTS outbox_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+INSERT = "INSERT INTO outbox (record_id, topic, key, value, priority, created_ms) VALUES (?, ?, ?, ?, ?, ?)"
+#: Seconds a delivered row may wait to be deleted with the next write's transaction rather than in
+#: its own: at 1 Hz telemetry every delete rides on the next second's insert, one SQLite commit
+#: per record instead of two. A row delivered and not yet deleted when the process dies is sent
+#: again after the restart, which consumers already deduplicate by record id.
+FORGET_AFTER_S = 2.0
 COUNTERS = ("written", "delivered", "downsampled", "refused", "expired", "delivery_errors")
 
 
@@ -150,11 +157,13 @@ class Outbox:
         self._staged: list[tuple] = []     # put, not yet committed (group commit)
         self._refused = 0
         self._in_flight: dict[int, tuple[str, int]] = {}   # seq -> (record id, bytes), handed to the producer
-        self._delivered: list[tuple[int, int]] = []   # (seq, bytes) the broker acknowledged
+        self._delivered: list[tuple[int, int]] = []   # (seq, bytes) the broker acknowledged, rows not yet deleted
+        self._delivered_since = 0.0   # monotonic time of the oldest of them
         self._sent_upto: dict[int, int] = {}   # priority -> highest seq handed to the producer
-        # Whether rows may wait that were never handed to the producer (or must be resent): while
-        # records are in flight the drain loop turns every few ms, and without this each turn
-        # would query the database for a batch it already knows is empty.
+        # Whether committed rows may wait that were never handed to the producer (or must be resent):
+        # while records are in flight the drain loop turns every few ms, and without this each turn
+        # would query the database for a batch it already knows is empty. Staged records are not
+        # counted here: the drain commits them itself and hands them over without a query.
         self._unsent = True
         self._halt = threading.Event()
         self._wake = threading.Event()
@@ -175,11 +184,13 @@ class Outbox:
         with self._lock:
             size = len(value) + len(key or b"")
             while self._count >= self.max_records or self._bytes + size > self.max_bytes:
+                if self._delivered:  # rows the broker has acknowledged make room first
+                    self._commit_staged(forget=True)
+                    continue
                 if size > self.max_bytes or not self._make_room(priority):
                     self._refused += 1
                     return False
             self._staged.append((record_id, topic, key, value, priority, now_ms))
-            self._unsent = True
             self._count += 1
             self._bytes += size
             if wait:
@@ -187,23 +198,44 @@ class Outbox:
         self._wake.set()
         return True
 
-    def _commit_staged(self) -> None:
-        """Write the staged records in one transaction (caller holds the lock)."""
+    def _commit_staged(self, forget: bool = False, hand_over: bool = False) -> list[OutboxRow]:
+        """Write the staged records in one transaction, deleting the delivered rows in it (caller holds the lock).
+
+        With nothing staged there is no transaction unless ``forget`` (delete the delivered rows
+        now). Returns the rows written; unless ``hand_over`` (the drain sends them itself, see
+        `_next_batch`) they are left for the drain's query.
+        """
+        if not self._staged and not self._refused and not (forget and (self._delivered or self._delivery_errors)):
+            return []
         staged, self._staged = self._staged, []
-        if not staged and not self._refused:
-            return
+        done, self._delivered = self._delivered, []
+        rows = []
         self._db.execute("BEGIN")
-        self._db.executemany("INSERT INTO outbox (record_id, topic, key, value, priority, created_ms) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", staged)
-        if self._refused:
-            self._bump("refused", self._refused)
+        for record in staged:  # one by one: each row's seq, for the drain to hand it over without a query
+            rows.append(OutboxRow(self._db.execute(INSERT, record).lastrowid, *record))
+        if done:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in done])
+            self._bump("delivered", len(done))
+        for name, n in (("refused", self._refused), ("delivery_errors", self._delivery_errors)):
+            if n:
+                self._bump(name, n)
         self._db.execute("COMMIT")
-        self._refused = 0
+        self._refused = self._delivery_errors = 0
+        self._count -= len(done)
+        self._bytes -= sum(size for _, size in done)
+        if rows and not hand_over:
+            self._unsent = True
+        return rows
 
     def commit(self) -> None:
         """Make every record put so far durable now."""
         with self._lock:
             self._commit_staged()
+
+    def _forget_delivered(self) -> None:
+        """Delete the rows the broker has acknowledged now, in a transaction of their own if need be."""
+        with self._lock:
+            self._commit_staged(forget=True)
 
     def _make_room(self, priority: int) -> bool:
         """Thin the lowest class below or at ``priority`` that can give way; True if room was made."""
@@ -233,15 +265,17 @@ class Outbox:
     # -- reading ------------------------------------------------------------
     def pending(self) -> int:
         """Records stored and not yet acknowledged by the broker."""
-        return self._count
+        with self._lock:
+            return self._count - len(self._delivered)
 
     def pending_bytes(self) -> int:
         """Bytes of keys and values stored and not yet acknowledged by the broker."""
-        return self._bytes
+        with self._lock:
+            return self._bytes - sum(size for _, size in self._delivered)
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            self._commit_staged()
+            self._commit_staged(forget=True)
             counters = dict(self._db.execute("SELECT name, value FROM outbox_counters"))
             # Every record written took the next sequence number: SQLite keeps the highest.
             row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
@@ -251,7 +285,7 @@ class Outbox:
     def peek(self, n: int) -> list[OutboxRow]:
         """The next ``n`` committed records in drain order (priority, then order of writing)."""
         with self._lock:
-            self._commit_staged()
+            self._commit_staged(forget=True)
             rows = self._db.execute("SELECT seq, record_id, topic, key, value, priority, created_ms FROM outbox "
                                     "ORDER BY priority, seq LIMIT ?", (n,)).fetchall()
         return [OutboxRow(*r) for r in rows]
@@ -270,8 +304,9 @@ class Outbox:
 
         With records in flight it polls the producer in short steps (their reports come within
         a broker round trip, or it is an outage and the stall check must run); with nothing in
-        flight and nothing to send it waits on ``_wake`` until the oldest row's expiry, so an
-        idle node's outbox wakes once per record written, not on a timer.
+        flight and nothing to send it waits on ``_wake`` until the oldest row's expiry (or until
+        delivered rows are due for deletion, when no write carried them), so an idle node's
+        outbox wakes once per record written, not on a timer.
         """
         tokens, last = 0.0, time.monotonic()
         while not self._halt.is_set():
@@ -283,7 +318,8 @@ class Outbox:
             sent = self._send(self._next_batch(room)) if room > 0 else 0
             tokens -= sent
             self.producer.poll(0.005 if sent or self._in_flight else 0)
-            self._forget_delivered()
+            if self._delivered and now - self._delivered_since >= FORGET_AFTER_S:
+                self._forget_delivered()  # no write came to carry the deletes
             if self._in_flight and now - self._progress_at > self.stall_s:
                 self._renew_producer()
             if time.time() >= self._expire_at:
@@ -293,7 +329,10 @@ class Outbox:
             if room <= 0 and self._count:
                 self._wake.wait(1.0 / self.drain_rate)  # rate-limited: until the bucket has a token
             else:
-                self._wake.wait(max(0.0, self._expire_at - time.time()))
+                until = self._expire_at - time.time()
+                if self._delivered:
+                    until = min(until, self._delivered_since + FORGET_AFTER_S - time.monotonic())
+                self._wake.wait(max(0.0, until))
 
     def _renew_producer(self) -> None:
         """Start over with a fresh producer from the oldest undelivered record.
@@ -315,10 +354,20 @@ class Outbox:
         self.renewals += 1
 
     def _next_batch(self, n: int) -> list[OutboxRow]:
+        """At most ``n`` rows to hand to the producer next, in drain order (priority, then order of writing).
+
+        When every committed row has been handed over, the staged records this commits are the
+        batch, without a query; otherwise (a backlog, a resend, rows another thread committed)
+        each priority class is read from the database after the last row handed over.
+        """
         with self._lock:
             if not self._unsent:
-                return []
-            self._commit_staged()
+                rows = self._commit_staged(hand_over=True)
+                if len(rows) <= n:
+                    return sorted(rows, key=lambda row: (row.priority, row.seq))
+                self._unsent = True  # more than there is room for: the query below takes them in order
+            # Delivered rows deleted first: a resend reads from an older row on, and must not send them again.
+            self._commit_staged(forget=True)
             rows = []
             for priority in (ACK, SIGNAL, TELEMETRY):
                 if len(rows) >= n:
@@ -346,7 +395,10 @@ class Outbox:
                 return  # a report of a producer that was renewed: its records are being resent
             record_id, size = self._in_flight.pop(seq, (None, 0))
             if err is None:
-                self._delivered.append((seq, size))
+                with self._lock:  # another thread's commit may be taking the list
+                    if not self._delivered:
+                        self._delivered_since = time.monotonic()
+                    self._delivered.append((seq, size))
                 self._progress_at = self.last_delivery_monotonic = time.monotonic()
                 if self.on_delivered is not None:
                     self.on_delivered(record_id)
@@ -354,30 +406,17 @@ class Outbox:
             # Not delivered (librdkafka gave up: a fatal error, or a topic that is gone):
             # resend from this record on, in order. A later record that did get through is
             # sent again and deduplicated downstream by its record id.
-            self._delivery_errors += 1
-            self._sent_upto[priority] = min(self._sent_upto.get(priority, 0), seq - 1)
-            self._unsent = True
+            with self._lock:
+                self._delivery_errors += 1
+                self._sent_upto[priority] = min(self._sent_upto.get(priority, 0), seq - 1)
+                self._unsent = True
         return done
-
-    def _forget_delivered(self) -> None:
-        if not self._delivered:
-            return
-        done, self._delivered = self._delivered, []
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in done])
-            self._bump("delivered", len(done))
-            if self._delivery_errors:
-                self._bump("delivery_errors", self._delivery_errors)
-                self._delivery_errors = 0
-            self._db.execute("COMMIT")
-            self._count -= len(done)
-            self._bytes -= sum(size for _, size in done)
 
     def _expire(self) -> None:
         """Delete rows older than ``max_age_s`` (not in flight); set when the next one is due."""
         cutoff = int((time.time() - self.max_age_s) * 1000)
         with self._lock:
+            self._commit_staged(forget=True)  # a delivered row is deleted as delivered, not counted as expired
             oldest = self._db.execute("SELECT MIN(created_ms) FROM outbox").fetchone()[0]
             if oldest is not None and oldest < cutoff:
                 where = "created_ms < ? AND seq NOT IN (%s)" % ",".join(str(seq) for seq in self._in_flight or {-1})
@@ -403,11 +442,11 @@ class Outbox:
         """Wait until every stored record is delivered (True) or the timeout passes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._count == 0:
+            if self.pending() == 0:
                 return True
             self._wake.set()
             time.sleep(0.02)
-        return self._count == 0
+        return self.pending() == 0
 
     def close(self) -> None:
         """Stop draining; what is not delivered stays in the file for the next start."""
@@ -423,7 +462,7 @@ class Outbox:
             # worker is collected, it went on reconnecting to a broker its owner had stopped.
             self.producer = None
         with self._lock:
-            self._commit_staged()
+            self._commit_staged(forget=True)
             self._db.close()
 
 
