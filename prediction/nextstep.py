@@ -58,9 +58,8 @@ from fingerprint.temporal import Fingerprint, Window
 from prediction.context_experts import (
     ExpertMixture,
     FollowerCounts,
-    add_chain,
     base_scales,
-    chain_losses,
+    blend,
     log_loss,
 )
 from schemas.state import Versioned
@@ -411,9 +410,8 @@ class NextStepPredictor(Versioned):
         entries = [list(map(get, chain)) for chain in chains]
         if root is None or not root[0]:
             return _Pending(last, chains, entries, root, first, {}, [])
-        probs, on_base = {}, 0.0
-        for i, w in self.mixture.weights(last, len(chains)):
-            on_base += add_chain(probs, entries[i], w)
+        probs = {}
+        on_base = blend(probs, entries, self.mixture.weights(last, len(chains)))
         a, b = base_scales(root, first)  # the shared base: one pass over () and one over (last,)
         get = probs.get
         scale = on_base * a
@@ -436,12 +434,14 @@ class NextStepPredictor(Versioned):
         self._learn(pending, y)
 
     def _learn(self, pending: _Pending, y: str) -> None:
-        root, first = pending.root, pending.first
-        if root is not None and root[0]:  # each expert's loss on y, from the counts before they learn y
-            a, b = base_scales(root, first)
-            p0 = a * root[1].get(y, 0) + (b * first[1].get(y, 0) if b else 0.0)
-            self.mixture.update(pending.last, chain_losses(pending.entries, p0, y))
-        self.counts.learn([[(), (pending.last,)], *pending.chains], [[root, first], *pending.entries], y)
+        root, first, last = pending.root, pending.first, pending.last
+        if root is None or not root[0]:  # nothing to score the experts against yet
+            self.counts.learn([[(), (last,)], *pending.chains], [[root, first], *pending.entries], y)
+            return
+        a, b = base_scales(root, first)  # each expert's loss on y, from the counts before they learn y
+        p0 = a * root[1].get(y, 0) + (b * first[1].get(y, 0) if b else 0.0)
+        losses = self.counts.learn([[(), (last,)], *pending.chains], [[root, first], *pending.entries], y, p0)
+        self.mixture.update(last, losses[1:])  # the first chain is the shared base, not an expert
 
     def _close(self, run_id: str, view: _RunView) -> None:
         """The run ended: its pending prediction resolves to <end>, and the predictor forgets the run."""
