@@ -263,7 +263,9 @@ class ExpertMixture:
         mine = self.context_losses.get(context)
         if mine is None or len(mine) < k:
             mine = self.losses(context, k)
-        pooled = self.losses(None, k)
+        pooled = self.global_losses
+        if len(pooled) < k:
+            pooled = self.losses(None, k)
         self.cached.pop(context, None)
         self.context_losses[context] = [keep * m + x for m, x in zip(mine, losses)]
         self.global_losses = [keep * g + x for g, x in zip(pooled, losses)]

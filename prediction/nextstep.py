@@ -96,25 +96,28 @@ class NextStepMetrics:
 
     def update(self, y: str, ranked: list[tuple[str, float]], p_y: float, sum_sq: float,
                markov_top: str | None) -> None:
-        top = ranked[0][0] if ranked else None
-        hit = top == y
-        self.top1_hits += hit
+        n = self.n = self.n + 1
         self.log_loss_sum += log_loss(p_y)
-        self.n += 1
-        for t, _ in ranked:  # ranked holds the top k
-            if t == y:
-                self.topk_hits += 1
-                break
         self.brier_sum += sum_sq - 2.0 * p_y + 1.0
         self.markov_hits += markov_top == y
-        rate = max(self.recent_rate, 1.0 / self.n)  # a plain mean until there are 1 / rate predictions
-        self.recent_top1 += rate * (hit - self.recent_top1)
-        if ranked:
-            conf = ranked[0][1]
+        hit = False
+        if ranked:  # the top k, most probable first
+            top, conf = ranked[0]
+            if top == y:
+                hit = True
+                self.top1_hits += 1
+                self.topk_hits += 1
+            else:
+                for t, _ in ranked:
+                    if t == y:
+                        self.topk_hits += 1
+                        break
             b = self.ece_bins[min(int(conf * 10), 9)]
             b[0] += 1
             b[1] += conf
             b[2] += hit
+        rate = max(self.recent_rate, 1.0 / n)  # a plain mean until there are 1 / rate predictions
+        self.recent_top1 += rate * (hit - self.recent_top1)
 
     @property
     def top1(self) -> float:
