@@ -4,11 +4,12 @@ Each **expert** looks at a run's prefix through one view (the last few tasks,
 the set of tasks already visited, the time since the previous task, a case
 attribute, ...) and predicts the next task from what followed the same view
 before. Its prediction is a *chain* of context keys that all extend the shared
-first-order context ``(last task,)``, e.g. ``("gap", last, 3)`` then
-``("gap", last, prev, 3)``; counts along the chain are blended with Witten-Bell
-interpolation, so a context is trusted in proportion to how often it was seen
-relative to how many different followers it had, and otherwise backs off to the
-shorter one and finally to ``(last task,)`` and ``()``.
+first-order context ``(last task,)``, e.g. ``("history", prev, last)`` then
+``("history", prev2, prev, last)``, or the one key ``("gap", last, prev, 3)``;
+counts along the chain are blended with Witten-Bell interpolation, so a context
+is trusted in proportion to how often it was seen relative to how many different
+followers it had, and otherwise backs off to the shorter one and finally to
+``(last task,)`` and ``()``.
 
 `ExpertMixture` blends the experts with a Bayesian mixture with forgetting,
 kept **per last task**: each expert's weight in a context is ``exp(-L)`` with

@@ -395,15 +395,16 @@ class NextStepPredictor(Versioned):
         elapsed = (at - start_times[0] + 1).bit_length()
         # 1970-01-01 was a Thursday: +3 makes Monday 0
         calendar = (at // _MS_PER_DAY + 3) % 7 * 8 + at // _MS_PER_HOUR % 24 // 3
+        # A view's one context holds the last two tasks: keyed on the last task alone it repeats what
+        # (last,) already says, and costs a count, a score and a blend per start for no top-1 accuracy
         chains = [history,  # in BUILTIN_VIEWS order
-                  [("visited", last, visited), ("visited", last, prev, visited)],
-                  [("gap", last, gap), ("gap", last, prev, gap)],
-                  [("elapsed", last, elapsed), ("elapsed", last, prev, elapsed)],
-                  [("calendar", last, calendar), ("calendar", last, prev, calendar)]]
+                  [("visited", last, prev, visited)],
+                  [("gap", last, prev, gap)],
+                  [("elapsed", last, prev, elapsed)],
+                  [("calendar", last, prev, calendar)]]
         attributes = view.attributes
         for key, name in self._attribute_views:
-            v = attributes.get(name)
-            chains.append([(key, last, v), (key, last, prev, v)])
+            chains.append([(key, last, prev, attributes.get(name))])
         return chains
 
     def _predict(self, last: str, chains: list[list[tuple]]) -> _Pending:
