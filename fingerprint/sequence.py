@@ -50,9 +50,8 @@ class SequenceModel:
     def _contexts(self, prefix: list[str], upto: int) -> list[tuple[str, ...]]:
         """Contexts of lengths 0..order ending at ``prefix[:upto]`` (``<start>`` pads the front)."""
         # the last ``order`` tasks, or all of them after <start> when there are fewer
-        tail = prefix[upto - self.order:upto] if upto >= self.order else [START, *prefix[:upto]]
-        n = len(tail)
-        return [(), *[tuple(tail[n - j:]) for j in range(1, n + 1)]]
+        tail = tuple(prefix[upto - self.order:upto]) if upto >= self.order else (START, *prefix[:upto])
+        return [(), *[tail[j:] for j in range(len(tail) - 1, -1, -1)]]  # shortest first
 
     def _bump(self, prefix: list[str], upto: int, nxt: str, by: int) -> None:
         counts, totals = self.counts, self.totals
@@ -120,15 +119,38 @@ class SequenceModel:
             self.learn_end(started, start_times, end_ms)
 
     def forget_run(self, started: list[str], start_times: list[int], end_ms: int | None) -> None:
-        """Undo `learn_run` for a run leaving the window."""
-        for i in range(len(started)):
-            self._bump(started, i, started[i], -1)
-            if i:
-                self._delay(started[i - 1], started[i], start_times[i] - start_times[i - 1], -1)
+        """Undo `learn_run` for a run leaving the window.
+
+        `_bump(..., -1)` and `_delay(..., -1)` unrolled: every run that entered
+        the window leaves it, so this runs once per start, as `learn_start` does.
+        """
+        counts, totals, delays = self.counts, self.totals, self.delays
+        for i, nxt in enumerate([*started, END] if end_ms is not None else started):
+            for ctx in self._contexts(started, i):
+                followers = counts.get(ctx)
+                if followers is None:
+                    continue
+                n = followers.get(nxt, 0) - 1
+                if n > 0:
+                    followers[nxt] = n
+                else:
+                    followers.pop(nxt, None)
+                t = totals[ctx] - 1
+                if t > 0:
+                    totals[ctx] = t
+                else:  # no follower left: drop the context so state shrinks with the window
+                    del totals[ctx], counts[ctx]
+        if not started:
+            return
+        transitions = zip(started, started[1:], start_times, start_times[1:])
         if end_ms is not None:
-            self._bump(started, len(started), END, -1)
-            if started:
-                self._delay(started[-1], END, end_ms - start_times[-1], -1)
+            transitions = [*transitions, (started[-1], END, start_times[-1], end_ms)]
+        for prev, nxt, t0, t1 in transitions:
+            stats = delays.get((prev, nxt))
+            if stats is not None:  # a delay never added (or already gone) has nothing to remove
+                stats.remove(t1 - t0)
+                if not stats.count:
+                    del delays[prev, nxt]
 
     # -- prediction ------------------------------------------------------------------------
 

@@ -4,11 +4,12 @@ Each **expert** looks at a run's prefix through one view (the last few tasks,
 the set of tasks already visited, the time since the previous task, a case
 attribute, ...) and predicts the next task from what followed the same view
 before. Its prediction is a *chain* of context keys that all extend the shared
-first-order context ``(last task,)``, e.g. ``("gap", last, 3)`` then
-``("gap", last, prev, 3)``; counts along the chain are blended with Witten-Bell
-interpolation, so a context is trusted in proportion to how often it was seen
-relative to how many different followers it had, and otherwise backs off to the
-shorter one and finally to ``(last task,)`` and ``()``.
+first-order context ``(last task,)``, e.g. ``("history", prev, last)`` then
+``("history", prev2, prev, last)``, or the one key ``("gap", last, prev, 3)``;
+counts along the chain are blended with Witten-Bell interpolation, so a context
+is trusted in proportion to how often it was seen relative to how many different
+followers it had, and otherwise backs off to the shorter one and finally to
+``(last task,)`` and ``()``.
 
 `ExpertMixture` blends the experts with a Bayesian mixture with forgetting,
 kept **per last task**: each expert's weight in a context is ``exp(-L)`` with
@@ -31,8 +32,8 @@ Herbster, M., & Warmuth, M. K. (1998). Tracking the best expert. Machine Learnin
 
 >>> counts = FollowerCounts()
 >>> for nxt in "bbc":
-...     counts.learn([[(), ("a",)]], [[None, None]], nxt)
->>> counts.learn([[()]], [[counts.table[()]]], "b")
+...     _ = counts.learn([[(), ("a",)]], [[None, None]], nxt)  # each chain's loss: see `FollowerCounts.learn`
+>>> _ = counts.learn([[()]], [[counts.table[()]]], "b")
 >>> root, first = counts.table[()], counts.table[("a",)]
 >>> a, b = base_scales(root, first)  # () saw b 3:1; ("a",) saw b 2:1, trusted 3 / (3 + 2)
 >>> round(a * root[1]["b"] + b * first[1]["b"], 3), round(a * root[1]["c"] + b * first[1]["c"], 3)
@@ -65,9 +66,9 @@ class FollowerCounts:
     time and learn into it later without looking the key up again.
 
     >>> counts = FollowerCounts(max_contexts=2)
-    >>> counts.learn([[("a",)], [("b",)]], [[None], [None]], "x")
-    >>> counts.learn([[("a",)]], [[counts.table[("a",)]]], "x")
-    >>> counts.learn([[("c",)]], [[None]], "y")  # 3 contexts: halving forgets those seen once
+    >>> _ = counts.learn([[("a",)], [("b",)]], [[None], [None]], "x")
+    >>> _ = counts.learn([[("a",)]], [[counts.table[("a",)]]], "x")
+    >>> _ = counts.learn([[("c",)]], [[None]], "y")  # 3 contexts: halving forgets those seen once
     >>> counts.table
     {('a',): [1, {'x': 1}]}
     """
@@ -76,24 +77,55 @@ class FollowerCounts:
     max_total: int = 1024
     table: dict = field(default_factory=dict)
 
-    def learn(self, chains: list, entries: list, nxt: str) -> None:
+    def learn(self, chains: list, entries: list, nxt: str, p_base: float = 0.0) -> list[float]:
         """Count ``nxt`` after each key of ``chains`` (lists of keys); ``entries`` are their entries as
-        looked up earlier, in the same shape (None: unseen then)."""
+        looked up earlier, in the same shape (None: unseen then).
+
+        Returns each chain's log-loss on ``nxt`` from its entries as they were
+        before this call: Witten-Bell along the chain (shortest context first,
+        stopping at the first entry unseen at look-up) over the base's
+        probability ``p_base``. Scoring and counting share one pass, as every
+        resolved prediction does both on the same entries.
+
+        >>> counts = FollowerCounts()
+        >>> [round(x, 3) for x in counts.learn([[("a",), ("a", "b")]], [[None, None]], "x", p_base=0.5)]
+        [0.693]
+        >>> entry = counts.table[("a",)]
+        >>> [round(x, 3) for x in counts.learn([[("a",), ("a", "b")]], [[entry, None]], "x", p_base=0.5)]
+        [0.288]
+        """
         table, cap = self.table, self.max_total
+        losses = []
+        log = math.log
         for chain, chain_entries in zip(chains, entries):
+            p, scoring = p_base, True
             for key, entry in zip(chain, chain_entries):
                 if entry is None:
+                    scoring = False  # a longer context that extends an unseen one was unseen too
                     entry = table.get(key)  # another run may have counted it since
                     if entry is None:
                         table[key] = [1, {nxt: 1}]
                         continue
-                followers = entry[1]
-                followers[nxt] = followers.get(nxt, 0) + 1
-                entry[0] += 1
-                if entry[0] >= cap:
+                    n, followers = entry
+                    k = followers.get(nxt, 0)
+                else:
+                    n, followers = entry
+                    k = followers.get(nxt, 0)
+                    if scoring:
+                        if n:
+                            lam = n / (n + len(followers))
+                            p = (1.0 - lam) * p + lam * k / n
+                        else:  # emptied by aging since it was looked up
+                            scoring = False
+                followers[nxt] = k + 1
+                n += 1
+                entry[0] = n
+                if n >= cap:
                     _halve(entry)
+            losses.append(-log(p) if p > P_FLOOR else _MAX_LOSS)
         if len(table) > self.max_contexts:
             self._age()
+        return losses
 
     def _age(self) -> None:
         """Halve every count until at most 3/4 of ``max_contexts`` contexts are left (amortised: rare)."""
@@ -121,54 +153,39 @@ def base_scales(root: list, first: list | None) -> tuple[float, float]:
     return (1.0 - lam) / n0, lam / n1
 
 
-def add_chain(probs: dict[str, float], chain: list, weight: float) -> float:
-    """Add ``weight`` times a chain's own share of its distribution to ``probs``; return the share left to the base.
+def blend(probs: dict[str, float], chains: list, weights: list[tuple[int, float]]) -> float:
+    """Add each weighted chain's own share of its distribution to ``probs``; return the share left to the base.
 
-    Along a chain of entries (shortest context first, stopping at the first
-    unseen one), Witten-Bell gives the longest context ``lam`` of the mass, the
-    next ``lam * (1 - lam_longest)``, and so on; what no context claims goes to
-    the shared base, which the caller adds once for all chains.
+    ``weights`` are ``(chain index, weight)`` pairs. Along a chain of entries
+    (shortest context first, stopping at the first unseen one), Witten-Bell
+    gives the longest context ``lam`` of the chain's weight, the next ``lam * (1
+    - lam_longest)``, and so on; what no context claims goes to the shared base,
+    which the caller adds once for all chains.
 
     >>> probs = {}
-    >>> left = add_chain(probs, [[3, {"b": 2, "c": 1}], None], 1.0)  # seen 3 times, 2 followers: trusted 3 / 5
+    >>> left = blend(probs, [[[3, {"b": 2, "c": 1}], None]], [(0, 1.0)])  # seen 3 times, 2 followers: trusted 3 / 5
     >>> round(left, 2), {k: round(v, 2) for k, v in probs.items()}
     (0.4, {'b': 0.4, 'c': 0.2})
     """
-    m = 0  # the seen prefix: a longer context that extends an unseen one is unseen too
-    for entry in chain:
-        if entry is None or not entry[0]:
-            break
-        m += 1
-    left = weight
     get = probs.get
-    while m:  # longest first
-        m -= 1
-        n, followers = chain[m]
-        lam = n / (n + len(followers))
-        scale = left * lam / n
-        for task, k in followers.items():
-            probs[task] = get(task, 0.0) + k * scale
-        left *= 1.0 - lam
-    return left
-
-
-def chain_losses(chains: list, p_base: float, nxt: str) -> list[float]:
-    """Log-loss of each chain of entries on ``nxt``, given the base's probability of it.
-
-    One loop for every expert: this runs on every resolved prediction.
-    """
-    losses = []
-    log = math.log
-    for chain in chains:
-        p = p_base
+    on_base = 0.0
+    for i, left in weights:
+        chain = chains[i]
+        m = 0  # the seen prefix: a longer context that extends an unseen one is unseen too
         for entry in chain:
             if entry is None or not entry[0]:
                 break
-            n, followers = entry
+            m += 1
+        while m:  # longest first
+            m -= 1
+            n, followers = chain[m]
             lam = n / (n + len(followers))
-            p = (1.0 - lam) * p + lam * followers.get(nxt, 0) / n
-        losses.append(-log(p) if p > P_FLOOR else _MAX_LOSS)
-    return losses
+            scale = left * lam / n
+            for task, k in followers.items():
+                probs[task] = get(task, 0.0) + k * scale
+            left *= 1.0 - lam
+        on_base += left
+    return on_base
 
 
 @dataclass
@@ -247,7 +264,9 @@ class ExpertMixture:
         mine = self.context_losses.get(context)
         if mine is None or len(mine) < k:
             mine = self.losses(context, k)
-        pooled = self.losses(None, k)
+        pooled = self.global_losses
+        if len(pooled) < k:
+            pooled = self.losses(None, k)
         self.cached.pop(context, None)
         self.context_losses[context] = [keep * m + x for m, x in zip(mine, losses)]
         self.global_losses = [keep * g + x for g, x in zip(pooled, losses)]

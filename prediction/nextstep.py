@@ -58,9 +58,8 @@ from fingerprint.temporal import Fingerprint, Window
 from prediction.context_experts import (
     ExpertMixture,
     FollowerCounts,
-    add_chain,
     base_scales,
-    chain_losses,
+    blend,
     log_loss,
 )
 from schemas.state import Versioned
@@ -97,25 +96,28 @@ class NextStepMetrics:
 
     def update(self, y: str, ranked: list[tuple[str, float]], p_y: float, sum_sq: float,
                markov_top: str | None) -> None:
-        top = ranked[0][0] if ranked else None
-        hit = top == y
-        self.top1_hits += hit
+        n = self.n = self.n + 1
         self.log_loss_sum += log_loss(p_y)
-        self.n += 1
-        for t, _ in ranked:  # ranked holds the top k
-            if t == y:
-                self.topk_hits += 1
-                break
         self.brier_sum += sum_sq - 2.0 * p_y + 1.0
         self.markov_hits += markov_top == y
-        rate = max(self.recent_rate, 1.0 / self.n)  # a plain mean until there are 1 / rate predictions
-        self.recent_top1 += rate * (hit - self.recent_top1)
-        if ranked:
-            conf = ranked[0][1]
+        hit = False
+        if ranked:  # the top k, most probable first
+            top, conf = ranked[0]
+            if top == y:
+                hit = True
+                self.top1_hits += 1
+                self.topk_hits += 1
+            else:
+                for t, _ in ranked:
+                    if t == y:
+                        self.topk_hits += 1
+                        break
             b = self.ece_bins[min(int(conf * 10), 9)]
             b[0] += 1
             b[1] += conf
             b[2] += hit
+        rate = max(self.recent_rate, 1.0 / n)  # a plain mean until there are 1 / rate predictions
+        self.recent_top1 += rate * (hit - self.recent_top1)
 
     @property
     def top1(self) -> float:
@@ -393,15 +395,16 @@ class NextStepPredictor(Versioned):
         elapsed = (at - start_times[0] + 1).bit_length()
         # 1970-01-01 was a Thursday: +3 makes Monday 0
         calendar = (at // _MS_PER_DAY + 3) % 7 * 8 + at // _MS_PER_HOUR % 24 // 3
+        # A view's one context holds the last two tasks: keyed on the last task alone it repeats what
+        # (last,) already says, and costs a count, a score and a blend per start for no top-1 accuracy
         chains = [history,  # in BUILTIN_VIEWS order
-                  [("visited", last, visited), ("visited", last, prev, visited)],
-                  [("gap", last, gap), ("gap", last, prev, gap)],
-                  [("elapsed", last, elapsed), ("elapsed", last, prev, elapsed)],
-                  [("calendar", last, calendar), ("calendar", last, prev, calendar)]]
+                  [("visited", last, prev, visited)],
+                  [("gap", last, prev, gap)],
+                  [("elapsed", last, prev, elapsed)],
+                  [("calendar", last, prev, calendar)]]
         attributes = view.attributes
         for key, name in self._attribute_views:
-            v = attributes.get(name)
-            chains.append([(key, last, v), (key, last, prev, v)])
+            chains.append([(key, last, prev, attributes.get(name))])
         return chains
 
     def _predict(self, last: str, chains: list[list[tuple]]) -> _Pending:
@@ -411,9 +414,8 @@ class NextStepPredictor(Versioned):
         entries = [list(map(get, chain)) for chain in chains]
         if root is None or not root[0]:
             return _Pending(last, chains, entries, root, first, {}, [])
-        probs, on_base = {}, 0.0
-        for i, w in self.mixture.weights(last, len(chains)):
-            on_base += add_chain(probs, entries[i], w)
+        probs = {}
+        on_base = blend(probs, entries, self.mixture.weights(last, len(chains)))
         a, b = base_scales(root, first)  # the shared base: one pass over () and one over (last,)
         get = probs.get
         scale = on_base * a
@@ -436,12 +438,14 @@ class NextStepPredictor(Versioned):
         self._learn(pending, y)
 
     def _learn(self, pending: _Pending, y: str) -> None:
-        root, first = pending.root, pending.first
-        if root is not None and root[0]:  # each expert's loss on y, from the counts before they learn y
-            a, b = base_scales(root, first)
-            p0 = a * root[1].get(y, 0) + (b * first[1].get(y, 0) if b else 0.0)
-            self.mixture.update(pending.last, chain_losses(pending.entries, p0, y))
-        self.counts.learn([[(), (pending.last,)], *pending.chains], [[root, first], *pending.entries], y)
+        root, first, last = pending.root, pending.first, pending.last
+        if root is None or not root[0]:  # nothing to score the experts against yet
+            self.counts.learn([[(), (last,)], *pending.chains], [[root, first], *pending.entries], y)
+            return
+        a, b = base_scales(root, first)  # each expert's loss on y, from the counts before they learn y
+        p0 = a * root[1].get(y, 0) + (b * first[1].get(y, 0) if b else 0.0)
+        losses = self.counts.learn([[(), (last,)], *pending.chains], [[root, first], *pending.entries], y, p0)
+        self.mixture.update(last, losses[1:])  # the first chain is the shared base, not an expert
 
     def _close(self, run_id: str, view: _RunView) -> None:
         """The run ended: its pending prediction resolves to <end>, and the predictor forgets the run."""

@@ -4,6 +4,7 @@ schema records and metrics, snapshots (and refuses snapshots it cannot read) and
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import time
@@ -14,7 +15,7 @@ from fingerprint.signals import END
 from fingerprint.temporal import Window
 from fingerprint.traces import MarkovProcess, run_signals
 from prediction.evaluate_nextstep import evaluate_next_step
-from prediction.context_experts import ExpertMixture
+from prediction.context_experts import ExpertMixture, FollowerCounts
 from prediction.nextstep import NextStepPredictor
 from schemas.codec import Codec
 from schemas.state import StateVersionError
@@ -367,3 +368,35 @@ def test_visited_sets_stay_bounded_however_many_task_names_appear(monkeypatch):
     masks = [k[-1] for k in predictor.counts.table if k and k[0] == "visited"]
     assert masks and max(masks) < 1 << 5  # four own bits and the one the later tasks share
     assert predictor.predict_proba_one(["t0", "never seen"])  # an unseen task still gets a prediction
+
+
+def _witten_bell(entries: list, p_base: float, nxt: str) -> float:
+    """P(nxt) along a chain of entries read plainly: each seen context mixes its own
+    frequency with the shorter ones' by lam = n / (n + distinct followers)."""
+    p = p_base
+    for entry in entries:
+        if entry is None or entry[0] == 0:
+            break
+        n, followers = entry
+        lam = n / (n + len(followers))
+        p = lam * followers.get(nxt, 0) / n + (1 - lam) * p
+    return p
+
+
+def test_learning_returns_each_chains_loss_before_counting_and_counts_every_key():
+    rng = random.Random(5)
+    counts = FollowerCounts()
+    tasks = "abcde"
+    for step in range(400):
+        chains = [[(view, rng.choice(tasks)), (view, rng.choice(tasks), rng.choice(tasks))] for view in "xyz"]
+        entries = [[counts.table.get(key) for key in chain] for chain in chains]
+        before = {key: (e[0], dict(e[1])) if e else None for chain, es in zip(chains, entries)
+                  for key, e in zip(chain, es)}
+        y = tasks[step % 5]
+        expected = [-math.log(max(_witten_bell([before[k] for k in chain], 0.2, y), 1e-4)) for chain in chains]
+        losses = counts.learn(chains, entries, y, p_base=0.2)
+        assert losses == pytest.approx(expected, rel=1e-12)
+        for key, old in before.items():
+            n, followers = counts.table[key]
+            if old is not None and old[0] + 1 < counts.max_total:
+                assert n == old[0] + 1 and followers[y] == old[1].get(y, 0) + 1
