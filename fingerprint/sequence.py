@@ -76,11 +76,11 @@ class SequenceModel:
     def _delay(self, prev: str, nxt: str, delay_ms: float, by: int) -> None:
         key = (prev, nxt)
         stats = self.delays.get(key)
-        if stats is None:
-            stats = self.delays[key] = RunningStats()
         if by > 0:
+            if stats is None:
+                stats = self.delays[key] = RunningStats()
             stats.add(delay_ms)
-        else:
+        elif stats is not None:  # a delay never added (or already gone) has nothing to remove
             stats.remove(delay_ms)
             if not stats.count:
                 del self.delays[key]
@@ -119,38 +119,15 @@ class SequenceModel:
             self.learn_end(started, start_times, end_ms)
 
     def forget_run(self, started: list[str], start_times: list[int], end_ms: int | None) -> None:
-        """Undo `learn_run` for a run leaving the window.
-
-        `_bump(..., -1)` and `_delay(..., -1)` unrolled: every run that entered
-        the window leaves it, so this runs once per start, as `learn_start` does.
-        """
-        counts, totals, delays = self.counts, self.totals, self.delays
-        for i, nxt in enumerate([*started, END] if end_ms is not None else started):
-            for ctx in self._contexts(started, i):
-                followers = counts.get(ctx)
-                if followers is None:
-                    continue
-                n = followers.get(nxt, 0) - 1
-                if n > 0:
-                    followers[nxt] = n
-                else:
-                    followers.pop(nxt, None)
-                t = totals[ctx] - 1
-                if t > 0:
-                    totals[ctx] = t
-                else:  # no follower left: drop the context so state shrinks with the window
-                    del totals[ctx], counts[ctx]
-        if not started:
-            return
-        transitions = zip(started, started[1:], start_times, start_times[1:])
+        """Undo `learn_run` for a run leaving the window."""
+        for i in range(len(started)):
+            self._bump(started, i, started[i], -1)
+            if i:
+                self._delay(started[i - 1], started[i], start_times[i] - start_times[i - 1], -1)
         if end_ms is not None:
-            transitions = [*transitions, (started[-1], END, start_times[-1], end_ms)]
-        for prev, nxt, t0, t1 in transitions:
-            stats = delays.get((prev, nxt))
-            if stats is not None:  # a delay never added (or already gone) has nothing to remove
-                stats.remove(t1 - t0)
-                if not stats.count:
-                    del delays[prev, nxt]
+            self._bump(started, len(started), END, -1)
+            if started:
+                self._delay(started[-1], END, end_ms - start_times[-1], -1)
 
     # -- prediction ------------------------------------------------------------------------
 
