@@ -106,17 +106,14 @@ class FollowerCounts:
                     if entry is None:
                         table[key] = [1, {nxt: 1}]
                         continue
-                    n, followers = entry
-                    k = followers.get(nxt, 0)
-                else:
-                    n, followers = entry
-                    k = followers.get(nxt, 0)
-                    if scoring:
-                        if n:
-                            lam = n / (n + len(followers))
-                            p = (1.0 - lam) * p + lam * k / n
-                        else:  # emptied by aging since it was looked up
-                            scoring = False
+                n, followers = entry
+                k = followers.get(nxt, 0)
+                if scoring:
+                    if n:
+                        lam = n / (n + len(followers))
+                        p = (1.0 - lam) * p + lam * k / n
+                    else:  # emptied by aging since it was looked up
+                        scoring = False
                 followers[nxt] = k + 1
                 n += 1
                 entry[0] = n
