@@ -120,7 +120,8 @@ class AdaptiveWorkflow:
         given = self.spec.get("topics", {}).get("partitions")
         if given is not None:
             return given
-        return max(self.flow_settings(f)["workers"] * self.flow_settings(f)["replicas"] for f in self.enabled_flows())
+        settings = [self.flow_settings(f) for f in self.enabled_flows()]
+        return max(s["workers"] * s["replicas"] for s in settings)
 
     def nodes(self) -> list[str]:
         return [n for g in self.spec.get("fleet", {}).get("groups", []) for n in g["nodes"]]
