@@ -74,7 +74,9 @@ anomaly rule in NAB, the shift view's 52 samples and 5 bins those of NAB's
 relative-entropy detector. On the 2026-12-02 runs the defaults scored 74.95
 on all 46 series (74.93 / 74.96 on the folds, so they have seen every
 series); held out, the setting chosen on fold A scored 74.96 on B, the one
-chosen on fold B 73.15 on A.
+chosen on fold B 73.15 on A (not blind: ``onset_z`` left the grid after
+that fold's 68.92 with it was seen; ``bench/nab.py --resplits`` repeats the
+protocol on other splits).
 
 The grid's settings change only how the evidence is judged, never what is
 learned: `evidence_then_learn_one` returns one sample's evidence (each view's
