@@ -11,7 +11,10 @@ from deploy.kafka import (
     settings_from_args,
 )
 
-DEFAULT_PARTITIONS = 4
+# One partition per Bytewax worker that reads the topic is the most a flow can use in parallel;
+# each extra partition is another consumer fetching whether or not records arrive
+# (AdaptiveWorkflow.partitions has the measurement). A single-worker flow is the default run.
+DEFAULT_PARTITIONS = 1
 
 
 def ensure_topics(settings: KafkaSettings, topics: list[str], partitions: int = DEFAULT_PARTITIONS,
@@ -61,7 +64,7 @@ def _list(args) -> int:
 
 def register(tree) -> None:
     p = tree.command("topics create", "create the project's topics (idempotent: existing ones are left alone)", _create)
-    p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions per new topic (default %(default)s)")
+    p.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS, help="partitions per new topic: one per Bytewax worker of the flow that reads it (default %(default)s, for `flow run -w 1`)")
     p.add_argument("--replication", type=int, default=1, help="replication factor (default %(default)s)")
     p.add_argument("--topic", action="append", help="create only this topic (repeatable; default: all of the project's)")
     add_kafka_args(p)
