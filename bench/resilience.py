@@ -96,6 +96,7 @@ from edge.runtime import PRIMARY, WorkflowRun
 from edge.wfcommons import wfcommons_tasks, wfcommons_workflow
 from fingerprint.failures import FailureGraph, edge_scores
 from prediction.recovery import (
+    FIRST_FAILURE_FLOOR,
     CircuitBreaker,
     FailureView,
     PolicyRecovery,
@@ -196,10 +197,12 @@ class AgentFleet:
     """
 
     def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 10.0,
-                 completion_floor: bool = True):
+                 completion_floor: bool = True, first_failure_floor: float = FIRST_FAILURE_FLOOR,
+                 attempt_cost: float = QRecoveryAgent.attempt_cost):
         # one learner for the fleet: the state is a step's recovery profile, not its name, so what a
         # dependency outage teaches on one workflow's step applies to every workflow's
-        self.agent = QRecoveryAgent(time_cost_s=time_cost_s, completion_floor=completion_floor)
+        self.agent = QRecoveryAgent(time_cost_s=time_cost_s, completion_floor=completion_floor,
+                                    first_failure_floor=first_failure_floor, attempt_cost=attempt_cost)
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True
@@ -410,7 +413,8 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     out = {}
     t0 = time.perf_counter()
     fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3,
-                       time_cost_s=args.time_cost_s, completion_floor=not args.no_completion_floor)
+                       time_cost_s=args.time_cost_s, completion_floor=not args.no_completion_floor,
+                       first_failure_floor=args.first_failure_floor, attempt_cost=args.attempt_cost)
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
     # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
@@ -505,6 +509,11 @@ def main(argv=None) -> dict:
                     help="the agent chooses by its reward alone (the seed's), without its completion constraint "
                          "(on an independent failure, give a step up only where that completes as often as Step "
                          "Functions' retrier would; under an active cause, the dual-ascent completion price)")
+    ap.add_argument("--first-failure-floor", type=float, default=FIRST_FAILURE_FLOOR,
+                    help="under an active cause, at a step's first failure, only actions estimated to complete the "
+                         "run at least this often are allowed, when one is (default 0: the reward decides)")
+    ap.add_argument("--attempt-cost", type=float, default=QRecoveryAgent.attempt_cost,
+                    help="the agent's reward for a failed attempt besides its time (default 0.2, chosen on --seed 3)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -543,7 +552,9 @@ def summarise(results: dict, args, note: str) -> dict:
     loss = results["node-loss"]["policies"]
     summary = {
         "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s,
-        "completion_floor": not args.no_completion_floor, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
+        "completion_floor": not args.no_completion_floor,
+        "first_failure_floor": args.first_failure_floor,
+        "attempt_cost": args.attempt_cost, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
         "workloads": note, "pooled_over": list(CAUSAL),
         "completion_rate_agent": agent["completion_rate"], "completion_rate_static": static["completion_rate"],
         "mttr_s_agent": agent["mttr_s"], "mttr_s_static": static["mttr_s"],

@@ -20,6 +20,7 @@ from edge.faults import (
 from edge.runtime import Alternative, Step, WorkflowRun, WorkflowSpec
 from prediction.recovery import (
     ACTIONS,
+    FIRST_FAILURE_FLOOR,
     CircuitBreaker,
     FailureView,
     NodeContext,
@@ -210,17 +211,21 @@ def test_agent_state_snapshot_and_refusal():
     v2 = {k: v for k, v in vars(agent).items() if k not in ("completion", "completion_floor")}
     old = QRecoveryAgent.__new__(QRecoveryAgent)
     old.__setstate__(dict(v2, q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
-    assert old.version == 4 and old.q == {} and old.completion == {} and old.published == 5
+    assert old.version == 5 and old.q == {} and old.completion == {} and old.published == 5
     assert old.policy("wf").version == 6
     # version 2 had no completion table: its Q table is kept, the floor binds once completions are learned
     two = QRecoveryAgent.__new__(QRecoveryAgent)
     two.__setstate__(dict(v2, version=2))
-    assert two.version == 4 and two.q == agent.q and two.completion == {} and two.completion_floor
+    assert two.version == 5 and two.q == agent.q and two.completion == {} and two.completion_floor
     assert two.predict_one("---|TIMEOUT|1|0|0|0|0|0", explore=False) == FAIL
     # version 3 learned step-level episodes: its tables are kept, it starts with no run open
     three = QRecoveryAgent.__new__(QRecoveryAgent)
     three.__setstate__({k: v for k, v in vars(agent).items() if k not in ("recovered", "run_outcome")} | {"version": 3})
-    assert three.version == 4 and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
+    assert three.version == 5 and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
+    # version 4 had no first-failure floor: it takes today's
+    four = QRecoveryAgent.__new__(QRecoveryAgent)
+    four.__setstate__({k: v for k, v in vars(agent).items() if k != "first_failure_floor"} | {"version": 4})
+    assert four.version == 5 and four.q == agent.q and four.first_failure_floor == FIRST_FAILURE_FLOOR
 
 
 def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
@@ -368,7 +373,8 @@ def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_st
     slow, poisoned, spent = "---|TIMEOUT|1|0|1|0|0|0", "---|BAD_INPUT|1|0|0|0|0|0", "---|TIMEOUT|4|0|1|0|0|0"
     rng = random.Random(0)
     for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
-        agent = QRecoveryAgent(alpha=0.02, completion_floor=floor)
+        # without the first-failure floor, which would retry here whatever the price (tested below)
+        agent = QRecoveryAgent(alpha=0.02, completion_floor=floor, first_failure_floor=0.0)
         for _ in range(200):
             ok = rng.random() < 0.5
             agent._learn_both(slow, "RETRY 1s", (1.0 if ok else -1.0) - 4.0, None, float(ok))
@@ -386,6 +392,22 @@ def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_st
             assert prices[-1] < 2 * 3.0 / 0.5
         else:
             assert prices[-1] == 0.0
+
+
+def test_under_an_active_cause_a_run_is_not_given_up_at_the_first_failure_a_retry_may_recover():
+    # a congested link: a retry completes the run 3 times in 10 but its 10 s cost more reward than failing at once
+    first, second, dead = "---|TIMEOUT|1|0|1|0|0|0", "---|TIMEOUT|2|0|1|0|0|0", "---|DEPENDENCY_UNAVAILABLE|1|0|1|0|0|0"
+    for floor, expected in ((0.0, FAIL), (0.1, "RETRY 1s")):
+        agent = QRecoveryAgent(first_failure_floor=floor)
+        for k in range(50):
+            for state in (first, second):
+                agent._learn_both(state, "RETRY 1s", (1.0 if k % 10 < 3 else -1.0) - 1.5, None, float(k % 10 < 3))
+                agent._learn_both(state, FAIL, -1.0, None, 0.0)
+            agent._learn_both(dead, "RETRY 1s", -1.5, None, 0.0)  # a dead dependency: retries never complete
+            agent._learn_both(dead, FAIL, -1.0, None, 0.0)
+        assert agent.predict_one(first, explore=False) == expected
+        assert agent.predict_one(second, explore=False) == FAIL     # after the first retry the reward decides
+        assert agent.predict_one(dead, explore=False) == FAIL
 
 
 def test_completion_is_bootstrapped_from_what_the_policy_does_next():
