@@ -47,15 +47,20 @@ class SequenceModel:
 
     # -- learning and forgetting ------------------------------------------------------------
 
+    def _tail(self, prefix: list[str], upto: int) -> tuple[str, ...]:
+        """The longest context ending at ``prefix[:upto]``: its last ``order`` tasks, or all after ``<start>``."""
+        return tuple(prefix[upto - self.order:upto]) if upto >= self.order else (START, *prefix[:upto])
+
     def _contexts(self, prefix: list[str], upto: int) -> list[tuple[str, ...]]:
-        """Contexts of lengths 0..order ending at ``prefix[:upto]`` (``<start>`` pads the front), shortest first."""
-        # the last ``order`` tasks, or all of them after <start> when there are fewer
-        tail = tuple(prefix[upto - self.order:upto]) if upto >= self.order else (START, *prefix[:upto])
+        """Contexts of lengths 0..order ending at ``prefix[:upto]``, shortest first."""
+        tail = self._tail(prefix, upto)
         return [tail[j:] for j in range(len(tail), -1, -1)]  # tail[len(tail):] is ()
 
-    def _bump(self, contexts: list[tuple[str, ...]], nxt: str, by: int) -> None:
+    def _bump(self, tail: tuple[str, ...], nxt: str, by: int) -> None:
+        """Count ``nxt`` ``by`` more times after every suffix of ``tail``, shortest first (``()`` included)."""
         counts, totals = self.counts, self.totals
-        for ctx in contexts:
+        for j in range(len(tail), -1, -1):
+            ctx = tail[j:]
             followers = counts.get(ctx)
             if followers is None:
                 if by > 0:
@@ -90,8 +95,8 @@ class SequenceModel:
         i = len(started) - 1
         nxt = started[i]
         counts, totals = self.counts, self.totals
-        # `_bump(self._contexts(started, i), nxt, 1)` unrolled: this runs on every start
-        tail = tuple(started[i - self.order:i]) if i >= self.order else (START, *started[:i])
+        # `_bump(self._tail(started, i), nxt, 1)` unrolled: this runs on every start
+        tail = self._tail(started, i)
         for j in range(len(tail), -1, -1):
             ctx = tail[j:]
             followers = counts.get(ctx)
@@ -110,7 +115,7 @@ class SequenceModel:
 
     def learn_end(self, started: list[str], start_times: list[int], end_ms: int) -> None:
         """Learn that the run closed after ``started``."""
-        self._bump(self._contexts(started, len(started)), END, 1)
+        self._bump(self._tail(started, len(started)), END, 1)
         if started:
             self._delay(started[-1], END, end_ms - start_times[-1], 1)
 
@@ -124,15 +129,15 @@ class SequenceModel:
 
     def _count_run(self, started: list[str], start_times: list[int], end_ms: int | None, by: int) -> None:
         """Add (``by=1``) or remove (``by=-1``) every transition and delay of a run, in the order it made them."""
-        contexts, bump, delay = self._contexts, self._bump, self._delay
+        tail, bump, delay = self._tail, self._bump, self._delay
         prev = None
         for i, nxt in enumerate(started):
-            bump(contexts(started, i), nxt, by)
+            bump(tail(started, i), nxt, by)
             if i:
                 delay(prev, nxt, start_times[i] - start_times[i - 1], by)
             prev = nxt
         if end_ms is not None:
-            bump(contexts(started, len(started)), END, by)
+            bump(tail(started, len(started)), END, by)
             if started:
                 delay(prev, END, end_ms - start_times[-1], by)
 
