@@ -47,15 +47,20 @@ class SequenceModel:
 
     # -- learning and forgetting ------------------------------------------------------------
 
-    def _contexts(self, prefix: list[str], upto: int) -> list[tuple[str, ...]]:
-        """Contexts of lengths 0..order ending at ``prefix[:upto]`` (``<start>`` pads the front)."""
-        # the last ``order`` tasks, or all of them after <start> when there are fewer
-        tail = tuple(prefix[upto - self.order:upto]) if upto >= self.order else (START, *prefix[:upto])
-        return [(), *[tail[j:] for j in range(len(tail) - 1, -1, -1)]]  # shortest first
+    def _tail(self, prefix: list[str], upto: int) -> tuple[str, ...]:
+        """The longest context ending at ``prefix[:upto]``: its last ``order`` tasks, or all after ``<start>``."""
+        return tuple(prefix[upto - self.order:upto]) if upto >= self.order else (START, *prefix[:upto])
 
-    def _bump(self, prefix: list[str], upto: int, nxt: str, by: int) -> None:
+    def _contexts(self, prefix: list[str], upto: int) -> list[tuple[str, ...]]:
+        """Contexts of lengths 0..order ending at ``prefix[:upto]``, shortest first."""
+        tail = self._tail(prefix, upto)
+        return [tail[j:] for j in range(len(tail), -1, -1)]  # tail[len(tail):] is ()
+
+    def _bump(self, tail: tuple[str, ...], nxt: str, by: int) -> None:
+        """Count ``nxt`` ``by`` more times after every suffix of ``tail``, shortest first (``()`` included)."""
         counts, totals = self.counts, self.totals
-        for ctx in self._contexts(prefix, upto):
+        for j in range(len(tail), -1, -1):
+            ctx = tail[j:]
             followers = counts.get(ctx)
             if followers is None:
                 if by > 0:
@@ -90,7 +95,10 @@ class SequenceModel:
         i = len(started) - 1
         nxt = started[i]
         counts, totals = self.counts, self.totals
-        for ctx in self._contexts(started, i):  # `_bump(..., 1)` unrolled: this runs on every start
+        # `_bump(self._tail(started, i), nxt, 1)` unrolled: this runs on every start
+        tail = self._tail(started, i)
+        for j in range(len(tail), -1, -1):
+            ctx = tail[j:]
             followers = counts.get(ctx)
             if followers is None:
                 counts[ctx] = {nxt: 1}
@@ -107,27 +115,31 @@ class SequenceModel:
 
     def learn_end(self, started: list[str], start_times: list[int], end_ms: int) -> None:
         """Learn that the run closed after ``started``."""
-        self._bump(started, len(started), END, 1)
+        self._bump(self._tail(started, len(started)), END, 1)
         if started:
             self._delay(started[-1], END, end_ms - start_times[-1], 1)
 
     def learn_run(self, started: list[str], start_times: list[int], end_ms: int | None) -> None:
         """Learn a whole run at once (``end_ms=None``: the run did not end cleanly)."""
-        for i in range(len(started)):
-            self.learn_start(started[:i + 1], start_times[:i + 1])
-        if end_ms is not None:
-            self.learn_end(started, start_times, end_ms)
+        self._count_run(started, start_times, end_ms, 1)
 
     def forget_run(self, started: list[str], start_times: list[int], end_ms: int | None) -> None:
         """Undo `learn_run` for a run leaving the window."""
-        for i in range(len(started)):
-            self._bump(started, i, started[i], -1)
+        self._count_run(started, start_times, end_ms, -1)
+
+    def _count_run(self, started: list[str], start_times: list[int], end_ms: int | None, by: int) -> None:
+        """Add (``by=1``) or remove (``by=-1``) every transition and delay of a run, in the order it made them."""
+        tail, bump, delay = self._tail, self._bump, self._delay
+        prev = None
+        for i, nxt in enumerate(started):
+            bump(tail(started, i), nxt, by)
             if i:
-                self._delay(started[i - 1], started[i], start_times[i] - start_times[i - 1], -1)
+                delay(prev, nxt, start_times[i] - start_times[i - 1], by)
+            prev = nxt
         if end_ms is not None:
-            self._bump(started, len(started), END, -1)
+            bump(tail(started, len(started)), END, by)
             if started:
-                self._delay(started[-1], END, end_ms - start_times[-1], -1)
+                delay(prev, END, end_ms - start_times[-1], by)
 
     # -- prediction ------------------------------------------------------------------------
 

@@ -204,8 +204,9 @@ class Fingerprint(Versioned):
                 if not ended:
                     return None
             else:
-                run.finish(task, ts, signal.get("outcome"), optional_bytes(signal.get("data_size_bytes")),
-                           optional_artifacts(signal.get("outputs")))
+                size, outputs = signal.get("data_size_bytes"), signal.get("outputs")
+                run.finish(task, ts, signal.get("outcome"), None if size is None else optional_bytes(size),
+                           None if outputs is None else optional_artifacts(outputs))
             kind = "finish"
         if late:
             self._issue("out_of_order")

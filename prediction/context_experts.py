@@ -94,7 +94,7 @@ class FollowerCounts:
         >>> [round(x, 3) for x in counts.learn([[("a",), ("a", "b")]], [[entry, None]], "x", p_base=0.5)]
         [0.288]
         """
-        table, cap = self.table, self.max_total
+        table, full = self.table, self.max_total - 1  # an entry counted from `full` reaches max_total
         losses = []
         log = math.log
         for chain, chain_entries in zip(chains, entries):
@@ -115,9 +115,8 @@ class FollowerCounts:
                     else:  # emptied by aging since it was looked up
                         scoring = False
                 followers[nxt] = k + 1
-                n += 1
-                entry[0] = n
-                if n >= cap:
+                entry[0] = n + 1
+                if n >= full:
                     _halve(entry)
             losses.append(-log(p) if p > P_FLOOR else _MAX_LOSS)
         if len(table) > self.max_contexts:
@@ -167,15 +166,12 @@ def blend(probs: dict[str, float], chains: list, weights: list[tuple[int, float]
     get = probs.get
     on_base = 0.0
     for i, left in weights:
-        chain = chains[i]
-        m = 0  # the seen prefix: a longer context that extends an unseen one is unseen too
-        for entry in chain:
+        seen = chains[i]
+        for m, entry in enumerate(seen):  # the seen prefix: a longer context that extends an unseen one is unseen too
             if entry is None or not entry[0]:
+                seen = seen[:m]
                 break
-            m += 1
-        while m:  # longest first
-            m -= 1
-            n, followers = chain[m]
+        for n, followers in reversed(seen):  # longest first
             lam = n / (n + len(followers))
             scale = left * lam / n
             for task, k in followers.items():
@@ -258,15 +254,19 @@ class ExpertMixture:
     def update(self, context: str, losses: list[float]) -> None:
         """Fold in each expert's log-loss on one resolved prediction made in ``context``."""
         k, keep = len(losses), self.forgetting
+        # Updated in place, so each list must be this context's own, of k losses: `losses` may hand out
+        # the pooled list itself, and a prediction made before an expert was added resolves with fewer
+        # losses than the lists now hold (those lists are cut to its k, the newer experts re-padded later)
         mine = self.context_losses.get(context)
-        if mine is None or len(mine) < k:
-            mine = self.losses(context, k)
+        if mine is None or len(mine) != k:
+            mine = self.context_losses[context] = self.losses(context, k)[:k]
         pooled = self.global_losses
-        if len(pooled) < k:
-            pooled = self.losses(None, k)
+        if len(pooled) != k:
+            pooled = self.global_losses = self.losses(None, k)[:k]
         self.cached.pop(context, None)
-        self.context_losses[context] = [keep * m + x for m, x in zip(mine, losses)]
-        self.global_losses = [keep * g + x for g, x in zip(pooled, losses)]
+        for i, x in enumerate(losses):
+            mine[i] = keep * mine[i] + x
+            pooled[i] = keep * pooled[i] + x
 
 
 def log_loss(p: float) -> float:
