@@ -17,7 +17,10 @@ consumer asks the broker for data with `EDGE_FETCH_WAIT_MS` rather than the flow
 The Python client cannot interrupt a blocked poll from another thread (librdkafka's
 ``rd_kafka_queue_yield`` is swallowed by the client's own interruptible-poll loop),
 so stopping is two-phase: `halt` every listener first, then `stop` (join) them, and
-a worker's shutdown waits one poll timeout at most, not one per listener.
+a worker's shutdown waits one poll timeout at most, not one per listener. It blocks in
+``consume(1, timeout)``, not ``poll(timeout)``: the client's poll wakes every 200 ms to
+check for signals (3 wakeups per 0.5 s poll, each a round for the GIL on a serving
+node); its consume sleeps the whole timeout.
 """
 
 from __future__ import annotations
@@ -69,8 +72,12 @@ class CommandListener(threading.Thread):
         self.undecodable = 0
         self._halt = threading.Event()
         self._ready = threading.Event()
-        self.producer = None if publish_ack else Producer(settings.producer(**{"linger.ms": "0"}))
-        self.publish_ack = publish_ack or self._produce_ack
+        # A producer of its own only when it acknowledges and nobody publishes for it: a listener
+        # without an ack topic (records, policies, checkpoints) would keep an idle librdkafka
+        # instance, four threads waking every second, for nothing.
+        own = publish_ack is None and bool(ack_topic)
+        self.producer = Producer(settings.producer(**{"linger.ms": "0"})) if own else None
+        self.publish_ack = publish_ack or (self._produce_ack if own else _no_ack)
 
     def run(self) -> None:
         given = "fetch.wait.max.ms" in self.settings.config or self.fetch_wait_ms is None
@@ -85,12 +92,13 @@ class CommandListener(threading.Thread):
         self._ready.set()
         try:
             while not self._halt.is_set():
-                # poll() returns on the first message; consume(n, timeout) would wait out the
-                # timeout whenever fewer than n arrive, adding that much to every command.
-                first = consumer.poll(POLL_TIMEOUT_S)
-                if first is None:
+                # consume(1, timeout) returns on the first message (with n > 1 it would wait out
+                # the timeout whenever fewer than n arrive, adding that much to every command);
+                # poll(timeout) would too, but wakes every 200 ms on the way (module docstring).
+                first = consumer.consume(1, timeout=POLL_TIMEOUT_S)
+                if not first:
                     continue
-                batch = [msg for msg in [first] + consumer.consume(100, timeout=0) if msg.error() is None]
+                batch = [msg for msg in first + consumer.consume(100, timeout=0) if msg.error() is None]
                 for msg in batch:
                     self._handle(msg.value())
                 self._handled(batch)
@@ -174,6 +182,10 @@ class CommandListener(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout=5)
+
+
+def _no_ack(ack: dict) -> None:
+    """The acknowledgement of a listener without an ack topic: none."""
 
 
 def rejection_ack(command: dict, kind: str, reason: str) -> dict:

@@ -87,6 +87,13 @@ INSERT = "INSERT INTO outbox (record_id, topic, key, value, priority, created_ms
 #: per record instead of two. A row delivered and not yet deleted when the process dies is sent
 #: again after the restart, which consumers already deduplicate by record id.
 FORGET_AFTER_S = 2.0
+#: Seconds between the drain's turns while records are in flight: it collects their delivery
+#: reports (``poll(0)``) at each turn and otherwise waits on its wake event, which a put sets, so a
+#: record is handed over at once and only a report waits, for nothing but the row's deletion. It
+#: does not block in the producer's poll, which no other thread can cut short: a put would wait
+#: that long; and an idempotent acks=all delivery can take tens of ms on the embedded broker, so
+#: polling in short steps turned the drain up to ~10 times per record.
+REPORT_INTERVAL_S = 0.025
 COUNTERS = ("written", "delivered", "downsampled", "refused", "expired", "delivery_errors")
 
 
@@ -302,8 +309,8 @@ class Outbox:
     def _drain_loop(self) -> None:
         """Send, collect delivery reports, expire; idle, it sleeps until a put or the next expiry.
 
-        With records in flight it polls the producer in short steps (their reports come within
-        a broker round trip, or it is an outage and the stall check must run); with nothing in
+        With records in flight it turns every `REPORT_INTERVAL_S` to collect their reports (or,
+        in an outage, to run the stall check), and at once on a put; with nothing in
         flight and nothing to send it waits on ``_wake`` until the oldest row's expiry (or until
         delivered rows are due for deletion, when no write carried them), so an idle node's
         outbox wakes once per record written, not on a timer.
@@ -317,7 +324,7 @@ class Outbox:
             room = min(int(tokens), self.max_in_flight - len(self._in_flight))
             sent = self._send(self._next_batch(room)) if room > 0 else 0
             tokens -= sent
-            self.producer.poll(0.005 if sent or self._in_flight else 0)
+            self.producer.poll(0)  # the delivery reports that have come
             if self._delivered and now - self._delivered_since >= FORGET_AFTER_S:
                 self._forget_delivered()  # no write came to carry the deletes
             if self._in_flight and now - self._progress_at > self.stall_s:
@@ -325,6 +332,7 @@ class Outbox:
             if time.time() >= self._expire_at:
                 self._expire()
             if sent or self._in_flight:
+                self._wake.wait(REPORT_INTERVAL_S)
                 continue
             if room <= 0 and self._count:
                 self._wake.wait(1.0 / self.drain_rate)  # rate-limited: until the bucket has a token
