@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
-from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs, dtrtrs as _trtrs
+from scipy.linalg.blas import dtrsm as _trsm
+from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from schemas.state import Versioned
 
@@ -190,20 +191,23 @@ class DiscountedLinUCB(Versioned):
         """Confidence width sqrt(φᵀ V⁻¹ φ) of each row: the norm of L⁻¹φ."""
         _, factor = self._solve()
         phi = np.atleast_2d(np.asarray(phi, dtype=float))
-        solved, _ = _trtrs(factor, phi.T, lower=1)
+        solved = _trsm(1.0, factor, phi.T, lower=1)
         return np.sqrt((solved * solved).sum(axis=0))
 
-    def ucb(self, phi: np.ndarray) -> np.ndarray:
-        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi``.
+    def ucb(self, phi: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi`` (of ``phi[rows]`` when given).
 
         One triangular solve serves both terms: with y = L⁻¹φ and z = L⁻¹ Σ w φ r,
-        θ·φ = z·y and φᵀ V⁻¹ φ = y·y, so the arms' bounds cost one LAPACK call on
+        θ·φ = z·y and φᵀ V⁻¹ φ = y·y, so the arms' bounds cost one BLAS call on
         [Φᵀ | Σ w φ r] after the factorisation, not a solve for θ and another for the widths.
         """
         factor = self._factor()
         if type(phi) is not np.ndarray or phi.dtype != np.float64 or phi.ndim != 2:  # the agent's Φ skips this
             phi = np.atleast_2d(np.asarray(phi, dtype=float))
-        # rows: the arms, then the moment; transposed, the columns LAPACK solves for, in place (Fortran order)
-        solved, _ = _trtrs(factor, np.concatenate((phi, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
+        # rows: the arms, then the moment; transposed, the columns solved for, in place (Fortran order).
+        # BLAS's dtrsm is what LAPACK's dtrtrs calls after checking the diagonal for zeros, which a
+        # factor from a successful dpotrf cannot have.
+        solved = _trsm(1.0, factor, np.concatenate((phi if rows is None else phi[rows], self.stats.moment[None, :])).T,
+                       lower=1, overwrite_b=1)
         y = solved[:, :-1]
         return solved[:, -1] @ y + self.alpha * np.sqrt(np.einsum("ij,ij->j", y, y))

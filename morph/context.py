@@ -158,15 +158,19 @@ class Featurizer:
         self._template = np.zeros((len(arms), self.dim))
         self._template[:, :self._k] = np.tile(self.arm_features, len(CONTEXT_FEATURES))
         self._template[:, self._k + 2] = 1.0
-        self._repeat = len(ARM_FEATURES)
+        # the context values (and a 1.0 for the model columns) to their columns of Φ: one take, not a
+        # Python loop over the 39 columns
+        self._spread = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
+                                 [len(ARM_FEATURES)] * len(CONTEXT_FEATURES) + [len(MODEL_FEATURES)])
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
-        return np.array(self._context_values(ctx, self.arms.index(ctx.current)))
+        return np.array(self._context_values(ctx, _capacity(ctx) * self._item_ms[self.arms.index(ctx.current)]))
 
-    def _context_values(self, ctx: NodeContext, cur: int) -> list[float]:
+    def _context_values(self, ctx: NodeContext, served_now: float) -> list[float]:
+        """The normalised context; ``served_now``: what the node could serve with its current arm, requests/s."""
         # scalars clipped in Python: np.clip on one number costs more than the whole row
         c = self.constraints
-        load = ctx.offered_rps / max(_capacity(ctx) * self._item_ms[cur], 1e-6) / 2.0
+        load = ctx.offered_rps / max(served_now, 1e-6) / 2.0
         temp = (c.max_gpu_temp_c - ctx.temp_c) / 20.0
         power = 1.0 - ctx.power_w / max(min(ctx.power_cap_w, c.max_power_w), 1.0)
         return [1.0, min(load, 1.5), _clamp(temp, -1.0, 1.0), _clamp(power, -1.0, 1.0),
@@ -180,13 +184,12 @@ class Featurizer:
         cur = self.arms.index(ctx.current)
         shield = self.shield
         offered = ctx.offered_rps
-        k, repeat = self._k, self._repeat
+        k = self._k
         # one product over whole rows (numpy's inner loop runs over 39 elements, not over the 6 of a
         # broadcast (arm, context, arm feature) product)
-        phi = self._template * np.array([v for v in self._context_values(ctx, cur) for _ in range(repeat)]
-                                        + [1.0] * len(MODEL_FEATURES))
-        phi[cur, k + 2] = 0.0
         served_now = _capacity(ctx) * self._item_ms[cur]
+        phi = self._template * np.array(self._context_values(ctx, served_now) + [1.0]).take(self._spread)
+        phi[cur, k + 2] = 0.0
         capacity = served_now / self.item_ms
         np.minimum(capacity / max(offered, 1e-6), 1.0, out=phi[:, k])   # the share of the load served
         # every arm's capacity is at least the slowest arm's: the floor only matters below it
