@@ -264,7 +264,7 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
     def next_batch(self) -> list:
         if self._eof:
             raise StopIteration()
-        decode = self._decode
+        decode, topic, partition = self._decode, self._topic, self._part_idx  # this partition's consumer reads only them
         batch = []
         last_offset = None
         for msg in self._consumer.consume(self._batch_size, 0.001):
@@ -276,7 +276,7 @@ class _DecodingKafkaPartition(_KafkaSourcePartition):
                     break
                 raise RuntimeError(f"error consuming from Kafka topic `{self._topic!r}`: {error}")
             last_offset = msg.offset()
-            batch.append(decode(msg.key(), msg.value(), msg.topic(), msg.partition(), last_offset))
+            batch.append(decode(msg.key(), msg.value(), topic, partition, last_offset))
         if last_offset is not None:
             self._offset = last_offset + 1  # resume from the next message, not this one
         self._read.inc(len(batch))

@@ -59,19 +59,22 @@ class NextStepStep:
             # The speculator owns the predictor: one model of the workflow, not two.
             speculation = self.speculation_factory(workflow_id, predictor) if self.speculation_factory else None
             state = WorkflowState(predictor, speculation)
-        issues = state.predictor.fingerprint.issues
-        # a clean stream has no issues: then nothing is copied per signal
+        predictor = state.predictor
+        issues = predictor.fingerprint.issues
+        # a clean stream has no issues: then nothing is copied or compared per signal
         issues_before = dict(issues) if issues else None
         if state.speculation is not None:
             predictions, commands = state.speculation.predict_then_learn_one(record)
         else:
-            predictions, commands = state.predictor.predict_then_learn_one(record), ()
-        if issues != (issues_before or {}):
+            predictions, commands = predictor.predict_then_learn_one(record), ()
+        if issues and issues != issues_before:  # issues only grow: none now, none before
             self._report_issue(record, issues_before or {}, issues)
-        outputs = [("NextStepPrediction", p) for p in predictions] if predictions else []
+        outputs = []
+        for prediction in predictions:  # a loop, not a comprehension: no extra frame per signal
+            outputs.append(("NextStepPrediction", prediction))
         if commands:
             outputs += [("ShadowCommand", self.signer.sign(c) if self.signer else c) for c in commands]
-        running = state.predictor.publish_metrics(record["ts_ms"])
+        running = predictor.publish_metrics(record["ts_ms"])
         if running is not None:
             outputs.append(("NextStepMetrics", running))
             self._export(running, state.speculation)

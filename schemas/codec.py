@@ -170,6 +170,35 @@ class _Source:
         return function
 
 
+#: Strings the writers met, as the bytes they encode to (length varint + UTF-8): the workflow, node
+#: and task names of a stream repeat in nearly every record, and one lookup replaces a type check,
+#: an ``encode``, the length's varint and two appends. Only short strings, and cleared when full:
+#: bounded memory (~0.5 MB) whatever the stream. Shared by every writer of the process (a lookup and
+#: an insertion are atomic under the GIL; a clear at worst costs another thread a miss).
+_STRING_BYTES: dict[str, bytes] = {}
+_STRING_BYTES_MAX = 4096
+_STRING_BYTES_LONGEST = 64
+
+
+def _string_bytes(value) -> bytes:
+    """The Avro encoding of the string ``value`` (its length's zig-zag varint, then UTF-8), remembered when short."""
+    if type(value) is not str:
+        raise _Fallback
+    body = value.encode()
+    z = len(body) << 1
+    head = bytearray()
+    while z > 0x7F:
+        head.append((z & 0x7F) | 0x80)
+        z >>= 7
+    head.append(z)
+    encoded = bytes(head) + body
+    if len(body) <= _STRING_BYTES_LONGEST:
+        if len(_STRING_BYTES) >= _STRING_BYTES_MAX:
+            _STRING_BYTES.clear()
+        _STRING_BYTES[value] = encoded
+    return encoded
+
+
 def _compile_writer(schema):
     """``write(record, out: bytearray)`` for ``schema``, or ``None`` when it is not compilable."""
     src = _Source()
@@ -201,11 +230,11 @@ def _compile_writer(schema):
             src.add(d, f"if type({value}) is not float: raise _Fallback")
             src.add(d, f"out += _pack_double({value})")
         elif kind == "string":
+            # a str equal to a remembered one encodes to the same bytes (a str subclass too, as in
+            # fastavro); no other type equals a str key: anything else misses and is checked
             b = src.var("b")
-            src.add(d, f"if type({value}) is not str: raise _Fallback")
-            src.add(d, f"{b} = {value}.encode()")
-            varint(f"len({b}) << 1", d)
-            src.add(d, f"out += {b}")
+            src.add(d, f"{b} = _strings.get({value})")
+            src.add(d, f"out += {b} if {b} is not None else _string_bytes({value})")
         elif kind == "enum":
             index = src.const({s: i for i, s in enumerate(t["symbols"])})
             src.add(d, f"if type({value}) is not str or {value} not in {index}: raise _Fallback")
@@ -241,11 +270,36 @@ def _compile_writer(schema):
                 emit(f["type"], field_value, d)
 
     return src.compile(schema, emit, "def write(record, out):", "", "writer",
-                       {"_pack_double": struct.Struct("<d").pack})
+                       {"_pack_double": struct.Struct("<d").pack, "_strings": _STRING_BYTES,
+                        "_string_bytes": _string_bytes})
+
+
+#: Optional fields in a row that the reader tests for all-null at once (fewer gain nothing).
+_NULL_RUN = 3
+
+
+def _null_runs(fields: list) -> list[range]:
+    """``fields`` cut into ranges: each a run of optional fields (``[null, X]`` unions), or one other field."""
+    runs: list[range] = []
+    for i, f in enumerate(fields):
+        if i and _is_optional(f) and _is_optional(fields[i - 1]):
+            runs[-1] = range(runs[-1].start, i + 1)
+        else:
+            runs.append(range(i, i + 1))
+    return runs
+
+
+def _is_optional(field: dict) -> bool:
+    return isinstance(field["type"], list) and "null" in field["type"]
 
 
 def _compile_reader(schema):
-    """``read(raw, pos) -> (record, end)`` for ``schema``, or ``None`` when it is not compilable."""
+    """``read(raw, pos) -> (record, end)`` for ``schema``, or ``None`` when it is not compilable.
+
+    No read checks the length of ``raw``: reading a byte past the end raises, and a
+    string or double that runs past it leaves ``end`` beyond ``len(raw)``, which
+    `Codec.decode` does not accept from a fast path.
+    """
     src = _Source()
 
     def varint(target: str, d: int) -> None:
@@ -291,21 +345,18 @@ def _compile_reader(schema):
                 lo, hi = _INT_RANGE["int"]
                 src.add(d, f"if not {lo} <= {target} <= {hi}: raise _Fallback")
         elif kind == "double":
-            src.add(d, "if pos + 8 > size: raise _Fallback")
             src.add(d, f"{target} = _unpack_double(raw, pos)[0]")
             src.add(d, "pos += 8")
         elif kind == "string":
             n = src.var("n")
             count(n, d)
-            src.add(d, f"if pos + {n} > size: raise _Fallback")
             src.add(d, f"{target} = raw[pos:pos + {n}].decode()")
             src.add(d, f"pos += {n}")
         elif kind == "enum":
-            symbols = src.const(tuple(t["symbols"]))
-            i = src.var("i")
-            long(i, d)
-            src.add(d, f"if not 0 <= {i} < {len(t['symbols'])}: raise _Fallback")
-            src.add(d, f"{target} = {symbols}[{i}]")
+            # the symbol by the index's zig-zag byte (one byte for up to 64 symbols); anything else: KeyError
+            symbols = src.const({2 * i: symbol for i, symbol in enumerate(t["symbols"])})
+            src.add(d, f"{target} = {symbols}[raw[pos]]")
+            src.add(d, "pos += 1")
         elif kind == "union":
             # the branch index of [null, X] is 0 or 1: canonically one byte, its zig-zag 0 or 2
             other, branch = _nullable(t)
@@ -333,11 +384,23 @@ def _compile_reader(schema):
             count(n, d + 1)
         else:  # record: keys in field order, as fastavro
             fields = [(f["name"], src.var()) for f in t["fields"]]
-            for f, (_, value) in zip(t["fields"], fields):
-                emit(f["type"], value, d)
+            for run in _null_runs(t["fields"]):
+                values = [value for _, value in fields[run.start:run.stop]]
+                if len(values) < _NULL_RUN:
+                    for f, value in zip(t["fields"][run.start:run.stop], values):
+                        emit(f["type"], value, d)
+                    continue
+                # optional fields in a row, all null (their null branch's index bytes): one comparison
+                nulls = src.const(bytes(2 * f["type"].index("null") for f in t["fields"][run.start:run.stop]))
+                src.add(d, f"if raw[pos:pos + {len(values)}] == {nulls}:")
+                src.add(d + 1, " = ".join(values) + " = None")
+                src.add(d + 1, f"pos += {len(values)}")
+                src.add(d, "else:")
+                for f, value in zip(t["fields"][run.start:run.stop], values):
+                    emit(f["type"], value, d + 1)
             src.add(d, f"{target} = {{" + ", ".join(f"{name!r}: {value}" for name, value in fields) + "}")
 
-    return src.compile(schema, emit, "def read(raw, pos):\n    size = len(raw)", "    return record, pos", "reader",
+    return src.compile(schema, emit, "def read(raw, pos):", "    return record, pos", "reader",
                        {"_unpack_double": struct.Struct("<d").unpack_from})
 
 

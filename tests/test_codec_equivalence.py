@@ -117,3 +117,46 @@ def test_a_union_index_in_two_bytes_decodes_as_fastavro_reads_it():
     stretched = raw[:at] + b"\x80\x00" + raw[at + 1:]
     assert fastavro_read("WorkflowSignal", stretched[10:]) == record
     assert codec.decode(stretched).record == record
+
+
+class _Name(str):
+    """A str subclass: fastavro writes it as the string it equals."""
+
+
+def test_remembered_strings_encode_exactly_as_fastavro_writes_them(monkeypatch):
+    # The writers remember the encoding of short strings (`_STRING_BYTES`): a hit, a miss, a string
+    # too long to remember, one whose length takes two varint bytes, unicode, a str subclass, and
+    # the clear when full (a small bound here, so the test passes it many times) all give fastavro's bytes.
+    import schemas.codec as codec_module
+
+    monkeypatch.setattr(codec_module, "_STRING_BYTES_MAX", 16)
+    codec_module._STRING_BYTES.clear()
+    rng, codec = random.Random("remembered"), Codec()
+    names = ["w", "node-1", "ingest", "ünïcödé ✓", "x" * 64, "y" * 65, "z" * 200, "", _Name("infer")]
+    for i in range(600):
+        pick = rng.choice(names) if rng.random() < 0.7 else f"run-{rng.randint(0, 100)}"
+        record = {"workflow_id": rng.choice(names), "run_id": pick, "node_id": rng.choice(names),
+                  "after_task": rng.choice(names), "prefix_length": i, "ts_ms": 1_700_000_000_000 + i,
+                  "candidates": [{"task": rng.choice(names), "probability": rng.random(),
+                                  "expected_start_ts_ms": rng.choice([None, 5, 1_700_000_000_000])}
+                                 for _ in range(rng.randint(0, 3))]}
+        assert codec.encode("NextStepPrediction", record)[10:] == fastavro_body("NextStepPrediction", record)
+    assert 0 < len(codec_module._STRING_BYTES) <= 16
+    assert all(len(s.encode()) <= 64 for s in codec_module._STRING_BYTES)  # longer strings are not remembered
+    assert "z" * 200 not in codec_module._STRING_BYTES
+
+
+def test_a_remembered_string_does_not_let_another_type_through():
+    codec = Codec()
+    record = {"workflow_id": "w", "run_id": "r", "node_id": "n", "after_task": "a", "prefix_length": 1,
+              "ts_ms": 5, "candidates": []}
+    codec.encode("NextStepPrediction", record)                 # "r" is remembered now
+    for other in (b"r", 7, None, ["r"]):
+        bad = {**record, "run_id": other}
+        try:
+            expected = fastavro_body("NextStepPrediction", bad)
+        except Exception:
+            with pytest.raises(ValueError, match="NextStepPrediction"):
+                codec.encode("NextStepPrediction", bad)
+        else:
+            assert codec.encode("NextStepPrediction", bad)[10:] == expected
