@@ -353,8 +353,9 @@ def _compile_reader(schema):
             src.add(d, f"{target} = raw[pos:pos + {n}].decode()")
             src.add(d, f"pos += {n}")
         elif kind == "enum":
-            # the symbol by the index's zig-zag byte (one byte for up to 64 symbols); anything else: KeyError
-            symbols = src.const({2 * i: symbol for i, symbol in enumerate(t["symbols"])})
+            # the symbol by the index's zig-zag byte: the first 64 symbols take one byte; a later one (a
+            # continuation byte) or a bad index is a KeyError, and fastavro decides
+            symbols = src.const({2 * i: symbol for i, symbol in enumerate(t["symbols"][:64])})
             src.add(d, f"{target} = {symbols}[raw[pos]]")
             src.add(d, "pos += 1")
         elif kind == "union":

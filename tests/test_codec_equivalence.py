@@ -160,3 +160,25 @@ def test_a_remembered_string_does_not_let_another_type_through():
                 codec.encode("NextStepPrediction", bad)
         else:
             assert codec.encode("NextStepPrediction", bad)[10:] == expected
+
+
+def test_an_enum_past_64_symbols_is_read_as_fastavro_reads_it():
+    # The fast reader takes an enum's index from one byte: from the 65th symbol on the index takes
+    # two, and the reader must leave it to fastavro rather than read its first byte as a symbol.
+    from schemas.codec import _compile_reader
+
+    symbols = [f"S{i}" for i in range(100)]
+    schema = {"type": "record", "name": "Many", "fields": [{"name": "e", "type": {"type": "enum", "name": "E",
+                                                                                  "symbols": symbols}},
+                                                           {"name": "n", "type": "long"}]}
+    read = _compile_reader(fastavro.parse_schema(schema))
+    for index in (0, 63, 64, 70, 99):
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, schema, {"e": symbols[index], "n": 3})
+        raw = out.getvalue()
+        try:
+            record, end = read(raw, 0)
+        except Exception:
+            assert index >= 64  # not the one-byte case: fastavro decides
+            continue
+        assert index < 64 and end == len(raw) and record == {"e": symbols[index], "n": 3}
