@@ -458,9 +458,9 @@ class NextStepPredictor(Versioned):
         delays = self.fingerprint.sequences.delays
         candidates = []
         for task, p in ranked:
-            d = delays.get((last, task))  # kept only while it has a count: its mean is total / count
+            d = delays.get((last, task))  # kept only while it has a count (`SequenceModel._delay`)
             candidates.append({"task": task, "probability": p,
-                               "expected_start_ts_ms": at + int(d.total / d.count) if d is not None else None})
+                               "expected_start_ts_ms": at + int(d.mean) if d is not None else None})
         return {"workflow_id": self.workflow_id, "run_id": run.run_id, "node_id": run.node_id,
                 "after_task": last, "prefix_length": len(run.started), "ts_ms": ts_ms, "candidates": candidates}
 
