@@ -47,7 +47,9 @@ Protocol (what the figures can be trusted for)
   maximin, held-out fold with its own threshold) on N other splits of the
   same kind (`prediction.nab.fold_of` with salts ``split1:``...), beside the
   defaults on the same held-out folds: how much of a held-out figure is the
-  one split's luck.
+  one split's luck. ``--resplit-seed S`` draws another family of N splits
+  (salts ``seedS/split1:``...; 0, the default, is the family above), so a
+  change can be checked on splits it was not compared on.
 * **Not tuned: the recent error level's scale** ``onset_z`` (5σ, the first
   design's value). With the threshold swept, scaling ``onset_z``,
   ``spike_z`` and ``shift_z`` together changes only the range view's weight
@@ -58,7 +60,7 @@ Protocol (what the figures can be trusted for)
   figures of this grid are not blind to that choice; the split, the rule and
   the defaults are the same as before.
 
-    python bench/nab.py [--nab DIR] [--tune-on A|B|both|none] [--resplits N] [--scores-out DIR]
+    python bench/nab.py [--nab DIR] [--tune-on A|B|both|none] [--resplits N] [--resplit-seed S] [--scores-out DIR]
 
 ``--nab`` defaults to ``../shared/data/nab`` beside the repository; NAB itself is
 at https://github.com/numenta/NAB (``data/`` and ``labels/combined_windows.json``,
@@ -214,13 +216,18 @@ def trial_of(folds: Folds, settings: dict, scores: list) -> Trial:
     return Trial(settings, scores, by_fold, by_sub)
 
 
-def resplit_heldout(table: list, corpus, splits: int, defaults: dict) -> dict:
-    """The nested-maximin protocol repeated on ``splits`` other two-fold splits (salts ``split1:``...):
+def resplit_salt(k: int, seed: int = 0) -> str:
+    """The salt of the ``k``-th other split of family ``seed`` (family 0: ``split1:``, ``split2:``...)."""
+    return f"split{k}:" if seed == 0 else f"seed{seed}/split{k}:"
+
+
+def resplit_heldout(table: list, corpus, splits: int, defaults: dict, seed: int = 0) -> dict:
+    """The nested-maximin protocol repeated on ``splits`` other two-fold splits (`resplit_salt`):
     per split and tuning fold, the held-out score of the chosen setting and of ``defaults`` (which
     saw every series) on the same held-out fold."""
     heldout, shipped = [], []
     for k in range(1, splits + 1):
-        folds = Folds(corpus, f"split{k}:")
+        folds = Folds(corpus, resplit_salt(k, seed))
         trials = [trial_of(folds, t.settings, t.scores) for t in table]
         reference = next(t for t in trials if t.settings == defaults)
         for fold in FOLDS:
@@ -233,9 +240,10 @@ def resplit_heldout(table: list, corpus, splits: int, defaults: dict) -> dict:
     return {"heldout": heldout, "defaults": shipped}
 
 
-def tune(folds: Folds, times, tune_on, defaults_scores, splits: int = 0) -> dict:
+def tune(folds: Folds, times, tune_on, defaults_scores, splits: int = 0, seed: int = 0) -> dict:
     """For each fold in ``tune_on``: each rule's setting there, and its score on the other fold; with
-    ``splits``, the maximin rule's held-out scores on that many other splits (`resplit_heldout`)."""
+    ``splits``, the maximin rule's held-out scores on that many other splits of family ``seed``
+    (`resplit_heldout`)."""
     table = run_grid(folds, times, defaults_scores)
 
     # Added after the argmax rule's figures were seen (so its held-out figures are not blind): the
@@ -260,7 +268,8 @@ def tune(folds: Folds, times, tune_on, defaults_scores, splits: int = 0) -> dict
                    "sub": [t.by_sub[fold, sub].score if (fold, sub) in t.by_sub else math.nan for sub in FOLDS]}
             for rule, t in rules.items()}}
     if splits:
-        out["resplit"] = resplit_heldout(table, folds.corpus, splits, {k: getattr(OnsetDetector(), k) for k in GRID})
+        out["resplit"] = resplit_heldout(table, folds.corpus, splits, {k: getattr(OnsetDetector(), k) for k in GRID},
+                                         seed)
     return out
 
 
@@ -321,7 +330,7 @@ def _report_tuning(tuned: dict) -> dict:
     return figures
 
 
-def nab_figures(root, scores_out=None, tune_on=(), splits: int = 0) -> dict:
+def nab_figures(root, scores_out=None, tune_on=(), splits: int = 0, seed: int = 0) -> dict:
     """Score the corpus at ``root`` (defaults, and two-fold tuning for each fold in ``tune_on``);
     print the tables; return the figures."""
     corpus = load_corpus(root)
@@ -350,7 +359,9 @@ def nab_figures(root, scores_out=None, tune_on=(), splits: int = 0) -> dict:
                "nab_rows_per_s": round(rows / elapsed), "nab_us_per_row": round(elapsed / rows * 1e6, 2)}
     if tune_on:
         progress(f"two-fold tuning over {len(settings_grid())} settings of {sorted(GRID)}")
-        figures.update(_report_tuning(tune(folds, times, tune_on, ours, splits)))
+        figures.update(_report_tuning(tune(folds, times, tune_on, ours, splits, seed)))
+        if splits:
+            figures["nab_resplit_seed"] = seed
     return figures
 
 
@@ -364,11 +375,13 @@ def main() -> int:
                          "none: only the shipped defaults, a few seconds)")
     ap.add_argument("--resplits", type=int, default=0, metavar="N",
                     help="also repeat the maximin protocol on N other two-fold splits (about a minute each)")
+    ap.add_argument("--resplit-seed", type=int, default=0, metavar="S",
+                    help="which family of other splits --resplits draws (default 0, the salts split1:...)")
     ap.add_argument("--scores-out", metavar="DIR", help="write the defaults' per-row scores here, one CSV per series")
     args = ap.parse_args()
     tune_on = {"both": FOLDS, "none": ()}.get(args.tune_on, (args.tune_on,))
     try:
-        figures = nab_figures(args.nab, args.scores_out, tune_on, args.resplits)
+        figures = nab_figures(args.nab, args.scores_out, tune_on, args.resplits, args.resplit_seed)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

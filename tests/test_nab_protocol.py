@@ -93,3 +93,15 @@ def test_the_benchmark_tunes_on_one_fold_and_reports_the_other(tmp_path, monkeyp
     assert len(figures["nab_resplit_heldout"]) == 4 and all(h > 50.0 for h in figures["nab_resplit_heldout"])
     assert figures["nab_resplit_defaults_mean"] > 50.0
     assert "held-out" in capsys.readouterr().out
+
+
+def test_a_resplit_seed_draws_another_family_of_splits(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    sys.modules.pop("nab", None)
+    import nab as bench
+    sys.modules.pop("nab", None)
+    # Family 0 is the splits the benchmark always drew, so earlier figures stay comparable.
+    assert [bench.resplit_salt(k) for k in (1, 2)] == ["split1:", "split2:"]
+    family = {seed: [fold_of(NAMES, bench.resplit_salt(k, seed)) for k in range(1, 6)] for seed in (0, 1, 2)}
+    assert family[0] != family[1] != family[2] != family[0]
+    assert family[1] == [fold_of(NAMES, bench.resplit_salt(k, 1)) for k in range(1, 6)]
