@@ -9,7 +9,7 @@ import random
 import pytest
 
 from prediction.metric_series import STEP_S, metric_series
-from prediction.onset import OnsetDetector, SeasonalLevel
+from prediction.onset import Evidence, OnsetDetector, SeasonalLevel
 from schemas.state import StateVersionError
 
 SEEDS = range(4)
@@ -70,6 +70,31 @@ def test_without_suppression_an_incident_is_flagged_for_longer_than_its_onset():
     quiet, loud = _onsets(s), _onsets(s, quiet_s=0.0)
     in_window = lambda ts: [t for t in ts if s.window_s[0] <= t <= s.window_s[1]]  # noqa: E731
     assert len(in_window(quiet)) == 1 < len(in_window(loud))
+
+
+def _calm_samples_until_release(**settings):
+    """Samples of a normal recent error level after an onset until the quiet period ends (None: not
+    within 100 samples, far less than its day)."""
+    detector = OnsetDetector(**settings)
+
+    def evidence(recent):
+        return Evidence(0.0, recent, 0.0, 0.0, 0.0, True, 1000, 1000)
+
+    assert detector.decide_one(evidence(50.0), 0.0)[1]
+    assert detector.decide_one(evidence(50.0), 60.0) == (0.0, False)    # held at 0: the same incident
+    for n in range(1, 101):
+        detector.decide_one(evidence(0.0), 60.0 * (n + 1))
+        if detector.quiet_until <= 60.0 * (n + 1):
+            assert detector.decide_one(evidence(50.0), 60.0 * (n + 1.5), update=False)[1]   # a new incident
+            return n
+    return None
+
+
+def test_the_quiet_period_ends_after_one_averaging_window_of_normal_errors():
+    assert _calm_samples_until_release() == OnsetDetector().average == 10
+    assert _calm_samples_until_release(average=4) == 4
+    assert _calm_samples_until_release(release_after=36) == 36
+    assert _calm_samples_until_release(release_after=0) is None
 
 
 def test_score_one_changes_nothing_and_a_replayed_time_is_not_learned():
