@@ -73,7 +73,8 @@ next), so the same window is also split by thread (Linux schedstat, ns):
 worker_thread_overhead_fraction is the CPU of every thread but the serving ones
 (the request stream, the swap pool, ONNX Runtime's own threads) over the
 process's, with the split in worker_overhead_ms_per_s (outbox drain, telemetry,
-listeners, librdkafka's threads, the rest).
+listeners, librdkafka's threads, the rest) and each part's wake-ups per second in
+worker_wakeups_per_s (what an idle part's cost mostly is: see `thread_activity`).
 
     python bench/scale.py [--scales 10:25,50:150,200:800,1000:5000] [--window 60] [--speed 1]
 
@@ -441,20 +442,25 @@ def _quantile(sorted_values: list, q: float) -> float | None:
 SERVING_THREADS = ("request-load", "ThreadPoolExecutor")  # the request stream and the swap pool
 
 
-def thread_cpu_seconds() -> dict[str, float]:
-    """CPU seconds of this process's threads so far, by role: serving, or the worker's other parts.
+def thread_activity() -> dict[str, tuple[float, int]]:
+    """CPU seconds and wake-ups of this process's threads so far, by role: serving, or the worker's other parts.
 
     Threads Python started are known by name; librdkafka's are named ``rdk:*``; the
-    remaining native threads are ONNX Runtime's pools, counted as serving.
+    remaining native threads are ONNX Runtime's pools, counted as serving. A wake-up is a
+    voluntary context switch (the thread slept, on a timer, a lock or a socket): on this
+    2-core VM each costs a thread 40-130 µs of CPU before it does anything, so an idle part's
+    cost is mostly its wake-ups per second.
     """
     names = {t.native_id: t.name for t in threading.enumerate()}
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, int]] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
             ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
             comm = Path(f"/proc/self/task/{tid}/comm").read_text().strip()
+            status = Path(f"/proc/self/task/{tid}/status").read_text()
         except OSError:  # the thread ended in between
             continue
+        wakes = int(status.split("voluntary_ctxt_switches:", 1)[1].split(None, 1)[0])
         name = names.get(int(tid))
         if comm.startswith("rdk:"):
             role = "librdkafka"
@@ -464,7 +470,8 @@ def thread_cpu_seconds() -> dict[str, float]:
             role = "listeners"
         else:
             role = {"outbox-drain": "outbox", "telemetry": "telemetry"}.get(name, "other")
-        out[role] = out.get(role, 0.0) + ns / 1e9
+        cpu, woken = out.get(role, (0.0, 0))
+        out[role] = (cpu + ns / 1e9, woken + wakes)
     return out
 
 
@@ -483,15 +490,19 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
     manifest = load_manifest(zoo) if zoo else build_zoo(progress=progress)
 
     split: dict[str, float] = {}
+    wakeups: dict[str, int] = {}
 
     def steady(loads) -> tuple[float, int]:
         time.sleep(warm_s)
-        threads0 = thread_cpu_seconds()
+        threads0 = thread_activity()
         cpu0, served0 = time.process_time(), sum(load.stats().served for load in loads)
         time.sleep(seconds)
         cpu, served = time.process_time() - cpu0, sum(load.stats().served for load in loads) - served0
         split.clear()
-        split.update({role: t - threads0.get(role, 0.0) for role, t in thread_cpu_seconds().items()})
+        wakeups.clear()
+        for role, (t, n) in thread_activity().items():
+            t0, n0 = threads0.get(role, (0.0, 0))
+            split[role], wakeups[role] = t - t0, n - n0
         return cpu, served
 
     def inference_only() -> tuple[float, int]:
@@ -529,6 +540,8 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
             if threads_total else None,
             "worker_overhead_ms_per_s": {role: round(t / seconds * 1000, 3) for role, t in sorted(split.items())
                                          if role != "serving"},
+            "worker_wakeups_per_s": {role: round(n / seconds, 1) for role, n in sorted(wakeups.items())
+                                     if role != "serving"},
             "worker_zoo": str(manifest.root)}
 
 
@@ -584,7 +597,7 @@ def main() -> int:
               f"{overhead['cpu_s_inference_only']} for {overhead['served_inference_only']} inference alone -> overhead "
               f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core); by thread, "
               f"everything but serving: {overhead['worker_thread_overhead_fraction']} of the worker's CPU, ms per s: "
-              f"{overhead['worker_overhead_ms_per_s']}")
+              f"{overhead['worker_overhead_ms_per_s']}, wake-ups per s: {overhead['worker_wakeups_per_s']}")
     emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
                  "partitions": args.partitions, "linger_ms": args.linger_ms, "flow_args": args.flow_arg, **overhead,
