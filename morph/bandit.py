@@ -215,7 +215,7 @@ class DiscountedLinUCB(Versioned):
 
         With Y = L⁻¹·basis and z = L⁻¹ Σ w φ r, θ·φ = (Yᵀz)·c and φᵀ V⁻¹ φ = cᵀ(YᵀY)c, so the
         triangular solve is for the m basis columns, not for the n rows: the agent's Φ has 61 arms
-        in 9 directions, and the solve for 61 columns was most of a decision's cost.
+        in 9 directions, and the solve for 61 columns was the largest single cost of a decision.
         """
         factor = self._factor()
         solved = _trsm(1.0, factor, np.concatenate((basis.T, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)

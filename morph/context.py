@@ -163,10 +163,10 @@ class Featurizer:
         self._spread = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
                                  [len(ARM_FEATURES)] * len(CONTEXT_FEATURES) + [len(MODEL_FEATURES)])
         # Φ = coords · basisᵀ (`factored`): coords are an arm's features and its model columns; basis
-        # column j < |arm features| holds context value i at row i·|arm features| + j, the model
-        # columns map to themselves. The context value of row r is read from Φ's first row at column
-        # `_basis_source[r]`: column i·|arm features| is context value i times the bias arm feature
-        # (1.0), and column 0 the bias context (1.0) times it, the model rows' 1.0.
+        # row i·|arm features| + j holds context value i in column j, model row m a 1.0 in column
+        # |arm features| + m. Those values are read from Φ's first row (`_basis_source`): its column
+        # i·|arm features| is context value i times the bias arm feature (1.0), its column 0 the
+        # bias context value (1.0).
         n_arm, n_model = len(ARM_FEATURES), len(MODEL_FEATURES)
         self._basis_pattern = np.zeros((self.dim, n_arm + n_model))
         self._basis_pattern[np.arange(self._k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
@@ -218,7 +218,6 @@ class Featurizer:
         np.maximum(margin, -2.0, out=margin)
         np.minimum(margin, 1.0, out=margin)
         return phi, predicted, power
-
 
     def factored(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(coords, basis) with ``phi = coords · basisᵀ``, for a Φ that `features` built: each row is
