@@ -215,11 +215,12 @@ class DiscountedLinUCB(Versioned):
 
         With Y = L⁻¹·basis and z = L⁻¹ Σ w φ r, θ·φ = (Yᵀz)·c and φᵀ V⁻¹ φ = cᵀ(YᵀY)c, so the
         triangular solve is for the m basis columns, not for the n rows: the agent's Φ has 61 arms
-        in 9 directions, and the solve for 61 columns was the largest single cost of a decision.
+        in 9 directions, and the solve for ~50 allowed arms' columns was the largest single cost of
+        a decision. YᵀY and Yᵀz are one Gram matrix of [Y | z], and c·(YᵀY) and c·(Yᵀz) one product.
         """
         factor = self._factor()
         solved = _trsm(1.0, factor, np.concatenate((basis.T, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
-        y = solved[:, :-1]
-        quadratic = np.einsum("ij,ij->i", coords @ (y.T @ y), coords)
-        # |Yc|² from the m × m Gram matrix: rounding can leave it a hair below 0 where it is 0
-        return coords @ (solved[:, -1] @ y) + self.alpha * np.sqrt(np.maximum(quadratic, 0.0))
+        products = coords @ (solved.T @ solved)[:-1]
+        # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0
+        quadratic = np.maximum((products[:, :-1] * coords).sum(axis=1), 0.0)
+        return products[:, -1] + self.alpha * np.sqrt(quadratic)
