@@ -39,7 +39,11 @@ from morph.context import EpochTelemetry, Featurizer, NodeContext
 from morph.policy import MorphPolicy
 from morph.reward import RewardWeights, WorkflowConstraints, reward_of_terms, reward_terms
 from morph.shield import ShieldConfig, ThermalEstimate, critical_run, safe_mask
-from schemas.state import Versioned
+from schemas.state import SnapshotRandom, Versioned
+
+
+#: Recent samples kept per node: the temperature slope's window and the evidence's.
+WINDOW = 6
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class AgentState(Versioned):
     thermal: ThermalEstimate
     rng: random.Random
     epoch: EpochTelemetry = field(default_factory=EpochTelemetry)
-    temps: deque = field(default_factory=lambda: deque(maxlen=6))
-    times: deque = field(default_factory=lambda: deque(maxlen=6))
+    temps: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
+    times: deque = field(default_factory=lambda: deque(maxlen=WINDOW))
     current: Optional[int] = None
     pending: Optional[PendingDecision] = None
     last_decision_ms: Optional[int] = None
@@ -129,6 +133,8 @@ class RliAgent:
         self._scorer = MorphPolicy()  # the rules' resource score, reported as evidence like theirs
         # read on every sample: plain tuples and attributes, not the arm objects
         self._served = tuple((a.variant, a.precision) for a in arms)
+        self._sha256 = tuple(arms.sha256.get(served) for served in self._served)
+        self._preprocessing = tuple(a.preprocessing for a in arms)
         self._constraints = config.constraints
         self._epoch_ms = config.epoch_s * 1000
         self._early_gap_ms = config.early_gap_s * 1000
@@ -142,7 +148,7 @@ class RliAgent:
     def new_state(self, node_id: str) -> AgentState:
         c = self.config
         return AgentState(node_id, DiscountedLinUCB(self.featurizer.dim, c.gamma, c.ridge, c.alpha),
-                          ThermalEstimate(c.shield), random.Random(f"{c.seed}-{node_id}"))
+                          ThermalEstimate(c.shield), SnapshotRandom(f"{c.seed}-{node_id}"))
 
     # -- observation -------------------------------------------------------
     def observe(self, state: AgentState, sample: dict) -> None:
@@ -188,8 +194,8 @@ class RliAgent:
         """Between epochs the shield still watches every sample: when the arm being served would
         now be masked (the node heats toward ``hot_c``), decide at once instead of at the epoch's end.
 
-        What the shield computed when it does — (context, Φ, predicted temperatures, powers, mask),
-        the decision's own inputs on this sample — else None."""
+        What the shield computed when it does — `_shield`'s tuple, the decision's own inputs on
+        this sample — else None."""
         if state.current == self.fallback or ts - state.last_decision_ms < self._early_gap_ms:
             return None
         temp, limit = sample["gpu_temp_c"], self._unsafe_above_c
@@ -199,22 +205,22 @@ class RliAgent:
         return None if shielded[4][state.current] else shielded
 
     def _shield(self, state: AgentState, sample: dict):
-        """(context, Φ, predicted temperature, predicted power, allowed arms) on ``sample``."""
+        """(context, Φ, predicted temperature, predicted power, allowed arms, thermal resistance) on ``sample``."""
         c = self.config
         ctx = self.context(state, sample)
-        phi, predicted, power = self.featurizer.features(ctx, state.thermal.r_c_per_w())
+        thermal_r = state.thermal.r_c_per_w()
+        phi, predicted, power = self.featurizer.features(ctx, thermal_r)
         safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, state.temps,
                          ctx.power_w, c.constraints.min_accuracy, c.shield)
-        return ctx, phi, predicted, power, safe
+        return ctx, phi, predicted, power, safe, thermal_r
 
     def _decide_now(self, state: AgentState, sample: dict, ts: int, shielded=None) -> Decision:
         c = self.config
         # learning the last reward and ageing the evidence change the bandit only, not what the shield saw
-        ctx, phi, predicted, power, safe = shielded or self._shield(state, sample)
+        ctx, phi, predicted, power, safe, thermal_r = shielded or self._shield(state, sample)
         bucket = ctx.bucket(c.constraints)
         prev = self._close_epoch(state)
         state.bandit.tick()
-        thermal_r = state.thermal.r_c_per_w()
         arm, propensity = self._choose(state, phi, safe)
         switched = arm != state.current
         state.pending = PendingDecision(arm, phi[arm].copy(), propensity, bucket, switched, ts)
@@ -253,11 +259,15 @@ class RliAgent:
         return max(c.epsilon_min, c.epsilon / (1.0 + state.bandit.stats.count / c.epsilon_decay))
 
     def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
-        # only the allowed arms' bounds: a masked arm's is never used, and the solve's cost grows with the arms
         allowed = safe.nonzero()[0]   # `safe` is 1-D: np.flatnonzero's ravel and wrapper are not needed
         n_allowed = len(allowed)
-        # when the shield leaves the fallback alone (~1 decision in 7 on the flow benchmark), no bound is needed
-        greedy = int(allowed[0]) if n_allowed == 1 else int(allowed[np.argmax(state.bandit.ucb(phi, allowed))])
+        # when the shield leaves the fallback alone (~1 decision in 7 on the flow benchmark), no bound is needed;
+        # else every arm's (a solve for Φ's few directions, not per arm), the best of the allowed ones taken
+        if n_allowed == 1:
+            greedy = int(allowed[0])
+        else:
+            bounds = state.bandit.ucb_factored(*self.featurizer.factored(phi))
+            greedy = int(allowed[np.argmax(bounds[allowed])])
         eps = self.exploration(state) if n_allowed > 1 else 0.0
         if state.rng.random() < eps:
             arm = int(allowed[state.rng.randrange(n_allowed)])
@@ -273,7 +283,7 @@ class RliAgent:
 
     def _command(self, state: AgentState, sample: dict, arm_index: int, propensity: float,
                  predicted_c: float) -> dict:
-        arm, before = self.arms[arm_index], self.arms[state.current]
+        arm, before = self.arms.arms[arm_index], self.arms.arms[state.current]
         name, before_name = self.arm_names[arm_index], self.arm_names[state.current]
         predicted_c = float(predicted_c)  # a numpy scalar: converted once for the reason and the evidence
         critical = arm.fallback and state.temps[-1] >= self.config.constraints.critical_temp_c
@@ -287,25 +297,26 @@ class RliAgent:
             "from_precision": before.precision, "to_precision": arm.precision,
             "batch_size": arm.batch, "cache": arm.cache, "pipeline": arm.pipeline,
             "fallback": arm.fallback, "arm": name, "propensity": round(propensity, 6),
-            "model_sha256": self.arms.sha256.get((arm.variant, arm.precision)),
+            "model_sha256": self._sha256[arm_index],
             "reason": f"{'critical temperature' if critical else 'learned (UCB among shielded arms)'}: "
                       f"{before_name} -> {name}, predicted {predicted_c:.1f} °C",
             "evidence": self._evidence(state, sample, predicted_c),
             # unsigned here (the control flow signs what it emits); preprocessing: the lighting arm's stage, else left
             "key_id": None, "expires_ts_ms": None, "sequence": None, "signature": None,
-            "preprocessing": arm.preprocessing,
+            "preprocessing": self._preprocessing[arm_index],
         }
 
     def _evidence(self, state: AgentState, sample: dict, predicted_c: float) -> dict:
         """The MorphCommand evidence: the window as the rules report it, the shield's forecast for the arm."""
-        temps, hot = list(state.temps), self.config.constraints.max_gpu_temp_c
+        temps, hot = state.temps, self.config.constraints.max_gpu_temp_c
+        n = len(temps)
         return {
             "resource_score": round(self._scorer.resource_score(sample), 4),
             "temperature_c": sample["gpu_temp_c"],
-            "window_mean_c": round(sum(temps) / len(temps), 3),
+            "window_mean_c": round(sum(temps) / n, 3),
             "window_max_c": max(temps),
-            "violation_fraction": round(sum(t >= hot for t in temps) / len(temps), 4),
-            "window_size": len(temps),
+            "violation_fraction": round(len([t for t in temps if t >= hot]) / n, 4),
+            "window_size": n,
             "forecast_c": round(predicted_c, 2), "forecast_lower_c": None, "forecast_upper_c": None,
             "forecast_horizon_s": self.config.shield.horizon_s, "anomaly_score": None, "contributing_features": [],
         }
@@ -314,6 +325,17 @@ class RliAgent:
 def _slope(times: deque, temps: deque) -> float:
     """dT/dt over the recent samples (least squares), °C/s; plain Python: six points, every sample."""
     n = len(times)
+    if n == WINDOW == len(temps):
+        # the full window (all but a node's first samples), unrolled: the loop's overhead was a third of
+        # the slope's cost; the same operations in the same order as the loop below, so the same result
+        t0, t1, t2, t3, t4, t5 = times
+        y0, y1, y2, y3, y4, y5 = temps
+        tm, ym = (t0 + t1 + t2 + t3 + t4 + t5) / n, (y0 + y1 + y2 + y3 + y4 + y5) / n
+        d0, d1, d2, d3, d4, d5 = t0 - tm, t1 - tm, t2 - tm, t3 - tm, t4 - tm, t5 - tm
+        num = (0.0 + d0 * (y0 - ym) + d1 * (y1 - ym) + d2 * (y2 - ym) + d3 * (y3 - ym) + d4 * (y4 - ym)
+               + d5 * (y5 - ym))
+        den = 0.0 + d0 * d0 + d1 * d1 + d2 * d2 + d3 * d3 + d4 * d4 + d5 * d5
+        return num / den if den > 0 else 0.0
     if n < 2:
         return 0.0
     if len(temps) != n:

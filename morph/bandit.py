@@ -194,20 +194,33 @@ class DiscountedLinUCB(Versioned):
         solved = _trsm(1.0, factor, phi.T, lower=1)
         return np.sqrt((solved * solved).sum(axis=0))
 
-    def ucb(self, phi: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi`` (of ``phi[rows]`` when given).
+    def ucb(self, phi: np.ndarray) -> np.ndarray:
+        """Upper confidence bound θ·φ + α·sqrt(φᵀ V⁻¹ φ) of each row of ``phi``.
 
         One triangular solve serves both terms: with y = L⁻¹φ and z = L⁻¹ Σ w φ r,
         θ·φ = z·y and φᵀ V⁻¹ φ = y·y, so the arms' bounds cost one BLAS call on
         [Φᵀ | Σ w φ r] after the factorisation, not a solve for θ and another for the widths.
         """
         factor = self._factor()
-        if type(phi) is not np.ndarray or phi.dtype != np.float64 or phi.ndim != 2:  # the agent's Φ skips this
-            phi = np.atleast_2d(np.asarray(phi, dtype=float))
+        phi = np.atleast_2d(np.asarray(phi, dtype=float))
         # rows: the arms, then the moment; transposed, the columns solved for, in place (Fortran order).
         # BLAS's dtrsm is what LAPACK's dtrtrs calls after checking the diagonal for zeros, which a
         # factor from a successful dpotrf cannot have.
-        solved = _trsm(1.0, factor, np.concatenate((phi if rows is None else phi[rows], self.stats.moment[None, :])).T,
-                       lower=1, overwrite_b=1)
+        solved = _trsm(1.0, factor, np.concatenate((phi, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
         y = solved[:, :-1]
         return solved[:, -1] @ y + self.alpha * np.sqrt(np.einsum("ij,ij->j", y, y))
+
+    def ucb_factored(self, coords: np.ndarray, basis: np.ndarray) -> np.ndarray:
+        """`ucb` of the rows φ = coords · basisᵀ (coords n × m, basis dim × m): many rows in few directions.
+
+        With Y = L⁻¹·basis and z = L⁻¹ Σ w φ r, θ·φ = (Yᵀz)·c and φᵀ V⁻¹ φ = cᵀ(YᵀY)c, so the
+        triangular solve is for the m basis columns, not for the n rows: the agent's Φ has 61 arms
+        in 9 directions, and the solve for ~50 allowed arms' columns was the largest single cost of
+        a decision. YᵀY and Yᵀz are one Gram matrix of [Y | z], and c·(YᵀY) and c·(Yᵀz) one product.
+        """
+        factor = self._factor()
+        solved = _trsm(1.0, factor, np.concatenate((basis.T, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
+        products = coords @ (solved.T @ solved)[:-1]
+        # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0
+        quadratic = np.maximum((products[:, :-1] * coords).sum(axis=1), 0.0)
+        return products[:, -1] + self.alpha * np.sqrt(quadratic)

@@ -162,6 +162,17 @@ class Featurizer:
         # Python loop over the 39 columns
         self._spread = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
                                  [len(ARM_FEATURES)] * len(CONTEXT_FEATURES) + [len(MODEL_FEATURES)])
+        # Φ = coords · basisᵀ (`factored`): coords are an arm's features and its model columns; basis
+        # row i·|arm features| + j holds context value i in column j, model row m a 1.0 in column
+        # |arm features| + m. Those values are read from Φ's first row (`_basis_source`): its column
+        # i·|arm features| is context value i times the bias arm feature (1.0), its column 0 the
+        # bias context value (1.0).
+        n_arm, n_model = len(ARM_FEATURES), len(MODEL_FEATURES)
+        self._basis_pattern = np.zeros((self.dim, n_arm + n_model))
+        self._basis_pattern[np.arange(self._k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
+        self._basis_pattern[self._k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
+        self._basis_source = np.concatenate([np.repeat(np.arange(len(CONTEXT_FEATURES)) * n_arm, n_arm),
+                                             np.zeros(n_model, dtype=int)])
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
         return np.array(self._context_values(ctx, _capacity(ctx) * self._item_ms[self.arms.index(ctx.current)]))
@@ -207,6 +218,13 @@ class Featurizer:
         np.maximum(margin, -2.0, out=margin)
         np.minimum(margin, 1.0, out=margin)
         return phi, predicted, power
+
+    def factored(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(coords, basis) with ``phi = coords · basisᵀ``, for a Φ that `features` built: each row is
+        the context times the arm's features, plus the arm's model columns, so the rows span
+        |arm features| + |model features| directions (`DiscountedLinUCB.ucb_factored`)."""
+        basis = self._basis_pattern * phi[0].take(self._basis_source)[:, None]
+        return np.concatenate((self.arm_features, phi[:, self._k:]), axis=1), basis
 
 
 def _clamp(v: float, lo: float, hi: float) -> float:

@@ -93,10 +93,10 @@ def sharer_factory_for(spec):
     ``options.no_dp`` (``--no-dp``) shares without differential privacy."""
     if policy_kind(spec) != "rli" or spec.options.get("no_peers"):
         return None
-    import random
     import zlib
 
     from morph.peers import DP_WINDOW, ExperienceSharer, SharingConfig
+    from schemas.state import SnapshotRandom
 
     groups = max(1, int(spec.options.get("peer_groups", 1)))
     epsilon = None if spec.options.get("no_dp") else float(spec.options.get("dp_epsilon", 1.0))
@@ -105,7 +105,7 @@ def sharer_factory_for(spec):
     def sharer(node_id: str) -> ExperienceSharer:
         group = f"g{zlib.crc32(node_id.encode()) % groups}"
         # DP noise must not be predictable from the node id: seed from the OS
-        return ExperienceSharer(node_id, group, config, random.Random())
+        return ExperienceSharer(node_id, group, config, SnapshotRandom())
     return sharer
 
 

@@ -33,6 +33,8 @@ schemas.state.StateVersionError: Counter snapshot has state version 9, this rele
 
 from __future__ import annotations
 
+import random
+from array import array
 from typing import Callable, ClassVar
 
 
@@ -76,3 +78,32 @@ def migrate_state(cls: type, state: dict) -> dict:
         version += 1
     state["version"] = current
     return state
+
+
+class SnapshotRandom(random.Random):
+    """A `random.Random` that snapshots cheaply: its state pickles as packed bytes.
+
+    A Mersenne Twister's state is 625 words, which `random.Random` pickles as 625
+    Python ints and restores by seeding a fresh generator from the OS first; the control
+    flow's state of a node with the learned agent holds two generators, and they were a
+    third of its snapshot's pickle round trip (135 of 421 µs, ~100 µs each, ~55 µs
+    packed). The sequence is `random.Random`'s: same seed, same draws; a plain
+    `random.Random` pickled by an older release restores as one.
+
+    >>> import pickle
+    >>> rng, plain = SnapshotRandom("edge-1"), random.Random("edge-1")
+    >>> _ = rng.random(), plain.random(), rng.gauss(0, 1), plain.gauss(0, 1)   # gauss keeps a second draw
+    >>> restored = pickle.loads(pickle.dumps(rng))
+    >>> type(restored).__name__, [restored.gauss(0, 1), restored.random()] == [plain.gauss(0, 1), plain.random()]
+    ('SnapshotRandom', True)
+    """
+
+    def __reduce__(self):
+        version, internal, gauss_next = self.getstate()
+        return _restore_random, (type(self), version, array("I", internal).tobytes(), gauss_next)
+
+
+def _restore_random(cls: type, version: int, words: bytes, gauss_next) -> random.Random:
+    rng = cls.__new__(cls, 0)  # seeded from 0, not from the OS: the state is overwritten at once
+    rng.setstate((version, tuple(array("I", words)), gauss_next))
+    return rng

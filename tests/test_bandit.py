@@ -127,6 +127,19 @@ def test_the_bounds_of_all_arms_from_one_solve_equal_the_mean_plus_the_width_als
     assert bandit.ucb(phi)[0] > expected[0]
 
 
+def test_the_bounds_of_rows_given_as_coordinates_on_a_basis_equal_the_bounds_of_the_rows():
+    rng = np.random.default_rng(5)
+    bandit = DiscountedLinUCB(dim=39, gamma=0.995, ridge=1.0, alpha=0.3)
+    coords, basis = rng.normal(size=(61, 9)), rng.normal(size=(39, 9))
+    phi = coords @ basis.T
+    for _ in range(200):
+        bandit.tick()
+        a = int(np.argmax(bandit.ucb_factored(coords, basis)))
+        bandit.learn_one(phi[a], float(rng.normal(loc=0.1 * a % 1.0)))
+    np.testing.assert_allclose(bandit.ucb_factored(coords, basis), bandit.ucb(phi), rtol=1e-9, atol=1e-12)
+    assert int(np.argmax(bandit.ucb_factored(coords, basis))) == int(np.argmax(bandit.ucb(phi)))
+
+
 def test_corrupt_statistics_are_an_error_not_a_silent_answer():
     bandit = DiscountedLinUCB(dim=2, ridge=1.0)
     bandit.stats.gram[:] = -5.0 * np.eye(2)     # no Gram matrix is negative definite

@@ -83,7 +83,28 @@ def test_features_are_the_context_arm_outer_product_then_the_model_features():
         assert np.array_equal(phi[:, :k], outer)
         switch = phi[:, k + 2]
         assert switch[ARMS.index(current)] == 0.0 and np.count_nonzero(switch) == len(ARMS) - 1
+        coords, basis = f.factored(phi)   # the bandit's bounds are computed from these
+        assert np.array_equal(coords @ basis.T, phi)
         assert np.all((phi[:, k] > 0) & (phi[:, k] <= 1.0)) and np.all((phi[:, k + 1] >= -2.0) & (phi[:, k + 1] <= 1.0))
+
+
+def test_the_slope_over_a_full_window_is_the_least_squares_loop_bit_for_bit():
+    from collections import deque
+
+    from morph.agent import WINDOW, _slope
+
+    rng = random.Random(4)
+    for i in range(2000):
+        times = sorted(rng.uniform(0, 1e6) for _ in range(WINDOW)) if i % 2 else \
+            [1000.0 * i + j * rng.choice([0.5, 1.0, 2.0]) for j in range(WINDOW)]
+        temps = [rng.uniform(20.0, 100.0) for _ in range(WINDOW)]
+        tm, ym = sum(times) / WINDOW, sum(temps) / WINDOW
+        num = den = 0.0
+        for t, y in zip(times, temps):
+            num += (t - tm) * (y - ym)
+            den += (t - tm) * (t - tm)
+        assert _slope(deque(times, maxlen=WINDOW), deque(temps, maxlen=WINDOW)) == num / den
+    assert _slope(deque([1.0, 2.0, 3.0], maxlen=WINDOW), deque([50.0, 51.0, 52.0], maxlen=WINDOW)) == 1.0
 
 
 def test_three_samples_at_90_force_the_fallback_between_epochs():
