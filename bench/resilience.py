@@ -32,10 +32,10 @@ count as optimistic in the published tables, and unknown states get a random
 allowed action with probability 0.3); during the measured runs the agent keeps
 learning from every signal but the published tables hold only actions already
 tried, and states it has not seen get the static retrier. The agent chooses by
-its reward under a completion constraint (complete at least as often as Step
-Functions' retrier would), priced by a multiplier it raises by dual ascent
-(`prediction.recovery`; printed as the completion price);
-``--no-completion-floor`` drops the constraint (the seed's reward alone).
+its reward plus a price on completing the run (`prediction.recovery`: a fixed
+prior, printed as the completion price), giving up an independent failure no
+sooner than Step Functions' retrier would, and retrying no more often than it;
+``--no-completion-floor`` drops the price and the rule (the seed's reward alone).
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
@@ -508,7 +508,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-completion-floor", action="store_true",
                     help="the agent chooses by its reward alone (the seed's), without its completion constraint "
                          "(on an independent failure, give a step up only where that completes as often as Step "
-                         "Functions' retrier would; under an active cause, the dual-ascent completion price)")
+                         "Functions' retrier would; everywhere, the price of a completed run)")
     ap.add_argument("--first-failure-floor", type=float, default=FIRST_FAILURE_FLOOR,
                     help="under an active cause, at a step's first failure, only actions estimated to complete the "
                          "run at least this often are allowed, when one is (default 0: the reward decides)")

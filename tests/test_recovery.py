@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from edge.faults import (
+    ALTERNATIVE,
     DEPENDENCY_UNAVAILABLE,
     FAIL,
+    RETRY,
     TIMEOUT,
     Decision,
     Failure,
@@ -373,8 +375,10 @@ def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_st
     slow, poisoned, spent = "---|TIMEOUT|1|0|1|0|0|0", "---|BAD_INPUT|1|0|0|0|0|0", "---|TIMEOUT|4|0|1|0|0|0"
     rng = random.Random(0)
     for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
-        # without the first-failure floor, which would retry here whatever the price (tested below)
-        agent = QRecoveryAgent(alpha=0.02, completion_floor=floor, first_failure_floor=0.0)
+        # without the first-failure floor, which would retry here whatever the price (tested below); the dual
+        # ascent on, from no price (by default the price stays at its prior, tested below)
+        agent = QRecoveryAgent(alpha=0.02, completion_floor=floor, first_failure_floor=0.0, price_rate=5.0,
+                               completion_price=0.0)
         for _ in range(200):
             ok = rng.random() < 0.5
             agent._learn_both(slow, "RETRY 1s", (1.0 if ok else -1.0) - 4.0, None, float(ok))
@@ -392,6 +396,37 @@ def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_st
             assert prices[-1] < 2 * 3.0 / 0.5
         else:
             assert prices[-1] == 0.0
+
+
+def test_by_default_a_completed_run_is_priced_so_a_slow_retry_that_often_completes_is_not_given_up():
+    # a congested link: the retry completes half the time and costs 1.2 reward units of time and attempts;
+    # the reward alone (-1.2 on average) gives up at once (-1), the default price of a completion (+0.5) does not
+    slow = "---|TIMEOUT|1|0|1|0|0|0"
+    for price, expected in ((0.0, FAIL), (QRecoveryAgent.completion_price, "RETRY 0s")):
+        agent = QRecoveryAgent(completion_price=price)
+        for k in range(40):
+            agent._learn_both(slow, "RETRY 0s", (1.0 if k % 2 else -1.0) - 1.2, None, float(k % 2))
+            agent._learn_both(slow, FAIL, -1.0, None, 0.0)
+        assert agent.predict_one(slow, explore=False) == expected
+        assert agent.policy("wf", explore=False).actions[slow] == expected and agent.completion_price == price
+
+
+def test_no_retry_past_the_static_retriers_last_whatever_it_learned():
+    # a dead dependency's 0.5 s attempts: a fourth retry still completes now and then and costs little time
+    spent = "a-i|DEPENDENCY_UNAVAILABLE|4|0|1|0|0|0"
+    agent = QRecoveryAgent()
+    for k in range(40):
+        agent._learn_both(spent, "RETRY 0s", (1.0 if k % 2 else -1.0) - 0.25, None, float(k % 2))
+        agent._learn_both(spent, FAIL, -1.0, None, 0.0)
+        agent._learn_both(spent, ALTERNATIVE, -1.2, None, 0.0)
+    assert agent.q[spent]["RETRY 0s"] > agent.q[spent][FAIL]
+    assert agent.predict_one(spent, explore=False) == FAIL
+    assert not any(a.startswith("RETRY") for a in valid_actions(spent))
+    assert "RETRY 0s" in valid_actions(spent.replace("|4|", "|3|"))
+    # nodes exploring an unknown state do not retry past it either
+    node = PolicyRecovery(FailureView(), explore=1.0)
+    failure = Failure("wf", "r", "s", "n", DEPENDENCY_UNAVAILABLE, 4, 0.0, alternatives=("b",))
+    assert all(node.decide(failure).action != RETRY for _ in range(50))
 
 
 def test_under_an_active_cause_a_run_is_not_given_up_at_the_first_failure_a_retry_may_recover():
@@ -438,7 +473,7 @@ def test_without_an_active_cause_the_agent_gives_up_no_sooner_than_the_static_re
     # an independent transient on a slow step: the retry completes but costs more reward than failing at once
     independent, caused = "---|TIMEOUT|2|0|0|0|0|0", "---|TIMEOUT|2|0|1|0|0|0"
     for floor, expected in ((False, FAIL), (True, "RETRY 1s")):
-        agent = QRecoveryAgent(completion_floor=floor)
+        agent = QRecoveryAgent(completion_floor=floor, completion_price=0.0)  # the rule alone, no price
         for _ in range(20):
             for state in (independent, caused):
                 agent.learn_transition(state, "RETRY 1s", -1.5, None, 1.0)
