@@ -400,7 +400,7 @@ def test_the_completion_price_rises_until_the_agent_completes_as_often_as_the_st
 
 def test_by_default_a_completed_run_is_priced_so_a_slow_retry_that_often_completes_is_not_given_up():
     # a congested link: the retry completes half the time and costs 1.2 reward units of time and attempts;
-    # the reward alone (-1.2 on average) gives up at once (-1), the default price of a completion (+0.5) does not
+    # the reward alone (-1.2 on average) gives up at once (-1), the default price of a completion (+1) does not
     slow = "---|TIMEOUT|1|0|1|0|0|0"
     for price, expected in ((0.0, FAIL), (QRecoveryAgent.completion_price, "RETRY 0s")):
         agent = QRecoveryAgent(completion_price=price)
