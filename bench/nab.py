@@ -36,10 +36,13 @@ Protocol (what the figures can be trusted for)
   neighbourhood), is printed marked "post hoc": it was added after the
   argmax's held-out figures were seen.
 * **Shipped defaults** (``OnsetDetector()``) on all series and on each fold.
-  They are the grid point with the best worse score of the two folds (the
-  same maximin one level up, over folds A and B); the defaults' score on all
-  series has therefore seen every series and is optimistic, the held-out
-  figures are not. The other values come from the literature: the
+  They are the grid's centre, the first design's values, revised over
+  sessions with the scores on all series in view; the grid point with the
+  best worse score of the two folds (the same maximin one level up, over
+  folds A and B) is printed beside them (``nab_cv_settings``; not the
+  defaults today, ``nab_defaults_are_cv_choice``). The defaults' score on
+  all series has seen every series and is optimistic, the held-out figures
+  are not. The other values come from the literature: the
   likelihood's 10-sample average is HTM's (Ahmad et al. 2017), the 5 % range
   tolerance HTM's spatial anomaly rule in NAB, and NAB's 15 % probation is
   the scorer's own.
