@@ -84,7 +84,7 @@ def dump(settings, topic: str, ranges: dict[int, tuple[int, int]], out, max_reco
     from schemas.codec import Codec, DecodeError, jsonable
 
     codec = codec or Codec()
-    consumer = Consumer(settings.consumer(f"liquid-replay-{time.time_ns()}"))
+    consumer = Consumer(settings.bulk_consumer(f"liquid-replay-{time.time_ns()}"))
     todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
     consumer.assign([TopicPartition(topic, p, s) for p, (s, _) in todo.items()])
     counts = {"records": 0, "undecodable": 0}

@@ -295,6 +295,17 @@ def test_a_producer_for_a_whole_fleet_batches_unless_told_otherwise():
     assert given["linger.ms"] == "3" and "fetch.wait.max.ms" not in given
 
 
+def test_a_dump_reads_in_bulk_unless_told_otherwise():
+    """A read through to a topic's end lets the broker gather a megabyte per fetch; a given -X wins."""
+    from schemas.kafka import KafkaSettings
+
+    bulk = KafkaSettings("b:1").bulk_consumer("g")
+    assert bulk["fetch.min.bytes"] == "1048576" and bulk["group.id"] == "g"
+    assert KafkaSettings("b:1").consumer("g")["fetch.min.bytes"] == "1"   # the flows' consumers are unchanged
+    given = KafkaSettings("b:1", {"fetch.min.bytes": "5", "linger.ms": "3"}).bulk_consumer("g")
+    assert given["fetch.min.bytes"] == "5" and "linger.ms" not in given
+
+
 @pytest.mark.broker
 def test_a_staggered_fleet_samples_each_node_at_its_own_phase(kafka):
     """The scale benchmark's fleet: the same rate, each node at its own instant of each interval."""
