@@ -74,27 +74,41 @@ def resolve_offsets(settings, topic: str, from_offsets: list[str] | None, from_t
 
 
 def dump(settings, topic: str, ranges: dict[int, tuple[int, int]], out, max_records: int | None = None,
-         codec=None) -> dict:
+         codec=None, to_end: bool = False) -> dict:
     """Write decoded records as JSON lines; undecodable ones as ``{"_error": ...}`` lines. Returns counts.
 
     ``codec`` reads Confluent-framed messages when it has a registry (`schemas.registry.codec_for`).
+    ``to_end``: read each partition on to its end as the fetches report it, past the end offset of
+    ``ranges``. The embedded broker's listed end offset can lag what it stores and serves (546,642
+    listed, 546,897 read, after a flow's sink had flushed), while its fetches end at the last record.
     """
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
 
     from schemas.codec import Codec, DecodeError, jsonable
 
     codec = codec or Codec()
-    consumer = Consumer(settings.bulk_consumer(f"liquid-replay-{time.time_ns()}"))
-    todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s}
+    config = settings.bulk_consumer(f"liquid-replay-{time.time_ns()}")
+    if to_end:
+        config["enable.partition.eof"] = "true"
+    consumer = Consumer(config)
+    todo = {p: (s, e) for p, (s, e) in ranges.items() if e > s or to_end}
     consumer.assign([TopicPartition(topic, p, s) for p, (s, _) in todo.items()])
     counts = {"records": 0, "undecodable": 0}
     try:
+        idle_since = time.monotonic()
         while todo and (max_records is None or counts["records"] + counts["undecodable"] < max_records):
-            for msg in consumer.consume(500, timeout=1.0):
-                if msg.error() is not None:
-                    continue
+            batch = consumer.consume(500, timeout=1.0)
+            if batch:
+                idle_since = time.monotonic()
+            elif to_end and time.monotonic() - idle_since > 30:
+                raise TimeoutError(f"{topic}: no record and no end of partition {sorted(todo)} within 30 s")
+            for msg in batch:
                 p, off = msg.partition(), msg.offset()
-                if p not in todo or off >= todo[p][1]:
+                if msg.error() is not None:
+                    if to_end and msg.error().code() == KafkaError._PARTITION_EOF and p in todo and off >= todo[p][1]:
+                        del todo[p]
+                    continue
+                if p not in todo or (off >= todo[p][1] and not to_end):
                     continue
                 line = {"_partition": p, "_offset": off, "_timestamp_ms": msg.timestamp()[1]}
                 try:
@@ -105,7 +119,7 @@ def dump(settings, topic: str, ranges: dict[int, tuple[int, int]], out, max_reco
                     line.update(_error=str(err), _raw_hex=(msg.value() or b"").hex())
                     counts["undecodable"] += 1
                 out.write(json.dumps(line) + "\n")
-                if off + 1 >= todo[p][1]:
+                if off + 1 >= todo[p][1] and not to_end:
                     del todo[p]
                 if max_records is not None and counts["records"] + counts["undecodable"] >= max_records:
                     break
@@ -124,7 +138,7 @@ def read_topic(settings, topic: str, partitions: int | None = None) -> list[dict
         partitions = len(check_reachable(settings).topics[topic].partitions)
     ranges = resolve_offsets(settings, topic, ["0"], None, partitions)
     buf = io.StringIO()
-    dump(settings, topic, ranges, buf)
+    dump(settings, topic, ranges, buf, to_end=True)
     return [json.loads(line) for line in buf.getvalue().splitlines()]
 
 

@@ -295,6 +295,25 @@ def test_a_producer_for_a_whole_fleet_batches_unless_told_otherwise():
     assert given["linger.ms"] == "3" and "fetch.wait.max.ms" not in given
 
 
+@pytest.mark.broker
+def test_a_dump_to_the_end_reads_past_a_listed_end_that_lags(kafka):
+    """read_topic does not trust the listed end offset (the embedded broker's can lag what it serves)."""
+    import io
+
+    from confluent_kafka import Producer
+
+    from deploy.replay import dump
+
+    producer = Producer(kafka.producer())
+    for i in range(12):
+        producer.produce("liquid.alerts", value=b"x", partition=i % 2)
+    producer.flush()
+    lagging = {0: (0, 3), 1: (0, 0)}                                # as a lagging broker would list them
+    counts = [dump(kafka, "liquid.alerts", lagging, io.StringIO(), to_end=end)["undecodable"] for end in (False, True)]
+    assert counts == [3, 12]
+    assert len(read_topic(kafka, "liquid.alerts")) == 12
+
+
 def test_a_dump_reads_in_bulk_unless_told_otherwise():
     """A read through to a topic's end lets the broker gather a megabyte per fetch; a given -X wins."""
     from schemas.kafka import KafkaSettings
