@@ -40,11 +40,15 @@ from operators.kafka_io import kafka_input, kafka_output, tune_gc_for_flow
 from operators.peers import forward_to_members
 
 
-def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None) -> Dataflow:
+def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None,
+          peers: Source | None = None) -> Dataflow:
     """The control flow of ``spec``, on Kafka, or on ``source`` and ``sink`` when given.
 
     ``source`` yields ``(schema name, record)`` items (Telemetry, CommandAck);
-    ``sink`` takes ``(node id, (schema name, record))`` items (MorphCommand, Alert).
+    ``sink`` takes ``(node id, (schema name, record))`` items (MorphCommand, Alert,
+    and Experience when the agent shares). With a ``source``, peers' experience
+    comes from ``peers`` (``("Experience", record)`` items), a second input as
+    ``liquid.experience`` is on Kafka; without it the nodes hear no peers.
     """
     topics = spec.topic_names
     flow = Dataflow("control")
@@ -54,20 +58,21 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
         events = kafka_input(flow, spec, codec_for(spec), {topics.telemetry: "Telemetry", topics.acks: "CommandAck"},
                              key_field="node_id")
     else:
-        events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id",
-                                                  "Experience": "group"})
+        events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id"})
     # (node id, (schema name, record)): the commands and alerts the node's state decides
     agent, sharers = agent_for(spec), sharer_factory_for(spec)
     if agent is not None:
         single_threaded_blas()
-    if sharers is not None:
-        # peers' experience (keyed by group) reaches every member node's agent
-        if source is None:
-            shared = kafka_input(flow, spec, codec_for(spec), {topics.experience: "Experience"}, key_field="group",
-                                 step_id="peers_kafka")
-        else:
-            split = op.branch("experience_or_node", events, lambda kv: kv[1].schema_name == "Experience")
-            shared, events = split.trues, split.falses
+    # (group, Event): peers' experience, on an input of its own so that no telemetry sample is tested for it
+    if sharers is None or (source is not None and peers is None):
+        shared = None
+    elif source is None:
+        shared = kafka_input(flow, spec, codec_for(spec), {topics.experience: "Experience"}, key_field="group",
+                             step_id="peers_kafka")
+    else:
+        shared = keyed_input(flow, "peers", peers, {"Experience": "group"})
+    if shared is not None:
+        # (member node id, Event): each release reaches every other member node's agent
         forwarded = op.stateful_flat_map("peer_groups", shared, forward_to_members)
         events = op.merge("with_peers", events, op.map("to_member", forwarded, lambda kv: kv[1]))
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,

@@ -155,3 +155,26 @@ def test_the_flow_publishes_the_opening_alert_and_flushes_it_when_its_input_ends
     opened, closed = alerts
     assert opened["alert_id"] == closed["alert_id"] and opened["start_ts_ms"] == 1_700_000_000_000 + 300_000
     assert closed["end_ts_ms"] >= closed["start_ts_ms"] and closed["samples"] >= 1
+
+
+def test_peers_experience_has_an_input_of_its_own_and_the_telemetry_input_refuses_it():
+    """The testing wiring is the Kafka wiring: experience from its own input (``liquid.experience`` there), so
+    no telemetry sample passes a test for it; an Experience on the telemetry input is an error that says so."""
+    from bytewax.testing import TestingSink, TestingSource, run_main
+
+    from flows.control import build
+    from flows.spec import FlowSpec
+
+    spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, options={"policy_kind": "rli"})
+    steps = lambda flow: [s.step_id.split(".", 1)[1] for s in flow.substeps]  # noqa: E731
+    with_peers = build(spec, source=TestingSource([]), sink=TestingSink([]), peers=TestingSource([]))
+    assert steps(with_peers)[:7] == ["in", "in_keyed", "peers", "peers_keyed", "peer_groups", "to_member", "with_peers"]
+    assert "peer_groups" not in steps(build(spec, source=TestingSource([]), sink=TestingSink([])))
+    experience = {"experience_id": "peer-9-1", "origin_node": "peer-9", "group": "g0"}
+    with pytest.raises(Exception) as raised:
+        run_main(build(spec, source=TestingSource([("Experience", experience)]), sink=TestingSink([])))
+    chain, error = [], raised.value
+    while error is not None:   # Bytewax wraps the mapper's error in its own
+        chain.append(str(error))
+        error = error.__cause__
+    assert any("a Experience record is not an input of this flow (expected Telemetry, CommandAck)" in message for message in chain), chain
