@@ -116,8 +116,14 @@ class Decision:
     previous_arm: Optional[int] = None
     previous_terms: Optional[dict] = None
     previous_bucket: Optional[tuple] = None
-    phi: Optional[np.ndarray] = None    # every arm's features at this decision (for logging)
+    coords: Optional[np.ndarray] = None  # every arm's features at this decision, Φ = coords · basisᵀ (`phi`)
+    basis: Optional[np.ndarray] = None
     thermal_r: Optional[float] = None   # the node's estimated thermal resistance, °C/W
+
+    @property
+    def phi(self) -> Optional[np.ndarray]:
+        """Every arm's features at this decision (for logging), built on demand."""
+        return None if self.coords is None else self.coords @ self.basis.T
 
 
 class RliAgent:
@@ -205,33 +211,35 @@ class RliAgent:
         return None if shielded[4][state.current] else shielded
 
     def _shield(self, state: AgentState, sample: dict):
-        """(context, Φ, predicted temperature, predicted power, allowed arms, thermal resistance) on ``sample``."""
+        """(context, (coords, basis) of Φ, predicted temperature, predicted power, allowed arms, thermal
+        resistance) on ``sample``."""
         c = self.config
         ctx = self.context(state, sample)
         thermal_r = state.thermal.r_c_per_w()
-        phi, predicted, power = self.featurizer.features(ctx, thermal_r)
+        coords, basis, predicted, power = self.featurizer.factors(ctx, thermal_r)
         safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, state.temps,
                          ctx.power_w, c.constraints.min_accuracy, c.shield)
-        return ctx, phi, predicted, power, safe, thermal_r
+        return ctx, (coords, basis), predicted, power, safe, thermal_r
 
     def _decide_now(self, state: AgentState, sample: dict, ts: int, shielded=None) -> Decision:
         c = self.config
         # learning the last reward and ageing the evidence change the bandit only, not what the shield saw
-        ctx, phi, predicted, power, safe, thermal_r = shielded or self._shield(state, sample)
+        ctx, (coords, basis), predicted, power, safe, thermal_r = shielded or self._shield(state, sample)
         bucket = ctx.bucket(c.constraints)
         prev = self._close_epoch(state)
         state.bandit.tick()
-        arm, propensity = self._choose(state, phi, safe)
+        arm, propensity = self._choose(state, coords, basis, safe)
         switched = arm != state.current
-        state.pending = PendingDecision(arm, phi[arm].copy(), propensity, bucket, switched, ts)
+        # Φ's row of the arm: one product per element, as Φ's (`Featurizer.factors`)
+        state.pending = PendingDecision(arm, coords[arm] @ basis.T, propensity, bucket, switched, ts)
         state.last_decision_ms = ts
         state.last_context = ctx
         state.peer_features = {}
         state.decisions += 1
         command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
         state.current = arm
-        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command, phi=phi,
-                            thermal_r=thermal_r)
+        decision = Decision(state.node_id, ts, self.arms[arm], arm, propensity, safe, ctx, bucket, command,
+                            coords=coords, basis=basis, thermal_r=thermal_r)
         if prev is not None:
             decision.previous_reward, decision.previous_arm, decision.previous_terms, decision.previous_bucket = prev
         return decision
@@ -258,7 +266,7 @@ class RliAgent:
         c = self.config
         return max(c.epsilon_min, c.epsilon / (1.0 + state.bandit.stats.count / c.epsilon_decay))
 
-    def _choose(self, state: AgentState, phi: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
+    def _choose(self, state: AgentState, coords: np.ndarray, basis: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
         allowed = safe.nonzero()[0]   # `safe` is 1-D: np.flatnonzero's ravel and wrapper are not needed
         n_allowed = len(allowed)
         # when the shield leaves the fallback alone (~1 decision in 7 on the flow benchmark), no bound is needed;
@@ -266,7 +274,7 @@ class RliAgent:
         if n_allowed == 1:
             greedy = int(allowed[0])
         else:
-            bounds = state.bandit.ucb_factored(*self.featurizer.factored(phi))
+            bounds = state.bandit.ucb_factored(coords, basis)
             greedy = int(allowed[np.argmax(bounds[allowed])])
         eps = self.exploration(state) if n_allowed > 1 else 0.0
         if state.rng.random() < eps:

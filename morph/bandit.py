@@ -222,5 +222,5 @@ class DiscountedLinUCB(Versioned):
         solved = _trsm(1.0, factor, np.concatenate((basis.T, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
         products = coords @ (solved.T @ solved)[:-1]
         # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0
-        quadratic = np.maximum((products[:, :-1] * coords).sum(axis=1), 0.0)
+        quadratic = np.maximum(np.einsum("ij,ij->i", products[:, :-1], coords), 0.0)
         return products[:, -1] + self.alpha * np.sqrt(quadratic)

@@ -145,34 +145,30 @@ class Featurizer:
             np.ones(len(arms)), self.cost, self.item_ms / self.item_ms.max(), acc,
             [1.0 if a.cache else 0.0 for a in arms], [1.0 if a.pipeline != "full" else 0.0 for a in arms]])
         self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
-        # Per-decision constants, so `features` is a handful of vector operations on the arms.
+        # Per-decision constants, so `factors` is a handful of vector operations on the arms.
         self._k = len(CONTEXT_FEATURES) * len(ARM_FEATURES)
         self._item_ms = self.item_ms.tolist()
         self._cost = self.cost.tolist()
         self._max_item_ms = float(self.item_ms.max())
         self._decay = float(np.exp(-shield.horizon_s / shield.tau_s))
-        # Φ is this times the context repeated per arm feature (one product per element, as the outer
-        # product has): column i·|arm features| + j holds arm feature j for context feature i; the
-        # switch column is 1 for every arm (0 then written for the current one), the other two model
-        # columns are written after the product.
-        self._template = np.zeros((len(arms), self.dim))
-        self._template[:, :self._k] = np.tile(self.arm_features, len(CONTEXT_FEATURES))
-        self._template[:, self._k + 2] = 1.0
-        # the context values (and a 1.0 for the model columns) to their columns of Φ: one take, not a
-        # Python loop over the 39 columns
-        self._spread = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
-                                 [len(ARM_FEATURES)] * len(CONTEXT_FEATURES) + [len(MODEL_FEATURES)])
-        # Φ = coords · basisᵀ (`factored`): coords are an arm's features and its model columns; basis
+        # Φ = coords · basisᵀ (`factors`): an arm's coords are its features, then its model columns; basis
         # row i·|arm features| + j holds context value i in column j, model row m a 1.0 in column
-        # |arm features| + m. Those values are read from Φ's first row (`_basis_source`): its column
-        # i·|arm features| is context value i times the bias arm feature (1.0), its column 0 the
-        # bias context value (1.0).
+        # |arm features| + m. So Φ[a, i·|arm features| + j] is one product, context value i times arm
+        # feature j (the outer product), and Φ's model columns are the coords' last ones: the rows of Φ
+        # span |arm features| + |model features| directions, which is what the bandit's bounds are
+        # computed in (`DiscountedLinUCB.ucb_factored`); Φ itself is only built when asked for.
         n_arm, n_model = len(ARM_FEATURES), len(MODEL_FEATURES)
+        self._n_arm = n_arm
+        # the coords before a decision's model columns: the switch column is 1 for every arm (0 then
+        # written for the current one), the other two model columns are written per decision
+        self._coords = np.zeros((len(arms), n_arm + n_model))
+        self._coords[:, :n_arm] = self.arm_features
+        self._coords[:, n_arm + 2] = 1.0
         self._basis_pattern = np.zeros((self.dim, n_arm + n_model))
         self._basis_pattern[np.arange(self._k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
         self._basis_pattern[self._k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
-        self._basis_source = np.concatenate([np.repeat(np.arange(len(CONTEXT_FEATURES)) * n_arm, n_arm),
-                                             np.zeros(n_model, dtype=int)])
+        # the context values (and a 1.0 for the model rows) to the basis's rows: one take
+        self._basis_source = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1), [n_arm] * len(CONTEXT_FEATURES) + [n_model])
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
         return np.array(self._context_values(ctx, _capacity(ctx) * self._item_ms[self.arms.index(ctx.current)]))
@@ -192,17 +188,24 @@ class Featurizer:
 
         ``r_c_per_w`` is the node's estimated thermal resistance
         (`ThermalEstimate.r_c_per_w`); the shield's prior without one."""
+        coords, basis, predicted, power = self.factors(ctx, r_c_per_w)
+        return coords @ basis.T, predicted, power
+
+    def factors(self, ctx: NodeContext, r_c_per_w: float | None = None):
+        """(coords, basis, predicted temperature of each arm, predicted power of each arm), Φ = coords · basisᵀ.
+
+        What `features` gives without building Φ: a decision needs only the
+        bounds (`DiscountedLinUCB.ucb_factored`) and the chosen arm's row."""
         cur = self.arms.index(ctx.current)
         shield = self.shield
         offered = ctx.offered_rps
-        k = self._k
-        # one product over whole rows (numpy's inner loop runs over 39 elements, not over the 6 of a
-        # broadcast (arm, context, arm feature) product)
+        m = self._n_arm
         served_now = _capacity(ctx) * self._item_ms[cur]
-        phi = self._template * np.array(self._context_values(ctx, served_now) + [1.0]).take(self._spread)
-        phi[cur, k + 2] = 0.0
+        basis = self._basis_pattern * np.array(self._context_values(ctx, served_now) + [1.0]).take(self._basis_source)[:, None]
+        coords = self._coords.copy()
+        coords[cur, m + 2] = 0.0
         capacity = served_now / self.item_ms
-        np.minimum(capacity / max(offered, 1e-6), 1.0, out=phi[:, k])   # the share of the load served
+        np.minimum(capacity / max(offered, 1e-6), 1.0, out=coords[:, m])   # the share of the load served
         # every arm's capacity is at least the slowest arm's: the floor only matters below it
         util = np.minimum(offered / (capacity if served_now / self._max_item_ms >= 1e-6
                                      else np.maximum(capacity, 1e-6)), 1.0)
@@ -212,19 +215,12 @@ class Featurizer:
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
         # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power
         predicted = (r * (1.0 - self._decay)) * power + (ctx.temp_c * self._decay + t_now * (1.0 - self._decay))
-        margin = phi[:, k + 1]   # the predicted temperature margin, written in place
+        margin = coords[:, m + 1]   # the predicted temperature margin, written in place
         np.subtract(self.constraints.max_gpu_temp_c, predicted, out=margin)
         np.divide(margin, 10.0, out=margin)
         np.maximum(margin, -2.0, out=margin)
         np.minimum(margin, 1.0, out=margin)
-        return phi, predicted, power
-
-    def factored(self, phi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(coords, basis) with ``phi = coords · basisᵀ``, for a Φ that `features` built: each row is
-        the context times the arm's features, plus the arm's model columns, so the rows span
-        |arm features| + |model features| directions (`DiscountedLinUCB.ucb_factored`)."""
-        basis = self._basis_pattern * phi[0].take(self._basis_source)[:, None]
-        return np.concatenate((self.arm_features, phi[:, self._k:]), axis=1), basis
+        return coords, basis, predicted, power
 
 
 def _clamp(v: float, lo: float, hi: float) -> float:

@@ -77,14 +77,17 @@ def test_features_are_the_context_arm_outer_product_then_the_model_features():
                           offered_rps=rng.uniform(50, 900), served_rps=rng.uniform(50, 600),
                           util=rng.uniform(0.1, 1.0), latency_ms=rng.uniform(5, 150),
                           net_ms=rng.choice([0.0, 10.0, 120.0]), current=current)
-        phi, _, _ = f.features(ctx, rng.uniform(0.05, 0.3))
+        r = rng.uniform(0.05, 0.3)
+        phi, _, _ = f.features(ctx, r)
         x, k = f.context_vector(ctx), len(CONTEXT_FEATURES) * len(ARM_FEATURES)
         outer = (x[None, :, None] * f.arm_features[:, None, :]).reshape(len(ARMS), k)
         assert np.array_equal(phi[:, :k], outer)
         switch = phi[:, k + 2]
         assert switch[ARMS.index(current)] == 0.0 and np.count_nonzero(switch) == len(ARMS) - 1
-        coords, basis = f.factored(phi)   # the bandit's bounds are computed from these
-        assert np.array_equal(coords @ basis.T, phi)
+        coords, basis, _, _ = f.factors(ctx, r)   # the bandit's bounds are computed from these
+        assert np.array_equal(coords @ basis.T, phi) and coords.shape == (len(ARMS), len(ARM_FEATURES) + 3)
+        for a in rng.sample(range(len(ARMS)), 5):    # the agent's row of one arm, vector by matrix
+            assert np.array_equal(coords[a] @ basis.T, phi[a])
         assert np.all((phi[:, k] > 0) & (phi[:, k] <= 1.0)) and np.all((phi[:, k + 1] >= -2.0) & (phi[:, k + 1] <= 1.0))
 
 
