@@ -2,10 +2,15 @@
 
 ::
 
-    edge.telemetry ─┐                                   ┌─▶ edge.commands
-                    ├─▶ decode, key by node ───▶ morph ─┤
-    edge.acks ──────┘      │                            └─▶ liquid.alerts
+    edge.telemetry ─┐                                        ┌─▶ edge.commands
+                    ├─▶ decode, key by node ───────▶ morph ──┼─▶ liquid.alerts
+    edge.acks ──────┘      │                          ▲      └─▶ liquid.experience (keyed by group)
+                           │                          │
+    liquid.experience ─▶ decode, key by group ─▶ peer groups: to each member node
+                           │
                            └─▶ liquid.deadletter  (anything that does not decode)
+
+The experience topic is read and written only with ``--policy rli`` and peers.
 
 Run it with ``liquid flow run control`` (or ``python -m bytewax.run
 "flows.control:from_env()"`` with ``LIQUID_FLOW_SPEC`` set). Without Kafka, give
@@ -78,11 +83,9 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
     step = MorphStep(policy_for(spec), models_factory_for(spec), stamp_wall_clock=not spec.deterministic,
                      agent=agent, sharer_factory=sharers, signer=signer_for(spec), snapshots=spec.recovery)
     decisions = op.stateful("morph", events, step.build)
-    if sharers is not None:  # experience is keyed by its group on the topic
-        decisions = op.map("key_experience", decisions,
-                           lambda kv: (kv[1][1]["group"], kv[1]) if kv[1][0] == "Experience" else kv)
-    if sink is None:
-        kafka_output(decisions, spec, codec_for(spec), ("MorphCommand", "Alert", "Experience"))
+    if sink is None:  # experience is keyed by its group on its topic
+        kafka_output(decisions, spec, codec_for(spec), ("MorphCommand", "Alert", "Experience"),
+                     key_by={"Experience": "group"})
     else:
         op.output("out", decisions, sink)
     return flow

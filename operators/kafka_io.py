@@ -162,14 +162,18 @@ class StatsKafkaSink(KafkaSink):
 
 
 class _EncodingSinkPartition(StatelessSinkPartition):
-    def __init__(self, producer: Producer, codec: Codec, topic_by_schema: dict[str, str]):
+    def __init__(self, producer: Producer, codec: Codec, topic_by_schema: dict[str, str], key_by: dict[str, str]):
         self._producer, self._codec, self._topic_by_schema = producer, codec, topic_by_schema
+        self._key_by = key_by
         self._published = {name: metrics.EVENTS_OUT.labels(topic) for name, topic in topic_by_schema.items()}
 
     def write_batch(self, items) -> None:
-        produce, encode, topic_of = self._producer.produce, self._codec.encode, self._topic_by_schema
+        produce, encode, topic_of, key_by = self._producer.produce, self._codec.encode, self._topic_by_schema, self._key_by
         published = Counter()
         for key, (schema_name, record) in items:
+            field = key_by.get(schema_name)
+            if field is not None:
+                key = record[field]
             produce(topic_of[schema_name], encode(schema_name, record), key.encode())
             published[schema_name] += 1
         for schema_name, n in published.items():
@@ -184,6 +188,8 @@ class _EncodingSinkPartition(StatelessSinkPartition):
 class EncodingKafkaSink(DynamicSink):
     """Publishes ``(key, (schema name, record))`` items, each encoded onto its record type's topic.
 
+    The message key is the item's key, or for a record type in ``key_by`` the
+    record's field it names (as `kafka_input`'s ``key_field`` reads it back).
     What ``op.map(encoder) -> KafkaSink`` did in two steps, in the sink itself:
     no step crossing and no `KafkaSinkMessage` per record, and one ``poll``
     per batch (the flush) instead of one per message. Its producer reports its
@@ -191,13 +197,13 @@ class EncodingKafkaSink(DynamicSink):
     """
 
     def __init__(self, brokers: list[str], codec: Codec, topic_by_schema: dict[str, str], add_config: dict,
-                 client: str):
+                 client: str, key_by: dict[str, str] | None = None):
         self._brokers, self._codec, self._topic_by_schema = brokers, codec, topic_by_schema
-        self._add_config, self._client = add_config, client
+        self._add_config, self._client, self._key_by = add_config, client, dict(key_by or {})
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _EncodingSinkPartition:
         producer = stats_producer(self._brokers, self._add_config, f"{self._client}/{worker_index}")
-        return _EncodingSinkPartition(producer, self._codec, self._topic_by_schema)
+        return _EncodingSinkPartition(producer, self._codec, self._topic_by_schema, self._key_by)
 
 
 class OffsetKafkaSource(KafkaSource):
@@ -305,9 +311,11 @@ def kafka_input(flow, spec, codec, schema_by_topic: dict, key_field: str, step_i
     return routed.trues
 
 
-def kafka_output(stream, spec, codec, schema_names: tuple) -> None:
-    """Publish ``(key, (schema name, record))`` items, each on its record type's topic."""
+def kafka_output(stream, spec, codec, schema_names: tuple, key_by: dict[str, str] | None = None) -> None:
+    """Publish ``(key, (schema name, record))`` items, each on its record type's topic, keyed by the item's key
+    or, for a record type in ``key_by``, by the record's field it names."""
     topic_by_schema = {name: spec.output_topics.get(name) or spec.topic_names.for_schema(name)
                        for name in schema_names}
     op.output("kafka_out", stream, EncodingKafkaSink(spec.kafka.brokers, codec, topic_by_schema,
-                                                     add_config=spec.kafka.sink_config(), client="sink/kafka_out"))
+                                                     add_config=spec.kafka.sink_config(), client="sink/kafka_out",
+                                                     key_by=key_by))

@@ -72,6 +72,22 @@ def test_commands_carry_propensities_and_experience_round_trips_through_the_topi
     assert peer in shared and len(mine) >= 2 * 10
     assert all(e["group"] == "g0" and e["noise_scale"] == 0.0 and e["epsilon"] is None for e in mine)
     assert not records_of(kafka, TOPICS.deadletter, "Experience")
+    assert experience_keys(kafka) == {b"g0"}   # keyed by group on the topic, as the flow reads it back
+
+
+def experience_keys(kafka) -> set:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(kafka.consumer("experience-keys"))
+    partitions = consumer.list_topics(TOPICS.experience, timeout=10).topics[TOPICS.experience].partitions
+    consumer.assign([TopicPartition(TOPICS.experience, p, 0) for p in partitions])
+    keys, idle = set(), 0
+    while idle < 4:   # until 2 s pass without a message: everything was read above already
+        batch = [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
+        keys |= {m.key() for m in batch}
+        idle = 0 if batch else idle + 1
+    consumer.close()
+    return keys
 
 
 def test_experience_under_dp_is_noised_and_says_so(kafka, tmp_path):
