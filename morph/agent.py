@@ -141,6 +141,7 @@ class RliAgent:
         self._served = tuple((a.variant, a.precision) for a in arms)
         self._sha256 = tuple(arms.sha256.get(served) for served in self._served)
         self._preprocessing = tuple(a.preprocessing for a in arms)
+        self._accuracy = tuple(self.featurizer.accuracy.tolist())
         self._constraints = config.constraints
         self._epoch_ms = config.epoch_s * 1000
         self._early_gap_ms = config.early_gap_s * 1000
@@ -250,7 +251,7 @@ class RliAgent:
         out = None
         if pending is not None and epoch.n > 0:
             c = self.config
-            m = epoch.measurement(float(self.featurizer.accuracy[pending.arm]))
+            m = epoch.measurement(self._accuracy[pending.arm])
             terms = reward_terms(m, c.constraints, c.weights)
             r = reward_of_terms(terms, c.weights, pending.switched)
             state.bandit.learn_one(pending.phi, r)

@@ -16,7 +16,7 @@ epoch scores 1), minus penalties for breaking the workflow's constraints (its
 ...                      max_temp_c=80.0, seconds=10.0)
 >>> round(reward(m, c, RewardWeights.preset("balanced")), 3)
 0.733
->>> hot = EpochMeasurement(**{**m.__dict__, "seconds_above_max_temp": 5.0})
+>>> hot = m._replace(seconds_above_max_temp=5.0)
 >>> round(reward(hot, c, RewardWeights.preset("balanced"), switched=True), 3)
 0.183
 """
@@ -24,6 +24,7 @@ epoch scores 1), minus penalties for breaking the workflow's constraints (its
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,12 @@ class RewardWeights:
         return cls(throughput=a, latency=b, accuracy=g, energy=d)
 
 
-@dataclass(frozen=True)
-class EpochMeasurement:
-    """What the node's telemetry showed between one decision and the next."""
+class EpochMeasurement(NamedTuple):
+    """What the node's telemetry showed between one decision and the next.
+
+    A NamedTuple, not a frozen dataclass: the agent builds one per decision, and a
+    frozen dataclass's ``__init__`` (an ``object.__setattr__`` per field) costs
+    several times as much; it is as immutable and reads the same by name."""
 
     offered_rps: float
     served_rps: float
