@@ -80,7 +80,9 @@ class PendingDecision:
 class AgentState(Versioned):
     """Everything the agent keeps per node; Bytewax snapshots it."""
 
-    STATE_VERSION: ClassVar[int] = 1
+    STATE_VERSION: ClassVar[int] = 2
+    # version 1 kept each bucket's Φ in ``peer_features`` (a cache, its experience already learnt)
+    MIGRATIONS: ClassVar[dict] = {1: lambda s: {**s, "peer_features": {}}}
 
     node_id: str
     bandit: DiscountedLinUCB
@@ -94,7 +96,9 @@ class AgentState(Versioned):
     last_decision_ms: Optional[int] = None
     decisions: int = 0
     last_context: Optional[NodeContext] = None   # what peers' experience is translated into
-    peer_features: dict = field(default_factory=dict)  # bucket -> Φ in last_context (derived, per decision)
+    # peers' experience since the last decision, not yet in the bandit (`morph.peers.absorb`, `fold_peers`):
+    # bucket -> PeerBucket (its features in last_context, and a weight and weighted reward sum per arm)
+    peer_features: dict = field(default_factory=dict)
     slope: float = 0.0                                  # dT/dt over the recent samples, °C/s
     version: int = STATE_VERSION
 
@@ -227,6 +231,7 @@ class RliAgent:
         # learning the last reward and ageing the evidence change the bandit only, not what the shield saw
         ctx, (coords, basis), predicted, power, safe, thermal_r = shielded or self._shield(state, sample)
         bucket = ctx.bucket(c.constraints)
+        self.fold_peers(state)
         prev = self._close_epoch(state)
         state.bandit.tick()
         arm, propensity = self._choose(state, coords, basis, safe)
@@ -235,7 +240,6 @@ class RliAgent:
         state.pending = PendingDecision(arm, coords[arm] @ basis.T, propensity, bucket, switched, ts)
         state.last_decision_ms = ts
         state.last_context = ctx
-        state.peer_features = {}
         state.decisions += 1
         command = self._command(state, sample, arm, propensity, predicted[arm]) if switched else None
         state.current = arm
@@ -244,6 +248,19 @@ class RliAgent:
         if prev is not None:
             decision.previous_reward, decision.previous_arm, decision.previous_terms, decision.previous_bucket = prev
         return decision
+
+    def fold_peers(self, state: AgentState) -> None:
+        """Learn the peers' experience absorbed since the last decision (`morph.peers.absorb`).
+
+        It waits here, summed per (bucket, arm), because a group's releases reach every member: a
+        node hears far more experience than it decides, and one product per bucket costs less than
+        an outer product per record. A decision folds it first, so the bandit it chooses with holds
+        the same evidence as if each record had been learnt when it arrived."""
+        for pending in state.peer_features.values():
+            if pending.arms:
+                rows = pending.coords[pending.arms] @ pending.basis.T
+                state.bandit.learn_rows(rows, np.array(pending.weights), np.array(pending.weighted_rewards))
+        state.peer_features = {}
 
     def _close_epoch(self, state: AgentState):
         """Learn the pending decision's reward from the telemetry since; (reward, arm, terms, bucket)."""

@@ -66,6 +66,12 @@ class LinearStats(Versioned):
         self.moment += (weight * reward) * phi
         self.count += weight
 
+    def add_rows(self, rows: np.ndarray, weights: np.ndarray, weighted_rewards: np.ndarray) -> None:
+        """Add many rows at once: Σ w φφᵀ, Σ (w·r) φ and Σ w over the rows (``weighted_rewards`` = w·r)."""
+        self.gram += (rows * weights[:, None]).T @ rows
+        self.moment += weighted_rewards @ rows
+        self.count += float(weights.sum())
+
     def discount(self, gamma: float) -> None:
         if gamma < 1.0:
             self.gram *= gamma
@@ -150,6 +156,12 @@ class DiscountedLinUCB(Versioned):
 
     def learn_one(self, phi: np.ndarray, reward: float, weight: float = 1.0) -> None:
         self.stats.add(np.asarray(phi, dtype=float), float(reward), weight)
+        self._cache = None
+
+    def learn_rows(self, rows: np.ndarray, weights: np.ndarray, weighted_rewards: np.ndarray) -> None:
+        """`learn_one` for each row at once (row i with weight ``weights[i]`` and reward
+        ``weighted_rewards[i] / weights[i]``): one product for the Gram matrix, not one outer product per row."""
+        self.stats.add_rows(rows, weights, weighted_rewards)
         self._cache = None
 
     def absorb(self, stats: LinearStats, weight: float = 1.0) -> None:

@@ -45,6 +45,8 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, Optional
 
+import numpy as np
+
 from morph.context import NodeContext
 from morph.privacy import LaplaceMechanism, PrivacyBudget
 from schemas.state import Versioned
@@ -214,9 +216,44 @@ def similarity(a: tuple, b: tuple, scale: float) -> float:
     return math.exp(-d2 / (2.0 * scale ** 2))
 
 
+@dataclass
+class PeerBucket:
+    """Peers' experience in one context bucket since the receiver's last decision, not yet learnt.
+
+    The bucket's features in the receiver's last context (Φ = coords · basisᵀ,
+    `Featurizer.factors`), its similarity to that context, and per arm the
+    experience's total weight and weighted reward sum (`RliAgent.fold_peers`
+    learns them at the next decision)."""
+
+    coords: np.ndarray
+    basis: np.ndarray
+    similarity: float
+    arms: list = field(default_factory=list)
+    weights: list = field(default_factory=list)
+    weighted_rewards: list = field(default_factory=list)
+
+    def add(self, arm: int, weight: float, reward: float) -> None:
+        try:
+            i = self.arms.index(arm)
+        except ValueError:
+            self.arms.append(arm)
+            self.weights.append(weight)
+            self.weighted_rewards.append(weight * reward)
+            return
+        self.weights[i] += weight
+        self.weighted_rewards[i] += weight * reward
+
+
 def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config: SharingConfig,
            now_ms: Optional[int] = None) -> float:
-    """Add a peer's experience to the receiving node's bandit; returns the weight it got.
+    """Add a peer's experience to the receiving node's evidence; returns the weight it got.
+
+    The experience's bucket becomes a context of the receiving node (``like``, its last decision's
+    context) and the arm's row there is learnt with that weight. When ``like`` is the node's last
+    decision's context (the flow's and the benchmark's case) the record waits, summed with the
+    others of its bucket and arm, for the node's next decision (`RliAgent.fold_peers`): nothing
+    reads the bandit before it, and a group's releases reach every member, so a node hears far
+    more records than it decides. Otherwise it is learnt at once.
 
     Experience is aged like the node's own evidence: discounted by the bandit's γ per decision epoch
     between its release and ``now_ms`` (by default the receiver's last decision), which matters for
@@ -227,21 +264,26 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
         arm = agent.arm_by_name(experience["arm"])
     except KeyError:
         return 0.0  # an arm this workflow does not have (another zoo): nothing to learn
-    cached = like is state.last_context
-    phi = state.peer_features.get(bucket) if cached else None
-    if phi is None:
+    deferred = like is state.last_context
+    pending = state.peer_features.get(bucket) if deferred else None
+    if pending is None:
+        # many peers' experience falls in few buckets: each translated once per decision
         ctx = bucket_context(bucket, like, c.max_latency_ms, c.max_gpu_temp_c)
-        phi, _, _ = agent.featurizer.features(ctx, state.thermal.r_c_per_w())
-        if cached:  # many peers' experience falls in few buckets: translate each once per decision
-            state.peer_features[bucket] = phi
-    weight = (config.peer_weight * similarity(bucket, like.bucket(c), config.similarity_scale)
+        coords, basis, _, _ = agent.featurizer.factors(ctx, state.thermal.r_c_per_w())
+        pending = PeerBucket(coords, basis, similarity(bucket, like.bucket(c), config.similarity_scale))
+        if deferred:
+            state.peer_features[bucket] = pending
+    weight = (config.peer_weight * pending.similarity
               * config.hop_decay ** max(hops - 1, 0) * effective_count(experience, config.reward_variance))
     now_ms = state.last_decision_ms if now_ms is None else now_ms
     if now_ms is not None and experience.get("ts_ms") is not None:
         age_epochs = max(now_ms - experience["ts_ms"], 0) / 1000.0 / agent.config.epoch_s
         weight *= agent.config.gamma ** age_epochs
     if weight > 1e-6:
-        state.bandit.learn_one(phi[arm], experience["reward"], weight)
+        if deferred:
+            pending.add(arm, weight, experience["reward"])
+        else:
+            state.bandit.learn_one(pending.coords[arm] @ pending.basis.T, experience["reward"], weight)
     return weight
 
 

@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 from bytewax.operators import StatefulLogic
 
+from morph.peers import absorb
 from morph.policy import MorphPolicy, NodeState
 from operators import metrics
 from operators.events import Event
@@ -159,8 +160,6 @@ class MorphStep:
         return decision.command
 
     def _absorb(self, state: ControlState, record: dict) -> None:
-        from morph.peers import absorb
-
         agent_state = state.agent
         if self.agent is None or agent_state is None or agent_state.last_context is None or state.sharer is None:
             return  # nothing decided here yet: nothing to translate the experience into

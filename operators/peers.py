@@ -48,7 +48,8 @@ class PeerGroup(Versioned):
         if len(self.seen) > self.MAX_SEEN:
             self.seen.pop(next(iter(self.seen)))
         self.archive.add(record)
-        return out + [(m, _hop(record, event)) for m in sorted(self.members) if m != origin]
+        hop = _hop(record, event)   # one for all members: a receiver only reads it
+        return out + [(m, hop) for m in sorted(self.members) if m != origin]
 
 
 def _hop(record: dict, event: Event) -> Event:

@@ -84,7 +84,47 @@ def test_a_newcomer_that_absorbed_its_peers_experience_explores_less_and_prefers
         for arm, r in ((good, 0.9), (bad, 0.3)):
             absorb(agent, caught_up, experience("a", i, arm=arm, reward=r, bucket=d.bucket), 1, d.context,
                    SharingConfig())
+    agent.fold_peers(caught_up)   # what its next decision does first
     assert agent.exploration(caught_up) < 0.5 * agent.exploration(alone)
     phi, _, _ = agent.featurizer.features(d.context, caught_up.thermal.r_c_per_w())
     g, b = agent.arm_by_name(good), agent.arm_by_name(bad)
     assert caught_up.bandit.predict(phi[[g, b]]).tolist() == pytest.approx([0.9, 0.3], abs=0.1)
+
+
+def test_experience_summed_until_the_next_decision_is_what_learning_each_record_at_once_gives():
+    """Deferred (the receiver's last context: the flow's case) and immediate (any other context object)
+    absorption end with the same statistics, and the pending sums survive a snapshot."""
+    import copy
+
+    import numpy as np
+
+    agent = RliAgent(ARMS)
+    deferred, immediate = agent.new_state("edge-4"), agent.new_state("edge-4")
+    d = agent.decide(deferred, sample(node="edge-4", ts_ms=60_000))
+    agent.decide(immediate, sample(node="edge-4", ts_ms=60_000))
+    buckets, arms = [(0, 1, 0, 0), (1, 2, 0, 0), (0, 0, 1, 1)], ["cnn/fp32/b8", "mobilenet/fp16/b8", "snn/int8/b8"]
+    records = [experience("a", i, arm=arms[i % 3], reward=0.2 + 0.07 * (i % 9), ts_ms=1_000 * i,
+                          bucket=buckets[i % 4 % 3]) for i in range(60)]
+    count_before = deferred.bandit.stats.count
+    for i, r in enumerate(records):
+        w1 = absorb(agent, deferred, r, 1 + i % 3, d.context, SharingConfig())
+        w2 = absorb(agent, immediate, r, 1 + i % 3, copy.copy(d.context), SharingConfig())
+        assert w1 == w2 > 0
+    assert deferred.bandit.stats.count == count_before < immediate.bandit.stats.count   # not learnt yet
+    restored = pickle.loads(pickle.dumps(deferred))
+    for state in (deferred, restored):
+        agent.fold_peers(state)
+        np.testing.assert_allclose(state.bandit.stats.gram, immediate.bandit.stats.gram, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(state.bandit.stats.moment, immediate.bandit.stats.moment, rtol=1e-12, atol=1e-12)
+        assert state.bandit.stats.count == pytest.approx(immediate.bandit.stats.count) and not state.peer_features
+
+
+def test_a_version_1_agent_snapshot_restores_without_its_feature_cache():
+    agent = RliAgent(ARMS)
+    state = agent.new_state("edge-5")
+    agent.decide(state, sample(node="edge-5"))
+    v1 = {**state.__dict__, "version": 1, "peer_features": {(0, 1, 0, 0): "a version 1 Φ"}}
+    restored = type(state).__new__(type(state))
+    restored.__setstate__(v1)
+    assert restored.version == 2 and restored.peer_features == {}
+    assert agent.decide(restored, sample(node="edge-5", ts_ms=10_000)) is not None
