@@ -36,7 +36,10 @@ the value of a frozen greedy policy trained on a different fleet (``--seed``
 simulator previews its arm) — and the per-sample decision rate of the agent
 through the control flow against the rules (one Bytewax worker, a testing
 source and sink: the flow's own cost, without Kafka; best of three alternating
-runs, by wall clock and per CPU second of the process).
+runs, by wall clock and per CPU second of the process). That flow hears no
+peers; what hearing them costs is measured on the morph step alone: CPU per
+telemetry sample with the rules, with the agent, and with the agent while each
+node also absorbs its 50-node group's releases (DP ε = 1) in time order.
 
     python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR] [--no-flow]
 
@@ -421,8 +424,49 @@ def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400, repeats: int
             out[name] = max(out.get(name, 0.0), len(items) / wall)
             out[f"{name}_cpu"] = max(out.get(f"{name}_cpu", 0.0), len(items) / cpu)
             out[f"{name}_commands"] = sum(1 for _, (kind, _) in sink if kind == "MorphCommand")
+    out.update(peers_heard_cost(items, repeats))
     gc.unfreeze()
     return out
+
+
+def peers_heard_cost(items: list, repeats: int = 3) -> dict:
+    """CPU per telemetry sample of the control flow's morph step alone (no engine), with the rules, with the
+    agent, and with the agent while every node also hears its group's releases (one group: each release
+    reaches the 49 other nodes, in time order, as `operators.peers.PeerGroup` forwards them on Kafka).
+
+    `flow_rate`'s testing flow gets no peers' experience back; this is what hearing it costs a node's step.
+    Best of ``repeats`` alternating runs each."""
+    from flows.spec import FlowSpec
+    from operators.control import MorphStep
+    from operators.events import Event
+    from operators.from_spec import agent_for, policy_for, sharer_factory_for
+    from operators.peers import PeerGroup
+
+    def run(options: dict, hear: bool) -> tuple[float, int]:
+        spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, options=options)
+        step = MorphStep(policy_for(spec), None, stamp_wall_clock=False, agent=agent_for(spec),
+                         sharer_factory=sharer_factory_for(spec), snapshots=False)
+        group, states, heard = PeerGroup(), {}, 0
+        c0 = time.process_time()
+        for _, record in items:
+            node = record["node_id"]
+            states[node], outputs = step(states.get(node), Event("Telemetry", record, "edge.telemetry", 0, 0))
+            if hear:
+                for name, released in outputs:
+                    if name == "Experience":
+                        for member, event in group.forward(Event("Experience", released, "liquid.experience", 0, 0)):
+                            states[member], _ = step(states.get(member), event)
+                            heard += 1
+        return (time.process_time() - c0) / len(items), heard
+
+    best, heard = {}, 0
+    for _ in range(repeats):
+        for name, options, hear in (("rules", {}, False), ("rli", {"policy_kind": "rli"}, False),
+                                    ("rli_heard", {"policy_kind": "rli"}, True)):
+            cpu, n = run(options, hear)
+            best[name] = min(best.get(name, float("inf")), cpu)
+            heard = max(heard, n)
+    return {f"step_us_{name}": 1e6 * cpu for name, cpu in best.items()} | {"step_experience_heard": heard}
 
 
 def plot_curves(runs: dict, curves: dict, window: int, path: Path) -> None:
@@ -572,6 +616,9 @@ def main() -> int:
               f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
               f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
               f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
+        print(f"morph step alone, µs of CPU per telemetry sample: rules {rate['step_us_rules']:.2f}, agent "
+              f"{rate['step_us_rli']:.2f}, agent hearing its group ({rate['step_experience_heard']} experience records "
+              f"heard, DP ε = 1) {rate['step_us_rli_heard']:.2f}")
     print(f"learning curves: {png}")
     emit_result(result_json(args, len(arms), regret, summaries, peer, true_value, estimates, rate))
     return 0
@@ -581,7 +628,9 @@ def flow_figures(rate: dict | None) -> dict:
     """The JSON's control-flow part; null figures when ``--no-flow`` skipped it."""
     if rate is None:
         return {k: None for k in ("events_per_s_agent_on", "events_per_s_rules", "events_per_s_ratio",
-                                  "events_per_cpu_s_agent_on", "events_per_cpu_s_rules", "events_per_cpu_s_ratio")} | {
+                                  "events_per_cpu_s_agent_on", "events_per_cpu_s_rules", "events_per_cpu_s_ratio",
+                                  "step_us_per_event_rules", "step_us_per_event_agent",
+                                  "step_us_per_event_agent_hearing_peers", "step_experience_heard")} | {
             "events_per_s_measured_in": "not measured (--no-flow)"}
     return {
         "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
@@ -589,6 +638,9 @@ def flow_figures(rate: dict | None) -> dict:
         "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
         "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
         "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
+        "step_us_per_event_rules": round(rate["step_us_rules"], 2), "step_us_per_event_agent": round(rate["step_us_rli"], 2),
+        "step_us_per_event_agent_hearing_peers": round(rate["step_us_rli_heard"], 2),
+        "step_experience_heard": rate["step_experience_heard"],
     }
 
 
