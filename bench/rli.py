@@ -638,7 +638,8 @@ def flow_figures(rate: dict | None) -> dict:
         "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
         "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
         "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
-        "step_us_per_event_rules": round(rate["step_us_rules"], 2), "step_us_per_event_agent": round(rate["step_us_rli"], 2),
+        "step_us_per_event_rules": round(rate["step_us_rules"], 2),
+        "step_us_per_event_agent": round(rate["step_us_rli"], 2),
         "step_us_per_event_agent_hearing_peers": round(rate["step_us_rli_heard"], 2),
         "step_experience_heard": rate["step_experience_heard"],
     }

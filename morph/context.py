@@ -146,7 +146,6 @@ class Featurizer:
             [1.0 if a.cache else 0.0 for a in arms], [1.0 if a.pipeline != "full" else 0.0 for a in arms]])
         self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
         # Per-decision constants, so `factors` is a handful of vector operations on the arms.
-        self._k = len(CONTEXT_FEATURES) * len(ARM_FEATURES)
         self._item_ms = self.item_ms.tolist()
         self._cost = self.cost.tolist()
         self._max_item_ms = float(self.item_ms.max())
@@ -158,6 +157,7 @@ class Featurizer:
         # span |arm features| + |model features| directions, which is what the bandit's bounds are
         # computed in (`DiscountedLinUCB.ucb_factored`); Φ itself is only built when asked for.
         n_arm, n_model = len(ARM_FEATURES), len(MODEL_FEATURES)
+        k = len(CONTEXT_FEATURES) * n_arm
         self._n_arm = n_arm
         # the coords before a decision's model columns: the switch column is 1 for every arm (0 then
         # written for the current one), the other two model columns are written per decision
@@ -165,10 +165,11 @@ class Featurizer:
         self._coords[:, :n_arm] = self.arm_features
         self._coords[:, n_arm + 2] = 1.0
         self._basis_pattern = np.zeros((self.dim, n_arm + n_model))
-        self._basis_pattern[np.arange(self._k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
-        self._basis_pattern[self._k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
+        self._basis_pattern[np.arange(k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
+        self._basis_pattern[k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
         # the context values (and a 1.0 for the model rows) to the basis's rows: one take
-        self._basis_source = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1), [n_arm] * len(CONTEXT_FEATURES) + [n_model])
+        self._basis_source = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
+                                       [n_arm] * len(CONTEXT_FEATURES) + [n_model])
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
         return np.array(self._context_values(ctx, _capacity(ctx) * self._item_ms[self.arms.index(ctx.current)]))
@@ -201,7 +202,8 @@ class Featurizer:
         offered = ctx.offered_rps
         m = self._n_arm
         served_now = _capacity(ctx) * self._item_ms[cur]
-        basis = self._basis_pattern * np.array(self._context_values(ctx, served_now) + [1.0]).take(self._basis_source)[:, None]
+        values = np.array(self._context_values(ctx, served_now) + [1.0])
+        basis = self._basis_pattern * values.take(self._basis_source)[:, None]
         coords = self._coords.copy()
         coords[cur, m + 2] = 0.0
         capacity = served_now / self.item_ms

@@ -168,7 +168,8 @@ class _EncodingSinkPartition(StatelessSinkPartition):
         self._published = {name: metrics.EVENTS_OUT.labels(topic) for name, topic in topic_by_schema.items()}
 
     def write_batch(self, items) -> None:
-        produce, encode, topic_of, key_by = self._producer.produce, self._codec.encode, self._topic_by_schema, self._key_by
+        produce, encode = self._producer.produce, self._codec.encode
+        topic_of, key_by = self._topic_by_schema, self._key_by
         published = Counter()
         for key, (schema_name, record) in items:
             field = key_by.get(schema_name)
