@@ -23,7 +23,10 @@ context *of the receiving node* (its own capacity and thermal estimate), and
 the arm's features there are added to the receiver's bandit statistics with
 weight similarity × hop decay × the record's `effective_count` (its count
 over 1 + count·noise variance / reward variance: inverse-variance weighting,
-so noisy (DP) experience counts less). A group's archive (`GroupArchive`)
+so noisy (DP) experience counts less). What a node hears between two of its
+decisions is summed per (bucket, arm) and learnt at the next one
+(`RliAgent.fold_peers`): a group's releases reach every member, so a node
+hears many more records than it decides. A group's archive (`GroupArchive`)
 holds its most recent releases up to a fixed amount of that evidence, so a
 node that joins starts from the same amount of peer evidence with or without
 DP.
