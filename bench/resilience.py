@@ -206,12 +206,6 @@ class AgentFleet:
         self.agent = QRecoveryAgent(time_cost_s=time_cost_s, completion_floor=completion_floor,
                                     first_failure_floor=first_failure_floor, attempt_cost=attempt_cost,
                                     price_rate=price_rate, completion_price=completion_price)
-        import os  # EXPERIMENT (reverted): the variants of README's resilience rows, by environment variable
-        self.agent.price_floor = float(os.environ.get("PRICE_FLOOR", 0.0))
-        self.agent.gap_caused_only = bool(os.environ.get("GAP_CAUSED"))
-        self.agent.explore_bonus = float(os.environ.get("UCB", 0.0))
-        self.agent.baseline_visits = int(os.environ.get("SPIBB", 0))
-        self.agent.pool_reference_retries = bool(os.environ.get("POOL_REF"))
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True

@@ -193,25 +193,6 @@ def reference_action(state: str) -> str:
     return action_of(step_functions_default().decide(Failure("", "", "", "", "", attempt, 0.0)).describe())
 
 
-def like_reference(state: str, action: str) -> bool:
-    """Whether ``action`` stands for the retrier's own in ``state``: a short retry (≤ 5 s) where it retries.
-
-    The retrier waits 1, 2 then 4 s; under a cause whose failing attempts
-    take seconds and that lasts minutes, retrying at once or after 5 s is the
-    same bet, and the agent rarely takes the retrier's exact delay once it has
-    settled, so its completion would be learned from a handful of samples.
-
-    >>> like_reference("a-i|TIMEOUT|1|0|1|0|0|0", "RETRY 0s"), like_reference("a-i|TIMEOUT|1|0|1|0|0|0", "RETRY 15s")
-    (True, False)
-    >>> like_reference("a-i|TIMEOUT|4|0|1|0|0|0", FAIL)
-    True
-    """
-    reference = reference_action(state)
-    if reference.startswith(RETRY) and action.startswith(RETRY):
-        return float(action.split()[1].rstrip("s")) <= 5.0
-    return action == reference
-
-
 def decision_of(action: str, failure: Failure, version: int, state: str, reason: str) -> Decision:
     if action.startswith(RETRY):
         return Decision(RETRY, float(action.split()[1].rstrip("s")), policy_version=version, reason=reason, state=state)
@@ -310,14 +291,6 @@ class QRecoveryAgent(Versioned):
     price_rate: float = 0.0
     completion_price: float = 1.0
     first_failure_floor: float = FIRST_FAILURE_FLOOR
-    price_floor: float = 0.0
-    gap_caused_only: bool = False
-    explore_bonus: float = 0.0
-    baseline_visits: int = 0
-    pool_reference_retries: bool = False
-    # EXPERIMENT (2026-12-03, reverted): price_floor, gap_caused_only, explore_bonus (UCB during the warm-up),
-    # baseline_visits (SPIBB-style hand-over to the retrier), pool_reference_retries (the retrier's completion
-    # learned from any retry <= 5 s); see README, resilience rows
     q: dict[str, dict[str, float]] = field(default_factory=dict)
     completion: dict[str, dict[str, float]] = field(default_factory=dict)
     static_completion: dict[str, float] = field(default_factory=dict)
@@ -352,26 +325,12 @@ class QRecoveryAgent(Versioned):
             c_row = self.completion.setdefault(state, {})
             old = c_row.get(action, 1.0)
             c_row[action] = old + rate * (c_target - old)
-            if like_reference(state, action) if self.pool_reference_retries else action == reference_action(state):
+            if action == reference_action(state):
                 # what the static retrier completes from here, its own continuation (not the policy's) included
-                s_target = completed if next_state is None else (
-                    self._static_continuation(next_state) if self.pool_reference_retries
-                    else self.static_completion.get(next_state, self._followed_completion(next_state)))
+                s_target = completed if next_state is None else self.static_completion.get(
+                    next_state, self._followed_completion(next_state))
                 old = self.static_completion.get(state, s_target)
                 self.static_completion[state] = old + rate * (s_target - old)
-
-    def _static_continuation(self, state: str) -> float:
-        """The retrier's completion from ``state``: learned, else its action's completion there, else the policy's."""
-        if state in self.static_completion:
-            return self.static_completion[state]
-        reference = reference_action(state)
-        if reference == FAIL:
-            return 0.0
-        for key in (state, coarse_key(state)):
-            tried = [a for a in self.completion.get(key, {}) if like_reference(state, a)]
-            if tried:
-                return max(self.completion[key][a] for a in tried)
-        return self._followed_completion(state)
 
     def _followed_completion(self, state: str) -> float:
         """C of the action the policy takes in ``state`` among those tried (fine, else coarse; none: 0)."""
@@ -472,18 +431,6 @@ class QRecoveryAgent(Versioned):
         actions = valid_actions(state) if explore else [a for a in valid_actions(state) if a in tried or a in coarse]
         if not actions:
             return None
-        if not explore and self.baseline_visits and min_visits is None:
-            reference = reference_action(state)
-            n_ref = tried.get(reference, 0) + self.visits.get(coarse_key(state), {}).get(reference, 0)
-            if reference in valid_actions(state) and n_ref < self.baseline_visits:
-                return reference
-        if explore and self.explore_bonus:
-            import math
-            total = sum(tried.values())
-            def ucb(a):
-                n = tried.get(a, 0)
-                return self.choice_value(state, a) + (self.explore_bonus * math.sqrt(math.log(total + 1) / n) if n else 0.0)
-            return max(self.feasible(state, actions), key=ucb)
         return max(self.feasible(state, actions), key=lambda a: self.choice_value(state, a))
 
     def feasible(self, state: str, actions: list[str]) -> list[str]:
@@ -546,8 +493,6 @@ class QRecoveryAgent(Versioned):
         for state, counts in self.visits.items():
             if "*" not in state or state.split("|")[2] != "1" or state not in self.static_completion:
                 continue
-            if self.gap_caused_only and state.split("|")[4] != "1":
-                continue
             chosen = self.predict_one(state, explore=False, min_visits=0)
             n = sum(counts.values())
             total += n * (self.completion[state].get(chosen, 0.0) - self.static_completion[state])
@@ -558,7 +503,7 @@ class QRecoveryAgent(Versioned):
         """Dual ascent on the completion constraint: μ ← max(0, μ − rate · gap)."""
         gap = self.completion_gap()
         if self.completion_floor and gap is not None:
-            self.completion_price = max(self.price_floor, self.completion_price - self.price_rate * gap)
+            self.completion_price = max(0.0, self.completion_price - self.price_rate * gap)
 
     def estimate(self, state: str, action: str, table: dict | None = None, untried: float | None = None) -> float:
         """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
