@@ -35,7 +35,8 @@ tried, and states it has not seen get the static retrier. The agent chooses by
 its reward plus a price on completing the run (`prediction.recovery`: a fixed
 prior, printed as the completion price), giving up an independent failure no
 sooner than Step Functions' retrier would, and retrying no more often than it;
-``--no-completion-floor`` drops the price and the rule (the seed's reward alone).
+``--no-completion-floor`` drops the price and the rule (the seed's reward alone);
+``--completion-price`` sets the price, ``--price-rate`` turns its dual ascent on.
 
 Figures (measured runs): completion rate (runs that ended with every step
 done, the fallback branch not counting as completed; ``completion_incl_fallback``
@@ -198,11 +199,13 @@ class AgentFleet:
 
     def __init__(self, sim: FaultSimulator, alerts: list, seed: int, explore: float, time_cost_s: float = 10.0,
                  completion_floor: bool = True, first_failure_floor: float = FIRST_FAILURE_FLOOR,
-                 attempt_cost: float = QRecoveryAgent.attempt_cost):
+                 attempt_cost: float = QRecoveryAgent.attempt_cost, price_rate: float = QRecoveryAgent.price_rate,
+                 completion_price: float = QRecoveryAgent.completion_price):
         # one learner for the fleet: the state is a step's recovery profile, not its name, so what a
         # dependency outage teaches on one workflow's step applies to every workflow's
         self.agent = QRecoveryAgent(time_cost_s=time_cost_s, completion_floor=completion_floor,
-                                    first_failure_floor=first_failure_floor, attempt_cost=attempt_cost)
+                                    first_failure_floor=first_failure_floor, attempt_cost=attempt_cost,
+                                    price_rate=price_rate, completion_price=completion_price)
         self.graph = FailureGraph()
         self.graph_feed = AlertFeed(alerts, self.graph)
         self.sim, self.alerts, self.seed, self.explore = sim, alerts, seed, True
@@ -414,7 +417,8 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     t0 = time.perf_counter()
     fleet = AgentFleet(warm_sim, warm_sim.indicators(0.0, warm_h), args.seed, explore=0.3,
                        time_cost_s=args.time_cost_s, completion_floor=not args.no_completion_floor,
-                       first_failure_floor=args.first_failure_floor, attempt_cost=args.attempt_cost)
+                       first_failure_floor=args.first_failure_floor, attempt_cost=args.attempt_cost,
+                       price_rate=args.price_rate, completion_price=args.completion_price)
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
     # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
@@ -514,6 +518,11 @@ def main(argv=None) -> dict:
                          "run at least this often are allowed, when one is (default 0: the reward decides)")
     ap.add_argument("--attempt-cost", type=float, default=QRecoveryAgent.attempt_cost,
                     help="the agent's reward for a failed attempt besides its time (default 0.2, chosen on --seed 3)")
+    ap.add_argument("--completion-price", type=float, default=QRecoveryAgent.completion_price,
+                    help="the agent's completion price: what a completed run is worth on top of the reward "
+                         "(default 1; the dual ascent's start with --price-rate)")
+    ap.add_argument("--price-rate", type=float, default=QRecoveryAgent.price_rate,
+                    help="step of the completion price's dual ascent at each publication (default 0: fixed price)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -554,7 +563,8 @@ def summarise(results: dict, args, note: str) -> dict:
         "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s,
         "completion_floor": not args.no_completion_floor,
         "first_failure_floor": args.first_failure_floor,
-        "attempt_cost": args.attempt_cost, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
+        "attempt_cost": args.attempt_cost, "completion_price_prior": args.completion_price,
+        "price_rate": args.price_rate, "runs_per_scenario": args.runs, "warmup_runs": args.warmup_runs,
         "workloads": note, "pooled_over": list(CAUSAL),
         "completion_rate_agent": agent["completion_rate"], "completion_rate_static": static["completion_rate"],
         "mttr_s_agent": agent["mttr_s"], "mttr_s_static": static["mttr_s"],
