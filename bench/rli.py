@@ -10,7 +10,8 @@ balanced weights) over the same 10 s epochs:
 * rli: the contextual-bandit agent, each node alone;
 * rli+peers: nodes share experience in groups (TTL 3 hops), no privacy noise;
 * rli+peers+dp: the same under differential privacy: every ``--dp-window`` decisions a node releases
-  each (bucket, arm) cell's reward sum (clipped, Laplace-noised) and count, at ``--epsilon`` per window;
+  each (bucket, arm) cell's reward sum (clipped to the workflow's reward range, `morph.peers.reward_clip`:
+  sensitivity 0.5, Laplace-noised) and count, at ``--epsilon`` per window;
 * oracle: knows the simulator's state and picks, every epoch, the arm whose next
   epoch earns the most (myopic, like the bandit's objective); regret is measured
   against it.
@@ -81,6 +82,7 @@ from morph.peers import (
     PeerNetwork,
     SharingConfig,
     absorb,
+    reward_clip,
 )
 from morph.policy import MorphPolicy, NodeState, PolicyConfig
 from morph.reward import reward
@@ -300,11 +302,13 @@ def moving_mean(curve: np.ndarray, window: int = SMOOTH) -> np.ndarray:
     return (c[k] - c[lo]) / (k - lo)
 
 
-def sharing_for(name: str, args) -> SharingConfig | None:
+def sharing_for(name: str, args, clip: tuple | None = None) -> SharingConfig | None:
+    """The peers' sharing for policy ``name``; under DP rewards are clipped to ``clip`` (`reward_clip`)."""
     if name == "rli+peers":
         return SharingConfig()
     if name == "rli+peers+dp":
-        return SharingConfig(epsilon=args.epsilon, window=args.dp_window, budget=1e9)
+        return SharingConfig(epsilon=args.epsilon, window=args.dp_window, budget=1e9,
+                             **({"clip": tuple(clip)} if clip is not None else {}))
     return None
 
 
@@ -329,7 +333,8 @@ def cold_start(args, arms: ArmSet, config: RliConfig, seconds: int) -> dict:
     curves = {}
     for name in ("rli", "rli+peers", "rli+peers+dp", "oracle"):
         t0 = time.perf_counter()
-        run = simulate(name, specs, arms, config, seconds, sharing_for(name, args), args.group_size, join_s=join)
+        run = simulate(name, specs, arms, config, seconds, sharing_for(name, args, reward_clip(config, arms)),
+                       args.group_size, join_s=join)
         curves[name] = run.rewards[newcomers, :args.horizon]
         if name == "oracle":
             curves["random"] = run.floor[newcomers, :args.horizon]
@@ -530,7 +535,8 @@ def run_policies(args, arms: ArmSet, config: RliConfig, seconds: int, ope) -> di
     runs = {}
     for name in POLICIES:
         t0 = time.perf_counter()
-        runs[name] = simulate(name, specs, arms, config, seconds, sharing_for(name, args), args.group_size,
+        runs[name] = simulate(name, specs, arms, config, seconds, sharing_for(name, args, reward_clip(config, arms)),
+                              args.group_size,
                               ope=ope if name == "rli" else None)
         log(f"{name}: {time.perf_counter() - t0:.0f} s wall")
     return runs

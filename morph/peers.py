@@ -6,7 +6,10 @@ and count) over a release window of ``window`` decisions; at the window's end
 every cell with at least ``min_count`` decisions is released as one
 `Experience` record (schema ``Experience``, topic ``liquid.experience``: the
 mean, the count, the noise scale). Under differential privacy the sums are
-clipped and noised by `morph.privacy.LaplaceMechanism`; the cells hold
+clipped and noised by `morph.privacy.LaplaceMechanism`; the clipping range is
+the workflow's reward range (`reward_clip`: a perfect epoch on its most
+accurate model, down by the SLO penalty, so the sensitivity is 0.5, not the
+1 of [0, 1]: a quarter of the noise variance at the same ε); the cells hold
 disjoint decisions, so one window costs ε once however many cells it
 releases, charged to the node's `PrivacyBudget`; when the budget is spent the
 node stops sharing. Every pair with experience in a window gets a release, not
@@ -52,6 +55,7 @@ import numpy as np
 
 from morph.context import NodeContext
 from morph.privacy import LaplaceMechanism, PrivacyBudget
+from morph.reward import reward_bounds
 from schemas.state import Versioned
 
 REWARD_VARIANCE = 0.01  # typical variance of one decision's reward (balanced weights, simulated fleet)
@@ -65,7 +69,7 @@ class SharingConfig:
     ttl: int = 3
     epsilon: Optional[float] = None  # per release window; None: no differential privacy
     budget: float = 100.0           # total ε a node may spend
-    clip: tuple = (0.0, 1.0)         # rewards are mostly in [0, 1]: a tight range halves the noise
+    clip: tuple = (0.0, 1.0)        # DP clipping range; `reward_clip` derives the workflow's (sensitivity 0.5)
     peer_weight: float = 0.5        # weight of a peer's reward against one's own
     hop_decay: float = 0.7
     similarity_scale: float = 1.0   # bucket distance at which similarity falls to e^-1/2
@@ -88,6 +92,29 @@ def _sharer_from_v1(state: dict) -> dict:
              for key, pool in state.pop("pools").items()}
     pending = sum(count for _, count in cells.values())
     return {**state, "config": config, "cells": cells, "pending": pending}
+
+
+def reward_clip(config, arms) -> tuple[float, float]:
+    """The DP clipping range of an agent's rewards (`morph.reward.reward_bounds`): from its best epoch on
+    the most accurate arm of ``arms`` down by the SLO penalty; public figures only (weights, constraints,
+    the models' held-out accuracy), so the range leaks nothing and the sensitivity is ``slo_penalty``.
+
+    Parameters
+    ----------
+    config
+        The agent's `morph.agent.RliConfig` (its reward weights and constraints).
+    arms
+        The agent's `morph.arms.ArmSet`.
+
+    Examples
+    --------
+    >>> from morph.agent import RliConfig
+    >>> from morph.arms import ArmSet
+    >>> [round(v, 3) for v in reward_clip(RliConfig(), ArmSet.nominal())]
+    [0.47, 0.97]
+    """
+    best = max(arms.profile(a).accuracy for a in arms)
+    return reward_bounds(config.constraints, config.weights, best)
 
 
 @functools.lru_cache(maxsize=32)

@@ -121,5 +121,41 @@ def reward_of_terms(t: dict[str, float], w: RewardWeights, switched: bool = Fals
             - (w.switch_cost if switched else 0.0))
 
 
+def reward_bounds(c: WorkflowConstraints, w: RewardWeights, best_accuracy: float = 1.0) -> tuple[float, float]:
+    """(low, high): the range a decision's reward is clipped to before it is shared under differential privacy.
+
+    ``high`` is the best epoch the workflow can score: everything served, at no latency, on the most
+    accurate model it has (``best_accuracy``), at full energy efficiency, without a penalty or a
+    switch. ``low`` = ``high`` − ``slo_penalty``: the most an epoch that breaks the latency or
+    accuracy SLO can score. Below it an arm is as bad as an SLO break, and that is all a peer needs
+    to learn from it (the shield, not the shared rewards, keeps the node safe). Nothing but the
+    workflow's weights, constraints and the served models' accuracy goes into the range, so the
+    clipping and the sensitivity ``high − low`` (= ``slo_penalty``) do not depend on any node's
+    rewards.
+
+    Parameters
+    ----------
+    c
+        The workflow's constraints (``min_accuracy`` normalises the accuracy term).
+    w
+        The reward's weights and penalties.
+    best_accuracy
+        The held-out accuracy of the workflow's most accurate model (1: no model is known).
+
+    Examples
+    --------
+    >>> c, w = WorkflowConstraints(min_accuracy=0.9), RewardWeights.preset("balanced")
+    >>> [round(v, 3) for v in reward_bounds(c, w, best_accuracy=0.95)]
+    [0.35, 0.85]
+    >>> [round(v, 3) for v in reward_bounds(c, w)]
+    [0.5, 1.0]
+    """
+    terms = {"throughput": 1.0, "latency": 1.0, "energy": 1.0,
+             "accuracy": _clip((best_accuracy - c.min_accuracy) / (1.0 - c.min_accuracy)),
+             "slo_violation": 0.0, "thermal": 0.0, "critical": 0.0, "power_excess": 0.0}
+    high = reward_of_terms(terms, w)
+    return high - w.slo_penalty, high
+
+
 def _clip(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x

@@ -107,3 +107,57 @@ def test_a_version_1_archive_migrates_to_an_evidence_bound():
     assert archive.version == 2 and archive.evidence == 5.0 and archive.held == 5.0
     archive.add({"experience_id": "a5", "count": 1, "noise_scale": 0.0})
     assert [r["experience_id"] for r in archive.records()] == [f"a{i}" for i in range(1, 6)]
+
+
+def test_the_clipping_range_is_the_rewards_structural_range_and_bounds_every_reward():
+    """`reward_bounds`: the top is a perfect epoch on the most accurate model; an epoch that breaks an SLO
+    scores at most the bottom; the range (the sensitivity) is the SLO penalty, whatever the rewards seen."""
+    from morph.agent import RliConfig
+    from morph.arms import ArmSet
+    from morph.peers import reward_clip
+    from morph.reward import EpochMeasurement, RewardWeights, WorkflowConstraints, reward, reward_bounds
+
+    c, w = WorkflowConstraints(min_accuracy=0.9), RewardWeights.preset("balanced")
+    low, high = reward_bounds(c, w, best_accuracy=0.96)
+    assert high == pytest.approx(0.3 + 0.2 + 0.3 * 0.6 + 0.2) and high - low == pytest.approx(w.slo_penalty)
+    rng = random.Random(5)
+    for _ in range(3000):
+        offered = rng.uniform(1.0, 500.0)
+        m = EpochMeasurement(offered_rps=offered, served_rps=rng.uniform(0.0, offered), latency_ms=rng.uniform(0.5, 400.0),
+                             accuracy=rng.uniform(0.5, 0.96), power_w=rng.uniform(20.0, 400.0),
+                             max_temp_c=80.0, seconds=10.0)
+        r = reward(m, c, w, switched=rng.random() < 0.3)
+        assert r <= high
+        if m.latency_ms > c.max_latency_ms or m.accuracy < c.min_accuracy:
+            assert r <= low
+    arms = ArmSet.nominal()
+    best = max(arms.profile(a).accuracy for a in arms)
+    assert reward_clip(RliConfig(), arms) == reward_bounds(RliConfig().constraints, RliConfig().weights, best)
+
+
+def test_the_noise_follows_the_clipping_range_and_rewards_are_clipped_to_it():
+    clip = (0.3635, 0.8635)
+    sharer = ExperienceSharer("e", "g0", SharingConfig(epsilon=1.0, window=4, clip=clip), random.Random(0))
+    [r] = window_of(sharer, [((0, 0, 0, 0), GOOD, v) for v in (0.7, 0.7, 0.7, 0.7)])
+    assert r["noise_scale"] == pytest.approx(0.5 / 4)     # sensitivity high − low = 0.5, over count · ε
+    assert sharer.mechanism.sensitivity == pytest.approx(0.5)
+    means = []
+    for seed in range(3000):
+        s = ExperienceSharer("e", "g0", SharingConfig(epsilon=2.0, window=4, clip=clip), random.Random(seed))
+        [r] = window_of(s, [((0, 0, 0, 0), GOOD, v) for v in (-0.2, 0.5, 0.95, 0.7)])
+        means.append(r["reward"])
+    clipped_mean = (0.3635 + 0.5 + 0.8635 + 0.7) / 4
+    assert statistics.median(means) == pytest.approx(clipped_mean, abs=0.01)
+    # Laplace(b) with b = 0.5 / 4 / 2: mean absolute deviation b
+    assert statistics.fmean(abs(m - clipped_mean) for m in means) == pytest.approx(0.0625, rel=0.06)
+
+
+def test_a_tighter_range_makes_a_window_worth_more_to_the_receiver():
+    """Same count and ε: the sensitivity halves, the noise variance quarters, the inverse-variance weight
+    (`effective_count`) grows accordingly; a record is never worth more than its count."""
+    wide = LaplaceMechanism(1.0, 0.0, 1.0)
+    tight = LaplaceMechanism(1.0, 0.3635, 0.8635)
+    for n in (1, 5, 17, 60):
+        w_wide, w_tight = (effective_count({"count": n, "noise_scale": m.scale(n)}, 0.01) for m in (wide, tight))
+        assert w_tight == pytest.approx(n / (1 + 50 / n)) and w_wide == pytest.approx(n / (1 + 200 / n))
+        assert w_wide < w_tight < n
