@@ -169,16 +169,18 @@ class ExperienceSharer(Versioned):
             return []
         out = []
         for (bucket, arm_name), total, count in cells:
-            scale = 0.0
+            scale, mean = 0.0, total / count
             if mech is not None:
                 total, b = mech.release_sum(total, self.rng)
-                scale = b / count
+                # the clipped mean lies in [low, high]: projecting the noised one there (post-processing,
+                # no privacy cost) can only bring it closer, and bounds its error (`effective_count`)
+                scale, mean = b / count, mech.clip(total / count)
             self.released += 1
             t, load, power, congested = bucket
             out.append({"experience_id": f"{self.node_id}-{self.released}", "origin_node": self.node_id,
                         "group": self.group, "ts_ms": int(ts_ms), "temp_level": t, "load_level": load,
                         "power_capped": power, "congested": congested, "arm": arm_name,
-                        "reward": float(total / count), "count": count, "noise_scale": scale,
+                        "reward": float(mean), "count": count, "noise_scale": scale,
                         "epsilon": self.config.epsilon, "ttl": self.config.ttl, "hops": 0})
         return out
 
@@ -234,10 +236,29 @@ def bucket_context(bucket: tuple, like: NodeContext, max_latency_ms: float, max_
 
 def effective_count(experience: dict, reward_variance: float = REWARD_VARIANCE) -> float:
     """How many noise-free decisions a record's mean is worth: its count over 1 + count·noise variance /
-    reward variance (a Laplace scale b has variance 2b²), so the inverse of its mean's variance in units
-    of one decision's."""
-    n = experience["count"]
-    return n / (1.0 + n * 2.0 * experience["noise_scale"] ** 2 / reward_variance)
+    reward variance, so the inverse of its mean's variance in units of one decision's.
+
+    A Laplace scale b has variance 2b². A DP record's mean was projected into the clipping range, whose
+    width the record implies (sensitivity = b·count·ε); the projected noise's mean square is at most
+    half that width squared (at worst the projection lands on either end with probability ½ each), so
+    the noise variance taken is min(2b², width²/2). It binds where count·ε < 2: a window's single
+    decisions (a peer's exploration), whose unprojected noise would drown them.
+
+    Examples
+    --------
+    >>> effective_count({"count": 20, "noise_scale": 0.0})
+    20.0
+    >>> round(effective_count({"count": 1, "noise_scale": 0.5, "epsilon": 1.0}), 4)   # width 0.5: 0.125
+    0.0741
+    >>> round(effective_count({"count": 1, "noise_scale": 0.5}), 4)                  # no width known: 2b²
+    0.0196
+    """
+    n, b = experience["count"], experience["noise_scale"]
+    noise = 2.0 * b * b
+    epsilon = experience.get("epsilon")
+    if epsilon and b > 0.0:
+        noise = min(noise, (b * n * epsilon) ** 2 / 2.0)
+    return n / (1.0 + n * noise / reward_variance)
 
 
 def similarity(a: tuple, b: tuple, scale: float) -> float:

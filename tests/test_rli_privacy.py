@@ -39,16 +39,47 @@ def test_cells_under_the_count_threshold_are_not_released():
 
 
 def test_the_released_mean_is_the_clipped_mean_plus_laplace_noise_of_the_stated_scale():
+    # ε large enough that the projection into [0, 1] never binds (the clipped mean 0.4 ± 16 b)
     means = []
     for seed in range(4000):
-        sharer = ExperienceSharer("e", "g0", SharingConfig(epsilon=0.5, window=4), random.Random(seed))
+        sharer = ExperienceSharer("e", "g0", SharingConfig(epsilon=10.0, window=4), random.Random(seed))
         [r] = window_of(sharer, [((0, 0, 0, 0), GOOD, v) for v in (0.2, 0.4, 1.7, -0.3)])  # clipped to [0, 1]
         means.append(r["reward"])
-        assert r["noise_scale"] == pytest.approx(1.0 / 4 / 0.5)
+        assert r["noise_scale"] == pytest.approx(1.0 / 4 / 10.0)
     clipped_mean = (0.2 + 0.4 + 1.0 + 0.0) / 4
-    assert statistics.median(means) == pytest.approx(clipped_mean, abs=0.03)
+    assert statistics.median(means) == pytest.approx(clipped_mean, abs=0.002)
     # Laplace(b): mean absolute deviation b
-    assert statistics.fmean(abs(m - clipped_mean) for m in means) == pytest.approx(0.5, rel=0.05)
+    assert statistics.fmean(abs(m - clipped_mean) for m in means) == pytest.approx(0.025, rel=0.05)
+
+
+def test_a_noised_mean_is_projected_into_the_clipping_range_and_its_error_stays_within_the_bound():
+    """Post-processing: the projection costs no privacy, never moves the mean away from the clipped one,
+    and bounds the noise's mean square by min(2b², width²/2), which `effective_count` takes."""
+    clip, eps = (0.3635, 0.8635), 1.0
+    for rewards in ([0.8635], [0.6], [0.9, 0.85, 0.2, 0.7]):             # at the top, inside, a mix
+        clipped_mean = sum(min(max(v, clip[0]), clip[1]) for v in rewards) / len(rewards)
+        projected, raw = [], []
+        for seed in range(3000):
+            sharer = ExperienceSharer("e", "g0", SharingConfig(epsilon=eps, window=len(rewards), clip=clip),
+                                      random.Random(seed))
+            [r] = window_of(sharer, [((0, 0, 0, 0), GOOD, v) for v in rewards])
+            assert clip[0] <= r["reward"] <= clip[1]
+            projected.append((r["reward"] - clipped_mean) ** 2)
+            b = r["noise_scale"]
+            mech = LaplaceMechanism(eps, *clip)            # the same draw, unprojected
+            total, _ = mech.release_sum(clipped_mean * len(rewards), random.Random(seed))
+            raw.append((total / len(rewards) - clipped_mean) ** 2)
+        assert statistics.fmean(projected) <= statistics.fmean(raw)
+        assert statistics.fmean(projected) <= min(2 * b * b, 0.5 ** 2 / 2) * 1.05
+        assert statistics.fmean(raw) == pytest.approx(2 * b * b, rel=0.15)
+
+
+def test_a_single_decisions_record_counts_by_its_projected_error():
+    one = {"count": 1, "noise_scale": 0.5, "epsilon": 1.0}                 # width 0.5 · 1 · 1
+    assert effective_count(one, 0.01) == pytest.approx(1 / (1 + 0.125 / 0.01))
+    assert effective_count({**one, "epsilon": None}, 0.01) == pytest.approx(1 / (1 + 0.5 / 0.01))
+    many = {"count": 17, "noise_scale": 0.5 / 17, "epsilon": 1.0}          # count·ε ≥ 2: 2b² binds
+    assert effective_count(many, 0.01) == pytest.approx(17 / (1 + 17 * 2 * (0.5 / 17) ** 2 / 0.01))
 
 
 def test_without_dp_every_decision_is_released_as_it_is():
