@@ -345,6 +345,12 @@ def _archive_from_v1(state: dict) -> dict:
             "held": sum(effective_count(r) for r in recent)}
 
 
+def _archive_from_v2(state: dict) -> dict:
+    """Version 2 summed `effective_count` before a single decision's DP record was weighted by its
+    projected error: the evidence held is recounted, so evictions subtract what was added."""
+    return {**state, "held": sum(effective_count(r, state["reward_variance"]) for r in state["recent"])}
+
+
 @dataclass
 class GroupArchive(Versioned):
     """A group's most recent released experience, replayed to a node when it joins.
@@ -367,8 +373,8 @@ class GroupArchive(Versioned):
     (['a-4', 'b-0'], 3.0)
     """
 
-    STATE_VERSION: ClassVar[int] = 2
-    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1}
+    STATE_VERSION: ClassVar[int] = 3
+    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1, 2: _archive_from_v2}
 
     evidence: float = 500.0
     size: int = 20_000

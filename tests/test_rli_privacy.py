@@ -135,7 +135,7 @@ def test_a_version_1_archive_migrates_to_an_evidence_bound():
     records = deque([{"experience_id": f"a{i}", "count": 1, "noise_scale": 0.0} for i in range(5)], maxlen=5)
     archive = GroupArchive.__new__(GroupArchive)
     archive.__setstate__({"size": 5, "recent": records, "version": 1})
-    assert archive.version == 2 and archive.evidence == 5.0 and archive.held == 5.0
+    assert archive.version == 3 and archive.evidence == 5.0 and archive.held == 5.0
     archive.add({"experience_id": "a5", "count": 1, "noise_scale": 0.0})
     assert [r["experience_id"] for r in archive.records()] == [f"a{i}" for i in range(1, 6)]
 
@@ -192,3 +192,16 @@ def test_a_tighter_range_makes_a_window_worth_more_to_the_receiver():
         w_wide, w_tight = (effective_count({"count": n, "noise_scale": m.scale(n)}, 0.01) for m in (wide, tight))
         assert w_tight == pytest.approx(n / (1 + 50 / n)) and w_wide == pytest.approx(n / (1 + 200 / n))
         assert w_wide < w_tight < n
+
+
+def test_a_version_2_archive_recounts_the_evidence_it_holds():
+    """Version 2 counted a single decision's DP record at its unprojected noise; the migration recounts."""
+    one = {"experience_id": "x", "count": 1, "noise_scale": 0.5, "epsilon": 1.0}
+    clean = {"experience_id": "y", "count": 1, "noise_scale": 0.0}
+    old_held = 1.0 + 1 / (1 + 0.5 / 0.01)
+    archive = GroupArchive.__new__(GroupArchive)
+    archive.__setstate__({"evidence": 10.0, "size": 100, "reward_variance": 0.01, "recent": deque([one, clean]),
+                          "held": old_held, "version": 2})
+    assert archive.version == 3
+    assert archive.held == pytest.approx(1.0 + 1 / (1 + 0.125 / 0.01))
+    assert archive.held == pytest.approx(effective_count(one) + effective_count(clean))
