@@ -65,7 +65,8 @@ def build(spec: FlowSpec, source: Source | None = None, sink: Sink | None = None
     else:
         events = keyed_input(flow, "in", source, {"Telemetry": "node_id", "CommandAck": "node_id"})
     # (node id, (schema name, record)): the commands and alerts the node's state decides
-    agent, sharers = agent_for(spec), sharer_factory_for(spec)
+    agent = agent_for(spec)
+    sharers = sharer_factory_for(spec, agent)
     if agent is not None:
         single_threaded_blas()
     # (group, Event): peers' experience, on an input of its own so that no telemetry sample is tested for it

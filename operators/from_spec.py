@@ -85,22 +85,25 @@ def constraints_for(spec):
     return constraints
 
 
-def sharer_factory_for(spec):
+def sharer_factory_for(spec, agent=None):
     """``node_id -> ExperienceSharer`` when the agent shares experience with its peer group, else None.
 
     Nodes fall into ``options.peer_groups`` groups by a hash of their id
     (default one group); ``options.dp_epsilon`` is the ε per release, and
-    ``options.no_dp`` (``--no-dp``) shares without differential privacy."""
+    ``options.no_dp`` (``--no-dp``) shares without differential privacy. Under
+    DP, rewards are clipped to ``agent``'s reward range (`morph.peers.reward_clip`:
+    sensitivity 0.5), or to [0, 1] without an agent."""
     if policy_kind(spec) != "rli" or spec.options.get("no_peers"):
         return None
     import zlib
 
-    from morph.peers import DP_WINDOW, ExperienceSharer, SharingConfig
+    from morph.peers import DP_WINDOW, ExperienceSharer, SharingConfig, reward_clip
     from schemas.state import SnapshotRandom
 
     groups = max(1, int(spec.options.get("peer_groups", 1)))
     epsilon = None if spec.options.get("no_dp") else float(spec.options.get("dp_epsilon", 1.0))
-    config = SharingConfig(epsilon=epsilon, window=DP_WINDOW if epsilon is not None else 1)
+    config = SharingConfig(epsilon=epsilon, window=DP_WINDOW if epsilon is not None else 1,
+                           **({"clip": reward_clip(agent.config, agent.arms)} if agent is not None else {}))
 
     def sharer(node_id: str) -> ExperienceSharer:
         group = f"g{zlib.crc32(node_id.encode()) % groups}"

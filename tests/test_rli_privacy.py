@@ -205,3 +205,16 @@ def test_a_version_2_archive_recounts_the_evidence_it_holds():
     assert archive.version == 3
     assert archive.held == pytest.approx(1.0 + 1 / (1 + 0.125 / 0.01))
     assert archive.held == pytest.approx(effective_count(one) + effective_count(clean))
+
+
+def test_the_control_flow_shares_under_dp_in_its_agents_reward_range():
+    from flows.spec import FlowSpec
+    from morph.peers import reward_clip
+    from operators.from_spec import agent_for, sharer_factory_for
+
+    spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, options={"policy_kind": "rli"})
+    agent = agent_for(spec)
+    sharer = sharer_factory_for(spec, agent)("edge-1")
+    assert sharer.config.epsilon == 1.0 and tuple(sharer.config.clip) == reward_clip(agent.config, agent.arms)
+    assert sharer.mechanism.sensitivity == pytest.approx(agent.config.weights.slo_penalty)
+    assert tuple(sharer_factory_for(spec)("edge-1").config.clip) == (0.0, 1.0)
