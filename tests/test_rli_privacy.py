@@ -154,7 +154,8 @@ def test_the_clipping_range_is_the_rewards_structural_range_and_bounds_every_rew
     rng = random.Random(5)
     for _ in range(3000):
         offered = rng.uniform(1.0, 500.0)
-        m = EpochMeasurement(offered_rps=offered, served_rps=rng.uniform(0.0, offered), latency_ms=rng.uniform(0.5, 400.0),
+        m = EpochMeasurement(offered_rps=offered, served_rps=rng.uniform(0.0, offered),
+                             latency_ms=rng.uniform(0.5, 400.0),
                              accuracy=rng.uniform(0.5, 0.96), power_w=rng.uniform(20.0, 400.0),
                              max_temp_c=80.0, seconds=10.0)
         r = reward(m, c, w, switched=rng.random() < 0.3)
