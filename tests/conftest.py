@@ -56,3 +56,21 @@ def run_liquid(*args, timeout: float = 120, check: bool = True) -> subprocess.Co
 def start_liquid(*args, log: Path) -> subprocess.Popen:
     return subprocess.Popen(liquid_cmd(*args), stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture()
+def bench_script(monkeypatch):
+    """``load(name)``: a benchmark script (``bench/<name>.py``) imported fresh as a module, forgotten after."""
+    import importlib
+
+    loaded = []
+
+    def load(name: str):
+        monkeypatch.syspath_prepend(str(ROOT / "bench"))
+        sys.modules.pop(name, None)
+        loaded.append(name)
+        return importlib.import_module(name)
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from prediction.nab import CorpusScore, category, fold_of
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    sys.modules.pop("nab", None)
-    import nab
-    yield nab
-    sys.modules.pop("nab", None)
+def bench(bench_script):
+    return bench_script("nab")
 
 
 def _score(value: float) -> CorpusScore:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
 from edge.faults import FaultScenario, FaultSimulator
 from prediction.recovery import QRecoveryAgent
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    sys.modules.pop("resilience", None)
-    import resilience
-    yield resilience
-    sys.modules.pop("resilience", None)
+def bench(bench_script):
+    return bench_script("resilience")
 
 
 def _fleet(bench, **kw):
