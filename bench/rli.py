@@ -449,8 +449,9 @@ def peers_heard_cost(items: list, repeats: int = 3) -> dict:
 
     def run(options: dict, hear: bool) -> tuple[float, int]:
         spec = FlowSpec("control", bootstrap="unused:9092", deterministic=True, options=options)
-        step = MorphStep(policy_for(spec), None, stamp_wall_clock=False, agent=agent_for(spec),
-                         sharer_factory=sharer_factory_for(spec), snapshots=False)
+        agent = agent_for(spec)
+        step = MorphStep(policy_for(spec), None, stamp_wall_clock=False, agent=agent,
+                         sharer_factory=sharer_factory_for(spec, agent), snapshots=False)
         group, states, heard = PeerGroup(), {}, 0
         c0 = time.process_time()
         for _, record in items:
