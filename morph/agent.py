@@ -81,8 +81,9 @@ class AgentState(Versioned):
     """Everything the agent keeps per node; Bytewax snapshots it."""
 
     STATE_VERSION: ClassVar[int] = 2
-    # version 1 kept each bucket's Φ in ``peer_features`` (a cache, its experience already learnt)
-    MIGRATIONS: ClassVar[dict] = {1: lambda s: {**s, "peer_features": {}}}
+    # version 1 kept each bucket's Φ in ``peer_features``, a cache: its experience was already learnt
+    MIGRATIONS: ClassVar[dict] = {1: lambda s: {**{k: v for k, v in s.items() if k != "peer_features"},
+                                                "peer_pending": {}}}
 
     node_id: str
     bandit: DiscountedLinUCB
@@ -98,7 +99,7 @@ class AgentState(Versioned):
     last_context: Optional[NodeContext] = None   # what peers' experience is translated into
     # peers' experience since the last decision, not yet in the bandit (`morph.peers.absorb`, `fold_peers`):
     # bucket -> PeerBucket (its features in last_context, and a weight and weighted reward sum per arm)
-    peer_features: dict = field(default_factory=dict)
+    peer_pending: dict = field(default_factory=dict)
     slope: float = 0.0                                  # dT/dt over the recent samples, °C/s
     version: int = STATE_VERSION
 
@@ -256,11 +257,11 @@ class RliAgent:
         node hears far more experience than it decides, and one product per bucket costs less than
         an outer product per record. A decision folds it first, so the bandit it chooses with holds
         the same evidence as if each record had been learnt when it arrived."""
-        for pending in state.peer_features.values():
+        for pending in state.peer_pending.values():
             if pending.arms:
                 rows = pending.coords[pending.arms] @ pending.basis.T
                 state.bandit.learn_rows(rows, np.array(pending.weights), np.array(pending.weighted_rewards))
-        state.peer_features = {}
+        state.peer_pending = {}
 
     def _close_epoch(self, state: AgentState):
         """Learn the pending decision's reward from the telemetry since; (reward, arm, terms, bucket)."""

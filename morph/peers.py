@@ -316,14 +316,14 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
     except KeyError:
         return 0.0  # an arm this workflow does not have (another zoo): nothing to learn
     deferred = like is state.last_context
-    pending = state.peer_features.get(bucket) if deferred else None
+    pending = state.peer_pending.get(bucket) if deferred else None
     if pending is None:
         # many peers' experience falls in few buckets: each translated once per decision
         ctx = bucket_context(bucket, like, c.max_latency_ms, c.max_gpu_temp_c)
         coords, basis, _, _ = agent.featurizer.factors(ctx, state.thermal.r_c_per_w())
         pending = PeerBucket(coords, basis, similarity(bucket, like.bucket(c), config.similarity_scale))
         if deferred:
-            state.peer_features[bucket] = pending
+            state.peer_pending[bucket] = pending
     weight = (config.peer_weight * pending.similarity
               * config.hop_decay ** max(hops - 1, 0) * effective_count(experience, config.reward_variance))
     now_ms = state.last_decision_ms if now_ms is None else now_ms

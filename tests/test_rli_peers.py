@@ -116,7 +116,7 @@ def test_experience_summed_until_the_next_decision_is_what_learning_each_record_
         agent.fold_peers(state)
         np.testing.assert_allclose(state.bandit.stats.gram, immediate.bandit.stats.gram, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(state.bandit.stats.moment, immediate.bandit.stats.moment, rtol=1e-12, atol=1e-12)
-        assert state.bandit.stats.count == pytest.approx(immediate.bandit.stats.count) and not state.peer_features
+        assert state.bandit.stats.count == pytest.approx(immediate.bandit.stats.count) and not state.peer_pending
 
 
 def test_a_version_1_agent_snapshot_restores_without_its_feature_cache():
@@ -126,5 +126,5 @@ def test_a_version_1_agent_snapshot_restores_without_its_feature_cache():
     v1 = {**state.__dict__, "version": 1, "peer_features": {(0, 1, 0, 0): "a version 1 Φ"}}
     restored = type(state).__new__(type(state))
     restored.__setstate__(v1)
-    assert restored.version == 2 and restored.peer_features == {}
+    assert restored.version == 2 and restored.peer_pending == {} and not hasattr(restored, "peer_features")
     assert agent.decide(restored, sample(node="edge-5", ts_ms=10_000)) is not None
