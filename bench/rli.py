@@ -308,7 +308,7 @@ def sharing_for(name: str, args, clip: tuple | None = None) -> SharingConfig | N
         return SharingConfig()
     if name == "rli+peers+dp":
         return SharingConfig(epsilon=args.epsilon, window=args.dp_window, budget=1e9,
-                             **({"clip": tuple(clip)} if clip is not None else {}))
+                             clip=SharingConfig.clip if clip is None else tuple(clip))
     return None
 
 

@@ -103,7 +103,7 @@ def sharer_factory_for(spec, agent=None):
     groups = max(1, int(spec.options.get("peer_groups", 1)))
     epsilon = None if spec.options.get("no_dp") else float(spec.options.get("dp_epsilon", 1.0))
     config = SharingConfig(epsilon=epsilon, window=DP_WINDOW if epsilon is not None else 1,
-                           **({"clip": reward_clip(agent.config, agent.arms)} if agent is not None else {}))
+                           clip=reward_clip(agent.config, agent.arms) if agent is not None else SharingConfig.clip)
 
     def sharer(node_id: str) -> ExperienceSharer:
         group = f"g{zlib.crc32(node_id.encode()) % groups}"
