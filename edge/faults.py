@@ -8,8 +8,8 @@ The vocabulary the runtime and every recovery policy share:
   node stopped: the run must be resumed elsewhere);
 * `Failure` (what a policy sees at the moment of failure) and `Decision`
   (retry after a delay, switch to an alternative, take the fallback branch,
-  fail fast), and `shield`, the rule that always holds: a critical step that is
-  not idempotent is never executed twice.
+  move the run to another node, fail fast), and `shield`, the rule that always
+  holds: a critical step that is not idempotent is never executed twice.
 
 `FaultSimulator` injects failures into `edge.runtime.WorkflowRun` attempts from
 causes with a life of their own: a shared dependency that degrades and recovers,
@@ -43,6 +43,11 @@ BAD_INPUT, NODE_LOST, INTERNAL = "BAD_INPUT", "NODE_LOST", "INTERNAL"
 ERROR_CLASSES = (TIMEOUT, RESOURCE_EXHAUSTED, DEPENDENCY_UNAVAILABLE, BAD_INPUT, NODE_LOST, INTERNAL)
 
 RETRY, ALTERNATIVE, FALLBACK, FAIL = "RETRY", "ALTERNATIVE", "FALLBACK", "FAIL"
+#: Resume the run from its last committed step on another node (the failed step runs again there): the way
+#: out of a cause scoped to this node (its link's congestion, its accelerator's heat) for a step whose every
+#: implementation uses what the cause degrades. Only an orchestrator that moves runs can do it
+#: (``Failure.can_migrate``), as it resumes a lost node's runs.
+MIGRATE = "MIGRATE"
 
 
 class StepFailure(Exception):
@@ -92,6 +97,7 @@ class Failure:
     has_fallback: bool = False
     uses: tuple[str, ...] = ()           # what the failed implementation depends on
     alternative_uses: tuple[tuple[str, ...], ...] = ()   # what each of ``alternatives`` depends on
+    can_migrate: bool = False            # an orchestrator would resume the run on another node (`MIGRATE`)
 
 
 @dataclass(frozen=True)
@@ -117,18 +123,21 @@ def shield(failure: Failure, decision: Decision, max_attempts: int = 10) -> Deci
     """The decision made safe: what any learned or static policy must obey.
 
     A critical step that is not idempotent may have taken effect before it
-    failed, so it is never executed again (neither retried nor switched to an
-    alternative): it takes its fallback branch if it has one, else it fails.
-    An alternative or fallback that does not exist, and any attempt past
+    failed, so it is never executed again (neither retried, nor switched to an
+    alternative, nor moved to another node): it takes its fallback branch if
+    it has one, else it fails. An alternative or fallback that does not exist,
+    a move where no orchestrator can move the run, and any attempt past
     ``max_attempts``, fail fast.
 
     >>> f = Failure("wf", "r", "write", "n", TIMEOUT, 1, 0.0, critical=True, idempotent=False)
     >>> shield(f, Decision(RETRY, 1.0)).action
     'FAIL'
+    >>> shield(Failure("wf", "r", "load", "n", TIMEOUT, 1, 0.0), Decision(MIGRATE)).reason
+    'no orchestrator to move the run'
     """
     once_only = failure.critical and not failure.idempotent
     action = decision.action
-    if action in (RETRY, ALTERNATIVE) and (once_only or failure.attempt >= max_attempts):
+    if action in (RETRY, ALTERNATIVE, MIGRATE) and (once_only or failure.attempt >= max_attempts):
         reason = "critical, not idempotent: never re-executed" if once_only else f"{max_attempts} attempts"
         if failure.has_fallback:
             return Decision(FALLBACK, policy_version=decision.policy_version, reason=reason, state=decision.state)
@@ -140,6 +149,9 @@ def shield(failure: Failure, decision: Decision, max_attempts: int = 10) -> Deci
         if decision.alternative not in failure.alternatives:
             return Decision(ALTERNATIVE, alternative=failure.alternatives[0], policy_version=decision.policy_version,
                             reason=decision.reason, state=decision.state)
+    if action == MIGRATE and not failure.can_migrate:
+        return Decision(FAIL, policy_version=decision.policy_version, reason="no orchestrator to move the run",
+                        state=decision.state)
     if action == FALLBACK and not failure.has_fallback:
         return Decision(FAIL, policy_version=decision.policy_version, reason="no fallback branch", state=decision.state)
     return decision

@@ -62,7 +62,7 @@ import numpy as np  # noqa: F401  (the module docstring's example uses it)
 
 
 from edge.artifacts import Artifact, ArtifactStore, freeze, input_digest, lineage_id
-from edge.faults import ALTERNATIVE, FAIL, FALLBACK, RETRY, Decision, Failure, NodeLost, classify, shield
+from edge.faults import ALTERNATIVE, FAIL, FALLBACK, MIGRATE, RETRY, Decision, Failure, NodeLost, classify, shield
 
 PRIMARY = "primary"   # the implementation a step declares in ``fn``; FALLBACK names its fallback branch
 
@@ -300,7 +300,12 @@ class RunCheckpoint:
     Resuming it (``WorkflowRun.execute(resume=...)``) on another node runs only
     the steps not committed. A step in flight when the node stopped had not
     committed, so it runs again; the simulator loses a node between attempts,
-    never inside a critical step's side effect.
+    never inside a critical step's side effect. ``attempts``: the attempts a
+    step not committed has already made and failed (an attempt the node's loss
+    stopped before it ran is not one); on the next node its first attempt is
+    the one after them, so a policy's retry budget and the attempt a failure
+    reports are the run's, not the node's (a move to another node, which is
+    how a policy leaves a node-scoped cause, does not buy fresh retries).
     """
 
     workflow_id: str
@@ -309,6 +314,7 @@ class RunCheckpoint:
     artifacts: Mapping[str, tuple]
     done: frozenset[str]
     skipped: frozenset[str]
+    attempts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -325,6 +331,7 @@ class RunResult:
     degraded: tuple[str, ...] = ()     # steps that ended on their fallback branch
     node_lost: bool = False
     checkpoint: RunCheckpoint | None = None
+    migrated: bool = False             # stopped to be resumed on another node (`edge.faults.MIGRATE`)
 
     @property
     def path(self) -> list[str]:
@@ -354,12 +361,15 @@ class WorkflowRun:
                  sink: Callable[[str, Any], None] | None = None, slots: int = 1,
                  clock: Callable[[], float] = time.time, recovery=None, faults=None,
                  wait: Callable[[float], None] = time.sleep, max_attempts: int = 10,
-                 on_commit: Callable[[str, dict[str, Any]], None] | None = None):
+                 on_commit: Callable[[str, dict[str, Any]], None] | None = None, can_migrate: bool = False):
         """``recovery`` decides after a failed attempt (``decide(Failure) -> Decision``, e.g. a
         `prediction.recovery` policy); without one a failing step fails the run. ``faults``
         (``before_attempt(run, step, implementation, uses, attempt)``) may fail an attempt before
         its body runs (`edge.faults.SimulatedFaults`); ``wait`` waits out a retry delay. ``on_commit(step,
-        {artifact: value})`` hears of every step that commits, with what it wrote (`edge.takeover`)."""
+        {artifact: value})`` hears of every step that commits, with what it wrote (`edge.takeover`).
+        ``can_migrate``: the caller resumes the run on another node when ``RunResult.migrated`` (as it
+        resumes a lost node's runs), so a policy may decide `edge.faults.MIGRATE`; without it the
+        shield fails such a decision."""
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.spec, self.run_id, self.node_id = spec, run_id, node_id
@@ -380,6 +390,8 @@ class WorkflowRun:
         self._recoveries: list[RecoveryRecord] = []
         self._decisions: dict[str, Decision] = {}
         self._tried: dict[str, set[str]] = {}
+        self.can_migrate, self._migrating = can_migrate, False
+        self._attempted: dict[str, int] = {}   # step -> the attempts it made and failed (a checkpoint's `attempts`)
 
     @property
     def workflow_id(self) -> str:
@@ -407,7 +419,7 @@ class WorkflowRun:
         self._t0 = time.perf_counter()
         if self.executor is not None:
             self.executor.open_run(self)
-        error, node_lost = None, False
+        error, node_lost, self._migrating = None, False, False
         done: queue.Queue = queue.Queue()
         running = 0
         try:
@@ -418,7 +430,9 @@ class WorkflowRun:
                         step = ready.pop(0)
                         self._start(step)
                         running += 1
-                        pool.submit(self._run_step, step, done)
+                        # a step resumed from another node's checkpoint goes on from its attempts there
+                        made = self._attempted.get(step.name, 0)
+                        pool.submit(self._run_step, step, done, made + 1, PRIMARY, 0.0, bool(made))
                     step, outputs, record, exc = done.get()
                     running -= 1
                     again = self._recover(step, record, exc) if exc is not None and error is None else None
@@ -437,7 +451,7 @@ class WorkflowRun:
                          tuple(self._records), tuple(self._emitted), error, dict(self.executions),
                          dict(self.committed), tuple(self._recoveries),
                          tuple(r.step for r in self._records if r.implementation == FALLBACK and r.outcome == "SUCCESS"),
-                         node_lost, self.checkpoint())
+                         node_lost, self.checkpoint(), self._migrating)
 
     def checkpoint(self) -> RunCheckpoint:
         """What this run has committed so far (see `RunCheckpoint`)."""
@@ -445,7 +459,8 @@ class WorkflowRun:
             done = frozenset(n for n, st in self._state.items() if st == DONE)
             skipped = frozenset(n for n, st in self._state.items() if st == SKIPPED)
         artifacts = {name: tuple(a.value for a in self.store.history(name)) for name in self.store.latest()}
-        return RunCheckpoint(self.workflow_id, self.run_id, self.node_id, artifacts, done, skipped)
+        attempts = {s: n for s, n in self._attempted.items() if s not in done and s not in skipped}
+        return RunCheckpoint(self.workflow_id, self.run_id, self.node_id, artifacts, done, skipped, attempts)
 
     def _restore(self, checkpoint: RunCheckpoint) -> None:
         if (checkpoint.workflow_id, checkpoint.run_id) != (self.workflow_id, self.run_id):
@@ -459,6 +474,7 @@ class WorkflowRun:
                 self._state[name] = DONE
             for name in checkpoint.skipped:
                 self._state[name] = SKIPPED
+        self._attempted.update(checkpoint.attempts)
 
     def _recover(self, step: Step, record: StepRecord, exc: BaseException) -> tuple[int, str, float] | None:
         """After a failed attempt: (next attempt, implementation, delay s) to try, or None to fail the step.
@@ -467,6 +483,8 @@ class WorkflowRun:
         attempt's finish signal carries the error class, the attempt and what
         was decided, with the policy's version.
         """
+        if not isinstance(exc, (NodeLost, Cancelled)):  # a lost node's attempt never ran
+            self._attempted[step.name] = record.attempts
         if self.recovery is None or isinstance(exc, (NodeLost, Cancelled)) or record.implementation == FALLBACK:
             return None
         tried = self._tried.setdefault(step.name, {PRIMARY})
@@ -475,7 +493,8 @@ class WorkflowRun:
         failure = Failure(self.workflow_id, self.run_id, step.name, self.node_id, classify(exc), record.attempts,
                           self.clock(), record.implementation, step.critical, step.idempotent,
                           tuple(a.name for a in left), step.fallback is not None,
-                          step.implementation(record.implementation)[1], tuple(a.uses for a in left))
+                          step.implementation(record.implementation)[1], tuple(a.uses for a in left),
+                          self.can_migrate)
         try:
             decision = self.recovery.decide(failure)
         except Exception as e:  # a broken policy must not break the run: fail the step with the reason
@@ -483,7 +502,8 @@ class WorkflowRun:
         decision = shield(failure, decision, self.max_attempts)
         self._recoveries.append(RecoveryRecord(failure, decision))
         self._decisions[step.name] = decision
-        if decision.action == FAIL:
+        if decision.action in (FAIL, MIGRATE):  # the step ends here; a move's failure signal says MIGRATE
+            self._migrating = decision.action == MIGRATE
             return None
         ts = max(self._now_ms(), self._tsa[step.name][-1])
         self._tsa[step.name].append(ts)
@@ -528,11 +548,13 @@ class WorkflowRun:
         self._signal(step, 1, ts, None, size, False, inputs=[lineage_id(a) for a in inputs.values()])
 
     def _run_step(self, step: Step, done: queue.Queue, attempt: int = 1, implementation: str = PRIMARY,
-                  delay_s: float = 0.0) -> None:
+                  delay_s: float = 0.0, resumed: bool = False) -> None:
+        """One attempt of ``step``; ``resumed``: the first here of a step that failed on another node (no delay to
+        wait, and `_start` already signalled its start)."""
         outputs, err, committed, busy, wait = None, None, False, 0.0, 0.0
         t_start = (time.perf_counter() - self._t0) * 1e3
         try:
-            if attempt > 1:
+            if attempt > 1 and not resumed:
                 self._wait(delay_s)
                 self._restart_signal(step, attempt)
                 t_start = (time.perf_counter() - self._t0) * 1e3
