@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edge.faults import FAIL, MIGRATE, TIMEOUT, Decision, Failure, StepFailure, shield
 from edge.runtime import Step, WorkflowRun, WorkflowSpec
+from prediction.recovery import (
+    FailureView,
+    PolicyRecovery,
+    QRecoveryAgent,
+    RecoveryPolicyTable,
+    valid_actions,
+)
 
 
 class Always:
@@ -51,8 +59,49 @@ def test_a_moved_run_stops_with_its_checkpoint_and_resumes_on_another_node():
 def test_the_shield_never_moves_a_step_that_may_not_run_twice():
     once = Failure("wf", "r", "write", "n", TIMEOUT, 1, 0.0, critical=True, idempotent=False, can_migrate=True)
     assert shield(once, Decision(MIGRATE)).action == FAIL
+    assert MIGRATE not in valid_actions("--n|TIMEOUT|1|0|1|0|1|0")
     assert shield(Failure("wf", "r", "load", "n", TIMEOUT, 1, 0.0, can_migrate=True), Decision(MIGRATE)).action \
         == MIGRATE
+
+
+def test_a_move_is_allowed_where_a_retry_is():
+    assert MIGRATE in valid_actions("a-i|TIMEOUT|3|*|1|0|*|*")
+    assert MIGRATE not in valid_actions("a-i|TIMEOUT|4|*|1|0|*|*")   # past the retry budget
+
+
+def test_the_agent_learns_a_move_as_a_recovery_that_spans_the_nodes():
+    # the step always times out on n1 and works on n2: moving completes the run, giving up loses it
+    agent, faults = QRecoveryAgent(alpha=0.5), CongestedLink("load", "n1")
+    state = "--i|TIMEOUT|1|0|1|0|1|0"
+    t = {"now": 0.0}
+
+    def advance(s):
+        t["now"] += s
+
+    def run(k: int, decision: str) -> bool:
+        t["now"] += 100.0
+        kw = dict(recovery=Always(Decision(decision, state=state)), faults=faults, can_migrate=True,
+                  on_signal=agent.learn_one, clock=lambda: t["now"], wait=advance)
+        result = WorkflowRun(SPEC, f"r{k}", "n1", **kw).execute({"lot": np.arange(2)})
+        if result.migrated:
+            advance(5.0)   # the hand-over
+            result = WorkflowRun(SPEC, f"r{k}", "n2", **kw).execute(resume=result.checkpoint)
+        return result.error is None
+    assert run(0, MIGRATE) and not run(1, FAIL)
+    assert agent.q[state][MIGRATE] == pytest.approx(-0.5 + 1.0)   # its 5 s, then the completed run's +1
+    assert agent.completion[state][MIGRATE] == 1.0 and agent.completion[state][FAIL] == 0.0
+    assert not agent.pending and not agent.recovered and not agent.run_outcome
+    assert agent.predict_one(state, explore=False) == MIGRATE
+
+
+def test_a_node_that_cannot_move_the_run_uses_the_static_retrier_instead():
+    node = PolicyRecovery(FailureView())
+    node.apply(RecoveryPolicyTable("wf", 1, {"--i|TIMEOUT|1|0|0|0|0|0": MIGRATE}))
+    stuck = Failure("wf", "r", "load", "n1", TIMEOUT, 1, 0.0)
+    assert node.decide(stuck).reason == "static retrier"
+    assert node.decide(Failure("wf", "r", "load", "n1", TIMEOUT, 1, 0.0, can_migrate=True)).action == MIGRATE
+    explorer = PolicyRecovery(FailureView(), explore=1.0)
+    assert all(explorer.decide(stuck).action != MIGRATE for _ in range(50))
 
 
 def test_a_moved_step_goes_on_from_its_attempts_so_a_move_buys_no_fresh_retries():
