@@ -31,7 +31,15 @@ same for every policy. During the warm-up the nodes explore (untried actions
 count as optimistic in the published tables, and unknown states get a random
 allowed action with probability 0.3); during the measured runs the agent keeps
 learning from every signal but the published tables hold only actions already
-tried, and states it has not seen get the static retrier. The agent chooses by
+tried, and states it has not seen get the static retrier. The agent may also
+move a run to another node (`edge.faults.MIGRATE`): the run stops on its node
+and, after ``--handover-s`` of event time, resumes from its last committed step
+on the up node whose own view holds the fewest active alerts (the bench is the
+supervisor that moves runs, as it resumes a lost node's runs); the moved step
+goes on from its attempts (a move buys no fresh retries). The baselines never
+move a run. Since moved runs execute where they were not planned, the true
+causal structure the graph is scored against places each workflow on every
+node its runs (the agent's, warm-up included) executed on. The agent chooses by
 its reward plus a price on completing the run (`prediction.recovery`: a fixed
 prior, printed as the completion price), giving up an independent failure no
 sooner than Step Functions' retrier would, and retrying no more often than it;
@@ -56,7 +64,7 @@ against the simulator's true causal structure: every (alert of a cause, task
 the cause can fail) pair, whether or not the cause happened to fail that task
 in these runs (``edge_recall_manifested``: only the pairs that did, at least
 ``min_support`` times); precision and recall pool the causal scenarios.
-Endings: for the agent and Step Functions, how each run that did not complete
+``migrations``: the agent's moves. Endings: for the agent and Step Functions, how each run that did not complete
 ended (the last failure's class; fail-fast, retries-exhausted,
 alternative-failed, fallback — a degraded run —; '(bad input)' when nothing
 could have completed it). Node recovery rate: runs hit by a node loss (in flight on it, or sent to it before
@@ -223,6 +231,22 @@ class AgentFleet:
         for node in self.nodes.values():
             node.explore = explore
 
+    def move_to(self, node: str, t: float, detect_s: float) -> str:
+        """Where the supervisor resumes a run its node moves away (`MIGRATE`): the node seeing the fewest alerts.
+
+        Among the nodes not known to be down (down for longer than the
+        heartbeat timeout), other than ``node``, the one whose own view holds
+        the fewest alerts active now: a node-scoped cause (a congested link,
+        a hot accelerator) is what a move leaves behind.
+        """
+        up = [n for n in NODES if n != node and not (self.sim.node_down(n, t) and self.sim.node_down(n, t - detect_s))]
+
+        def alerted(n: str) -> int:
+            self.feeds[n].until(t)
+            graph = self.nodes[n].view.graph
+            return sum(graph.active(s, t, n) for s in graph.events if s.startswith("alert:"))
+        return min(up, key=alerted) if up else node
+
     def decide_on(self, node: str):
         fleet = self
 
@@ -275,7 +299,7 @@ def replay(sim: FaultSimulator, workload: Workload, args, policies: dict | None 
             node = healthy(sim, arrival, node)  # the supervisor already knows the node is gone
         clock = SimClock(arrival)
         faults = CountingFaults(sim, clock, workload.duration(wf))
-        result, hops = None, 0
+        result, hops, moves = None, 0, 0
         while True:
             if fleet is not None:
                 policy, learn = fleet.decide_on(node), fleet.learn_one
@@ -287,14 +311,21 @@ def replay(sim: FaultSimulator, workload: Workload, args, policies: dict | None 
                 if learn is not None:
                     learn(s)
             run = WorkflowRun(workload.specs[wf], run_id, node, clock=clock, wait=clock.advance, recovery=policy,
-                              faults=faults, on_signal=on_signal, max_attempts=10)
+                              faults=faults, on_signal=on_signal, max_attempts=10, can_migrate=moves < len(NODES))
             result = run.execute(inputs) if result is None else run.execute(resume=result.checkpoint)
+            stats.placement.setdefault(wf, set()).add(node)
+            if result.migrated:  # the policy moved the run: the supervisor resumes it elsewhere after a hand-over
+                moves += 1
+                clock.advance(args.handover_s)
+                node = fleet.move_to(node, clock(), args.detect_s) if fleet is not None else healthy(sim, clock(), node)
+                continue
             if not result.node_lost or hops >= len(NODES):
                 break
             hops += 1
             clock.advance(args.detect_s)  # the heartbeat times out, then the run resumes on a healthy node
             node = healthy(sim, clock(), node)
         stats.run(result, hops, run_id, clock(), sim.bad_input(run_id))
+        stats.migrations += moves
         stats.attempt_s += faults.attempt_s
         for key, count in faults.caused.items():
             stats.caused[key] = stats.caused.get(key, 0) + count
@@ -347,6 +378,7 @@ class Stats:
     lost_runs: int = 0
     lost_completed: int = 0
     lost_poisoned: int = 0
+    migrations: int = 0        # runs moved to another node by the policy (`MIGRATE`), counted once per move
     unrecovered_s: list = field(default_factory=list)  # first failure -> the run's end, for incidents never repaired
     attempts: int = 0
     failed_attempts: int = 0
@@ -357,6 +389,7 @@ class Stats:
     caused: dict = field(default_factory=dict)    # (cause, task) -> failures the simulator attributes to it
     repaired: dict = field(default_factory=dict)  # (run, task) -> time to repair, for paired comparisons
     endings: dict = field(default_factory=dict)   # how the runs that did not complete ended (`run_ending`)
+    placement: dict = field(default_factory=dict)  # workflow -> the nodes its runs executed on (moves included)
 
     def signal(self, s: dict) -> None:
         if s["state"] != 0 or s.get("error_class") == NODE_LOST:
@@ -399,6 +432,7 @@ class Stats:
                 "attempt_s": round(self.attempt_s, 1), "runs_hit_by_node_loss": self.lost_runs,
                 "runs_hit_by_node_loss_poisoned": self.lost_poisoned,
                 "node_recovery_rate": round(self.lost_completed / self.lost_runs, 4) if self.lost_runs else None,
+                "migrations": self.migrations,
                 "endings": dict(sorted(self.endings.items()))}
 
 
@@ -436,10 +470,14 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
         out[name]["paired_mttr_s_agent"] = round(statistics.fmean(agent_stats.repaired[k] for k in both),
                                                  2) if both else None
     fleet.graph_feed.until(horizon)
-    # where each workflow's runs went: a cause on a node can only fail the tasks of workflows that run there
+    # where each workflow's runs went: a cause on a node can only fail the tasks of workflows that run there;
+    # the graph learns from the agent's runs, which a move (or a lost node) takes to other nodes than planned
     placement: dict[str, set] = {}
     for _, wf, _, node, _ in warm.runs + measured.runs:
         placement.setdefault(wf, set()).add(node)
+    for stats in (warm_stats, agent_stats):
+        for wf, nodes in stats.placement.items():
+            placement.setdefault(wf, set()).update(nodes)
     structure = sim.true_edges(placement, measured.uses()) | warm_sim.true_edges(placement, measured.uses())
     # the edges the data can show: the cause made the task fail at least min_support times in the graph's runs
     caused = {k: warm_stats.caused.get(k, 0) + agent_stats.caused.get(k, 0)
@@ -506,6 +544,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--time-scale", type=float, default=10.0,
                     help="WfCommons recorded runtimes are divided by this in event time (default 10)")
     ap.add_argument("--detect-s", type=float, default=30.0, help="heartbeat timeout before a lost node's runs move")
+    ap.add_argument("--handover-s", type=float, default=5.0,
+                    help="event time a run the policy moves to another node (MIGRATE) waits before it resumes there "
+                         "(the node reports, the supervisor reassigns, the new node starts the step; default 5)")
     ap.add_argument("--time-cost-s", type=float, default=10.0,
                     help="the agent's reward: seconds of recovery that cost as much as one failure (default 10, "
                          "chosen on --seed 3 among 10 and 20; seeds 1 and 2 are the held-out figures)")
@@ -576,6 +617,7 @@ def summarise(results: dict, args, note: str) -> dict:
         "edge_recall_manifested": round(edge_scores(found, truth)[1], 4),
         "node_recovery_rate": loss["agent"]["node_recovery_rate"],
         "node_recovery_rate_static": loss["step-functions"]["node_recovery_rate"],
+        "handover_s": args.handover_s,
         "runs_hit_by_node_loss": loss["agent"]["runs_hit_by_node_loss"],
         "runs_hit_by_node_loss_poisoned": loss["agent"]["runs_hit_by_node_loss_poisoned"],
         "scenarios": {n: {**{f"{k}_{p}": r["policies"][p][k] for p in POLICIES
@@ -587,7 +629,8 @@ def summarise(results: dict, args, note: str) -> dict:
                           "endings_agent": r["policies"]["agent"]["endings"],
                           "endings_static": r["policies"]["step-functions"]["endings"],
                           "edge_precision": r["edge_precision"], "edge_recall": r["edge_recall"],
-                          "node_recovery_rate": r["policies"]["agent"]["node_recovery_rate"]}
+                          "node_recovery_rate": r["policies"]["agent"]["node_recovery_rate"],
+                          "migrations_agent": r["policies"]["agent"]["migrations"]}
                       for n, r in results.items()},
     }
     print(f"causal scenarios pooled: completion {agent['completion_rate']:.3f} (agent) vs "

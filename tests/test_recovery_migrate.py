@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge.faults import FAIL, MIGRATE, TIMEOUT, Decision, Failure, StepFailure, shield
+from edge.faults import FAIL, MIGRATE, TIMEOUT, Decision, Failure, FaultScenario, FaultSimulator, StepFailure, shield
 from edge.runtime import Step, WorkflowRun, WorkflowSpec
 from prediction.recovery import (
     FailureView,
@@ -102,6 +102,19 @@ def test_a_node_that_cannot_move_the_run_uses_the_static_retrier_instead():
     assert node.decide(Failure("wf", "r", "load", "n1", TIMEOUT, 1, 0.0, can_migrate=True)).action == MIGRATE
     explorer = PolicyRecovery(FailureView(), explore=1.0)
     assert all(explorer.decide(stuck).action != MIGRATE for _ in range(50))
+
+
+@pytest.fixture()
+def bench(bench_script):
+    return bench_script("resilience")
+
+
+def test_the_bench_supervisor_moves_a_run_to_a_node_whose_link_is_clear(bench):
+    sim = FaultSimulator(FaultScenario("congestion", congestion={"edge-2": (60.0, 600.0)}), 0, 3600.0)
+    t = next(e.start_s for e in sim.episodes) + 30.0
+    fleet = bench.AgentFleet(sim, sim.indicators(0.0, 3600.0), 0, explore=0.0)
+    assert fleet.move_to("edge-3", t, 30.0) == "edge-1"       # edge-2 is congested
+    assert fleet.move_to("edge-1", t, 30.0) == "edge-3"
 
 
 def test_a_moved_step_goes_on_from_its_attempts_so_a_move_buys_no_fresh_retries():
