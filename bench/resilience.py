@@ -37,9 +37,7 @@ and, after ``--handover-s`` of event time, resumes from its last committed step
 on the up node whose own view holds the fewest active alerts (the bench is the
 supervisor that moves runs, as it resumes a lost node's runs); the moved step
 goes on from its attempts (a move buys no fresh retries). The baselines never
-move a run. Since moved runs execute where they were not planned, the true
-causal structure the graph is scored against places each workflow on every
-node its runs (the agent's, warm-up included) executed on. The agent chooses by
+move a run. The agent chooses by
 its reward plus a price on completing the run (`prediction.recovery`: a fixed
 prior, printed as the completion price), giving up an independent failure no
 sooner than Step Functions' retrier would, and retrying no more often than it;
@@ -63,7 +61,13 @@ alert of the agent's runs and the workflows' declared resources) is scored
 against the simulator's true causal structure: every (alert of a cause, task
 the cause can fail) pair, whether or not the cause happened to fail that task
 in these runs (``edge_recall_manifested``: only the pairs that did, at least
-``min_support`` times); precision and recall pool the causal scenarios.
+``min_support`` times); precision and recall pool the causal scenarios. A
+moved run executes where its workflow was not planned, and there a node's
+cause can truly fail its tasks: precision counts an edge as true when the
+cause can fail the task on any node the agent's runs (warm-up included)
+executed on, while recall is over the pairs of the planned placement (the
+same as before moves existed: the few moved runs a node sees cannot show
+every pair they make possible).
 ``migrations``: the agent's moves. Endings: for the agent and Step Functions, how each run that did not complete
 ended (the last failure's class; fail-fast, retries-exhausted,
 alternative-failed, fallback — a degraded run —; '(bad input)' when nothing
@@ -472,24 +476,29 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     fleet.graph_feed.until(horizon)
     # where each workflow's runs went: a cause on a node can only fail the tasks of workflows that run there;
     # the graph learns from the agent's runs, which a move (or a lost node) takes to other nodes than planned
-    placement: dict[str, set] = {}
+    planned: dict[str, set] = {}
     for _, wf, _, node, _ in warm.runs + measured.runs:
-        placement.setdefault(wf, set()).add(node)
+        planned.setdefault(wf, set()).add(node)
+    placement = {wf: set(nodes) for wf, nodes in planned.items()}
     for stats in (warm_stats, agent_stats):
         for wf, nodes in stats.placement.items():
             placement.setdefault(wf, set()).update(nodes)
-    structure = sim.true_edges(placement, measured.uses()) | warm_sim.true_edges(placement, measured.uses())
+    uses = measured.uses()
+    structure = sim.true_edges(planned, uses) | warm_sim.true_edges(planned, uses)      # recall's pairs
+    possible = sim.true_edges(placement, uses) | warm_sim.true_edges(placement, uses)   # precision's
     # the edges the data can show: the cause made the task fail at least min_support times in the graph's runs
     caused = {k: warm_stats.caused.get(k, 0) + agent_stats.caused.get(k, 0)
               for k in set(warm_stats.caused) | set(agent_stats.caused)}
     truth = {(f"alert:{c}", task) for (c, task), k in caused.items()
              if k >= fleet.graph.min_support and (f"alert:{c}", task) in structure}
     found = {(e.source, e.target) for e in fleet.graph.edges()}
-    precision, recall = edge_scores(found, structure)
+    precision, recall = edge_scores(found, possible)[0], edge_scores(found, structure)[1]
     print(f"[{scenario.name}] {time.perf_counter() - t0:.1f} s wall; graph: {len(found)} edges, "
           f"{len(found & structure)} of {len(structure)} true edges ({len(found & truth)} of the {len(truth)} that "
-          f"manifested); agent's completion price {fleet.agent.completion_price:.2f}", file=sys.stderr)
+          f"manifested; {len(found & possible)} of the {len(found)} true where the runs went); "
+          f"agent's completion price {fleet.agent.completion_price:.2f}", file=sys.stderr)
     return {"policies": out, "found": sorted(found), "truth": sorted(truth), "structure": sorted(structure),
+            "possible": sorted(possible),
             "edge_precision": round(precision, 4), "edge_recall": round(recall, 4),
             "edge_recall_manifested": round(edge_scores(found, truth)[1], 4), "episodes": len(sim.episodes),
             "completion_price": round(fleet.agent.completion_price, 3)}
@@ -598,7 +607,8 @@ def summarise(results: dict, args, note: str) -> dict:
     found = {(n, *e) for n, r in results.items() for e in r["found"]}
     truth = {(n, *e) for n, r in results.items() for e in r["truth"]}
     structure = {(n, *e) for n, r in results.items() for e in r["structure"]}
-    precision, recall = edge_scores(found, structure)
+    possible = {(n, *e) for n, r in results.items() for e in r["possible"]}
+    precision, recall = edge_scores(found, possible)[0], edge_scores(found, structure)[1]
     loss = results["node-loss"]["policies"]
     summary = {
         "bench": "resilience", "seed": args.seed, "time_cost_s": args.time_cost_s,
