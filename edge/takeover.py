@@ -1,4 +1,5 @@
-"""Node loss: runs' committed steps go to the broker, and a healthy node resumes the runs of a node that went silent.
+"""Node loss and moves: runs' committed steps go to the broker, and a healthy node resumes the runs of a node that
+went silent, or that its node released.
 
 A node publishes a `RunCheckpoint` record (``schemas/run_checkpoint.avsc``,
 topic ``workflow.checkpoints``, keyed by run id) when a run starts (with its
@@ -15,7 +16,11 @@ retried, and the results store keys its receipts by content).
 of life (its telemetry, or any checkpoint it published). A run that has not
 ended and whose node has been silent for ``detect_s`` is orphaned; among the
 nodes alive, the one the run id hashes to adopts it, so that every watcher,
-fed the same records, picks the same node and no run is resumed twice.
+fed the same records, picks the same node and no run is resumed twice. A run
+its node RELEASED (its recovery policy decided `edge.faults.MIGRATE`: a
+cause scoped to that node, such as its congested link, keeps failing a step)
+is orphaned at once, and adopted the same way among the other nodes alive,
+with the attempts the step already made there.
 
 >>> import numpy as np
 >>> t = Takeover(detect_s=10.0)
@@ -26,6 +31,11 @@ fed the same records, picks the same node and no run is resumed twice.
 [('edge-2', 'r1', ['double'], [0, 2, 4])]
 >>> t.orphans(20.0, {"edge-2"})   # claimed once
 []
+>>> t.learn_checkpoint(checkpoint_record("r2", "wf", "edge-2", 21_000, STARTED, artifacts={"x": np.arange(3)}))
+>>> t.learn_checkpoint(checkpoint_record("r2", "wf", "edge-2", 22_000, RELEASED, error="TIMEOUT", attempts={"double": 2}))
+>>> t.learn_heartbeat("edge-3", 22.0)
+>>> [(node, c.run_id, dict(c.attempts)) for node, c in t.orphans(22.0, {"edge-2", "edge-3"})]
+[('edge-3', 'r2', {'double': 2})]
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import numpy as np
 
 from edge.runtime import RunCheckpoint
 
-STARTED, COMMITTED, ENDED = "STARTED", "COMMITTED", "ENDED"
+STARTED, COMMITTED, ENDED, RELEASED = "STARTED", "COMMITTED", "ENDED", "RELEASED"
 
 
 def encode_value(value) -> bytes:
@@ -59,10 +69,11 @@ def decode_value(data: bytes):
 
 
 def checkpoint_record(run_id: str, workflow_id: str, node_id: str, ts_ms: int, status: str, step: str | None = None,
-                      artifacts: dict | None = None, error: str | None = None) -> dict:
-    """A `RunCheckpoint` message (see the module docstring)."""
+                      artifacts: dict | None = None, error: str | None = None, attempts: dict | None = None) -> dict:
+    """A `RunCheckpoint` message (see the module docstring); ``attempts`` only on RELEASED."""
     return {"run_id": run_id, "workflow_id": workflow_id, "node_id": node_id, "ts_ms": int(ts_ms), "status": status,
-            "step": step, "artifacts": {k: encode_value(v) for k, v in (artifacts or {}).items()}, "error": error}
+            "step": step, "artifacts": {k: encode_value(v) for k, v in (artifacts or {}).items()}, "error": error,
+            "attempts": dict(attempts or {})}
 
 
 @dataclass
@@ -75,11 +86,13 @@ class RunLog:
     done: list[str] = field(default_factory=list)
     ended: bool = False
     claimed: bool = False
+    released_by: str | None = None   # the node that released the run (RELEASED), until another resumes it
+    attempts: dict[str, int] = field(default_factory=dict)   # the release's failed attempts per step
 
     def checkpoint(self, run_id: str) -> RunCheckpoint:
         return RunCheckpoint(self.workflow_id, run_id, self.node_id,
                              {k: tuple(decode_value(v) for v in vs) for k, vs in self.artifacts.items()},
-                             frozenset(self.done), frozenset())
+                             frozenset(self.done), frozenset(), dict(self.attempts))
 
 
 class Takeover:
@@ -97,13 +110,16 @@ class Takeover:
         run = self.runs.get(record["run_id"])
         if run is None:
             run = self.runs[record["run_id"]] = RunLog(record["workflow_id"], record["node_id"])
-        if record["node_id"] != run.node_id:
-            run.node_id, run.claimed = record["node_id"], False   # resumed elsewhere: that node owns it now
+        if record["node_id"] != run.node_id:   # resumed elsewhere: that node owns it now
+            run.node_id, run.claimed, run.released_by = record["node_id"], False, None
         for name, value in record["artifacts"].items():
             run.artifacts.setdefault(name, []).append(value)
         if record["status"] == COMMITTED and record["step"] and record["step"] not in run.done:
             run.done.append(record["step"])
         run.ended = run.ended or record["status"] == ENDED
+        if record["status"] == RELEASED:
+            run.released_by, run.claimed = record["node_id"], False
+            run.attempts = dict(record.get("attempts") or {})
         self.learn_heartbeat(record["node_id"], record["ts_ms"] / 1000.0)
 
     def alive(self, now_s: float) -> list[str]:
@@ -113,15 +129,18 @@ class Takeover:
         """(node of ``here`` that adopts it, the checkpoint to resume) for each orphaned run it should adopt.
 
         A run handed out is claimed: it is not handed out again unless another
-        node's checkpoint for it arrives and that node falls silent in turn.
+        node's checkpoint for it arrives and that node falls silent (or
+        releases it) in turn. A released run goes to a node other than the one
+        that released it while any other is alive.
         """
         alive = self.alive(now_s)
         out = []
         for run_id, run in self.runs.items():
-            if run.ended or run.claimed or run.node_id in alive or not alive:
+            if run.ended or run.claimed or (run.node_id in alive and run.released_by is None) or not alive:
                 continue
-            adopter = alive[int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "little")
-                            % len(alive)]
+            others = [n for n in alive if n != run.released_by] or alive
+            adopter = others[int.from_bytes(hashlib.blake2b(run_id.encode(), digest_size=8).digest(), "little")
+                             % len(others)]
             if adopter in here:
                 run.claimed = True
                 out.append((adopter, run.checkpoint(run_id)))

@@ -18,7 +18,8 @@ consumers to deduplicate. With a keyring, every command must be signed
 control plane is silent, the node's own policy keeps it safe (`edge.autonomy`).
 With ``takeover_after_s`` (``--takeover-after``), workflow runs publish their
 committed steps and the worker resumes the runs of nodes silent that long
-(`edge.takeover`).
+(`edge.takeover`), and a recovery policy may move a run to another node
+(`edge.faults.MIGRATE`): the node releases it and another resumes it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from edge.serving import APPLIED, InferenceServer, RequestLoad
 from edge.shadow import ShadowExecutor
 from edge.signing import CommandVerifier
 from edge.sync import SyncManager, SyncOutcomeListener, TopicPosition
-from edge.takeover import COMMITTED, ENDED, STARTED, Takeover, checkpoint_record
+from edge.takeover import COMMITTED, ENDED, RELEASED, STARTED, Takeover, checkpoint_record
 from edge.thermal import Scenario
 from morph.policy import PolicyConfig
 from morph.zoo import load_manifest
@@ -377,18 +378,26 @@ class EdgeWorker:
         wf = node.spec.workflow_id
         checkpoint = None
         if self.takeover is not None:
-            def checkpoint(status, step=None, artifacts=None, error=None):
-                record = checkpoint_record(run_id, wf, node.node_id, time.time() * 1000, status, step, artifacts, error)
+            def checkpoint(status, step=None, artifacts=None, error=None, attempts=None):
+                record = checkpoint_record(run_id, wf, node.node_id, time.time() * 1000, status, step, artifacts, error,
+                                           attempts)
                 self._publish("RunCheckpoint", self.topics.checkpoints, run_id, record,
                               f"checkpoint:{run_id}:{node.node_id}:{status}:{step}")
             if resume is None:
                 checkpoint(STARTED, artifacts=inputs)
             else:  # claim the run at once: the other watchers see it has a live node again
                 checkpoint(STARTED)
+        # with takeover the worker's nodes can move a run: release it here, another node resumes it
         run = WorkflowRun(node.spec, run_id, node.node_id, executor=node.executor,
                           on_signal=lambda s, node=node: self._node_signal(node, s), recovery=node.recovery,
-                          on_commit=None if checkpoint is None else lambda step, out: checkpoint(COMMITTED, step, out))
+                          on_commit=None if checkpoint is None else lambda step, out: checkpoint(COMMITTED, step, out),
+                          can_migrate=checkpoint is not None)
         result = run.execute(inputs) if resume is None else run.execute(resume=resume)
+        if result.migrated:
+            checkpoint(RELEASED, error=result.error, attempts=result.checkpoint.attempts)
+            self.log(f"{node.node_id}: run {run_id} released to another node ({result.error})")
+            node.runs.append(result)
+            return  # not over: the node that finishes it records it
         if checkpoint is not None:
             checkpoint(ENDED, error=result.error)
         node.runs.append(result)

@@ -136,3 +136,51 @@ def test_a_moved_step_goes_on_from_its_attempts_so_a_move_buys_no_fresh_retries(
         resume=moved.checkpoint)
     assert seen == [("n1", 1), ("n1", 2), ("n3", 3)]   # the third attempt, on the next node
     assert resumed.records[-1].attempts == 4 and resumed.error is None
+
+
+def test_a_released_run_travels_as_checkpoint_records_and_another_node_resumes_it_with_its_attempts():
+    """What a worker with takeover does (`edge.worker`): the run's checkpoints, then RELEASED with the failed
+    attempts, each through the broker's encoding; the watchers' `Takeover` hands the run to another node alive,
+    which goes on from those attempts."""
+    from edge.faults import RETRY
+    from edge.takeover import COMMITTED, RELEASED, STARTED, Takeover, checkpoint_record
+    from schemas.codec import Codec
+
+    codec, watcher, clock = Codec(), Takeover(detect_s=10.0), {"s": 100.0}
+
+    def publish(status, step=None, artifacts=None, error=None, attempts=None):
+        record = checkpoint_record("r1", "wf", "n1", clock["s"] * 1000, status, step, artifacts, error, attempts)
+        watcher.learn_checkpoint(codec.decode(codec.encode("RunCheckpoint", record)).record)
+
+    class RetryOnceThenMove:
+        def decide(self, failure: Failure) -> Decision:
+            return Decision(RETRY, 0.0) if failure.attempt < 2 else Decision(MIGRATE)
+
+    faults = CongestedLink("load", "n1")
+    publish(STARTED, artifacts={"lot": np.arange(2)})
+    moved = WorkflowRun(SPEC, "r1", "n1", recovery=RetryOnceThenMove(), faults=faults, can_migrate=True,
+                        wait=lambda s: None, on_commit=lambda step, out: publish(COMMITTED, step, out)
+                        ).execute({"lot": np.arange(2)})
+    assert moved.migrated and moved.checkpoint.attempts == {"load": 2}
+    publish(RELEASED, error=moved.error, attempts=moved.checkpoint.attempts)
+
+    watcher.learn_heartbeat("n2", clock["s"])
+    assert watcher.orphans(clock["s"], {"n1"}) == []           # the node that released it does not take it back
+    [(adopter, resume)] = watcher.orphans(clock["s"], {"n1", "n2"})
+    assert adopter == "n2" and resume.done == {"a"} and dict(resume.attempts) == {"load": 2}
+    assert watcher.orphans(clock["s"], {"n2"}) == []           # claimed once
+    signals = []
+    resumed = WorkflowRun(SPEC, "r1", "n2", faults=faults, on_signal=signals.append).execute(resume=resume)
+    assert resumed.error is None and resumed.path == ["load"]
+    # its one attempt there is the run's third: the two that failed on n1 count
+    assert [(s["attempt"], s["outcome"]) for s in signals if s["task"] == "load" and s["state"] == 0] == [(3, "SUCCESS")]
+
+
+def test_a_node_alone_takes_back_the_run_it_released():
+    from edge.takeover import RELEASED, STARTED, Takeover, checkpoint_record
+
+    watcher = Takeover(detect_s=10.0)
+    watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n1", 1_000, STARTED))
+    watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n1", 2_000, RELEASED, error="TIMEOUT", attempts={"a": 1}))
+    [(adopter, resume)] = watcher.orphans(2.0, {"n1"})
+    assert adopter == "n1" and dict(resume.attempts) == {"a": 1}
