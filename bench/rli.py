@@ -52,6 +52,7 @@ project's zoo); without a built zoo the thermal model's nominal figures are used
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
@@ -89,6 +90,7 @@ from morph.reward import reward
 from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest
 
 POLICIES = ("static", "rules", "rli", "rli+peers", "rli+peers+dp", "oracle")
+COLD_POLICIES = ("rli", "rli+peers", "rli+peers+dp", "oracle")
 SMOOTH = 20  # epochs in the moving average of the learning curves
 
 
@@ -186,9 +188,10 @@ def preview_reward(node: HeteroNode, cmd: dict, config: RliConfig, switched: boo
 
 
 def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sharing: SharingConfig | None = None,
-             group_size: int = 50, ope=None, join_s=None) -> Run:
+             group_size: int = 50, ope=None, join_s=None, live_s: int | None = None) -> Run:
     """Run policy ``name`` over the fleet; ``ope`` (candidate, log list) logs decisions of an rli run;
-    ``join_s`` (seconds into the run at which each node joins; all at 0 by default) staggers the fleet."""
+    ``join_s`` (seconds into the run at which each node joins; all at 0 by default) staggers the fleet;
+    ``live_s`` (default: to the end) stops every node that many seconds after it joined."""
     run = Run(name, specs, arms, config, seconds, join_s)
     nodes = run.nodes
     policy, agent = MorphPolicy(PolicyConfig()), RliAgent(arms, config)
@@ -198,7 +201,7 @@ def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sh
     for t in range(1, run.seconds + 1):
         for n, node in enumerate(nodes):
             i = t - run.join_s[n]  # the node's own clock
-            if i < 1:
+            if i < 1 or (live_s is not None and i > live_s):
                 continue
             sample = node.step(1.0)
             run.account(n, i, sample)
@@ -325,21 +328,58 @@ def join_times(seed: int, nodes: int, seconds: int, horizon: int, epoch_s: float
     return join, newcomers
 
 
-def cold_start(args, arms: ArmSet, config: RliConfig, seconds: int) -> dict:
+def cohort_seed(seed: int, cohort: int) -> int:
+    """The seed of cold-start cohort ``cohort`` of run ``seed``: cohort 0 is the run's own fleet, the others
+    fleets of their own (traits, events, join order, the agents' and the DP noise's draws), apart from
+    every other run's seeds and from the off-policy candidate's fleet (``seed`` + 1000).
+
+    >>> [cohort_seed(3, c) for c in range(3)]
+    [3, 100006, 200009]
+    """
+    return seed if cohort == 0 else seed + 100_003 * cohort
+
+
+def cold_start(args, arms: ArmSet, config: RliConfig, seconds: int, policies=COLD_POLICIES) -> dict:
     """The peer-learning protocol: rli alone, with peers, with peers under DP, and the oracle on a fleet
-    that newcomers join one by one; each newcomer's rewards counted from its own first decision."""
-    specs = fleet_specs(args.seed, args.cold_nodes, seconds)
-    join, newcomers = join_times(args.seed, args.cold_nodes, seconds, args.horizon, config.epoch_s)
+    that newcomers join one by one; each newcomer's rewards counted from its own first decision.
+
+    ``args.cohorts`` independent fleets of ``args.cold_nodes`` each (`cohort_seed`) run it, and their
+    newcomers' curves are pooled: one fleet's 16 newcomers leave the mean curve so noisy that a
+    threshold crossing moves by several decisions with the newcomers drawn (a bootstrap over them put
+    dp_gain_retained anywhere in [0.0, 0.62] on seed 3); more fleets of the same size, not a larger
+    fleet, so that the group, the join spacing and the archive are those of the protocol."""
     curves = {}
-    for name in ("rli", "rli+peers", "rli+peers+dp", "oracle"):
-        t0 = time.perf_counter()
-        run = simulate(name, specs, arms, config, seconds, sharing_for(name, args, reward_clip(config, arms)),
-                       args.group_size, join_s=join)
-        curves[name] = run.rewards[newcomers, :args.horizon]
-        if name == "oracle":
-            curves["random"] = run.floor[newcomers, :args.horizon]
-        log(f"cold start, {name}: {time.perf_counter() - t0:.0f} s wall")
-    return curves
+    for cohort in range(args.cohorts):
+        seed = cohort_seed(args.seed, cohort)
+        specs = fleet_specs(seed, args.cold_nodes, seconds)
+        join, newcomers = join_times(seed, args.cold_nodes, seconds, args.horizon, config.epoch_s)
+        cfg = dataclasses.replace(config, seed=seed)
+        for name in policies:
+            t0 = time.perf_counter()
+            if name == "oracle":
+                run = oracle_newcomers(specs, join, newcomers, arms, cfg, seconds, args.horizon)
+                curves.setdefault(name, []).append(run.rewards[:, :args.horizon])
+                curves.setdefault("random", []).append(run.floor[:, :args.horizon])
+            else:
+                run = simulate(name, specs, arms, cfg, seconds, sharing_for(name, args, reward_clip(cfg, arms)),
+                               args.group_size, join_s=join)
+                curves.setdefault(name, []).append(run.rewards[newcomers, :args.horizon])
+            log(f"cold start, cohort {cohort + 1} of {args.cohorts}, {name}: {time.perf_counter() - t0:.0f} s wall")
+    return {name: np.concatenate(c) for name, c in curves.items()}
+
+
+def oracle_newcomers(specs, join: list, newcomers: list, arms: ArmSet, config: RliConfig, seconds: int,
+                     horizon: int) -> Run:
+    """The oracle's run of the cold start, on the newcomers only and up to their horizon: the rows of
+    the whole fleet's oracle run that the protocol reads, the same to the bit, at a fraction of its cost.
+
+    An oracle node learns nothing from the fleet and its simulator draws from its own spec only, so its
+    rewards do not depend on the other nodes, nor on what comes after its first ``horizon`` decisions;
+    the previews of every allowed arm per epoch made this run most of the cold start's time."""
+    live = int((horizon + 2) * config.epoch_s) + 1
+    span = min(seconds, max(join[n] for n in newcomers) + live)
+    return simulate("oracle", [specs[n] for n in newcomers], arms, config, span, join_s=[join[n] for n in newcomers],
+                    live_s=live)
 
 
 def decisions_to(fraction: float, mine: np.ndarray, oracle: np.ndarray, window: int) -> int | None:
@@ -515,6 +555,8 @@ def parse_args():
     ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
     ap.add_argument("--cold-nodes", type=int, default=32,
                     help="nodes in the cold-start (peer learning) fleet; half of them join it one by one (default 32)")
+    ap.add_argument("--cohorts", type=int, default=1,
+                    help="independent cold-start fleets whose newcomers are pooled (default 1)")
     ap.add_argument("--horizon", type=int, default=60,
                     help="decisions per newcomer measured from its own start (default 60, 10 min)")
     ap.add_argument("--window", type=int, default=5,
@@ -567,8 +609,9 @@ def print_table(args, arms_from, n_arms, runs, regret, summaries) -> None:
 
 def print_peer_table(args, peer: dict) -> None:
     n_new = args.cold_nodes - args.cold_nodes // 2
-    print(f"cold start: {n_new} of {args.cold_nodes} nodes join a running fleet one by one; decisions counted from "
-          f"each newcomer's own start, mean over newcomers, moving mean over {args.window}, horizon {args.horizon}")
+    print(f"cold start: {n_new} of {args.cold_nodes} nodes join a running fleet one by one, {args.cohorts} fleet(s), "
+          f"{n_new * args.cohorts} newcomers; decisions counted from each newcomer's own start, mean over newcomers, "
+          f"moving mean over {args.window}, horizon {args.horizon}")
     print(f"{'learner':10} {'to90%':>6} {'to95%':>6} {'gap50%':>7} {'gap70%':>7} {'regret@10':>10} {'@30':>7} "
           f"{'@' + str(args.horizon):>7}")
     for k in ("no_peers", "peers", "peers_dp"):
@@ -665,8 +708,8 @@ def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, ra
         "seconds_above_85_rli": rli["seconds_above_85"], "seconds_above_85_rules": rules["seconds_above_85"],
         **peer,
         "peer_protocol": f"cold start: {args.cold_nodes - args.cold_nodes // 2} of {args.cold_nodes} nodes join one "
-                         f"by one; own decisions, mean over newcomers, moving mean {args.window}, "
-                         f"horizon {args.horizon}",
+                         f"by one, {args.cohorts} fleet(s) pooled; own decisions, mean over newcomers, moving mean "
+                         f"{args.window}, horizon {args.horizon}",
         "ope_true_value": round(true_value, 4),
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
