@@ -23,7 +23,14 @@ every learner "reaches 90 %" in its first decisions. On a second fleet
 joins one node at a time, evenly spaced from a quarter of the run to
 ``--horizon`` decisions before its end; rli alone, rli+peers (a newcomer is sent
 its group's archive of released experience when it joins), rli+peers+dp and the
-oracle run it. Per newcomer, from its own first decision, mean over newcomers,
+oracle run it. ``--cohorts`` such fleets (default 6: the run's own and five
+independent ones, same size and protocol) are run and their newcomers pooled:
+the figures below are threshold crossings of a mean curve, and one fleet's 16
+newcomers left them mostly noise (a bootstrap over seed 3's newcomers put
+dp_gain_retained anywhere in [0.0, 0.62]; over 48 newcomers of seed 4, in
+[0.23, 1.0]); 96 newcomers cut the standard error of the mean curve by √6.
+The per-cohort speedups are reported beside the pooled ones, so the spread
+shows. Per newcomer, from its own first decision, mean over newcomers,
 moving mean over ``--window`` decisions: decisions to 90 % / 95 % of the
 oracle's reward, and to close 50 % / 70 % of the gap between a uniformly random
 allowed arm and the oracle; not reached within the horizon counts as horizon + 1.
@@ -52,6 +59,7 @@ project's zoo); without a built zoo the thermal model's nominal figures are used
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import random
@@ -89,6 +97,7 @@ from morph.reward import reward
 from morph.zoo.manifest import ZooMissingError, default_zoo_dir, load_manifest
 
 POLICIES = ("static", "rules", "rli", "rli+peers", "rli+peers+dp", "oracle")
+COLD_POLICIES = ("rli", "rli+peers", "rli+peers+dp", "oracle")
 SMOOTH = 20  # epochs in the moving average of the learning curves
 
 
@@ -186,9 +195,10 @@ def preview_reward(node: HeteroNode, cmd: dict, config: RliConfig, switched: boo
 
 
 def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sharing: SharingConfig | None = None,
-             group_size: int = 50, ope=None, join_s=None) -> Run:
+             group_size: int = 50, ope=None, join_s=None, live_s: int | None = None) -> Run:
     """Run policy ``name`` over the fleet; ``ope`` (candidate, log list) logs decisions of an rli run;
-    ``join_s`` (seconds into the run at which each node joins; all at 0 by default) staggers the fleet."""
+    ``join_s`` (seconds into the run at which each node joins; all at 0 by default) staggers the fleet;
+    ``live_s`` (default: to the end) stops every node that many seconds after it joined."""
     run = Run(name, specs, arms, config, seconds, join_s)
     nodes = run.nodes
     policy, agent = MorphPolicy(PolicyConfig()), RliAgent(arms, config)
@@ -198,7 +208,7 @@ def simulate(name: str, specs, arms: ArmSet, config: RliConfig, seconds: int, sh
     for t in range(1, run.seconds + 1):
         for n, node in enumerate(nodes):
             i = t - run.join_s[n]  # the node's own clock
-            if i < 1:
+            if i < 1 or (live_s is not None and i > live_s):
                 continue
             sample = node.step(1.0)
             run.account(n, i, sample)
@@ -325,21 +335,58 @@ def join_times(seed: int, nodes: int, seconds: int, horizon: int, epoch_s: float
     return join, newcomers
 
 
-def cold_start(args, arms: ArmSet, config: RliConfig, seconds: int) -> dict:
+def cohort_seed(seed: int, cohort: int) -> int:
+    """The seed of cold-start cohort ``cohort`` of run ``seed``: cohort 0 is the run's own fleet, the others
+    fleets of their own (traits, events, join order, the agents' and the DP noise's draws), apart from
+    every other run's seeds and from the off-policy candidate's fleet (``seed`` + 1000).
+
+    >>> [cohort_seed(3, c) for c in range(3)]
+    [3, 100006, 200009]
+    """
+    return seed if cohort == 0 else seed + 100_003 * cohort
+
+
+def cold_start(args, arms: ArmSet, config: RliConfig, seconds: int, policies=COLD_POLICIES) -> dict:
     """The peer-learning protocol: rli alone, with peers, with peers under DP, and the oracle on a fleet
-    that newcomers join one by one; each newcomer's rewards counted from its own first decision."""
-    specs = fleet_specs(args.seed, args.cold_nodes, seconds)
-    join, newcomers = join_times(args.seed, args.cold_nodes, seconds, args.horizon, config.epoch_s)
+    that newcomers join one by one; each newcomer's rewards counted from its own first decision.
+
+    ``args.cohorts`` independent fleets of ``args.cold_nodes`` each (`cohort_seed`) run it, and their
+    newcomers' curves are pooled: one fleet's 16 newcomers leave the mean curve so noisy that a
+    threshold crossing moves by several decisions with the newcomers drawn (a bootstrap over them put
+    dp_gain_retained anywhere in [0.0, 0.62] on seed 3); more fleets of the same size, not a larger
+    fleet, so that the group, the join spacing and the archive are those of the protocol."""
     curves = {}
-    for name in ("rli", "rli+peers", "rli+peers+dp", "oracle"):
-        t0 = time.perf_counter()
-        run = simulate(name, specs, arms, config, seconds, sharing_for(name, args, reward_clip(config, arms)),
-                       args.group_size, join_s=join)
-        curves[name] = run.rewards[newcomers, :args.horizon]
-        if name == "oracle":
-            curves["random"] = run.floor[newcomers, :args.horizon]
-        log(f"cold start, {name}: {time.perf_counter() - t0:.0f} s wall")
-    return curves
+    for cohort in range(args.cohorts):
+        seed = cohort_seed(args.seed, cohort)
+        specs = fleet_specs(seed, args.cold_nodes, seconds)
+        join, newcomers = join_times(seed, args.cold_nodes, seconds, args.horizon, config.epoch_s)
+        cfg = dataclasses.replace(config, seed=seed)
+        for name in policies:
+            t0 = time.perf_counter()
+            if name == "oracle":
+                run = oracle_newcomers(specs, join, newcomers, arms, cfg, seconds, args.horizon)
+                curves.setdefault(name, []).append(run.rewards[:, :args.horizon])
+                curves.setdefault("random", []).append(run.floor[:, :args.horizon])
+            else:
+                run = simulate(name, specs, arms, cfg, seconds, sharing_for(name, args, reward_clip(cfg, arms)),
+                               args.group_size, join_s=join)
+                curves.setdefault(name, []).append(run.rewards[newcomers, :args.horizon])
+            log(f"cold start, cohort {cohort + 1} of {args.cohorts}, {name}: {time.perf_counter() - t0:.0f} s wall")
+    return {name: np.concatenate(c) for name, c in curves.items()}
+
+
+def oracle_newcomers(specs, join: list, newcomers: list, arms: ArmSet, config: RliConfig, seconds: int,
+                     horizon: int) -> Run:
+    """The oracle's run of the cold start, on the newcomers only and up to their horizon: the rows of
+    the whole fleet's oracle run that the protocol reads, the same to the bit, at a fraction of its cost.
+
+    An oracle node learns nothing from the fleet and its simulator draws from its own spec only, so its
+    rewards do not depend on the other nodes, nor on what comes after its first ``horizon`` decisions;
+    the previews of every allowed arm per epoch made this run most of the cold start's time."""
+    live = int((horizon + 2) * config.epoch_s) + 1
+    span = min(seconds, max(join[n] for n in newcomers) + live)
+    return simulate("oracle", [specs[n] for n in newcomers], arms, config, span, join_s=[join[n] for n in newcomers],
+                    live_s=live)
 
 
 def decisions_to(fraction: float, mine: np.ndarray, oracle: np.ndarray, window: int) -> int | None:
@@ -375,6 +422,27 @@ def peer_figures(curves: dict, window: int) -> dict:
     for k in (10, 30, h):
         regrets = {n: float(np.nansum(curves["oracle"][:, :k] - curves[v][:, :k])) for n, v in learners.items()}
         out[f"newcomer_regret_first_{k}"] = {n: round(r, 2) for n, r in regrets.items()}
+    return out
+
+
+def cohort_figures(curves: dict, cohorts: int, window: int) -> dict:
+    """Each cohort's peer_speedup and dp_gain_retained (at 90 %), from its own newcomers' rows of the
+    pooled curves (`cold_start` stacks the cohorts in order): the spread the pooled figures average over.
+
+    Examples
+    --------
+    >>> rising = np.linspace(0.5, 1.0, 20)
+    >>> curves = {k: np.tile(rising, (4, 1)) for k in ("rli", "rli+peers", "rli+peers+dp")}
+    >>> curves["oracle"] = curves["random"] = np.ones((4, 20))
+    >>> cohort_figures(curves, 2, 1)
+    {'cohort_peer_speedup': [1.0, 1.0], 'cohort_dp_gain_retained': [None, None]}
+    """
+    rows = curves["oracle"].shape[0] // cohorts
+    out = {"cohort_peer_speedup": [], "cohort_dp_gain_retained": []}
+    for c in range(cohorts):
+        peer = peer_figures({k: v[c * rows:(c + 1) * rows] for k, v in curves.items()}, window)
+        out["cohort_peer_speedup"].append(peer["peer_speedup"])
+        out["cohort_dp_gain_retained"].append(peer["dp_gain_retained"])
     return out
 
 
@@ -515,6 +583,9 @@ def parse_args():
     ap.add_argument("--group-size", type=int, default=50, help="peer group size (default 50)")
     ap.add_argument("--cold-nodes", type=int, default=32,
                     help="nodes in the cold-start (peer learning) fleet; half of them join it one by one (default 32)")
+    ap.add_argument("--cohorts", type=int, default=6,
+                    help="independent cold-start fleets of --cold-nodes whose newcomers are pooled (default 6: 96 "
+                         "newcomers; one fleet's 16 leave the threshold crossings mostly noise)")
     ap.add_argument("--horizon", type=int, default=60,
                     help="decisions per newcomer measured from its own start (default 60, 10 min)")
     ap.add_argument("--window", type=int, default=5,
@@ -567,8 +638,9 @@ def print_table(args, arms_from, n_arms, runs, regret, summaries) -> None:
 
 def print_peer_table(args, peer: dict) -> None:
     n_new = args.cold_nodes - args.cold_nodes // 2
-    print(f"cold start: {n_new} of {args.cold_nodes} nodes join a running fleet one by one; decisions counted from "
-          f"each newcomer's own start, mean over newcomers, moving mean over {args.window}, horizon {args.horizon}")
+    print(f"cold start: {n_new} of {args.cold_nodes} nodes join a running fleet one by one, {args.cohorts} fleet(s), "
+          f"{n_new * args.cohorts} newcomers; decisions counted from each newcomer's own start, mean over newcomers, "
+          f"moving mean over {args.window}, horizon {args.horizon}")
     print(f"{'learner':10} {'to90%':>6} {'to95%':>6} {'gap50%':>7} {'gap70%':>7} {'regret@10':>10} {'@30':>7} "
           f"{'@' + str(args.horizon):>7}")
     for k in ("no_peers", "peers", "peers_dp"):
@@ -580,6 +652,8 @@ def print_peer_table(args, peer: dict) -> None:
           f"{peer['peer_speedup_gap50']} / {peer['peer_speedup_gap70']} at 50 / 70 % of the gap; DP keeps "
           f"{peer['dp_gain_retained']} / {peer['dp_gain_retained_95']} / {peer['dp_gain_retained_gap50']} / "
           f"{peer['dp_gain_retained_gap70']} of it")
+    print(f"per cohort ({args.cohorts} fleets), peer speedup {peer['cohort_peer_speedup']}, DP keeps "
+          f"{peer['cohort_dp_gain_retained']}")
 
 
 def main() -> int:
@@ -595,7 +669,7 @@ def main() -> int:
     ope_logs, ope_truth, records = [], [], [] if args.log_out else None
     runs = run_policies(args, arms, config, seconds, (candidate, ope_logs, ope_truth, records))
     curves = cold_start(args, arms, config, seconds)
-    peer = peer_figures(curves, args.window)
+    peer = peer_figures(curves, args.window) | cohort_figures(curves, args.cohorts, args.window)
 
     oracle = runs["oracle"]
     regret = {n: float(np.nansum(oracle.rewards - r.rewards)) for n, r in runs.items()}
@@ -665,8 +739,8 @@ def result_json(args, n_arms, regret, summaries, peer, true_value, estimates, ra
         "seconds_above_85_rli": rli["seconds_above_85"], "seconds_above_85_rules": rules["seconds_above_85"],
         **peer,
         "peer_protocol": f"cold start: {args.cold_nodes - args.cold_nodes // 2} of {args.cold_nodes} nodes join one "
-                         f"by one; own decisions, mean over newcomers, moving mean {args.window}, "
-                         f"horizon {args.horizon}",
+                         f"by one, {args.cohorts} fleet(s) pooled; own decisions, mean over newcomers, moving mean "
+                         f"{args.window}, horizon {args.horizon}",
         "ope_true_value": round(true_value, 4),
         "ope_estimates": {k: round(v, 4) for k, v in estimates.items()},
         "ope_relative_error": round(abs(estimates["dr"] - true_value) / abs(true_value), 4),
