@@ -303,7 +303,7 @@ class AgentFleet:
                 node.apply(table)
 
 
-def baseline_policies(name: str, seed: int) -> dict:
+def baseline_policies(name: str, seed: int, static_move_after: int | None = None) -> dict:
     """Per node: (the policy the runtime asks, what learns from that node's signals or None).
 
     ``static-move`` (`prediction.recovery.FailoverRetrier`) is Step Functions'
@@ -317,7 +317,7 @@ def baseline_policies(name: str, seed: int) -> dict:
             out[node] = (cb, cb.learn_one)
         else:
             make = {"step-functions": step_functions_default, "temporal": temporal_default,
-                    "full-jitter": lambda: full_jitter(seed), "static-move": step_functions_failover}[name]
+                    "full-jitter": lambda: full_jitter(seed), "static-move": lambda: step_functions_failover(static_move_after)}[name]
             out[node] = (make(), None)
     return out
 
@@ -504,7 +504,7 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     agent_stats = replay(sim, measured, args, fleet=fleet)
     out["agent"] = agent_stats.figures()
     for name in POLICIES[1:]:
-        stats = replay(sim, measured, args, policies=baseline_policies(name, args.seed),
+        stats = replay(sim, measured, args, policies=baseline_policies(name, args.seed, args.static_move_after),
                        supervisor=Supervisor(sim, measured_alerts))
         out[name] = stats.figures()
         # like for like: the incidents both the agent and this policy recovered
@@ -613,6 +613,10 @@ def main(argv=None) -> dict:
                          "(default 1; the dual ascent's start with --price-rate)")
     ap.add_argument("--price-rate", type=float, default=QRecoveryAgent.price_rate,
                     help="step of the completion price's dual ascent at each publication (default 0: fixed price)")
+    ap.add_argument("--static-move-after", type=int, default=None,
+                    help="static-move moves a run at this failed attempt instead of where Step Functions' retrier "
+                         "gives up (default: there, the 4th; 3: the last retry is made on the other node, the same "
+                         "4 attempts as Step Functions' and the agent's)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -676,7 +680,7 @@ def summarise(results: dict, args, note: str) -> dict:
         "edge_recall_manifested": round(edge_scores(found, truth)[1], 4),
         "node_recovery_rate": loss["agent"]["node_recovery_rate"],
         "node_recovery_rate_static": loss["step-functions"]["node_recovery_rate"],
-        "handover_s": args.handover_s,
+        "handover_s": args.handover_s, "static_move_after": args.static_move_after,
         "runs_hit_by_node_loss": loss["agent"]["runs_hit_by_node_loss"],
         "runs_hit_by_node_loss_poisoned": loss["agent"]["runs_hit_by_node_loss_poisoned"],
         "scenarios": {n: {**{f"{k}_{p}": r["policies"][p][k] for p in POLICIES

@@ -688,6 +688,9 @@ class FailoverRetrier:
     buys no fresh retries), so on the new node the retrier is already past its
     last retry: one attempt there, then it gives up. No parameter was tuned;
     the move is made once, where the retrier's own schedule runs out.
+    ``move_after`` (a failed attempt number) moves at that failure instead, in
+    place of the retrier's retry: ``move_after=3`` makes the last retry on the
+    other node, so the step has Step Functions' (and the agent's) 4 attempts.
 
     >>> from edge.faults import Failure, TIMEOUT
     >>> r = step_functions_failover()
@@ -695,24 +698,32 @@ class FailoverRetrier:
     ['RETRY 1s', 'RETRY 2s', 'RETRY 4s', 'MIGRATE', 'FAIL']
     >>> r.decide(Failure("w", "r", "s", "n", TIMEOUT, 4, 0.0)).describe()   # nowhere to move it
     'FAIL'
+    >>> same_budget = step_functions_failover(move_after=3)
+    >>> [same_budget.decide(Failure("w", "r", "s", "n", TIMEOUT, k, 0.0, can_migrate=True)).describe()
+    ...  for k in (1, 2, 3, 4)]
+    ['RETRY 1s', 'RETRY 2s', 'MIGRATE', 'FAIL']
     """
 
     retrier: BackoffRetrier = field(default_factory=lambda: BackoffRetrier("step-functions"))
     name: str = "failover"
+    move_after: int | None = None    # None: at the failure where the retrier gives up
 
     def decide(self, failure: Failure) -> Decision:
         decision = self.retrier.decide(failure)
-        gives_up_here = decision.action == FAIL and (
-            self.retrier.max_retries is None or failure.attempt == self.retrier.max_retries + 1)
+        if self.move_after is None:
+            here = decision.action == FAIL and self.retrier.max_retries is not None \
+                and failure.attempt == self.retrier.max_retries + 1
+        else:
+            here = failure.attempt == self.move_after and decision.action in (RETRY, FAIL)
         once_only = failure.critical and not failure.idempotent
-        if gives_up_here and failure.can_migrate and not once_only and failure.error_class != BAD_INPUT:
-            return Decision(MIGRATE, reason=f"{self.name}: {self.retrier.name} exhausted here, move once")
+        if here and failure.can_migrate and not once_only and failure.error_class != BAD_INPUT:
+            return Decision(MIGRATE, reason=f"{self.name}: move once at attempt {failure.attempt}")
         return decision
 
 
-def step_functions_failover() -> FailoverRetrier:
+def step_functions_failover(move_after: int | None = None) -> FailoverRetrier:
     """Step Functions' retrier, then one move to another node where it would give up (`FailoverRetrier`)."""
-    return FailoverRetrier(step_functions_default())
+    return FailoverRetrier(step_functions_default(), move_after=move_after)
 
 
 def full_jitter(seed: int = 0) -> BackoffRetrier:
