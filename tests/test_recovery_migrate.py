@@ -170,6 +170,13 @@ def test_the_static_failover_rule_moves_once_where_the_retrier_gives_up_and_only
     assert shield(Failure("wf", "r", "load", "n1", TIMEOUT, 1, 0.0, critical=True, idempotent=False,
                           can_migrate=True), decide(1, can_migrate=True, critical=True, idempotent=False)).action == FAIL
     assert decide(4, BAD_INPUT, can_migrate=True).action == FAIL
+    # moved earlier (in place of the last retry), the same rules hold and the step keeps Step Functions' 4 attempts
+    early = step_functions_failover(move_after=3)
+    assert [early.decide(Failure("wf", "r", "load", "n1", TIMEOUT, k, 0.0, can_migrate=True)).describe()
+            for k in (1, 2, 3, 4)] == ["RETRY 1s", "RETRY 2s", MIGRATE, FAIL]
+    assert early.decide(Failure("wf", "r", "load", "n1", TIMEOUT, 3, 0.0)).describe() == "RETRY 4s"
+    assert early.decide(Failure("wf", "r", "load", "n1", TIMEOUT, 3, 0.0, can_migrate=True, critical=True,
+                                idempotent=False)).action != MIGRATE
 
 
 def test_the_static_failover_rule_completes_a_run_stuck_on_a_congested_link_elsewhere():
