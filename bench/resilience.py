@@ -37,7 +37,15 @@ and, after ``--handover-s`` of event time, resumes from its last committed step
 on the up node whose own view holds the fewest active alerts (the bench is the
 supervisor that moves runs, as it resumes a lost node's runs); the moved step
 goes on from its attempts (a move buys no fresh retries). The baselines never
-move a run. The agent chooses by
+move a run, except ``static-move`` (`prediction.recovery.FailoverRetrier`):
+Step Functions' retrier that, at the failure where it would give up a step,
+moves the run once to another node instead (not for bad input, nor a step
+that may not run twice, nor where no orchestrator can), placed by the same
+supervisor rule; the moved step goes on from its attempts, so it gets one
+attempt there. It is the agent's move without the learning: the gap between
+``static-move`` and ``step-functions`` is what the move alone buys, the gap
+between the agent and ``static-move`` what choosing when to move, retry,
+switch and give up buys. The agent chooses by
 its reward plus a price on completing the run (`prediction.recovery`: a fixed
 prior, printed as the completion price), giving up an independent failure no
 sooner than Step Functions' retrier would, and retrying no more often than it;
@@ -68,7 +76,8 @@ cause can fail the task on any node the agent's runs (warm-up included)
 executed on, while recall is over the pairs of the planned placement (the
 same as before moves existed: the few moved runs a node sees cannot show
 every pair they make possible).
-``migrations``: the agent's moves. Endings: for the agent and Step Functions, how each run that did not complete
+``migrations``: the moves (the agent's, static-move's). Endings: for the agent, Step Functions and
+static-move, how each run that did not complete
 ended (the last failure's class; fail-fast, retries-exhausted,
 alternative-failed, fallback — a degraded run —; '(bad input)' when nothing
 could have completed it). Node recovery rate: runs hit by a node loss (in flight on it, or sent to it before
@@ -116,12 +125,13 @@ from prediction.recovery import (
     QRecoveryAgent,
     full_jitter,
     step_functions_default,
+    step_functions_failover,
     temporal_default,
 )
 from tests.support import CentroidClassifier
 
 NODES = ("edge-1", "edge-2", "edge-3")
-POLICIES = ("agent", "step-functions", "full-jitter", "temporal", "circuit-breaker")
+POLICIES = ("agent", "step-functions", "full-jitter", "temporal", "circuit-breaker", "static-move")
 CAUSAL = ("dependency", "thermal", "congestion")
 DEFAULT_INSTANCES = ("sarek-dirt02-001.json", "methylseq-dirt02-001.json", "helloworld-forkjoin-10-chameleon.json")
 #: Nominal event-time cost (s) of the inspection's steps and alternatives: `InspectionCosts` plus compute.
@@ -202,6 +212,35 @@ class AlertFeed:
             self.i += 1
 
 
+def least_alerted(sim: FaultSimulator, feeds: dict, node: str, t: float, detect_s: float) -> str:
+    """Where the supervisor resumes a run its node moves away (`MIGRATE`): the node seeing the fewest alerts.
+
+    Among the nodes not known to be down (down for longer than the heartbeat
+    timeout), other than ``node``, the one whose own view (``feeds[n].graph``,
+    fed with the alerts that node sees) holds the fewest alerts active now: a
+    node-scoped cause (a congested link, a hot accelerator) is what a move
+    leaves behind. The same rule for every policy that moves runs.
+    """
+    up = [n for n in NODES if n != node and not (sim.node_down(n, t) and sim.node_down(n, t - detect_s))]
+
+    def alerted(n: str) -> int:
+        feeds[n].until(t)
+        graph = feeds[n].graph
+        return sum(graph.active(s, t, n) for s in graph.events if s.startswith("alert:"))
+    return min(up, key=alerted) if up else node
+
+
+class Supervisor:
+    """The supervisor's placement for a baseline that moves runs: each node's alerts only, no learning."""
+
+    def __init__(self, sim: FaultSimulator, alerts: list):
+        self.sim = sim
+        self.feeds = {n: AlertFeed(alerts, FailureGraph(), n) for n in NODES}
+
+    def move_to(self, node: str, t: float, detect_s: float) -> str:
+        return least_alerted(self.sim, self.feeds, node, t, detect_s)
+
+
 class AgentFleet:
     """The agent's side of a replay: the central learners and graph, and each node's `PolicyRecovery`.
 
@@ -236,20 +275,8 @@ class AgentFleet:
             node.explore = explore
 
     def move_to(self, node: str, t: float, detect_s: float) -> str:
-        """Where the supervisor resumes a run its node moves away (`MIGRATE`): the node seeing the fewest alerts.
-
-        Among the nodes not known to be down (down for longer than the
-        heartbeat timeout), other than ``node``, the one whose own view holds
-        the fewest alerts active now: a node-scoped cause (a congested link,
-        a hot accelerator) is what a move leaves behind.
-        """
-        up = [n for n in NODES if n != node and not (self.sim.node_down(n, t) and self.sim.node_down(n, t - detect_s))]
-
-        def alerted(n: str) -> int:
-            self.feeds[n].until(t)
-            graph = self.nodes[n].view.graph
-            return sum(graph.active(s, t, n) for s in graph.events if s.startswith("alert:"))
-        return min(up, key=alerted) if up else node
+        """Where the supervisor resumes a run its node moves away (`MIGRATE`): `least_alerted`."""
+        return least_alerted(self.sim, self.feeds, node, t, detect_s)
 
     def decide_on(self, node: str):
         fleet = self
@@ -276,8 +303,13 @@ class AgentFleet:
                 node.apply(table)
 
 
-def baseline_policies(name: str, seed: int) -> dict:
-    """Per node: (the policy the runtime asks, what learns from that node's signals or None)."""
+def baseline_policies(name: str, seed: int, static_move_after: int | None = None) -> dict:
+    """Per node: (the policy the runtime asks, what learns from that node's signals or None).
+
+    ``static-move`` (`prediction.recovery.FailoverRetrier`) is Step Functions'
+    retrier that, where it would give up a step, moves the run once to another
+    node instead (the one baseline with the agent's move).
+    """
     out = {}
     for node in NODES:
         if name == "circuit-breaker":
@@ -285,7 +317,7 @@ def baseline_policies(name: str, seed: int) -> dict:
             out[node] = (cb, cb.learn_one)
         else:
             make = {"step-functions": step_functions_default, "temporal": temporal_default,
-                    "full-jitter": lambda: full_jitter(seed)}[name]
+                    "full-jitter": lambda: full_jitter(seed), "static-move": lambda: step_functions_failover(static_move_after)}[name]
             out[node] = (make(), None)
     return out
 
@@ -295,8 +327,14 @@ def healthy(sim: FaultSimulator, t: float, avoid: str) -> str:
 
 
 def replay(sim: FaultSimulator, workload: Workload, args, policies: dict | None = None,
-           fleet: AgentFleet | None = None) -> Stats:
-    """Every run of the workload under one policy (``fleet`` for the agent); returns the figures."""
+           fleet: AgentFleet | None = None, supervisor: Supervisor | None = None) -> Stats:
+    """Every run of the workload under one policy (``fleet`` for the agent); returns the figures.
+
+    A run a baseline moves resumes where ``supervisor`` places it (as the
+    agent's, on the node seeing the fewest alerts), else on the first healthy
+    node.
+    """
+    placer = fleet if fleet is not None else supervisor
     stats = Stats()
     for k, (run_id, wf, arrival, node, inputs) in enumerate(workload.runs):
         if sim.node_down(node, arrival) and sim.node_down(node, arrival - args.detect_s):
@@ -321,7 +359,7 @@ def replay(sim: FaultSimulator, workload: Workload, args, policies: dict | None 
             if result.migrated:  # the policy moved the run: the supervisor resumes it elsewhere after a hand-over
                 moves += 1
                 clock.advance(args.handover_s)
-                node = fleet.move_to(node, clock(), args.detect_s) if fleet is not None else healthy(sim, clock(), node)
+                node = placer.move_to(node, clock(), args.detect_s) if placer else healthy(sim, clock(), node)
                 continue
             if not result.node_lost or hops >= len(NODES):
                 break
@@ -460,12 +498,14 @@ def run_scenario(scenario_of, args, instance_note: str) -> dict:
     warm_stats = replay(warm_sim, warm, args, fleet=fleet)
     fleet.publish(warm.specs, warm_h)
     # the measured runs exploit: published tables hold tried actions only, unseen states get the static retrier
-    fleet.switch(sim, [a for a in sim.indicators(0.0, horizon) if a[0] >= warm_h], explore=0.0)
+    measured_alerts = [a for a in sim.indicators(0.0, horizon) if a[0] >= warm_h]
+    fleet.switch(sim, measured_alerts, explore=0.0)
     fleet.publish(warm.specs, warm_h)
     agent_stats = replay(sim, measured, args, fleet=fleet)
     out["agent"] = agent_stats.figures()
     for name in POLICIES[1:]:
-        stats = replay(sim, measured, args, policies=baseline_policies(name, args.seed))
+        stats = replay(sim, measured, args, policies=baseline_policies(name, args.seed, args.static_move_after),
+                       supervisor=Supervisor(sim, measured_alerts))
         out[name] = stats.figures()
         # like for like: the incidents both the agent and this policy recovered
         both = set(stats.repaired) & set(agent_stats.repaired)
@@ -527,7 +567,7 @@ def print_table(results: dict) -> None:
                   f"{f['mttr_s']:>8.1f} {f['recovered']:>6} {f['unrecovered']:>6} {f['wasted_attempts']:>7} "
                   f"{f['task_failure_rate']:>9.3f} {f['attempt_s']:>10.0f} {node:>8}")
         print(f"{name:<11} causal graph: precision {r['edge_precision']:.2f}, recall {r['edge_recall']:.2f}")
-        for policy in ("agent", "step-functions"):
+        for policy in ("agent", "step-functions", "static-move"):
             endings = ", ".join(f"{k} {v}" for k, v in r["policies"][policy]["endings"].items())
             print(f"{name:<11} {policy} runs not completed: {endings or 'none'}")
 
@@ -573,6 +613,10 @@ def main(argv=None) -> dict:
                          "(default 1; the dual ascent's start with --price-rate)")
     ap.add_argument("--price-rate", type=float, default=QRecoveryAgent.price_rate,
                     help="step of the completion price's dual ascent at each publication (default 0: fixed price)")
+    ap.add_argument("--static-move-after", type=int, default=None,
+                    help="static-move moves a run at this failed attempt instead of where Step Functions' retrier "
+                         "gives up (default: there, the 4th; 3: the last retry is made on the other node, the same "
+                         "4 attempts as Step Functions' and the agent's)")
     ap.add_argument("--publish-every", type=int, default=20, help="runs between two published agent policies")
     ap.add_argument("--data", default="/work/shared/data/wfinstances", help="directory holding WfCommons instances")
     ap.add_argument("--instances", nargs="*", default=list(DEFAULT_INSTANCES), help="instance file names to replay")
@@ -599,6 +643,7 @@ def main(argv=None) -> dict:
 
 def summarise(results: dict, args, note: str) -> dict:
     agent, static = pooled(results, CAUSAL, "agent"), pooled(results, CAUSAL, "step-functions")
+    move = pooled(results, CAUSAL, "static-move")
     sf = [results[n]["policies"]["step-functions"] for n in CAUSAL]
     paired = sum(f["paired_incidents"] for f in sf)
     agent_p = round(sum((f["paired_mttr_s_agent"] or 0) * f["paired_incidents"] for f in sf) / paired, 2) if paired \
@@ -623,11 +668,19 @@ def summarise(results: dict, args, note: str) -> dict:
         "paired_mttr_s_agent": agent_p, "paired_mttr_s_static": static_p,
         "mttr_ratio_agent_vs_static": round(agent["mttr_s"] / static["mttr_s"], 3) if static["mttr_s"] else None,
         "wasted_attempts_agent": agent["wasted_attempts"], "wasted_attempts_static": static["wasted_attempts"],
+        # the baseline with the agent's move (Step Functions' retrier, then one move where it would give up)
+        "completion_rate_static_move": move["completion_rate"], "mttr_s_static_move": move["mttr_s"],
+        "mttr_recovered_s_static_move": move["mttr_recovered_s"],
+        "wasted_attempts_static_move": move["wasted_attempts"],
+        "mttr_ratio_agent_vs_static_move": round(agent["mttr_s"] / move["mttr_s"], 3) if move["mttr_s"] else None,
+        "mttr_ratio_static_move_vs_static": round(move["mttr_s"] / static["mttr_s"], 3) if static["mttr_s"] else None,
+        "migrations_agent": sum(results[n]["policies"]["agent"]["migrations"] for n in CAUSAL),
+        "migrations_static_move": sum(results[n]["policies"]["static-move"]["migrations"] for n in CAUSAL),
         "edge_precision": round(precision, 4), "edge_recall": round(recall, 4),
         "edge_recall_manifested": round(edge_scores(found, truth)[1], 4),
         "node_recovery_rate": loss["agent"]["node_recovery_rate"],
         "node_recovery_rate_static": loss["step-functions"]["node_recovery_rate"],
-        "handover_s": args.handover_s,
+        "handover_s": args.handover_s, "static_move_after": args.static_move_after,
         "runs_hit_by_node_loss": loss["agent"]["runs_hit_by_node_loss"],
         "runs_hit_by_node_loss_poisoned": loss["agent"]["runs_hit_by_node_loss_poisoned"],
         "scenarios": {n: {**{f"{k}_{p}": r["policies"][p][k] for p in POLICIES
@@ -640,7 +693,9 @@ def summarise(results: dict, args, note: str) -> dict:
                           "endings_static": r["policies"]["step-functions"]["endings"],
                           "edge_precision": r["edge_precision"], "edge_recall": r["edge_recall"],
                           "node_recovery_rate": r["policies"]["agent"]["node_recovery_rate"],
-                          "migrations_agent": r["policies"]["agent"]["migrations"]}
+                          "migrations_agent": r["policies"]["agent"]["migrations"],
+                          "migrations_static_move": r["policies"]["static-move"]["migrations"],
+                          "endings_static_move": r["policies"]["static-move"]["endings"]}
                       for n, r in results.items()},
     }
     print(f"causal scenarios pooled: completion {agent['completion_rate']:.3f} (agent) vs "
@@ -648,6 +703,11 @@ def summarise(results: dict, args, note: str) -> dict:
           f"(ratio {summary['mttr_ratio_agent_vs_static']}); wasted attempts {agent['wasted_attempts']} vs "
           f"{static['wasted_attempts']}; MTTR on the {paired} incidents both recovered {agent_p} s vs {static_p} s; graph precision {precision:.2f}, recall {recall:.2f}; "
           f"node recovery {summary['node_recovery_rate']}")
+    print(f"with the move for the static rule too: completion {agent['completion_rate']:.3f} (agent) vs "
+          f"{move['completion_rate']:.3f} (Step Functions + one move) vs {static['completion_rate']:.3f}; MTTR "
+          f"{agent['mttr_s']:.1f} s vs {move['mttr_s']:.1f} s (ratio {summary['mttr_ratio_agent_vs_static_move']}); "
+          f"wasted attempts {agent['wasted_attempts']} vs {move['wasted_attempts']}; "
+          f"moves {summary['migrations_agent']} vs {summary['migrations_static_move']}")
     emit_result(summary)
     return summary
 

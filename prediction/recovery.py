@@ -102,7 +102,7 @@ import random
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from edge.faults import ALTERNATIVE, FAIL, FALLBACK, MIGRATE, NODE_LOST, RETRY, Decision, Failure
+from edge.faults import ALTERNATIVE, BAD_INPUT, FAIL, FALLBACK, MIGRATE, NODE_LOST, RETRY, Decision, Failure
 from fingerprint.failures import FailureGraph
 from schemas.state import Versioned
 
@@ -671,6 +671,59 @@ class BackoffRetrier:
 def step_functions_default() -> BackoffRetrier:
     """AWS Step Functions' retrier defaults: 1 s, backoff ×2, 3 retries, no jitter."""
     return BackoffRetrier("step-functions")
+
+
+@dataclass
+class FailoverRetrier:
+    """A static retrier with the move to another node: when it would give up on a step, move the run there once.
+
+    The rule an operator writes on top of a retrier when the orchestrator can
+    resume a run elsewhere: retry as ``retrier`` does (Step Functions' 1 s,
+    ×2, 3 retries by default); at the failure where it would give up, move the
+    run to another node (`MIGRATE`) instead, once per step, unless the failure
+    is ``BAD_INPUT`` (the same input fails on any node), the step may not run
+    twice (critical and not idempotent), or no orchestrator can move the run
+    (``Failure.can_migrate`` false) — then it gives up as the retrier does.
+    The moved step goes on from its attempts (a checkpoint carries them: a move
+    buys no fresh retries), so on the new node the retrier is already past its
+    last retry: one attempt there, then it gives up. No parameter was tuned;
+    the move is made once, where the retrier's own schedule runs out.
+    ``move_after`` (a failed attempt number) moves at that failure instead, in
+    place of the retrier's retry: ``move_after=3`` makes the last retry on the
+    other node, so the step has Step Functions' (and the agent's) 4 attempts.
+
+    >>> from edge.faults import Failure, TIMEOUT
+    >>> r = step_functions_failover()
+    >>> [r.decide(Failure("w", "r", "s", "n", TIMEOUT, k, 0.0, can_migrate=True)).describe() for k in (1, 2, 3, 4, 5)]
+    ['RETRY 1s', 'RETRY 2s', 'RETRY 4s', 'MIGRATE', 'FAIL']
+    >>> r.decide(Failure("w", "r", "s", "n", TIMEOUT, 4, 0.0)).describe()   # nowhere to move it
+    'FAIL'
+    >>> same_budget = step_functions_failover(move_after=3)
+    >>> [same_budget.decide(Failure("w", "r", "s", "n", TIMEOUT, k, 0.0, can_migrate=True)).describe()
+    ...  for k in (1, 2, 3, 4)]
+    ['RETRY 1s', 'RETRY 2s', 'MIGRATE', 'FAIL']
+    """
+
+    retrier: BackoffRetrier = field(default_factory=lambda: BackoffRetrier("step-functions"))
+    name: str = "failover"
+    move_after: int | None = None    # None: at the failure where the retrier gives up
+
+    def decide(self, failure: Failure) -> Decision:
+        decision = self.retrier.decide(failure)
+        if self.move_after is None:
+            here = decision.action == FAIL and self.retrier.max_retries is not None \
+                and failure.attempt == self.retrier.max_retries + 1
+        else:
+            here = failure.attempt == self.move_after and decision.action in (RETRY, FAIL)
+        once_only = failure.critical and not failure.idempotent
+        if here and failure.can_migrate and not once_only and failure.error_class != BAD_INPUT:
+            return Decision(MIGRATE, reason=f"{self.name}: move once at attempt {failure.attempt}")
+        return decision
+
+
+def step_functions_failover(move_after: int | None = None) -> FailoverRetrier:
+    """Step Functions' retrier, then one move to another node where it would give up (`FailoverRetrier`)."""
+    return FailoverRetrier(step_functions_default(), move_after=move_after)
 
 
 def full_jitter(seed: int = 0) -> BackoffRetrier:

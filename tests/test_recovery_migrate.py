@@ -1,17 +1,32 @@
-"""Moving a run to another node (`edge.faults.MIGRATE`): the runtime, the shield, the agent, the bench supervisor."""
+"""Moving a run to another node (`edge.faults.MIGRATE`): the runtime, the shield, the agent, the static failover rule,
+the bench supervisor."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from edge.faults import FAIL, MIGRATE, TIMEOUT, Decision, Failure, FaultScenario, FaultSimulator, StepFailure, shield
+from edge.faults import (
+    BAD_INPUT,
+    FAIL,
+    MIGRATE,
+    TIMEOUT,
+    Decision,
+    Failure,
+    FaultScenario,
+    FaultSimulator,
+    StepFailure,
+    shield,
+)
 from edge.runtime import Step, WorkflowRun, WorkflowSpec
 from prediction.recovery import (
+    FailoverRetrier,
     FailureView,
     PolicyRecovery,
     QRecoveryAgent,
     RecoveryPolicyTable,
+    step_functions_default,
+    step_functions_failover,
     valid_actions,
 )
 
@@ -184,3 +199,63 @@ def test_a_node_alone_takes_back_the_run_it_released():
     watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n1", 2_000, RELEASED, error="TIMEOUT", attempts={"a": 1}))
     [(adopter, resume)] = watcher.orphans(2.0, {"n1"})
     assert adopter == "n1" and dict(resume.attempts) == {"a": 1}
+
+
+def test_the_static_failover_rule_moves_once_where_the_retrier_gives_up_and_only_there():
+    rule = step_functions_failover()
+
+    def decide(attempt, error=TIMEOUT, **kw):
+        return rule.decide(Failure("wf", "r", "load", "n1", error, attempt, 0.0, **kw))
+    # Step Functions' schedule first, the move where it would give up, then nothing more (no fresh retries)
+    assert [decide(k, can_migrate=True).describe() for k in (1, 2, 3, 4, 5)] == \
+        ["RETRY 1s", "RETRY 2s", "RETRY 4s", MIGRATE, FAIL]
+    assert [decide(k).describe() for k in (1, 2, 3, 4)] == [s.describe() for s in (
+        step_functions_default().decide(Failure("wf", "r", "load", "n1", TIMEOUT, k, 0.0)) for k in (1, 2, 3, 4))]
+    # never where no orchestrator can move the run, never a step that may not run twice, never for bad input
+    assert decide(4).action == FAIL
+    once = decide(4, can_migrate=True, critical=True, idempotent=False)
+    assert once.action != MIGRATE
+    assert shield(Failure("wf", "r", "load", "n1", TIMEOUT, 1, 0.0, critical=True, idempotent=False,
+                          can_migrate=True), decide(1, can_migrate=True, critical=True, idempotent=False)).action == FAIL
+    assert decide(4, BAD_INPUT, can_migrate=True).action == FAIL
+    # moved earlier (in place of the last retry), the same rules hold and the step keeps Step Functions' 4 attempts
+    early = step_functions_failover(move_after=3)
+    assert [early.decide(Failure("wf", "r", "load", "n1", TIMEOUT, k, 0.0, can_migrate=True)).describe()
+            for k in (1, 2, 3, 4)] == ["RETRY 1s", "RETRY 2s", MIGRATE, FAIL]
+    assert early.decide(Failure("wf", "r", "load", "n1", TIMEOUT, 3, 0.0)).describe() == "RETRY 4s"
+    assert early.decide(Failure("wf", "r", "load", "n1", TIMEOUT, 3, 0.0, can_migrate=True, critical=True,
+                                idempotent=False)).action != MIGRATE
+
+
+def test_the_static_failover_rule_completes_a_run_stuck_on_a_congested_link_elsewhere():
+    faults = CongestedLink("load", "n1")
+    rule = step_functions_failover()
+    moved = WorkflowRun(SPEC, "r1", "n1", recovery=rule, faults=faults, can_migrate=True).execute(
+        {"lot": np.arange(2)})
+    assert moved.migrated and moved.checkpoint.attempts == {"load": 4}
+    assert [r.decision.action for r in moved.recoveries] == ["RETRY", "RETRY", "RETRY", MIGRATE]
+    resumed = WorkflowRun(SPEC, "r1", "n2", recovery=rule, faults=faults, can_migrate=True).execute(
+        resume=moved.checkpoint)
+    assert resumed.error is None and resumed.records[-1].attempts == 5
+    # where the orchestrator cannot move runs, the rule is Step Functions' retrier: the run is given up
+    kept = WorkflowRun(SPEC, "r2", "n1", recovery=rule, faults=faults).execute({"lot": np.arange(2)})
+    assert not kept.migrated and kept.error is not None and kept.recoveries[-1].decision.action == FAIL
+    # a step that may not run twice is never moved: it fails at its first failure, on its node
+    once = WorkflowSpec("wf", (SPEC.steps[0], Step("load", SPEC.steps[1].fn, inputs=("x",), outputs=("y",),
+                                                    critical=True, idempotent=False)))
+    hit = WorkflowRun(once, "r3", "n1", recovery=rule, faults=faults, can_migrate=True).execute(
+        {"lot": np.arange(2)})
+    assert not hit.migrated and hit.error is not None and len(hit.recoveries) == 1
+
+
+def test_the_bench_runs_the_static_move_baseline_with_the_agents_supervisor(bench):
+    assert "static-move" in bench.POLICIES
+    policies = bench.baseline_policies("static-move", 0)
+    assert set(policies) == set(bench.NODES)
+    assert all(isinstance(p, FailoverRetrier) and learn is None for p, learn in policies.values())
+    sim = FaultSimulator(FaultScenario("congestion", congestion={"edge-2": (60.0, 600.0)}), 0, 3600.0)
+    t = next(e.start_s for e in sim.episodes) + 30.0
+    alerts = sim.indicators(0.0, 3600.0)
+    fleet, supervisor = bench.AgentFleet(sim, alerts, 0, explore=0.0), bench.Supervisor(sim, alerts)
+    for node in bench.NODES:
+        assert supervisor.move_to(node, t, 30.0) == fleet.move_to(node, t, 30.0)
