@@ -5,7 +5,8 @@
 * `LocalLoop` — what Kafka does between a node's shadow executor and the
   workflow flow, in one process and in order (tests and ``bench/shadow.py``);
 * `TopicCollector` — everything a set of topics holds, read from the beginning
-  (the outage test and ``bench/outage.py`` count what the cluster finally got).
+  (the outage test and ``bench/outage.py`` count what the cluster finally got);
+* `Always` — a recovery policy that always decides the same (the recovery tests).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from edge.artifacts import digest_of, freeze
+from edge.faults import Decision, Failure
 from edge.inspection import Replica
 from edge.shadow import ShadowExecutor
 from schemas.codec import Codec, DecodeError
@@ -125,3 +127,13 @@ class TopicCollector(threading.Thread):
 def record_id(record: dict) -> str:
     """A published record's id: telemetry and acks carry ``record_id``, signals ``signal_id``."""
     return record.get("record_id") or record.get("signal_id") or record["command_id"]
+
+
+class Always:
+    """A recovery policy that always decides the same."""
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+
+    def decide(self, failure: Failure) -> Decision:
+        return self.decision

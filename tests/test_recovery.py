@@ -36,16 +36,7 @@ from prediction.recovery import (
     valid_actions,
 )
 from schemas.state import StateVersionError
-
-
-class Always:
-    """A policy that always decides the same."""
-
-    def __init__(self, decision: Decision):
-        self.decision = decision
-
-    def decide(self, failure: Failure) -> Decision:
-        return self.decision
+from tests.support import Always
 
 
 def flaky(failures: int, error_class: str = TIMEOUT):

@@ -29,14 +29,7 @@ from prediction.recovery import (
     step_functions_failover,
     valid_actions,
 )
-
-
-class Always:
-    def __init__(self, decision: Decision):
-        self.decision = decision
-
-    def decide(self, failure: Failure) -> Decision:
-        return self.decision
+from tests.support import Always
 
 
 class CongestedLink:
