@@ -116,6 +116,7 @@ class Takeover:
             run.artifacts.setdefault(name, []).append(value)
         if record["status"] == COMMITTED and record["step"] and record["step"] not in run.done:
             run.done.append(record["step"])
+            run.attempts.pop(record["step"], None)   # a committed step's failed attempts no longer count
         run.ended = run.ended or record["status"] == ENDED
         if record["status"] == RELEASED:
             run.released_by, run.claimed = record["node_id"], False

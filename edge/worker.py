@@ -393,15 +393,14 @@ class EdgeWorker:
                           on_commit=None if checkpoint is None else lambda step, out: checkpoint(COMMITTED, step, out),
                           can_migrate=checkpoint is not None)
         result = run.execute(inputs) if resume is None else run.execute(resume=resume)
-        if result.migrated:
+        if result.migrated:  # not over: the node that finishes it records it
             checkpoint(RELEASED, error=result.error, attempts=result.checkpoint.attempts)
             self.log(f"{node.node_id}: run {run_id} released to another node ({result.error})")
-            node.runs.append(result)
-            return  # not over: the node that finishes it records it
-        if checkpoint is not None:
+        elif checkpoint is not None:
             checkpoint(ENDED, error=result.error)
         node.runs.append(result)
-        node.sync.store.record_run(wf, result)
+        if not result.migrated:
+            node.sync.store.record_run(wf, result)
 
     def _on_checkpoint(self, record: dict) -> None:
         with self._takeover_lock:

@@ -252,3 +252,17 @@ def test_the_bench_runs_the_static_move_baseline_with_the_agents_supervisor(benc
     fleet, supervisor = bench.AgentFleet(sim, alerts, 0, explore=0.0), bench.Supervisor(sim, alerts)
     for node in bench.NODES:
         assert supervisor.move_to(node, t, 30.0) == fleet.move_to(node, t, 30.0)
+
+
+def test_a_step_committed_after_a_release_sheds_the_attempts_it_made_before():
+    from edge.takeover import COMMITTED, RELEASED, STARTED, Takeover, checkpoint_record
+
+    watcher = Takeover(detect_s=10.0)
+    watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n1", 1_000, STARTED))
+    watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n1", 2_000, RELEASED, attempts={"a": 2, "b": 1}))
+    watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n2", 3_000, STARTED))
+    watcher.learn_checkpoint(checkpoint_record("r1", "wf", "n2", 4_000, COMMITTED, "a"))
+    # n2 then falls silent: whoever resumes the run goes on from b's attempts only
+    watcher.learn_heartbeat("n3", 20.0)
+    [(adopter, resume)] = watcher.orphans(20.0, {"n3"})
+    assert adopter == "n3" and resume.done == {"a"} and dict(resume.attempts) == {"b": 1}
