@@ -20,7 +20,12 @@ windows): the cost of one more stored batch on every request, which says when
 a given request rate saturates a core.
 
     python bench/broker.py [--rate 2200] [--size 200] [--seconds 60] [--partitions 4]
-           [-X fetch.wait.max.ms=5 ...]
+           [-X fetch.wait.max.ms=5 ...] [--bootstrap HOST:PORT --broker-pid PID]
+
+--bootstrap runs the same against another Kafka-compatible broker already
+running on this machine (--broker-pid says which process's CPU to read). Each
+run writes a topic of its own (bench.broker.<pid>), so the stored-batch count
+holds there too; the broker's CPU is all of its work, so it should be otherwise idle.
 
 --rate 2200 is the scale bench at 1,000 nodes / 5,000 workflows: 1,000
 telemetry samples and ~1,170 workflow signals per second; --size 200 is above
@@ -41,9 +46,8 @@ import threading
 import time
 from pathlib import Path
 
-from _bench import emit_result, progress
+from _bench import add_broker_options, broker_for, emit_result, progress
 
-from deploy.broker import EmbeddedBroker
 from deploy.kafka import parse_setting
 from deploy.topics import ensure_topics
 from schemas.kafka import KafkaSettings
@@ -146,8 +150,8 @@ def cost_per_stored_batch(windows: list[dict]) -> dict:
 
 
 def run(args) -> dict:
-    topic = "bench.broker"
-    with EmbeddedBroker() as broker:
+    topic = f"bench.broker.{os.getpid()}"  # a topic of its own on an external broker too
+    with broker_for(args) as broker:
         settings = KafkaSettings(broker.bootstrap, dict(args.kafka_settings))
         ensure_topics(settings, [topic], partitions=args.partitions)
         stop, done = threading.Event(), threading.Event()
@@ -192,7 +196,7 @@ def run(args) -> dict:
         stop.set()
         for c in consumers:
             c.join(timeout=5)
-    return {"rate": args.rate, "size": args.size, "partitions": args.partitions, "seconds": args.seconds,
+    return {"broker": args.bootstrap or "embedded", "rate": args.rate, "size": args.size, "partitions": args.partitions, "seconds": args.seconds,
             **cost_per_stored_batch(windows),
             "kafka_settings": dict(args.kafka_settings), "produced": sent.get("n", 0),
             "broker_idle_cpu_share": round(idle_share, 3), "idle_fetch_req_per_s": round(idle_fetch),
@@ -210,7 +214,10 @@ def main() -> int:
     ap.add_argument("--report", type=float, default=10.0, help="seconds per reported window (default %(default)s)")
     ap.add_argument("-X", dest="kafka_settings", metavar="KEY=VALUE", action="append", type=parse_setting,
                     default=[], help="a librdkafka setting for the producer and consumers (repeatable)")
+    add_broker_options(ap)
     args = ap.parse_args()
+    if args.bootstrap and args.broker_pid is None:
+        ap.error("--bootstrap needs --broker-pid: this benchmark measures the broker's CPU")
     result = run(args)
     first, last = result["windows"][0], result["windows"][-1]
     ratio = (round(last["broker_us_per_request"] / first["broker_us_per_request"], 2)

@@ -77,6 +77,12 @@ listeners, librdkafka's threads, the rest) and each part's wake-ups per second i
 worker_wakeups_per_s (what an idle part's cost mostly is: see `thread_activity`).
 
     python bench/scale.py [--scales 10:25,50:150,200:800,1000:5000] [--window 60] [--speed 1]
+           [--bootstrap HOST:PORT [--broker-pid PID]]
+
+--bootstrap runs against a Kafka-compatible broker already running instead of
+a fresh embedded one per scale. The read-back counts every record of the
+project's topics, so that broker must not hold them yet (the run checks) and a
+run measures one thing on it: one scale, or the worker alone (--scales "").
 
 The last line is one JSON object with every figure.
 """
@@ -94,9 +100,9 @@ import threading
 import time
 from pathlib import Path
 
-from _bench import ROOT, emit_result, progress
+from _bench import ROOT, add_broker_options, broker_for, emit_result, progress
 
-from deploy.broker import EmbeddedBroker, free_port
+from deploy.broker import free_port
 from deploy.deploy_cmd import scrape_lag
 from deploy.produce import produce_telemetry
 from deploy.replay import read_topic
@@ -317,7 +323,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
     window_s, speed = args.window, args.speed
     topics = TopicNames()
     generator_requests = RequestStats()
-    with EmbeddedBroker(log_path=args.out / f"broker-{nodes}.log") as broker:
+    with broker_for(args, log_path=args.out / f"broker-{nodes}.log") as broker:
         # the load generator's clients: its producers batch for --linger-ms (it stands in for a whole fleet)
         settings = KafkaSettings(broker.bootstrap, {"linger.ms": str(args.linger_ms), "statistics.interval.ms": "1000",
                                                     "stats_cb": generator_requests})
@@ -328,6 +334,8 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         try:
             wait_ready(ports, flows, settings, topics)
             pids = {"broker": broker.pid, "control": flows[0].pid, "workflow": flows[1].pid}
+            if pids["broker"] is None:  # an external broker without --broker-pid: its CPU is not measured
+                del pids["broker"]
             cpu0 = {k: cpu_seconds(pid) for k, pid in pids.items()}
             watched = {**pids, "load_generator": os.getpid()}
             waited0 = {k: run_queue_wait_s(pid) for k, pid in watched.items()}
@@ -384,7 +392,7 @@ def run_scale(nodes: int, workflows: int, args) -> dict:
         "cpu_share": {k: round(v / wall, 3) for k, v in cpu.items()},
         # seconds per second each process's threads were ready to run but waited for a core (other jobs included)
         "run_queue_wait_share": {k: round(v / wall, 3) for k, v in waited.items()},
-        **request_figures(requests0, requests1, wall_requests, cpu["broker"] / wall),
+        **request_figures(requests0, requests1, wall_requests, cpu["broker"] / wall if "broker" in cpu else None),
         "decision_ms_p50": _quantile(latencies, 0.5), "decision_ms_p99": _quantile(latencies, 0.99),
         **lag_figures(lags),
         "decision_ms_p99_by_10s": _p99_by_window(decisions, 10_000),
@@ -399,7 +407,7 @@ def requests_now(ports: list[int], generator: RequestStats) -> dict:
             "load_generator": generator.totals()}
 
 
-def request_figures(before: dict, after: dict, seconds: float, broker_cpu_share: float) -> dict:
+def request_figures(before: dict, after: dict, seconds: float, broker_cpu_share: float | None) -> dict:
     """What every client asked of the broker per second (librdkafka statistics), and the broker's CPU per request."""
     rates = {client: {kind: round((after[client].get(kind, 0) - before[client].get(kind, 0)) / seconds, 1)
                       for kind in ("Produce", "Fetch")}
@@ -408,7 +416,8 @@ def request_figures(before: dict, after: dict, seconds: float, broker_cpu_share:
         return {"requests_per_s": rates, "broker_requests_per_s": None, "broker_us_per_request": None}
     total = sum(sum(r.values()) for r in rates.values())
     return {"requests_per_s": rates, "broker_requests_per_s": round(total, 1),
-            "broker_us_per_request": round(broker_cpu_share / max(1e-9, total) * 1e6, 1)}
+            "broker_us_per_request": None if broker_cpu_share is None
+            else round(broker_cpu_share / max(1e-9, total) * 1e6, 1)}
 
 
 def lag_figures(lags: list[tuple]) -> dict:
@@ -475,7 +484,7 @@ def thread_activity() -> dict[str, tuple[float, int]]:
     return out
 
 
-def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0) -> dict:
+def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0, args=None) -> dict:
     """Process CPU per request served of a real worker with everything on vs inference alone, one node on the zoo.
 
     Both are measured in their steady state, from ``warm_s`` after start to ``seconds`` later:
@@ -516,7 +525,7 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
             server.close()
 
     def everything() -> tuple[float, int]:
-        with EmbeddedBroker() as broker:
+        with broker_for(args) as broker:  # a fresh embedded one unless --bootstrap
             settings = KafkaSettings(broker.bootstrap)
             ensure_topics(settings, TopicNames().all(), partitions=1)
             worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds + 2 * warm_s),
@@ -545,6 +554,23 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
             "worker_zoo": str(manifest.root)}
 
 
+def check_external_broker(ap, args, items: list) -> None:
+    """With --bootstrap: one measurement per run, on a broker that does not hold the project's topics yet."""
+    from deploy.errors import UsageError
+    from deploy.kafka import check_reachable
+
+    if len(items) + (args.worker_seconds > 0) != 1:
+        ap.error("with --bootstrap a run measures one thing: one scale with --worker-seconds 0, "
+                 "or the worker alone with --scales \"\"")
+    try:
+        held = sorted(set(TopicNames().all()) & set(check_reachable(KafkaSettings(args.bootstrap)).topics))
+    except UsageError as err:
+        ap.error(str(err))
+    if held:
+        ap.error(f"the broker at {args.bootstrap} already holds {', '.join(held)}: their records would enter the "
+                 f"figures; start it afresh")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -569,13 +595,16 @@ def main() -> int:
     ap.add_argument("--zoo", type=Path, help="model zoo the measured worker serves, used as it is "
                                              "(default: the built-in cache, built if missing)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-scale", help="logs (default %(default)s)")
+    add_broker_options(ap)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     # SIGTERM unwinds like Ctrl-C, so the flows and the broker this run started are stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    items = [tuple(int(x) for x in item.split(":")) for item in filter(None, args.scales.split(","))]
+    if args.bootstrap:
+        check_external_broker(ap, args, items)
     scales = []
-    for item in filter(None, args.scales.split(",")):  # --scales "": the worker measurement alone
-        nodes, workflows = (int(x) for x in item.split(":"))
+    for nodes, workflows in items:  # --scales "": the worker measurement alone
         progress(f"scale {nodes} nodes / {workflows} workflows: {args.window:g} s of event time at x{args.speed:g}")
         row = run_scale(nodes, workflows, args)
         scales.append(row)
@@ -592,13 +621,13 @@ def main() -> int:
     overhead = {}
     if args.worker_seconds > 0:
         progress("worker overhead: inference alone, then the whole worker")
-        overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo)
+        overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo, args=args)
         print(f"worker: {overhead['cpu_s_worker']} CPU s for {overhead['served_worker']} requests with everything vs "
               f"{overhead['cpu_s_inference_only']} for {overhead['served_inference_only']} inference alone -> overhead "
               f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core); by thread, "
               f"everything but serving: {overhead['worker_thread_overhead_fraction']} of the worker's CPU, ms per s: "
               f"{overhead['worker_overhead_ms_per_s']}, wake-ups per s: {overhead['worker_wakeups_per_s']}")
-    emit_result({"scales": scales, "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
+    emit_result({"scales": scales, "broker": args.bootstrap or "embedded", "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
                  "partitions": args.partitions, "linger_ms": args.linger_ms, "flow_args": args.flow_arg, **overhead,
                  "targets": {"decision_ms_p99": 100, "worker_overhead_fraction": 0.02}})
