@@ -259,6 +259,8 @@ class RliAgent:
         node hears far more experience than it decides, and one product per bucket costs less than
         an outer product per record. A decision folds it first, so the bandit it chooses with holds
         the same evidence as if each record had been learnt when it arrived."""
+        if not state.peer_pending:
+            return  # nothing heard (the flow without peers, or a quiet group): no new dict per decision
         for pending in state.peer_pending.values():
             if pending.arms:
                 rows = pending.coords[pending.arms] @ pending.basis.T
