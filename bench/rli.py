@@ -49,7 +49,7 @@ peers; what hearing them costs is measured on the morph step alone: CPU per
 telemetry sample with the rules, with the agent, and with the agent while each
 node also absorbs its 50-node group's releases (DP ε = 1) in time order.
 
-    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR] [--no-flow]
+    python bench/rli.py [--seed N] [--nodes N] [--hours H] [--zoo DIR] [--out DIR] [--no-flow | --flow-only]
 
 Progress goes to stderr; the last line of stdout is one JSON object. The zoo
 manifest supplies each model's accuracy and cost (``--zoo``, default the
@@ -595,6 +595,8 @@ def parse_args():
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
     ap.add_argument("--no-flow", dest="flow", action="store_false",
                     help="skip the control-flow throughput part (its JSON figures are then null)")
+    ap.add_argument("--flow-only", action="store_true",
+                    help="run only the control-flow throughput part (~1 min, not the learning runs), on --seed's fleet")
     ap.add_argument("--log-out", action="store_true",
                     help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
                          "for `liquid evaluate policy`")
@@ -658,6 +660,11 @@ def print_peer_table(args, peer: dict) -> None:
 
 def main() -> int:
     args = parse_args()
+    if args.flow_only:
+        rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400))
+        print_flow(rate)
+        emit_result({"seed": args.seed, **flow_figures(rate)})
+        return 0
     arms, arms_from = load_arms(args.zoo, args.cost_metric)
     config = RliConfig(seed=args.seed)
     seconds = int(args.hours * 3600)
@@ -693,16 +700,20 @@ def main() -> int:
     print(f"off-policy ({len(ope_logs)} logged decisions): true {true_value:.4f}; "
           + ", ".join(f"{k} {v:.4f}" for k, v in estimates.items()))
     if rate is not None:
-        print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
-              f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
-              f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
-              f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
-        print(f"morph step alone, µs of CPU per telemetry sample: rules {rate['step_us_rules']:.2f}, agent "
-              f"{rate['step_us_rli']:.2f}, agent hearing its group ({rate['step_experience_heard']} experience records "
-              f"heard, DP ε = 1) {rate['step_us_rli_heard']:.2f}")
+        print_flow(rate)
     print(f"learning curves: {png}")
     emit_result(result_json(args, len(arms), regret, summaries, peer, true_value, estimates, rate))
     return 0
+
+
+def print_flow(rate: dict) -> None:
+    print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
+          f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
+          f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
+          f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
+    print(f"morph step alone, µs of CPU per telemetry sample: rules {rate['step_us_rules']:.2f}, agent "
+          f"{rate['step_us_rli']:.2f}, agent hearing its group ({rate['step_experience_heard']} experience records "
+          f"heard, DP ε = 1) {rate['step_us_rli_heard']:.2f}")
 
 
 def flow_figures(rate: dict | None) -> dict:

@@ -147,6 +147,7 @@ class RliAgent:
         self._sha256 = tuple(arms.sha256.get(served) for served in self._served)
         self._preprocessing = tuple(a.preprocessing for a in arms)
         self._accuracy = tuple(self.featurizer.accuracy.tolist())
+        self._accurate = self.featurizer.accuracy >= config.constraints.min_accuracy   # the shield's, once
         self._constraints = config.constraints
         self._epoch_ms = config.epoch_s * 1000
         self._early_gap_ms = config.early_gap_s * 1000
@@ -173,7 +174,8 @@ class RliAgent:
         slope = state.slope = _slope(times, temps)
         state.thermal.observe(temp, slope, sample["power_w"])
         current = state.current
-        if current is None or self._served[current] != (sample["variant"], sample["precision"]):
+        served = None if current is None else self._served[current]
+        if served is None or served[0] != sample["variant"] or served[1] != sample["precision"]:
             # the node serves something else than believed (another controller, a refused swap)
             state.current = self.arms.nearest_index(sample["variant"], sample["precision"], sample.get("batch_size"))
 
@@ -224,7 +226,7 @@ class RliAgent:
         thermal_r = state.thermal.r_c_per_w()
         coords, basis, predicted, power = self.featurizer.factors(ctx, thermal_r)
         safe = safe_mask(predicted, power, self.featurizer.accuracy, self.fallback, ctx.temp_c, state.temps,
-                         ctx.power_w, c.constraints.min_accuracy, c.shield)
+                         ctx.power_w, c.constraints.min_accuracy, c.shield, accurate=self._accurate)
         return ctx, (coords, basis), predicted, power, safe, thermal_r
 
     def _decide_now(self, state: AgentState, sample: dict, ts: int, shielded=None) -> Decision:
@@ -257,6 +259,8 @@ class RliAgent:
         node hears far more experience than it decides, and one product per bucket costs less than
         an outer product per record. A decision folds it first, so the bandit it chooses with holds
         the same evidence as if each record had been learnt when it arrived."""
+        if not state.peer_pending:
+            return  # nothing heard (the flow without peers, or a quiet group): no new dict per decision
         for pending in state.peer_pending.values():
             if pending.arms:
                 rows = pending.coords[pending.arms] @ pending.basis.T
@@ -294,7 +298,7 @@ class RliAgent:
             greedy = int(allowed[0])
         else:
             bounds = state.bandit.ucb_factored(coords, basis)
-            greedy = int(allowed[np.argmax(bounds[allowed])])
+            greedy = int(allowed[bounds[allowed].argmax()])   # the method: np.argmax's wrapper costs more
         eps = self.exploration(state) if n_allowed > 1 else 0.0
         if state.rng.random() < eps:
             arm = int(allowed[state.rng.randrange(n_allowed)])

@@ -91,6 +91,9 @@ class ArmSet:
         self._nearest: dict = {}  # (variant, precision, batch) -> the index `nearest_index` found
         self.sha256: dict = {}  # (variant, precision) -> the model file's sha256, from the manifest
         self._index = {a: i for i, a in enumerate(self.arms)}
+        # by identity first: the agent asks with the set's own arm objects, whose (dataclass) hash is computed
+        # per call (`index` checks the object found is the one asked about: a copied set keeps stale ids)
+        self._index_by_id = {id(a): i for i, a in enumerate(self.arms)}
 
     def __len__(self) -> int:
         return len(self.arms)
@@ -102,7 +105,8 @@ class ArmSet:
         return self.arms[i]
 
     def index(self, arm: Arm) -> int:
-        return self._index[arm]
+        i = self._index_by_id.get(id(arm))
+        return i if i is not None and self.arms[i] is arm else self._index[arm]
 
     def profile(self, arm: Arm) -> ArmProfile:
         return self._profiles[arm]

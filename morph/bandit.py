@@ -179,7 +179,9 @@ class DiscountedLinUCB(Versioned):
         if self._cache is None:
             v = self.stats.gram + _ridge_identity(self.dim, self.ridge)   # one addition into a new array
             # V is symmetric: its transpose is V in Fortran order, which LAPACK factors in place (no copy)
-            factor, info = _potrf(v.T, lower=1, clean=1, overwrite_a=1)
+            # positional arguments (lower, no clean, overwrite): f2py parses keywords slower. Only the lower
+            # triangle is the factor; the upper one keeps V's, which every use here (lower=1) never reads
+            factor, info = _potrf(v.T, 1, 0, 1)
             if info != 0:  # not positive definite: only from corrupt statistics
                 raise np.linalg.LinAlgError(f"bandit statistics are not positive definite (dpotrf info {info})")
             self._cache = (factor, None)
@@ -231,8 +233,18 @@ class DiscountedLinUCB(Versioned):
         a decision. YᵀY and Yᵀz are one Gram matrix of [Y | z], and c·(YᵀY) and c·(Yᵀz) one product.
         """
         factor = self._factor()
-        solved = _trsm(1.0, factor, np.concatenate((basis.T, self.stats.moment[None, :])).T, lower=1, overwrite_b=1)
+        m = basis.shape[1]
+        # [basis | moment] transposed, filled in place (cheaper than a concatenation): in Fortran order for dtrsm,
+        # which solves in place; positional arguments (side, lower, trans, diag, overwrite) parse faster
+        rhs = np.empty((m + 1, self.dim))
+        rhs[:m] = basis.T
+        rhs[m] = self.stats.moment
+        solved = _trsm(1.0, factor, rhs.T, 0, 1, 0, 0, 1)
         products = coords @ (solved.T @ solved)[:-1]
-        # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0
-        quadratic = np.maximum(np.einsum("ij,ij->i", products[:, :-1], coords), 0.0)
-        return products[:, -1] + self.alpha * np.sqrt(quadratic)
+        bound = np.einsum("ij,ij->i", products[:, :-1], coords)
+        # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0; then the bound in place
+        np.maximum(bound, 0.0, out=bound)
+        np.sqrt(bound, out=bound)
+        bound *= self.alpha
+        bound += products[:, -1]
+        return bound

@@ -167,6 +167,7 @@ class Featurizer:
         self._basis_pattern = np.zeros((self.dim, n_arm + n_model))
         self._basis_pattern[np.arange(k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
         self._basis_pattern[k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
+        self._basis_pattern_t = np.ascontiguousarray(self._basis_pattern.T)
         # the context values (and a 1.0 for the model rows) to the basis's rows: one take
         self._basis_source = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
                                        [n_arm] * len(CONTEXT_FEATURES) + [n_model])
@@ -202,8 +203,12 @@ class Featurizer:
         offered = ctx.offered_rps
         m = self._n_arm
         served_now = _capacity(ctx) * self._item_ms[cur]
-        values = np.array(self._context_values(ctx, served_now) + [1.0])
-        basis = self._basis_pattern * values.take(self._basis_source)[:, None]
+        values = self._context_values(ctx, served_now)
+        values.append(1.0)
+        # built transposed (each row times the context values, not each column: a cheaper broadcast) and
+        # returned as its transpose, a Fortran-ordered view; every row of the basis has one non-zero, so Φ's
+        # elements are single products whichever order a product sums them in
+        basis = (self._basis_pattern_t * np.array(values).take(self._basis_source)).T
         coords = self._coords.copy()
         coords[cur, m + 2] = 0.0
         capacity = served_now / self.item_ms
@@ -217,11 +222,12 @@ class Featurizer:
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
         # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power
         predicted = (r * (1.0 - self._decay)) * power + (ctx.temp_c * self._decay + t_now * (1.0 - self._decay))
-        margin = coords[:, m + 1]   # the predicted temperature margin, written in place
-        np.subtract(self.constraints.max_gpu_temp_c, predicted, out=margin)
-        np.divide(margin, 10.0, out=margin)
+        # the predicted temperature margin, clipped in place while contiguous, then written to its column
+        margin = np.subtract(self.constraints.max_gpu_temp_c, predicted)
+        margin /= 10.0
         np.maximum(margin, -2.0, out=margin)
         np.minimum(margin, 1.0, out=margin)
+        coords[:, m + 1] = margin
         return coords, basis, predicted, power
 
 

@@ -105,11 +105,12 @@ def critical_run(temps: Sequence[float], critical_c: float, samples: int = 3) ->
 
 def safe_mask(predicted_c: np.ndarray, arm_power_w: np.ndarray, accuracy: np.ndarray, fallback: int,
               temp_c: float, recent_temps: Sequence[float], current_power_w: float, min_accuracy: float,
-              config: ShieldConfig, critical_samples: int = 3) -> np.ndarray:
+              config: ShieldConfig, critical_samples: int = 3, accurate: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of the arms the agent may choose (see the module docstring).
 
     ``recent_temps``: the node's latest temperatures, oldest first (any indexable sequence: the
-    agent passes its window as it keeps it, without a copy per decision).
+    agent passes its window as it keeps it, without a copy per decision). ``accurate``:
+    ``accuracy >= min_accuracy`` when the caller keeps it (an arm set's accuracy does not change).
     """
     k = len(predicted_c)
     if critical_run(recent_temps, config.critical_c, critical_samples):
@@ -117,7 +118,7 @@ def safe_mask(predicted_c: np.ndarray, arm_power_w: np.ndarray, accuracy: np.nda
         mask[fallback] = True
         return mask
     mask = predicted_c < config.hot_c - config.margin_c
-    mask &= accuracy >= min_accuracy
+    mask &= accuracy >= min_accuracy if accurate is None else accurate
     if temp_c >= config.hot_c:
         mask &= arm_power_w < current_power_w - 1e-6
     mask[fallback] = True
