@@ -24,9 +24,13 @@ TTL (3) runs out, each node keeping it once.
 Receiver side (`absorb`): the experience's bucket becomes a representative
 context *of the receiving node* (its own capacity and thermal estimate), and
 the arm's features there are added to the receiver's bandit statistics with
-weight similarity × hop decay × the record's `effective_count` (its count
-over 1 + count·noise variance / reward variance: inverse-variance weighting,
-so noisy (DP) experience counts less). What a node hears between two of its
+weight similarity × hop decay × the record's `effective_count` (inverse-variance
+weighting with a between-node variance τ²: a clean single decision counts 1,
+noisy (DP) experience less, and a window's well-populated cell at most
+1 + reward variance / τ², since another node's cell is not the receiver's
+however many decisions it holds; without τ² a DP window's exploited cell
+outweighed its single exploratory decisions ~60 to 1, which were most of what
+a newcomer learnt from its peers). What a node hears between two of its
 decisions is summed per (bucket, arm) and learnt at the next one
 (`RliAgent.fold_peers`): a group's releases reach every member, so a node
 hears many more records than it decides. A group's archive (`GroupArchive`)
