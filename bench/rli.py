@@ -265,7 +265,8 @@ class Peers:
         self.sharers = [ExperienceSharer(s.node_id, self.network.group_of[s.node_id], sharing,
                                          random.Random(f"dp-{seed}-{s.node_id}")) for s in specs]
         self.contexts = [None] * len(specs)
-        self.archives = {g: GroupArchive(sharing.archive, reward_variance=sharing.reward_variance) for g in self.network.groups}
+        self.archives = {g: GroupArchive(sharing.archive, reward_variance=sharing.reward_variance,
+                                         between_variance=sharing.between_variance) for g in self.network.groups}
 
     def share(self, agent: RliAgent, states: list, n: int, d) -> None:
         """Node ``n`` decided ``d``: a node that just joined catches up on its group's archive; its closed

@@ -24,9 +24,13 @@ TTL (3) runs out, each node keeping it once.
 Receiver side (`absorb`): the experience's bucket becomes a representative
 context *of the receiving node* (its own capacity and thermal estimate), and
 the arm's features there are added to the receiver's bandit statistics with
-weight similarity × hop decay × the record's `effective_count` (its count
-over 1 + count·noise variance / reward variance: inverse-variance weighting,
-so noisy (DP) experience counts less). What a node hears between two of its
+weight similarity × hop decay × the record's `effective_count` (inverse-variance
+weighting with a between-node variance τ²: a clean single decision counts 1,
+noisy (DP) experience less, and a window's well-populated cell at most
+1 + reward variance / τ², since another node's cell is not the receiver's
+however many decisions it holds; without τ² a DP window's exploited cell
+outweighed its single exploratory decisions ~60 to 1, which were most of what
+a newcomer learnt from its peers). What a node hears between two of its
 decisions is summed per (bucket, arm) and learnt at the next one
 (`RliAgent.fold_peers`): a group's releases reach every member, so a node
 hears many more records than it decides. A group's archive (`GroupArchive`)
@@ -59,6 +63,11 @@ from morph.reward import reward_bounds
 from schemas.state import Versioned
 
 REWARD_VARIANCE = 0.01  # typical variance of one decision's reward (balanced weights, simulated fleet)
+# between-node variance of a (bucket, arm) cell's mean reward, τ²: what a peer's mean, however many decisions it
+# holds, still differs from the receiver's by (other traits, other loads in the same coarse bucket). Measured on the
+# clean fleets of seeds 1000 / 1001 (32 nodes, 2 h; cells per 10 min): 1.9 × the within-node variance of a cell's
+# rewards, so taken as 1.9 × REWARD_VARIANCE (`effective_count`)
+BETWEEN_VARIANCE = 1.9 * REWARD_VARIANCE
 DP_WINDOW = 20          # decisions per release window under DP (200 s at 10 s epochs)
 
 
@@ -74,6 +83,7 @@ class SharingConfig:
     hop_decay: float = 0.7
     similarity_scale: float = 1.0   # bucket distance at which similarity falls to e^-1/2
     reward_variance: float = REWARD_VARIANCE  # for inverse-variance weights
+    between_variance: float = BETWEEN_VARIANCE  # τ², between nodes: caps what one peer's record is worth
     archive: float = 500.0          # decisions' worth of evidence a group keeps for nodes that join
 
 
@@ -234,9 +244,16 @@ def bucket_context(bucket: tuple, like: NodeContext, max_latency_ms: float, max_
                        current=like.current, recent_temps=())
 
 
-def effective_count(experience: dict, reward_variance: float = REWARD_VARIANCE) -> float:
-    """How many noise-free decisions a record's mean is worth: its count over 1 + count·noise variance /
-    reward variance, so the inverse of its mean's variance in units of one decision's.
+def effective_count(experience: dict, reward_variance: float = REWARD_VARIANCE, between_variance: float = 0.0) -> float:
+    """How much a record's mean is worth, in clean single-decision peer records: the inverse of its
+    mean's variance as a predictor of the receiver's reward, relative to a clean single decision's.
+
+    A record of ``count`` decisions has sampling variance ``reward_variance / count``, the noise's
+    variance, and the between-node variance τ² (``between_variance``: a peer's cell is not the
+    receiver's, however many decisions it holds; random-effects meta-analysis, DerSimonian & Laird
+    1986). A clean single decision's variance is ``reward_variance + τ²``, so it is worth exactly 1
+    and a clean record of n decisions at most 1 + ``reward_variance`` / τ²; with τ² = 0 this is
+    count / (1 + count·noise variance / reward variance), plain inverse-variance weighting.
 
     A Laplace scale b has variance 2b². A DP record's mean was projected into the clipping range, whose
     width the record implies (sensitivity = b·count·ε); the projected noise's mean square is at most
@@ -252,13 +269,20 @@ def effective_count(experience: dict, reward_variance: float = REWARD_VARIANCE) 
     0.0741
     >>> round(effective_count({"count": 1, "noise_scale": 0.5}), 4)                  # no width known: 2b²
     0.0196
+    >>> effective_count({"count": 1, "noise_scale": 0.0}, 0.01, 0.019)              # a clean decision: one
+    1.0
+    >>> round(effective_count({"count": 17, "noise_scale": 0.5 / 17, "epsilon": 1.0}, 0.01, 0.019), 3)  # 4.4 at τ² = 0
+    1.36
+    >>> round(effective_count({"count": 1, "noise_scale": 0.5, "epsilon": 1.0}, 0.01, 0.019), 4)
+    0.1883
     """
     n, b = experience["count"], experience["noise_scale"]
     noise = 2.0 * b * b
     epsilon = experience.get("epsilon")
     if epsilon and b > 0.0:
         noise = min(noise, (b * n * epsilon) ** 2 / 2.0)
-    return n / (1.0 + n * noise / reward_variance)
+    # = (v + τ²) / (v/n + noise + τ²), written so that τ² = 0 gives plain inverse-variance weights to the bit
+    return n / (1.0 + n * (noise + between_variance) / reward_variance) * (1.0 + between_variance / reward_variance)
 
 
 def similarity(a: tuple, b: tuple, scale: float) -> float:
@@ -325,7 +349,8 @@ def absorb(agent, state, experience: dict, hops: int, like: NodeContext, config:
         if deferred:
             state.peer_pending[bucket] = pending
     weight = (config.peer_weight * pending.similarity
-              * config.hop_decay ** max(hops - 1, 0) * effective_count(experience, config.reward_variance))
+              * config.hop_decay ** max(hops - 1, 0)
+              * effective_count(experience, config.reward_variance, config.between_variance))
     now_ms = state.last_decision_ms if now_ms is None else now_ms
     if now_ms is not None and experience.get("ts_ms") is not None:
         age_epochs = max(now_ms - experience["ts_ms"], 0) / 1000.0 / agent.config.epoch_s
@@ -351,6 +376,12 @@ def _archive_from_v2(state: dict) -> dict:
     return {**state, "held": sum(effective_count(r, state["reward_variance"]) for r in state["recent"])}
 
 
+def _archive_from_v3(state: dict) -> dict:
+    """Version 3 weighed records without the between-node variance: its records are recounted with it."""
+    return {**state, "between_variance": BETWEEN_VARIANCE,
+            "held": sum(effective_count(r, state["reward_variance"], BETWEEN_VARIANCE) for r in state["recent"])}
+
+
 @dataclass
 class GroupArchive(Versioned):
     """A group's most recent released experience, replayed to a node when it joins.
@@ -361,7 +392,9 @@ class GroupArchive(Versioned):
     it joined. Bounded by evidence: the most recent records worth ``evidence``
     decisions (`effective_count`), so a newcomer is given the same amount of
     peer evidence whether records are single clean rewards or noised window
-    statistics, however many records that takes (at most ``size``).
+    statistics, however many records that takes (at most ``size``). A record
+    of several decisions is worth less than as many single ones: one peer's
+    cell differs from another's by the between-node variance.
 
     >>> archive = GroupArchive(evidence=3.0)
     >>> for i in range(5):
@@ -369,16 +402,17 @@ class GroupArchive(Versioned):
     >>> [r["experience_id"] for r in archive.records()]
     ['a-2', 'a-3', 'a-4']
     >>> archive.add({"experience_id": "b-0", "count": 2, "noise_scale": 0.0})
-    >>> [r["experience_id"] for r in archive.records()], archive.held
-    (['a-4', 'b-0'], 3.0)
+    >>> [r["experience_id"] for r in archive.records()], round(archive.held, 3)
+    (['a-3', 'a-4', 'b-0'], 3.208)
     """
 
-    STATE_VERSION: ClassVar[int] = 3
-    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1, 2: _archive_from_v2}
+    STATE_VERSION: ClassVar[int] = 4
+    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1, 2: _archive_from_v2, 3: _archive_from_v3}
 
     evidence: float = 500.0
     size: int = 20_000
     reward_variance: float = REWARD_VARIANCE
+    between_variance: float = BETWEEN_VARIANCE
     recent: deque = None
     held: float = 0.0
     version: int = STATE_VERSION
@@ -389,13 +423,16 @@ class GroupArchive(Versioned):
 
     def add(self, experience: dict) -> None:
         self.recent.append(experience)
-        self.held += effective_count(experience, self.reward_variance)
+        self.held += self._count(experience)
         while len(self.recent) > 1 and (len(self.recent) > self.size or self.held - self._weight(0) >= self.evidence):
             self.held -= self._weight(0)
             self.recent.popleft()
 
     def _weight(self, i: int) -> float:
-        return effective_count(self.recent[i], self.reward_variance)
+        return self._count(self.recent[i])
+
+    def _count(self, experience: dict) -> float:
+        return effective_count(experience, self.reward_variance, self.between_variance)
 
     def records(self) -> list[dict]:
         return list(self.recent)

@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from morph.peers import ExperienceSharer, GroupArchive, SharingConfig, effective_count
+from morph.peers import BETWEEN_VARIANCE, ExperienceSharer, GroupArchive, SharingConfig, effective_count
 from morph.privacy import LaplaceMechanism
 from schemas.state import StateVersionError
 
@@ -98,7 +98,8 @@ def test_effective_count_falls_with_the_noise_and_grows_with_the_count():
 
 
 def test_the_archive_holds_the_same_evidence_for_clean_and_noisy_records():
-    clean, noisy = GroupArchive(evidence=100.0), GroupArchive(evidence=100.0)
+    # plain inverse-variance weights (no between-node variance): a record is worth its count, less the noise
+    clean, noisy = GroupArchive(evidence=100.0, between_variance=0.0), GroupArchive(evidence=100.0, between_variance=0.0)
     for i in range(300):
         clean.add({"experience_id": f"c{i}", "count": 1, "noise_scale": 0.0})
         noisy.add({"experience_id": f"n{i}", "count": 100, "noise_scale": 0.01})   # worth 100 / 3 each
@@ -135,7 +136,7 @@ def test_a_version_1_archive_migrates_to_an_evidence_bound():
     records = deque([{"experience_id": f"a{i}", "count": 1, "noise_scale": 0.0} for i in range(5)], maxlen=5)
     archive = GroupArchive.__new__(GroupArchive)
     archive.__setstate__({"size": 5, "recent": records, "version": 1})
-    assert archive.version == 3 and archive.evidence == 5.0 and archive.held == 5.0
+    assert archive.version == GroupArchive.STATE_VERSION and archive.evidence == 5.0 and archive.held == 5.0
     archive.add({"experience_id": "a5", "count": 1, "noise_scale": 0.0})
     assert [r["experience_id"] for r in archive.records()] == [f"a{i}" for i in range(1, 6)]
 
@@ -203,9 +204,11 @@ def test_a_version_2_archive_recounts_the_evidence_it_holds():
     archive = GroupArchive.__new__(GroupArchive)
     archive.__setstate__({"evidence": 10.0, "size": 100, "reward_variance": 0.01, "recent": deque([one, clean]),
                           "held": old_held, "version": 2})
-    assert archive.version == 3
-    assert archive.held == pytest.approx(1.0 + 1 / (1 + 0.125 / 0.01))
-    assert archive.held == pytest.approx(effective_count(one) + effective_count(clean))
+    assert archive.version == GroupArchive.STATE_VERSION
+    # the projected noise (0.125, not 2b² = 0.5), and since version 4 the between-node variance
+    tau2 = archive.between_variance
+    assert tau2 == BETWEEN_VARIANCE and archive.held == pytest.approx(1.0 + (0.01 + tau2) / (0.01 + 0.125 + tau2))
+    assert archive.held == pytest.approx(effective_count(one, 0.01, tau2) + effective_count(clean, 0.01, tau2))
 
 
 def test_the_control_flow_shares_under_dp_in_its_agents_reward_range():
@@ -219,3 +222,65 @@ def test_the_control_flow_shares_under_dp_in_its_agents_reward_range():
     assert sharer.config.epsilon == 1.0 and tuple(sharer.config.clip) == reward_clip(agent.config, agent.arms)
     assert sharer.mechanism.sensitivity == pytest.approx(agent.config.weights.slo_penalty)
     assert tuple(sharer_factory_for(spec)("edge-1").config.clip) == (0.0, 1.0)
+
+
+def test_between_node_variance_caps_what_one_peers_record_is_worth():
+    """A peer's cell differs from the receiver's by τ² however many decisions it holds (random effects):
+    a clean single decision stays worth one, a window's record at most 1 + v / τ², and τ² = 0 is plain
+    inverse-variance weighting to the bit."""
+    v, tau2 = 0.01, BETWEEN_VARIANCE
+    assert tau2 > 0 and SharingConfig().between_variance == tau2 and GroupArchive().between_variance == tau2
+    assert effective_count({"count": 1, "noise_scale": 0.0}, v, tau2) == 1.0
+    clean = [effective_count({"count": n, "noise_scale": 0.0}, v, tau2) for n in (1, 2, 20, 10_000)]
+    assert clean == sorted(clean) and clean[-1] < 1 + v / tau2 and clean[-1] == pytest.approx(1 + v / tau2, rel=1e-3)
+    mech = LaplaceMechanism(1.0, 0.3635, 0.8635)
+    window = {"count": 17, "noise_scale": mech.scale(17), "epsilon": 1.0}
+    single = {"count": 1, "noise_scale": mech.scale(1), "epsilon": 1.0}
+    assert effective_count(window, v, tau2) == pytest.approx((v + tau2) / (v / 17 + 2 * mech.scale(17) ** 2 + tau2))
+    assert effective_count(single, v, tau2) == pytest.approx((v + tau2) / (v + 0.5 ** 2 / 2 + tau2))
+    # the cap falls on the well-populated window more than on the single (exploratory) decision
+    ratio = effective_count(single, v, tau2) / effective_count(window, v, tau2)
+    assert ratio > 5 * effective_count(single, v) / effective_count(window, v)
+    assert effective_count(window, v, 0.0) == 17 / (1 + 17 * (2 * mech.scale(17) ** 2) / v)
+    assert effective_count(single, v, 0.0) == 1 / (1 + 1 * (0.5 ** 2 / 2) / v)
+
+
+def test_the_receivers_weighting_leaves_the_release_and_its_privacy_accounting_as_they_were():
+    """τ² is the receiver's: the sender's noise scale, noised sums and ε spent do not depend on it."""
+    decisions = [((0, 1, 0, 0), GOOD, 0.8)] * 17 + [((0, 1, 0, 0), BAD, 0.3), ((1, 1, 0, 0), BAD, 0.5), ((0, 1, 0, 0), "x", 0.6)]
+    out = []
+    for tau2 in (0.0, BETWEEN_VARIANCE, 1.0):
+        config = SharingConfig(epsilon=1.0, window=20, clip=(0.3635, 0.8635), between_variance=tau2)
+        sharer = ExperienceSharer("edge-1", "g0", config, random.Random(5))
+        out.append((window_of(sharer, decisions * 2), sharer.budget.spent, sharer.budget.releases))
+    assert out[0] == out[1] == out[2]
+    records, spent, releases = out[0]
+    assert spent == pytest.approx(2.0) and releases == 2
+    assert all(r["noise_scale"] == pytest.approx(0.5 / r["count"] / 1.0) for r in records)
+
+
+def test_with_between_node_variance_the_archive_keeps_more_windows_of_noised_exploration():
+    """At the same evidence, capping each window's well-populated cell keeps more windows, and so more of
+    the peers' single exploratory decisions, for a node that joins."""
+    mech = LaplaceMechanism(1.0, 0.3635, 0.8635)
+    windows = [[{"experience_id": f"w{w}-exploit", "count": 18, "noise_scale": mech.scale(18), "epsilon": 1.0}]
+               + [{"experience_id": f"w{w}-explore{k}", "count": 1, "noise_scale": mech.scale(1), "epsilon": 1.0}
+                  for k in range(2)] for w in range(500)]
+    kept = {}
+    for tau2 in (0.0, BETWEEN_VARIANCE):
+        archive = GroupArchive(evidence=500.0, between_variance=tau2)
+        for w in windows:
+            for r in w:
+                archive.add(r)
+        assert archive.held == pytest.approx(500.0, abs=5.0)
+        kept[tau2] = sum("explore" in r["experience_id"] for r in archive.records())
+    assert kept[BETWEEN_VARIANCE] > 2.5 * kept[0.0]
+
+
+def test_a_version_3_archive_recounts_its_evidence_with_the_between_node_variance():
+    window = {"experience_id": "x", "count": 17, "noise_scale": 0.5 / 17, "epsilon": 1.0}
+    archive = GroupArchive.__new__(GroupArchive)
+    archive.__setstate__({"evidence": 10.0, "size": 100, "reward_variance": 0.01, "recent": deque([window]),
+                          "held": effective_count(window, 0.01), "version": 3})
+    assert archive.version == 4 and archive.between_variance == BETWEEN_VARIANCE
+    assert archive.held == pytest.approx(effective_count(window, 0.01, BETWEEN_VARIANCE)) and archive.held < 2.0
