@@ -594,10 +594,11 @@ def parse_args():
     ap.add_argument("--zoo", help="zoo directory with manifest.json (default: the project's zoo)")
     ap.add_argument("--cost-metric", default="flops", help="manifest field that stands for power (default flops)")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench-rli"), help="where the learning-curve PNG goes")
-    ap.add_argument("--no-flow", dest="flow", action="store_false",
-                    help="skip the control-flow throughput part (its JSON figures are then null)")
-    ap.add_argument("--flow-only", action="store_true",
-                    help="run only the control-flow throughput part (~1 min, not the learning runs), on --seed's fleet")
+    flow = ap.add_mutually_exclusive_group()
+    flow.add_argument("--no-flow", dest="flow", action="store_false",
+                      help="skip the control-flow throughput part (its JSON figures are then null)")
+    flow.add_argument("--flow-only", action="store_true",
+                      help="run only the control-flow throughput part (under a minute; not the learning runs), on --seed's fleet")
     ap.add_argument("--log-out", action="store_true",
                     help="also write the rli run's decision log (JSON lines) and the candidate's statistics to --out, "
                          "for `liquid evaluate policy`")
