@@ -244,7 +244,15 @@ class QRecoveryAgent(Versioned):
         reward), so the greedy policy tries every allowed action of a state
         once before it settles ("optimism in the face of uncertainty"); the
         nodes' data would otherwise only hold what the static retrier did.
-        An untried action's completion is optimistic too (1).
+        An untried action's completion is optimistic too (1). The bound is
+        the best the reward allows for that action (`untried_bound`): a retry
+        after ``d`` s cannot earn more than ``optimism − d / time_cost_s``,
+        giving up earns −1 and never completes, the fallback branch at best 0
+        and a degraded run. A flat bound tried the actions in `ACTIONS` order,
+        one per state between two publications: the long delays (which the
+        time cost alone makes worse than giving up) before the move, which
+        on `bench/resilience.py --seed 1` was never tried in the thermal
+        scenario's first-failure states in 600 warm-up runs.
     completion_floor
         Whether the choice is constrained to complete, over the fleet's
         failures, at least as often as the static retrier would (a Lagrange
@@ -346,7 +354,7 @@ class QRecoveryAgent(Versioned):
         action = self.predict_one(state, explore=False, min_visits=0)
         if action is None:
             return 0.0
-        return self.estimate(state, action, self.completion, 1.0)
+        return self.estimate(state, action, self.completion)
 
     def _learn_both(self, state: str, action: str, reward: float, next_state: str | None,
                     completed: float | None = None) -> None:
@@ -467,11 +475,11 @@ class QRecoveryAgent(Versioned):
         if fields[4] == "0" and state in self.static_completion:
             floor = self.static_completion[state]
             return [a for a in actions
-                    if a not in (FAIL, FALLBACK) or self.estimate(state, a, self.completion, 1.0) >= floor] or actions
+                    if a not in (FAIL, FALLBACK) or self.estimate(state, a, self.completion) >= floor] or actions
         if fields[4] == "1" and fields[2] == "1" and self.first_failure_floor > 0:
             tried = self.visits.get(state, {}).keys() | self.visits.get(coarse_key(state), {}).keys()
             likely = {a for a in actions if a in tried
-                      and self.estimate(state, a, self.completion, 1.0) >= self.first_failure_floor}
+                      and self.estimate(state, a, self.completion) >= self.first_failure_floor}
             if likely:  # what was never tried here stays open to exploration
                 return [a for a in actions if a in likely or a not in tried]
         return actions
@@ -486,7 +494,7 @@ class QRecoveryAgent(Versioned):
         """
         value = self.estimate(state, action)
         if self.completion_floor and self.completion_price:
-            value += self.completion_price * self.estimate(state, action, self.completion, 1.0)
+            value += self.completion_price * self.estimate(state, action, self.completion)
         return value
 
     def completion_gap(self) -> float | None:
@@ -515,6 +523,28 @@ class QRecoveryAgent(Versioned):
         if self.completion_floor and gap is not None:
             self.completion_price = max(0.0, self.completion_price - self.price_rate * gap)
 
+    def untried_bound(self, action: str, completion: bool = False) -> float:
+        """The most an action never tried in a state can be worth: its optimistic value, the reward's own limits kept.
+
+        The time a retry waits is certain, so it comes off the best reward;
+        giving up is certain to end the run (−1, never completed) and the
+        fallback branch to degrade it (0 at best, never completed).
+        ``completion``: the bound on the completion table.
+
+        >>> agent = QRecoveryAgent()
+        >>> [agent.untried_bound(a) for a in ("RETRY 0s", "RETRY 5s", "RETRY 60s", "MIGRATE", "FAIL", "FALLBACK")]
+        [1.0, 0.5, -5.0, 1.0, -1.0, 0.0]
+        >>> [agent.untried_bound(a, completion=True) for a in ("RETRY 60s", "FAIL", "FALLBACK")]
+        [1.0, 0.0, 0.0]
+        """
+        if action in (FAIL, FALLBACK):
+            return 0.0 if completion else (-1.0 if action == FAIL else min(self.optimism, 0.0))
+        if completion:
+            return 1.0
+        if action.startswith(RETRY):
+            return self.optimism - float(action.split()[1].rstrip("s")) / self.time_cost_s
+        return self.optimism
+
     def estimate(self, state: str, action: str, table: dict | None = None, untried: float | None = None) -> float:
         """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
 
@@ -523,10 +553,11 @@ class QRecoveryAgent(Versioned):
         ``k`` = ``shrinkage`` visits. An action never tried in the fine state
         takes the coarse value, one tried in neither the optimistic value.
         ``table``: another table learned from the same visits (the completion
-        table), ``untried`` its optimistic value.
+        table), ``untried`` its optimistic value (default: `untried_bound`).
         """
+        completion = table is not None and table is self.completion
         table = self.q if table is None else table
-        untried = self.optimism if untried is None else untried
+        untried = self.untried_bound(action, completion) if untried is None else untried
         coarse = coarse_key(state)
         fine, pooled = table.get(state, {}).get(action), table.get(coarse, {}).get(action)
         if coarse == state or pooled is None:

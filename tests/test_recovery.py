@@ -492,3 +492,23 @@ def test_an_episode_is_the_run_a_recovered_step_is_worth_what_the_run_then_becom
     assert agent.q[s]["RETRY 0s"] == pytest.approx((-1.1 + 0.8) / 2)   # the mean of the two runs' returns
     assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.5)
     assert not agent.recovered and not agent.run_outcome and not agent.pending
+
+
+def test_an_untried_action_is_explored_only_if_the_reward_could_still_prefer_it():
+    # a node-scoped cause (a hot accelerator): the short retries were tried and mostly fail; the move was not.
+    # A flat optimistic value would try RETRY 15s / 30s / 60s first (`ACTIONS` order); their wait alone
+    # costs 1.5 / 3 / 6 reward units, so the move (no wait known) comes first and RETRY 60s never
+    hot = "--i|RESOURCE_EXHAUSTED|1|0|1|0|1|1"
+    agent = QRecoveryAgent()
+    for action in ("RETRY 0s", "RETRY 1s", "RETRY 5s"):
+        agent._learn_both(hot, action, -1.5, None, 0.0)
+    assert agent.predict_one(hot) == "MIGRATE"
+    agent._learn_both(hot, "MIGRATE", -1.2, None, 0.0)
+    assert agent.predict_one(hot) == "RETRY 15s"  # worth at most 1 - 1.5 (+ the price), more than -1.2
+    agent._learn_both(hot, "RETRY 15s", -2.0, None, 0.0)
+    # left: giving up (known without trying: -1, never completes), RETRY 30s (at best as good) and RETRY 60s
+    for _ in range(2):
+        action = agent.predict_one(hot)
+        assert action in (FAIL, "RETRY 30s")
+        agent._learn_both(hot, action, -1.0 if action == FAIL else -3.5, None, 0.0)
+    assert agent.predict_one(hot) == FAIL and "RETRY 60s" not in agent.q[hot]
