@@ -204,21 +204,21 @@ def test_agent_state_snapshot_and_refusal():
     v2 = {k: v for k, v in vars(agent).items() if k not in ("completion", "completion_floor")}
     old = QRecoveryAgent.__new__(QRecoveryAgent)
     old.__setstate__(dict(v2, q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
-    assert old.version == 5 and old.q == {} and old.completion == {} and old.published == 5
+    assert old.version == QRecoveryAgent.STATE_VERSION and old.q == {} and old.completion == {} and old.published == 5
     assert old.policy("wf").version == 6
     # version 2 had no completion table: its Q table is kept, the floor binds once completions are learned
     two = QRecoveryAgent.__new__(QRecoveryAgent)
     two.__setstate__(dict(v2, version=2))
-    assert two.version == 5 and two.q == agent.q and two.completion == {} and two.completion_floor
+    assert two.version == QRecoveryAgent.STATE_VERSION and two.q == agent.q and two.completion == {} and two.completion_floor
     assert two.predict_one("---|TIMEOUT|1|0|0|0|0|0", explore=False) == FAIL
     # version 3 learned step-level episodes: its tables are kept, it starts with no run open
     three = QRecoveryAgent.__new__(QRecoveryAgent)
     three.__setstate__({k: v for k, v in vars(agent).items() if k not in ("recovered", "run_outcome")} | {"version": 3})
-    assert three.version == 5 and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
+    assert three.version == QRecoveryAgent.STATE_VERSION and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
     # version 4 had no first-failure floor: it takes today's
     four = QRecoveryAgent.__new__(QRecoveryAgent)
     four.__setstate__({k: v for k, v in vars(agent).items() if k != "first_failure_floor"} | {"version": 4})
-    assert four.version == 5 and four.q == agent.q and four.first_failure_floor == FIRST_FAILURE_FLOOR
+    assert four.version == QRecoveryAgent.STATE_VERSION and four.q == agent.q and four.first_failure_floor == FIRST_FAILURE_FLOOR
 
 
 def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
@@ -489,8 +489,11 @@ def test_an_episode_is_the_run_a_recovered_step_is_worth_what_the_run_then_becom
     assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.0)
     for signal in (finish("r2", "a", 10.0, "RETRY 0s", s), finish("r2", "a", 12.0, ended=True)):
         agent.learn_one(signal)
-    assert agent.q[s]["RETRY 0s"] == pytest.approx((-1.1 + 0.8) / 2)   # the mean of the two runs' returns
-    assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.5)
+    # what the run became after the recovered step is the afterstate's, the mean of the two runs' (-1, +1): the
+    # second update's target is the retry's own -0.2 plus that 0, averaged with the first run's -1.1
+    assert agent.afterstate["---|RESOURCE_EXHAUSTED|*|*|1|0|*|*"][:2] == pytest.approx([0.0, 0.5])
+    assert agent.q[s]["RETRY 0s"] == pytest.approx((-1.1 - 0.2) / 2)
+    assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.25)
     assert not agent.recovered and not agent.run_outcome and not agent.pending
 
 
@@ -512,3 +515,18 @@ def test_an_untried_action_is_explored_only_if_the_reward_could_still_prefer_it(
         assert action in (FAIL, "RETRY 30s")
         agent._learn_both(hot, action, -1.0 if action == FAIL else -3.5, None, 0.0)
     assert agent.predict_one(hot) == FAIL and "RETRY 60s" not in agent.q[hot]
+
+
+def test_what_a_run_becomes_after_a_recovered_step_is_pooled_over_the_actions_that_recovered_it():
+    # a way out at once (0 s) and three slow retries (12 s) both recover the step; what the run meets later
+    # (another incident, or none) is luck that has nothing to do with either. Ten runs took the retries and
+    # mostly completed; the three that took the way out happened to be given up later. Per action that luck
+    # made the way out look worse; pooled, the way out is worth the run's future minus no time
+    s = "a-i|DEPENDENCY_UNAVAILABLE|1|0|1|1|0|0"
+    agent = QRecoveryAgent()
+    for k in range(10):
+        agent._close_recovered(s, "RETRY 5s", -1.2 - 0.6, 1.0 if k % 5 else -1.0, float(k % 5 != 0))
+    for _ in range(3):
+        agent._close_recovered(s, ALTERNATIVE, 0.0, -1.0, 0.0)
+    assert agent.estimate(s, ALTERNATIVE) > agent.estimate(s, "RETRY 5s")
+    assert agent.predict_one(s, explore=False) == ALTERNATIVE
