@@ -294,7 +294,7 @@ class QRecoveryAgent(Versioned):
         retries that take as long as the cause lasts.
     """
 
-    STATE_VERSION = 6
+    STATE_VERSION = 7
     # version 1's state keys had no way-out bit: its table is not carried over (relearned); its
     # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
     # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
@@ -307,7 +307,10 @@ class QRecoveryAgent(Versioned):
                                    # version 4 had no first-failure floor: it takes today's default
                                    4: lambda s: {**s, "first_failure_floor": FIRST_FAILURE_FLOOR},
                                    # version 5 had no afterstate values: they start empty
-                                   5: lambda s: {**s, "afterstate": {}}}
+                                   5: lambda s: {**s, "afterstate": {}},
+                                   # version 6 had no recovery rates: its values keep the afterstate values they
+                                   # were learned with until relearned
+                                   6: lambda s: {**s, "recovers": {}}}
     alpha: float = 0.1
     gamma: float = 1.0
     score_rate: float = 0.05
@@ -331,16 +334,21 @@ class QRecoveryAgent(Versioned):
     run_outcome: dict[str, float] = field(default_factory=dict)   # run -> 0 degraded, -1 given up (absent: +1)
     # afterstate -> [value, completion, visits] of the run once a step in it is recovered (`_close_recovered`)
     afterstate: dict[str, list] = field(default_factory=dict)
+    # state -> action -> how often the action recovered the step (learned at Q's rates): the share of the afterstate's
+    # value in the action's (`_close_recovered`)
+    recovers: dict[str, dict[str, float]] = field(default_factory=dict)
     published: int = 0
     version: int = STATE_VERSION
 
     def learn_transition(self, state: str, action: str, reward: float, next_state: str | None,
-                         completed: float | None = None) -> None:
+                         completed: float | None = None, recovered: bool = False) -> None:
         """One Q-learning update (``next_state`` None: the episode ended).
 
         ``completed`` (1 the run completed, 0 it failed or was degraded; with
         a ``next_state``, ignored: the next state's completion is bootstrapped)
         also updates the completion table; None leaves it alone.
+        ``recovered``: the step was recovered, ``reward`` includes the
+        afterstate's value (`_close_recovered`).
         """
         row = self.q.setdefault(state, {})
         target = reward
@@ -350,6 +358,8 @@ class QRecoveryAgent(Versioned):
         counts[action] = counts.get(action, 0) + 1
         rate = max(self.alpha, 1.0 / counts[action])  # the first sample replaces the optimistic start
         row[action] = self._value(state, action) + rate * (target - self._value(state, action))
+        r_row = self.recovers.setdefault(state, {})
+        r_row[action] = r_row.get(action, 0.0) + rate * (float(recovered) - r_row.get(action, 0.0))
         if completed is not None or next_state is not None:
             # undiscounted: the probability of completing, whenever it happens (time is the reward's business)
             c_target = completed if next_state is None else self._followed_completion(next_state)
@@ -371,12 +381,12 @@ class QRecoveryAgent(Versioned):
         return self.estimate(state, action, self.completion)
 
     def _learn_both(self, state: str, action: str, reward: float, next_state: str | None,
-                    completed: float | None = None) -> None:
+                    completed: float | None = None, recovered: bool = False) -> None:
         """The transition in the fine table and in the coarse one (`coarse_key`)."""
-        self.learn_transition(state, action, reward, next_state, completed)
+        self.learn_transition(state, action, reward, next_state, completed, recovered)
         if coarse_key(state) != state:
             self.learn_transition(coarse_key(state), action, reward,
-                                  None if next_state is None else coarse_key(next_state), completed)
+                                  None if next_state is None else coarse_key(next_state), completed, recovered)
 
     def _tried_value(self, state: str) -> float:
         """The best value among actions tried in ``state`` (else in its coarse state, else 0).
@@ -461,14 +471,39 @@ class QRecoveryAgent(Versioned):
         `bench/resilience.py --seed 4`, taking a way out at once was valued
         −1.1 from 3 runs, below three 5 s retries and the same way out after
         (12 s later, on 66 runs).
+
+        An action's value is its own part plus its recovery rate (`recovers`)
+        times the afterstate's *current* value: when the afterstate's value
+        moves, every action that leads there moves with it. A snapshot (the
+        afterstate's value when the action was last learned) left the actions
+        tried first, while the afterstate still held the warm-up's first runs,
+        below those tried later: on `bench/resilience.py --seed 8`'s transient
+        scenario an immediate retry, tried 6 times while the afterstate was
+        worth −0.5 to 0 (completion 0.3–0.55), stayed below a 5 s retry
+        learned after it had risen to 0.4 (0.9), and was never tried again.
         """
         key = after_key(state)
         row = self.afterstate.setdefault(key, [after, completed, 0])
+        old_value, old_completion = row[0], row[1]
         row[2] += 1
         rate = max(self.alpha, 1.0 / row[2])
         row[0] += rate * (after - row[0])
         row[1] += rate * (completed - row[1])
-        self._learn_both(state, action, reward + self.gamma * row[0], None, row[1])
+        self._shift_afterstate(key, self.gamma * (row[0] - old_value), row[1] - old_completion)
+        self._learn_both(state, action, reward + self.gamma * row[0], None, row[1], recovered=True)
+
+    def _shift_afterstate(self, key: str, value: float, completion: float) -> None:
+        """The afterstate ``key``'s value moved by ``value`` (completion by ``completion``): so do the actions it follows."""
+        if not value and not completion:
+            return
+        for state, rates in self.recovers.items():
+            if after_key(state) != key:
+                continue
+            for action, share in rates.items():
+                if share and action in self.q.get(state, {}):
+                    self.q[state][action] += share * value
+                    if action in self.completion.get(state, {}):
+                        self.completion[state][action] += share * completion
 
     def predict_one(self, state: str, explore: bool = True, min_visits: int | None = None) -> str | None:
         """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).

@@ -199,7 +199,7 @@ def test_agent_state_snapshot_and_refusal():
     agent.learn_transition("---|TIMEOUT|1|0|0|0|0|0", "FAIL", -1.0, None)
     assert pickle.loads(pickle.dumps(agent)).q == agent.q
     with pytest.raises(StateVersionError):
-        QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=7))
+        QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=8))
     # version 1's keys had no way-out bit: its table is dropped, its publication count kept
     v2 = {k: v for k, v in vars(agent).items() if k not in ("completion", "completion_floor")}
     old = QRecoveryAgent.__new__(QRecoveryAgent)
@@ -219,6 +219,10 @@ def test_agent_state_snapshot_and_refusal():
     four = QRecoveryAgent.__new__(QRecoveryAgent)
     four.__setstate__({k: v for k, v in vars(agent).items() if k != "first_failure_floor"} | {"version": 4})
     assert four.version == QRecoveryAgent.STATE_VERSION and four.q == agent.q and four.first_failure_floor == FIRST_FAILURE_FLOOR
+    # version 6 had no recovery rates: its values are kept, the rates start empty
+    six = QRecoveryAgent.__new__(QRecoveryAgent)
+    six.__setstate__({k: v for k, v in vars(agent).items() if k != "recovers"} | {"version": 6})
+    assert six.version == QRecoveryAgent.STATE_VERSION and six.q == agent.q and six.recovers == {}
 
 
 def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
@@ -490,10 +494,41 @@ def test_an_episode_is_the_run_a_recovered_step_is_worth_what_the_run_then_becom
     for signal in (finish("r2", "a", 10.0, "RETRY 0s", s), finish("r2", "a", 12.0, ended=True)):
         agent.learn_one(signal)
     # what the run became after the recovered step is the afterstate's, the mean of the two runs' (-1, +1): the
-    # second update's target is the retry's own -0.2 plus that 0, averaged with the first run's -1.1
+    # retry's value is its own -0.2 plus that 0 (it recovered the step both times), the first run's -1.1 moved with it
     assert agent.afterstate["---|RESOURCE_EXHAUSTED|*|*|1|0|*|*"][:2] == pytest.approx([0.0, 0.5])
-    assert agent.q[s]["RETRY 0s"] == pytest.approx((-1.1 - 0.2) / 2)
-    assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.25)
+    assert agent.recovers[s]["RETRY 0s"] == pytest.approx(1.0)
+    assert agent.q[s]["RETRY 0s"] == pytest.approx(-0.2)
+    assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.5)
+
+
+def test_an_action_learned_early_follows_its_afterstate():
+    # an immediate retry recovers the step in the first two runs, which are then lost (FAIL on the next step);
+    # a 5 s retry is then learned on twenty runs that complete. What follows the recovered step is the same whoever
+    # recovered it: the immediate retry, 5 s faster, must stay the better (a snapshot of the afterstate's value at
+    # its own updates left it at -1.2, below the 5 s retry's -0.5 + the afterstate's later value)
+    s, later = "--i|DEPENDENCY_UNAVAILABLE|1|0|0|0|0|0", "--i|DEPENDENCY_UNAVAILABLE|1|0|0|0|0|1"
+
+    def finish(run, task, t, recovery=None, state=None, ended=False):
+        return {"state": 0, "workflow_id": "wf", "run_id": run, "task": task, "ts_ms": int(t * 1000),
+                "outcome": "FAILURE" if recovery else "SUCCESS", "recovery": recovery, "run_ended": ended,
+                "attributes": {"recovery.state": state} if state else None}
+    agent = QRecoveryAgent(time_cost_s=10.0)
+    t = 0.0
+    for i in range(2):
+        for signal in (finish(f"e{i}", "a", t, "RETRY 0s", s), finish(f"e{i}", "a", t + 2.0),
+                       finish(f"e{i}", "b", t + 3.0, FAIL, later, ended=True)):
+            agent.learn_one(signal)
+        t += 100.0
+    for i in range(20):
+        for signal in (finish(f"l{i}", "a", t, "RETRY 5s", s), finish(f"l{i}", "a", t + 7.0, ended=True)):
+            agent.learn_one(signal)
+        t += 100.0
+    after = agent.afterstate["--i|DEPENDENCY_UNAVAILABLE|*|*|0|0|*|*"]
+    assert after[0] > 0.5
+    assert agent.estimate(s, "RETRY 0s") == pytest.approx(-0.2 + after[0])
+    assert agent.estimate(s, "RETRY 0s") > agent.estimate(s, "RETRY 5s")
+    assert agent.completion[s]["RETRY 0s"] == pytest.approx(after[1])
+    assert agent.predict_one(s, explore=False, min_visits=0) == "RETRY 0s"
     assert not agent.recovered and not agent.run_outcome and not agent.pending
 
 
