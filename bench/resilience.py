@@ -28,7 +28,7 @@ runtime's 10 attempts) and ``circuit-breaker`` (Resilience4j defaults around
 its retry). The agent first learns on a warm-up run list against a *different*
 fault sequence (seed + 1000) of the same scenario; the measured runs are the
 same for every policy. During the warm-up the nodes explore (untried actions
-count as optimistic in the published tables, and unknown states get a random
+count as optimistic (at the best their reward allows) in the published tables, and unknown states get a random
 allowed action with probability 0.3); during the measured runs the agent keeps
 learning from every signal but the published tables hold only actions already
 tried, and states it has not seen get the static retrier. The agent may also

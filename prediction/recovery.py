@@ -151,6 +151,16 @@ def coarse_key(state: str) -> str:
     return "|".join(f[:3] + ["*"] + f[4:6] + ["*", "*"]) if len(f) == 8 else state
 
 
+def after_key(state: str) -> str:
+    """The afterstate of a recovered step: its coarse state without the attempt (see `QRecoveryAgent`).
+
+    >>> after_key("a-i|TIMEOUT|3|2|1|0|1|0")
+    'a-i|TIMEOUT|*|*|1|0|*|*'
+    """
+    f = coarse_key(state).split("|")
+    return "|".join(f[:2] + ["*"] + f[3:]) if len(f) == 8 else state
+
+
 def valid_actions(state: str) -> list[str]:
     """The actions a state allows: no alternative or fallback that does not exist, no re-execution of a once-only step.
 
@@ -244,7 +254,15 @@ class QRecoveryAgent(Versioned):
         reward), so the greedy policy tries every allowed action of a state
         once before it settles ("optimism in the face of uncertainty"); the
         nodes' data would otherwise only hold what the static retrier did.
-        An untried action's completion is optimistic too (1).
+        An untried action's completion is optimistic too (1). The bound is
+        the best the reward allows for that action (`untried_bound`): a retry
+        after ``d`` s cannot earn more than ``optimism − d / time_cost_s``,
+        giving up earns −1 and never completes, the fallback branch at best 0
+        and a degraded run. A flat bound tried the actions in `ACTIONS` order,
+        one per state between two publications: the long delays (which the
+        time cost alone makes worse than giving up) before the move, which
+        on `bench/resilience.py --seed 1` was never tried in the thermal
+        scenario's first-failure states in 600 warm-up runs.
     completion_floor
         Whether the choice is constrained to complete, over the fleet's
         failures, at least as often as the static retrier would (a Lagrange
@@ -276,7 +294,7 @@ class QRecoveryAgent(Versioned):
         retries that take as long as the cause lasts.
     """
 
-    STATE_VERSION = 5
+    STATE_VERSION = 7
     # version 1's state keys had no way-out bit: its table is not carried over (relearned); its
     # publication count is, so the nodes take the next tables as newer. Version 2 had no completion
     # table: it starts empty, and until it fills the floor does not bind (the scalar choice, as before)
@@ -287,7 +305,12 @@ class QRecoveryAgent(Versioned):
                                    # version 3's episodes were steps: its tables are kept (relearned as runs go by)
                                    3: lambda s: {**s, "recovered": {}, "run_outcome": {}},
                                    # version 4 had no first-failure floor: it takes today's default
-                                   4: lambda s: {**s, "first_failure_floor": FIRST_FAILURE_FLOOR}}
+                                   4: lambda s: {**s, "first_failure_floor": FIRST_FAILURE_FLOOR},
+                                   # version 5 had no afterstate values: they start empty
+                                   5: lambda s: {**s, "afterstate": {}},
+                                   # version 6 had no recovery rates: its values keep the afterstate values they
+                                   # were learned with until relearned
+                                   6: lambda s: {**s, "recovers": {}}}
     alpha: float = 0.1
     gamma: float = 1.0
     score_rate: float = 0.05
@@ -309,16 +332,23 @@ class QRecoveryAgent(Versioned):
     # run -> its recovered steps' (state, action, reward so far), closed by its next incident or its end
     recovered: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     run_outcome: dict[str, float] = field(default_factory=dict)   # run -> 0 degraded, -1 given up (absent: +1)
+    # afterstate -> [value, completion, visits] of the run once a step in it is recovered (`_close_recovered`)
+    afterstate: dict[str, list] = field(default_factory=dict)
+    # state -> action -> how often the action recovered the step (learned at Q's rates): the share of the afterstate's
+    # value in the action's (`_close_recovered`)
+    recovers: dict[str, dict[str, float]] = field(default_factory=dict)
     published: int = 0
     version: int = STATE_VERSION
 
     def learn_transition(self, state: str, action: str, reward: float, next_state: str | None,
-                         completed: float | None = None) -> None:
+                         completed: float | None = None, recovered: bool = False) -> None:
         """One Q-learning update (``next_state`` None: the episode ended).
 
         ``completed`` (1 the run completed, 0 it failed or was degraded; with
         a ``next_state``, ignored: the next state's completion is bootstrapped)
         also updates the completion table; None leaves it alone.
+        ``recovered``: the step was recovered, ``reward`` includes the
+        afterstate's value (`_close_recovered`).
         """
         row = self.q.setdefault(state, {})
         target = reward
@@ -328,6 +358,8 @@ class QRecoveryAgent(Versioned):
         counts[action] = counts.get(action, 0) + 1
         rate = max(self.alpha, 1.0 / counts[action])  # the first sample replaces the optimistic start
         row[action] = self._value(state, action) + rate * (target - self._value(state, action))
+        r_row = self.recovers.setdefault(state, {})
+        r_row[action] = r_row.get(action, 0.0) + rate * (float(recovered) - r_row.get(action, 0.0))
         if completed is not None or next_state is not None:
             # undiscounted: the probability of completing, whenever it happens (time is the reward's business)
             c_target = completed if next_state is None else self._followed_completion(next_state)
@@ -346,15 +378,15 @@ class QRecoveryAgent(Versioned):
         action = self.predict_one(state, explore=False, min_visits=0)
         if action is None:
             return 0.0
-        return self.estimate(state, action, self.completion, 1.0)
+        return self.estimate(state, action, self.completion)
 
     def _learn_both(self, state: str, action: str, reward: float, next_state: str | None,
-                    completed: float | None = None) -> None:
+                    completed: float | None = None, recovered: bool = False) -> None:
         """The transition in the fine table and in the coarse one (`coarse_key`)."""
-        self.learn_transition(state, action, reward, next_state, completed)
+        self.learn_transition(state, action, reward, next_state, completed, recovered)
         if coarse_key(state) != state:
             self.learn_transition(coarse_key(state), action, reward,
-                                  None if next_state is None else coarse_key(next_state), completed)
+                                  None if next_state is None else coarse_key(next_state), completed, recovered)
 
     def _tried_value(self, state: str) -> float:
         """The best value among actions tried in ``state`` (else in its coarse state, else 0).
@@ -413,7 +445,7 @@ class QRecoveryAgent(Versioned):
                 self.pending[key] = (state, action, ts)
         if opened is None and failed and state:  # the run's next incident: its earlier recoveries led here
             for s, a, r in self.recovered.pop(run, ()):
-                self._learn_both(s, a, r, state)
+                self._close_recovered(s, a, r, self._tried_value(state), self._followed_completion(state))
         # a lost node's run resumes elsewhere, and so does a moved one: the run has not ended
         if signal.get("run_ended") and signal.get("error_class") != NODE_LOST and action != MIGRATE:
             self._end_run(run, signal["workflow_id"])
@@ -422,9 +454,56 @@ class QRecoveryAgent(Versioned):
         """Close the run's recovered steps with its outcome (+1 complete, 0 degraded, −1 given up)."""
         outcome = self.run_outcome.pop(run, 1.0)
         for s, a, r in self.recovered.pop(run, ()):
-            self._learn_both(s, a, r + outcome, None, float(outcome > 0))
+            self._close_recovered(s, a, r, outcome, float(outcome > 0))
         for k in [k for k in self.pending if k[0] == run and k[1].startswith(workflow_id)]:
             del self.pending[k]
+
+    def _close_recovered(self, state: str, action: str, reward: float, after: float, completed: float) -> None:
+        """A recovered step's transition, closed with what the run became after it (``after``, ``completed``).
+
+        What the run becomes once a step is recovered (its later incidents,
+        its end) does not depend on which action recovered it, so it is
+        learned once per *afterstate* (the step recovered: the state's coarse
+        key without the attempt, `after_key`), pooled over every action and
+        attempt, and each action's value is its recovery's own reward plus
+        that pooled value. Learned per action, the run's later luck (another
+        incident or none) is noise each action meets alone: on
+        `bench/resilience.py --seed 4`, taking a way out at once was valued
+        −1.1 from 3 runs, below three 5 s retries and the same way out after
+        (12 s later, on 66 runs).
+
+        An action's value is its own part plus its recovery rate (`recovers`)
+        times the afterstate's *current* value: when the afterstate's value
+        moves, every action that leads there moves with it. A snapshot (the
+        afterstate's value when the action was last learned) left the actions
+        tried first, while the afterstate still held the warm-up's first runs,
+        below those tried later: on `bench/resilience.py --seed 8`'s transient
+        scenario an immediate retry, tried 6 times while the afterstate was
+        worth −0.5 to 0 (completion 0.3–0.55), stayed below a 5 s retry
+        learned after it had risen to 0.4 (0.9), and was never tried again.
+        """
+        key = after_key(state)
+        row = self.afterstate.setdefault(key, [after, completed, 0])
+        old_value, old_completion = row[0], row[1]
+        row[2] += 1
+        rate = max(self.alpha, 1.0 / row[2])
+        row[0] += rate * (after - row[0])
+        row[1] += rate * (completed - row[1])
+        self._shift_afterstate(key, self.gamma * (row[0] - old_value), row[1] - old_completion)
+        self._learn_both(state, action, reward + self.gamma * row[0], None, row[1], recovered=True)
+
+    def _shift_afterstate(self, key: str, value: float, completion: float) -> None:
+        """The afterstate ``key``'s value moved by ``value`` (completion by ``completion``): so do the actions it follows."""
+        if not value and not completion:
+            return
+        for state, rates in self.recovers.items():
+            if after_key(state) != key:
+                continue
+            for action, share in rates.items():
+                if share and action in self.q.get(state, {}):
+                    self.q[state][action] += share * value
+                    if action in self.completion.get(state, {}):
+                        self.completion[state][action] += share * completion
 
     def predict_one(self, state: str, explore: bool = True, min_visits: int | None = None) -> str | None:
         """The greedy action of a state seen at least ``min_visits`` times, else None (changes nothing).
@@ -467,11 +546,11 @@ class QRecoveryAgent(Versioned):
         if fields[4] == "0" and state in self.static_completion:
             floor = self.static_completion[state]
             return [a for a in actions
-                    if a not in (FAIL, FALLBACK) or self.estimate(state, a, self.completion, 1.0) >= floor] or actions
+                    if a not in (FAIL, FALLBACK) or self.estimate(state, a, self.completion) >= floor] or actions
         if fields[4] == "1" and fields[2] == "1" and self.first_failure_floor > 0:
             tried = self.visits.get(state, {}).keys() | self.visits.get(coarse_key(state), {}).keys()
             likely = {a for a in actions if a in tried
-                      and self.estimate(state, a, self.completion, 1.0) >= self.first_failure_floor}
+                      and self.estimate(state, a, self.completion) >= self.first_failure_floor}
             if likely:  # what was never tried here stays open to exploration
                 return [a for a in actions if a in likely or a not in tried]
         return actions
@@ -486,7 +565,7 @@ class QRecoveryAgent(Versioned):
         """
         value = self.estimate(state, action)
         if self.completion_floor and self.completion_price:
-            value += self.completion_price * self.estimate(state, action, self.completion, 1.0)
+            value += self.completion_price * self.estimate(state, action, self.completion)
         return value
 
     def completion_gap(self) -> float | None:
@@ -515,6 +594,28 @@ class QRecoveryAgent(Versioned):
         if self.completion_floor and gap is not None:
             self.completion_price = max(0.0, self.completion_price - self.price_rate * gap)
 
+    def untried_bound(self, action: str, completion: bool = False) -> float:
+        """The most an action never tried in a state can be worth: its optimistic value, the reward's own limits kept.
+
+        The time a retry waits is certain, so it comes off the best reward;
+        giving up is certain to end the run (−1, never completed) and the
+        fallback branch to degrade it (0 at best, never completed).
+        ``completion``: the bound on the completion table.
+
+        >>> agent = QRecoveryAgent()
+        >>> [agent.untried_bound(a) for a in ("RETRY 0s", "RETRY 5s", "RETRY 60s", "MIGRATE", "FAIL", "FALLBACK")]
+        [1.0, 0.5, -5.0, 1.0, -1.0, 0.0]
+        >>> [agent.untried_bound(a, completion=True) for a in ("RETRY 60s", "FAIL", "FALLBACK")]
+        [1.0, 0.0, 0.0]
+        """
+        if action in (FAIL, FALLBACK):
+            return 0.0 if completion else (-1.0 if action == FAIL else min(self.optimism, 0.0))
+        if completion:
+            return 1.0
+        if action.startswith(RETRY):
+            return self.optimism - float(action.split()[1].rstrip("s")) / self.time_cost_s
+        return self.optimism
+
     def estimate(self, state: str, action: str, table: dict | None = None, untried: float | None = None) -> float:
         """Q of a fine state shrunk towards its coarse state's: (n·Q_fine + k·Q_coarse) / (n + k).
 
@@ -523,10 +624,11 @@ class QRecoveryAgent(Versioned):
         ``k`` = ``shrinkage`` visits. An action never tried in the fine state
         takes the coarse value, one tried in neither the optimistic value.
         ``table``: another table learned from the same visits (the completion
-        table), ``untried`` its optimistic value.
+        table), ``untried`` its optimistic value (default: `untried_bound`).
         """
+        completion = table is not None and table is self.completion
         table = self.q if table is None else table
-        untried = self.optimism if untried is None else untried
+        untried = self.untried_bound(action, completion) if untried is None else untried
         coarse = coarse_key(state)
         fine, pooled = table.get(state, {}).get(action), table.get(coarse, {}).get(action)
         if coarse == state or pooled is None:

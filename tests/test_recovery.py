@@ -199,26 +199,30 @@ def test_agent_state_snapshot_and_refusal():
     agent.learn_transition("---|TIMEOUT|1|0|0|0|0|0", "FAIL", -1.0, None)
     assert pickle.loads(pickle.dumps(agent)).q == agent.q
     with pytest.raises(StateVersionError):
-        QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=7))
+        QRecoveryAgent.__new__(QRecoveryAgent).__setstate__(dict(vars(agent), version=8))
     # version 1's keys had no way-out bit: its table is dropped, its publication count kept
     v2 = {k: v for k, v in vars(agent).items() if k not in ("completion", "completion_floor")}
     old = QRecoveryAgent.__new__(QRecoveryAgent)
     old.__setstate__(dict(v2, q={"---|TIMEOUT|1|0|0|0|0": {"FAIL": -1.0}}, published=5, version=1))
-    assert old.version == 5 and old.q == {} and old.completion == {} and old.published == 5
+    assert old.version == QRecoveryAgent.STATE_VERSION and old.q == {} and old.completion == {} and old.published == 5
     assert old.policy("wf").version == 6
     # version 2 had no completion table: its Q table is kept, the floor binds once completions are learned
     two = QRecoveryAgent.__new__(QRecoveryAgent)
     two.__setstate__(dict(v2, version=2))
-    assert two.version == 5 and two.q == agent.q and two.completion == {} and two.completion_floor
+    assert two.version == QRecoveryAgent.STATE_VERSION and two.q == agent.q and two.completion == {} and two.completion_floor
     assert two.predict_one("---|TIMEOUT|1|0|0|0|0|0", explore=False) == FAIL
     # version 3 learned step-level episodes: its tables are kept, it starts with no run open
     three = QRecoveryAgent.__new__(QRecoveryAgent)
     three.__setstate__({k: v for k, v in vars(agent).items() if k not in ("recovered", "run_outcome")} | {"version": 3})
-    assert three.version == 5 and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
+    assert three.version == QRecoveryAgent.STATE_VERSION and three.q == agent.q and three.recovered == {} and three.run_outcome == {}
     # version 4 had no first-failure floor: it takes today's
     four = QRecoveryAgent.__new__(QRecoveryAgent)
     four.__setstate__({k: v for k, v in vars(agent).items() if k != "first_failure_floor"} | {"version": 4})
-    assert four.version == 5 and four.q == agent.q and four.first_failure_floor == FIRST_FAILURE_FLOOR
+    assert four.version == QRecoveryAgent.STATE_VERSION and four.q == agent.q and four.first_failure_floor == FIRST_FAILURE_FLOOR
+    # version 6 had no recovery rates: its values are kept, the rates start empty
+    six = QRecoveryAgent.__new__(QRecoveryAgent)
+    six.__setstate__({k: v for k, v in vars(agent).items() if k != "recovers"} | {"version": 6})
+    assert six.version == QRecoveryAgent.STATE_VERSION and six.q == agent.q and six.recovers == {}
 
 
 def test_a_way_out_is_an_alternative_whose_resources_no_active_cause_reaches():
@@ -489,6 +493,75 @@ def test_an_episode_is_the_run_a_recovered_step_is_worth_what_the_run_then_becom
     assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.0)
     for signal in (finish("r2", "a", 10.0, "RETRY 0s", s), finish("r2", "a", 12.0, ended=True)):
         agent.learn_one(signal)
-    assert agent.q[s]["RETRY 0s"] == pytest.approx((-1.1 + 0.8) / 2)   # the mean of the two runs' returns
+    # what the run became after the recovered step is the afterstate's, the mean of the two runs' (-1, +1): the
+    # retry's value is its own -0.2 plus that 0 (it recovered the step both times), the first run's -1.1 moved with it
+    assert agent.afterstate["---|RESOURCE_EXHAUSTED|*|*|1|0|*|*"][:2] == pytest.approx([0.0, 0.5])
+    assert agent.recovers[s]["RETRY 0s"] == pytest.approx(1.0)
+    assert agent.q[s]["RETRY 0s"] == pytest.approx(-0.2)
     assert agent.completion[s]["RETRY 0s"] == pytest.approx(0.5)
+
+
+def test_an_action_learned_early_follows_its_afterstate():
+    # an immediate retry recovers the step in the first two runs, which are then lost (FAIL on the next step);
+    # a 5 s retry is then learned on twenty runs that complete. What follows the recovered step is the same whoever
+    # recovered it: the immediate retry, 5 s faster, must stay the better (a snapshot of the afterstate's value at
+    # its own updates left it at -1.2, below the 5 s retry's -0.5 + the afterstate's later value)
+    s, later = "--i|DEPENDENCY_UNAVAILABLE|1|0|0|0|0|0", "--i|DEPENDENCY_UNAVAILABLE|1|0|0|0|0|1"
+
+    def finish(run, task, t, recovery=None, state=None, ended=False):
+        return {"state": 0, "workflow_id": "wf", "run_id": run, "task": task, "ts_ms": int(t * 1000),
+                "outcome": "FAILURE" if recovery else "SUCCESS", "recovery": recovery, "run_ended": ended,
+                "attributes": {"recovery.state": state} if state else None}
+    agent = QRecoveryAgent(time_cost_s=10.0)
+    t = 0.0
+    for i in range(2):
+        for signal in (finish(f"e{i}", "a", t, "RETRY 0s", s), finish(f"e{i}", "a", t + 2.0),
+                       finish(f"e{i}", "b", t + 3.0, FAIL, later, ended=True)):
+            agent.learn_one(signal)
+        t += 100.0
+    for i in range(20):
+        for signal in (finish(f"l{i}", "a", t, "RETRY 5s", s), finish(f"l{i}", "a", t + 7.0, ended=True)):
+            agent.learn_one(signal)
+        t += 100.0
+    after = agent.afterstate["--i|DEPENDENCY_UNAVAILABLE|*|*|0|0|*|*"]
+    assert after[0] > 0.5
+    assert agent.estimate(s, "RETRY 0s") == pytest.approx(-0.2 + after[0])
+    assert agent.estimate(s, "RETRY 0s") > agent.estimate(s, "RETRY 5s")
+    assert agent.completion[s]["RETRY 0s"] == pytest.approx(after[1])
+    assert agent.predict_one(s, explore=False, min_visits=0) == "RETRY 0s"
     assert not agent.recovered and not agent.run_outcome and not agent.pending
+
+
+def test_an_untried_action_is_explored_only_if_the_reward_could_still_prefer_it():
+    # a node-scoped cause (a hot accelerator): the short retries were tried and mostly fail; the move was not.
+    # A flat optimistic value would try RETRY 15s / 30s / 60s first (`ACTIONS` order); their wait alone
+    # costs 1.5 / 3 / 6 reward units, so the move (no wait known) comes first and RETRY 60s never
+    hot = "--i|RESOURCE_EXHAUSTED|1|0|1|0|1|1"
+    agent = QRecoveryAgent()
+    for action in ("RETRY 0s", "RETRY 1s", "RETRY 5s"):
+        agent._learn_both(hot, action, -1.5, None, 0.0)
+    assert agent.predict_one(hot) == "MIGRATE"
+    agent._learn_both(hot, "MIGRATE", -1.2, None, 0.0)
+    assert agent.predict_one(hot) == "RETRY 15s"  # worth at most 1 - 1.5 (+ the price), more than -1.2
+    agent._learn_both(hot, "RETRY 15s", -2.0, None, 0.0)
+    # left: giving up (known without trying: -1, never completes), RETRY 30s (at best as good) and RETRY 60s
+    for _ in range(2):
+        action = agent.predict_one(hot)
+        assert action in (FAIL, "RETRY 30s")
+        agent._learn_both(hot, action, -1.0 if action == FAIL else -3.5, None, 0.0)
+    assert agent.predict_one(hot) == FAIL and "RETRY 60s" not in agent.q[hot]
+
+
+def test_what_a_run_becomes_after_a_recovered_step_is_pooled_over_the_actions_that_recovered_it():
+    # a way out at once (0 s) and three slow retries (12 s) both recover the step; what the run meets later
+    # (another incident, or none) is luck that has nothing to do with either. Ten runs took the retries and
+    # mostly completed; the three that took the way out happened to be given up later. Per action that luck
+    # made the way out look worse; pooled, the way out is worth the run's future minus no time
+    s = "a-i|DEPENDENCY_UNAVAILABLE|1|0|1|1|0|0"
+    agent = QRecoveryAgent()
+    for k in range(10):
+        agent._close_recovered(s, "RETRY 5s", -1.2 - 0.6, 1.0 if k % 5 else -1.0, float(k % 5 != 0))
+    for _ in range(3):
+        agent._close_recovered(s, ALTERNATIVE, 0.0, -1.0, 0.0)
+    assert agent.estimate(s, ALTERNATIVE) > agent.estimate(s, "RETRY 5s")
+    assert agent.predict_one(s, explore=False) == ALTERNATIVE
