@@ -477,14 +477,16 @@ def test_without_an_active_cause_the_agent_gives_up_no_sooner_than_the_static_re
         assert agent.predict_one(caused, explore=False) == FAIL   # an active cause: the reward decides
 
 
+def finish(run, task, t, recovery=None, state=None, ended=False):
+    """A step's signal: a failure with the recovery chosen (and the state it was chosen in), else its success."""
+    return {"state": 0, "workflow_id": "wf", "run_id": run, "task": task, "ts_ms": int(t * 1000),
+            "outcome": "FAILURE" if recovery else "SUCCESS", "recovery": recovery, "run_ended": ended,
+            "attributes": {"recovery.state": state} if state else None}
+
+
 def test_an_episode_is_the_run_a_recovered_step_is_worth_what_the_run_then_becomes():
     # the same retry recovers step a in both runs; in r1 the cause then fails step b and the run is given up
     s, later = "---|RESOURCE_EXHAUSTED|1|0|1|0|0|0", "---|RESOURCE_EXHAUSTED|1|0|1|0|0|1"
-
-    def finish(run, task, t, recovery=None, state=None, ended=False):
-        return {"state": 0, "workflow_id": "wf", "run_id": run, "task": task, "ts_ms": int(t * 1000),
-                "outcome": "FAILURE" if recovery else "SUCCESS", "recovery": recovery, "run_ended": ended,
-                "attributes": {"recovery.state": state} if state else None}
     agent = QRecoveryAgent(gamma=0.9, time_cost_s=10.0)
     for signal in (finish("r1", "a", 0.0, "RETRY 0s", s), finish("r1", "a", 2.0),
                    finish("r1", "b", 3.0, FAIL, later, ended=True)):
@@ -508,10 +510,6 @@ def test_an_action_learned_early_follows_its_afterstate():
     # its own updates left it at -1.2, below the 5 s retry's -0.5 + the afterstate's later value)
     s, later = "--i|DEPENDENCY_UNAVAILABLE|1|0|0|0|0|0", "--i|DEPENDENCY_UNAVAILABLE|1|0|0|0|0|1"
 
-    def finish(run, task, t, recovery=None, state=None, ended=False):
-        return {"state": 0, "workflow_id": "wf", "run_id": run, "task": task, "ts_ms": int(t * 1000),
-                "outcome": "FAILURE" if recovery else "SUCCESS", "recovery": recovery, "run_ended": ended,
-                "attributes": {"recovery.state": state} if state else None}
     agent = QRecoveryAgent(time_cost_s=10.0)
     t = 0.0
     for i in range(2):
