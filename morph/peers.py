@@ -424,12 +424,10 @@ class GroupArchive(Versioned):
     def add(self, experience: dict) -> None:
         self.recent.append(experience)
         self.held += self._count(experience)
-        while len(self.recent) > 1 and (len(self.recent) > self.size or self.held - self._weight(0) >= self.evidence):
-            self.held -= self._weight(0)
+        while len(self.recent) > 1 and (len(self.recent) > self.size
+                                        or self.held - self._count(self.recent[0]) >= self.evidence):
+            self.held -= self._count(self.recent[0])
             self.recent.popleft()
-
-    def _weight(self, i: int) -> float:
-        return self._count(self.recent[i])
 
     def _count(self, experience: dict) -> float:
         return effective_count(experience, self.reward_variance, self.between_variance)
