@@ -16,9 +16,11 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -44,12 +46,30 @@ def flow_module(name: str):
 
 
 def prepare_recovery(recovery_dir: Path, partitions: int) -> None:
-    """Create the SQLite recovery partitions on first use; reuse them after."""
+    """Create the SQLite recovery partitions on first use; reuse them after.
+
+    The partitions are made in a staging directory beside ``recovery_dir`` and renamed into
+    place: a process stopped while creating them (``liquid deploy apply`` restarts a flow as soon
+    as its settings change) leaves no half-made partition that the next start would take as its
+    store.
+    """
     from bytewax.recovery import init_db_dir
 
-    recovery_dir.mkdir(parents=True, exist_ok=True)
-    if not any(recovery_dir.glob("part-*.sqlite3")):
-        init_db_dir(recovery_dir, partitions)
+    if any(recovery_dir.glob("part-*.sqlite3")):
+        return
+    recovery_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in recovery_dir.parent.glob(f".{recovery_dir.name}.init-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{recovery_dir.name}.init-", dir=recovery_dir.parent))
+    init_db_dir(staging, partitions)
+    if recovery_dir.exists() and not any(recovery_dir.iterdir()):
+        recovery_dir.rmdir()
+    if not recovery_dir.exists():
+        staging.rename(recovery_dir)
+        return
+    for part in sorted(staging.iterdir()):  # a directory with other files in it: part by part
+        part.replace(recovery_dir / part.name)
+    staging.rmdir()
 
 
 def run_flow(spec: FlowSpec, workers: int = 1, processes: int = 1, process_id: int | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -115,7 +116,11 @@ def test_apply_is_idempotent_restarts_only_what_changed_and_status_scrapes_lag(b
         deadline = time.monotonic() + 60
         while (lag := scrape_lag(port)) in (None, {}) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert lag and all(key.startswith("edge.") for key in lag), lag  # the control flow's own partitions
+        if not lag:  # say why: is the restarted flow alive, and what did it print?
+            control = json.loads((state_dir / "inspection" / "deployment.json").read_text())["flows"]["control"]
+            log = Path(control["log"]).read_text(errors="replace")[-4000:]
+            pytest.fail(f"no lag from the control flow on port {port} in 60 s; alive: {_alive(control['pid'])}\n{log}")
+        assert all(key.startswith("edge.") for key in lag), lag  # the control flow's own partitions
         rows = status(state_dir, say=said.append)
         assert {r["flow"]: r["running"] for r in rows} == {"control": True, "workflow": True}
     finally:

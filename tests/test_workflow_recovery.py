@@ -72,3 +72,40 @@ def test_a_flow_run_without_a_recovery_store_pickles_no_snapshots(monkeypatch):
     assert flowrun.run_flow(FlowSpec("workflow", bootstrap="unused:9092")) == 0
     assert built == [False] and snapshots and all(s is None for s in snapshots)
     assert real_snapshot(NextStepLogic(None, None)) is not None   # with a store (the default) it is a pickle
+
+
+def test_a_flow_stopped_while_making_its_recovery_store_starts_cleanly_next_time(tmp_path, monkeypatch):
+    import sqlite3
+
+    import bytewax.recovery
+
+    from deploy.flowrun import prepare_recovery
+
+    def stopped_midway(path, partitions):
+        (path / "part-0.sqlite3").touch()  # the file exists, its tables do not yet
+        raise KeyboardInterrupt
+
+    store = tmp_path / "recovery-control"
+    real = bytewax.recovery.init_db_dir
+    monkeypatch.setattr(bytewax.recovery, "init_db_dir", stopped_midway)
+    try:
+        prepare_recovery(store, 1)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(bytewax.recovery, "init_db_dir", real)
+    prepare_recovery(store, 1)
+    tables = {name for (name,) in sqlite3.connect(store / "part-0.sqlite3").execute("select name from sqlite_master")}
+    assert {"snaps", "fronts", "commits"} <= tables
+    assert [p.name for p in tmp_path.iterdir()] == ["recovery-control"]  # no staging left behind
+
+    (store / "part-0.sqlite3").write_bytes(b"")  # an existing store is the flow's own: never remade
+    prepare_recovery(store, 1)
+    assert (store / "part-0.sqlite3").read_bytes() == b""
+
+
+def test_recovery_partitions_join_a_directory_that_holds_other_files(tmp_path):
+    from deploy.flowrun import prepare_recovery
+
+    (tmp_path / "README").write_text("ours")
+    prepare_recovery(tmp_path, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README", "part-0.sqlite3", "part-1.sqlite3"]
