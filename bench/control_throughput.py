@@ -218,8 +218,8 @@ def compare(seconds: int, nodes: int, zoo: str | None, repeats: int) -> dict:
             b["commands"], b["experience"] = r["commands"], r["experience"]
     out = {"events": n, "nodes": nodes, "seconds": seconds, "repeats": repeats}
     for name, b in best.items():
-        out.update({f"{name}_events_per_s": round(b["events_per_s"]), f"{name}_events_per_cpu_s": round(b["events_per_cpu_s"]),
-                    f"{name}_commands": b["commands"], f"{name}_experience": b["experience"],
+        out.update({f"{name}_events_per_s": round(b["events_per_s"]),
+                    f"{name}_events_per_cpu_s": round(b["events_per_cpu_s"]), f"{name}_commands": b["commands"], f"{name}_experience": b["experience"],
                     f"{name}_startup_s": round(startup[name]["startup_s"], 3)})
     out["ratio_rli_to_rules"] = round(best["rli"]["events_per_s"] / best["rules"]["events_per_s"], 4)
     out["ratio_rli_to_rules_per_cpu_s"] = round(best["rli"]["events_per_cpu_s"] / best["rules"]["events_per_cpu_s"], 4)
@@ -240,7 +240,8 @@ def main() -> int:
                     help="the learned agent (--policy rli) against the rules through the broker, on the same "
                          "heterogeneous fleet (--nodes, default 100 here, × --seconds): the ratio of their rates")
     ap.add_argument("--seconds", type=int, default=1000, help="--compare: seconds of telemetry per node (default 1000)")
-    ap.add_argument("--repeats", type=int, default=2, help="--compare: runs of each, alternating, best kept (default 2)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="--compare: runs of each, alternating, best kept (default 2)")
     ap.add_argument("--zoo", help="--compare: model zoo directory the agent's arms come from (default: the project's)")
     args = ap.parse_args()
     if args.compare:
