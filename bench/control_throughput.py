@@ -219,7 +219,8 @@ def compare(seconds: int, nodes: int, zoo: str | None, repeats: int) -> dict:
     out = {"events": n, "nodes": nodes, "seconds": seconds, "repeats": repeats}
     for name, b in best.items():
         out.update({f"{name}_events_per_s": round(b["events_per_s"]),
-                    f"{name}_events_per_cpu_s": round(b["events_per_cpu_s"]), f"{name}_commands": b["commands"], f"{name}_experience": b["experience"],
+                    f"{name}_events_per_cpu_s": round(b["events_per_cpu_s"]), f"{name}_commands": b["commands"],
+                    f"{name}_experience": b["experience"],
                     f"{name}_startup_s": round(startup[name]["startup_s"], 3)})
     out["ratio_rli_to_rules"] = round(best["rli"]["events_per_s"] / best["rules"]["events_per_s"], 4)
     out["ratio_rli_to_rules_per_cpu_s"] = round(best["rli"]["events_per_cpu_s"] / best["rules"]["events_per_cpu_s"], 4)
