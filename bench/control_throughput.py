@@ -10,11 +10,19 @@ records, measured in the same run.
 
     python bench/control_throughput.py [--events 200000] [--nodes 200]
     python bench/control_throughput.py --step     # the per-node step alone: CPU µs per event
+    python bench/control_throughput.py --compare --zoo .cache/zoo   # the agent against the rules
 
 ``--step`` measures what the flows' rates depend on without a broker: the
 control step's CPU time per event for the rules, the rules with the online
 models and the learned agent (one thread, best of three), a figure that moves
 little with the machine's load.
+
+``--compare`` measures the learned agent (``--policy rli``, peers and DP on,
+as the flow runs it by default) against the rules through the broker: both on
+the same heterogeneous fleet (``edge.heterogeneous``, as bench/rli.py's flow
+rate; default 100 nodes × 1,000 s), on 1 worker, alternating, each keeping its
+best of ``--repeats``; the ratio agent / rules, wall clock and per CPU second,
+and what each emitted (commands, experience releases).
 
 The last line is one JSON object with every figure.
 """
@@ -51,6 +59,18 @@ def encoded_fleet(events: int, nodes: int) -> list[tuple[bytes, bytes]]:
         for node in fleet:
             out.append((node.node_id.encode(), codec.encode("Telemetry", node.sample(t0 + k * 1000, 1.0))))
     return out
+
+
+def encoded_hetero_fleet(seconds: int, nodes: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    """Telemetry of a heterogeneous fleet (`edge.heterogeneous`, seed ``seed``), one sample per node and second,
+    encoded: what the agent learns on in bench/rli.py, open loop (the nodes keep their first arm)."""
+    from edge.heterogeneous import HeteroNode, fleet_specs
+    from morph.arms import ArmSet
+
+    codec, arms = Codec(), ArmSet.nominal()
+    fleet = [HeteroNode(spec, arms) for spec in fleet_specs(seed, nodes, seconds)]
+    return [(node.spec.node_id.encode(), codec.encode("Telemetry", node.step(1.0)))
+            for _ in range(seconds) for node in fleet]
 
 
 def produce(settings: KafkaSettings, topic: str, messages) -> float:
@@ -92,17 +112,17 @@ def children_cpu_s() -> float:
 
 
 def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: bool = False,
-              flow: str = "control", topic: str | None = None) -> dict:
+              flow: str = "control", topic: str | None = None, startup_cpu_s: float | None = None) -> dict:
     """Run a flow over ``messages`` on a fresh broker: events/s net of start-up, what it emitted.
 
-    With ``startup_s=None`` the start-up cost is measured first, on an empty topic.
+    With ``startup_s=None`` the start-up cost is measured first, on an empty topic (a later run of the
+    same flow can pass the ``startup_s`` and ``startup_cpu_s`` measured then).
     Beside the wall-clock rate, ``events_per_cpu_s`` divides by the flow process's
     own CPU time (net of its start-up's): on a machine shared with other work it
     moves far less than the wall-clock rate, which also counts the time the flow
     waited for a core.
     """
     out = {}
-    startup_cpu_s = None
     if startup_s is None:
         with EmbeddedBroker() as broker:
             ensure_topics(KafkaSettings(broker.bootstrap), TopicNames().all(), partitions=PARTITIONS)
@@ -130,6 +150,7 @@ def flow_rate(messages, *args: str, startup_s: float | None = None, ceiling: boo
         out["alerts"] = sum(1 for r in read_topic(settings, topics.alerts) if r.get("_schema") == "Alert")
         out["predictions"] = sum(1 for r in read_topic(settings, topics.predictions)
                                  if r.get("_schema") == "NextStepPrediction")
+        out["experience"] = sum(1 for r in read_topic(settings, topics.experience) if r.get("_schema") == "Experience")
     return out
 
 
@@ -174,6 +195,41 @@ def step_costs(events: int, nodes: int, repeats: int = 3) -> dict:
     return out
 
 
+def compare(seconds: int, nodes: int, zoo: str | None, repeats: int) -> dict:
+    """The agent (``--policy rli``) against the rules through the broker, on the same heterogeneous fleet, 1 worker.
+
+    The two alternate, ``repeats`` times each, and each keeps its best run (so a burst of other work on a
+    shared machine does not land on one only); each one's start-up is measured once, on an empty topic,
+    in its first run. Both rates are net of start-up, wall clock and per CPU second of the flow process."""
+    messages = encoded_hetero_fleet(seconds, nodes)
+    n = len(messages)
+    policies = {"rules": [], "rli": ["--policy", "rli", *(["--zoo", zoo] if zoo else [])]}
+    best, startup = {}, {}
+    for _ in range(repeats):
+        for name, options in policies.items():
+            r = flow_rate(messages, "-w", "1", *options, **startup.get(name, {}))
+            startup.setdefault(name, {"startup_s": r["startup_s"], "startup_cpu_s": r["startup_cpu_s"]})
+            print(f"{name:>5}: {n} events in {r['elapsed_s']:.2f} s ({r['startup_s']:.2f} s start-up and shut-down) = "
+                  f"{r['events_per_s']:,.0f} events/s, {r['events_per_cpu_s']:,.0f} per CPU second; "
+                  f"{r['commands']} commands, {r['experience']} experience releases", flush=True)
+            b = best.setdefault(name, {"events_per_s": 0.0, "events_per_cpu_s": 0.0})
+            b["events_per_s"] = max(b["events_per_s"], r["events_per_s"])
+            b["events_per_cpu_s"] = max(b["events_per_cpu_s"], r["events_per_cpu_s"])
+            b["commands"], b["experience"] = r["commands"], r["experience"]
+    out = {"events": n, "nodes": nodes, "seconds": seconds, "repeats": repeats}
+    for name, b in best.items():
+        out.update({f"{name}_events_per_s": round(b["events_per_s"]),
+                    f"{name}_events_per_cpu_s": round(b["events_per_cpu_s"]), f"{name}_commands": b["commands"],
+                    f"{name}_experience": b["experience"],
+                    f"{name}_startup_s": round(startup[name]["startup_s"], 3)})
+    out["ratio_rli_to_rules"] = round(best["rli"]["events_per_s"] / best["rules"]["events_per_s"], 4)
+    out["ratio_rli_to_rules_per_cpu_s"] = round(best["rli"]["events_per_cpu_s"] / best["rules"]["events_per_cpu_s"], 4)
+    print(f"agent / rules through the broker (best of {repeats} each): {out['ratio_rli_to_rules']:.3f} wall clock, "
+          f"{out['ratio_rli_to_rules_per_cpu_s']:.3f} per CPU second")
+    out["target_ratio"] = 0.5
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=200_000)
@@ -181,7 +237,18 @@ def main() -> int:
     ap.add_argument("--step", action="store_true",
                     help="only the per-node step's CPU cost per event (rules, with the models, the agent): "
                          "no broker, one thread, steady under load")
+    ap.add_argument("--compare", action="store_true",
+                    help="the learned agent (--policy rli) against the rules through the broker, on the same "
+                         "heterogeneous fleet (--nodes, default 100 here, × --seconds): the ratio of their rates")
+    ap.add_argument("--seconds", type=int, default=1000, help="--compare: seconds of telemetry per node (default 1000)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="--compare: runs of each, alternating, best kept (default 2)")
+    ap.add_argument("--zoo", help="--compare: model zoo directory the agent's arms come from (default: the project's)")
     args = ap.parse_args()
+    if args.compare:
+        nodes = 100 if args.nodes == ap.get_default("nodes") else args.nodes
+        emit_result(compare(args.seconds, nodes, args.zoo, args.repeats))
+        return 0
     if args.step:
         emit_result(step_costs(min(args.events, 40_000), args.nodes))
         return 0

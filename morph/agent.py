@@ -153,6 +153,7 @@ class RliAgent:
         self._early_gap_ms = config.early_gap_s * 1000
         shield = config.shield
         self._unsafe_above_c = shield.hot_c - shield.margin_c
+        self._tau_s = shield.tau_s
 
     def arm_by_name(self, name: str) -> int:
         """The index of the arm called ``name`` (KeyError for an arm this set does not have)."""
@@ -194,11 +195,14 @@ class RliAgent:
         ts = sample["ts_ms"]
         last = state.last_decision_ms
         critical_c = self._constraints.critical_temp_c
+        temp = sample["gpu_temp_c"]
         # the run's last sample first: below critical (nearly always), the window need not be walked
-        if last is None or ts - last >= self._epoch_ms or (sample["gpu_temp_c"] >= critical_c
-                                                           and state.current != self.fallback
+        if last is None or ts - last >= self._epoch_ms or (temp >= critical_c and state.current != self.fallback
                                                            and critical_run(state.temps, critical_c)):
             return self._decide_now(state, sample, ts)
+        limit = self._unsafe_above_c
+        if temp < limit and temp + self._tau_s * state.slope < limit:
+            return None  # `_current_unsafe`'s cheap check, here: most samples between epochs end at it
         shielded = self._current_unsafe(state, sample, ts)
         if shielded is not None:
             return self._decide_now(state, sample, ts, shielded)
@@ -240,7 +244,8 @@ class RliAgent:
         arm, propensity = self._choose(state, coords, basis, safe)
         switched = arm != state.current
         # Φ's row of the arm: one product per element, as Φ's (`Featurizer.factors`)
-        state.pending = PendingDecision(arm, coords[arm] @ basis.T, propensity, bucket, switched, ts)
+        # (ndarray.dot: the same BLAS product as @, without the matmul ufunc's dispatch)
+        state.pending = PendingDecision(arm, coords[arm].dot(basis.T), propensity, bucket, switched, ts)
         state.last_decision_ms = ts
         state.last_context = ctx
         state.decisions += 1

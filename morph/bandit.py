@@ -240,7 +240,9 @@ class DiscountedLinUCB(Versioned):
         rhs[:m] = basis.T
         rhs[m] = self.stats.moment
         solved = _trsm(1.0, factor, rhs.T, 0, 1, 0, 0, 1)
-        products = coords @ (solved.T @ solved)[:-1]
+        # ndarray.dot: the same BLAS products as @ (dsyrk for the Gram matrix, dgemm), without the matmul
+        # ufunc's dispatch and iterator (~0.3 µs each)
+        products = coords.dot(solved.T.dot(solved)[:-1])
         bound = np.einsum("ij,ij->i", products[:, :-1], coords)
         # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0; then the bound in place
         np.maximum(bound, 0.0, out=bound)

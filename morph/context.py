@@ -59,7 +59,10 @@ class NodeContext:
     def bucket(self, constraints: WorkflowConstraints) -> tuple[int, int, int, int]:
         """Coarse context shared with peers: temperature, load, power and congestion levels."""
         t = 0 if self.temp_c < constraints.max_gpu_temp_c - 15 else 1 if self.temp_c < constraints.max_gpu_temp_c else 2
-        load = self.offered_rps / max(self.served_rps / max(self.util, 1e-3), 1.0)
+        # max(a, b) written as ``b if b > a else a``, what the builtin returns, without its call (per decision)
+        util = self.util
+        capacity = self.served_rps / (1e-3 if 1e-3 > util else util)
+        load = self.offered_rps / (1.0 if 1.0 > capacity else capacity)
         lv = 0 if load < 0.7 else 1 if load < 1.0 else 2
         p = 1 if self.power_w >= 0.95 * self.power_cap_w else 0
         c = 1 if self.net_ms > 0.5 * constraints.max_latency_ms else 0
@@ -113,12 +116,13 @@ class EpochTelemetry:
 
     def measurement(self, accuracy: float) -> EpochMeasurement:
         """The epoch's figures; ``accuracy`` (the arm's, from the manifest) unless the samples carried it."""
-        n = max(self.n, 1)
+        n = 1 if 1 > self.n else self.n   # max(self.n, 1), what the builtin returns, without its call
         if self.accuracy_n:
             accuracy = self.accuracy_sum / self.accuracy_n
         return EpochMeasurement(offered_rps=self.offered_sum / n, served_rps=self.served_sum / n,
                                 latency_ms=self.latency_sum / n, accuracy=accuracy, power_w=self.power_sum / n,
-                                max_temp_c=self.max_temp_c, seconds=max(self.seconds, 1e-9),
+                                max_temp_c=self.max_temp_c,
+                                seconds=1e-9 if 1e-9 > self.seconds else self.seconds,
                                 seconds_above_max_temp=self.above_hot_s,
                                 seconds_above_critical=self.above_critical_s)
 
@@ -167,23 +171,32 @@ class Featurizer:
         self._basis_pattern = np.zeros((self.dim, n_arm + n_model))
         self._basis_pattern[np.arange(k), np.tile(np.arange(n_arm), len(CONTEXT_FEATURES))] = 1.0
         self._basis_pattern[k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
-        self._basis_pattern_t = np.ascontiguousarray(self._basis_pattern.T)
-        # the context values (and a 1.0 for the model rows) to the basis's rows: one take
-        self._basis_source = np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
-                                       [n_arm] * len(CONTEXT_FEATURES) + [n_model])
+        # the basis transposed, flat: its (|arm features| + |model features|) rows of dim one after the other
+        self._basis_pattern_flat = np.ascontiguousarray(self._basis_pattern.T).ravel()
+        # the context values (and a 1.0 for the model rows) to the basis's rows, once for each of those rows:
+        # one take gives the flat pattern's multiplier, element for element (no broadcast: numpy builds an
+        # iterator for one, a few thousand instructions at this size, against a plain loop for equal shapes)
+        self._basis_shape_t = (n_arm + n_model, self.dim)
+        self._basis_source = np.tile(np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
+                                               [n_arm] * len(CONTEXT_FEATURES) + [n_model]), n_arm + n_model)
 
     def context_vector(self, ctx: NodeContext) -> np.ndarray:
         return np.array(self._context_values(ctx, _capacity(ctx) * self._item_ms[self.arms.index(ctx.current)]))
 
     def _context_values(self, ctx: NodeContext, served_now: float) -> list[float]:
         """The normalised context; ``served_now``: what the node could serve with its current arm, requests/s."""
-        # scalars clipped in Python: np.clip on one number costs more than the whole row
+        # scalars clipped in Python: np.clip on one number costs more than the whole row; and max(a, b) /
+        # min(a, b) written as ``b if b > a else a`` / ``b if b < a else a``, what the builtins return: a
+        # decision made ~20 such calls (~80 ns each, the expression ~10)
         c = self.constraints
-        load = ctx.offered_rps / max(served_now, 1e-6) / 2.0
+        load = ctx.offered_rps / (1e-6 if 1e-6 > served_now else served_now) / 2.0
         temp = (c.max_gpu_temp_c - ctx.temp_c) / 20.0
-        power = 1.0 - ctx.power_w / max(min(ctx.power_cap_w, c.max_power_w), 1.0)
-        return [1.0, min(load, 1.5), _clamp(temp, -1.0, 1.0), _clamp(power, -1.0, 1.0),
-                min(ctx.net_ms / c.max_latency_ms, 2.0), min(ctx.latency_ms / c.max_latency_ms, 2.0)]
+        cap = c.max_power_w if c.max_power_w < ctx.power_cap_w else ctx.power_cap_w
+        power = 1.0 - ctx.power_w / (1.0 if 1.0 > cap else cap)
+        net = ctx.net_ms / c.max_latency_ms
+        latency = ctx.latency_ms / c.max_latency_ms
+        return [1.0, 1.5 if 1.5 < load else load, _clamp(temp, -1.0, 1.0), _clamp(power, -1.0, 1.0),
+                2.0 if 2.0 < net else net, 2.0 if 2.0 < latency else latency]
 
     def features(self, ctx: NodeContext, r_c_per_w: float | None = None):
         """(Φ, predicted temperature of each arm, predicted power of each arm).
@@ -205,23 +218,26 @@ class Featurizer:
         served_now = _capacity(ctx) * self._item_ms[cur]
         values = self._context_values(ctx, served_now)
         values.append(1.0)
-        # built transposed (each row times the context values, not each column: a cheaper broadcast) and
-        # returned as its transpose, a Fortran-ordered view; every row of the basis has one non-zero, so Φ's
-        # elements are single products whichever order a product sums them in
-        basis = (self._basis_pattern_t * np.array(values).take(self._basis_source)).T
+        # built transposed and flat (the pattern times its multiplier, element for element) and returned as
+        # its transpose, a Fortran-ordered view; every row of the basis has one non-zero, so Φ's elements are
+        # single products whichever order a product sums them in
+        basis = self._basis_pattern_flat * np.array(values).take(self._basis_source)
+        basis = basis.reshape(self._basis_shape_t).T
         coords = self._coords.copy()
         coords[cur, m + 2] = 0.0
         capacity = served_now / self.item_ms
-        np.minimum(capacity / max(offered, 1e-6), 1.0, out=coords[:, m])   # the share of the load served
+        np.minimum(capacity / (1e-6 if 1e-6 > offered else offered), 1.0, out=coords[:, m])   # the share served
         # every arm's capacity is at least the slowest arm's: the floor only matters below it
         util = np.minimum(offered / (capacity if served_now / self._max_item_ms >= 1e-6
                                      else np.maximum(capacity, 1e-6)), 1.0)
-        power = predicted_power(ctx.power_w, self._cost[cur] * max(ctx.util, 1e-3), self.cost * util,
+        util *= self.cost   # each arm's relative cost × utilisation, in place (the product cost · util)
+        power = predicted_power(ctx.power_w, self._cost[cur] * (1e-3 if 1e-3 > ctx.util else ctx.util), util,
                                 shield.idle_w, ctx.power_cap_w)
         r = shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
-        # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power
-        predicted = (r * (1.0 - self._decay)) * power + (ctx.temp_c * self._decay + t_now * (1.0 - self._decay))
+        # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power; the sum in place
+        predicted = power * (r * (1.0 - self._decay))
+        predicted += ctx.temp_c * self._decay + t_now * (1.0 - self._decay)
         # the predicted temperature margin, clipped in place while contiguous, then written to its column
         margin = np.subtract(self.constraints.max_gpu_temp_c, predicted)
         margin /= 10.0
@@ -237,4 +253,7 @@ def _clamp(v: float, lo: float, hi: float) -> float:
 
 def _capacity(ctx: NodeContext) -> float:
     """Requests/s the node could serve with its current arm: served over utilisation."""
-    return max(ctx.served_rps, 1.0) / max(min(ctx.util, 1.0), 0.05)
+    # max / min as conditional expressions, what the builtins return (see `Featurizer._context_values`)
+    served, util = ctx.served_rps, ctx.util
+    util = 1.0 if 1.0 < util else util
+    return (1.0 if 1.0 > served else served) / (0.05 if 0.05 > util else util)

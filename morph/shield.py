@@ -72,7 +72,8 @@ class ThermalEstimate(Versioned):
         sxx = spp - sp * sp / n
         sxy = spt - sp * st / n
         v0 = c.prior_weight * 20.0 ** 2
-        return max((sxy + v0 * c.prior_r_c_per_w) / (sxx + v0), 0.02)
+        r = (sxy + v0 * c.prior_r_c_per_w) / (sxx + v0)
+        return 0.02 if 0.02 > r else r   # max(r, 0.02), what the builtin returns, without its call (per decision)
 
     def predict(self, temp_c: float, power_w: float, horizon_s: float, current_power_w: float | None = None,
                 slope_c_per_s: float = 0.0) -> float:
@@ -88,8 +89,13 @@ class ThermalEstimate(Versioned):
 def predicted_power(power_w: float, cur_cost_util: float, arm_cost_util: np.ndarray, idle_w: float,
                     cap_w: float) -> np.ndarray:
     """Each arm's power: idle plus the current dynamic power scaled by relative cost × utilisation."""
-    dynamic = max(power_w - idle_w, 0.0) / max(cur_cost_util, 1e-6)
-    return np.minimum(idle_w + dynamic * arm_cost_util, cap_w)
+    dynamic = power_w - idle_w
+    # max(dynamic, 0.0) / max(cur_cost_util, 1e-6), what the builtins return, without their calls (per decision)
+    dynamic = (0.0 if 0.0 > dynamic else dynamic) / (1e-6 if 1e-6 > cur_cost_util else cur_cost_util)
+    # one new array, the rest in place: the same products and sums as idle_w + dynamic * arm_cost_util
+    power = arm_cost_util * dynamic
+    power += idle_w
+    return np.minimum(power, cap_w, out=power)
 
 
 def critical_run(temps: Sequence[float], critical_c: float, samples: int = 3) -> bool:

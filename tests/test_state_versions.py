@@ -52,3 +52,41 @@ def test_a_snapshot_of_a_newer_release_is_refused_with_one_line_that_says_what_t
         pickle.loads(snapshot_bytes(cls, newer))
     message = str(err.value)
     assert "\n" not in message and cls.__name__ in message and "fresh recovery directory" in message
+
+
+def test_a_restore_sets_every_attribute_of_a_frozen_class_and_a_slot_through_its_descriptor():
+    """`Versioned.__setstate__` sets a current-version dict's attributes (frozen dataclasses included), an
+    older one's after migrating it, and a slot through its descriptor. A restore that updated the instance
+    dict directly (tried for speed: ~15 µs less per control-flow snapshot) hides the slot, and leaves the
+    attribute names uninterned, so a restored state pickled again is larger than the one it came from."""
+    from dataclasses import dataclass, field
+
+    from schemas.state import Versioned
+
+    @dataclass(frozen=True)
+    class Frozen(Versioned):
+        STATE_VERSION = 3   # unannotated: class attributes, not fields
+        MIGRATIONS = {2: lambda s: {**s, "added": "migrated"}}
+        name: str = "x"
+        added: str = "new"
+        items: list = field(default_factory=list)
+        version: int = 3
+
+    class Slotted(Versioned):
+        __slots__ = ("count", "version")
+
+        def __init__(self, count: int):
+            self.count, self.version = count, Versioned.STATE_VERSION
+
+    current = Frozen.__new__(Frozen)
+    current.__setstate__({"name": "edge-1", "added": "kept", "items": [1, 2], "version": 3})
+    assert current == Frozen("edge-1", "kept", [1, 2])
+    older = Frozen.__new__(Frozen)
+    older.__setstate__({"name": "edge-1", "items": [], "version": 2})   # not current: migrated as before
+    assert older == Frozen("edge-1", "migrated", [])
+    slotted = Slotted.__new__(Slotted)
+    slotted.__setstate__({"count": 4, "version": 1})   # a dict state for a class whose attribute is a slot
+    assert (slotted.count, slotted.version) == (4, 1)
+    import copy
+
+    assert copy.deepcopy(Slotted(5)).count == 5   # copy restores through __setstate__ too (a local class)
