@@ -202,7 +202,7 @@ class RliAgent:
             return self._decide_now(state, sample, ts)
         limit = self._unsafe_above_c
         if temp < limit and temp + self._tau_s * state.slope < limit:
-            return None  # `_current_unsafe`'s cheap check, here: most samples between epochs end at it
+            return None  # neither hot nor heading there: most samples between epochs end at this check
         shielded = self._current_unsafe(state, sample, ts)
         if shielded is not None:
             return self._decide_now(state, sample, ts, shielded)
@@ -211,14 +211,12 @@ class RliAgent:
     def _current_unsafe(self, state: AgentState, sample: dict, ts: int):
         """Between epochs the shield still watches every sample: when the arm being served would
         now be masked (the node heats toward ``hot_c``), decide at once instead of at the epoch's end.
+        Called for a sample that is hot or heading there (`decide` checks that first).
 
         What the shield computed when it does — `_shield`'s tuple, the decision's own inputs on
         this sample — else None."""
         if state.current == self.fallback or ts - state.last_decision_ms < self._early_gap_ms:
             return None
-        temp, limit = sample["gpu_temp_c"], self._unsafe_above_c
-        if temp < limit and temp + self.config.shield.tau_s * state.slope < limit:
-            return None  # the cheap check: neither hot nor heading there
         shielded = self._shield(state, sample)
         return None if shielded[4][state.current] else shielded
 
