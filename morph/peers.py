@@ -256,33 +256,62 @@ def effective_count(experience: dict, reward_variance: float = REWARD_VARIANCE, 
     count / (1 + count·noise variance / reward variance), plain inverse-variance weighting.
 
     A Laplace scale b has variance 2b². A DP record's mean was projected into the clipping range, whose
-    width the record implies (sensitivity = b·count·ε); the projected noise's mean square is at most
-    half that width squared (at worst the projection lands on either end with probability ½ each), so
-    the noise variance taken is min(2b², width²/2). It binds where count·ε < 2: a window's single
-    decisions (a peer's exploration), whose unprojected noise would drown them.
+    width the record implies (sensitivity = b·count·ε); the noise variance taken is the projected
+    error's mean square at the worst place the clipped mean can lie (`projected_noise_variance`: 0.066
+    for a single decision at ε = 1 and width 0.5, against 2b² = 0.5 unprojected and the width²/2 =
+    0.125 bound of before). It matters where count·ε is small: a window's single decisions (a peer's
+    exploration), whose unprojected noise would drown them.
 
     Examples
     --------
     >>> effective_count({"count": 20, "noise_scale": 0.0})
     20.0
-    >>> round(effective_count({"count": 1, "noise_scale": 0.5, "epsilon": 1.0}), 4)   # width 0.5: 0.125
-    0.0741
+    >>> round(effective_count({"count": 1, "noise_scale": 0.5, "epsilon": 1.0}), 4)   # width 0.5: 0.066
+    0.1315
     >>> round(effective_count({"count": 1, "noise_scale": 0.5}), 4)                  # no width known: 2b²
     0.0196
     >>> effective_count({"count": 1, "noise_scale": 0.0}, 0.01, 0.019)              # a clean decision: one
     1.0
     >>> round(effective_count({"count": 17, "noise_scale": 0.5 / 17, "epsilon": 1.0}, 0.01, 0.019), 3)  # 4.4 at τ² = 0
-    1.36
+    1.361
     >>> round(effective_count({"count": 1, "noise_scale": 0.5, "epsilon": 1.0}, 0.01, 0.019), 4)
-    0.1883
+    0.3051
     """
     n, b = experience["count"], experience["noise_scale"]
-    noise = 2.0 * b * b
     epsilon = experience.get("epsilon")
-    if epsilon and b > 0.0:
-        noise = min(noise, (b * n * epsilon) ** 2 / 2.0)
+    noise = projected_noise_variance(b, b * n * epsilon) if epsilon and b > 0.0 else 2.0 * b * b
     # = (v + τ²) / (v/n + noise + τ²), written so that τ² = 0 gives plain inverse-variance weights to the bit
     return n / (1.0 + n * (noise + between_variance) / reward_variance) * (1.0 + between_variance / reward_variance)
+
+
+@functools.lru_cache(maxsize=256)
+def projected_noise_variance(scale: float, width: float) -> float:
+    """The mean square error of a value noised with Laplace(``scale``) and projected into a range of
+    ``width`` that holds the true value, at the worst place the true value can lie in it.
+
+    With the true value a from the lower end and c = width − a from the upper, the error is the
+    noise X cut at −a and +c, so its mean square is ½ g(a) + ½ g(c) with g(t) = E[min(E, t)²] for E
+    exponential of mean ``scale``: g(t) = 2b²(1 − e^(−t/b)) − 2bt·e^(−t/b). Its largest value over a
+    is taken (on a grid of the half range, by symmetry): the true mean is not known to the receiver.
+    For a single decision at ε = 1 with sensitivity 0.5 (b = width = 0.5) it is 0.066 (at an end of
+    the range), against the width²/2 = 0.125 bound taken before; it tends to 2b² when b ≪ width.
+
+    >>> round(projected_noise_variance(0.5, 0.5), 4)
+    0.0661
+    >>> round(projected_noise_variance(0.5 / 17, 0.5) / (2 * (0.5 / 17) ** 2), 2)   # little clipping: 2b²
+    1.0
+    >>> projected_noise_variance(0.5, 0.0)
+    0.0
+    """
+    if width <= 0.0:
+        return 0.0
+    b = scale
+
+    def g(t: float) -> float:
+        e = math.exp(-t / b)
+        return 2.0 * b * b * (1.0 - e) - 2.0 * b * t * e
+
+    return max(0.5 * g(a) + 0.5 * g(width - a) for a in (width / 2.0 * k / 64 for k in range(65)))
 
 
 def similarity(a: tuple, b: tuple, scale: float) -> float:
@@ -382,6 +411,13 @@ def _archive_from_v3(state: dict) -> dict:
             "held": sum(effective_count(r, state["reward_variance"], BETWEEN_VARIANCE) for r in state["recent"])}
 
 
+def _archive_from_v4(state: dict) -> dict:
+    """Version 4 bounded a projected DP mean's noise by width²/2, not its exact worst mean square
+    (`projected_noise_variance`): the evidence held is recounted."""
+    return {**state, "held": sum(effective_count(r, state["reward_variance"], state["between_variance"])
+                                 for r in state["recent"])}
+
+
 @dataclass
 class GroupArchive(Versioned):
     """A group's most recent released experience, replayed to a node when it joins.
@@ -406,8 +442,8 @@ class GroupArchive(Versioned):
     (['a-3', 'a-4', 'b-0'], 3.208)
     """
 
-    STATE_VERSION: ClassVar[int] = 4
-    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1, 2: _archive_from_v2, 3: _archive_from_v3}
+    STATE_VERSION: ClassVar[int] = 5
+    MIGRATIONS: ClassVar[dict] = {1: _archive_from_v1, 2: _archive_from_v2, 3: _archive_from_v3, 4: _archive_from_v4}
 
     evidence: float = 500.0
     size: int = 20_000

@@ -7,8 +7,9 @@ from collections import deque
 
 import pytest
 
-from morph.peers import BETWEEN_VARIANCE, ExperienceSharer, GroupArchive, SharingConfig, effective_count
-from morph.privacy import LaplaceMechanism
+from morph.peers import (BETWEEN_VARIANCE, ExperienceSharer, GroupArchive, SharingConfig, effective_count,
+                         projected_noise_variance)
+from morph.privacy import LaplaceMechanism, laplace
 from schemas.state import StateVersionError
 
 GOOD, BAD = "cnn/fp32/b8", "transformer/fp32/b8"
@@ -54,7 +55,8 @@ def test_the_released_mean_is_the_clipped_mean_plus_laplace_noise_of_the_stated_
 
 def test_a_noised_mean_is_projected_into_the_clipping_range_and_its_error_stays_within_the_bound():
     """Post-processing: the projection costs no privacy, never moves the mean away from the clipped one,
-    and bounds the noise's mean square by min(2b², width²/2), which `effective_count` takes."""
+    and bounds the noise's mean square by `projected_noise_variance` (its worst over where the clipped mean
+    lies), which `effective_count` takes."""
     clip, eps = (0.3635, 0.8635), 1.0
     for rewards in ([0.8635], [0.6], [0.9, 0.85, 0.2, 0.7]):             # at the top, inside, a mix
         clipped_mean = sum(min(max(v, clip[0]), clip[1]) for v in rewards) / len(rewards)
@@ -70,16 +72,16 @@ def test_a_noised_mean_is_projected_into_the_clipping_range_and_its_error_stays_
             total, _ = mech.release_sum(clipped_mean * len(rewards), random.Random(seed))
             raw.append((total / len(rewards) - clipped_mean) ** 2)
         assert statistics.fmean(projected) <= statistics.fmean(raw)
-        assert statistics.fmean(projected) <= min(2 * b * b, 0.5 ** 2 / 2) * 1.05
+        assert statistics.fmean(projected) <= projected_noise_variance(b, 0.5) * 1.05 < min(2 * b * b, 0.5 ** 2 / 2)
         assert statistics.fmean(raw) == pytest.approx(2 * b * b, rel=0.15)
 
 
 def test_a_single_decisions_record_counts_by_its_projected_error():
     one = {"count": 1, "noise_scale": 0.5, "epsilon": 1.0}                 # width 0.5 · 1 · 1
-    assert effective_count(one, 0.01) == pytest.approx(1 / (1 + 0.125 / 0.01))
+    assert effective_count(one, 0.01) == pytest.approx(1 / (1 + projected_noise_variance(0.5, 0.5) / 0.01))
     assert effective_count({**one, "epsilon": None}, 0.01) == pytest.approx(1 / (1 + 0.5 / 0.01))
-    many = {"count": 17, "noise_scale": 0.5 / 17, "epsilon": 1.0}          # count·ε ≥ 2: 2b² binds
-    assert effective_count(many, 0.01) == pytest.approx(17 / (1 + 17 * 2 * (0.5 / 17) ** 2 / 0.01))
+    many = {"count": 17, "noise_scale": 0.5 / 17, "epsilon": 1.0}          # little is clipped: about 2b²
+    assert effective_count(many, 0.01) == pytest.approx(17 / (1 + 17 * 2 * (0.5 / 17) ** 2 / 0.01), rel=0.01)
 
 
 def test_without_dp_every_decision_is_released_as_it_is():
@@ -205,9 +207,9 @@ def test_a_version_2_archive_recounts_the_evidence_it_holds():
     archive.__setstate__({"evidence": 10.0, "size": 100, "reward_variance": 0.01, "recent": deque([one, clean]),
                           "held": old_held, "version": 2})
     assert archive.version == GroupArchive.STATE_VERSION
-    # the projected noise (0.125, not 2b² = 0.5), and since version 4 the between-node variance
-    tau2 = archive.between_variance
-    assert tau2 == BETWEEN_VARIANCE and archive.held == pytest.approx(1.0 + (0.01 + tau2) / (0.01 + 0.125 + tau2))
+    # the projected noise (0.066 since version 5, not 2b² = 0.5), and since version 4 the between-node variance
+    tau2, noise = archive.between_variance, projected_noise_variance(0.5, 0.5)
+    assert tau2 == BETWEEN_VARIANCE and archive.held == pytest.approx(1.0 + (0.01 + tau2) / (0.01 + noise + tau2))
     assert archive.held == pytest.approx(effective_count(one, 0.01, tau2) + effective_count(clean, 0.01, tau2))
 
 
@@ -236,13 +238,14 @@ def test_between_node_variance_caps_what_one_peers_record_is_worth():
     mech = LaplaceMechanism(1.0, 0.3635, 0.8635)
     window = {"count": 17, "noise_scale": mech.scale(17), "epsilon": 1.0}
     single = {"count": 1, "noise_scale": mech.scale(1), "epsilon": 1.0}
-    assert effective_count(window, v, tau2) == pytest.approx((v + tau2) / (v / 17 + 2 * mech.scale(17) ** 2 + tau2))
-    assert effective_count(single, v, tau2) == pytest.approx((v + tau2) / (v + 0.5 ** 2 / 2 + tau2))
+    noise = {n: projected_noise_variance(mech.scale(n), 0.5) for n in (1, 17)}
+    assert effective_count(window, v, tau2) == pytest.approx((v + tau2) / (v / 17 + noise[17] + tau2))
+    assert effective_count(single, v, tau2) == pytest.approx((v + tau2) / (v + noise[1] + tau2))
     # the cap falls on the well-populated window more than on the single (exploratory) decision
     ratio = effective_count(single, v, tau2) / effective_count(window, v, tau2)
     assert ratio > 5 * effective_count(single, v) / effective_count(window, v)
-    assert effective_count(window, v, 0.0) == 17 / (1 + 17 * (2 * mech.scale(17) ** 2) / v)
-    assert effective_count(single, v, 0.0) == 1 / (1 + 1 * (0.5 ** 2 / 2) / v)
+    assert effective_count(window, v, 0.0) == 17 / (1 + 17 * noise[17] / v)
+    assert effective_count(single, v, 0.0) == 1 / (1 + 1 * noise[1] / v)
 
 
 def test_the_receivers_weighting_leaves_the_release_and_its_privacy_accounting_as_they_were():
@@ -282,5 +285,38 @@ def test_a_version_3_archive_recounts_its_evidence_with_the_between_node_varianc
     archive = GroupArchive.__new__(GroupArchive)
     archive.__setstate__({"evidence": 10.0, "size": 100, "reward_variance": 0.01, "recent": deque([window]),
                           "held": effective_count(window, 0.01), "version": 3})
-    assert archive.version == 4 and archive.between_variance == BETWEEN_VARIANCE
+    assert archive.version == GroupArchive.STATE_VERSION and archive.between_variance == BETWEEN_VARIANCE
     assert archive.held == pytest.approx(effective_count(window, 0.01, BETWEEN_VARIANCE)) and archive.held < 2.0
+
+
+def test_the_projected_noise_variance_is_the_worst_mean_square_over_where_the_clipped_mean_lies():
+    """Laplace noise on a mean known to lie in [low, high], projected there: the mean square error of the
+    projected mean, by simulation, at the ends and inside the range, never exceeds `projected_noise_variance`,
+    and at its worst place (an end, for a single decision at ε = 1) reaches it; it is about half of the
+    width²/2 bound taken before version 5, and 2b² when little is clipped."""
+    low, high = 0.3635, 0.8635
+    for count in (1, 2, 3, 17):
+        mech = LaplaceMechanism(1.0, low, high)
+        b, bound = mech.scale(count), projected_noise_variance(mech.scale(count), high - low)
+        rng = random.Random(count)
+        mse = {}
+        for mu in (low, low + 0.1, (low + high) / 2, high):
+            errors = [(mech.clip(mu + laplace(rng, b)) - mu) ** 2 for _ in range(40_000)]
+            mse[mu] = statistics.fmean(errors)
+            assert mse[mu] <= bound * 1.03
+        assert max(mse.values()) == pytest.approx(bound, rel=0.04)
+        assert bound <= min(2 * b * b, (high - low) ** 2 / 2)
+    assert projected_noise_variance(0.5, 0.5) == pytest.approx(0.066, abs=0.001)
+
+
+def test_a_version_4_archive_recounts_its_single_decisions_by_their_projected_noise():
+    one = {"experience_id": "x", "count": 1, "noise_scale": 0.5, "epsilon": 1.0}
+    tau2 = BETWEEN_VARIANCE
+    old_held = (0.01 + tau2) / (0.01 + 0.125 + tau2)          # version 4's width²/2 bound
+    archive = GroupArchive.__new__(GroupArchive)
+    archive.__setstate__({"evidence": 10.0, "size": 100, "reward_variance": 0.01, "between_variance": tau2,
+                          "recent": deque([one]), "held": old_held, "version": 4})
+    assert archive.version == GroupArchive.STATE_VERSION == 5
+    assert archive.held == pytest.approx(effective_count(one, 0.01, tau2)) and archive.held > 1.5 * old_held
+    archive.add({"experience_id": "y", "count": 1, "noise_scale": 0.0})
+    assert archive.held == pytest.approx(effective_count(one, 0.01, tau2) + 1.0)
