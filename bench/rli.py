@@ -461,9 +461,9 @@ def frozen_greedy(run: Run):
     return policy, stats
 
 
-def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400, repeats: int = 3) -> dict:
+def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: int = 400, repeats: int = 3) -> dict:
     """Telemetry events/s through the control flow on one Bytewax worker (testing source and sink, no
-    Kafka), with the rules and with the agent (sharing on, DP on: every node's releases are produced), on
+    Kafka), on ``nodes`` heterogeneous nodes of ``seed`` over ``seconds``, with the rules and with the agent (sharing on, DP on: every node's releases are produced), on
     the same samples. No peer experience comes back in: the flow's peers input is given none (on Kafka
     the releases come back through ``liquid.experience``, an input of its own, and cost an absorb each).
 
@@ -480,8 +480,8 @@ def flow_rate(arms_from_zoo: str | None, specs, seconds: int = 400, repeats: int
     if arms_from_zoo:
         os.environ["LIQUID_ZOO_DIR"] = arms_from_zoo
     arms = ArmSet.nominal()
-    nodes = [HeteroNode(s, arms) for s in specs]
-    items = [("Telemetry", nd.step(1.0)) for _ in range(seconds) for nd in nodes]
+    fleet = [HeteroNode(s, arms) for s in fleet_specs(seed, nodes, seconds)]
+    items = [("Telemetry", nd.step(1.0)) for _ in range(seconds) for nd in fleet]
     out = {}
     # The simulations before leave a large heap (runs, decision logs): frozen, the garbage collector
     # does not walk it on every collection the flow triggers, as it would not in a flow process.
@@ -663,7 +663,7 @@ def print_peer_table(args, peer: dict) -> None:
 def main() -> int:
     args = parse_args()
     if args.flow_only:
-        rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400))
+        rate = flow_rate(args.zoo, args.seed)
         print_flow(rate)
         emit_result({"seed": args.seed, **flow_figures(rate)})
         return 0
@@ -685,7 +685,7 @@ def main() -> int:
     true_value = float(np.mean(ope_truth))
     estimates = {"ips": ips(ope_logs, candidate), "snips": snips(ope_logs, candidate),
                  "dr": doubly_robust(ope_logs, candidate), "direct": direct_method(ope_logs, candidate)}
-    rate = flow_rate(args.zoo, fleet_specs(args.seed, 50, 400)) if args.flow else None
+    rate = flow_rate(args.zoo, args.seed) if args.flow else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"learning-curves-seed{args.seed}.png"
