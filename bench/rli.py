@@ -463,9 +463,10 @@ def frozen_greedy(run: Run):
 
 def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: int = 400, repeats: int = 3) -> dict:
     """Telemetry events/s through the control flow on one Bytewax worker (testing source and sink, no
-    Kafka), on ``nodes`` heterogeneous nodes of ``seed`` over ``seconds``, with the rules and with the agent (sharing on, DP on: every node's releases are produced), on
-    the same samples. No peer experience comes back in: the flow's peers input is given none (on Kafka
-    the releases come back through ``liquid.experience``, an input of its own, and cost an absorb each).
+    Kafka), on ``nodes`` heterogeneous nodes of ``seed`` over ``seconds``, with the rules and with the
+    agent (sharing on, DP on: every node's releases are produced), on the same samples. No peer experience
+    comes back in: the flow's peers input is given none (on Kafka the releases come back through
+    ``liquid.experience``, an input of its own, and cost an absorb each).
 
     The two are run ``repeats`` times, alternating, and each keeps its best run, so that a burst of
     other work on the machine does not land on one of them only. Beside the wall-clock rate, the
