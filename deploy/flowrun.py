@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -45,31 +46,41 @@ def flow_module(name: str):
         raise UsageError(f"flow {name!r} is not available in this build ({err.name} missing)") from None
 
 
+#: A staging directory of recovery partitions older than this was left by a start that was killed.
+STALE_STAGING_S = 3600.0
+
+
 def prepare_recovery(recovery_dir: Path, partitions: int) -> None:
     """Create the SQLite recovery partitions on first use; reuse them after.
 
     The partitions are made in a staging directory beside ``recovery_dir`` and renamed into
     place: a process stopped while creating them (``liquid deploy apply`` restarts a flow as soon
     as its settings change) leaves no half-made partition that the next start would take as its
-    store.
+    store. A start that is killed outright leaves its staging directory; a later start removes it
+    once it is `STALE_STAGING_S` old (not sooner: it may be another process's, still at work).
     """
     from bytewax.recovery import init_db_dir
 
     if any(recovery_dir.glob("part-*.sqlite3")):
         return
     recovery_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in recovery_dir.parent.glob(f".{recovery_dir.name}.init-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{recovery_dir.name}.init-", dir=recovery_dir.parent))
-    init_db_dir(staging, partitions)
-    if recovery_dir.exists() and not any(recovery_dir.iterdir()):
-        recovery_dir.rmdir()
-    if not recovery_dir.exists():
-        staging.rename(recovery_dir)
-        return
-    for part in sorted(staging.iterdir()):  # a directory with other files in it: part by part
-        part.replace(recovery_dir / part.name)
-    staging.rmdir()
+    prefix = f".{recovery_dir.name}.init-"
+    for stale in recovery_dir.parent.glob(prefix + "*"):
+        if time.time() - stale.stat().st_mtime > STALE_STAGING_S:
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=recovery_dir.parent))
+    try:
+        init_db_dir(staging, partitions)
+        try:
+            staging.rename(recovery_dir)  # atomic, onto nothing or an empty directory
+            return
+        except OSError:  # the directory holds other files, or another process's new store
+            pass
+        if not any(recovery_dir.glob("part-*.sqlite3")):
+            for part in sorted(staging.iterdir()):
+                part.replace(recovery_dir / part.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_flow(spec: FlowSpec, workers: int = 1, processes: int = 1, process_id: int | None = None,

@@ -109,3 +109,19 @@ def test_recovery_partitions_join_a_directory_that_holds_other_files(tmp_path):
     (tmp_path / "README").write_text("ours")
     prepare_recovery(tmp_path, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README", "part-0.sqlite3", "part-1.sqlite3"]
+
+
+def test_a_killed_starts_staging_is_removed_once_stale_and_a_fresh_one_is_left_to_its_process(tmp_path):
+    import os
+    import time
+
+    from deploy.flowrun import STALE_STAGING_S, prepare_recovery
+
+    killed, working = tmp_path / ".recovery-control.init-killed", tmp_path / ".recovery-control.init-working"
+    for staging in (killed, working):
+        staging.mkdir()
+        (staging / "part-0.sqlite3").touch()
+    old = time.time() - STALE_STAGING_S - 60
+    os.utime(killed, (old, old))
+    prepare_recovery(tmp_path / "recovery-control", 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".recovery-control.init-working", "recovery-control"]
