@@ -66,8 +66,11 @@ def prepare_recovery(recovery_dir: Path, partitions: int) -> None:
     recovery_dir.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{recovery_dir.name}.init-"
     for stale in recovery_dir.parent.glob(prefix + "*"):
-        if time.time() - stale.stat().st_mtime > STALE_STAGING_S:
-            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_STAGING_S:
+                shutil.rmtree(stale, ignore_errors=True)
+        except FileNotFoundError:  # another start removed it first
+            pass
     staging = Path(tempfile.mkdtemp(prefix=prefix, dir=recovery_dir.parent))
     try:
         init_db_dir(staging, partitions)
