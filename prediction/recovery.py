@@ -190,12 +190,21 @@ def valid_actions(state: str) -> list[str]:
     return out
 
 
+def retry_delay_s(action: str) -> float:
+    """The delay of a retry action or recovery field, seconds.
+
+    >>> retry_delay_s("RETRY 5s"), retry_delay_s("RETRY 0.5s")
+    (5.0, 0.5)
+    """
+    return float(action.split()[1].rstrip("s"))
+
+
 def action_of(recovery: str | None) -> str | None:
     """A signal's ``recovery`` field as one of `ACTIONS` (retry delays binned to the nearest delay of the set)."""
     if not recovery:
         return None
     if recovery.startswith(RETRY):
-        delay = float(recovery.split()[1].rstrip("s"))
+        delay = retry_delay_s(recovery)
         return f"RETRY {min(DELAYS_S, key=lambda d: abs(d - delay)):g}s"
     return recovery.split()[0]
 
@@ -214,7 +223,7 @@ def reference_action(state: str) -> str:
 
 def decision_of(action: str, failure: Failure, version: int, state: str, reason: str) -> Decision:
     if action.startswith(RETRY):
-        return Decision(RETRY, float(action.split()[1].rstrip("s")), policy_version=version, reason=reason, state=state)
+        return Decision(RETRY, retry_delay_s(action), policy_version=version, reason=reason, state=state)
     alternative = failure.alternatives[0] if action == ALTERNATIVE and failure.alternatives else None
     return Decision(action, alternative=alternative, policy_version=version, reason=reason, state=state)
 
@@ -613,7 +622,7 @@ class QRecoveryAgent(Versioned):
         if completion:
             return 1.0
         if action.startswith(RETRY):
-            return self.optimism - float(action.split()[1].rstrip("s")) / self.time_cost_s
+            return self.optimism - retry_delay_s(action) / self.time_cost_s
         return self.optimism
 
     def estimate(self, state: str, action: str, table: dict | None = None, untried: float | None = None) -> float:
