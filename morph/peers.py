@@ -460,9 +460,11 @@ class GroupArchive(Versioned):
     def add(self, experience: dict) -> None:
         self.recent.append(experience)
         self.held += self._count(experience)
-        while len(self.recent) > 1 and (len(self.recent) > self.size
-                                        or self.held - self._count(self.recent[0]) >= self.evidence):
-            self.held -= self._count(self.recent[0])
+        while len(self.recent) > 1:
+            oldest = self._count(self.recent[0])
+            if len(self.recent) <= self.size and self.held - oldest < self.evidence:
+                break
+            self.held -= oldest
             self.recent.popleft()
 
     def _count(self, experience: dict) -> float:
