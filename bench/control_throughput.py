@@ -64,13 +64,11 @@ def encoded_fleet(events: int, nodes: int) -> list[tuple[bytes, bytes]]:
 def encoded_hetero_fleet(seconds: int, nodes: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
     """Telemetry of a heterogeneous fleet (`edge.heterogeneous`, seed ``seed``), one sample per node and second,
     encoded: what the agent learns on in bench/rli.py, open loop (the nodes keep their first arm)."""
-    from edge.heterogeneous import HeteroNode, fleet_specs
-    from morph.arms import ArmSet
+    from edge.heterogeneous import open_loop_telemetry
 
-    codec, arms = Codec(), ArmSet.nominal()
-    fleet = [HeteroNode(spec, arms) for spec in fleet_specs(seed, nodes, seconds)]
-    return [(node.spec.node_id.encode(), codec.encode("Telemetry", node.step(1.0)))
-            for _ in range(seconds) for node in fleet]
+    codec = Codec()
+    return [(sample["node_id"].encode(), codec.encode("Telemetry", sample))
+            for sample in open_loop_telemetry(seed, nodes, seconds)]
 
 
 def produce(settings: KafkaSettings, topic: str, messages) -> float:
@@ -159,9 +157,8 @@ def step_costs(events: int, nodes: int, repeats: int = 3) -> dict:
     Bytewax, no Kafka), best of ``repeats``: the rules, the rules with the online models (the fleet in
     a heat wave), and the learned agent with peers and DP (50 heterogeneous nodes over 400 s, as
     bench/rli.py measures the flow). One thread, CPU time: a figure to compare across machines and loads."""
-    from edge.heterogeneous import HeteroNode, fleet_specs
+    from edge.heterogeneous import open_loop_telemetry
     from flows.spec import FlowSpec
-    from morph.arms import ArmSet
     from operators.control import MorphStep, single_threaded_blas
     from operators.events import Event
     from operators.from_spec import agent_for, models_factory_for, policy_for, sharer_factory_for
@@ -169,9 +166,7 @@ def step_costs(events: int, nodes: int, repeats: int = 3) -> dict:
     single_threaded_blas()
     codec = Codec()
     heat = [codec.decode(value).record for _, value in encoded_fleet(events, nodes)]
-    arms = ArmSet.nominal()
-    hetero_nodes = [HeteroNode(spec, arms) for spec in fleet_specs(0, 50, 400)]
-    hetero = [nd.step(1.0) for _ in range(400) for nd in hetero_nodes]
+    hetero = open_loop_telemetry(0, 50, 400)
     paths = {"rules": ({}, False, heat), "rules_models": ({}, True, heat), "agent": ({"policy_kind": "rli"}, False, hetero)}
     out = {}
     for name, (options, models, records) in paths.items():

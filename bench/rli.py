@@ -70,7 +70,7 @@ from pathlib import Path
 import numpy as np
 from _bench import ROOT, emit_result
 
-from edge.heterogeneous import HeteroNode, fleet_specs
+from edge.heterogeneous import HeteroNode, fleet_specs, open_loop_telemetry
 from morph.agent import RliAgent, RliConfig
 from morph.arms import ArmSet
 from morph.bandit import LinearStats
@@ -480,9 +480,7 @@ def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: in
 
     if arms_from_zoo:
         os.environ["LIQUID_ZOO_DIR"] = arms_from_zoo
-    arms = ArmSet.nominal()
-    fleet = [HeteroNode(s, arms) for s in fleet_specs(seed, nodes, seconds)]
-    items = [("Telemetry", nd.step(1.0)) for _ in range(seconds) for nd in fleet]
+    items = [("Telemetry", sample) for sample in open_loop_telemetry(seed, nodes, seconds)]
     out = {}
     # The simulations before leave a large heap (runs, decision logs): frozen, the garbage collector
     # does not walk it on every collection the flow triggers, as it would not in a flow process.

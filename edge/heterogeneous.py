@@ -207,3 +207,15 @@ class HeteroNode:
                         "accuracy": ph["accuracy"]})
         (self.variant, self.precision, self.batch, self.cache, self.pipeline, self.elapsed_s, self.temp_c) = saved
         return out
+
+
+def open_loop_telemetry(seed: int, nodes: int, seconds: int, arms: ArmSet | None = None) -> list[dict]:
+    """One Telemetry sample per node and second of the fleet of ``seed``, in time order, the nodes keeping
+    their first arm (no controller applies a command): the same input for every policy's flow rate.
+
+    >>> samples = open_loop_telemetry(seed=0, nodes=3, seconds=2)
+    >>> len(samples), [s["node_id"] for s in samples[:3]] == [s["node_id"] for s in samples[3:]]
+    (6, True)
+    """
+    fleet = [HeteroNode(spec, arms or ArmSet.nominal()) for spec in fleet_specs(seed, nodes, seconds)]
+    return [node.step(1.0) for _ in range(seconds) for node in fleet]
