@@ -481,7 +481,7 @@ def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: in
     if arms_from_zoo:
         os.environ["LIQUID_ZOO_DIR"] = arms_from_zoo
     items = [("Telemetry", sample) for sample in open_loop_telemetry(seed, nodes, seconds)]
-    out = {}
+    out = {"events": len(items), "repeats": repeats}
     # The simulations before leave a large heap (runs, decision logs): frozen, the garbage collector
     # does not walk it on every collection the flow triggers, as it would not in a flow process.
     gc.collect()
@@ -708,7 +708,8 @@ def main() -> int:
 
 
 def print_flow(rate: dict) -> None:
-    print(f"control flow, 1 worker, no Kafka ({50 * 400} events, best of 3 alternating runs): agent on "
+    print(f"control flow, 1 worker, no Kafka ({rate['events']} events, best of {rate['repeats']} alternating runs): "
+          f"agent on "
           f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
           f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
           f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
