@@ -19,7 +19,7 @@ The Python client cannot interrupt a blocked poll from another thread (librdkafk
 so stopping is two-phase: `halt` every listener first, then `stop` (join) them, and
 a worker's shutdown waits one poll timeout at most, not one per listener. It blocks in
 ``consume(1, timeout)``, not ``poll(timeout)``: the client's poll wakes every 200 ms to
-check for signals (3 wakeups per 0.5 s poll, each a round for the GIL on a serving
+check for signals (5 wakeups per 1 s poll, each a round for the GIL on a serving
 node); its consume sleeps the whole timeout.
 """
 
@@ -36,8 +36,11 @@ from schemas.codec import Codec, DecodeError
 from schemas.kafka import KafkaSettings, partition_ends
 
 #: Seconds a listener blocks in librdkafka per poll when nothing arrives: how long a stop
-#: can take to be noticed (`CommandListener.halt`), not how long a command waits.
-POLL_TIMEOUT_S = 0.5
+#: can take to be noticed (`CommandListener.halt`), not how long a command waits. Each
+#: timeout is a wake-up of a Python thread on an otherwise idle core (~0.1 ms of CPU on the
+#: 2-core VM of `bench/scale.py`): 1 s, not 0.5, halves what an idle listener costs, for half
+#: a second more at a worker's shutdown.
+POLL_TIMEOUT_S = 1.0
 
 #: The fetch long-poll of edge consumers. A Kafka broker answers a fetch as soon as a record
 #: arrives, so a long wait costs no latency there; the embedded broker (Tansu) re-checks its
@@ -48,7 +51,14 @@ POLL_TIMEOUT_S = 0.5
 #: the run's own steps) passes ``fetch_wait_ms=None`` and keeps the flows' 5 ms.
 #: 100 ms, not 250: on Tansu, 250 ms put `bench/adaptation.py`'s decision -> applied p50 at
 #: 101 ms (target < 100; 67 ms at 100 ms) for 0.8 ms/s less of librdkafka's CPU.
+#: A deployment chooses its own (``EdgeWorker(fetch_wait_ms=...)``, ``liquid worker --fetch-wait-ms``).
 EDGE_FETCH_WAIT_MS = 100
+#: The edge listeners' fetch wait for a broker that long-polls (a Kafka cluster answers a fetch as
+#: soon as a record arrives): librdkafka's own default. A command then waits for no timer, and an
+#: idle listener's consumer fetches twice a second instead of ten times; the client's CPU per
+#: fetch cycle is the same on any broker, so `bench/scale.py` measures what this saves on the
+#: embedded broker (where it would add ~half the wait to every command, as it does not long-poll).
+LONG_POLL_FETCH_WAIT_MS = 500
 
 
 class CommandListener(threading.Thread):
