@@ -10,6 +10,7 @@ from pathlib import Path
 from deploy.errors import UsageError
 from deploy.kafka import add_kafka_args, require_topics, settings_from_args
 from deploy.produce import add_registry_arg
+from edge.listener import EDGE_FETCH_WAIT_MS, LONG_POLL_FETCH_WAIT_MS
 from edge.thermal import POWER_PROFILES, SCENARIOS, Scenario
 from edge.worker import EdgeWorker
 from morph.zoo.lighting import ShiftChange
@@ -39,7 +40,7 @@ def _run(args) -> int:
                             keyring=args.keyring, silent_after_s=args.silent_after or None,
                             lighting=ShiftChange() if args.lighting == "shift-change" else None,
                             workflow_gap_s=args.workflow_gap, takeover_after_s=args.takeover_after or None,
-                            workflow_cost_scale=args.workflow_cost_scale)
+                            workflow_cost_scale=args.workflow_cost_scale, fetch_wait_ms=args.fetch_wait_ms)
     except ZooMissingError as err:
         raise UsageError(str(err)) from None
     stop = threading.Event()
@@ -57,8 +58,11 @@ def _run(args) -> int:
     print(f"worker serving {', '.join(args.node)} at {args.rate:g} req/s each; sensors {sources}; Ctrl-C stops",
           file=sys.stderr, flush=True)
     deadline = time.monotonic() + args.run_for if args.run_for else None
+    # One wait until a signal or the deadline, not a wake-up a second: on an edge node every
+    # wake-up of a Python thread is CPU taken from serving (the signal handler sets ``stop``,
+    # which ends the wait at once).
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-        stop.wait(1.0)
+        stop.wait(None if deadline is None else deadline - time.monotonic())
     stats = worker.stop()
     for node_id, s in stats.items():
         node = worker.nodes[node_id]
@@ -108,6 +112,12 @@ def register(tree) -> None:
                                                "(default .cache/edge/outbox-<nodes>.db)")
     p.add_argument("--keyring", type=Path, help="trusted command keys (`liquid keys generate`): commands must be "
                                                 "signed by one of them, others are rejected with an ack")
+    p.add_argument("--fetch-wait-ms", type=int, default=EDGE_FETCH_WAIT_MS, metavar="MS",
+                   help="how long the worker's command (and policy, sync) consumers ask the broker to hold an empty "
+                        f"fetch (default %(default)s, for the embedded broker, which answers a fetch only when the "
+                        f"wait ends); on a Kafka cluster, which answers as soon as a record arrives, use "
+                        f"{LONG_POLL_FETCH_WAIT_MS}: commands are not slower and an idle node fetches 2 times a second "
+                        f"instead of 10 (edge.listener)")
     p.add_argument("--silent-after", type=float, default=10.0,
                    help="seconds without contact with the cluster after which each node runs the morph policy "
                         "itself (default %(default)s; 0 turns local decisions off)")

@@ -39,7 +39,7 @@ import time
 
 from confluent_kafka import OFFSET_BEGINNING
 
-from edge.listener import CommandListener
+from edge.listener import EDGE_FETCH_WAIT_MS, CommandListener
 from schemas.kafka import partition_ends
 
 
@@ -208,12 +208,12 @@ class SyncOutcomeListener(CommandListener):
     """
 
     def __init__(self, settings, topic: str, nodes: set[str], on_outcome, codec=None, verify=None,
-                 position: TopicPosition | None = None):
+                 position: TopicPosition | None = None, fetch_wait_ms: int | None = EDGE_FETCH_WAIT_MS):
         from schemas.kafka import KafkaSettings
 
         earliest = KafkaSettings(settings.bootstrap, {**settings.config, "auto.offset.reset": "earliest"})
         super().__init__(earliest, topic, "", nodes, on_outcome, codec, schema_name="SyncOutcome",
-                         from_beginning=True, verify=verify, publish_ack=lambda ack: None)
+                         from_beginning=True, verify=verify, publish_ack=lambda ack: None, fetch_wait_ms=fetch_wait_ms)
         self.kind = "SYNC"
         self.position = position
 

@@ -37,7 +37,7 @@ from confluent_kafka import Producer
 
 from edge.autonomy import LocalSafety
 from edge.inspection import InspectionCosts, PipelineMode, ServedClassifier, inspection_lots, inspection_workflow
-from edge.listener import CommandListener
+from edge.listener import EDGE_FETCH_WAIT_MS, CommandListener
 from edge.outbox import PRIORITY_OF_SCHEMA, Outbox, idempotent_producer_config
 from edge.records import ExecutionStore
 from edge.runtime import WorkflowRun
@@ -104,8 +104,13 @@ class EdgeWorker:
                  workflow_gap_s: float = 0.0, workflow_seed: int = 0, outbox_path=None, keyring=None,
                  local_policy: PolicyConfig | None = None, silent_after_s: float | None = 10.0,
                  outbox_options: dict | None = None, codec: Codec | None = None, lighting=None,
-                 takeover_after_s: float | None = None, workflow_cost_scale: float = 1.0):
+                 takeover_after_s: float | None = None, workflow_cost_scale: float = 1.0,
+                 fetch_wait_ms: int = EDGE_FETCH_WAIT_MS):
         self.settings, self.topics, self.log = settings, topics, log or (lambda m: None)
+        # The fetch wait of the worker's listeners (not of the shadow listener, whose commands race
+        # the runs): EDGE_FETCH_WAIT_MS for the embedded broker, LONG_POLL_FETCH_WAIT_MS for a
+        # broker that long-polls (edge.listener).
+        self.fetch_wait_ms = fetch_wait_ms
         self.manifest = load_manifest(zoo_dir)
         self.codec = codec or Codec()  # a registry's codec writes the Confluent framing
         self.interval_s, self.time_scale = interval_s, time_scale
@@ -143,7 +148,8 @@ class EdgeWorker:
             keyring, replay_store=self.outbox_path.with_name(self.outbox_path.stem + "-accepted.db"))
         verify = self.verifier.check if self.verifier else None
         self.listener = CommandListener(settings, topics.commands, topics.acks, set(node_ids), self._on_command,
-                                        self.codec, verify=verify, publish_ack=self._publish_ack, on_contact=contact)
+                                        self.codec, verify=verify, publish_ack=self._publish_ack, on_contact=contact,
+                                        fetch_wait_ms=fetch_wait_ms)
         # Workflow runs with shadow pre-execution: runs emit signals, shadow commands go to the executor.
         self.workflow, self.workflow_runs, self.workflow_gap_s = workflow, workflow_runs, workflow_gap_s
         self.workflow_seed = workflow_seed
@@ -171,16 +177,17 @@ class EdgeWorker:
             node.recovery = PolicyRecovery(FailureView(), seed=seed)
             node.spec = inspection_workflow(ServedClassifier(node.server), pipeline=node.pipeline,
                                             costs=InspectionCosts().scaled(cost_scale))
+        wait = self.fetch_wait_ms
         self.policy_listener = PolicyListener(settings, topics.policy, None, set(), self._on_policy, self.codec,
-                                              from_beginning=True)
+                                              from_beginning=True, fetch_wait_ms=wait)
         if takeover_after_s:
             self.takeover = Takeover(takeover_after_s)
             self._takeover_lock = threading.Lock()
             self._watchers = [
                 RecordListener(settings, topics.checkpoints, None, set(), self._on_checkpoint, self.codec,
-                               schema_name="RunCheckpoint", from_beginning=True),
+                               schema_name="RunCheckpoint", from_beginning=True, fetch_wait_ms=wait),
                 RecordListener(settings, topics.telemetry, None, set(), self._on_heartbeat, self.codec,
-                               schema_name="Telemetry"),
+                               schema_name="Telemetry", fetch_wait_ms=wait),
                 threading.Thread(target=self._adopt_orphans, daemon=True, name="takeover")]
         # A shadow is worth something only if it arrives before the run reaches its step: the
         # flows' 5 ms fetch long-poll, not the edge listeners' EDGE_FETCH_WAIT_MS.
@@ -192,7 +199,8 @@ class EdgeWorker:
         # Its read position beside the outbox: a restart resumes, not re-reads every answer.
         self.sync_listener = SyncOutcomeListener(
             settings, topics.sync, set(node_ids), self._on_sync_outcome, self.codec, verify=verify,
-            position=TopicPosition(self.outbox_path.with_name(f"{self.outbox_path.stem}-positions.db"), topics.sync))
+            position=TopicPosition(self.outbox_path.with_name(f"{self.outbox_path.stem}-positions.db"), topics.sync),
+            fetch_wait_ms=wait)
         self._runners = [threading.Thread(target=self._run_workflows, args=(node,), daemon=True,
                                           name=f"runs-{node.node_id}") for node in self.nodes.values()]
 
