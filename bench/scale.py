@@ -75,6 +75,11 @@ worker_thread_overhead_fraction is the CPU of every thread but the serving ones
 process's, with the split in worker_overhead_ms_per_s (outbox drain, telemetry,
 listeners, librdkafka's threads, the rest) and each part's wake-ups per second in
 worker_wakeups_per_s (what an idle part's cost mostly is: see `thread_activity`).
+Measured twice: with the listeners' fetch wait of the embedded broker
+(edge.listener.EDGE_FETCH_WAIT_MS, the fields above) and, unless --long-poll-ms 0,
+with the wait for a broker that long-polls (LONG_POLL_FETCH_WAIT_MS: a Kafka
+cluster answers a fetch when a record arrives, Tansu only when the wait ends; the
+client's CPU per fetch cycle is the same on both), in the fields ending in _long_poll.
 
     python bench/scale.py [--scales 10:25,50:150,200:800,1000:5000] [--window 60] [--speed 1]
            [--bootstrap HOST:PORT [--broker-pid PID]]
@@ -107,6 +112,7 @@ from deploy.deploy_cmd import scrape_lag
 from deploy.produce import produce_telemetry
 from deploy.replay import read_topic
 from deploy.topics import ensure_topics
+from edge.listener import EDGE_FETCH_WAIT_MS, LONG_POLL_FETCH_WAIT_MS
 from edge.thermal import Scenario
 from fingerprint.traces import run_signals
 from schemas import TopicNames
@@ -484,37 +490,40 @@ def thread_activity() -> dict[str, tuple[float, int]]:
     return out
 
 
-def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0, args=None) -> dict:
+def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s: float = 3.0, args=None,
+                    long_poll_ms: int | None = None) -> dict:
     """Process CPU per request served of a real worker with everything on vs inference alone, one node on the zoo.
 
     Both are measured in their steady state, from ``warm_s`` after start to ``seconds`` later:
     starting (imports, the test split, sessions, the broker connection) costs once, not per
     sample. Per request served, not per run: on a loaded machine the two runs do not serve
-    the same number of requests (late ones are dropped).
+    the same number of requests (late ones are dropped). With ``long_poll_ms`` the worker is
+    measured a second time with its listeners' fetch wait at that (the setting for a broker
+    that long-polls, `edge.listener.LONG_POLL_FETCH_WAIT_MS`): the client's CPU per fetch
+    cycle is the same on any broker, so the figure stands for a Kafka cluster's; its fields
+    end in ``_long_poll``, and the others keep meaning the default setting.
     """
+    from edge.listener import EDGE_FETCH_WAIT_MS
     from edge.serving import InferenceServer, RequestLoad
     from edge.worker import EdgeWorker
     from morph.zoo import build_zoo, load_manifest
 
     manifest = load_manifest(zoo) if zoo else build_zoo(progress=progress)
 
-    split: dict[str, float] = {}
-    wakeups: dict[str, int] = {}
-
-    def steady(loads) -> tuple[float, int]:
+    def steady(loads) -> tuple[float, int, dict, dict]:
+        """CPU seconds, requests served, and CPU seconds and wake-ups by thread role, over the window."""
         time.sleep(warm_s)
         threads0 = thread_activity()
         cpu0, served0 = time.process_time(), sum(load.stats().served for load in loads)
         time.sleep(seconds)
         cpu, served = time.process_time() - cpu0, sum(load.stats().served for load in loads) - served0
-        split.clear()
-        wakeups.clear()
+        split, wakeups = {}, {}
         for role, (t, n) in thread_activity().items():
             t0, n0 = threads0.get(role, (0.0, 0))
             split[role], wakeups[role] = t - t0, n - n0
-        return cpu, served
+        return cpu, served, split, wakeups
 
-    def inference_only() -> tuple[float, int]:
+    def inference_only():
         server = InferenceServer(manifest, "transformer", "fp32")
         load = RequestLoad(server, rate=rate, seed=0)
         load.start()
@@ -524,34 +533,42 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
             load.stop()
             server.close()
 
-    def everything() -> tuple[float, int]:
+    def everything(fetch_wait_ms: int):
         with broker_for(args) as broker:  # a fresh embedded one unless --bootstrap
             settings = KafkaSettings(broker.bootstrap)
             ensure_topics(settings, TopicNames().all(), partitions=1)
             worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds + 2 * warm_s),
-                                zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0)
+                                zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0,
+                                fetch_wait_ms=fetch_wait_ms)
             worker.start()
             try:
                 return steady([node.load for node in worker.nodes.values()])
             finally:
                 worker.stop()
 
-    (base, base_served) = inference_only()
-    (full, full_served) = everything()  # leaves its thread split in `split`
-    per_base, per_full = base / max(1, base_served), full / max(1, full_served)
-    threads_total = sum(split.values())
-    return {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
-            "cpu_s_worker": round(full, 3), "served_worker": full_served,
-            "worker_overhead_fraction": round(max(0.0, 1.0 - per_base / per_full), 4) if full_served else None,
-            # the same in cores: what everything but inference costs per second, whatever the model costs
-            "worker_overhead_cores": round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
-            "worker_thread_overhead_fraction": round(1.0 - split.get("serving", 0.0) / threads_total, 4)
-            if threads_total else None,
-            "worker_overhead_ms_per_s": {role: round(t / seconds * 1000, 3) for role, t in sorted(split.items())
-                                         if role != "serving"},
-            "worker_wakeups_per_s": {role: round(n / seconds, 1) for role, n in sorted(wakeups.items())
-                                     if role != "serving"},
-            "worker_zoo": str(manifest.root)}
+    def figures(full: float, full_served: int, split: dict, wakeups: dict, suffix: str = "") -> dict:
+        per_base, per_full = base / max(1, base_served), full / max(1, full_served)
+        threads_total = sum(split.values())
+        return {f"cpu_s_worker{suffix}": round(full, 3), f"served_worker{suffix}": full_served,
+                f"worker_overhead_fraction{suffix}": round(max(0.0, 1.0 - per_base / per_full), 4)
+                if full_served else None,
+                # the same in cores: what everything but inference costs per second, whatever the model costs
+                f"worker_overhead_cores{suffix}": round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
+                f"worker_thread_overhead_fraction{suffix}": round(1.0 - split.get("serving", 0.0) / threads_total, 4)
+                if threads_total else None,
+                f"worker_overhead_ms_per_s{suffix}": {role: round(t / seconds * 1000, 3)
+                                                      for role, t in sorted(split.items()) if role != "serving"},
+                f"worker_wakeups_per_s{suffix}": {role: round(n / seconds, 1) for role, n in sorted(wakeups.items())
+                                                  if role != "serving"}}
+
+    base, base_served, _, _ = inference_only()
+    out = {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
+           **figures(*everything(EDGE_FETCH_WAIT_MS)), "worker_fetch_wait_ms": EDGE_FETCH_WAIT_MS}
+    if long_poll_ms:
+        out.update(figures(*everything(long_poll_ms), suffix="_long_poll"))
+        out["worker_fetch_wait_ms_long_poll"] = long_poll_ms
+    out["worker_zoo"] = str(manifest.root)
+    return out
 
 
 def check_external_broker(ap, args, items: list) -> None:
@@ -592,6 +609,10 @@ def main() -> int:
     ap.add_argument("--worker-seconds", type=float, default=20.0,
                     help="length of each worker measurement (0: skip the worker measurement)")
     ap.add_argument("--worker-rate", type=float, default=100.0, help="requests/s the measured worker serves")
+    ap.add_argument("--long-poll-ms", type=int, default=LONG_POLL_FETCH_WAIT_MS, metavar="MS",
+                    help="measure the worker a second time with its listeners' fetch wait at MS, the setting for a "
+                         "broker that long-polls (default %(default)s; 0: only the embedded broker's "
+                         f"{EDGE_FETCH_WAIT_MS} ms); its JSON fields end in _long_poll")
     ap.add_argument("--zoo", type=Path, help="model zoo the measured worker serves, used as it is "
                                              "(default: the built-in cache, built if missing)")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "bench-scale", help="logs (default %(default)s)")
@@ -621,12 +642,19 @@ def main() -> int:
     overhead = {}
     if args.worker_seconds > 0:
         progress("worker overhead: inference alone, then the whole worker")
-        overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo, args=args)
-        print(f"worker: {overhead['cpu_s_worker']} CPU s for {overhead['served_worker']} requests with everything vs "
-              f"{overhead['cpu_s_inference_only']} for {overhead['served_inference_only']} inference alone -> overhead "
-              f"{overhead['worker_overhead_fraction']} ({overhead['worker_overhead_cores']} of a core); by thread, "
-              f"everything but serving: {overhead['worker_thread_overhead_fraction']} of the worker's CPU, ms per s: "
-              f"{overhead['worker_overhead_ms_per_s']}, wake-ups per s: {overhead['worker_wakeups_per_s']}")
+        overhead = worker_overhead(args.worker_seconds, args.worker_rate, args.zoo, args=args,
+                                   long_poll_ms=args.long_poll_ms)
+        for suffix, what in (("", f"fetch wait {overhead['worker_fetch_wait_ms']} ms (the embedded broker's)"),
+                             ("_long_poll", f"fetch wait {args.long_poll_ms} ms (a long-polling broker's)")):
+            if f"cpu_s_worker{suffix}" not in overhead:
+                continue
+            print(f"worker, {what}: {overhead['cpu_s_worker' + suffix]} CPU s for {overhead['served_worker' + suffix]} "
+                  f"requests with everything vs {overhead['cpu_s_inference_only']} for "
+                  f"{overhead['served_inference_only']} inference alone -> overhead "
+                  f"{overhead['worker_overhead_fraction' + suffix]} ({overhead['worker_overhead_cores' + suffix]} of a "
+                  f"core); by thread, everything but serving: {overhead['worker_thread_overhead_fraction' + suffix]} of "
+                  f"the worker's CPU, ms per s: {overhead['worker_overhead_ms_per_s' + suffix]}, wake-ups per s: "
+                  f"{overhead['worker_wakeups_per_s' + suffix]}")
     emit_result({"scales": scales, "broker": args.bootstrap or "embedded", "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,
                  "partitions": args.partitions, "linger_ms": args.linger_ms, "flow_args": args.flow_arg, **overhead,
