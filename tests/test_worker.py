@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -169,3 +170,32 @@ def test_demo_short_mode_writes_plot_and_summary(zoo, tmp_path):
         # (within sampling noise over the few hundred requests a short phase serves).
         assert abs(acc["live_accuracy"] - acc["zoo_test_accuracy"]) < 0.06, (key, acc)
     assert summary["nodes"]["edge-2"]["variant_sequence"] == ["transformer"]
+
+
+def test_fetch_wait_is_set_per_deployment_for_every_listener_but_the_shadows(kafka, zoo, monkeypatch):
+    """``fetch_wait_ms`` (``liquid worker --fetch-wait-ms``) reaches the consumers of commands, policies and
+    sync answers; the shadow listener keeps the flows' low-latency wait; commands are applied with it."""
+    import edge.listener
+    from edge.listener import LONG_POLL_FETCH_WAIT_MS
+
+    configs = {}
+
+    class Recorded(edge.listener.Consumer):
+        def __init__(self, config):
+            configs[threading.current_thread().name] = config
+            super().__init__(config)
+
+    monkeypatch.setattr(edge.listener, "Consumer", Recorded)
+    worker = EdgeWorker(kafka, TOPICS, ["edge-1"], Scenario("steady"), zoo_dir=zoo.root, sensor="thermal",
+                        rate=100, interval_s=0.5, workflow="inspection", workflow_runs=0,
+                        fetch_wait_ms=LONG_POLL_FETCH_WAIT_MS).start()
+    try:
+        send(kafka, command("edge-1", 1, "lstm"))
+        acks = wait_acks(kafka, 1)
+    finally:
+        worker.stop()
+    assert acks[0]["status"] == "APPLIED"
+    waits = {name: config.get("fetch.wait.max.ms") for name, config in configs.items()}
+    assert waits[f"commands-{TOPICS.commands}"] == str(LONG_POLL_FETCH_WAIT_MS)
+    assert waits[f"commands-{TOPICS.policy}"] == waits[f"commands-{TOPICS.sync}"] == str(LONG_POLL_FETCH_WAIT_MS)
+    assert waits[f"commands-{TOPICS.shadow}"] == "5"  # the flows' LOW_LATENCY_CONSUMER: shadows race the runs
