@@ -123,3 +123,25 @@ def test_records_put_while_draining_are_delivered_once_and_none_is_left_after_cl
         got += [int(m.value()) for m in consumer.consume(100, timeout=0.5) if m.error() is None]
     consumer.close()
     assert sorted(got) == list(range(n))  # every record once
+
+
+@pytest.mark.broker
+def test_delivered_thinned_and_expired_add_up_to_what_was_written_across_a_restart(kafka, tmp_path):
+    box = Outbox(tmp_path / "o.db", max_records=10)
+    for i in range(25):  # thinned while no producer drains
+        box.put("edge.telemetry", b"n1", b"%d" % i, TELEMETRY, f"t{i}")
+    thinned = box.counters()["downsampled"]
+    box.close()
+    again = Outbox(tmp_path / "o.db", lambda: Producer(idempotent_producer_config(kafka)), max_records=10).start()
+    again.put("edge.acks", b"n1", b"a", ACK, "a0")
+    assert again.flush(20)
+    again.close()
+    counters = Outbox(tmp_path / "o.db").counters()
+    assert thinned > 0 and counters["written"] == 26 and counters["downsampled"] == thinned
+    assert counters["delivered"] == 26 - thinned and counters["expired"] == 0
+    old = Outbox(tmp_path / "old.db", max_age_s=0.0)  # every row expires at the first look
+    old.put("edge.telemetry", b"n1", b"x", TELEMETRY, "x0")
+    time.sleep(0.01)
+    old._expire()
+    assert old.counters()["expired"] == 1 and old.counters()["delivered"] == 0
+    old.close()
