@@ -452,7 +452,8 @@ class EdgeWorker:
                 "preprocessing": node.load.preprocessing,
                 "variant": current.variant, "precision": current.precision, "batch_size": node.batch_size,
                 "source": node.sensor.source,
-                "scenario": getattr(getattr(node.sensor, "node", None), "scenario", Scenario()).name}
+                # the class's default name when the sensor has no scenario (NVML), not a Scenario() per sample
+                "scenario": getattr(getattr(node.sensor, "node", None), "scenario", Scenario).name}
 
     def _publish_telemetry(self) -> None:
         next_at = time.monotonic()
