@@ -511,7 +511,6 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
     cycle is the same on any broker, so the figure stands for a Kafka cluster's; its fields
     end in ``_long_poll``, and the others keep meaning the default setting.
     """
-    from edge.listener import EDGE_FETCH_WAIT_MS
     from edge.serving import InferenceServer, RequestLoad
     from edge.worker import EdgeWorker
     from morph.zoo import build_zoo, load_manifest
