@@ -217,5 +217,6 @@ def open_loop_telemetry(seed: int, nodes: int, seconds: int, arms: ArmSet | None
     >>> len(samples), [s["node_id"] for s in samples[:3]] == [s["node_id"] for s in samples[3:]]
     (6, True)
     """
-    fleet = [HeteroNode(spec, arms or ArmSet.nominal()) for spec in fleet_specs(seed, nodes, seconds)]
+    arms = arms or ArmSet.nominal()   # one arm set for the fleet, not one per node
+    fleet = [HeteroNode(spec, arms) for spec in fleet_specs(seed, nodes, seconds)]
     return [node.step(1.0) for _ in range(seconds) for node in fleet]
