@@ -76,6 +76,11 @@ process's, with the split in worker_overhead_ms_per_s (outbox drain, telemetry,
 listeners, librdkafka's threads, the rest) and each part's wake-ups per second in
 worker_wakeups_per_s (what an idle part's cost mostly is: see `thread_activity`);
 this benchmark's own main thread is not in the split (bench_thread_ms_per_s).
+telemetry_sample_us is the median thread CPU of one telemetry sample's reading
+and record (sensor, load figures) as the worker takes it, once a second, and
+telemetry_sample_us_warm the same code run back to back on the same worker after
+the window: their ratio (telemetry_sample_cold_factor) is what running once a
+second, cold, costs on this machine, where the worker's other parts run the same way.
 Measured twice: with the listeners' fetch wait of the embedded broker
 (edge.listener.EDGE_FETCH_WAIT_MS, the fields above) and, unless --long-poll-ms 0,
 with the wait for a broker that long-polls (LONG_POLL_FETCH_WAIT_MS: a Kafka
@@ -547,13 +552,18 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
             worker = EdgeWorker(settings, TopicNames(), ["edge-1"], Scenario("steady", seconds + 2 * warm_s),
                                 zoo_dir=manifest.root, sensor="thermal", rate=rate, interval_s=1.0,
                                 fetch_wait_ms=fetch_wait_ms)
+            sampled = timed_samples(worker)
             worker.start()
             try:
-                return steady([node.load for node in worker.nodes.values()])
+                measured = steady([node.load for node in worker.nodes.values()])
+                in_place = sampled[-int(seconds):]  # the window's samples, not the warm-up's
             finally:
                 worker.stop()
+        # after the stop: the telemetry thread no longer samples the same node at the same time
+        return (*measured, statistics.median(in_place) if in_place else None, warm_sample_us(worker))
 
-    def figures(full: float, full_served: int, split: dict, wakeups: dict, suffix: str = "") -> dict:
+    def figures(full: float, full_served: int, split: dict, wakeups: dict, sample_us: float | None,
+                warm_us: float, suffix: str = "") -> dict:
         per_base, per_full = base / max(1, base_served), full / max(1, full_served)
         bench = split.pop("bench", 0.0)
         wakeups.pop("bench", None)
@@ -570,7 +580,12 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
                 f"worker_wakeups_per_s{suffix}": {role: round(n / seconds, 1) for role, n in sorted(wakeups.items())
                                                   if role != "serving"},
                 # the measuring thread's CPU: in the process's (the difference of runs), not in the split
-                f"bench_thread_ms_per_s{suffix}": round(bench / seconds * 1000, 3)}
+                f"bench_thread_ms_per_s{suffix}": round(bench / seconds * 1000, 3),
+                # one telemetry sample's reading and record (sensor, load figures), as the worker takes it once a
+                # second, and the same code run back to back on the same worker: what running cold costs here
+                f"telemetry_sample_us{suffix}": None if sample_us is None else round(sample_us, 1),
+                f"telemetry_sample_us_warm{suffix}": round(warm_us, 1),
+                f"telemetry_sample_cold_factor{suffix}": None if sample_us is None else round(sample_us / warm_us, 1)}
 
     base, base_served, _, _ = inference_only()
     out = {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
@@ -580,6 +595,36 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
         out["worker_fetch_wait_ms_long_poll"] = long_poll_ms
     out["worker_zoo"] = str(manifest.root)
     return out
+
+
+def timed_samples(worker) -> list[float]:
+    """Wrap ``worker.telemetry`` (a sample's readings and record) to keep each call's thread CPU, µs."""
+    took, take = [], worker.telemetry
+
+    def timed(node, now_ms):
+        t0 = time.thread_time_ns()
+        try:
+            return take(node, now_ms)
+        finally:
+            took.append((time.thread_time_ns() - t0) / 1e3)
+
+    worker.telemetry = timed
+    return took
+
+
+def warm_sample_us(worker, n: int = 200) -> float:
+    """Median thread CPU (µs) of the worker's telemetry sample taken ``n`` times back to back: its warm cost.
+
+    `edge.worker.EdgeWorker.telemetry` (the class's, not the timed wrapper) on the running worker's node: its
+    sensor, its load's figures, on the stopped worker. Its thermal model advances by n intervals; nothing is
+    published."""
+    node = next(iter(worker.nodes.values()))
+    took = []
+    for _ in range(n):
+        t0 = time.thread_time_ns()
+        type(worker).telemetry(worker, node, int(time.time() * 1000))
+        took.append((time.thread_time_ns() - t0) / 1e3)
+    return statistics.median(took)
 
 
 def check_external_broker(ap, args, items: list) -> None:
