@@ -400,3 +400,25 @@ def test_client_statistics_skip_the_bootstrap_connection():
     assert sample("liquid_kafka_client_requests", request="Produce") == 7
     assert sample("liquid_kafka_client_requests", request="Metadata") is None  # only fetches and produces
     assert sample("liquid_kafka_client_rtt_seconds") == pytest.approx(0.009)  # the slowest broker's mean
+
+
+def test_the_scale_benchmark_times_the_workers_samples_without_changing_them(bench_script, zoo, tmp_path):
+    """`bench/scale.py`'s cold/warm figures: each sample the worker takes is timed and handed back as it
+    was; the warm measurement takes samples on the worker's node and publishes none of them."""
+    from edge.thermal import Scenario
+    from edge.worker import EdgeWorker
+    from schemas.kafka import KafkaSettings
+
+    scale = bench_script("scale")
+    worker = EdgeWorker(KafkaSettings("unused:9092"), TopicNames(), ["edge-1"], Scenario("steady"), zoo_dir=zoo.root,
+                        sensor="thermal", outbox_path=tmp_path / "outbox.db")   # built, never started: no broker
+    node = worker.nodes["edge-1"]
+    took = scale.timed_samples(worker)
+    records = [worker.telemetry(node, 1_700_000_000_000 + 1000 * i) for i in range(3)]
+    assert len(took) == 3 and all(t > 0 for t in took)
+    assert [r["seq"] for r in records] == [1, 2, 3] and records[2]["ts_ms"] == 1_700_000_002_000
+    assert records[0]["node_id"] == "edge-1" and "gpu_temp_c" in records[0]
+    warm = scale.warm_sample_us(worker, n=20)
+    assert warm > 0 and len(took) == 3          # the class's method, not the timed wrapper
+    assert node.seq == 23 and worker.outbox.pending() == 0
+    worker.outbox.close()
