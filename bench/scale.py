@@ -585,7 +585,7 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
                 # second, and the same code run back to back on the same worker: what running cold costs here
                 f"telemetry_sample_us{suffix}": None if sample_us is None else round(sample_us, 1),
                 f"telemetry_sample_us_warm{suffix}": round(warm_us, 1),
-                f"telemetry_sample_cold_factor{suffix}": None if sample_us is None else round(sample_us / warm_us, 1)}
+                f"telemetry_sample_cold_factor{suffix}": round(sample_us / warm_us, 1) if sample_us and warm_us else None}
 
     base, base_served, _, _ = inference_only()
     out = {"cpu_s_inference_only": round(base, 3), "served_inference_only": base_served,
@@ -615,9 +615,9 @@ def timed_samples(worker) -> list[float]:
 def warm_sample_us(worker, n: int = 200) -> float:
     """Median thread CPU (µs) of the worker's telemetry sample taken ``n`` times back to back: its warm cost.
 
-    `edge.worker.EdgeWorker.telemetry` (the class's, not the timed wrapper) on the running worker's node: its
-    sensor, its load's figures, on the stopped worker. Its thermal model advances by n intervals; nothing is
-    published."""
+    `edge.worker.EdgeWorker.telemetry` (the class's, not the timed wrapper) on the worker's first node, once the
+    worker has stopped: its sensor, its load's figures. The node's thermal model advances by n intervals; nothing
+    is published."""
     node = next(iter(worker.nodes.values()))
     took = []
     for _ in range(n):
