@@ -33,10 +33,37 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from numba import njit
 from scipy.linalg.blas import dtrsm as _trsm
 from scipy.linalg.lapack import dpotrf as _potrf, dpotrs as _potrs
 
 from schemas.state import Versioned
+
+
+# The updates and the bounds are compiled (numba): at 39 features a NumPy or BLAS call costs more in its
+# wrapper than in its arithmetic, and one kernel call replaces several. cache=True keeps the machine code
+# in __pycache__ (or numba's user cache when that is read-only), so a process compiles them once.
+
+@njit(cache=True, nogil=True)
+def _add_outer(gram: np.ndarray, moment: np.ndarray, phi: np.ndarray, weight: float, weighted_reward: float) -> None:
+    """gram += (w·φ)φᵀ and moment += (w·r)·φ, in place: each element as NumPy's in-place sum of those
+    products computes it, so to the last bit (tests/test_bandit.py checks it)."""
+    d = phi.shape[0]
+    for i in range(d):
+        wi = weight * phi[i]
+        for j in range(d):
+            gram[i, j] += wi * phi[j]
+        moment[i] += weighted_reward * phi[i]
+
+
+@njit(cache=True, nogil=True)
+def _scale(gram: np.ndarray, moment: np.ndarray, factor: float) -> None:
+    """gram *= factor and moment *= factor, in place (the same products as NumPy's)."""
+    d = moment.shape[0]
+    for i in range(d):
+        for j in range(d):
+            gram[i, j] *= factor
+        moment[i] *= factor
 
 
 @dataclass
@@ -61,9 +88,7 @@ class LinearStats(Versioned):
         return cls(np.zeros((dim, dim)), np.zeros(dim))
 
     def add(self, phi: np.ndarray, reward: float, weight: float = 1.0) -> None:
-        # np.outer's wrapper costs more than the product at this size
-        self.gram += (phi if weight == 1.0 else weight * phi)[:, None] * phi
-        self.moment += (weight * reward) * phi
+        _add_outer(self.gram, self.moment, phi, weight, weight * reward)
         self.count += weight
 
     def add_rows(self, rows: np.ndarray, weights: np.ndarray, weighted_rewards: np.ndarray) -> None:
@@ -74,8 +99,7 @@ class LinearStats(Versioned):
 
     def discount(self, gamma: float) -> None:
         if gamma < 1.0:
-            self.gram *= gamma
-            self.moment *= gamma
+            _scale(self.gram, self.moment, gamma)
             self.count *= gamma
 
     def merge(self, other: "LinearStats", weight: float = 1.0) -> "LinearStats":
@@ -103,6 +127,51 @@ def _ridge_identity(dim: int, ridge: float) -> np.ndarray:
     identity = ridge * np.eye(dim)
     identity.flags.writeable = False
     return identity
+
+
+@njit(cache=True, nogil=True)
+def _factored_bounds(factor: np.ndarray, moment: np.ndarray, coords: np.ndarray, basis: np.ndarray,
+                     alpha: float) -> np.ndarray:
+    """`DiscountedLinUCB.ucb_factored` after the factorisation: the forward substitution
+    Y = L⁻¹[basis | moment] (``factor``'s lower triangle is L), G = YᵀY, and each row's
+    c·G[:m, m] + α·sqrt(cᵀ G[:m, :m] c).
+
+    Not to the last bit of BLAS's triangular solve and products, which sum in their own order: the
+    bounds agree with `DiscountedLinUCB.ucb` to ~1e-15 (tests/test_bandit.py).
+    """
+    d, m = basis.shape
+    y = np.empty((d, m + 1))
+    for i in range(d):
+        y[i, :m] = basis[i]
+        y[i, m] = moment[i]
+        for k in range(i):
+            lik = factor[i, k]
+            for c in range(m + 1):
+                y[i, c] -= lik * y[k, c]
+        inverse = 1.0 / factor[i, i]
+        for c in range(m + 1):
+            y[i, c] *= inverse
+    gram = np.zeros((m + 1, m + 1))
+    for k in range(d):
+        for a in range(m + 1):
+            yka = y[k, a]
+            for b in range(m + 1):
+                gram[a, b] += yka * y[k, b]
+    n = coords.shape[0]
+    bounds = np.empty(n)
+    row = np.empty(m + 1)
+    for r in range(n):
+        row[:] = 0.0
+        for a in range(m):
+            ca = coords[r, a]
+            for b in range(m + 1):
+                row[b] += ca * gram[a, b]
+        var = 0.0
+        for b in range(m):
+            var += row[b] * coords[r, b]
+        # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0
+        bounds[r] = row[m] + alpha * np.sqrt(var if var > 0.0 else 0.0)
+    return bounds
 
 
 @dataclass
@@ -230,23 +299,6 @@ class DiscountedLinUCB(Versioned):
         With Y = L⁻¹·basis and z = L⁻¹ Σ w φ r, θ·φ = (Yᵀz)·c and φᵀ V⁻¹ φ = cᵀ(YᵀY)c, so the
         triangular solve is for the m basis columns, not for the n rows: the agent's Φ has 61 arms
         in 9 directions, and the solve for ~50 allowed arms' columns was the largest single cost of
-        a decision. YᵀY and Yᵀz are one Gram matrix of [Y | z], and c·(YᵀY) and c·(Yᵀz) one product.
+        a decision. YᵀY and Yᵀz are one Gram matrix of [Y | z].
         """
-        factor = self._factor()
-        m = basis.shape[1]
-        # [basis | moment] transposed, filled in place (cheaper than a concatenation): in Fortran order for dtrsm,
-        # which solves in place; positional arguments (side, lower, trans, diag, overwrite) parse faster
-        rhs = np.empty((m + 1, self.dim))
-        rhs[:m] = basis.T
-        rhs[m] = self.stats.moment
-        solved = _trsm(1.0, factor, rhs.T, 0, 1, 0, 0, 1)
-        # ndarray.dot: the same BLAS products as @ (dsyrk for the Gram matrix, dgemm), without the matmul
-        # ufunc's dispatch and iterator (~0.3 µs each)
-        products = coords.dot(solved.T.dot(solved)[:-1])
-        bound = np.einsum("ij,ij->i", products[:, :-1], coords)
-        # |Yc|² from the Gram matrix: rounding can leave it a hair below 0 where it is 0; then the bound in place
-        np.maximum(bound, 0.0, out=bound)
-        np.sqrt(bound, out=bound)
-        bound *= self.alpha
-        bound += products[:, -1]
-        return bound
+        return _factored_bounds(self._factor(), self.stats.moment, coords, basis, self.alpha)

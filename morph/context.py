@@ -29,10 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from morph.arms import Arm, ArmSet
 from morph.reward import EpochMeasurement, WorkflowConstraints
-from morph.shield import ShieldConfig, predicted_power
+from morph.shield import ShieldConfig
 
 CONTEXT_FEATURES = ("bias", "load", "temp_margin", "power_headroom", "congestion", "latency_ratio")
 ARM_FEATURES = ("bias", "cost", "item_ms", "accuracy", "cache", "skip")
@@ -149,7 +150,7 @@ class Featurizer:
             np.ones(len(arms)), self.cost, self.item_ms / self.item_ms.max(), acc,
             [1.0 if a.cache else 0.0 for a in arms], [1.0 if a.pipeline != "full" else 0.0 for a in arms]])
         self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
-        # Per-decision constants, so `factors` is a handful of vector operations on the arms.
+        # Per-decision constants, so `factors` is one compiled call on the arms (`_arm_factors`).
         self._item_ms = self.item_ms.tolist()
         self._cost = self.cost.tolist()
         self._max_item_ms = float(self.item_ms.max())
@@ -173,10 +174,7 @@ class Featurizer:
         self._basis_pattern[k + np.arange(n_model), n_arm + np.arange(n_model)] = 1.0
         # the basis transposed, flat: its (|arm features| + |model features|) rows of dim one after the other
         self._basis_pattern_flat = np.ascontiguousarray(self._basis_pattern.T).ravel()
-        # the context values (and a 1.0 for the model rows) to the basis's rows, once for each of those rows:
-        # one take gives the flat pattern's multiplier, element for element (no broadcast: numpy builds an
-        # iterator for one, a few thousand instructions at this size, against a plain loop for equal shapes)
-        self._basis_shape_t = (n_arm + n_model, self.dim)
+        # which context value (or, last, the 1.0 of the model rows) multiplies each element of that flat pattern
         self._basis_source = np.tile(np.repeat(np.arange(len(CONTEXT_FEATURES) + 1),
                                                [n_arm] * len(CONTEXT_FEATURES) + [n_model]), n_arm + n_model)
 
@@ -213,38 +211,67 @@ class Featurizer:
         bounds (`DiscountedLinUCB.ucb_factored`) and the chosen arm's row."""
         cur = self.arms.index(ctx.current)
         shield = self.shield
-        offered = ctx.offered_rps
-        m = self._n_arm
         served_now = _capacity(ctx) * self._item_ms[cur]
         values = self._context_values(ctx, served_now)
         values.append(1.0)
-        # built transposed and flat (the pattern times its multiplier, element for element) and returned as
-        # its transpose, a Fortran-ordered view; every row of the basis has one non-zero, so Φ's elements are
-        # single products whichever order a product sums them in
-        basis = self._basis_pattern_flat * np.array(values).take(self._basis_source)
-        basis = basis.reshape(self._basis_shape_t).T
-        coords = self._coords.copy()
-        coords[cur, m + 2] = 0.0
-        capacity = served_now / self.item_ms
-        np.minimum(capacity / (1e-6 if 1e-6 > offered else offered), 1.0, out=coords[:, m])   # the share served
-        # every arm's capacity is at least the slowest arm's: the floor only matters below it
-        util = np.minimum(offered / (capacity if served_now / self._max_item_ms >= 1e-6
-                                     else np.maximum(capacity, 1e-6)), 1.0)
-        util *= self.cost   # each arm's relative cost × utilisation, in place (the product cost · util)
-        power = predicted_power(ctx.power_w, self._cost[cur] * (1e-3 if 1e-3 > ctx.util else ctx.util), util,
-                                shield.idle_w, ctx.power_cap_w)
         r = shield.prior_r_c_per_w if r_c_per_w is None else r_c_per_w
+        decay = self._decay
+        # the thermal model after the horizon, T·decay + T_ss·(1 − decay) with T_ss = t_now + R·P: what
+        # does not depend on the arm's power P is summed here, once
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
-        # t_ss + (T - t_ss)·decay = T·decay + t_ss·(1 - decay), with t_ss = t_now + r·power; the sum in place
-        predicted = power * (r * (1.0 - self._decay))
-        predicted += ctx.temp_c * self._decay + t_now * (1.0 - self._decay)
-        # the predicted temperature margin, clipped in place while contiguous, then written to its column
-        margin = np.subtract(self.constraints.max_gpu_temp_c, predicted)
-        margin /= 10.0
-        np.maximum(margin, -2.0, out=margin)
-        np.minimum(margin, 1.0, out=margin)
-        coords[:, m + 1] = margin
-        return coords, basis, predicted, power
+        basis_t, coords, predicted, power = _arm_factors(
+            self._basis_pattern_flat, np.array(values), self._basis_source, self._coords, cur, self.item_ms,
+            self.cost, served_now, ctx.offered_rps, served_now / self._max_item_ms >= 1e-6, ctx.power_w,
+            self._cost[cur] * (1e-3 if 1e-3 > ctx.util else ctx.util), shield.idle_w, ctx.power_cap_w,
+            r * (1.0 - decay), ctx.temp_c * decay + t_now * (1.0 - decay), self.constraints.max_gpu_temp_c)
+        return coords, basis_t.T, predicted, power
+
+
+@njit(cache=True, nogil=True)
+def _arm_factors(pattern_flat, values, source, coords_pattern, cur, item_ms, cost, served_now, offered,
+                 above_floor, power_w, cur_cost_util, idle_w, cap_w, heat_per_w, temp_base, max_temp_c):
+    """`Featurizer.factors`' arrays, compiled: (basisᵀ, coords, predicted temperature, predicted power).
+
+    Per arm: its capacity at the node's measured speed, the share of the offered load it serves, its
+    power (idle plus the current dynamic power scaled by its relative cost × utilisation, at most the
+    cap), the temperature the shield's thermal model predicts at that power after the horizon
+    (``heat_per_w``·P + ``temp_base``: `morph.shield.ThermalEstimate.predict` rearranged), and its
+    margin to ``max_temp_c``. Compiled (numba, cached in __pycache__): one call where NumPy needs ~20
+    on 61 elements, each costing more in dispatch than in arithmetic. Each element is computed with
+    the operations, in the order, that NumPy's element-wise version of these formulas would use, so a
+    NumPy reference gives the same numbers to the last bit.
+    """
+    n_basis = pattern_flat.shape[0]
+    basis_flat = np.empty(n_basis)
+    for i in range(n_basis):
+        basis_flat[i] = pattern_flat[i] * values[source[i]]
+    n_arms, width = coords_pattern.shape
+    m = width - 3                                   # the arm features; then served share, margin, switch
+    coords = coords_pattern.copy()
+    coords[cur, m + 2] = 0.0
+    off = 1e-6 if 1e-6 > offered else offered
+    dynamic = power_w - idle_w
+    dynamic = (0.0 if 0.0 > dynamic else dynamic) / (1e-6 if 1e-6 > cur_cost_util else cur_cost_util)
+    predicted = np.empty(n_arms)
+    power = np.empty(n_arms)
+    for a in range(n_arms):
+        capacity = served_now / item_ms[a]
+        share = capacity / off
+        coords[a, m] = share if share < 1.0 else 1.0        # np.minimum(x, 1.0) for a number x
+        floor = capacity if above_floor or capacity > 1e-6 else 1e-6
+        util = offered / floor
+        util = util if util < 1.0 else 1.0
+        p = util * cost[a] * dynamic
+        p += idle_w
+        p = p if p < cap_w else cap_w
+        power[a] = p
+        t = p * heat_per_w
+        t += temp_base
+        predicted[a] = t
+        margin = (max_temp_c - t) / 10.0
+        margin = margin if margin > -2.0 else -2.0
+        coords[a, m + 1] = margin if margin < 1.0 else 1.0
+    return basis_flat.reshape((width, n_basis // width)), coords, predicted, power
 
 
 def _clamp(v: float, lo: float, hi: float) -> float:

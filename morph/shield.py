@@ -6,7 +6,9 @@ shield estimates, per node, the steady state the current configuration heads
 for (T + τ·dT/dt) and fits T_ss = a + R·P by discounted least squares (with
 a prior R), so ambient drift, a failing fan or a degrading heatsink show up in
 a few samples. An arm's power follows from the measured power of the current
-configuration scaled by the arms' relative dynamic cost and utilisation.
+configuration scaled by the arms' relative dynamic cost and utilisation; both
+forecasts are computed for every arm with its features
+(`morph.context.Featurizer.factors`).
 
 An arm is masked when its predicted temperature within the horizon reaches
 ``hot_c − margin_c``, or its accuracy is below ``min_accuracy``. At or above
@@ -84,18 +86,6 @@ class ThermalEstimate(Versioned):
         t_ss_now = temp_c + c.tau_s * slope_c_per_s
         t_ss = t_ss_now + r * (power_w - now_power)
         return t_ss + (temp_c - t_ss) * math.exp(-horizon_s / c.tau_s)
-
-
-def predicted_power(power_w: float, cur_cost_util: float, arm_cost_util: np.ndarray, idle_w: float,
-                    cap_w: float) -> np.ndarray:
-    """Each arm's power: idle plus the current dynamic power scaled by relative cost × utilisation."""
-    dynamic = power_w - idle_w
-    # max(dynamic, 0.0) / max(cur_cost_util, 1e-6), what the builtins return, without their calls (per decision)
-    dynamic = (0.0 if 0.0 > dynamic else dynamic) / (1e-6 if 1e-6 > cur_cost_util else cur_cost_util)
-    # one new array, the rest in place: the same products and sums as idle_w + dynamic * arm_cost_util
-    power = arm_cost_util * dynamic
-    power += idle_w
-    return np.minimum(power, cap_w, out=power)
 
 
 def critical_run(temps: Sequence[float], critical_c: float, samples: int = 3) -> bool:

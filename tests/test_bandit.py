@@ -140,6 +140,24 @@ def test_the_bounds_of_rows_given_as_coordinates_on_a_basis_equal_the_bounds_of_
     assert int(np.argmax(bandit.ucb_factored(coords, basis))) == int(np.argmax(bandit.ucb(phi)))
 
 
+def test_learning_and_ageing_are_numpys_in_place_sums_bit_for_bit():
+    """The compiled updates (`morph.bandit._add_outer`, `_scale`) do element for element what NumPy's
+    in-place sums do: statistics learnt either way are the same to the last bit."""
+    rng = np.random.default_rng(13)
+    bandit = DiscountedLinUCB(dim=39, gamma=0.995)
+    gram, moment = np.zeros((39, 39)), np.zeros(39)
+    for i in range(200):
+        bandit.tick()
+        gram *= 0.995
+        moment *= 0.995
+        phi, r = rng.normal(size=39), float(rng.normal())
+        w = 1.0 if i % 3 else float(rng.uniform(0.1, 2.0))
+        bandit.learn_one(phi, r, w)
+        gram += (w * phi)[:, None] * phi
+        moment += (w * r) * phi
+    assert np.array_equal(bandit.stats.gram, gram) and np.array_equal(bandit.stats.moment, moment)
+
+
 def test_corrupt_statistics_are_an_error_not_a_silent_answer():
     bandit = DiscountedLinUCB(dim=2, ridge=1.0)
     bandit.stats.gram[:] = -5.0 * np.eye(2)     # no Gram matrix is negative definite

@@ -91,6 +91,37 @@ def test_features_are_the_context_arm_outer_product_then_the_model_features():
         assert np.all((phi[:, k] > 0) & (phi[:, k] <= 1.0)) and np.all((phi[:, k + 1] >= -2.0) & (phi[:, k + 1] <= 1.0))
 
 
+def test_each_arms_forecast_is_the_thermal_model_at_that_arms_power():
+    """`Featurizer.factors` forecasts every arm at once; the same physics one arm at a time: its power
+    (idle plus the measured dynamic power scaled by relative cost × utilisation, capped) and the
+    temperature `ThermalEstimate.predict` gives at that power after the shield's horizon."""
+    from morph.context import NodeContext
+    from morph.shield import ThermalEstimate
+
+    f = RliAgent(ARMS).featurizer
+    shield = f.shield
+    rng = random.Random(8)
+    for _ in range(50):
+        current = rng.choice(list(ARMS))
+        ctx = NodeContext(temp_c=rng.uniform(40, 95), slope_c_per_s=rng.uniform(-0.5, 0.5),
+                          power_w=rng.uniform(40, 340), power_cap_w=rng.choice([200.0, 350.0]), mem_used_frac=0.4,
+                          offered_rps=rng.uniform(0, 900), served_rps=rng.uniform(1, 600),
+                          util=rng.uniform(0.0, 1.2), latency_ms=20.0, net_ms=0.0, current=current)
+        estimate = ThermalEstimate(shield)
+        for _ in range(rng.randrange(30)):
+            estimate.observe(rng.uniform(50, 90), rng.uniform(-0.3, 0.3), rng.uniform(80, 340))
+        _, _, predicted, power = f.factors(ctx, estimate.r_c_per_w())
+        cur = ARMS.index(current)
+        now_capacity = ctx.served_rps / max(min(ctx.util, 1.0), 0.05) * f.item_ms[cur]
+        dynamic = max(ctx.power_w - shield.idle_w, 0.0) / (f.cost[cur] * max(ctx.util, 1e-3))
+        for a in range(len(ARMS)):
+            util = min(ctx.offered_rps / (now_capacity / f.item_ms[a]), 1.0)
+            assert power[a] == pytest.approx(min(shield.idle_w + dynamic * f.cost[a] * util, ctx.power_cap_w),
+                                             rel=1e-12)
+            assert predicted[a] == pytest.approx(estimate.predict(ctx.temp_c, power[a], shield.horizon_s,
+                                                                  ctx.power_w, ctx.slope_c_per_s), rel=1e-12)
+
+
 def test_the_slope_over_a_full_window_is_the_least_squares_loop_bit_for_bit():
     from collections import deque
 
