@@ -237,9 +237,7 @@ def _arm_factors(pattern_flat, values, source, coords_pattern, cur, item_ms, cos
     cap), the temperature the shield's thermal model predicts at that power after the horizon
     (``heat_per_w``·P + ``temp_base``: `morph.shield.ThermalEstimate.predict` rearranged), and its
     margin to ``max_temp_c``. Compiled (numba, cached in __pycache__): one call where NumPy needs ~20
-    on 61 elements, each costing more in dispatch than in arithmetic. Each element is computed with
-    the operations, in the order, that NumPy's element-wise version of these formulas would use, so a
-    NumPy reference gives the same numbers to the last bit.
+    on 61 elements, each costing more in dispatch than in arithmetic.
     """
     n_basis = pattern_flat.shape[0]
     basis_flat = np.empty(n_basis)
@@ -257,7 +255,7 @@ def _arm_factors(pattern_flat, values, source, coords_pattern, cur, item_ms, cos
     for a in range(n_arms):
         capacity = served_now / item_ms[a]
         share = capacity / off
-        coords[a, m] = share if share < 1.0 else 1.0        # np.minimum(x, 1.0) for a number x
+        coords[a, m] = share if share < 1.0 else 1.0
         floor = capacity if above_floor or capacity > 1e-6 else 1e-6
         util = offered / floor
         util = util if util < 1.0 else 1.0
