@@ -293,18 +293,16 @@ class RliAgent:
         return max(c.epsilon_min, c.epsilon / (1.0 + state.bandit.stats.count / c.epsilon_decay))
 
     def _choose(self, state: AgentState, coords: np.ndarray, basis: np.ndarray, safe: np.ndarray) -> tuple[int, float]:
-        allowed = safe.nonzero()[0]   # `safe` is 1-D: np.flatnonzero's ravel and wrapper are not needed
-        n_allowed = len(allowed)
+        n_allowed = int(np.count_nonzero(safe))
         # when the shield leaves the fallback alone (~1 decision in 7 on the flow benchmark), no bound is needed;
-        # else every arm's (a solve for Φ's few directions, not per arm), the best of the allowed ones taken
+        # else the allowed arms' (a solve for Φ's few directions, not per arm), the first best of them taken
         if n_allowed == 1:
-            greedy = int(allowed[0])
+            greedy = int(safe.argmax())   # the one allowed arm (the fallback: never masked)
         else:
-            bounds = state.bandit.ucb_factored(coords, basis)
-            greedy = int(allowed[bounds[allowed].argmax()])   # the method: np.argmax's wrapper costs more
+            greedy = int(state.bandit.ucb_factored(coords, basis, safe).argmax())
         eps = self.exploration(state) if n_allowed > 1 else 0.0
         if state.rng.random() < eps:
-            arm = int(allowed[state.rng.randrange(n_allowed)])
+            arm = int(safe.nonzero()[0][state.rng.randrange(n_allowed)])
         else:
             arm = greedy
         propensity = eps / n_allowed + (1.0 - eps if arm == greedy else 0.0)

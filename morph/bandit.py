@@ -131,10 +131,10 @@ def _ridge_identity(dim: int, ridge: float) -> np.ndarray:
 
 @njit(cache=True, nogil=True)
 def _factored_bounds(factor: np.ndarray, moment: np.ndarray, coords: np.ndarray, basis: np.ndarray,
-                     alpha: float) -> np.ndarray:
+                     alpha: float, rows: np.ndarray) -> np.ndarray:
     """`DiscountedLinUCB.ucb_factored` after the factorisation: the forward substitution
     Y = L⁻¹[basis | moment] (``factor``'s lower triangle is L), G = YᵀY, and each row's
-    c·G[:m, m] + α·sqrt(cᵀ G[:m, :m] c).
+    c·G[:m, m] + α·sqrt(cᵀ G[:m, :m] c), for the rows where ``rows`` is true (−∞ elsewhere).
 
     Not to the last bit of BLAS's triangular solve and products, which sum in their own order: the
     bounds agree with `DiscountedLinUCB.ucb` to ~1e-15 (tests/test_bandit.py).
@@ -158,9 +158,11 @@ def _factored_bounds(factor: np.ndarray, moment: np.ndarray, coords: np.ndarray,
             for b in range(m + 1):
                 gram[a, b] += yka * y[k, b]
     n = coords.shape[0]
-    bounds = np.empty(n)
+    bounds = np.full(n, -np.inf)
     row = np.empty(m + 1)
     for r in range(n):
+        if not rows[r]:
+            continue
         row[:] = 0.0
         for a in range(m):
             ca = coords[r, a]
@@ -293,12 +295,17 @@ class DiscountedLinUCB(Versioned):
         y = solved[:, :-1]
         return solved[:, -1] @ y + self.alpha * np.sqrt(np.einsum("ij,ij->j", y, y))
 
-    def ucb_factored(self, coords: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    def ucb_factored(self, coords: np.ndarray, basis: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """`ucb` of the rows φ = coords · basisᵀ (coords n × m, basis dim × m): many rows in few directions.
+
+        Only the rows where the boolean mask ``rows`` is true (all without one); the others' bounds
+        are −∞, so the bounds' argmax is the best of those rows.
 
         With Y = L⁻¹·basis and z = L⁻¹ Σ w φ r, θ·φ = (Yᵀz)·c and φᵀ V⁻¹ φ = cᵀ(YᵀY)c, so the
         triangular solve is for the m basis columns, not for the n rows: the agent's Φ has 61 arms
         in 9 directions, and the solve for ~50 allowed arms' columns was the largest single cost of
         a decision. YᵀY and Yᵀz are one Gram matrix of [Y | z].
         """
-        return _factored_bounds(self._factor(), self.stats.moment, coords, basis, self.alpha)
+        if rows is None:
+            rows = np.ones(len(coords), dtype=bool)
+        return _factored_bounds(self._factor(), self.stats.moment, coords, basis, self.alpha, rows)
