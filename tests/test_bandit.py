@@ -138,6 +138,10 @@ def test_the_bounds_of_rows_given_as_coordinates_on_a_basis_equal_the_bounds_of_
         bandit.learn_one(phi[a], float(rng.normal(loc=0.1 * a % 1.0)))
     np.testing.assert_allclose(bandit.ucb_factored(coords, basis), bandit.ucb(phi), rtol=1e-9, atol=1e-12)
     assert int(np.argmax(bandit.ucb_factored(coords, basis))) == int(np.argmax(bandit.ucb(phi)))
+    rows = rng.random(61) < 0.6                      # only some rows: theirs as above, the others −∞
+    some = bandit.ucb_factored(coords, basis, rows)
+    np.testing.assert_array_equal(some[rows], bandit.ucb_factored(coords, basis)[rows])
+    assert np.all(some[~rows] == -np.inf)
 
 
 def test_learning_and_ageing_are_numpys_in_place_sums_bit_for_bit():
