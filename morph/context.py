@@ -220,17 +220,18 @@ class Featurizer:
         # does not depend on the arm's power P is summed here, once
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
         basis_t, coords, predicted, power = _arm_factors(
-            self._basis_pattern_flat, np.array(values), self._basis_source, self._coords, cur, self.item_ms,
-            self.cost, served_now, ctx.offered_rps, served_now / self._max_item_ms >= 1e-6, ctx.power_w,
+            self._basis_pattern_flat, np.array(values), self._basis_source, self._coords, self._n_arm, cur,
+            self.item_ms, self.cost, served_now, ctx.offered_rps, served_now / self._max_item_ms >= 1e-6, ctx.power_w,
             self._cost[cur] * (1e-3 if 1e-3 > ctx.util else ctx.util), shield.idle_w, ctx.power_cap_w,
             r * (1.0 - decay), ctx.temp_c * decay + t_now * (1.0 - decay), self.constraints.max_gpu_temp_c)
         return coords, basis_t.T, predicted, power
 
 
 @njit(cache=True, nogil=True)
-def _arm_factors(pattern_flat, values, source, coords_pattern, cur, item_ms, cost, served_now, offered,
+def _arm_factors(pattern_flat, values, source, coords_pattern, m, cur, item_ms, cost, served_now, offered,
                  above_floor, power_w, cur_cost_util, idle_w, cap_w, heat_per_w, temp_base, max_temp_c):
     """`Featurizer.factors`' arrays, compiled: (basisᵀ, coords, predicted temperature, predicted power).
+    An arm's coords are its ``m`` features, then its served share, temperature margin and switch.
 
     Per arm: its capacity at the node's measured speed, the share of the offered load it serves, its
     power (idle plus the current dynamic power scaled by its relative cost × utilisation, at most the
@@ -244,7 +245,6 @@ def _arm_factors(pattern_flat, values, source, coords_pattern, cur, item_ms, cos
     for i in range(n_basis):
         basis_flat[i] = pattern_flat[i] * values[source[i]]
     n_arms, width = coords_pattern.shape
-    m = width - 3                                   # the arm features; then served share, margin, switch
     coords = coords_pattern.copy()
     coords[cur, m + 2] = 0.0
     off = 1e-6 if 1e-6 > offered else offered
