@@ -29,7 +29,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from morph.arms import Arm, ArmSet
 from morph.reward import EpochMeasurement, WorkflowConstraints
@@ -150,7 +149,11 @@ class Featurizer:
             np.ones(len(arms)), self.cost, self.item_ms / self.item_ms.max(), acc,
             [1.0 if a.cache else 0.0 for a in arms], [1.0 if a.pipeline != "full" else 0.0 for a in arms]])
         self.dim = len(CONTEXT_FEATURES) * len(ARM_FEATURES) + len(MODEL_FEATURES)
-        # Per-decision constants, so `factors` is one compiled call on the arms (`_arm_factors`).
+        # Per-decision constants, so `factors` is one compiled call on the arms. Imported here, not with the
+        # module: the rules' control flow imports this module (`NodeContext`) and never builds a Featurizer,
+        # so it does not load numba and its compiler.
+        from morph.arm_factors import arm_factors
+        self._arm_factors = arm_factors
         self._item_ms = self.item_ms.tolist()
         self._cost = self.cost.tolist()
         self._max_item_ms = float(self.item_ms.max())
@@ -219,57 +222,12 @@ class Featurizer:
         # the thermal model after the horizon, T·decay + T_ss·(1 − decay) with T_ss = t_now + R·P: what
         # does not depend on the arm's power P is summed here, once
         t_now = ctx.temp_c + shield.tau_s * ctx.slope_c_per_s - r * ctx.power_w
-        basis_t, coords, predicted, power = _arm_factors(
+        basis_t, coords, predicted, power = self._arm_factors(
             self._basis_pattern_flat, np.array(values), self._basis_source, self._coords, self._n_arm, cur,
             self.item_ms, self.cost, served_now, ctx.offered_rps, served_now / self._max_item_ms >= 1e-6, ctx.power_w,
             self._cost[cur] * (1e-3 if 1e-3 > ctx.util else ctx.util), shield.idle_w, ctx.power_cap_w,
             r * (1.0 - decay), ctx.temp_c * decay + t_now * (1.0 - decay), self.constraints.max_gpu_temp_c)
         return coords, basis_t.T, predicted, power
-
-
-@njit(cache=True, nogil=True)
-def _arm_factors(pattern_flat, values, source, coords_pattern, m, cur, item_ms, cost, served_now, offered,
-                 above_floor, power_w, cur_cost_util, idle_w, cap_w, heat_per_w, temp_base, max_temp_c):
-    """`Featurizer.factors`' arrays, compiled: (basisᵀ, coords, predicted temperature, predicted power).
-    An arm's coords are its ``m`` features, then its served share, temperature margin and switch.
-
-    Per arm: its capacity at the node's measured speed, the share of the offered load it serves, its
-    power (idle plus the current dynamic power scaled by its relative cost × utilisation, at most the
-    cap), the temperature the shield's thermal model predicts at that power after the horizon
-    (``heat_per_w``·P + ``temp_base``: `morph.shield.ThermalEstimate.predict` rearranged), and its
-    margin to ``max_temp_c``. Compiled (numba, cached in __pycache__): one call where NumPy needs ~20
-    on 61 elements, each costing more in dispatch than in arithmetic.
-    """
-    n_basis = pattern_flat.shape[0]
-    basis_flat = np.empty(n_basis)
-    for i in range(n_basis):
-        basis_flat[i] = pattern_flat[i] * values[source[i]]
-    n_arms, width = coords_pattern.shape
-    coords = coords_pattern.copy()
-    coords[cur, m + 2] = 0.0
-    off = 1e-6 if 1e-6 > offered else offered
-    dynamic = power_w - idle_w
-    dynamic = (0.0 if 0.0 > dynamic else dynamic) / (1e-6 if 1e-6 > cur_cost_util else cur_cost_util)
-    predicted = np.empty(n_arms)
-    power = np.empty(n_arms)
-    for a in range(n_arms):
-        capacity = served_now / item_ms[a]
-        share = capacity / off
-        coords[a, m] = share if share < 1.0 else 1.0
-        floor = capacity if above_floor or capacity > 1e-6 else 1e-6
-        util = offered / floor
-        util = util if util < 1.0 else 1.0
-        p = util * cost[a] * dynamic
-        p += idle_w
-        p = p if p < cap_w else cap_w
-        power[a] = p
-        t = p * heat_per_w
-        t += temp_base
-        predicted[a] = t
-        margin = (max_temp_c - t) / 10.0
-        margin = margin if margin > -2.0 else -2.0
-        coords[a, m + 1] = margin if margin < 1.0 else 1.0
-    return basis_flat.reshape((width, n_basis // width)), coords, predicted, power
 
 
 def _clamp(v: float, lo: float, hi: float) -> float:
