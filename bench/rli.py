@@ -43,8 +43,9 @@ the value of a frozen greedy policy trained on a different fleet (``--seed``
 + 1000), compared with that policy's true value on the same states (the
 simulator previews its arm) — and the per-sample decision rate of the agent
 through the control flow against the rules (one Bytewax worker, a testing
-source and sink: the flow's own cost, without Kafka; best of three alternating
-runs, by wall clock and per CPU second of the process). That flow hears no
+source and sink: the flow's own cost, without Kafka; seven pairs of runs after
+a warm-up pair, each segment of 1,000 events at its fastest, by wall clock and
+per CPU second of the process). That flow hears no
 peers; what hearing them costs is measured on the morph step alone: CPU per
 telemetry sample with the rules, with the agent, and with the agent while each
 node also absorbs its 50-node group's releases (DP ε = 1) in time order.
@@ -461,16 +462,35 @@ def frozen_greedy(run: Run):
     return policy, stats
 
 
-def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: int = 400, repeats: int = 3) -> dict:
+#: Events per timed segment of a flow run (`flow_rate`).
+SEGMENT = 1_000
+
+
+def _marking(items: list, marks: list):
+    """``items`` one by one, noting (wall, CPU) time in ``marks`` before every `SEGMENT`-th is taken."""
+    wall, cpu = time.perf_counter, time.process_time
+    for i, item in enumerate(items):
+        if i % SEGMENT == 0:
+            marks.append((wall(), cpu()))
+        yield item
+
+
+def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: int = 400, pairs: int = 7) -> dict:
     """Telemetry events/s through the control flow on one Bytewax worker (testing source and sink, no
     Kafka), on ``nodes`` heterogeneous nodes of ``seed`` over ``seconds``, with the rules and with the
     agent (sharing on, DP on: every node's releases are produced), on the same samples. No peer experience
     comes back in: the flow's peers input is given none (on Kafka the releases come back through
     ``liquid.experience``, an input of its own, and cost an absorb each).
 
-    The two are run ``repeats`` times, alternating, and each keeps its best run, so that a burst of
-    other work on the machine does not land on one of them only. Beside the wall-clock rate, the
-    rate per second of this process's CPU time (steadier on a shared machine)."""
+    One pair of runs first, not counted: it loads the agent's compiled kernels and warms both flows'
+    code. Then ``pairs`` pairs, the order inside a pair alternating. This machine switches between a
+    fast and a slow state (~1.6× apart) several times a second, so a whole run (0.3–0.8 s) is rarely
+    timed in one state, and the best whole run of each policy, or the ratio within a pair, moves by
+    ±20 % between measures. So each run is timed in segments of `SEGMENT` events (the first from the
+    run's start, the last to its end, end-of-input snapshots included) and a policy's time is the sum
+    over segments of the segment's fastest run: its rate with the machine in its fast state, each
+    segment's runs a few seconds apart. Wall clock and per second of this process's CPU time; the
+    whole runs' ratio per pair beside it, for their spread."""
     import os
 
     from bytewax.testing import TestingSink, TestingSource, run_main
@@ -481,23 +501,33 @@ def flow_rate(arms_from_zoo: str | None, seed: int, nodes: int = 50, seconds: in
     if arms_from_zoo:
         os.environ["LIQUID_ZOO_DIR"] = arms_from_zoo
     items = [("Telemetry", sample) for sample in open_loop_telemetry(seed, nodes, seconds)]
-    out = {"events": len(items), "repeats": repeats}
+    policies = {"rules": {}, "rli": {"policy_kind": "rli"}}
+    fastest = {name: None for name in policies}  # per segment: (wall, CPU) seconds of its fastest run
+    out = {"events": len(items), "pairs": pairs, "pair_ratios": []}
     # The simulations before leave a large heap (runs, decision logs): frozen, the garbage collector
     # does not walk it on every collection the flow triggers, as it would not in a flow process.
     gc.collect()
     gc.freeze()
-    for _ in range(repeats):
-        for name, options in (("rules", {}), ("rli", {"policy_kind": "rli"})):
-            sink = []
-            flow = build(FlowSpec("control", bootstrap="unused:9092", deterministic=True, options=options),
-                         source=TestingSource(items), sink=TestingSink(sink))
-            t0, c0 = time.perf_counter(), time.process_time()
+    for pair in range(pairs + 1):
+        runs = {}
+        for name in (("rules", "rli") if pair % 2 else ("rli", "rules")):
+            sink, marks = [], []
+            flow = build(FlowSpec("control", bootstrap="unused:9092", deterministic=True, options=policies[name]),
+                         source=TestingSource(_marking(items, marks)), sink=TestingSink(sink))
+            marks.append((time.perf_counter(), time.process_time()))
             run_main(flow)
-            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-            out[name] = max(out.get(name, 0.0), len(items) / wall)
-            out[f"{name}_cpu"] = max(out.get(f"{name}_cpu", 0.0), len(items) / cpu)
+            marks.append((time.perf_counter(), time.process_time()))
+            marks = np.array(marks)
+            runs[name] = marks[-1, 0] - marks[0, 0]
             out[f"{name}_commands"] = sum(1 for _, (kind, _) in sink if kind == "MorphCommand")
-    out.update(peers_heard_cost(items, repeats))
+            if pair:  # not the warm-up pair
+                segments = np.diff(marks, axis=0)
+                fastest[name] = segments if fastest[name] is None else np.minimum(fastest[name], segments)
+        if pair:
+            out["pair_ratios"].append(round(runs["rules"] / runs["rli"], 3))
+    for name, segments in fastest.items():
+        out[name], out[f"{name}_cpu"] = len(items) / segments.sum(axis=0)
+    out.update(peers_heard_cost(items))
     gc.unfreeze()
     return out
 
@@ -708,11 +738,11 @@ def main() -> int:
 
 
 def print_flow(rate: dict) -> None:
-    print(f"control flow, 1 worker, no Kafka ({rate['events']} events, best of {rate['repeats']} alternating runs): "
-          f"agent on "
-          f"{rate['rli']:.0f} events/s, rules {rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.2f}; "
-          f"per CPU second: agent {rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, "
-          f"ratio {rate['rli_cpu'] / rate['rules_cpu']:.2f}")
+    print(f"control flow, 1 worker, no Kafka ({rate['events']} events; {rate['pairs']} pairs of runs after a warm-up "
+          f"pair, each segment of {SEGMENT} events at its fastest): agent on {rate['rli']:.0f} events/s, rules "
+          f"{rate['rules']:.0f} events/s, ratio {rate['rli'] / rate['rules']:.3f}; per CPU second agent "
+          f"{rate['rli_cpu']:.0f}, rules {rate['rules_cpu']:.0f}, ratio {rate['rli_cpu'] / rate['rules_cpu']:.3f}; "
+          f"whole runs, agent / rules per pair: {' '.join(f'{r:.3f}' for r in rate['pair_ratios'])}")
     print(f"morph step alone, µs of CPU per telemetry sample: rules {rate['step_us_rules']:.2f}, agent "
           f"{rate['step_us_rli']:.2f}, agent hearing its group ({rate['step_experience_heard']} experience records "
           f"heard, DP ε = 1) {rate['step_us_rli_heard']:.2f}")
@@ -722,6 +752,7 @@ def flow_figures(rate: dict | None) -> dict:
     """The JSON's control-flow part; null figures when ``--no-flow`` skipped it."""
     if rate is None:
         return {k: None for k in ("events_per_s_agent_on", "events_per_s_rules", "events_per_s_ratio",
+                                  "events_per_s_pair_ratios",
                                   "events_per_cpu_s_agent_on", "events_per_cpu_s_rules", "events_per_cpu_s_ratio",
                                   "step_us_per_event_rules", "step_us_per_event_agent",
                                   "step_us_per_event_agent_hearing_peers", "step_experience_heard")} | {
@@ -729,6 +760,7 @@ def flow_figures(rate: dict | None) -> dict:
     return {
         "events_per_s_agent_on": round(rate["rli"]), "events_per_s_rules": round(rate["rules"]),
         "events_per_s_ratio": round(rate["rli"] / rate["rules"], 3),
+        "events_per_s_pair_ratios": rate["pair_ratios"],   # whole runs: their spread
         "events_per_cpu_s_agent_on": round(rate["rli_cpu"]), "events_per_cpu_s_rules": round(rate["rules_cpu"]),
         "events_per_cpu_s_ratio": round(rate["rli_cpu"] / rate["rules_cpu"], 3),
         "events_per_s_measured_in": "control flow on 1 Bytewax worker, testing source and sink (no Kafka)",
