@@ -46,3 +46,24 @@ def test_cohorts_pool_independent_fleets_and_the_first_is_the_runs_own(bench):
     assert not np.array_equal(three["oracle"][3:6], three["oracle"][6:9])  # fleets of their own
     seeds = {bench.cohort_seed(s, c) for s in range(12) for c in range(8)}
     assert len(seeds) == 96 and not seeds & {s + 1000 for s in range(12)}
+
+
+def test_marking_notes_the_time_before_every_segments_first_item(bench, monkeypatch):
+    monkeypatch.setattr(bench, "SEGMENT", 3)
+    marks = []
+    assert list(bench._marking(list(range(10)), marks)) == list(range(10))
+    assert len(marks) == 4   # before items 0, 3, 6 and 9
+    assert all(later >= earlier for earlier, later in zip(marks, marks[1:]))
+
+
+def test_the_flow_rate_of_each_segments_fastest_run_is_at_least_its_best_whole_runs(bench, monkeypatch):
+    monkeypatch.setattr(bench, "SEGMENT", 20)
+    rate = bench.flow_rate(None, seed=3, nodes=3, seconds=40, pairs=2)
+    assert rate["events"] == 120 and len(rate["pair_ratios"]) == 2
+    for name in ("rules", "rli"):
+        # a sum of per-segment minima over the runs is at most any run's own sum
+        assert rate[name] >= rate[f"{name}_best_run"] * (1 - 1e-9) > 0
+        assert rate[f"{name}_cpu"] > 0
+    assert rate["rli_commands"] > 0 and rate["rules_commands"] >= 0
+    figures = bench.flow_figures(rate)
+    assert figures["events_per_s_ratio"] == round(rate["rli"] / rate["rules"], 3)
