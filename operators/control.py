@@ -15,7 +15,6 @@ left unpublished.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from morph.peers import absorb
 from morph.policy import MorphPolicy, NodeState
 from operators import metrics
 from operators.events import Event
-from schemas.state import Versioned
+from schemas.state import PickledState, Versioned, thaw
 
 CONTROL_STATE_VERSION = 2
 IDLE_FLUSH_S = 30.0
@@ -86,7 +85,7 @@ class MorphStep:
         self._issued: OrderedDict[str, int] = OrderedDict()
         self._decisions = {}  # trigger -> metric child
 
-    def build(self, resume_state: Optional[ControlState]) -> "ControlLogic":
+    def build(self, resume_state: Optional[PickledState | ControlState]) -> "ControlLogic":
         """The builder ``op.stateful`` calls for each node (with its snapshot when resuming)."""
         return ControlLogic(self, resume_state)
 
@@ -217,9 +216,9 @@ def _count_alerts(outputs: list) -> list:
 class ControlLogic(StatefulLogic):
     """One node's `MorphStep` state in ``op.stateful``, with the idle and end-of-input flushes."""
 
-    def __init__(self, step: MorphStep, state: Optional[ControlState]):
+    def __init__(self, step: MorphStep, state: Optional[PickledState | ControlState]):
         self.step = step
-        self.state = state
+        self.state = thaw(state)
         self.flush_at: Optional[datetime] = None
 
     def on_item(self, value: Event):
@@ -240,13 +239,9 @@ class ControlLogic(StatefulLogic):
     def notify_at(self) -> Optional[datetime]:
         return self.flush_at
 
-    def snapshot(self) -> Optional[ControlState]:
+    def snapshot(self) -> Optional[PickledState]:
         if not self.step.snapshots:
             # No recovery store: Bytewax still asks at every epoch's end for every node seen in it, and
             # copying them all stalls the worker at each epoch's end (see the README's scale notes).
             return None
-        # A copy that later events cannot change. Bytewax asks for one per key at every epoch
-        # (recovery or not); a pickle round trip copies in C what `copy.deepcopy` walks object by
-        # object in Python (the agent's state holds two random generators' 625-word states), and
-        # recovery pickles the snapshot anyway, so what it copies is what can be restored.
-        return pickle.loads(pickle.dumps(self.state, pickle.HIGHEST_PROTOCOL))
+        return PickledState.of(self.state)

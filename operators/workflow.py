@@ -10,7 +10,6 @@ PostgreSQL with a DSN) from each worker.
 
 from __future__ import annotations
 
-import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
@@ -24,7 +23,8 @@ from fingerprint.store import SignalStore
 from operators import metrics
 from operators.events import Event
 from prediction.nextstep import NextStepPredictor, render_metrics
-from schemas.state import Versioned
+# PickledState is imported here too: snapshots pickled before it moved name operators.workflow.PickledState
+from schemas.state import PickledState, Versioned, thaw
 
 @dataclass
 class WorkflowState(Versioned):
@@ -103,18 +103,6 @@ class NextStepStep:
                   f"issues so far {dict(after)}", file=sys.stderr, flush=True)
 
 
-class PickledState(bytes):
-    """A snapshot of a `WorkflowState`: the state pickled at the end of an epoch."""
-
-    def load(self) -> WorkflowState:
-        return pickle.loads(self)
-
-
-def thaw(resume_state) -> Optional[WorkflowState]:
-    """The state to resume from: a `PickledState`, or a `WorkflowState` (snapshots of earlier versions)."""
-    return resume_state.load() if isinstance(resume_state, PickledState) else resume_state
-
-
 class NextStepLogic(StatefulBatchLogic):
     """One workflow's `NextStepStep` state in Bytewax's ``stateful_batch`` operator, snapshotted as a pickle.
 
@@ -147,7 +135,7 @@ class NextStepLogic(StatefulBatchLogic):
             # No recovery store: Bytewax still asks at every epoch's end for every workflow seen in
             # it, and pickling them all stalls the worker at each epoch's end (README, scale notes).
             return None
-        return PickledState(pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL))
+        return PickledState.of(self.state)
 
 
 @operator

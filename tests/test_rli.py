@@ -205,11 +205,12 @@ def test_a_control_snapshot_is_a_copy_that_later_events_do_not_change_and_resume
     for e in events[:40]:
         logic.on_item(e)
     snap = logic.snapshot()
-    decisions = snap.agent.decisions
-    gram = snap.agent.bandit.stats.gram.copy()
+    taken = pickle.loads(snap)
     original = [out for e in events[40:] for out in logic.on_item(e)[0] if out[0] == "MorphCommand"]
-    assert snap.agent.decisions == decisions < logic.state.agent.decisions
-    np.testing.assert_array_equal(snap.agent.bandit.stats.gram, gram)
+    later = pickle.loads(snap)
+    assert later.agent.decisions == taken.agent.decisions < logic.state.agent.decisions
+    np.testing.assert_array_equal(later.agent.bandit.stats.gram, taken.agent.bandit.stats.gram)
+    assert not np.array_equal(later.agent.bandit.stats.gram, logic.state.agent.bandit.stats.gram)
     resumed_logic = ControlLogic(step, snap)
     resumed = [out for e in events[40:] for out in resumed_logic.on_item(e)[0] if out[0] == "MorphCommand"]
     assert original and [(c["arm"], c["propensity"]) for _, c in resumed] == \
