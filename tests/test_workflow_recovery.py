@@ -7,6 +7,7 @@ a flow that never stopped, which it could not make from a fresh state.
 
 from __future__ import annotations
 
+import pickle
 from datetime import timedelta
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -15,6 +16,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from fingerprint.traces import run_signals
 from flows.spec import FlowSpec
 from flows.workflow import build
+from schemas.state import PickledState, thaw
 
 
 def _runs(first: int, last: int) -> list:
@@ -125,3 +127,15 @@ def test_a_killed_starts_staging_is_removed_once_stale_and_a_fresh_one_is_left_t
     os.utime(killed, (old, old))
     prepare_recovery(tmp_path / "recovery-control", 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".recovery-control.init-working", "recovery-control"]
+
+
+def test_a_snapshot_pickled_while_its_class_lived_in_the_workflow_operator_still_resumes():
+    """Recovery stores written before `PickledState` moved to `schemas.state` name it
+    ``operators.workflow.PickledState``: that name must still lead to the class."""
+    snap = PickledState.of({"runs": 3})
+    moved = pickle.dumps(snap, protocol=2)   # protocol 2 names the class in plain text
+    written_before = moved.replace(b"cschemas.state\nPickledState\n", b"coperators.workflow\nPickledState\n")
+    assert written_before != moved
+    restored = pickle.loads(written_before)
+    assert isinstance(restored, PickledState) and thaw(restored) == {"runs": 3}
+
