@@ -35,10 +35,22 @@ def kafka(broker):
 @pytest.fixture(scope="session")
 def zoo():
     """The model zoo the tests serve: the reduced profile (the same code as ``liquid zoo build``, fewer
-    samples and epochs), built once into its cache (``.cache/zoo-reduced``) and reused across runs."""
+    samples and epochs), built once and reused across runs and clones (`reduced_zoo_dir`)."""
     from morph.zoo import build_zoo
 
-    return build_zoo(progress=None, profile="reduced")
+    return build_zoo(reduced_zoo_dir(), progress=None, profile="reduced")
+
+
+def reduced_zoo_dir() -> Path:
+    """``$LIQUID_TEST_ZOO_DIR``, else the user's cache under the digest of the code that builds the zoo:
+    a fresh clone on the same machine (CI's) finds the build of the same code and skips two minutes of
+    training, and changed code builds anew beside it."""
+    from morph.zoo.manifest import build_digest
+
+    if os.environ.get("LIQUID_TEST_ZOO_DIR"):
+        return Path(os.environ["LIQUID_TEST_ZOO_DIR"])
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "liquid-workflow" / f"zoo-reduced-{build_digest()}"
 
 
 def liquid_cmd(*args) -> list[str]:

@@ -1,7 +1,7 @@
 """The model zoo: its generated task, the ladder its models make, and the manifest, cache and CLI around them.
 
 The zoo here is the reduced profile (fewer training frames and epochs, same
-models, same test split), built once into .cache/zoo-reduced by the same code
+models, same test split), built once (tests/conftest.py: `reduced_zoo_dir`) by the same code
 as ``liquid zoo build`` and reused across runs.
 """
 
@@ -180,6 +180,27 @@ def test_cached_zoo_is_returned_without_rebuilding(zoo):
     assert again.info["built_at"] == zoo.info["built_at"]
     assert {e.path: (zoo.root / e.path).stat().st_mtime_ns for e in again} == mtimes
     assert len(lines) == 1 and "cached" in lines[0]
+
+
+def test_the_build_digest_that_names_the_tests_cache_follows_the_code_and_the_libraries(monkeypatch, tmp_path):
+    """Two clones of the same code share the tests' zoo; a change to the zoo's code or to torch does not."""
+    import importlib.metadata
+    from morph.zoo import manifest as manifest_module
+
+    before = manifest_module.build_digest()
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.0.0" if name == "torch" else real_version(name))
+    assert manifest_module.build_digest() != before
+    monkeypatch.setattr(importlib.metadata, "version", real_version)
+    # the same code read from another place (another clone) digests the same; one changed byte does not
+    clone = tmp_path / "morph"
+    shutil.copytree(manifest_module.Path(manifest_module.__file__).parents[1], clone,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(manifest_module, "__file__", str(clone / "zoo" / "manifest.py"))
+    assert manifest_module.build_digest() == before
+    (clone / "zoo" / "train.py").write_text((clone / "zoo" / "train.py").read_text() + "\n")
+    assert manifest_module.build_digest() != before
 
 
 def test_a_zoo_of_another_profile_is_not_taken_for_this_one(zoo, tmp_path):

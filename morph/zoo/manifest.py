@@ -57,6 +57,28 @@ def default_zoo_dir(profile: str = "full") -> Path:
     return root if profile == "full" else root.with_name(f"{root.name}-{profile}")
 
 
+def build_digest() -> str:
+    """A short digest of what a zoo build is made from: the zoo package's code, the ladder, and
+    the versions of torch, onnx, onnxruntime and numpy.
+
+    A cache named by it is never trusted by other code (`FORMAT` only catches the changes someone
+    remembered to bump it for), so two checkouts of the same code can share one build: the tests'
+    zoo is kept under it outside the clone, where a fresh clone on the same machine finds it.
+
+    >>> len(build_digest()), build_digest() == build_digest()
+    (16, True)
+    """
+    from importlib.metadata import version
+
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(here.glob("*.py")) + [here.parent / "ladder.py"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for package in ("torch", "onnx", "onnxruntime", "numpy"):
+        digest.update(f"{package}=={version(package)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
