@@ -62,20 +62,25 @@ Measured per scale:
   clients' stats_cb), by kind (Fetch, Produce), and the broker's CPU per request.
 
 And once: the worker-side overhead — a real edge worker (edge.worker) serving
-one node on the zoo's models with telemetry at 1 Hz, its process CPU per request
-served in its steady state (after a few seconds' warm-up) against the same
-serving with telemetry, command listening and acks off, measured in the same run: overhead = 1 - cpu_per_request_inference_only /
-cpu_per_request_with_everything; and the same in cores (it does not depend on
-the model's cost, the fraction does: a lighter zoo gives a larger fraction).
-That difference of two runs moves by several per cent with the machine's load
-(the inference alone costs a few per cent more or less from one run to the
-next), so the same window is also split by thread (Linux schedstat, ns):
-worker_thread_overhead_fraction is the CPU of every thread but the serving ones
-(the request stream, the swap pool, ONNX Runtime's own threads) over the
-process's, with the split in worker_overhead_ms_per_s (outbox drain, telemetry,
-listeners, librdkafka's threads, the rest) and each part's wake-ups per second in
-worker_wakeups_per_s (what an idle part's cost mostly is: see `thread_activity`);
-this benchmark's own main thread is not in the split (bench_thread_ms_per_s).
+one node on the zoo's models with telemetry at 1 Hz, in its steady state (after
+a few seconds' warm-up). worker_overhead_fraction is the share of the worker's
+CPU spent on everything but inference, split by thread (Linux schedstat, ns):
+the CPU of every thread but the serving ones (the request stream, the swap pool,
+ONNX Runtime's own threads) over the process's, with the split in
+worker_overhead_ms_per_s (outbox drain, telemetry, listeners, librdkafka's
+threads, the rest), its sum in worker_overhead_cores (it does not depend on the
+model's cost, the fraction does: a lighter zoo gives a larger fraction), and each
+part's wake-ups per second in worker_wakeups_per_s (what an idle part's cost
+mostly is: see `thread_activity`); this benchmark's own main thread is not in the
+split (bench_thread_ms_per_s). Beside it, the difference of two runs: the
+process's CPU per request served against the same serving with telemetry,
+command listening and acks off, measured in the same run,
+worker_overhead_fraction_by_difference = 1 - cpu_per_request_inference_only /
+cpu_per_request_with_everything (and worker_overhead_cores_by_difference). It
+counts what the by-thread split cannot (serving slowed by the other threads'
+cache misses), but inference alone costs a few per cent more or less from one run
+to the next, so at a light model's load it says little (0 is printed for a
+negative difference).
 telemetry_sample_us is the median thread CPU of one telemetry sample's reading
 and record (sensor, load figures) as the worker takes it, once a second, and
 telemetry_sample_us_warm the same code run back to back on the same worker after
@@ -568,13 +573,16 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
         bench = split.pop("bench", 0.0)
         wakeups.pop("bench", None)
         threads_total = sum(split.values())
+        others = threads_total - split.get("serving", 0.0)
         return {f"cpu_s_worker{suffix}": round(full, 3), f"served_worker{suffix}": full_served,
-                f"worker_overhead_fraction{suffix}": round(max(0.0, 1.0 - per_base / per_full), 4)
-                if full_served else None,
+                # the issue's measure: everything but inference over the worker's CPU, by thread
+                f"worker_overhead_fraction{suffix}": round(others / threads_total, 4) if threads_total else None,
                 # the same in cores: what everything but inference costs per second, whatever the model costs
-                f"worker_overhead_cores{suffix}": round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
-                f"worker_thread_overhead_fraction{suffix}": round(1.0 - split.get("serving", 0.0) / threads_total, 4)
-                if threads_total else None,
+                f"worker_overhead_cores{suffix}": round(others / seconds, 4),
+                f"worker_overhead_fraction_by_difference{suffix}": round(max(0.0, 1.0 - per_base / per_full), 4)
+                if full_served else None,
+                f"worker_overhead_cores_by_difference{suffix}":
+                    round(max(0.0, (per_full - per_base) * full_served / seconds), 4),
                 f"worker_overhead_ms_per_s{suffix}": {role: round(t / seconds * 1000, 3)
                                                       for role, t in sorted(split.items()) if role != "serving"},
                 f"worker_wakeups_per_s{suffix}": {role: round(n / seconds, 1) for role, n in sorted(wakeups.items())
@@ -706,10 +714,11 @@ def main() -> int:
                 continue
             print(f"worker, {what}: {overhead['cpu_s_worker' + suffix]} CPU s for {overhead['served_worker' + suffix]} "
                   f"requests with everything vs {overhead['cpu_s_inference_only']} for "
-                  f"{overhead['served_inference_only']} inference alone -> overhead "
-                  f"{overhead['worker_overhead_fraction' + suffix]} ({overhead['worker_overhead_cores' + suffix]} of a "
-                  f"core); by thread, everything but serving: {overhead['worker_thread_overhead_fraction' + suffix]} of "
-                  f"the worker's CPU, ms per s: {overhead['worker_overhead_ms_per_s' + suffix]}, wake-ups per s: "
+                  f"{overhead['served_inference_only']} inference alone -> by difference "
+                  f"{overhead['worker_overhead_fraction_by_difference' + suffix]}; overhead by thread, everything but "
+                  f"serving: {overhead['worker_overhead_fraction' + suffix]} of the worker's CPU "
+                  f"({overhead['worker_overhead_cores' + suffix]} of a core), ms per s: "
+                  f"{overhead['worker_overhead_ms_per_s' + suffix]}, wake-ups per s: "
                   f"{overhead['worker_wakeups_per_s' + suffix]}")
     emit_result({"scales": scales, "broker": args.bootstrap or "embedded", "net_cpu_per_node_hour_growth": growth, "window_event_s": args.window,
                  "speed": args.speed, "run_every_s": args.run_every, "lockstep": args.lockstep,

@@ -422,3 +422,19 @@ def test_the_scale_benchmark_times_the_workers_samples_without_changing_them(ben
     assert warm > 0 and len(took) == 3          # the class's method, not the timed wrapper
     assert node.seq == 23 and worker.outbox.pending() == 0
     worker.outbox.close()
+
+
+def test_the_scale_benchmarks_worker_overhead_is_everything_but_serving_over_the_workers_cpu(bench_script, zoo):
+    """The headline `worker_overhead_fraction` is the issue's measure, by thread: the CPU of every thread
+    but the serving ones over the process's (never the difference of two runs, which can print 0 at a
+    light load); its parts are the threads that make it, the CPU per second they add up to its cores."""
+    scale = bench_script("scale")
+    figures = scale.worker_overhead(2.0, 100.0, zoo.root, warm_s=1.0)
+    parts = figures["worker_overhead_ms_per_s"]
+    assert {"librdkafka", "outbox", "telemetry"} <= set(parts)   # the worker's own threads were seen and split
+    assert 0 < figures["worker_overhead_fraction"] < 1
+    assert figures["worker_overhead_cores"] == pytest.approx(sum(parts.values()) / 1000, abs=2e-4)
+    # fraction = others / (others + serving): serving's CPU per second is what the rest leaves
+    serving = figures["worker_overhead_cores"] * (1 / figures["worker_overhead_fraction"] - 1)
+    assert serving > figures["worker_overhead_cores"]              # 100 requests/s outweigh the housekeeping
+    assert 0 <= figures["worker_overhead_fraction_by_difference"] < 1
