@@ -575,7 +575,7 @@ def worker_overhead(seconds: float, rate: float, zoo: Path | None = None, warm_s
         threads_total = sum(split.values())
         others = threads_total - split.get("serving", 0.0)
         return {f"cpu_s_worker{suffix}": round(full, 3), f"served_worker{suffix}": full_served,
-                # the measure: everything but inference over the worker's CPU, by thread
+                # the measure the < 2 % target names: everything but inference over the worker's CPU, by thread
                 f"worker_overhead_fraction{suffix}": round(others / threads_total, 4) if threads_total else None,
                 # the same in cores: what everything but inference costs per second, whatever the model costs
                 f"worker_overhead_cores{suffix}": round(others / seconds, 4),

@@ -61,9 +61,9 @@ def build_digest() -> str:
     """A short digest of what a zoo build is made from: the zoo package's code, the ladder, and
     the versions of torch, onnx, onnxruntime and numpy.
 
-    A cache named by it is never trusted by other code (`FORMAT` only catches the changes someone
-    remembered to bump it for), so two checkouts of the same code can share one build: the tests'
-    zoo is kept under it outside the clone, where a fresh clone on the same machine finds it.
+    A directory named by it holds only builds of this code (`FORMAT` catches only the changes
+    someone remembered to bump it for), so two checkouts of the same code can share one build: the
+    tests' zoo is kept under it outside the clone, where a fresh clone on the same machine finds it.
 
     >>> len(build_digest()), build_digest() == build_digest()
     (16, True)
