@@ -82,12 +82,7 @@ class NextStepStep:
 
     def _export(self, running: dict, speculation) -> None:
         """A published NextStepMetrics record to Prometheus (and the log, with ``log_metrics``)."""
-        workflow = running["workflow_id"]
-        metrics.NEXTSTEP_TOP1.labels(workflow).set(running["top1"])
-        metrics.NEXTSTEP_TOP3.labels(workflow).set(running["topk_accuracy"])
-        if speculation is not None:
-            metrics.SHADOW_HIT_RATE.labels(workflow).set(speculation.metrics.hit_rate)
-            metrics.SHADOW_WASTED.labels(workflow).set(speculation.metrics.wasted_fraction)
+        metrics.WORKFLOW_QUALITY.observe(running, None if speculation is None else speculation.metrics)
         if self.log_metrics:
             print(render_metrics(running), file=sys.stderr, flush=True)
 
