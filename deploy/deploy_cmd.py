@@ -1,4 +1,4 @@
-"""``liquid deploy``: run an AdaptiveWorkflow resource on this machine, or render it for Kubernetes.
+"""``liquid deploy``: run an AdaptiveWorkflow resource on this machine, or render it for Kubernetes and Prometheus.
 
 ``apply`` creates the topics, registers the schemas (with a registry in the
 resource), and starts the resource's flows as background processes with recovery;
@@ -21,6 +21,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
+from deploy.alert_rules import render_alert_rules
 from deploy.errors import UsageError
 from deploy.kubernetes import manifests_yaml, render_kubernetes
 from deploy.workflow_spec import AdaptiveWorkflow, load_workflow_spec
@@ -189,7 +192,11 @@ def _apply(args) -> int:
 
 
 def _render(args) -> int:
-    text = manifests_yaml(render_kubernetes(load_workflow_spec(args.spec), image=args.image))
+    wf = load_workflow_spec(args.spec)
+    if args.target == "prometheus":
+        text = yaml.safe_dump(render_alert_rules(wf), sort_keys=False, allow_unicode=True)
+    else:
+        text = manifests_yaml(render_kubernetes(wf, image=args.image))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)
@@ -213,9 +220,13 @@ def register(tree) -> None:
     p = tree.command("deploy delete", "stop a deployment's flows", lambda a: delete(a.name, a.state_dir))
     p.add_argument("name", help="the resource's metadata.name")
     p.add_argument("--state-dir", **state)
-    p = tree.command("deploy render", "write Kubernetes manifests for the resource", _render)
+    p = tree.command("deploy render", "write Kubernetes manifests or Prometheus alerting rules for the resource",
+                     _render)
     p.add_argument("spec", type=Path, help="the resource (YAML)")
-    p.add_argument("--target", choices=("kubernetes",), default="kubernetes",
-                   help="what to render for (default %(default)s)")
-    p.add_argument("--image", help="container image with the project installed (default: the resource's spec.image)")
+    p.add_argument("--target", choices=("kubernetes", "prometheus"), default="kubernetes",
+                   help="kubernetes: the manifests (kubectl apply); prometheus: alerting rules whose thresholds are "
+                        "the resource's constraints (a rules file for prometheus.yml's rule_files) "
+                        "(default %(default)s)")
+    p.add_argument("--image", help="kubernetes: container image with the project installed "
+                                   "(default: the resource's spec.image)")
     p.add_argument("--out", type=Path, help="write here instead of standard output")
