@@ -66,7 +66,7 @@ def render_alert_rules(wf: AdaptiveWorkflow) -> dict:
         _rule("LiquidNodeDroppingRequests", "sum by (node) (rate(liquid_node_requests_dropped_total[5m])) / "
               "(sum by (node) (rate(liquid_node_requests_served_total[5m])) + "
               f"sum by (node) (rate(liquid_node_requests_dropped_total[5m]))) > {MAX_DROPPED}", "warning",
-              f"{{{{ $labels.node }}}} drops {{{{ $value | humanizePercentage }}}} of its requests",
+              "{{ $labels.node }} drops {{ $value | humanizePercentage }} of its requests",
               "deadlines missed or errors: the variant serving is too heavy for the load"),
         _rule("LiquidCommandsSlow", "histogram_quantile(0.99, sum by (le) "
               f"(rate(liquid_command_round_trip_seconds_bucket[5m]))) > {MAX_ROUND_TRIP_S}", "warning",

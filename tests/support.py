@@ -6,12 +6,14 @@
   workflow flow, in one process and in order (tests and ``bench/shadow.py``);
 * `TopicCollector` — everything a set of topics holds, read from the beginning
   (the outage test and ``bench/outage.py`` count what the cluster finally got);
-* `Always` — a recovery policy that always decides the same (the recovery tests).
+* `Always` — a recovery policy that always decides the same (the recovery tests);
+* `wait_until` — poll a condition until it holds or time runs out.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 import numpy as np
@@ -137,3 +139,13 @@ class Always:
 
     def decide(self, failure: Failure) -> Decision:
         return self.decision
+
+
+def wait_until(condition, timeout_s: float = 30) -> bool:
+    """True once ``condition()`` holds, polled every 0.1 s; else its value at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()

@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -22,6 +23,7 @@ from edge.thermal import Scenario
 from fingerprint.traces import MarkovProcess
 from schemas import TopicNames
 from tests.conftest import start_liquid
+from tests.support import wait_until
 from tests.test_metrics import DASHBOARD
 
 pytestmark = [pytest.mark.broker,
@@ -45,17 +47,9 @@ def query(port: int, expr: str) -> dict:
         return json.load(err)
 
 
-def wait_until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.5)
-    raise AssertionError(what)
-
-
 def test_every_dashboard_query_runs_on_a_real_prometheus(kafka, zoo, tmp_path):
     control, workflow, worker, prom = (free_port() for _ in range(4))
+    dashboard = json.loads(DASHBOARD.read_text())
     topics = TopicNames()
     procs = [start_liquid("flow", "run", "control", "--models", "--bootstrap", kafka.bootstrap,
                           "--metrics-port", control, log=tmp_path / "control.log"),
@@ -81,10 +75,10 @@ def test_every_dashboard_query_runs_on_a_real_prometheus(kafka, zoo, tmp_path):
             return answer.get("status") == "success" and bool(answer["data"]["result"])
 
         # what the slowest panels need: a decision, a published accuracy, and two scrapes of each for rate()
-        wait_until(lambda: shows("liquid_decisions_total") and shows("liquid_nextstep_predictions > 0")
-                   and shows("liquid_node_requests_served_total"), 120, "Prometheus never scraped the figures")
+        assert wait_until(lambda: shows("liquid_decisions_total") and shows("liquid_nextstep_predictions > 0")
+                          and shows("liquid_node_requests_served_total"), 120), "Prometheus never scraped the figures"
         time.sleep(3.0)
-        panels = json.loads(DASHBOARD.read_text())["panels"]
+        panels = dashboard["panels"]
         answers = {(panel["title"], target["expr"]): query(prom, target["expr"].replace("$node", ".*"))
                    for panel in panels for target in panel["targets"]}
     finally:
@@ -102,5 +96,5 @@ def test_every_dashboard_query_runs_on_a_real_prometheus(kafka, zoo, tmp_path):
     titles = [panel["title"] for panel in panels]
     assert all(any(title.startswith(prefix) for title in titles) for prefix in MUST_SHOW)
     # the node selector's query names a metric the workers serve
-    [node_variable] = [v for v in json.loads(DASHBOARD.read_text())["templating"]["list"] if v["name"] == "node"]
+    [node_variable] = [v for v in dashboard["templating"]["list"] if v["name"] == "node"]
     assert "liquid_node_temperature_celsius" in node_variable["definition"]

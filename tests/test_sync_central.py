@@ -27,6 +27,7 @@ from fingerprint.store import CentralExecutions
 from schemas import TopicNames
 from schemas.codec import Codec
 from tests.conftest import run_liquid
+from tests.support import wait_until
 
 pytestmark = pytest.mark.broker
 TOPICS = TopicNames()
@@ -163,15 +164,6 @@ def test_node_ignores_forged_and_unsigned_answers(kafka, tmp_path):
         node.wait_for("execution", "run-1", "accepted")
     finally:
         node.close()
-
-
-def wait_until(condition, timeout_s: float = 30) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_an_edge_worker_learns_the_central_answer_for_every_run_it_synced(kafka, zoo, tmp_path):
